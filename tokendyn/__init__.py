@@ -1,0 +1,13 @@
+"""tokendyn: token dynamics of deep selective state space models (Mamba).
+
+Vo, Pham, Tong, Nguyen, "Demystifying the Token Dynamics of Deep Selective State
+Space Models" (ICLR 2025) turned into a library: selective scan backends, Mamba
+models and checkpoints, the continuous-time token dynamics, checkpoint analysis.
+"""
+
+from .errors import TokendynError
+from .ops import selective_scan
+
+__version__ = "0.1.0"
+
+__all__ = ["selective_scan", "TokendynError", "__version__"]

@@ -1,0 +1,41 @@
+"""The ``tokendyn`` command. Each subcommand lives in its own module and registers
+itself on :data:`app`; :func:`main` turns user errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import TokendynError
+
+app = typer.Typer(
+    name="tokendyn",
+    help="Token dynamics of deep selective state space models (Mamba).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    """Token dynamics of deep selective state space models (Mamba)."""
+    if version:
+        from .. import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+# Subcommand modules: importing one registers its command on `app`.
+from . import reproduce as _reproduce  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    try:
+        app(args=argv, prog_name="tokendyn")
+    except TokendynError as exc:
+        print(f"tokendyn: error: {exc}", file=sys.stderr)
+        sys.exit(2)

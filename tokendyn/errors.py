@@ -1,0 +1,29 @@
+"""Exceptions a user can cause. Each carries one sentence that names the problem.
+
+The CLI catches :class:`TokendynError` and exits non-zero with that sentence,
+without a traceback; library users can catch the specific subclass.
+"""
+
+
+class TokendynError(Exception):
+    """Base class of every error tokendyn raises for bad input."""
+
+
+class ScanInputError(TokendynError, ValueError):
+    """Tensors passed to ``selective_scan`` have the wrong shape, dtype or device."""
+
+
+class BackendUnavailableError(TokendynError, RuntimeError):
+    """A scan backend was requested that cannot run here (e.g. triton without CUDA)."""
+
+
+class CheckpointError(TokendynError):
+    """A checkpoint directory or file cannot be read as a Mamba model."""
+
+
+class ConfigError(TokendynError, ValueError):
+    """A configuration value is invalid."""
+
+
+class DataError(TokendynError):
+    """Input data (text, images, parameters, tokens) is missing or malformed."""

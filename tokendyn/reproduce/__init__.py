@@ -1,0 +1,100 @@
+"""The main job: sections run in order, each writing figures/JSON into the output
+directory and returning a markdown fragment and a JSON-able summary.
+
+A section is a module in this package with
+    TITLE: str
+    def run(ctx: Context) -> SectionResult
+and is listed in :data:`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+SECTIONS: list[str] = [
+]
+
+SCALES = ("quick", "full")
+
+
+@dataclass
+class Context:
+    out: Path
+    scale: str
+    device: torch.device
+
+    @property
+    def quick(self) -> bool:
+        return self.scale == "quick"
+
+
+@dataclass
+class SectionResult:
+    markdown: str
+    summary: dict = field(default_factory=dict)
+
+
+def git_commit() -> str | None:
+    """The commit of the working tree tokendyn runs from, if it is a git checkout."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+def provenance(command: str | None = None) -> dict:
+    """Where numbers came from: device, date, commit, command, versions."""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "device": dev,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": command,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
+    """Run the sections (all, or those named in ``only``) and write report.md / report.json."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    unknown = [s for s in (only or []) if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; sections are {', '.join(SECTIONS)}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(out=out, scale=scale, device=torch.device(device))
+    report = {"provenance": provenance(f"tokendyn reproduce --scale {scale} --out {out}"),
+              "scale": scale, "sections": {}}
+    parts = [f"# tokendyn reproduce ({scale})\n",
+             f"Device: {report['provenance']['device']}. Date: {report['provenance']['date']}. "
+             f"Commit: {report['provenance']['commit']}.\n"]
+    for name in SECTIONS:
+        if only and name not in only:
+            continue
+        module = importlib.import_module(f"{__name__}.{name}")
+        print(f"== {module.TITLE}", flush=True)
+        t0 = time.perf_counter()
+        res: SectionResult = module.run(ctx)
+        seconds = time.perf_counter() - t0
+        report["sections"][name] = {"title": module.TITLE, "seconds": round(seconds, 2), **res.summary}
+        parts.append(f"## {module.TITLE}\n\n{res.markdown.strip()}\n\n_Section time: {seconds:.1f} s._\n")
+    (out / "report.md").write_text("\n".join(parts))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"report written to {out / 'report.md'} and {out / 'report.json'}")
+    return report
