@@ -1,0 +1,235 @@
+"""``analyze``: everything ``tokendyn analyze`` computes for one checkpoint, as one object.
+
+Steps (each timed): load the model, choose the input tokens, per-layer spectra,
+one forward pass with internals (token norms), hidden attention for the chosen
+layers and channels, figures and report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..data import text as textdata
+from ..errors import DataError
+from .hidden_attention import attention_summary, hidden_attention
+from .layers import LayerSpectrum, model_spectra
+from .trajectories import TokenDynamics, measure_dynamics
+
+DEFAULT_MAX_TOKENS = 1024
+
+
+@dataclass
+class InputTokens:
+    """The token ids fed to the model, (L,) int64, and where they came from."""
+
+    ids: torch.Tensor
+    source: str                   # "file", "builtin-corpus" or "random"
+    tokenizer: str | None
+    truncated: bool
+    description: str
+    text_tokens: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "tokenizer": self.tokenizer, "n_tokens": int(self.ids.numel()),
+                "text_tokens": self.text_tokens, "truncated": self.truncated, "description": self.description}
+
+
+def choose_input(checkpoint: str | Path | None, vocab_size: int, text: str | Path | None = None,
+                 tokenizer: str | Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 truncate: bool = False, seed: int = 0) -> InputTokens:
+    """Token ids for the analysis.
+
+    - ``text`` given: the file, tokenized with ``tokenizer`` or the checkpoint's
+      tokenizer.json; more than ``max_tokens`` tokens is an error unless ``truncate``.
+    - no text, a tokenizer available: the first ``max_tokens`` tokens of the built-in corpus.
+    - no text, no tokenizer: ``max_tokens`` uniform random ids in [0, vocab_size) (seeded).
+    """
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    tok_path = Path(tokenizer) if tokenizer is not None else (
+        textdata.find_tokenizer(checkpoint) if checkpoint is not None else None)
+    if text is not None:
+        if tok_path is None:
+            raise DataError("no tokenizer.json beside the checkpoint to tokenize the text; "
+                            "pass one with --tokenizer, or leave out --text to use random token ids.")
+        tok = textdata.load_tokenizer(tok_path)
+        ids = textdata.encode(tok, textdata.read_text_file(text))
+        if ids.numel() == 0:
+            raise DataError(f"text file {text} yields no tokens.")
+        n = int(ids.numel())
+        if n > max_tokens and not truncate:
+            raise DataError(f"text file {text} has {n} tokens, more than --max-tokens {max_tokens}; "
+                            "raise --max-tokens or pass --truncate to analyse the first tokens only.")
+        return InputTokens(ids[:max_tokens], "file", str(tok_path), n > max_tokens,
+                           f"{min(n, max_tokens)} tokens of {text}" + (f" (first of {n})" if n > max_tokens else "")
+                           + f", tokenized with {tok_path}", text_tokens=n)
+    if tok_path is not None:
+        tok = textdata.load_tokenizer(tok_path)
+        ids = textdata.encode_prefix(tok, max_tokens)
+        return InputTokens(ids, "builtin-corpus", str(tok_path), False,
+                           f"the first {ids.numel()} tokens of the King James Bible, tokenized with {tok_path}")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (max_tokens,), generator=gen)
+    return InputTokens(ids, "random", None, False,
+                       f"{max_tokens} uniform random token ids (seed {seed}): no tokenizer.json beside the "
+                       "checkpoint and none given with --tokenizer")
+
+
+def default_layers(n_layer: int) -> list[int]:
+    """First, middle and last layer."""
+    return sorted({0, n_layer // 2, n_layer - 1})
+
+
+def check_indices(values: Sequence[int], size: int, what: str) -> list[int]:
+    out = []
+    for v in values:
+        v = int(v)
+        if v < 0:
+            v += size                 # -1 = last, as in Python indexing
+        if not 0 <= v < size:
+            raise DataError(f"{what} {v} does not exist; the model has {size} (0..{size - 1}).")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class Analysis:
+    """The results of :func:`analyze_model`."""
+
+    spectra: list[LayerSpectrum]
+    dynamics: TokenDynamics
+    attention: list[dict]                 # {layer, channel, P: (L, L) float64, summary}
+    input: InputTokens
+    config: dict
+    layout: str
+    checkpoint: str
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self, provenance: dict | None = None) -> dict:
+        """The JSON document described in docs/analysis.md."""
+        growth = self.dynamics.layer_growth()
+        layers = []
+        for s, g in zip(self.spectra, growth):
+            row = s.as_dict()
+            row["norm_growth"] = float(g)
+            row["mean_token_norm"] = float(self.dynamics.token_norms[s.index].mean())
+            row["mean_scan_input_norm"] = float(self.dynamics.scan_input_norms[s.index].mean())
+            row["mean_delta"] = float(self.dynamics.delta_mean[s.index].mean())
+            layers.append(row)
+        total = self.dynamics.position_growth().log().mean().exp()
+        return {
+            "checkpoint": self.checkpoint,
+            "layout": self.layout,
+            "config": self.config,
+            "input": self.input.as_dict(),
+            "summary": {
+                "n_layers": len(self.spectra),
+                "divergent_prone_layers": sum(s.positive > 0 for s in self.spectra),
+                "convergent_prone_layers": sum(s.positive == 0 and s.negative > 0 for s in self.spectra),
+                "total_growth": float(total),
+            },
+            "layers": layers,
+            "embedding_norms": self.dynamics.embedding_norms.tolist(),
+            "token_norms": self.dynamics.token_norms.tolist(),
+            "scan_input_norms": self.dynamics.scan_input_norms.tolist(),
+            "delta_mean": self.dynamics.delta_mean.tolist(),
+            "growth_by_position": {**self.dynamics.position_trend(),
+                                   "total_growth": self.dynamics.position_growth().tolist(),
+                                   "bins": self.dynamics.growth_by_position_bins()},
+            "hidden_attention": [{"layer": a["layer"], "channel": a["channel"], **a["summary"]}
+                                 for a in self.attention],
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "provenance": provenance or {},
+        }
+
+
+def config_summary(model) -> dict:
+    cfg = model.config
+    keys = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank_value", "d_inner")
+    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+
+
+def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = None,
+                  channels: Sequence[int] | None = None, layout: str = "unknown",
+                  checkpoint: str = "(in memory)", timings: dict | None = None) -> Analysis:
+    """Spectra, token norms and hidden attention of a loaded MambaLM-like model.
+
+    layers: layers whose hidden attention is computed (default: first, middle, last);
+    channels: channels d of each (default: channel 0 and the channel with the largest mean Δ).
+    """
+    timings = dict(timings or {})
+    model.eval()
+    t = time.perf_counter()
+    spectra = model_spectra(model)
+    timings["spectrum"] = time.perf_counter() - t
+    n_layer = len(spectra)
+    layers = default_layers(n_layer) if not layers else check_indices(layers, n_layer, "layer")
+    d_inner = spectra[0].d_inner
+    if channels:
+        channels = check_indices(channels, d_inner, "channel")
+
+    t = time.perf_counter()
+    dyn, out = measure_dynamics(model, inputs.ids)
+    timings["forward"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    attention = []
+    A_all = [m.io_parameters()["A"] for m in (model.backbone.layers[i].mixer for i in layers)]
+    for i, A in zip(layers, A_all):
+        internals = out.internals[i]
+        delta, B, C = internals.delta[:1], internals.B[:1], internals.C[:1]
+        chans = channels or sorted({0, int(delta[0].mean(-1).argmax())})
+        P = hidden_attention(delta.detach(), A.detach(), B.detach(), C.detach(), channels=chans)[0].cpu()
+        for ci, d in enumerate(chans):
+            attention.append({"layer": i, "channel": d, "P": P[ci], "summary": attention_summary(P[ci])})
+    timings["hidden_attention"] = time.perf_counter() - t
+    return Analysis(spectra=spectra, dynamics=dyn, attention=attention, input=inputs,
+                    config=config_summary(model), layout=layout, checkpoint=checkpoint, timings=timings)
+
+
+def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokenizer: str | Path | None = None,
+                       max_tokens: int = DEFAULT_MAX_TOKENS, truncate: bool = False,
+                       layers: Sequence[int] | None = None, channels: Sequence[int] | None = None,
+                       device: str = "cpu", seed: int = 0) -> Analysis:
+    """Load a checkpoint (any layout :func:`tokendyn.model.load_model` reads) and analyse it."""
+    from ..model import load_model
+
+    t = time.perf_counter()
+    model = load_model(path, device=device)
+    timings = {"load": time.perf_counter() - t}
+    t = time.perf_counter()
+    inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
+                          max_tokens=max_tokens, truncate=truncate, seed=seed)
+    timings["input"] = time.perf_counter() - t
+    return analyze_model(model, inputs, layers=layers, channels=channels,
+                         layout=getattr(model, "checkpoint_layout", "unknown"),
+                         checkpoint=str(path), timings=timings)
+
+
+def build_figures(analysis: Analysis) -> dict:
+    """The report's matplotlib figures, keyed as :data:`report.FIGURES`."""
+    from . import report
+
+    figs = {"spectra": report.plot_spectra(analysis.spectra),
+            "token_norms": report.plot_token_norms(analysis.dynamics),
+            "growth": report.plot_growth(analysis.dynamics)}
+    if analysis.attention:
+        figs["hidden_attention"] = report.plot_hidden_attention(analysis.attention)
+    return figs
+
+
+def write_analysis(analysis: Analysis, out: Path, json_path: Path | None = None,
+                   provenance: dict | None = None) -> dict:
+    """Figures, report.html and the JSON into ``out``; returns the written paths."""
+    from . import report
+
+    t = time.perf_counter()
+    figs = build_figures(analysis)
+    analysis.timings["figures"] = time.perf_counter() - t
+    data = analysis.to_json(provenance)
+    return report.write_report(data, figs, Path(out), json_path)
