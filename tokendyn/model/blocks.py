@@ -1,0 +1,175 @@
+"""Norms, the residual block, the layer stack ("backbone") and the model-wide init.
+
+The block has mamba_ssm's Add -> Norm -> Mixer order: it takes the previous mixer
+output and the residual stream, adds them, normalises, and runs its mixer:
+    residual = hidden + residual;  hidden = mixer(norm(residual))
+which is the pre-norm residual network  r_{i+1} = r_i + mixer_i(norm_i(r_i)).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .mixer import MambaMixer, accumulation_dtype
+from .outputs import MambaOutput
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · weight over the last dim, computed in float32
+    (float64 for float64 input). x: (..., d) -> (..., d) in x's dtype."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = accumulation_dtype(x.dtype)
+        xf = x.to(acc)
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(acc)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def make_norm(d: int, rms_norm: bool, eps: float) -> nn.Module:
+    """RMSNorm (``rms_norm=True``) or LayerNorm with weight and bias."""
+    return RMSNorm(d, eps=eps) if rms_norm else nn.LayerNorm(d, eps=eps)
+
+
+def _promote_residual(residual: torch.Tensor) -> torch.Tensor:
+    """Keep the residual stream in at least float32 (float64 stays float64)."""
+    return residual if residual.dtype == torch.float64 else residual.to(torch.float32)
+
+
+class Block(nn.Module):
+    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`)."""
+
+    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True):
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.norm = norm
+        self.mixer = mixer
+
+    def _add_norm(self, hidden, residual):
+        residual = hidden if residual is None else hidden + residual
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = _promote_residual(residual)
+        return normed, residual
+
+    def forward(self, hidden_states, residual=None, return_internals=False, return_state=False):
+        """hidden_states, residual: (batch, L, d_model) (residual None for the first layer).
+
+        Returns (mixer output, residual stream entering this layer, MixerRun).
+        """
+        normed, residual = self._add_norm(hidden_states, residual)
+        run = self.mixer.run(normed, return_internals=return_internals, return_state=return_state)
+        return run.out, residual, run
+
+    def step(self, hidden_states, residual, conv_state, ssm_state):
+        """One token: hidden_states, residual (batch, d_model). Returns (out, residual,
+        conv_state, ssm_state)."""
+        normed, residual = self._add_norm(hidden_states, residual)
+        out, conv_state, ssm_state = self.mixer.step(normed, conv_state, ssm_state)
+        return out, residual, conv_state, ssm_state
+
+
+class MambaBackbone(nn.Module):
+    """``embedding`` -> n_layer :class:`Block` -> ``norm_f`` (mamba_ssm's ``MixerModel``).
+
+    ``embedding`` maps the model's inputs to (batch, L, d_model): an ``nn.Embedding``
+    for token ids, an ``nn.Linear`` for continuous vectors.
+    """
+
+    def __init__(self, config, embedding: nn.Module):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.embedding = embedding
+        self.layers = nn.ModuleList([
+            Block(MambaMixer(config, layer_idx=i),
+                  make_norm(config.d_model, config.rms_norm, config.norm_epsilon),
+                  residual_in_fp32=config.residual_in_fp32)
+            for i in range(config.n_layer)
+        ])
+        self.norm_f = make_norm(config.d_model, config.rms_norm, config.norm_epsilon)
+
+    def _final(self, hidden, residual):
+        residual = hidden + residual
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def forward(self, inputs, output_internals: bool = False, cache=None):
+        """inputs: what ``embedding`` takes, giving (batch, L, d_model).
+
+        Returns the final-normalised hidden states (batch, L, d_model), or with
+        ``output_internals`` a :class:`MambaOutput` whose ``logits`` field holds them.
+        With a ``cache`` (an :class:`~tokendyn.model.InferenceCache`): at offset 0 the
+        whole sequence runs in parallel and the cache receives each layer's final
+        state; later calls run token by token through :meth:`step`.
+        """
+        if cache is not None and cache.seqlen_offset > 0:
+            if output_internals:
+                raise ConfigError("output_internals is not available while decoding from a filled cache; "
+                                  "run the full sequence without a cache instead.")
+            outs = [self.step(inputs[:, t], cache) for t in range(inputs.shape[1])]
+            return torch.stack(outs, dim=1)
+        hidden = self.embedding(inputs)
+        record = MambaOutput(logits=None, hidden_states=[hidden], internals=[]) if output_internals else None
+        residual = None
+        keep_state = cache is not None
+        for i, layer in enumerate(self.layers):
+            hidden, residual, run = layer(hidden, residual, return_internals=output_internals,
+                                          return_state=keep_state)
+            if keep_state:
+                cache.conv_states[i], cache.ssm_states[i] = run.conv_state, run.ssm_state
+            if record is not None:
+                record.hidden_states.append(hidden + residual)
+                record.internals.append(run.internals)
+        if keep_state:
+            cache.seqlen_offset += inputs.shape[1]
+        out = self._final(hidden, residual)
+        if record is not None:
+            record.logits = out
+            return record
+        return out
+
+    def step(self, inputs_t, cache):
+        """One position for every sequence: inputs_t gives (batch, d_model) after
+        ``embedding``. Updates ``cache`` and returns the final-normalised (batch, d_model)."""
+        hidden = self.embedding(inputs_t)
+        residual = None
+        for i, layer in enumerate(self.layers):
+            hidden, residual, cache.conv_states[i], cache.ssm_states[i] = layer.step(
+                hidden, residual, cache.conv_states[i], cache.ssm_states[i])
+        cache.seqlen_offset += 1
+        return self._final(hidden, residual)
+
+
+def init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02,
+                 rescale_prenorm_residual: bool = True) -> None:
+    """mamba_ssm's ``_init_weights`` with one residual per layer; apply with ``model.apply``.
+
+    Linear biases -> 0 (except dt_proj's, marked ``_no_reinit``); embeddings ~ N(0, 0.02²);
+    every mixer's out_proj.weight re-drawn with PyTorch's Linear init and divided by
+    sqrt(n_layer), so the residual stream's variance does not grow with depth.
+    """
+    if isinstance(module, nn.Linear):
+        if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=initializer_range)
+    if rescale_prenorm_residual and isinstance(module, MambaMixer):
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            module.out_proj.weight /= math.sqrt(n_layer)
+
+
+def apply_init(model: nn.Module, n_layer: int) -> None:
+    """Run :func:`init_weights` over every submodule of ``model``."""
+    model.apply(partial(init_weights, n_layer=n_layer))

@@ -1,0 +1,89 @@
+"""Recurrent inference: the per-layer state cache and token generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass
+class InferenceCache:
+    """Each layer's recurrent state after ``seqlen_offset`` tokens.
+
+    conv_states[i]: (batch, D, d_conv) — the last d_conv inputs of layer i's causal conv;
+    ssm_states[i]: (batch, D, N) — the scan state h of layer i (float32, or float64 for a
+    float64 model). A cache at offset 0 is empty: the next forward runs the whole prompt
+    in parallel and fills it; afterwards every forward advances it token by token.
+    """
+
+    conv_states: list[torch.Tensor] = field(default_factory=list)
+    ssm_states: list[torch.Tensor] = field(default_factory=list)
+    seqlen_offset: int = 0
+
+    @classmethod
+    def allocate(cls, model, batch_size: int) -> "InferenceCache":
+        """Zero states for every layer of ``model`` (a MambaLM or MambaClassifier)."""
+        conv, ssm = [], []
+        for layer in model.backbone.layers:
+            c, s = layer.mixer.allocate_state(batch_size)
+            conv.append(c)
+            ssm.append(s)
+        return cls(conv, ssm, 0)
+
+    @property
+    def batch_size(self) -> int:
+        return self.conv_states[0].shape[0] if self.conv_states else 0
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row. logits: (batch, V) -> (batch,) int64.
+
+    temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature),
+    restricted to the ``top_k`` largest logits when given.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, generator: torch.Generator | None = None,
+             vocab_size: int | None = None) -> torch.Tensor:
+    """Continue ``input_ids`` (batch, L0) by ``max_new_tokens`` tokens with a MambaLM.
+
+    The prompt runs once in parallel (filling an :class:`InferenceCache`), then each new
+    token costs one recurrent step, O(1) in the length so far. Sampling: greedy for
+    ``temperature=0``, else softmax sampling with optional ``top_k``, drawn from
+    ``generator``. Padding rows of the vocabulary are never chosen: only the first
+    ``vocab_size`` logits (default ``model.config.vocab_size``) compete.
+    Returns (batch, L0 + max_new_tokens) int64.
+    """
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {temperature}.")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k}.")
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise ConfigError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}.")
+    vocab = vocab_size or model.config.vocab_size
+    cache = InferenceCache.allocate(model, input_ids.shape[0])
+    logits = model(input_ids, cache=cache)[:, -1, :vocab]
+    out = [input_ids]
+    for i in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, generator)
+        out.append(token[:, None])
+        if i + 1 < max_new_tokens:
+            logits = model.step(token, cache)[:, :vocab]
+    return torch.cat(out, dim=1)

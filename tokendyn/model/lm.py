@@ -1,0 +1,95 @@
+"""The Mamba-1 language model, with mamba_ssm ``MambaLMHeadModel``'s state_dict keys:
+
+    backbone.embedding.weight
+    backbone.layers.{i}.mixer.{in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
+                               dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight}
+    backbone.layers.{i}.norm.weight
+    backbone.norm_f.weight
+    lm_head.weight          (the embedding itself when tie_embeddings)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import DataError
+from .blocks import MambaBackbone, apply_init
+from .config import MambaConfig
+from .generation import InferenceCache
+from .outputs import MambaOutput
+
+
+class MambaLM(nn.Module):
+    """Embedding -> n_layer Mamba blocks -> final norm -> lm_head over padded_vocab_size.
+
+    ``model(input_ids)`` -> logits (batch, L, padded_vocab_size);
+    ``model(input_ids, output_internals=True)`` -> :class:`MambaOutput` with every
+    layer's residual stream and mixer internals (docs/models.md).
+    """
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.config = config
+        V = config.padded_vocab_size
+        self.backbone = MambaBackbone(config, nn.Embedding(V, config.d_model))
+        self.lm_head = nn.Linear(config.d_model, V, bias=False)
+        apply_init(self, config.n_layer)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the head when ``config.tie_embeddings``."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def _check_ids(self, input_ids: torch.Tensor, ndim: int) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            raise DataError("input_ids must be an int64 or int32 tensor of token ids.")
+        if input_ids.dim() != ndim:
+            shape = "(batch, length)" if ndim == 2 else "(batch,)"
+            raise DataError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}.")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.padded_vocab_size):
+            raise DataError(f"token ids must lie in [0, {self.config.padded_vocab_size}), got "
+                            f"[{int(input_ids.min())}, {int(input_ids.max())}].")
+
+    def forward(self, input_ids: torch.Tensor, output_internals: bool = False,
+                cache: InferenceCache | None = None):
+        """input_ids: (batch, L) int64 -> logits (batch, L, padded_vocab_size).
+
+        output_internals: return a :class:`MambaOutput` (logits, hidden_states, internals).
+        cache: an :class:`InferenceCache`; an empty one is filled from this call's
+        sequence (the prompt), a filled one is advanced token by token.
+        """
+        self._check_ids(input_ids, 2)
+        res = self.backbone(input_ids, output_internals=output_internals, cache=cache)
+        if isinstance(res, MambaOutput):
+            res.logits = self.lm_head(res.logits)
+            return res
+        return self.lm_head(res)
+
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """One new token per sequence: input_ids (batch,) -> logits (batch, padded_vocab_size)."""
+        if input_ids.dim() == 2 and input_ids.shape[1] == 1:
+            input_ids = input_ids[:, 0]
+        self._check_ids(input_ids, 1)
+        return self.lm_head(self.backbone.step(input_ids, cache))
+
+    def allocate_cache(self, batch_size: int) -> InferenceCache:
+        """An empty :class:`InferenceCache` for ``batch_size`` sequences."""
+        return InferenceCache.allocate(self, batch_size)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
+        self.config.scan_backend = backend
+        for layer in self.backbone.layers:
+            layer.mixer.scan_backend = backend
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path) -> None:
+        """Write ``path``/config.json and ``path``/model.safetensors (tokendyn layout)."""
+        from .checkpoint import save_model  # imported here: checkpoint imports this module
+
+        save_model(self, path)

@@ -1,0 +1,220 @@
+"""The Mamba-1 mixer (S6 block), parameter for parameter the same as mamba_ssm's ``Mamba``.
+
+Per token x_l (THEORY.md section 1, D = d_inner, N = d_state, R = dt_rank):
+    [x; z] = in_proj(hidden)                         x, z ∈ R^D
+    x      = silu(causal depthwise conv1d(x))        (d_conv taps)
+    [δ; B; C] = x_proj(x)                            δ ∈ R^R, B = S_B x, C = S_C x ∈ R^N
+    Δ      = softplus(dt_proj.weight δ + dt_proj.bias)   = softplus(S_Δ x + b_Δ)
+    y      = selective_scan(x, Δ, A = −exp(A_log), B, C, D) ⊙ silu(z)
+    out    = out_proj(y)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import selective_scan
+from .config import _check_mixer_fields
+from .outputs import MixerInternals
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other dtype accumulates the scan in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y, for y > 0, written to stay accurate for small y."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+@dataclass
+class MixerRun:
+    """Result of :meth:`MambaMixer.run`.
+
+    out: (batch, L, d_model); internals: :class:`MixerInternals` or None;
+    conv_state: (batch, D, d_conv) and ssm_state: (batch, D, N) after the last token, or None.
+    """
+
+    out: torch.Tensor
+    internals: MixerInternals | None = None
+    conv_state: torch.Tensor | None = None
+    ssm_state: torch.Tensor | None = None
+
+
+class MambaMixer(nn.Module):
+    """Mamba-1 mixer; parameters in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj.
+
+    Build it from a config (``MambaMixer(config)``, any object with the mixer fields
+    of :class:`~tokendyn.model.MambaConfig`) or from keywords like mamba_ssm's
+    ``Mamba(d_model, d_state=16, ...)``. Shapes: in_proj (2D, d_model), conv1d (D, 1,
+    d_conv), x_proj (R + 2N, D), dt_proj (D, R) with bias (D,), A_log (D, N), D (D,),
+    out_proj (d_model, D).
+
+    Initialisation is mamba_ssm's: dt_proj.weight uniform in ±R^-1/2·dt_scale (or that
+    constant), dt_proj.bias = softplus⁻¹(Δ₀) with Δ₀ log-uniform in [dt_min, dt_max]
+    (floored at dt_init_floor), A_log[d, n] = log(n + 1) (S4D-real), D = 1, other
+    layers PyTorch's default. The depth rescaling of out_proj happens in the model.
+    """
+
+    def __init__(self, d_model, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, scan_backend: str = "auto",
+                 layer_idx: int | None = None):
+        super().__init__()
+        if hasattr(d_model, "mixer_kwargs"):  # a config object
+            cfg = d_model
+            kwargs = cfg.mixer_kwargs()
+            d_model = cfg.d_model
+            d_state, d_conv, expand = kwargs["d_state"], kwargs["d_conv"], kwargs["expand"]
+            dt_rank, dt_min, dt_max = kwargs["dt_rank"], kwargs["dt_min"], kwargs["dt_max"]
+            dt_init, dt_scale, dt_init_floor = kwargs["dt_init"], kwargs["dt_scale"], kwargs["dt_init_floor"]
+            conv_bias, bias, scan_backend = kwargs["conv_bias"], kwargs["bias"], kwargs["scan_backend"]
+        else:
+            _check_mixer_fields(SimpleNamespace(
+                d_model=d_model, n_layer=1, d_state=d_state, d_conv=d_conv, expand=expand,
+                dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max, dt_init=dt_init,
+                dt_init_floor=dt_init_floor))
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        self.layer_idx = layer_idx
+        D, N, R = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * D, bias=bias)
+        self.conv1d = nn.Conv1d(D, D, kernel_size=d_conv, groups=D, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(D, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, D, bias=True)
+        self.A_log = nn.Parameter(torch.empty(D, N))
+        self.D = nn.Parameter(torch.empty(D))
+        self.out_proj = nn.Linear(D, d_model, bias=bias)
+        # Excluded from weight decay by the training code, as in mamba_ssm.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=0.001, dt_max=0.1, dt_init="random", dt_scale=1.0,
+                             dt_init_floor=1e-4) -> None:
+        """mamba_ssm's initialisation of dt_proj, A_log and D (see the class docstring)."""
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        # Δ₀ log-uniform in [dt_min, dt_max], so softplus(bias) starts in that range.
+        u = torch.rand(self.d_inner, dtype=torch.float32, device=self.dt_proj.bias.device)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(inverse_softplus(dt))
+        # The model-wide init zeroes Linear biases; this one must survive it.
+        self.dt_proj.bias._no_reinit = True
+        n = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+
+    # ---- paper quantities -------------------------------------------------------------
+
+    def io_parameters(self, detach: bool = True) -> dict[str, torch.Tensor]:
+        """The layer's parameters in THEORY.md's symbols (glossary, section 7).
+
+        Returns S_B (N, D), S_C (N, D), S_Delta (D, D) = dt_proj.weight @ x_proj.weight[:R],
+        b_Delta (D,), A (D, N) = −exp(A_log). With ``detach=False`` they stay in the
+        autograd graph (for losses on them).
+        """
+        W = self.x_proj.weight
+        R, N = self.dt_rank, self.d_state
+        out = {
+            "S_B": W[R:R + N],
+            "S_C": W[R + N:],
+            "S_Delta": self.dt_proj.weight @ W[:R],
+            "b_Delta": self.dt_proj.bias,
+            "A": -torch.exp(self.A_log),
+        }
+        return {k: v.detach() for k, v in out.items()} if detach else out
+
+    # ---- full sequence ----------------------------------------------------------------
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""
+        return self.run(hidden_states).out
+
+    def run(self, hidden_states: torch.Tensor, return_internals: bool = False,
+            return_state: bool = False) -> MixerRun:
+        """The full-sequence forward, optionally keeping the scan inputs and the final state.
+
+        hidden_states: (batch, L, d_model). ``return_state`` gives the conv state (the last
+        d_conv pre-conv inputs, zero-padded on the left) and the ssm state h_L, ready for
+        :meth:`step`.
+        """
+        L = hidden_states.shape[1]
+        xz = self.in_proj(hidden_states).transpose(1, 2)            # (b, 2D, L)
+        x, z = xz.chunk(2, dim=1)
+        conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
+        x = F.silu(self.conv1d(x)[..., :L])                         # causal: drop the right overhang
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # (b, D, L), bias added in the scan
+        B = B.transpose(1, 2).contiguous()                          # (b, N, L)
+        C = C.transpose(1, 2).contiguous()
+        acc = accumulation_dtype(self.A_log.dtype)
+        A = -torch.exp(self.A_log.to(acc))
+        delta_bias = self.dt_proj.bias.to(acc)
+        res = selective_scan(x, dt, A, B, C, self.D.to(acc), z=z, delta_bias=delta_bias,
+                             delta_softplus=True, return_last_state=return_state,
+                             backend=self.scan_backend)
+        y, ssm_state = res if return_state else (res, None)
+        out = self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+        internals = None
+        if return_internals:
+            delta = F.softplus(dt.to(accumulation_dtype(dt.dtype)) + delta_bias[:, None])
+            internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
+        return MixerRun(out, internals, conv_state, ssm_state)
+
+    # ---- one token --------------------------------------------------------------------
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero states: conv (batch, D, d_conv) in the weights' dtype, ssm (batch, D, N) in
+        the accumulation dtype (float32, or float64 for a float64 model)."""
+        device = device or self.A_log.device
+        dtype = dtype or self.conv1d.weight.dtype
+        conv = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                          dtype=accumulation_dtype(self.A_log.dtype))
+        return conv, ssm
+
+    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
+        """One recurrent step (the scan's recurrence for a single token).
+
+        hidden_states: (batch, d_model); conv_state: (batch, D, d_conv); ssm_state:
+        (batch, D, N). Returns (out (batch, d_model), new conv_state, new ssm_state);
+        the inputs are not modified.
+        """
+        dtype = hidden_states.dtype
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)         # (b, D) each
+        conv_state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
+        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x).to(dtype)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt @ self.dt_proj.weight.t()
+        acc = ssm_state.dtype
+        delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))  # (b, D)
+        A = -torch.exp(self.A_log.to(acc))                           # (D, N)
+        xa = x.to(acc)
+        # h = exp(Δ A) ⊙ h + Δ B x   (THEORY.md section 1)
+        ssm_state = torch.exp(delta[:, :, None] * A) * ssm_state \
+            + (delta * xa)[:, :, None] * B.to(acc)[:, None, :]
+        y = torch.einsum("bdn,bn->bd", ssm_state, C.to(acc)) + self.D.to(acc) * xa
+        y = y * F.silu(z.to(acc))
+        return self.out_proj(y.to(dtype)), conv_state, ssm_state

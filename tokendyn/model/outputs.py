@@ -1,0 +1,44 @@
+"""What one forward pass can hand to analysis code: the residual stream and the
+mixer internals of every layer (requested with ``output_internals=True``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MixerInternals:
+    """The selective scan's inputs in one mixer, as the scan saw them.
+
+    Shapes (D = d_inner, N = d_state, L = sequence length):
+        x:     (batch, D, L)  scan input u: in_proj's x half after the causal conv and SiLU
+        delta: (batch, D, L)  Δ after dt_proj's bias and softplus (accumulation dtype)
+        B:     (batch, N, L)  B_l = S_B x_l
+        C:     (batch, N, L)  C_l = S_C x_l
+        z:     (batch, D, L)  gate branch (before SiLU)
+    """
+
+    x: torch.Tensor
+    delta: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    z: torch.Tensor
+
+
+@dataclass
+class MambaOutput:
+    """Logits plus the per-layer record of one forward pass.
+
+    logits: (batch, L, padded_vocab) for :class:`MambaLM`, (batch, n_classes) for
+        :class:`MambaClassifier`.
+    hidden_states: n_layer + 1 tensors (batch, L, d_model): the residual stream
+        entering layer 0 (embeddings or projected inputs), then after each layer i
+        (residual + mixer output), before the final norm.
+    internals: one :class:`MixerInternals` per layer.
+    """
+
+    logits: torch.Tensor
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
+    internals: list[MixerInternals] = field(default_factory=list)
