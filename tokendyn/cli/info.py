@@ -1,0 +1,41 @@
+"""``tokendyn info PATH``: which checkpoint layout a directory holds, its config and size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write layout, config, n_params and files as JSON here."),
+) -> None:
+    """Check a checkpoint and print its layout, configuration and parameter count."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..model.checkpoint import inspect_checkpoint
+
+    found = inspect_checkpoint(path)
+    data = found.to_json()
+
+    console = Console()
+    console.print(f"[bold]{found.path}[/bold]")
+    console.print(f"layout: [bold]{found.layout}[/bold]")
+    console.print(f"parameters: {found.n_params:,}")
+    console.print(f"files: {', '.join(found.files)}")
+    table = Table(title="config", show_header=True)
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in data["config"].items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

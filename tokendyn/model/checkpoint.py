@@ -1,0 +1,261 @@
+"""Load, save, inspect and export Mamba-1 language-model checkpoints.
+
+A checkpoint is a directory with ``config.json`` and weights. Three layouts are read
+(see :mod:`tokendyn.model.checkpoint_layouts`): tokendyn's own, state-spaces
+``mamba_ssm``'s and HF transformers' ``MambaForCausalLM``. tokendyn writes its own
+layout (:func:`save_model`) and the transformers layout (:func:`export_hf`).
+
+Every problem with the input raises :class:`~tokendyn.errors.CheckpointError` with
+one sentence that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, TokendynError
+from . import checkpoint_layouts as layouts
+from .checkpoint_io import SAFETENSORS, read_json, read_tensors, weight_files, write_safetensors
+
+__all__ = ["CheckpointInfo", "load_model", "save_model", "inspect_checkpoint", "export_hf"]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint directory holds.
+
+    layout: one of ``"tokendyn"``, ``"state-spaces"``, ``"hf-transformers"``.
+    config: the :class:`~tokendyn.model.MambaConfig` it describes.
+    n_params: number of parameters, tied embedding/lm_head counted once.
+    files: file names inside the directory that were read (config first).
+    """
+
+    layout: str
+    config: Any
+    n_params: int
+    files: list[str] = field(default_factory=list)
+    path: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: layout, config (MambaConfig fields), n_params, files, path."""
+        return {
+            "layout": self.layout,
+            "config": dataclasses.asdict(self.config),
+            "n_params": self.n_params,
+            "files": list(self.files),
+            "path": self.path,
+        }
+
+
+def _config_cls():
+    from . import MambaConfig  # the model package defines it; imported late to avoid an import cycle
+
+    return MambaConfig
+
+
+def _model_cls():
+    from . import MambaLM
+
+    return MambaLM
+
+
+def _checkpoint_dir(path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"Checkpoint path {p} does not exist.")
+    if p.is_file():  # a file inside the checkpoint (config.json, weights) names its directory
+        p = p.parent
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{p} has no config.json, so it is not a checkpoint directory tokendyn can read.")
+    return p
+
+
+def _make_config(kwargs: dict[str, Any], source: Path):
+    try:
+        return _config_cls()(**kwargs)
+    except TokendynError as exc:
+        raise CheckpointError(f"config.json in {source} is not a valid Mamba configuration: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"config.json in {source} is not a valid Mamba configuration ({exc}).") from exc
+
+
+def _read(path) -> tuple[str, Any, dict[str, torch.Tensor], Path, list[Path]]:
+    """Find, read and check a checkpoint: (layout, config, tensors by tokendyn name, dir, files).
+
+    The tensors are exactly :func:`~tokendyn.model.checkpoint_layouts.expected_shapes`'s
+    names, with those shapes, all finite floating point.
+    """
+    directory = _checkpoint_dir(path)
+    raw = read_json(directory / "config.json")
+    layout = layouts.detect_layout(raw, str(directory))
+    files = weight_files(directory)
+    if layout == layouts.TOKENDYN and files[0].suffix != ".safetensors":
+        raise CheckpointError(f"{directory} is in tokendyn's layout but has no {SAFETENSORS}.")
+    tensors = read_tensors(files)
+
+    if layout == layouts.HF_TRANSFORMERS:
+        tensors = {layouts.hf_name_to_tokendyn(k): v for k, v in tensors.items()}
+        emb = tensors.get("backbone.embedding.weight")
+        rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else None
+        kwargs = layouts.config_kwargs_hf(raw, rows, str(directory))
+    elif layout == layouts.STATE_SPACES:
+        kwargs = layouts.config_kwargs_state_spaces(raw, _config_cls(), str(directory))
+    else:
+        kwargs = layouts.config_kwargs_tokendyn(raw, _config_cls(), str(directory))
+    config = _make_config(kwargs, directory)
+    tensors = _check_tensors(tensors, config, directory)
+    return layout, config, tensors, directory, files
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], config, directory: Path) -> dict[str, torch.Tensor]:
+    expected = layouts.expected_shapes(config)
+    tensors = dict(tensors)
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        # Written by mamba_ssm (torch.save keeps both names) or by an HF save that kept it:
+        # fine if it really is the embedding, a contradiction otherwise.
+        head = tensors.pop("lm_head.weight")
+        emb = tensors.get("backbone.embedding.weight")
+        if emb is not None and (head.shape != emb.shape or not torch.equal(head, emb)):
+            raise CheckpointError(
+                f"{directory} says the embeddings are tied, but lm_head.weight differs from the embedding."
+            )
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{directory} is missing weight tensors: {', '.join(missing[:3])}{more}.")
+    unexpected = [k for k in tensors if k not in expected]
+    if unexpected:
+        more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        raise CheckpointError(
+            f"{directory} has weight tensors this configuration does not use: {', '.join(unexpected[:3])}{more}."
+        )
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise CheckpointError(
+                f"Tensor {name} in {directory} has shape {tuple(t.shape)}, but config.json implies {shape}."
+            )
+        if not t.is_floating_point():
+            raise CheckpointError(f"Tensor {name} in {directory} has dtype {t.dtype}, not a floating-point type.")
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise CheckpointError(f"Tensor {name} in {directory} has {bad} NaN or infinite value{'s' if bad != 1 else ''}.")
+    return tensors
+
+
+def _n_params(tensors: dict[str, torch.Tensor]) -> int:
+    return int(sum(t.numel() for t in tensors.values()))
+
+
+def inspect_checkpoint(path) -> CheckpointInfo:
+    """Read and check a checkpoint without building a model.
+
+    Every check :func:`load_model` makes is made here too (shapes, missing tensors,
+    NaN/inf), so a checkpoint that inspects cleanly loads.
+    """
+    layout, config, tensors, directory, files = _read(path)
+    names = ["config.json"] + [f.name for f in files]
+    return CheckpointInfo(layout, config, _n_params(tensors), names, str(directory))
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise CheckpointError(f"dtype {dtype} is not a floating-point type.")
+        return dtype
+    key = str(dtype).removeprefix("torch.").lower()
+    if key not in _DTYPES:
+        raise CheckpointError(f"Unknown dtype {dtype!r}; use one of float32, float64, float16, bfloat16.")
+    return _DTYPES[key]
+
+
+def load_model(path, device="cpu", dtype=None):
+    """Load a Mamba-1 language model from a checkpoint directory in any of the three layouts.
+
+    Args:
+        path: the checkpoint directory (or a file inside it).
+        device: where the model goes (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        dtype: parameter dtype; ``None`` means float32 whatever the file stores.
+
+    Returns:
+        A :class:`~tokendyn.model.MambaLM` in eval mode, with ``checkpoint_layout``
+        (``"tokendyn"``, ``"state-spaces"`` or ``"hf-transformers"``) and
+        ``checkpoint_path`` set. ``model(input_ids)`` with input_ids (batch, L)
+        gives logits (batch, L, config.padded_vocab_size); for a transformers
+        checkpoint that width equals transformers' ``vocab_size``.
+    """
+    target_dtype = _resolve_dtype(dtype)
+    layout, config, tensors, directory, _ = _read(path)
+    model = _model_cls()(config)
+    state = model.state_dict()
+    if config.tie_embeddings and "lm_head.weight" in state:
+        tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
+    # The checks above were made against mamba_ssm's names and shapes; MambaLM must agree.
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    if missing or unexpected:
+        raise RuntimeError(f"MambaLM's parameters differ from the checkpoint's: missing {missing}, extra {unexpected}")
+    model.load_state_dict(tensors, strict=True)
+    model = model.to(device=torch.device(device), dtype=target_dtype).eval()
+    model.checkpoint_layout = layout
+    model.checkpoint_path = str(directory)
+    return model
+
+
+def _state_for_saving(model) -> tuple[Any, dict[str, torch.Tensor]]:
+    config = model.config
+    state = dict(model.state_dict())
+    if config.tie_embeddings:
+        # Tied weights are stored once (safetensors refuses two names for one storage);
+        # the loader ties them again.
+        state.pop("lm_head.weight", None)
+    return config, state
+
+
+def save_model(model, path) -> Path:
+    """Write ``model`` in tokendyn's layout: ``path/config.json`` + ``path/model.safetensors``.
+
+    config.json holds every MambaConfig field plus ``"format": "tokendyn"`` and
+    ``"format_version"``; a tied lm_head is not stored. Returns the directory.
+    """
+    directory = Path(path).expanduser()
+    config, state = _state_for_saving(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_safetensors(state, directory / SAFETENSORS)
+    meta = {"format": layouts.TOKENDYN, "format_version": layouts.FORMAT_VERSION, **dataclasses.asdict(config)}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def export_hf(model, path) -> Path:
+    """Write ``model`` as a transformers ``MambaForCausalLM`` checkpoint directory.
+
+    ``transformers.MambaForCausalLM.from_pretrained(path)`` then computes the same
+    logits (batch, L, padded_vocab_size). The vocabulary is written padded, since
+    transformers' vocab_size is the embedding's row count. Raises CheckpointError for
+    models transformers cannot represent (LayerNorm, non-integer expand). Returns the directory.
+    """
+    config, state = _state_for_saving(model)
+    hf_config = layouts.config_to_hf(config)
+    hf_config["dtype"] = str(state["backbone.embedding.weight"].dtype).removeprefix("torch.")
+    directory = Path(path).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    write_safetensors({layouts.tokendyn_name_to_hf(k): v for k, v in state.items()}, directory / SAFETENSORS)
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    return directory
