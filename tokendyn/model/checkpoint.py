@@ -41,6 +41,7 @@ class CheckpointInfo:
     config: the :class:`~tokendyn.model.MambaConfig` it describes.
     n_params: number of parameters, tied embedding/lm_head counted once.
     files: file names inside the directory that were read (config first).
+    path: the directory. architecture: ``"MambaLM"`` or ``"MambaClassifier"``.
     """
 
     layout: str
@@ -48,6 +49,7 @@ class CheckpointInfo:
     n_params: int
     files: list[str] = field(default_factory=list)
     path: str = ""
+    architecture: str = "MambaLM"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: layout, config (MambaConfig fields), n_params, files, path."""
@@ -57,19 +59,37 @@ class CheckpointInfo:
             "n_params": self.n_params,
             "files": list(self.files),
             "path": self.path,
+            "architecture": self.architecture,
         }
 
 
-def _config_cls():
-    from . import MambaConfig  # the model package defines it; imported late to avoid an import cycle
+# tokendyn's layout holds either model; config.json's "architecture" says which.
+LM, CLASSIFIER = "MambaLM", "MambaClassifier"
+ARCHITECTURES = (LM, CLASSIFIER)
 
-    return MambaConfig
+
+def _config_cls(architecture: str = LM):
+    from . import ClassifierConfig, MambaConfig  # imported late: the model package imports this module lazily
+
+    return {LM: MambaConfig, CLASSIFIER: ClassifierConfig}[architecture]
 
 
-def _model_cls():
-    from . import MambaLM
+def _model_cls(architecture: str = LM):
+    from . import MambaClassifier, MambaLM
 
-    return MambaLM
+    return {LM: MambaLM, CLASSIFIER: MambaClassifier}[architecture]
+
+
+@dataclass
+class _Checked:
+    """A checkpoint after every check: tensors by tokendyn name, exactly the expected set."""
+
+    layout: str
+    architecture: str
+    config: Any
+    tensors: dict[str, torch.Tensor]
+    directory: Path
+    files: list[Path]
 
 
 def _checkpoint_dir(path) -> Path:
@@ -83,47 +103,64 @@ def _checkpoint_dir(path) -> Path:
     return p
 
 
-def _make_config(kwargs: dict[str, Any], source: Path):
+def _make_config(config_cls, kwargs: dict[str, Any], source: Path):
     try:
-        return _config_cls()(**kwargs)
+        return config_cls(**kwargs)
     except TokendynError as exc:
         raise CheckpointError(f"config.json in {source} is not a valid Mamba configuration: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"config.json in {source} is not a valid Mamba configuration ({exc}).") from exc
 
 
-def _read(path) -> tuple[str, Any, dict[str, torch.Tensor], Path, list[Path]]:
-    """Find, read and check a checkpoint: (layout, config, tensors by tokendyn name, dir, files).
+def _architecture(raw: dict[str, Any], directory: Path) -> str:
+    arch = raw.get("architecture", LM)
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"config.json in {directory} names architecture {arch!r}; tokendyn knows {', '.join(ARCHITECTURES)}."
+        )
+    return arch
 
-    The tensors are exactly :func:`~tokendyn.model.checkpoint_layouts.expected_shapes`'s
-    names, with those shapes, all finite floating point.
-    """
+
+def _expected(architecture: str, config) -> dict[str, tuple[int, ...]]:
+    if architecture == LM:
+        # Computed from the config alone (mamba_ssm's shapes), so inspecting builds no model.
+        return layouts.expected_shapes(config)
+    # Classifiers are tokendyn's own and small: their parameters are whatever the class makes.
+    return {k: tuple(v.shape) for k, v in _model_cls(architecture)(config).state_dict().items()}
+
+
+def _read(path) -> _Checked:
+    """Find, read and check a checkpoint (layout, config, shapes, completeness, finiteness)."""
     directory = _checkpoint_dir(path)
     raw = read_json(directory / "config.json")
     layout = layouts.detect_layout(raw, str(directory))
+    architecture = _architecture(raw, directory) if layout == layouts.TOKENDYN else LM
     files = weight_files(directory)
     if layout == layouts.TOKENDYN and files[0].suffix != ".safetensors":
         raise CheckpointError(f"{directory} is in tokendyn's layout but has no {SAFETENSORS}.")
     tensors = read_tensors(files)
 
+    config_cls = _config_cls(architecture)
     if layout == layouts.HF_TRANSFORMERS:
         tensors = {layouts.hf_name_to_tokendyn(k): v for k, v in tensors.items()}
         emb = tensors.get("backbone.embedding.weight")
         rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else None
         kwargs = layouts.config_kwargs_hf(raw, rows, str(directory))
     elif layout == layouts.STATE_SPACES:
-        kwargs = layouts.config_kwargs_state_spaces(raw, _config_cls(), str(directory))
+        kwargs = layouts.config_kwargs_state_spaces(raw, str(directory))
     else:
-        kwargs = layouts.config_kwargs_tokendyn(raw, _config_cls(), str(directory))
-    config = _make_config(kwargs, directory)
-    tensors = _check_tensors(tensors, config, directory)
-    return layout, config, tensors, directory, files
+        kwargs = layouts.config_kwargs_tokendyn(raw, config_cls, str(directory))
+    config = _make_config(config_cls, kwargs, directory)
+    tied = bool(getattr(config, "tie_embeddings", False))
+    tensors = _check_tensors(tensors, _expected(architecture, config), tied, directory)
+    return _Checked(layout, architecture, config, tensors, directory, files)
 
 
-def _check_tensors(tensors: dict[str, torch.Tensor], config, directory: Path) -> dict[str, torch.Tensor]:
-    expected = layouts.expected_shapes(config)
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], tied: bool, directory: Path
+) -> dict[str, torch.Tensor]:
     tensors = dict(tensors)
-    if config.tie_embeddings and "lm_head.weight" in tensors:
+    if tied and "lm_head.weight" in tensors and "lm_head.weight" not in expected:
         # Written by mamba_ssm (torch.save keeps both names) or by an HF save that kept it:
         # fine if it really is the embedding, a contradiction otherwise.
         head = tensors.pop("lm_head.weight")
@@ -153,7 +190,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config, directory: Path) ->
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             bad = int((~finite).sum())
-            raise CheckpointError(f"Tensor {name} in {directory} has {bad} NaN or infinite value{'s' if bad != 1 else ''}.")
+            raise CheckpointError(
+                f"Tensor {name} in {directory} has {bad} NaN or infinite value{'s' if bad != 1 else ''}."
+            )
     return tensors
 
 
@@ -162,14 +201,14 @@ def _n_params(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def inspect_checkpoint(path) -> CheckpointInfo:
-    """Read and check a checkpoint without building a model.
+    """Read and check a checkpoint directory without building a language model.
 
-    Every check :func:`load_model` makes is made here too (shapes, missing tensors,
-    NaN/inf), so a checkpoint that inspects cleanly loads.
+    Every check :func:`load_model` makes is made here too (layout, shapes, missing or
+    extra tensors, NaN/inf), so a checkpoint that inspects cleanly loads.
     """
-    layout, config, tensors, directory, files = _read(path)
-    names = ["config.json"] + [f.name for f in files]
-    return CheckpointInfo(layout, config, _n_params(tensors), names, str(directory))
+    c = _read(path)
+    names = ["config.json"] + [f.name for f in c.files]
+    return CheckpointInfo(c.layout, c.config, _n_params(c.tensors), names, str(c.directory), c.architecture)
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -186,73 +225,92 @@ def _resolve_dtype(dtype) -> torch.dtype:
 
 
 def load_model(path, device="cpu", dtype=None):
-    """Load a Mamba-1 language model from a checkpoint directory in any of the three layouts.
+    """Load a model from a checkpoint directory in any of the three layouts.
 
     Args:
         path: the checkpoint directory (or a file inside it).
         device: where the model goes (``"cpu"``, ``"cuda"``, a ``torch.device``).
-        dtype: parameter dtype; ``None`` means float32 whatever the file stores.
+        dtype: parameter dtype (torch.dtype or name); ``None`` means float32 whatever
+            the file stores.
 
     Returns:
-        A :class:`~tokendyn.model.MambaLM` in eval mode, with ``checkpoint_layout``
-        (``"tokendyn"``, ``"state-spaces"`` or ``"hf-transformers"``) and
-        ``checkpoint_path`` set. ``model(input_ids)`` with input_ids (batch, L)
-        gives logits (batch, L, config.padded_vocab_size); for a transformers
-        checkpoint that width equals transformers' ``vocab_size``.
+        A :class:`~tokendyn.model.MambaLM` (or, for a tokendyn checkpoint of a
+        classifier, a :class:`~tokendyn.model.MambaClassifier`) in eval mode, with
+        ``checkpoint_layout`` (``"tokendyn"``, ``"state-spaces"`` or
+        ``"hf-transformers"``) and ``checkpoint_path`` set. ``model(input_ids)`` with
+        input_ids (batch, L) gives logits (batch, L, config.padded_vocab_size); for a
+        transformers checkpoint that width equals transformers' ``vocab_size``.
     """
     target_dtype = _resolve_dtype(dtype)
-    layout, config, tensors, directory, _ = _read(path)
-    model = _model_cls()(config)
+    c = _read(path)
+    model = _model_cls(c.architecture)(c.config)
     state = model.state_dict()
-    if config.tie_embeddings and "lm_head.weight" in state:
+    tensors = dict(c.tensors)
+    if getattr(c.config, "tie_embeddings", False) and "lm_head.weight" in state and "lm_head.weight" not in tensors:
         tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
-    # The checks above were made against mamba_ssm's names and shapes; MambaLM must agree.
+    # The checks were made against mamba_ssm's names and shapes; the model class must agree.
     missing = sorted(set(state) - set(tensors))
     unexpected = sorted(set(tensors) - set(state))
     if missing or unexpected:
-        raise RuntimeError(f"MambaLM's parameters differ from the checkpoint's: missing {missing}, extra {unexpected}")
+        raise RuntimeError(f"{type(model).__name__} parameters differ from mamba_ssm's: missing {missing}, extra {unexpected}")
     model.load_state_dict(tensors, strict=True)
     model = model.to(device=torch.device(device), dtype=target_dtype).eval()
-    model.checkpoint_layout = layout
-    model.checkpoint_path = str(directory)
+    model.checkpoint_layout = c.layout
+    model.checkpoint_path = str(c.directory)
     return model
 
 
-def _state_for_saving(model) -> tuple[Any, dict[str, torch.Tensor]]:
-    config = model.config
+def _state_for_saving(model) -> dict[str, torch.Tensor]:
     state = dict(model.state_dict())
-    if config.tie_embeddings:
+    if getattr(model.config, "tie_embeddings", False):
         # Tied weights are stored once (safetensors refuses two names for one storage);
         # the loader ties them again.
         state.pop("lm_head.weight", None)
-    return config, state
+    return state
+
+
+def _architecture_of(model) -> str:
+    name = type(model).__name__
+    if name not in ARCHITECTURES:
+        raise CheckpointError(f"save_model writes {', '.join(ARCHITECTURES)} models, not {name}.")
+    return name
 
 
 def save_model(model, path) -> Path:
     """Write ``model`` in tokendyn's layout: ``path/config.json`` + ``path/model.safetensors``.
 
-    config.json holds every MambaConfig field plus ``"format": "tokendyn"`` and
-    ``"format_version"``; a tied lm_head is not stored. Returns the directory.
+    config.json holds every config field plus ``"format": "tokendyn"``,
+    ``"format_version"`` and ``"architecture"`` (MambaLM or MambaClassifier); a tied
+    lm_head is stored once, as the embedding. Returns the directory.
     """
+    architecture = _architecture_of(model)
     directory = Path(path).expanduser()
-    config, state = _state_for_saving(model)
+    state = _state_for_saving(model)
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(state, directory / SAFETENSORS)
-    meta = {"format": layouts.TOKENDYN, "format_version": layouts.FORMAT_VERSION, **dataclasses.asdict(config)}
+    meta = {
+        "format": layouts.TOKENDYN,
+        "format_version": layouts.FORMAT_VERSION,
+        "architecture": architecture,
+        **dataclasses.asdict(model.config),
+    }
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return directory
 
 
 def export_hf(model, path) -> Path:
-    """Write ``model`` as a transformers ``MambaForCausalLM`` checkpoint directory.
+    """Write a :class:`~tokendyn.model.MambaLM` as a transformers ``MambaForCausalLM`` directory.
 
     ``transformers.MambaForCausalLM.from_pretrained(path)`` then computes the same
     logits (batch, L, padded_vocab_size). The vocabulary is written padded, since
     transformers' vocab_size is the embedding's row count. Raises CheckpointError for
-    models transformers cannot represent (LayerNorm, non-integer expand). Returns the directory.
+    models transformers cannot represent (classifiers, LayerNorm, non-integer expand).
+    Returns the directory.
     """
-    config, state = _state_for_saving(model)
-    hf_config = layouts.config_to_hf(config)
+    if _architecture_of(model) != LM:
+        raise CheckpointError("Only a MambaLM can be exported to transformers' MambaForCausalLM layout.")
+    hf_config = layouts.config_to_hf(model.config)
+    state = _state_for_saving(model)
     hf_config["dtype"] = str(state["backbone.embedding.weight"].dtype).removeprefix("torch.")
     directory = Path(path).expanduser()
     directory.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def read_json(path: Path) -> dict:
 def weight_files(directory: Path) -> list[Path]:
     """The tensor files of a checkpoint directory, safetensors first.
 
-    Returns one file, or the shards named by an index file (in index order).
+    Returns one file, or the shards named by an index file (sorted by name).
     """
     for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
         if (directory / single).is_file():
@@ -63,7 +63,7 @@ def _shards(directory: Path, index_path: Path) -> list[Path]:
         raise CheckpointError(f"{index_path} has no weight_map.")
     root = directory.resolve()
     shards: list[Path] = []
-    for name in dict.fromkeys(weight_map.values()):
+    for name in sorted(set(map(str, weight_map.values()))):
         shard = (directory / str(name)).resolve()
         # An index must not point outside its own directory.
         if shard.parent != root:

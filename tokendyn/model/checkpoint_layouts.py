@@ -111,14 +111,16 @@ def config_kwargs_tokendyn(cfg: dict[str, Any], config_cls, source: str) -> dict
             f"{_where(source)} has format_version {version!r}, newer than this tokendyn reads ({FORMAT_VERSION})."
         )
     known = config_fields(config_cls)
-    kwargs = {k: v for k, v in cfg.items() if k not in ("format", "format_version")}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("format", "format_version", "architecture")}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise CheckpointError(f"{_where(source)} has fields MambaConfig does not know: {', '.join(unknown)}.")
+        raise CheckpointError(
+            f"{_where(source)} has fields {config_cls.__name__} does not know: {', '.join(unknown)}."
+        )
     return kwargs
 
 
-def config_kwargs_state_spaces(cfg: dict[str, Any], config_cls, source: str) -> dict[str, Any]:
+def config_kwargs_state_spaces(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """MambaConfig keyword arguments from mamba_ssm's config.json (Mamba-1, no attention or MLP layers)."""
     if cfg.get("d_intermediate", 0) not in (0, None):
         raise CheckpointError(

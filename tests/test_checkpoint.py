@@ -1,0 +1,197 @@
+"""Checkpoints against transformers as the oracle: HF -> tokendyn, tokendyn -> HF,
+state-spaces (mamba_ssm) -> tokendyn, and tokendyn's own round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach the hub
+transformers = pytest.importorskip("transformers")
+
+from tokendyn.model import MambaConfig, MambaLM  # noqa: E402
+from tokendyn.model.checkpoint import export_hf, inspect_checkpoint, load_model, save_model  # noqa: E402
+
+TOL = 1e-4
+L = 13
+
+# Two transformers models: the tied one has an unpadded vocabulary (100, not a multiple
+# of 8) and transformers' defaults; the untied one a padded vocabulary (104 = 100
+# padded to 8, as converted mamba_ssm checkpoints have) and non-default mixer settings.
+HF_VARIANTS = {
+    "tied": dict(hidden_size=64, num_hidden_layers=2, vocab_size=100, state_size=8, tie_word_embeddings=True),
+    "untied": dict(hidden_size=64, num_hidden_layers=2, vocab_size=104, state_size=8, tie_word_embeddings=False,
+                   conv_kernel=3, expand=3, time_step_rank=6, use_bias=True, use_conv_bias=False),
+}
+
+
+def _perturb(module: torch.nn.Module, seed: int) -> None:
+    """Move every parameter off its initial value (D and the norms start at exactly 1),
+    so that a parameter read into the wrong place changes the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+_HF_LOGITS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _hf_logits(hf_model, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' logits (its CPU path is a slow loop, so each (model, ids) runs once)."""
+    key = (id(hf_model), id(ids))
+    if key not in _HF_LOGITS:
+        with torch.no_grad():
+            _HF_LOGITS[key] = hf_model(ids).logits
+    return _HF_LOGITS[key]
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).to(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(0, 100, (2, L), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """name -> (directory written by save_pretrained, the transformers model)."""
+    out = {}
+    for i, (name, kw) in enumerate(HF_VARIANTS.items()):
+        torch.manual_seed(10 + i)
+        model = transformers.MambaForCausalLM(transformers.MambaConfig(use_mambapy=False, **kw)).eval()
+        _perturb(model, seed=20 + i)
+        d = tmp_path_factory.mktemp(f"hf-{name}")
+        model.save_pretrained(d)
+        out[name] = (d, model)
+    d = tmp_path_factory.mktemp("hf-sharded")
+    out["tied"][1].save_pretrained(d, max_shard_size="60KB")
+    out["sharded"] = (d, out["tied"][1])
+    return out
+
+
+@pytest.mark.parametrize("name", ["tied", "untied", "sharded"])
+def test_hf_checkpoint_gives_transformers_logits(hf, ids, name):
+    directory, hf_model = hf[name]
+    model = load_model(directory)
+    assert model.checkpoint_layout == "hf-transformers"
+    expected = _hf_logits(hf_model, ids)
+    got = _logits(model, ids)
+    assert got.shape == expected.shape  # the vocabulary is neither padded further nor cut
+    assert (got - expected).abs().max().item() <= TOL
+    info = inspect_checkpoint(directory)
+    assert info.n_params == hf_model.num_parameters() == sum(p.numel() for p in model.parameters())
+    if name == "sharded":
+        assert len([f for f in info.files if f.endswith(".safetensors")]) > 1
+
+
+def test_hf_config_fields_map_onto_tokendyn(hf):
+    cfg = inspect_checkpoint(hf["untied"][0]).config
+    kw = HF_VARIANTS["untied"]
+    assert (cfg.d_model, cfg.n_layer, cfg.d_state) == (kw["hidden_size"], kw["num_hidden_layers"], kw["state_size"])
+    assert (cfg.d_conv, cfg.expand, cfg.dt_rank_value) == (kw["conv_kernel"], kw["expand"], kw["time_step_rank"])
+    assert (cfg.bias, cfg.conv_bias, cfg.tie_embeddings) == (True, False, False)
+    assert cfg.padded_vocab_size == kw["vocab_size"]
+
+
+def _write_state_spaces(directory: Path, hf_model, vocab_size: int, pad_multiple: int, fmt: str) -> Path:
+    """A mamba_ssm-style checkpoint of the same weights: its names, its config.json."""
+    c = hf_model.config
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v.detach().clone()
+             for k, v in hf_model.state_dict().items()}
+    if c.tie_word_embeddings:
+        state["lm_head.weight"] = state["backbone.embedding.weight"]  # torch.save of a tied mamba_ssm model keeps both
+    config = {
+        "d_model": c.hidden_size, "d_intermediate": 0, "n_layer": c.num_hidden_layers, "vocab_size": vocab_size,
+        "ssm_cfg": {"d_state": c.state_size, "d_conv": c.conv_kernel, "expand": c.expand,
+                    "dt_rank": c.time_step_rank, "conv_bias": c.use_conv_bias, "bias": c.use_bias},
+        "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+        "pad_vocab_size_multiple": pad_multiple, "tie_embeddings": c.tie_word_embeddings,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    if fmt == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        state.pop("lm_head.weight") if c.tie_word_embeddings else None
+        save_file(state, str(directory / "model.safetensors"))
+    return directory
+
+
+# tied: vocabulary 100 padded to a multiple of 4 (= 100 rows); untied: 100 padded to 8 (= 104 rows).
+@pytest.mark.parametrize("name,pad,fmt", [("tied", 4, "bin"), ("untied", 8, "bin"), ("untied", 8, "safetensors")])
+def test_state_spaces_checkpoint_matches_hf(hf, ids, tmp_path, name, pad, fmt):
+    hf_dir, hf_model = hf[name]
+    d = _write_state_spaces(tmp_path / "ss", hf_model, vocab_size=100, pad_multiple=pad, fmt=fmt)
+    model = load_model(d)
+    assert model.checkpoint_layout == "state-spaces"
+    assert model.config.vocab_size == 100 and model.config.pad_vocab_size_multiple == pad
+    from_hf = load_model(hf_dir)
+    assert (_logits(model, ids) - _hf_logits(hf_model, ids)).abs().max().item() <= TOL
+    assert torch.equal(_logits(model, ids), _logits(from_hf, ids))
+
+
+@pytest.mark.parametrize("name", ["tied", "untied"])
+def test_tokendyn_layout_round_trip(hf, ids, tmp_path, name):
+    model = load_model(hf[name][0])
+    save_model(model, tmp_path / "td")
+    again = load_model(tmp_path / "td")
+    assert again.checkpoint_layout == "tokendyn"
+    assert again.config == model.config
+    assert torch.equal(_logits(again, ids), _logits(model, ids))
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    with safe_open(str(tmp_path / "td" / "model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    tied = model.config.tie_embeddings
+    assert ("lm_head.weight" in stored) == (not tied)  # a tied head is stored once, as the embedding
+    assert (again.lm_head.weight is again.backbone.embedding.weight) == tied
+
+
+def test_fresh_model_round_trip_keeps_padding(tmp_path):
+    torch.manual_seed(3)
+    config = MambaConfig(d_model=32, n_layer=2, vocab_size=50, d_state=4, pad_vocab_size_multiple=8)
+    model = MambaLM(config).eval()
+    model.save(tmp_path / "td")
+    again = load_model(tmp_path / "td")
+    assert again.config == config and again.config.padded_vocab_size == 56
+    x = torch.randint(0, 50, (3, 7))
+    assert torch.equal(_logits(again, x), _logits(model, x))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_export_hf_loads_in_transformers(tmp_path, tie):
+    torch.manual_seed(4)
+    config = MambaConfig(d_model=48, n_layer=2, vocab_size=90, d_state=6, tie_embeddings=tie)
+    model = MambaLM(config).eval()
+    _perturb(model, seed=5)
+    export_hf(model, tmp_path / "hf")
+    hf_model = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf", use_mambapy=False).eval()
+    x = torch.randint(0, 90, (2, L), generator=torch.Generator().manual_seed(6))
+    ours, theirs = _logits(model, x), _hf_logits(hf_model, x)
+    assert theirs.shape == ours.shape == (2, L, config.padded_vocab_size)
+    assert (ours - theirs).abs().max().item() <= TOL
+    assert (hf_model.lm_head.weight.data_ptr() == hf_model.backbone.embeddings.weight.data_ptr()) == tie
+    back = load_model(tmp_path / "hf")
+    assert back.checkpoint_layout == "hf-transformers"
+    assert (_logits(back, x) - ours).abs().max().item() <= TOL
+
+
+def test_dtype_and_device_arguments(hf, ids):
+    directory, hf_model = hf["tied"]
+    model = load_model(directory, device="cpu", dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    with torch.no_grad():
+        got = model(ids)
+    assert (got - _hf_logits(hf_model, ids).double()).abs().max().item() <= TOL
+    assert {p.dtype for p in load_model(directory, dtype="bfloat16").parameters()} == {torch.bfloat16}
