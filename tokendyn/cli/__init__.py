@@ -31,6 +31,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 # Subcommand modules: importing one registers its command on `app`.
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
+from . import analyze as _analyze  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

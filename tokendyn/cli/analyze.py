@@ -1,0 +1,79 @@
+"""``tokendyn analyze``: per-layer spectra, token-norm dynamics and hidden attention of a checkpoint."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from ..errors import DataError
+from . import app
+
+
+def parse_indices(values: list[str], what: str) -> list[int]:
+    """``["0,3", "-1"]`` -> ``[0, 3, -1]`` (repeatable and comma-separated forms both work)."""
+    out = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise DataError(f"{what} must be integers, got {part!r}.") from None
+    return out
+
+
+@app.command()
+def analyze(
+    path: Path = typer.Argument(..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
+    text: Path = typer.Option(None, "--text", help="UTF-8 text file to run through the model "
+                              "(default: the built-in King James Bible if a tokenizer is found, else random ids)."),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use instead of the one beside the checkpoint."),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="Number of tokens analysed; longer --text is an error unless --truncate."),
+    truncate: bool = typer.Option(False, "--truncate", help="Analyse the first --max-tokens tokens of a longer --text."),
+    layers: list[str] = typer.Option([], "--layers", help="Layers for hidden attention, e.g. 0,5,-1 (default: first, middle, last)."),
+    channels: list[str] = typer.Option([], "--channels", help="Channels d for hidden attention (default: 0 and the channel with the largest mean Δ)."),
+    out: Path = typer.Option(Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
+    json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default: OUT/analysis.json)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random token ids used when there is no tokenizer."),
+) -> None:
+    """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms, hidden attention."""
+    import torch
+
+    from ..analysis.analyze import analyze_checkpoint, write_analysis
+    from ..reproduce import provenance
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DataError(f"unknown --device {device!r}; choose cpu, cuda or auto.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError("--device cuda was asked for but no CUDA device is available.")
+    result = analyze_checkpoint(path, text=text, tokenizer=tokenizer, max_tokens=max_tokens, truncate=truncate,
+                                layers=parse_indices(layers, "--layers") or None,
+                                channels=parse_indices(channels, "--channels") or None,
+                                device=device, seed=seed)
+    command = "tokendyn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "tokendyn analyze"
+    paths = write_analysis(result, out, json_path, provenance(command))
+    _print_summary(result, paths)
+
+
+def _print_summary(result, paths: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{result.checkpoint} ({result.layout} layout): {result.input.description}")
+    for col in ("layer", "M_s >0", "M_s <0", "M_s =0", "regime", "verdict", "growth"):
+        table.add_column(col, justify="right")
+    growth = result.dynamics.layer_growth()
+    for s, g in zip(result.spectra, growth):
+        table.add_row(str(s.index), str(s.positive), str(s.negative), str(s.zero),
+                      s.predicted_regime, s.verdict, f"{float(g):.4g}")
+    console.print(table)
+    console.print(f"report: {paths['html']}\njson:   {paths['json']}")
