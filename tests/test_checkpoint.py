@@ -169,6 +169,19 @@ def test_fresh_model_round_trip_keeps_padding(tmp_path):
     assert torch.equal(_logits(again, x), _logits(model, x))
 
 
+def test_classifier_round_trip(tmp_path):
+    from tokendyn.model import ClassifierConfig, MambaClassifier
+
+    torch.manual_seed(7)
+    model = MambaClassifier(ClassifierConfig(input_dim=5, n_classes=3, d_model=16, n_layer=2, d_state=4)).eval()
+    save_model(model, tmp_path / "clf")
+    again = load_model(tmp_path / "clf")
+    assert isinstance(again, MambaClassifier) and again.config == model.config
+    x = torch.randn(2, 9, 5)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_export_hf_loads_in_transformers(tmp_path, tie):
     torch.manual_seed(4)

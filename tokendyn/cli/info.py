@@ -17,6 +17,7 @@ def info(
 ) -> None:
     """Check a checkpoint and print its layout, configuration and parameter count."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ..model.checkpoint import inspect_checkpoint
@@ -25,15 +26,16 @@ def info(
     data = found.to_json()
 
     console = Console()
-    console.print(f"[bold]{found.path}[/bold]")
+    console.print(f"[bold]{escape(found.path)}[/bold]")
     console.print(f"layout: [bold]{found.layout}[/bold]")
+    console.print(f"model: {found.architecture}")
     console.print(f"parameters: {found.n_params:,}")
-    console.print(f"files: {', '.join(found.files)}")
+    console.print(f"files: {escape(', '.join(found.files))}")
     table = Table(title="config", show_header=True)
     table.add_column("field")
     table.add_column("value")
     for key, value in data["config"].items():
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
 
     if json_out is not None:
