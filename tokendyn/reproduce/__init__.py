@@ -23,6 +23,7 @@ import torch
 from ..errors import ConfigError
 
 SECTIONS: list[str] = [
+    "core",
 ]
 
 SCALES = ("quick", "full")
