@@ -32,6 +32,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
 from . import analyze as _analyze  # noqa: E402,F401
+from . import simulate as _simulate  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,14 +39,16 @@ class Simulation:
 
     t: (T,) output times (float64), t[0] = 0; x: (T, batch, L, D) tokens;
     valid: (T, batch, L) True where the token still exists (before its blow-up);
-    blowup_times: (batch, L) float64, ``inf`` where the token did not blow up by t_end.
-    Entries of x where ``valid`` is False hold the last value before blow-up.
+    blowup_times: (batch, L) float64, ``inf`` where the token did not blow up by t_end;
+    blowup_states: (batch, L, D) the token when its blow-up was detected (x(0) where none).
+    Entries of x where ``valid`` is False hold the last grid value before blow-up.
     """
 
     t: torch.Tensor
     x: torch.Tensor
     valid: torch.Tensor
     blowup_times: torch.Tensor
+    blowup_states: torch.Tensor
     system: TokenSystem
     t_end: float
     method: str
@@ -112,11 +114,15 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     batch, L, _ = x0.shape
     alive = torch.ones(batch, L, dtype=torch.bool)
     blowup = torch.full((batch, L), math.inf, dtype=torch.float64)
+    blowup_states = x0.clone()
     counter = {"evals": 0}
 
     def field_masked(t, y):
         counter["evals"] += 1
-        return vector_field(system, y, backend) * alive[..., None].to(y.dtype)
+        dy = vector_field(system, y, backend) * alive[..., None].to(y.dtype)
+        # A trial step that overshoots a singularity yields inf/NaN; torchdiffeq turns a NaN
+        # error estimate into a zero step. A huge finite value makes it reject and shrink.
+        return torch.nan_to_num(dy, nan=1e150, posinf=1e150, neginf=-1e150)
 
     def margins(t, y, dy=None):
         """Per token (batch, L): log distance to the blow-up tests (≤ 0 means blowing up)."""
@@ -143,6 +149,7 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
                 k = int(idx[0])
                 newly = alive[b, k:].clone()
                 blowup[b, k:][newly] = t_now
+                blowup_states[b, k:][newly] = y[b, k:][newly]
                 alive[b, k:] = False
         return True
 
@@ -197,11 +204,15 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
         t_cur = t_stop
         if at_end:
             break
-        if not freeze(t_cur, y, tol=1e-3):
+        # A blow-up drags later tokens along and their e-folding time may reach the test
+        # first; freeze from the first token that is itself close to it (e-folding time
+        # within 1e3 of the test), so that its driver is not left alive at the singularity.
+        if not freeze(t_cur, y, tol=math.log(1e3)):
             # the event root sits within the solver tolerance of the test: freeze the token
             # closest to it so that the loop always advances
             m = margins(torch.tensor(t_cur, dtype=torch.float64), y)
             b, k = divmod(int(torch.argmin(m)), L)
+            blowup_states[b, k:][alive[b, k:]] = y[b, k:][alive[b, k:]]
             blowup[b, k:][alive[b, k:]] = t_cur
             alive[b, k:] = False
     while len(xs) < n_grid:        # everything blew up before t_end
@@ -209,6 +220,6 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
         valid.append(alive.clone())
     x = torch.stack(xs)
     val = torch.stack(valid)
-    return Simulation(t=grid, x=x, valid=val, blowup_times=blowup, system=system, t_end=float(t_end),
+    return Simulation(t=grid, x=x, valid=val, blowup_times=blowup, blowup_states=blowup_states, system=system, t_end=float(t_end),
                       method=method, n_evals=counter["evals"],
                       info={"blowup_rtol": blowup_rtol, "blowup_norm": blowup_norm, "rtol": rtol, "atol": atol})

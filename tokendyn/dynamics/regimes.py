@@ -153,7 +153,7 @@ def predict_regime(system: TokenSystem, x0) -> RegimePrediction:
 class TrajectoryRegime:
     """The regime measured from a simulation, with fitted rates per token.
 
-    decay_slope: slope of log|x_l| against log t over the tail (≈ −1/2 in convergence);
+    loglog_slope: slope of log|x_l| against log t over the tail (≈ −1/2 in convergence);
     growth_exponent: slope of log|x_l| against log ln t over the tail (p in |x_l| ~ (ln t)^p);
     tail: the time window of the fits; relative_change: (|x_l(T)| − |x_l(0)|)/|x_l(0)|.
     """
@@ -161,12 +161,12 @@ class TrajectoryRegime:
     regime: str
     blowup_times: list
     relative_change: list
-    decay_slope: list
+    loglog_slope: list
     growth_exponent: list
     tail: tuple
 
     def fitted_rates(self) -> dict:
-        return {"decay_slope": self.decay_slope, "growth_exponent": self.growth_exponent,
+        return {"loglog_slope": self.loglog_slope, "growth_exponent": self.growth_exponent,
                 "tail": list(self.tail)}
 
 

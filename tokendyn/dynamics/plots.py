@@ -1,0 +1,151 @@
+"""Figures of token trajectories (matplotlib, Agg backend: files only, no display)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .integrate import Simulation, simulate  # noqa: E402
+from .regimes import classify_trajectory  # noqa: E402
+from .vector_field import TokenSystem  # noqa: E402
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / max(1, n - 1)) for i in range(n)]
+
+
+def plot_trajectories(sim: Simulation, ax, index: int = 0, title: str | None = None) -> None:
+    """x_l(t) for D = 1, |x_l(t)| otherwise, against log t; a cross marks each blow-up."""
+    t = sim.t[1:].numpy()
+    vals = sim.x[1:, index, :, 0] if sim.system.dim == 1 else sim.norms[1:, index]
+    valid = sim.valid[1:, index]
+    L = vals.shape[1]
+    for l, c in zip(range(L), _colors(L)):
+        v = vals[:, l].clone()
+        v[~valid[:, l]] = float("nan")          # masked for drawing only
+        ax.plot(t, v.numpy(), color=c, lw=1.2, label=f"token {l + 1}" if L <= 10 else None)
+        bt = float(sim.blowup_times[index, l])
+        if math.isfinite(bt):
+            end = sim.blowup_states[index, l]
+            y = float(end[0] if sim.system.dim == 1 else end.norm())
+            last = int(torch.nonzero(sim.valid[:, index, l]).max())
+            y0 = float(sim.x[last, index, l, 0] if sim.system.dim == 1 else sim.norms[last, index, l])
+            ax.plot([float(sim.t[last]), bt], [y0, y], color=c, lw=1.2)
+            ax.plot([bt], [y], "x", color=c, ms=7)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("t (depth)")
+    ax.set_ylabel("x_l(t)" if sim.system.dim == 1 else "|x_l(t)|")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if L <= 10:
+        ax.legend(fontsize=6, loc="best")
+
+
+def plot_phase(sim: Simulation, ax, index: int = 0, title: str | None = None) -> None:
+    """Phase portrait of D = 2 tokens: each token's path in the plane, start marked by a dot."""
+    x = sim.x[:, index]
+    valid = sim.valid[:, index]
+    L = x.shape[1]
+    for l, c in zip(range(L), _colors(L)):
+        pts = x[valid[:, l], l]
+        if math.isfinite(float(sim.blowup_times[index, l])):
+            pts = torch.cat([pts, sim.blowup_states[index, l][None]])
+        ax.plot(pts[:, 0].numpy(), pts[:, 1].numpy(), color=c, lw=1.0)
+        ax.plot([float(x[0, l, 0])], [float(x[0, l, 1])], "o", color=c, ms=3)
+        if math.isfinite(float(sim.blowup_times[index, l])):
+            ax.plot([float(pts[-1, 0])], [float(pts[-1, 1])], "x", color=c, ms=6)
+    ax.set_xscale("symlog", linthresh=1e-1)
+    ax.set_yscale("symlog", linthresh=1e-1)
+    ax.set_xlabel("x^1")
+    ax.set_ylabel("x^2")
+    ax.axhline(0, color="0.8", lw=0.5)
+    ax.axvline(0, color="0.8", lw=0.5)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def save_simulation_plot(sim: Simulation, path: Path, title: str | None = None) -> Path:
+    """One simulation to a PNG: trajectories, plus the phase portrait when D = 2."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if sim.system.dim == 2:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        plot_trajectories(sim, axes[0], title=title)
+        plot_phase(sim, axes[1], title="phase portrait")
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot_trajectories(sim, ax, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# The 1-D examples of the three regimes (THEORY.md section 3): μ, s, a, x(0), t_end.
+REGIME_EXAMPLES_1D = {
+    "convergence": (-1.0, 1.0, 1.0, [1.5, -1.0, 0.5, -0.25, 2.0], 1e4),
+    "slow_divergence": (1.0, 1.0, 1.0, [-1.5, -1.0, -0.5, -0.25, -2.0], 1e6),
+    "fast_divergence": (1.0, 1.0, 1.0, [-1.5, -1.0, 0.5, -0.25, -2.0], 1e2),
+}
+
+
+def figure_regimes_1d(path: Path, n_points: int = 120) -> dict:
+    """Three panels, one per regime, of 1-D trajectories. Returns the measured regimes."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    measured = {}
+    for ax, (name, (mu, s, a, x0, t_end)) in zip(axes, REGIME_EXAMPLES_1D.items()):
+        sim = simulate(TokenSystem.one_dim(mu, s, a), torch.tensor(x0, dtype=torch.float64), t_end,
+                       n_points=n_points, rtol=1e-7, atol=1e-9)
+        measured[name] = classify_trajectory(sim).regime
+        plot_trajectories(sim, ax, title=f"{name}: μ={mu}, s={s}, a={a}")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return measured
+
+
+def fig6_system(eigs: tuple[float, float], seed: int = 0) -> TokenSystem:
+    """D = N = 2 system whose M = S_Cᵀ S_B is symmetric with the given eigenvalues.
+
+    M = Q diag(λ) Qᵀ for a random rotation Q: S_C = Qᵀ, S_B = diag(λ) Qᵀ. S_Δ random, a = 1.
+    """
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
+    lam = torch.tensor(eigs, dtype=torch.float64)
+    S_Delta = torch.randn(2, 2, generator=g, dtype=torch.float64) * 0.7
+    return TokenSystem.from_decay(torch.diag(lam) @ Q.T, Q.T, S_Delta, torch.ones(2, dtype=torch.float64))
+
+
+FIG6_CASES = {"two positive": (1.0, 0.5), "one positive": (1.0, -0.5), "two negative": (-1.0, -0.5)}
+
+
+def figure_fig6(path: Path, n_tokens: int = 6, seed: int = 0, t_end: float = 1e3, n_points: int = 120) -> dict:
+    """The paper's Figure-6 experiment (D = 2): phase portraits for three eigen-signatures
+    of M. Returns {case: measured regime}."""
+    from .regimes import predict_regime
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    out = {}
+    g = torch.Generator().manual_seed(seed + 1)
+    x0 = torch.randn(n_tokens, 2, generator=g, dtype=torch.float64)
+    for ax, (name, eigs) in zip(axes, FIG6_CASES.items()):
+        system = fig6_system(eigs, seed)
+        sim = simulate(system, x0, t_end, n_points=n_points, rtol=1e-7, atol=1e-9)
+        measured = classify_trajectory(sim).regime
+        predicted = predict_regime(system, x0).regime
+        out[name] = {"eigenvalues": list(eigs), "predicted": predicted, "simulated": measured}
+        plot_phase(sim, ax, title=f"{name} eigenvalues {eigs}: {measured}")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return out
