@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine with Python 3.11: the built-in data
 # (Debian packages), a virtual environment in .venv, the CPU build of PyTorch
-# pinned to the release on this machine's disk, and tokendyn with its test extras.
+# pinned to 2.13.0, and tokendyn with its test and benchmark extras.
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2>&1; then
+    echo "setup: installing Debian packages bible-kjv and dataset-fashion-mnist"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv dataset-fashion-mnist >/dev/null
@@ -13,8 +14,12 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! .venv/bin/python -c "import tokendyn, torch, pytest, transformers" >/dev/null 2>&1; then
-    .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-    .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-    .venv/bin/pip install -q -e ".[test,bench]" 2>&1 | grep -v "is ignored" || true
+    echo "setup: installing Python packages into .venv (log: .venv/setup.log)"
+    {
+        .venv/bin/pip install --upgrade pip
+        # torch pinned: 2.13.0 is the CPU build available locally; a bare 'torch' would pull a CUDA build.
+        .venv/bin/pip install "torch==2.13.0"
+        .venv/bin/pip install -e ".[test,bench]"
+    } > .venv/setup.log 2>&1 || { tail -30 .venv/setup.log; echo "setup: pip install failed (see .venv/setup.log)"; exit 1; }
     .venv/bin/python -c "import tokendyn, torch, pytest, transformers"
 fi
