@@ -1,0 +1,285 @@
+"""Triton kernels of the fused selective scan (forward, backward, and a sequential forward).
+
+Layout (THEORY.md section 1; same as ``selective_scan``): u, delta, z, out: (batch, dim, length)
+with unit stride along length; A: (dim, state); B, C: (batch, state, length); D, delta_bias: (dim,).
+
+One program owns one batch element and a block of ``BD`` channels and walks the length in
+chunks of ``T`` steps. Inside a chunk it loops over the states n; for each n the recurrence
+h_t = a_t h_{t-1} + b_t, a_t = exp(Δ_t A_n), b_t = Δ_t B_{n,t} u_t, is an affine map per step,
+so the chunk is one ``tl.associative_scan`` with the combine
+(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2). The state entering a chunk is folded into b at the
+chunk's first step, so no separate product of the a's is needed.
+
+Carries between chunks go through small global buffers (the forward's per-chunk end states,
+the backward's state adjoint), fenced by a block barrier: every thread of the program that
+reads a carry took part in the reduction that produced it, and ``tl.debug_barrier`` makes the
+global writes of one chunk visible to all threads before the next chunk reads them.
+
+Backward (per chunk, from the last to the first): the forward states of the chunk are
+recomputed from the saved state at the chunk's start; the state adjoint
+s_t = dy_t C_t + a_{t+1} s_{t+1} is a reverse scan of the same affine form with the
+coefficient a_{t+1} (loaded from delta shifted by one step). With q_t = s_t (h_t - b_t)
+(= s_t a_t h_{t-1}, no division):
+    dΔ_t = Σ_n A_n q_t + u_t Σ_n B_{n,t} s_t,    du_t = Δ_t Σ_n B_{n,t} s_t + D dy_t,
+    dA_n = Σ_t Δ_t q_t,    dB_{n,t} = Σ_d s_t Δ_t u_t,    dC_{n,t} = Σ_d dy_t h_t.
+dB and dC are sums over channels, so programs add their block's partial sums atomically.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _affine_combine(a1, b1, a2, b2):
+    # (a1, b1) is applied first: h -> a2 (a1 h + b1) + b2.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus with threshold 20; exp(x) for very negative x keeps the
+    # tiny value that log(1 + exp(x)) would round to 0 in float32.
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, ypre_ptr, state_ptr,
+    L, DIM, NSTATE, n_chunks,
+    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE_Y: tl.constexpr,
+    BD: tl.constexpr, T: tl.constexpr,
+):
+    """out (batch, dim, length); ypre = y before the gate (only with SAVE_Y);
+    state (batch, dim, n_chunks, state): h at the end of every chunk (float32)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    dmask = offs_d < DIM
+    offs_t = tl.arange(0, T)
+    d64 = offs_d.to(tl.int64)
+    row_u = pid_b * su_b + d64 * su_d
+    row_dl = pid_b * sdl_b + d64 * sdl_d
+    row_o = (pid_b * DIM + d64) * L
+    row_s = (pid_b * DIM + d64) * n_chunks * NSTATE
+    if HAS_Z:
+        row_z = pid_b * sz_b + d64 * sz_d
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    first = (offs_t == 0)[None, :]
+    last = (offs_t == T - 1)[None, :]
+    for k in range(0, n_chunks):
+        t = k * T + offs_t
+        tmask = t < L
+        m2 = dmask[:, None] & tmask[None, :]
+        uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        dd = tl.load(delta_ptr + row_dl[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dd = dd + bias[:, None]
+        if SOFTPLUS:
+            dd = _softplus(dd)
+        # Past the end: Δ = 0 makes a = 1, b = 0, so the state passes through unchanged and
+        # the chunk's end state is h at the last real step.
+        dd = tl.where(m2, dd, 0.0)
+        dbu = dd * uu
+        y = tl.zeros([BD, T], dtype=tl.float32)
+        # Carries written by the previous chunk must be visible to every thread.
+        tl.debug_barrier()
+        for n in range(0, NSTATE):
+            a2n = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=dmask, other=0.0).to(tl.float32) * 1.4426950408889634
+            bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + t, mask=tmask, other=0.0).to(tl.float32)
+            cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + t, mask=tmask, other=0.0).to(tl.float32)
+            h0 = tl.load(state_ptr + row_s + (k - 1) * NSTATE + n, mask=dmask & ((offs_d * 0 + k) > 0), other=0.0)
+            a = tl.exp2(dd * a2n[:, None])
+            b = dbu * bn[None, :]
+            b = tl.where(first, b + a * h0[:, None], b)
+            _, h = tl.associative_scan((a, b), 1, _affine_combine)
+            y += h * cn[None, :]
+            hend = tl.sum(tl.where(last, h, 0.0), axis=1)
+            tl.store(state_ptr + row_s + k * NSTATE + n, hend, mask=dmask)
+        if HAS_D:
+            y += Dv[:, None] * uu
+        if SAVE_Y:
+            tl.store(ypre_ptr + row_o[:, None] + t[None, :], y, mask=m2)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + row_o[:, None] + t[None, :], y, mask=m2)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    dout_ptr, ypre_ptr, state_ptr, dlast_ptr, scarry_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    L, DIM, NSTATE, n_chunks,
+    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    BD: tl.constexpr, T: tl.constexpr,
+):
+    """Gradients. du, ddelta, dz: (batch, dim, length) contiguous; dA: (batch, dim, state)
+    float32 partial sums (summed over batch by the caller); dB, dC: (batch, state, length)
+    float32, zeroed, accumulated atomically; dD, dbias: (batch, dim) float32 partials.
+    scarry: (2, batch, dim, state) float32 scratch for the state adjoint between chunks."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    nb = tl.num_programs(1)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    dmask = offs_d < DIM
+    offs_t = tl.arange(0, T)
+    d64 = offs_d.to(tl.int64)
+    row_u = pid_b * su_b + d64 * su_d
+    row_dl = pid_b * sdl_b + d64 * sdl_d
+    row_g = pid_b * sg_b + d64 * sg_d
+    row_o = (pid_b * DIM + d64) * L
+    row_s = (pid_b * DIM + d64) * n_chunks * NSTATE
+    row_n = (pid_b * DIM + d64) * NSTATE
+    # the two halves of scarry alternate between chunks
+    half = nb * DIM * NSTATE
+    if HAS_Z:
+        row_z = pid_b * sz_b + d64 * sz_d
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    first = (offs_t == 0)[None, :]
+    last = (offs_t == T - 1)[None, :]
+    dD_acc = tl.zeros([BD, T], dtype=tl.float32)
+    dbias_acc = tl.zeros([BD, T], dtype=tl.float32)
+    for kk in range(0, n_chunks):
+        k = n_chunks - 1 - kk
+        t = k * T + offs_t
+        tmask = t < L
+        m2 = dmask[:, None] & tmask[None, :]
+        tn = t + 1
+        m2n = dmask[:, None] & (tn < L)[None, :]
+        uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        raw = tl.load(delta_ptr + row_dl[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        rawn = tl.load(delta_ptr + row_dl[:, None] + tn[None, :], mask=m2n, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw = raw + bias[:, None]
+            rawn = rawn + bias[:, None]
+        if SOFTPLUS:
+            dd = _softplus(raw)
+            ddn = _softplus(rawn)
+        else:
+            dd = raw
+            ddn = rawn
+        dd = tl.where(m2, dd, 0.0)
+        g = tl.load(dout_ptr + row_g[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            yp = tl.load(ypre_ptr + row_o[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            tl.store(dz_ptr + row_o[:, None] + t[None, :], g * yp * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
+            dy = g * zz * sz
+        else:
+            dy = g
+        if HAS_D:
+            dD_acc += dy * uu
+        dbu = dd * uu
+        qA = tl.zeros([BD, T], dtype=tl.float32)
+        sB = tl.zeros([BD, T], dtype=tl.float32)
+        sc_read = scarry_ptr + (kk % 2) * half + row_n
+        sc_write = scarry_ptr + ((kk + 1) % 2) * half + row_n
+        tl.debug_barrier()
+        for n in range(0, NSTATE):
+            an = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=dmask, other=0.0).to(tl.float32)
+            a2n = an * 1.4426950408889634
+            bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + t, mask=tmask, other=0.0).to(tl.float32)
+            cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + t, mask=tmask, other=0.0).to(tl.float32)
+            h0 = tl.load(state_ptr + row_s + (k - 1) * NSTATE + n, mask=dmask & ((offs_d * 0 + k) > 0), other=0.0)
+            s1 = tl.load(sc_read + n, mask=dmask & ((offs_d * 0 + kk) > 0), other=0.0)
+            # forward states of this chunk, recomputed from the saved start state
+            a = tl.exp2(dd * a2n[:, None])
+            b = dbu * bn[None, :]
+            _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
+            # state adjoint, reverse scan with coefficient a_{t+1} (0 past the last step)
+            al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
+            c = dy * cn[None, :]
+            if HAS_DLAST:
+                dl = tl.load(dlast_ptr + row_n + n, mask=dmask, other=0.0)
+                c = tl.where((t == L - 1)[None, :], c + dl[:, None], c)
+            c = tl.where(last, c + al * s1[:, None], c)
+            _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
+            q = s * (h - b)
+            qA += an[:, None] * q
+            sB += s * bn[None, :]
+            tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask)
+            tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask)
+            tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask)
+            tl.store(sc_write + n, tl.sum(tl.where(first, s, 0.0), axis=1), mask=dmask)
+        ddl = qA + sB * uu
+        duv = sB * dd
+        if HAS_D:
+            duv += Dv[:, None] * dy
+        if SOFTPLUS:
+            ddl = tl.where(raw > 20.0, ddl, ddl * tl.sigmoid(raw))
+        tl.store(du_ptr + row_o[:, None] + t[None, :], duv, mask=m2)
+        tl.store(ddelta_ptr + row_o[:, None] + t[None, :], ddl, mask=m2)
+        if HAS_BIAS:
+            dbias_acc += tl.where(m2, ddl, 0.0)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * DIM + offs_d, tl.sum(dD_acc, axis=1), mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * DIM + offs_d, tl.sum(dbias_acc, axis=1), mask=dmask)
+
+
+@triton.jit
+def _scan_fwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, last_ptr,
+    L, DIM, NSTATE,
+    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr,
+):
+    """Forward only: a sequential loop over time with the (BD, state) block of h in
+    registers, one step per iteration (what the CUDA kernel does per thread). Kept to
+    compare against the chunked scan; last (batch, dim, state) float32."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    dmask = offs_d < DIM
+    offs_n = tl.arange(0, NP)
+    nmask = offs_n < NSTATE
+    d64 = offs_d.to(tl.int64)
+    row_u = pid_b * su_b + d64 * su_d
+    row_dl = pid_b * sdl_b + d64 * sdl_d
+    row_o = (pid_b * DIM + d64) * L
+    m2 = dmask[:, None] & nmask[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_Z:
+        row_z = pid_b * sz_b + d64 * sz_d
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    for t in range(0, L):
+        uu = tl.load(u_ptr + row_u + t, mask=dmask, other=0.0).to(tl.float32)
+        dd = tl.load(delta_ptr + row_dl + t, mask=dmask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dd = dd + bias
+        if SOFTPLUS:
+            dd = _softplus(dd)
+        bt = tl.load(B_ptr + pid_b * sB_b + offs_n * sB_n + t, mask=nmask, other=0.0).to(tl.float32)
+        ct = tl.load(C_ptr + pid_b * sC_b + offs_n * sC_n + t, mask=nmask, other=0.0).to(tl.float32)
+        h = tl.exp2(dd[:, None] * A2) * h + (dd * uu)[:, None] * bt[None, :]
+        y = tl.sum(h * ct[None, :], axis=1)
+        if HAS_D:
+            y += Dv * uu
+        if HAS_Z:
+            zz = tl.load(z_ptr + row_z + t, mask=dmask, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + row_o + t, y, mask=dmask)
+    tl.store(last_ptr + ((pid_b * DIM + d64) * NSTATE)[:, None] + offs_n[None, :], h, mask=m2)

@@ -1,0 +1,204 @@
+"""The ``triton`` scan backend: a fused selective scan (forward and backward) for CUDA.
+
+Same contract as :func:`tokendyn.ops.selective_scan`:
+    u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length);
+    D, delta_bias: (dim,). float32, bfloat16 or float16 inputs, float32 arithmetic inside.
+
+Memory: the forward keeps only h at the end of every chunk, (batch, dim, length/T, state)
+float32, plus y before the gate when z is given (the gate's gradient needs it); the backward
+recomputes the states of a chunk from its start state instead of storing
+(batch, dim, length, state). Kernels: :mod:`tokendyn.ops._triton_kernels`.
+
+float64 inputs are delegated to the float64-exact ``chunked`` (or ``reference``) backend,
+since the kernels compute in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+
+from . import _triton_kernels as K
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Launch shape: channels per program, steps per chunk, warps of fwd and bwd."""
+
+    block_d: int = 4
+    chunk: int = 256
+    fwd_warps: int = 4
+    bwd_block_d: int = 4
+    bwd_warps: int = 4
+
+
+_CONFIG = ScanConfig()
+
+
+@contextlib.contextmanager
+def scan_config(**overrides):
+    """Temporarily override the launch shape (benchmark sweeps): ``with scan_config(chunk=128): ...``."""
+    global _CONFIG
+    old = _CONFIG
+    _CONFIG = replace(old, **overrides)
+    try:
+        yield _CONFIG
+    finally:
+        _CONFIG = old
+
+
+def _chunk_for(length: int, cfg: ScanConfig) -> int:
+    # a short sequence needs no full chunk; keep a power of two of at least 16
+    return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
+
+
+def _lastdim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every buffer a kernel must fill; tests replace this to poison them with NaN."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _strides3(t: torch.Tensor | None) -> tuple[int, int]:
+    return (0, 0) if t is None else (t.stride(0), t.stride(1))
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: ScanConfig):
+    """Launch the forward. Returns out (batch, dim, length) in u's dtype, ypre or None,
+    states (batch, dim, n_chunks, state) float32 and the chunk length."""
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    T = _chunk_for(length, cfg)
+    n_chunks = triton.cdiv(length, T)
+    out = _empty((batch, dim, length), u.dtype, u.device)
+    ypre = _empty((batch, dim, length), u.dtype, u.device) if save_y else None
+    states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
+    grid = (triton.cdiv(dim, cfg.block_d), batch)
+    K._scan_fwd_kernel[grid](
+        u, delta, A, B, C, D, z, delta_bias, out, ypre, states,
+        length, dim, nstate, n_chunks,
+        *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
+        A.stride(0), A.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y,
+        BD=cfg.block_d, T=T, num_warps=cfg.fwd_warps,
+    )
+    return out, ypre, states, T
+
+
+def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, states, T,
+              dlast, cfg: ScanConfig):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    n_chunks = states.shape[2]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    # the kernel rounds these straight to the input dtypes when it stores them
+    du = _empty((batch, dim, length), u.dtype, u.device)
+    ddelta = _empty((batch, dim, length), delta.dtype, u.device)
+    dz = _empty((batch, dim, length), z.dtype, u.device) if z is not None else None
+    dA = torch.zeros(batch, dim, nstate, **f32)
+    dB = torch.zeros(batch, nstate, length, **f32)
+    dC = torch.zeros(batch, nstate, length, **f32)
+    dD = _empty((batch, dim), torch.float32, u.device) if D is not None else None
+    dbias = _empty((batch, dim), torch.float32, u.device) if delta_bias is not None else None
+    # read only after the chunk before has written it, so it needs no zeroing
+    scarry = _empty((2, batch, dim, nstate), torch.float32, u.device)
+    grid = (triton.cdiv(dim, cfg.bwd_block_d), batch)
+    K._scan_bwd_kernel[grid](
+        u, delta, A, B, C, D, z, delta_bias, dout, ypre, states, dlast, scarry,
+        du, ddelta, dz, dA, dB, dC, dD, dbias,
+        length, dim, nstate, n_chunks,
+        *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
+        A.stride(0), A.stride(1), *_strides3(dout),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
+        BD=cfg.bwd_block_d, T=T, num_warps=cfg.bwd_warps,
+    )
+    return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum(0) if dD is not None else None), \
+        (dbias.sum(0) if dbias is not None else None)
+
+
+class _SelectiveScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        cfg = _CONFIG
+        u, delta, B, C, z = (_lastdim_contiguous(t) for t in (u, delta, B, C, z))
+        needs_grad = any(ctx.needs_input_grad[:8])
+        out, ypre, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                        save_y=z is not None and needs_grad, cfg=cfg)
+        last = states[:, :, -1, :].clone()
+        ctx.cfg, ctx.T, ctx.delta_softplus = cfg, T, delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ypre, states)
+        # an unused output's gradient arrives as None instead of a tensor of zeros
+        ctx.set_materialize_grads(False)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ypre, states = ctx.saved_tensors
+        dout = torch.zeros_like(u) if dout is None else _lastdim_contiguous(dout)
+        if dlast is not None:
+            dlast = dlast.float().contiguous()
+        du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout, ypre, states, ctx.T,
+            dlast, ctx.cfg)
+
+        def cast(g, like):
+            return None if g is None or like is None else g.to(like.dtype)
+
+        return (cast(du, u), cast(ddelta, delta), cast(dA, A), cast(dB, B), cast(dC, C),
+                cast(dD, D), cast(dz, z), cast(dbias, delta_bias), None)
+
+
+def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    # float64 or empty input: the float64-exact PyTorch backends
+    try:
+        from .chunked import selective_scan_chunked as fn
+    except ImportError:
+        from .reference import selective_scan_reference as fn
+    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+              delta_softplus=delta_softplus, return_last_state=return_last_state)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, return_last_state=False):
+    """Fused selective scan on CUDA (differentiable in every tensor argument).
+
+    u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length);
+    D, delta_bias: (dim,). Returns out (batch, dim, length) in u's dtype; with
+    ``return_last_state`` also h_L: (batch, dim, state) float32 (its gradient flows too).
+    """
+    if u.dtype == torch.float64 or u.shape[-1] == 0:
+        return _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
+
+
+def selective_scan_triton_seq_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                      delta_softplus=False, block_d=32, num_warps=1):
+    """Forward only, one time step per loop iteration (comparison variant, no autograd).
+
+    Shapes as :func:`selective_scan_triton`; returns (out, last_state).
+    """
+    u, delta, B, C, z = (_lastdim_contiguous(t) for t in (u, delta, B, C, z))
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    out = _empty((batch, dim, length), u.dtype, u.device)
+    last = _empty((batch, dim, nstate), torch.float32, u.device)
+    grid = (triton.cdiv(dim, block_d), batch)
+    K._scan_fwd_seq_kernel[grid](
+        u, delta, A, B, C, D, z, delta_bias, out, last, length, dim, nstate,
+        *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
+        A.stride(0), A.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), BD=block_d, NP=triton.next_power_of_2(nstate),
+        num_warps=num_warps,
+    )
+    return out, last
