@@ -140,3 +140,25 @@ def test_generation_bad_arguments_and_internals_with_filled_cache():
         model(prompt, cache=cache)
         with pytest.raises(ConfigError, match="output_internals"):
             model(prompt, cache=cache, output_internals=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_cuda_step_and_generation(dtype, tol):
+    model = make_model(dtype, seed=6).cuda()
+    ids = torch.randint(0, 29, (2, 12), device="cuda")
+    for backend in available_backends("cuda"):
+        model.set_scan_backend(backend)
+        with torch.no_grad():
+            full = model(ids)
+            cache = model.allocate_cache(2)
+            head = model(ids[:, :5], cache=cache)
+            tail = torch.stack([model.step(ids[:, t], cache) for t in range(5, 12)], dim=1)
+        got = torch.cat([head, tail], dim=1)
+        assert ((got - full).abs().max() / full.abs().max()).item() <= tol, backend
+    out = generate(model, ids[:, :4], 6)
+    seq = ids[:, :4]
+    with torch.no_grad():
+        for _ in range(6):
+            seq = torch.cat([seq, model(seq)[:, -1, :29].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
