@@ -6,16 +6,17 @@ section 1). Per channel d, state n and step l, with a_l = exp(Δ_l A[d, n]) ≤ 
     h_l = a_l h_{l-1} + Δ_l B_l[n] u_l,    y_l = Σ_n C_l[n] h_l + D_d u_l.
 
 How it is computed
-    * Time-first layout: (length, batch, dim, state), so one step is contiguous.
+    * Layout (length, batch, state, dim): one step is contiguous and sums over the
+      state run over contiguous rows of dim.
     * The sequence is cut into *groups* of at most ``group`` steps, processed one after
       the other with the state carried between them; only one group's
-      (group, batch, dim, state) tensors exist at a time.
+      (group, batch, state, dim) tensors exist at a time.
     * Inside a group, :func:`._linear_scan.linear_scan_` solves the recurrence with
       chunks of ``chunk`` steps in parallel and a carry between chunks. Only products
       of a's (each ≤ 1) are ever formed: no exp of a positive running sum, so long
       sequences cannot overflow.
     * Backward (:class:`ChunkedScanFn`): the forward saves only the inputs and the state
-      at every group boundary, (n_groups, batch, dim, state). The backward walks the
+      at every group boundary, (n_groups, batch, state, dim). The backward walks the
       groups in reverse, recomputes that group's states from its saved start state,
       runs the reverse (adjoint) recurrence g_l = C_l dy_l + a_{l+1} g_{l+1} for it,
       and accumulates the gradients; the adjoint at the group start is carried on.
@@ -32,9 +33,11 @@ from ._linear_scan import linear_scan_
 from .reference import compute_dtype, finish_output, prepare_delta
 
 # Steps per chunk inside a group, and the element budget of one group's
-# (group_len, batch, dim, state) tensor. Chosen by the sweep in benchmarks/scan_cpu.py.
+# (group_len, batch, state, dim) tensor. Chosen by the sweep in benchmarks/scan_cpu.py.
 DEFAULT_CHUNK = 32
 DEFAULT_GROUP_ELEMENTS = 1 << 22
+
+_LOG2E = 1.4426950408889634
 
 
 def _group_len(length: int, per_step: int, chunk: int, budget: int) -> int:
@@ -43,34 +46,33 @@ def _group_len(length: int, per_step: int, chunk: int, budget: int) -> int:
     return min(length, steps)
 
 
-def _decay(delta_t: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """exp(Δ ⊗ A): delta_t (l, b, d), A (d, n) -> (l, b, d, n), every entry in (0, 1]."""
-    return torch.mul(delta_t.unsqueeze(-1), A).exp_()
+def _decay(delta_t: torch.Tensor, A2T: torch.Tensor) -> torch.Tensor:
+    """exp(Δ ⊗ A) as 2^(Δ ⊗ A·log2 e) (exp2 is the faster kernel on CPU).
+
+    delta_t (l, b, d), A2T (n, d) = (A·log2 e)ᵀ -> (l, b, n, d), every entry in (0, 1].
+    """
+    return torch.mul(delta_t.unsqueeze(-2), A2T).exp2_()
 
 
 def _drive(delta_t, u_t, B_t) -> torch.Tensor:
-    """Δ u B: (l, b, d), (l, b, d), (l, b, n) -> (l, b, d, n)."""
-    return torch.mul((delta_t * u_t).unsqueeze(-1), B_t.unsqueeze(-2))
+    """Δ u B: (l, b, d), (l, b, d), (l, b, n) -> (l, b, n, d)."""
+    return torch.mul(B_t.unsqueeze(-1), (delta_t * u_t).unsqueeze(-2))
 
 
-def _contract_state(H: torch.Tensor, C_t: torch.Tensor) -> torch.Tensor:
-    """y[l, b, d] = Σ_n H[l, b, d, n] C[l, b, n]."""
-    l, b, d, n = H.shape
-    return torch.bmm(H.view(l * b, d, n), C_t.reshape(l * b, n, 1)).view(l, b, d)
-
-
-def _group_states(delta_t, u_t, B_t, A, h0, chunk):
-    """All states of one group, (l, b, d, n), starting from h0 (b, d, n) or None."""
+def _group_states(delta_t, u_t, B_t, A2T, h0, chunk):
+    """All states of one group, (l, b, n, d), starting from h0 (b, n, d) or None."""
     H = _drive(delta_t, u_t, B_t)
-    return linear_scan_(_decay(delta_t, A), H, h0, reverse=False, chunk=chunk)
+    return linear_scan_(_decay(delta_t, A2T), H, h0, reverse=False, chunk=chunk)
 
 
 class ChunkedScanFn(torch.autograd.Function):
-    """Core scan y = C·h (no D, no gate) with a chunk-by-chunk recomputing backward.
+    """Core scan y = C·h (no D, no gate) with a group-by-group recomputing backward.
 
     Inputs (one floating dtype): u, delta: (batch, dim, length), delta already biased
-    and softplus-ed; A: (dim, state); B, C: (batch, state, length); h0 unused (None).
+    and softplus-ed; A: (dim, state); B, C: (batch, state, length).
     Outputs: y (batch, dim, length) and the last state h_L (batch, dim, state).
+    Internally states are (length, batch, state, dim): time outermost so that a step
+    is one contiguous block, dim innermost so that sums over the state are cheap.
     """
 
     @staticmethod
@@ -82,6 +84,7 @@ class ChunkedScanFn(torch.autograd.Function):
         d_t = delta.permute(2, 0, 1).contiguous()      # (l, b, d)
         B_t = B.permute(2, 0, 1).contiguous()          # (l, b, n)
         C_t = C.permute(2, 0, 1).contiguous()          # (l, b, n)
+        A2T = (A * _LOG2E).t().contiguous()            # (n, d)
         glen = _group_len(length, batch * dim * state, chunk, group_elements)
         y_t = u_t.new_empty(length, batch, dim)
         h = None
@@ -89,17 +92,19 @@ class ChunkedScanFn(torch.autograd.Function):
         for s in range(0, length, glen):
             e = min(s + glen, length)
             starts.append(h)
-            H = _group_states(d_t[s:e], u_t[s:e], B_t[s:e], A, h, chunk)
-            y_t[s:e] = _contract_state(H, C_t[s:e])
+            H = _group_states(d_t[s:e], u_t[s:e], B_t[s:e], A2T, h, chunk)
+            lb = (e - s) * batch
+            torch.bmm(C_t[s:e].reshape(lb, 1, state), H.view(lb, state, dim),
+                      out=y_t[s:e].view(lb, 1, dim))
             h = H[-1].clone()
             del H
         if h is None:                                  # length 0
-            h = u.new_zeros(batch, dim, state)
-        zero = u.new_zeros(batch, dim, state)
+            h = u.new_zeros(batch, state, dim)
+        zero = u.new_zeros(batch, state, dim)
         saved_starts = torch.stack([zero if t is None else t for t in starts]) if starts else zero[None]
         ctx.save_for_backward(u_t, d_t, A, B_t, C_t, saved_starts)
         ctx.glen, ctx.chunk = glen, chunk
-        return y_t.permute(1, 2, 0), h
+        return y_t.permute(1, 2, 0), h.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dh_last):
@@ -107,49 +112,54 @@ class ChunkedScanFn(torch.autograd.Function):
         glen, chunk = ctx.glen, ctx.chunk
         length, batch, dim = u_t.shape
         state = A.shape[1]
+        A2T = (A * _LOG2E).t().contiguous()            # (n, d)
+        AT = A.t()
         dy_t = (dy.permute(2, 0, 1).contiguous() if dy is not None
                 else u_t.new_zeros(length, batch, dim))
         du = torch.empty_like(u_t)
         ddelta = torch.empty_like(d_t)
         dB = torch.empty_like(B_t)
         dC = torch.empty_like(C_t)
-        dA = torch.zeros_like(A)
-        # g: adjoint of the state just after the current group (dL/dh_e), times nothing yet.
-        g_next = dh_last if dh_last is not None else None
+        dAT = A.new_zeros(state, dim)
+        # Adjoint of the state just after the current group, dL/dh_e.
+        g_next = dh_last.transpose(1, 2).contiguous() if dh_last is not None else None
         bounds = list(range(0, length, glen))
         for gi in range(len(bounds) - 1, -1, -1):
             s = bounds[gi]
             e = min(s + glen, length)
+            n_l = e - s
+            lb = n_l * batch
             dg, ug, Bg, Cg, dyg = d_t[s:e], u_t[s:e], B_t[s:e], C_t[s:e], dy_t[s:e]
             h0 = starts[gi] if gi > 0 else None
-            H = _group_states(dg, ug, Bg, A, h0, chunk)               # (l, b, d, n)
-            # Reverse recurrence g_l = C_l dy_l + a_{l+1} g_{l+1}; a_{l+1} shifted by one,
-            # the step after the group's end has decay exp(Δ_e A) (1 past the sequence end).
+            H = _group_states(dg, ug, Bg, A2T, h0, chunk)             # (l, b, n, d)
+            # Reverse recurrence g_l = C_l dy_l + a_{l+1} g_{l+1}. The decays are shifted
+            # by one step; past the sequence end the decay is 1 (Δ = 0).
             if e < length:
                 d_shift = d_t[s + 1:e + 1]
             else:
                 d_shift = torch.cat([d_t[s + 1:e], d_t.new_zeros(1, batch, dim)])
-            G = torch.mul(dyg.unsqueeze(-1), Cg.unsqueeze(-2))
-            linear_scan_(_decay(d_shift, A), G, g_next, reverse=True, chunk=chunk)
-            # dC[l, b, n] = Σ_d dy H
-            lb = (e - s) * batch
-            dC[s:e] = torch.bmm(dyg.reshape(lb, 1, dim), H.view(lb, dim, state)).view(e - s, batch, state)
-            # q = Σ_n G B  ->  du = Δ q, dΔ (drive part) = u q
-            q = torch.bmm(G.view(lb, dim, state), Bg.reshape(lb, state, 1)).view(e - s, batch, dim)
-            du[s:e] = dg * q
+            G = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2))
+            linear_scan_(_decay(d_shift, A2T), G, g_next, reverse=True, chunk=chunk)
+            # dC[l, b, n] = Σ_d H dy
+            torch.bmm(H.view(lb, state, dim), dyg.reshape(lb, dim, 1), out=dC[s:e].view(lb, state, 1))
+            # q = Σ_n B G  ->  du = Δ q; the drive's part of dΔ is u q
+            q = torch.bmm(Bg.reshape(lb, 1, state), G.view(lb, state, dim)).view(n_l, batch, dim)
+            torch.mul(dg, q, out=du[s:e])
             dd = ug * q
             # dB[l, b, n] = Σ_d G Δ u
-            dB[s:e] = torch.bmm((dg * ug).reshape(lb, 1, dim), G.view(lb, dim, state)).view(e - s, batch, state)
-            # Decay part: W = G ⊙ a_l h_{l-1} = G ⊙ (h_l − Δ_l B_l u_l)
-            W = H.addcmul_((dg * ug).unsqueeze(-1), Bg.unsqueeze(-2), value=-1).mul_(G)
+            du_drive = dg * ug
+            torch.bmm(G.view(lb, state, dim), du_drive.reshape(lb, dim, 1), out=dB[s:e].view(lb, state, 1))
+            # Decay part, with a_l h_{l-1} = h_l − Δ_l B_l u_l:  W = G ⊙ a_l h_{l-1};
+            # dΔ += Σ_n A W and dA += Σ_{b,l} Δ W.
+            W = H.addcmul_(Bg.unsqueeze(-1), du_drive.unsqueeze(-2), value=-1).mul_(G)
             del H
-            dd += (W * A).sum(-1)
+            dAT += torch.mul(W, dg.unsqueeze(-2)).sum((0, 1))
+            dd += W.mul_(AT).sum(-2)
             ddelta[s:e] = dd
-            dA += torch.einsum("lbd,lbdn->dn", dg, W)
             del W
             g_next = G[0].clone()
             del G
-        return (du.permute(1, 2, 0), ddelta.permute(1, 2, 0), dA,
+        return (du.permute(1, 2, 0), ddelta.permute(1, 2, 0), dAT.t(),
                 dB.permute(1, 2, 0), dC.permute(1, 2, 0), None, None)
 
 
@@ -164,7 +174,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     (float32 for float16/bfloat16/float32 inputs, float64 for float64).
 
     chunk: steps per parallel chunk; group_elements: element budget of the largest
-    temporary, (group_len, batch, dim, state) — memory stays O(budget), not O(length).
+    temporary, (group_len, batch, state, dim) — memory stays O(budget), not O(length).
     """
     if chunk < 1:
         raise ValueError("chunk must be a positive number of steps.")
