@@ -100,6 +100,7 @@ def check_against_reference(fn, tensors, dtype, softplus, *, last_state=True, to
         assert grad.dtype == xs[name].dtype
         assert torch.isfinite(grad).all(), f"non-finite gradient for {name}"
         errors["d" + name] = rel(grad, x64[name].grad)
+    print("relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
     bad = {k: v for k, v in errors.items() if not v < tol}
     assert not bad, f"relative errors over {tol}: {bad} (all: {errors})"
     return errors
