@@ -437,3 +437,22 @@ def test_cuda_every_backend_matches_cpu_float64():
         with torch.no_grad():
             out = low(ids.cuda()).double().cpu()
         assert ((out - ref).abs().max() / ref.abs().max()).item() <= 0.05, b
+
+
+def test_save_round_trips_through_load_model(tmp_path):
+    import tokendyn
+
+    model = randomise(MambaLM(tiny_config(tie_embeddings=False)))
+    model.save(tmp_path / "lm")
+    back = tokendyn.load_model(tmp_path / "lm")
+    assert back.config == model.config and back.checkpoint_layout == "tokendyn"
+    ids = torch.randint(0, 37, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids), rtol=0, atol=0)
+    clf = MambaClassifier(ClassifierConfig(input_dim=3, n_classes=2, d_model=8, n_layer=1, pooling="last"))
+    clf.save(tmp_path / "clf")
+    again = tokendyn.load_model(tmp_path / "clf")
+    x = torch.randn(2, 4, 3)
+    assert isinstance(again, MambaClassifier) and again.config == clf.config
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), clf(x), rtol=0, atol=0)

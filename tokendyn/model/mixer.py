@@ -143,6 +143,18 @@ class MambaMixer(nn.Module):
         }
         return {k: v.detach() for k, v in out.items()} if detach else out
 
+    def selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input-dependent scan parameters from the tokens (THEORY.md section 1).
+
+        x: (batch, D, L) -> dt (batch, D, L) = S_Δ x before the bias and softplus,
+        B = S_B x and C = S_C x, each (batch, N, L). The full forward and :meth:`step`
+        both go through here, so a subclass that reparametrises S_B, S_C or S_Δ
+        overrides this one method.
+        """
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # the bias is added in the scan
+        return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
     # ---- full sequence ----------------------------------------------------------------
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -162,10 +174,7 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         x = F.silu(self.conv1d(x)[..., :L])                         # causal: drop the right overhang
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # (b, D, L), bias added in the scan
-        B = B.transpose(1, 2).contiguous()                          # (b, N, L)
-        C = C.transpose(1, 2).contiguous()
+        dt, B, C = self.selective_inputs(x)
         acc = accumulation_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
         delta_bias = self.dt_proj.bias.to(acc)
@@ -206,8 +215,7 @@ class MambaMixer(nn.Module):
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x).to(dtype)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = dt @ self.dt_proj.weight.t()
+        dt, B, C = (t[..., 0] for t in self.selective_inputs(x[:, :, None]))  # (b, D), (b, N), (b, N)
         acc = ssm_state.dtype
         delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))  # (b, D)
         A = -torch.exp(self.A_log.to(acc))                           # (D, N)
