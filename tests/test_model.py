@@ -373,7 +373,7 @@ def test_classifier_trains_on_a_separable_task():
 
 @pytest.mark.parametrize("kw", [{"d_model": 0}, {"n_layer": -1}, {"d_state": 2.5}, {"dt_rank": "big"},
                                 {"dt_min": 0.2, "dt_max": 0.1}, {"dt_init": "zeros"}, {"vocab_size": 0},
-                                {"pad_vocab_size_multiple": 0}])
+                                {"pad_vocab_size_multiple": 0}, {"scan_backend": "cuda-fast"}])
 def test_bad_config_raises(kw):
     with pytest.raises(ConfigError):
         tiny_config(**kw)
@@ -399,6 +399,8 @@ def test_bad_inputs_raise_one_sentence():
     clf = MambaClassifier(ClassifierConfig(input_dim=3, n_classes=2, d_model=8, n_layer=1))
     with pytest.raises(DataError, match="input_dim|3\\)"):
         clf(torch.zeros(2, 5, 4))
+    with pytest.raises(ConfigError, match="scan backend"):
+        model.set_scan_backend("fastest")
 
 
 @settings(max_examples=8, deadline=None)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..ops import backend_names
 from .mixer import MambaMixer, accumulation_dtype
 from .outputs import MambaOutput
 
@@ -99,6 +100,13 @@ class MambaBackbone(nn.Module):
             for i in range(config.n_layer)
         ])
         self.norm_f = make_norm(config.d_model, config.rms_norm, config.norm_epsilon)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
+        if backend not in backend_names():
+            raise ConfigError(f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}.")
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
 
     def _final(self, hidden, residual):
         residual = hidden + residual

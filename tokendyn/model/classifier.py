@@ -50,9 +50,8 @@ class MambaClassifier(nn.Module):
 
     def set_scan_backend(self, backend: str) -> None:
         """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
+        self.backbone.set_scan_backend(backend)
         self.config.scan_backend = backend
-        for layer in self.backbone.layers:
-            layer.mixer.scan_backend = backend
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
+from ..ops import backend_names
 
 # Keyword arguments of the mixer, shared by both configs (mamba_ssm's ``ssm_cfg``).
 MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
@@ -36,6 +37,9 @@ def _check_mixer_fields(cfg) -> None:
         raise ConfigError(f"dt_init must be 'random' or 'constant', got {cfg.dt_init!r}.")
     if cfg.dt_init_floor < 0:
         raise ConfigError(f"dt_init_floor must be >= 0, got {cfg.dt_init_floor}.")
+    backend = getattr(cfg, "scan_backend", "auto")
+    if backend not in backend_names():
+        raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
 
 
 class _MixerSettings:

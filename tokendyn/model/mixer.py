@@ -81,7 +81,7 @@ class MambaMixer(nn.Module):
             _check_mixer_fields(SimpleNamespace(
                 d_model=d_model, n_layer=1, d_state=d_state, d_conv=d_conv, expand=expand,
                 dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max, dt_init=dt_init,
-                dt_init_floor=dt_init_floor))
+                dt_init_floor=dt_init_floor, scan_backend=scan_backend))
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
