@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach the hub
@@ -16,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from tokendyn.model import MambaConfig, MambaLM  # noqa: E402
 from tokendyn.model.checkpoint import export_hf, inspect_checkpoint, load_model, save_model  # noqa: E402
+from tokendyn.model.checkpoint_layouts import config_kwargs_hf, config_to_hf, expected_shapes  # noqa: E402
 
 TOL = 1e-4
 L = 13
@@ -208,3 +211,57 @@ def test_dtype_and_device_arguments(hf, ids):
         got = model(ids)
     assert (got - _hf_logits(hf_model, ids).double()).abs().max().item() <= TOL
     assert {p.dtype for p in load_model(directory, dtype="bfloat16").parameters()} == {torch.bfloat16}
+
+_configs = st.builds(
+    MambaConfig,
+    d_model=st.integers(4, 40), n_layer=st.integers(1, 3), vocab_size=st.integers(5, 70),
+    d_state=st.integers(1, 9), d_conv=st.integers(2, 5), expand=st.integers(1, 3),
+    dt_rank=st.one_of(st.just("auto"), st.integers(1, 6)), conv_bias=st.booleans(), bias=st.booleans(),
+    rms_norm=st.booleans(), tie_embeddings=st.booleans(), pad_vocab_size_multiple=st.sampled_from([1, 8, 16]),
+    norm_epsilon=st.sampled_from([1e-5, 1e-6]),
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=_configs)
+def test_expected_shapes_are_the_models_parameters(config):
+    """The loader's list of tensors (mamba_ssm's names and shapes) is exactly what MambaLM
+    stores, across bias/conv_bias/LayerNorm/tying variants."""
+    state = {k: tuple(v.shape) for k, v in MambaLM(config).state_dict().items()}
+    if config.tie_embeddings:
+        state.pop("lm_head.weight")
+    assert expected_shapes(config) == state
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=_configs.filter(lambda c: c.rms_norm))
+def test_hf_config_translation_round_trips(config):
+    back = MambaConfig(**config_kwargs_hf(config_to_hf(config), config.padded_vocab_size, "test"))
+    assert back.vocab_size == back.padded_vocab_size == config.padded_vocab_size
+    for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank_value", "conv_bias", "bias",
+                 "norm_epsilon", "tie_embeddings", "residual_in_fp32", "dt_min", "dt_max", "dt_init",
+                 "dt_scale", "dt_init_floor", "d_inner"):
+        assert getattr(back, name) == getattr(config, name), name
+    # transformers accepts the file's fields as they are.
+    hf_config = transformers.MambaConfig(**config_to_hf(config))
+    assert hf_config.intermediate_size == config.d_inner and hf_config.time_step_rank == config.dt_rank_value
+
+
+def test_layernorm_model_round_trips_in_both_mamba_ssm_layouts(tmp_path):
+    torch.manual_seed(8)
+    config = MambaConfig(d_model=16, n_layer=2, vocab_size=30, d_state=4, rms_norm=False, tie_embeddings=True)
+    model = MambaLM(config).eval()
+    _perturb(model, seed=9)
+    x = torch.randint(0, 30, (2, 6))
+    save_model(model, tmp_path / "td")
+    # mamba_ssm's layout for the same model: its config.json, torch.save'd state dict.
+    ss = tmp_path / "ss"
+    ss.mkdir()
+    (ss / "config.json").write_text(json.dumps({
+        "d_model": 16, "n_layer": 2, "vocab_size": 30, "ssm_cfg": {"d_state": 4}, "rms_norm": False,
+    }))
+    torch.save(model.state_dict(), ss / "pytorch_model.bin")
+    for d in (tmp_path / "td", ss):
+        again = load_model(d)
+        assert not again.config.rms_norm
+        assert torch.equal(_logits(again, x), _logits(model, x))
