@@ -81,3 +81,14 @@ def test_summary_on_known_matrices():
     P[3, 0] = -2.0                                   # one entry, three steps back
     s = attention_summary(P)
     assert s["diagonal_fraction"] == 0.0 and s["mean_distance"] == 3.0 and s["row_abs_sum_mean"] == 0.5
+
+
+def test_block_mean_for_display():
+    from tokendyn.analysis.report import block_mean
+
+    m = torch.arange(100, dtype=torch.float64).reshape(10, 10)
+    small = block_mean(m, 4)                       # blocks of 3, zero padding to 12
+    assert small.shape == (4, 4)
+    assert float(small[0, 0]) == float(m[:3, :3].mean())
+    assert float(small[3, 3]) == float(m[9, 9]) / 9
+    assert block_mean(m, 10) is m

@@ -20,7 +20,9 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
@@ -68,6 +70,7 @@ def _heat(ax, mat: np.ndarray, title: str, ylabel: str, fig) -> None:
     norm = LogNorm(vmin=float(pos.min()), vmax=float(pos.max())) if pos.size else None
     im = ax.imshow(np.where(mat > 0, mat, np.nan), aspect="auto", origin="lower", norm=norm,
                    cmap="magma", interpolation="nearest")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("token position")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -104,8 +107,20 @@ def plot_growth(dyn) -> plt.Figure:
     return fig
 
 
-def plot_hidden_attention(maps: Sequence[dict]) -> plt.Figure:
-    """Heatmaps of |P^d_{lj}| (log colour) for each chosen (layer, channel)."""
+def block_mean(mat: torch.Tensor, max_size: int) -> torch.Tensor:
+    """Average (L, L) over square blocks so that it has at most max_size rows (for display only)."""
+    length = mat.shape[-1]
+    k = -(-length // max_size)
+    if k <= 1:
+        return mat
+    pad = (-length) % k
+    m = F.pad(mat[None, None], (0, pad, 0, pad))
+    return F.avg_pool2d(m, k)[0, 0]
+
+
+def plot_hidden_attention(maps: Sequence[dict], max_pixels: int = 256) -> plt.Figure:
+    """Heatmaps of |P^d_{lj}| (log colour) for each chosen (layer, channel); sequences longer
+    than ``max_pixels`` are shown as block means of |P| (each pixel covers k×k entries)."""
     k = max(len(maps), 1)
     cols = min(k, 4)
     rows = math.ceil(k / cols)
@@ -113,11 +128,14 @@ def plot_hidden_attention(maps: Sequence[dict]) -> plt.Figure:
     for ax in axes.flat[len(maps):]:
         ax.axis("off")
     for ax, m in zip(axes.flat, maps):
-        P = m["P"].abs().numpy()
+        length = m["P"].shape[-1]
+        P = block_mean(m["P"].abs(), max_pixels).numpy()
+        extent = (-0.5, length - 0.5, length - 0.5, -0.5)
         pos = P[P > 0]
         vmax = float(pos.max()) if pos.size else 1.0
         norm = LogNorm(vmin=max(vmax * 1e-6, float(pos.min()) if pos.size else 1e-12), vmax=vmax)
-        im = ax.imshow(np.where(P > 0, P, np.nan), norm=norm, cmap="viridis", interpolation="nearest")
+        im = ax.imshow(np.where(P > 0, P, np.nan), norm=norm, cmap="viridis", interpolation="nearest",
+                       extent=extent)
         ax.set_title(f"layer {m['layer']}, channel {m['channel']}", fontsize=9)
         ax.set_xlabel("source j")
         ax.set_ylabel("target l")
