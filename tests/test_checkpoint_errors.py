@@ -8,6 +8,7 @@ import os
 import pickletools
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,8 @@ def _case_truncated_bin(tmp):
 def _case_missing_tensor(tmp):
     t = _tensors(MambaConfig(**SMALL))
     del t["backbone.layers.1.mixer.dt_proj.bias"]
-    return _write(tmp / "c", _state_spaces_config(SMALL), t), "missing weight tensors: backbone.layers.1.mixer.dt_proj.bias"
+    fragment = "missing weight tensors: backbone.layers.1.mixer.dt_proj.bias"
+    return _write(tmp / "c", _state_spaces_config(SMALL), t), fragment
 
 
 def _case_extra_tensor(tmp):
@@ -226,8 +228,6 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     t["backbone.norm_f.weight"] = _RunsCode(marker)  # type: ignore[assignment]
     _write(d, _state_spaces_config(SMALL), t)
     # The file really carries a call to os.system (posix.system on Linux) ...
-    import zipfile
-
     with zipfile.ZipFile(d / "pytorch_model.bin") as z:
         pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     strings = [str(arg) for op, arg, _ in pickletools.genops(pkl) if op.name in ("GLOBAL", "SHORT_BINUNICODE")]

@@ -252,7 +252,9 @@ def load_model(path, device="cpu", dtype=None):
     missing = sorted(set(state) - set(tensors))
     unexpected = sorted(set(tensors) - set(state))
     if missing or unexpected:
-        raise RuntimeError(f"{type(model).__name__} parameters differ from mamba_ssm's: missing {missing}, extra {unexpected}")
+        raise RuntimeError(
+            f"{type(model).__name__} parameters differ from mamba_ssm's: missing {missing}, extra {unexpected}"
+        )
     model.load_state_dict(tensors, strict=True)
     model = model.to(device=torch.device(device), dtype=target_dtype).eval()
     model.checkpoint_layout = c.layout

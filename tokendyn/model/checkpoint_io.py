@@ -92,7 +92,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error type (and OSError) for bad files
-        raise CheckpointError(f"Cannot read {path}: it is truncated or not a safetensors file ({_reason(exc)}).") from exc
+        raise CheckpointError(
+            f"Cannot read {path}: it is truncated or not a safetensors file ({_reason(exc)})."
+        ) from exc
 
 
 def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -105,7 +107,9 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
             f"Refusing to load {path}: it contains Python objects other than tensors, which could run code."
         ) from exc
     except Exception as exc:  # a truncated zip or a file that is not a torch save at all
-        raise CheckpointError(f"Cannot read {path}: it is truncated or not a PyTorch weights file ({_reason(exc)}).") from exc
+        raise CheckpointError(
+            f"Cannot read {path}: it is truncated or not a PyTorch weights file ({_reason(exc)})."
+        ) from exc
     # Some training scripts wrap the state dict once.
     if isinstance(data, dict) and len(data) == 1:
         (key, inner), = data.items()
