@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from tokendyn.cli import main
-from tokendyn.errors import CheckpointError
+from tokendyn.errors import CheckpointError, ConfigError
 from tokendyn.model import MambaConfig
 from tokendyn.model.checkpoint import export_hf, inspect_checkpoint, load_model
 from tokendyn.model.checkpoint_layouts import expected_shapes
@@ -238,6 +238,12 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="could run code"):
         load_model(d)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("dtype", ["int8", torch.int64])
+def test_load_model_refuses_a_non_float_dtype(tmp_path, dtype):
+    with pytest.raises(ConfigError, match="dtype"):
+        load_model(_good(tmp_path / "c"), dtype=dtype)
 
 
 def test_export_refuses_layernorm_models(tmp_path):

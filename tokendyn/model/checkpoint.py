@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, TokendynError
+from ..errors import CheckpointError, ConfigError, TokendynError
 from . import checkpoint_layouts as layouts
 from .checkpoint_io import SAFETENSORS, read_json, read_tensors, weight_files, write_safetensors
 
@@ -216,11 +216,11 @@ def _resolve_dtype(dtype) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
-            raise CheckpointError(f"dtype {dtype} is not a floating-point type.")
+            raise ConfigError(f"dtype {dtype} is not a floating-point type.")
         return dtype
     key = str(dtype).removeprefix("torch.").lower()
     if key not in _DTYPES:
-        raise CheckpointError(f"Unknown dtype {dtype!r}; use one of float32, float64, float16, bfloat16.")
+        raise ConfigError(f"Unknown dtype {dtype!r}; use one of float32, float64, float16, bfloat16.")
     return _DTYPES[key]
 
 
