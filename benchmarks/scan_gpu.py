@@ -89,7 +89,8 @@ def time_fwd(fn, t, rep=200):
 
 def time_fwdbwd(fn, t, rep=200):
     leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-    g = torch.randn_like(t["u"])
+    # the same upstream gradient for every implementation, so their gradients compare
+    g = torch.randn(t["u"].shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)).to(t["u"].dtype)
 
     def step():
         fn(**leaves, delta_softplus=True).backward(g)
@@ -116,8 +117,8 @@ def sweep(log):
     t = make_inputs(shape, dtype)
     rows = []
     fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w)
-                for bd, c, w in [(4, 256, 4), (8, 256, 4), (8, 256, 8), (16, 128, 4), (8, 128, 4),
-                                 (4, 512, 4), (2, 512, 4), (16, 256, 8), (32, 64, 4)]]
+                for bd, c, w in [(16, 128, 4), (8, 256, 4), (16, 64, 4), (8, 128, 4), (16, 128, 8),
+                                 (16, 256, 8), (8, 128, 2), (4, 256, 4)]]
     for cfg in fwd_cfgs:
         with triton_scan.scan_config(**cfg):
             try:
@@ -129,7 +130,7 @@ def sweep(log):
         log(f"fwd {cfg}: {ms:.3f} ms")
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
     chunk = best_f["chunk"]
-    for bd, w in [(2, 4), (4, 4), (4, 8), (8, 4), (8, 8), (16, 8)]:
+    for bd, w in [(4, 4), (8, 4), (8, 2), (16, 4), (16, 8), (2, 2)]:
         cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"], bwd_block_d=bd, bwd_warps=w)
         with triton_scan.scan_config(**cfg):
             try:
@@ -139,7 +140,7 @@ def sweep(log):
                 continue
         rows.append({"kind": "fwdbwd", **cfg, "ms": ms})
         log(f"fwdbwd {cfg}: {ms:.3f} ms")
-    for bd, w in [(32, 1), (64, 2), (128, 4)]:
+    for bd, w in [(32, 1)]:
         try:
             ms = time_fwd(lambda **kw: triton_scan.selective_scan_triton_seq_forward(**kw, block_d=bd, num_warps=w), t)
         except Exception as exc:

@@ -69,8 +69,10 @@ def make_inputs(b, d, l, n, dtype, *, z=True, D=True, bias=True, softplus=True, 
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖x − ref‖ / ‖ref‖; where ref is exactly zero (dA at length 1: h_0 = 0), ‖x‖."""
     x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+    den = ref.norm()
+    return ((x - ref).norm() / den).item() if den > 0 else x.norm().item()
 
 
 def check_against_reference(fn, tensors, dtype, softplus, *, last_state=True, tol=None):
@@ -148,7 +150,8 @@ def test_launch_shapes_agree(ts, cfg):
 
 def test_repeatable_without_races(ts):
     """Same inputs twice: forward and the per-channel gradients bit for bit (no races);
-    dB, dC are atomic sums, so equal up to summation order."""
+    dA, dB, dC are atomic sums, so equal up to summation order (dB, dC then rounded to
+    bfloat16, where a different order can flip the last bit)."""
     tensors = make_inputs(4, 96, 1500, 16, torch.bfloat16)
     runs = []
     for _ in range(2):
@@ -160,8 +163,11 @@ def test_repeatable_without_races(ts):
     assert torch.equal(o1, o2)
     for k in ("u", "delta", "z"):
         assert torch.equal(g1[k], g2[k]), k
-    for k in ("B", "C", "A", "D", "delta_bias"):
-        assert rel(g1[k], g2[k]) < 1e-5, k
+    for k in ("D", "delta_bias"):
+        assert torch.equal(g1[k], g2[k]), k
+    assert rel(g1["A"], g2["A"]) < 1e-5
+    for k in ("B", "C"):
+        assert rel(g1[k], g2[k]) < 1e-3, k
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ so the chunk is one ``tl.associative_scan`` with the combine
 chunk's first step, so no separate product of the a's is needed.
 
 Carries between chunks go through small global buffers (the forward's per-chunk end states,
-the backward's state adjoint), fenced by a block barrier: every thread of the program that
-reads a carry took part in the reduction that produced it, and ``tl.debug_barrier`` makes the
-global writes of one chunk visible to all threads before the next chunk reads them.
+the backward's state adjoint): the one thread that holds a chunk's last (first) step stores
+it, and the block barrier (``tl.debug_barrier``) at the start of the next chunk makes those
+writes visible to every thread of the program before they are read. This avoids a
+reduction across the chunk per state. Per-state loads are issued one state ahead.
 
 Backward (per chunk, from the last to the first): the forward states of the chunk are
 recomputed from the saved state at the chunk's start; the state adjoint
@@ -93,18 +94,35 @@ def _scan_fwd_kernel(
         y = tl.zeros([BD, T], dtype=tl.float32)
         # Carries written by the previous chunk must be visible to every thread.
         tl.debug_barrier()
+        kprev = dmask & ((offs_d * 0 + k) > 0)
+        pA = A_ptr + offs_d * sA_d
+        pB = B_ptr + pid_b * sB_b + t
+        pC = C_ptr + pid_b * sC_b + t
+        pS = state_ptr + row_s + (k - 1) * NSTATE
+        # the store of h_end: only the thread holding the chunk's last step writes
+        pS_out = (state_ptr + row_s + k * NSTATE)[:, None] + offs_t[None, :] * 0
+        m_out = dmask[:, None] & last
+        # loads for state n are issued one iteration ahead, so their latency hides
+        # behind the scan of state n - 1
+        a2n = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
+        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
+        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
+        h0 = tl.load(pS, mask=kprev, other=0.0)
         for n in range(0, NSTATE):
-            a2n = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=dmask, other=0.0).to(tl.float32) * 1.4426950408889634
-            bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + t, mask=tmask, other=0.0).to(tl.float32)
-            cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + t, mask=tmask, other=0.0).to(tl.float32)
-            h0 = tl.load(state_ptr + row_s + (k - 1) * NSTATE + n, mask=dmask & ((offs_d * 0 + k) > 0), other=0.0)
-            a = tl.exp2(dd * a2n[:, None])
+            nx = n + 1
+            more_d = (offs_d * 0 + nx) < NSTATE
+            more_t = (offs_t * 0 + nx) < NSTATE
+            a2x = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
+            bx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+            cx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+            a = tl.exp2(dd * (a2n * 1.4426950408889634)[:, None])
             b = dbu * bn[None, :]
             b = tl.where(first, b + a * h0[:, None], b)
             _, h = tl.associative_scan((a, b), 1, _affine_combine)
             y += h * cn[None, :]
-            hend = tl.sum(tl.where(last, h, 0.0), axis=1)
-            tl.store(state_ptr + row_s + k * NSTATE + n, hend, mask=dmask)
+            tl.store(pS_out + n, h, mask=m_out)
+            a2n, bn, cn, h0 = a2x, bx, cx, h0x
         if HAS_D:
             y += Dv[:, None] * uu
         if SAVE_Y:
@@ -192,13 +210,36 @@ def _scan_bwd_kernel(
         sc_read = scarry_ptr + (kk % 2) * half + row_n
         sc_write = scarry_ptr + ((kk + 1) % 2) * half + row_n
         tl.debug_barrier()
+        kprev = dmask & ((offs_d * 0 + k) > 0)
+        kkprev = dmask & ((offs_d * 0 + kk) > 0)
+        pA = A_ptr + offs_d * sA_d
+        pB = B_ptr + pid_b * sB_b + t
+        pC = C_ptr + pid_b * sC_b + t
+        pS = state_ptr + row_s + (k - 1) * NSTATE
+        # the adjoint at the chunk's first step: only the thread holding it writes
+        pSC_out = sc_write[:, None] + offs_t[None, :] * 0
+        m_out = dmask[:, None] & first
+        is_end = (t == L - 1)[None, :]
+        # loads for state n + 1 are issued while state n is computed
+        an = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
+        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
+        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
+        h0 = tl.load(pS, mask=kprev, other=0.0)
+        s1 = tl.load(sc_read, mask=kkprev, other=0.0)
+        if HAS_DLAST:
+            dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
         for n in range(0, NSTATE):
-            an = tl.load(A_ptr + offs_d * sA_d + n * sA_n, mask=dmask, other=0.0).to(tl.float32)
+            nx = n + 1
+            more_d = (offs_d * 0 + nx) < NSTATE
+            more_t = (offs_t * 0 + nx) < NSTATE
+            anx = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
+            bnx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+            cnx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+            s1x = tl.load(sc_read + nx, mask=kkprev & more_d, other=0.0)
+            if HAS_DLAST:
+                dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
             a2n = an * 1.4426950408889634
-            bn = tl.load(B_ptr + pid_b * sB_b + n * sB_n + t, mask=tmask, other=0.0).to(tl.float32)
-            cn = tl.load(C_ptr + pid_b * sC_b + n * sC_n + t, mask=tmask, other=0.0).to(tl.float32)
-            h0 = tl.load(state_ptr + row_s + (k - 1) * NSTATE + n, mask=dmask & ((offs_d * 0 + k) > 0), other=0.0)
-            s1 = tl.load(sc_read + n, mask=dmask & ((offs_d * 0 + kk) > 0), other=0.0)
             # forward states of this chunk, recomputed from the saved start state
             a = tl.exp2(dd * a2n[:, None])
             b = dbu * bn[None, :]
@@ -207,17 +248,22 @@ def _scan_bwd_kernel(
             al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
             c = dy * cn[None, :]
             if HAS_DLAST:
-                dl = tl.load(dlast_ptr + row_n + n, mask=dmask, other=0.0)
-                c = tl.where((t == L - 1)[None, :], c + dl[:, None], c)
+                c = tl.where(is_end, c + dl[:, None], c)
             c = tl.where(last, c + al * s1[:, None], c)
             _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
             q = s * (h - b)
             qA += an[:, None] * q
             sB += s * bn[None, :]
-            tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask)
-            tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask)
-            tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask)
-            tl.store(sc_write + n, tl.sum(tl.where(first, s, 0.0), axis=1), mask=dmask)
+            # relaxed: plain reductions into memory, no ordering with other accesses needed
+            tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask, sem="relaxed")
+            tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask,
+                          sem="relaxed")
+            tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask,
+                          sem="relaxed")
+            tl.store(pSC_out + n, s, mask=m_out)
+            an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
+            if HAS_DLAST:
+                dl = dlx
         ddl = qA + sB * uu
         duv = sB * dd
         if HAS_D:

@@ -55,6 +55,16 @@ def _chunk_for(length: int, cfg: ScanConfig) -> int:
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
 
 
+def _block_d(want: int, batch: int, dim: int, device: torch.device) -> int:
+    """Channels per program: ``want``, halved while the grid would leave the GPU short of
+    programs (fewer than 4 per multiprocessor), e.g. for long sequences at batch 1."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    bd = want
+    while bd > 1 and batch * triton.cdiv(dim, bd) < 4 * sms:
+        bd //= 2
+    return bd
+
+
 def _lastdim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None or t.stride(-1) == 1:
         return t
@@ -80,7 +90,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: S
     out = _empty((batch, dim, length), u.dtype, u.device)
     ypre = _empty((batch, dim, length), u.dtype, u.device) if save_y else None
     states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
-    grid = (triton.cdiv(dim, cfg.block_d), batch)
+    bd = _block_d(cfg.block_d, batch, dim, u.device)
+    grid = (triton.cdiv(dim, bd), batch)
     K._scan_fwd_kernel[grid](
         u, delta, A, B, C, D, z, delta_bias, out, ypre, states,
         length, dim, nstate, n_chunks,
@@ -88,7 +99,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: S
         A.stride(0), A.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y,
-        BD=cfg.block_d, T=T, num_warps=cfg.fwd_warps,
+        BD=bd, T=T, num_warps=cfg.fwd_warps,
     )
     return out, ypre, states, T
 
@@ -110,7 +121,8 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
     dbias = _empty((batch, dim), torch.float32, u.device) if delta_bias is not None else None
     # read only after the chunk before has written it, so it needs no zeroing
     scarry = _empty((2, batch, dim, nstate), torch.float32, u.device)
-    grid = (triton.cdiv(dim, cfg.bwd_block_d), batch)
+    bd = _block_d(cfg.bwd_block_d, batch, dim, u.device)
+    grid = (triton.cdiv(dim, bd), batch)
     K._scan_bwd_kernel[grid](
         u, delta, A, B, C, D, z, delta_bias, dout, ypre, states, dlast, scarry,
         du, ddelta, dz, dA, dB, dC, dD, dbias,
@@ -119,7 +131,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
         A.stride(0), A.stride(1), *_strides3(dout),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-        BD=cfg.bwd_block_d, T=T, num_warps=cfg.bwd_warps,
+        BD=bd, T=T, num_warps=cfg.bwd_warps,
     )
     return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum(0) if dD is not None else None), \
         (dbias.sum(0) if dbias is not None else None)
