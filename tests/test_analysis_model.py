@@ -96,3 +96,23 @@ def test_not_a_mamba_model():
     net = torch.nn.Sequential(torch.nn.Linear(3, 3))
     with pytest.raises(CheckpointError, match="not a Mamba"):
         model_spectra(net)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(model, tmp_path):
+    """The same analysis on a CUDA device: same signatures, norms and attention (float32 model)."""
+    from tokendyn.analysis.analyze import write_analysis
+
+    inputs = choose_input(None, 40, max_tokens=64, seed=2)
+    cpu = analyze_model(model, inputs, layers=[0, 2], channels=[0, 5])
+    gpu_model = MambaLM(model.config).cuda().eval()
+    gpu_model.load_state_dict(model.state_dict())
+    gpu = analyze_model(gpu_model, inputs, layers=[0, 2], channels=[0, 5])
+    for a, b in zip(cpu.spectra, gpu.spectra):
+        assert (a.positive, a.negative, a.zero) == (b.positive, b.negative, b.zero)
+        torch.testing.assert_close(a.sym_eigvals, b.sym_eigvals, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(cpu.dynamics.token_norms, gpu.dynamics.token_norms, rtol=1e-3, atol=1e-5)
+    for a, b in zip(cpu.attention, gpu.attention):
+        torch.testing.assert_close(a["P"], b["P"], rtol=1e-3, atol=1e-6)
+    paths = write_analysis(gpu, tmp_path)
+    assert paths["html"].is_file()

@@ -107,12 +107,12 @@ def dynamics_from_outputs(hidden_states, internals) -> TokenDynamics:
             f"the model returned {len(hidden_states)} hidden states for {len(internals)} layers; "
             "expected one more hidden state than layers."
         )
-    hs = torch.stack([h[0].detach().to(torch.float64) for h in hidden_states])      # (n+1, L, d_model)
-    norms = hs.norm(dim=-1)
-    x = torch.stack([m.x[0].detach().to(torch.float64) for m in internals])         # (n, D, L)
-    delta = torch.stack([m.delta[0].detach().to(torch.float64) for m in internals])
+    # reduce on the model's device, keep only the small (n, L) results, on the CPU
+    norms = torch.stack([h[0].detach().to(torch.float64).norm(dim=-1) for h in hidden_states]).cpu()
+    x_norms = torch.stack([m.x[0].detach().to(torch.float64).norm(dim=0) for m in internals]).cpu()
+    delta = torch.stack([m.delta[0].detach().to(torch.float64).mean(dim=0) for m in internals]).cpu()
     return TokenDynamics(embedding_norms=norms[0], token_norms=norms[1:],
-                         scan_input_norms=x.norm(dim=1), delta_mean=delta.mean(dim=1))
+                         scan_input_norms=x_norms, delta_mean=delta)
 
 
 def run_with_internals(model, input_ids: torch.Tensor):
