@@ -32,16 +32,24 @@ def _sequential(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None, rever
         prev = x[t]
 
 
+def overwrites_a(length: int, chunk: int) -> bool:
+    """Whether :func:`linear_scan_` will overwrite ``a`` for this length and chunk."""
+    return not (length <= max(_SEQUENTIAL_MAX, chunk) or chunk < 2)
+
+
 def linear_scan_(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None = None,
                  reverse: bool = False, chunk: int = 32) -> torch.Tensor:
-    """Overwrite x (L, *S) with the states of the recurrence; a (L, *S) is destroyed.
+    """Overwrite x (L, *S) with the states of the recurrence.
+
+    a (L, *S) is overwritten with within-chunk cumulative products when the chunked
+    path runs (see :func:`overwrites_a`); pass a copy if it is needed afterwards.
 
     h0: (*S) or None (zero). Returns x. ``chunk`` is the number of steps per chunk.
     """
     length = x.shape[0]
     if length == 0:
         return x
-    if length <= max(_SEQUENTIAL_MAX, chunk) or chunk < 2:   # chunk 1 would not shrink
+    if not overwrites_a(length, chunk):                       # short, or chunk 1 (no progress)
         _sequential(a, x, h0, reverse)
         return x
     n_chunks, rem = divmod(length, chunk)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ._linear_scan import linear_scan_
+from ._linear_scan import linear_scan_, overwrites_a
 from .reference import compute_dtype, finish_output, prepare_delta
 
 # Steps per chunk inside a group, and the element budget of one group's
@@ -108,6 +108,11 @@ class ChunkedScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_last):
+        # Adjoint g_l = dL/dh_l obeys g_l = C_l dy_l + a_{l+1} g_{l+1}. We scan for
+        # ĝ_l = a_l g_l instead: ĝ_l = a_l C_l dy_l + a_l ĝ_{l+1} (unshifted decays), and
+        #   g_l = C_l dy_l + ĝ_{l+1},   a_l h_{l-1} g_l = h_{l-1} ĝ_l,
+        # so the decay gradient W_l = ĝ_l ⊙ h_{l-1} is a product (no cancellation).
+        # Past the sequence end ĝ_L = dL/dh_L (the last-state gradient).
         u_t, d_t, A, B_t, C_t, starts = ctx.saved_tensors
         glen, chunk = ctx.glen, ctx.chunk
         length, batch, dim = u_t.shape
@@ -121,51 +126,51 @@ class ChunkedScanFn(torch.autograd.Function):
         dB = torch.empty_like(B_t)
         dC = torch.empty_like(C_t)
         dAT = A.new_zeros(state, dim)
-        # Adjoint of the state just after the current group, dL/dh_e.
-        g_next = dh_last.transpose(1, 2).contiguous() if dh_last is not None else None
+        ghat_next = dh_last.transpose(1, 2).contiguous() if dh_last is not None else None   # (b, n, d)
         bounds = list(range(0, length, glen))
         for gi in range(len(bounds) - 1, -1, -1):
             s = bounds[gi]
             e = min(s + glen, length)
             n_l = e - s
-            lb = n_l * batch
             dg, ug, Bg, Cg, dyg = d_t[s:e], u_t[s:e], B_t[s:e], C_t[s:e], dy_t[s:e]
+            dug = dg * ug                                             # Δ u, (l, b, d)
             h0 = starts[gi] if gi > 0 else None
             decay = _decay(dg, A2T)                                   # a_l, (l, b, n, d)
-            H = linear_scan_(decay.clone(), _drive(dg, ug, Bg), h0, reverse=False, chunk=chunk)
-            # Reverse recurrence g_l = C_l dy_l + a_{l+1} g_{l+1}: the decays shifted by one
-            # step; the step after the group has decay exp(Δ_e A), or 1 past the sequence end.
-            shifted = torch.empty_like(decay)
-            shifted[:-1] = decay[1:]
-            if e < length:
-                shifted[-1] = _decay(d_t[e:e + 1], A2T)[0]
-            else:
-                shifted[-1] = 1.0
-            G = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2))
-            linear_scan_(shifted, G, g_next, reverse=True, chunk=chunk)
+            scratch = decay.clone() if overwrites_a(n_l, chunk) else decay
+            H = linear_scan_(scratch, torch.mul(Bg.unsqueeze(-1), dug.unsqueeze(-2)), h0, chunk=chunk)
+            del scratch
             # dC[l, b, n] = Σ_d H dy
-            torch.bmm(H.view(lb, state, dim), dyg.reshape(lb, dim, 1), out=dC[s:e].view(lb, state, 1))
-            # q = Σ_n B G  ->  du = Δ q; the drive's part of dΔ is u q
-            q = torch.bmm(Bg.reshape(lb, 1, state), G.view(lb, state, dim)).view(n_l, batch, dim)
+            dC[s:e] = torch.linalg.vecdot(H, dyg.unsqueeze(-2))
+            Ghat = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2)).mul_(decay)
+            linear_scan_(decay, Ghat, ghat_next, reverse=True, chunk=chunk)
+            del decay
+            # Contractions of g_l = C_l dy_l + ĝ_{l+1}; the C dy part in closed form:
+            #   q_l[d] = Σ_n B g = dy (B·C) + Σ_n B ĝ_{l+1};  dB_l[n] = Σ_d g Δu = C (dy·Δu) + Σ_d ĝ_{l+1} Δu
+            q = dyg * (Bg * Cg).sum(-1, keepdim=True)
+            dBg = Cg * (dyg * dug).sum(-1, keepdim=True)
+            if n_l > 1:
+                m = (n_l - 1) * batch
+                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state), Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
+                dBg[:-1] += torch.linalg.vecdot(Ghat[1:], dug[:-1].unsqueeze(-2))
+            if ghat_next is not None:
+                q[-1] += torch.bmm(Bg[-1].unsqueeze(1), ghat_next).squeeze(1)
+                dBg[-1] += torch.linalg.vecdot(ghat_next, dug[-1].unsqueeze(-2))
+            dB[s:e] = dBg
             torch.mul(dg, q, out=du[s:e])
             dd = ug * q
-            # dB[l, b, n] = Σ_d G Δ u
-            torch.bmm(G.view(lb, state, dim), (dg * ug).reshape(lb, dim, 1), out=dB[s:e].view(lb, state, 1))
-            # Decay part: W_l = g_l ⊙ a_l ⊙ h_{l-1} (formed as a product, never as the
-            # difference h_l − Δ_l B_l u_l, which would cancel); dΔ += Σ_n A W, dA += Σ Δ W.
-            W = decay.mul_(G)
+            ghat_next = Ghat[0].clone()
+            # W_l = ĝ_l ⊙ h_{l-1}: dΔ += Σ_n A W, dA += Σ_{b,l} Δ W.
+            W = Ghat
             W[1:].mul_(H[:-1])
             if h0 is None:
                 W[0].zero_()
             else:
                 W[0].mul_(h0)
-            del H, shifted
+            del H
             dAT += torch.mul(W, dg.unsqueeze(-2)).sum((0, 1))
             dd += W.mul_(AT).sum(-2)
             ddelta[s:e] = dd
-            del W, decay
-            g_next = G[0].clone()
-            del G
+            del W, Ghat
         return (du.permute(1, 2, 0), ddelta.permute(1, 2, 0), dAT.t(),
                 dB.permute(1, 2, 0), dC.permute(1, 2, 0), None, None)
 
