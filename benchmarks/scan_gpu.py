@@ -116,9 +116,9 @@ def sweep(log):
     shape, dtype = MAIN
     t = make_inputs(shape, dtype)
     rows = []
-    fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w)
-                for bd, c, w in [(16, 128, 4), (8, 256, 4), (16, 64, 4), (8, 128, 4), (16, 128, 8),
-                                 (16, 256, 8), (8, 128, 2), (4, 256, 4)]]
+    fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w, fwd_spi=spi)
+                for bd, c, w, spi in [(16, 128, 4, 1), (16, 128, 4, 2), (8, 128, 2, 1), (8, 128, 2, 2),
+                                      (16, 128, 2, 2), (8, 256, 4, 2), (16, 64, 2, 2), (16, 128, 4, 4)]]
     for cfg in fwd_cfgs:
         with triton_scan.scan_config(**cfg):
             try:
@@ -130,8 +130,10 @@ def sweep(log):
         log(f"fwd {cfg}: {ms:.3f} ms")
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
     chunk = best_f["chunk"]
-    for bd, w in [(4, 4), (8, 4), (8, 2), (16, 4), (16, 8), (2, 2)]:
-        cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"], bwd_block_d=bd, bwd_warps=w)
+    for bd, w, spi in [(8, 2, 1), (8, 2, 2), (4, 1, 1), (4, 1, 2), (8, 1, 2), (16, 2, 2), (4, 2, 2),
+                       (8, 4, 2), (16, 4, 2)]:
+        cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
+                   fwd_spi=best_f["fwd_spi"], bwd_block_d=bd, bwd_warps=w, bwd_spi=spi)
         with triton_scan.scan_config(**cfg):
             try:
                 ms, peak, _ = time_fwdbwd(triton_scan.selective_scan_triton, t)
@@ -149,7 +151,7 @@ def sweep(log):
         rows.append({"kind": "fwd_sequential", "block_d": bd, "warps": w, "ms": ms})
         log(f"seq fwd bd={bd} w={w}: {ms:.3f} ms")
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
-    best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
+    best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "fwd_spi", "bwd_block_d", "bwd_warps", "bwd_spi")}
     return rows, best
 
 

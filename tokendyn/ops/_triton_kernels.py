@@ -48,6 +48,58 @@ def _softplus(x):
 
 
 @triton.jit
+def _fwd_one_state(n, NSTATE, dd, dbu, first, pA, pB, pC, pS, pS_out, m_out, kprev, dmask, tmask,
+                   offs_d, offs_t, sA_n, sB_n, sC_n):
+    """State n of one chunk (zero contribution when n >= NSTATE): scans h, stores the chunk's
+    end state, returns C_n h (BD, T)."""
+    vd = (offs_d * 0 + n) < NSTATE
+    vt = (offs_t * 0 + n) < NSTATE
+    a2n = tl.load(pA + n * sA_n, mask=dmask & vd, other=0.0).to(tl.float32) * 1.4426950408889634
+    bn = tl.load(pB + n * sB_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    cn = tl.load(pC + n * sC_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    h0 = tl.load(pS + n, mask=kprev & vd, other=0.0)
+    a = tl.exp2(dd * a2n[:, None])
+    b = dbu * bn[None, :]
+    b = tl.where(first, b + a * h0[:, None], b)
+    _, h = tl.associative_scan((a, b), 1, _affine_combine)
+    tl.store(pS_out + n, h, mask=m_out & vd[:, None])
+    return h * cn[None, :]
+
+
+@triton.jit
+def _bwd_one_state(n, NSTATE, L, dd, ddn, dbu, dy, first, last, is_end, m2n, pA, pB, pC, pS, sc_read,
+                   pSC_out, m_out, kprev, kkprev, dmask, tmask, offs_d, offs_t, t, sA_n, sB_n, sC_n,
+                   dA_row, dB_row, dC_row, dlast_row, HAS_DLAST: tl.constexpr):
+    """State n of one chunk in the backward (nothing when n >= NSTATE): recomputes h, runs
+    the adjoint scan, adds dA, dB, dC, stores the adjoint carry; returns the contributions
+    A_n q and B_n s to Σ_n A_n q and Σ_n B_n s, both (BD, T)."""
+    vd = (offs_d * 0 + n) < NSTATE
+    vt = (offs_t * 0 + n) < NSTATE
+    an = tl.load(pA + n * sA_n, mask=dmask & vd, other=0.0).to(tl.float32)
+    bn = tl.load(pB + n * sB_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    cn = tl.load(pC + n * sC_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    h0 = tl.load(pS + n, mask=kprev & vd, other=0.0)
+    s1 = tl.load(sc_read + n, mask=kkprev & vd, other=0.0)
+    a2n = an * 1.4426950408889634
+    a = tl.exp2(dd * a2n[:, None])
+    b = dbu * bn[None, :]
+    _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
+    al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
+    c = dy * cn[None, :]
+    if HAS_DLAST:
+        dl = tl.load(dlast_row + n, mask=dmask & vd, other=0.0)
+        c = tl.where(is_end, c + dl[:, None], c)
+    c = tl.where(last, c + al * s1[:, None], c)
+    _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
+    q = s * (h - b)
+    tl.atomic_add(dA_row + n, tl.sum(dd * q, axis=1), mask=dmask & vd, sem="relaxed")
+    tl.atomic_add(dB_row + n * L + t, tl.sum(s * dbu, axis=0), mask=tmask & vt, sem="relaxed")
+    tl.atomic_add(dC_row + n * L + t, tl.sum(dy * h, axis=0), mask=tmask & vt, sem="relaxed")
+    tl.store(pSC_out + n, s, mask=m_out & vd[:, None])
+    return an[:, None] * q, s * bn[None, :]
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, ypre_ptr, state_ptr,
@@ -55,7 +107,7 @@ def _scan_fwd_kernel(
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE_Y: tl.constexpr,
-    BD: tl.constexpr, T: tl.constexpr,
+    BD: tl.constexpr, T: tl.constexpr, SPI: tl.constexpr,
 ):
     """out (batch, dim, length); ypre = y before the gate (only with SAVE_Y);
     state (batch, dim, n_chunks, state): h at the end of every chunk (float32)."""
@@ -102,27 +154,35 @@ def _scan_fwd_kernel(
         # the store of h_end: only the thread holding the chunk's last step writes
         pS_out = (state_ptr + row_s + k * NSTATE)[:, None] + offs_t[None, :] * 0
         m_out = dmask[:, None] & last
-        # loads for state n are issued one iteration ahead, so their latency hides
-        # behind the scan of state n - 1
-        a2n = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
-        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
-        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
-        h0 = tl.load(pS, mask=kprev, other=0.0)
-        for n in range(0, NSTATE):
-            nx = n + 1
-            more_d = (offs_d * 0 + nx) < NSTATE
-            more_t = (offs_t * 0 + nx) < NSTATE
-            a2x = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
-            bx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            cx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
-            a = tl.exp2(dd * (a2n * 1.4426950408889634)[:, None])
-            b = dbu * bn[None, :]
-            b = tl.where(first, b + a * h0[:, None], b)
-            _, h = tl.associative_scan((a, b), 1, _affine_combine)
-            y += h * cn[None, :]
-            tl.store(pS_out + n, h, mask=m_out)
-            a2n, bn, cn, h0 = a2x, bx, cx, h0x
+        if SPI == 1:
+            # loads for state n are issued one iteration ahead, so their latency hides
+            # behind the scan of state n - 1
+            a2n = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
+            bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
+            cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
+            h0 = tl.load(pS, mask=kprev, other=0.0)
+            for n in range(0, NSTATE):
+                nx = n + 1
+                more_d = (offs_d * 0 + nx) < NSTATE
+                more_t = (offs_t * 0 + nx) < NSTATE
+                a2x = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
+                bx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+                cx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+                h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+                a = tl.exp2(dd * (a2n * 1.4426950408889634)[:, None])
+                b = dbu * bn[None, :]
+                b = tl.where(first, b + a * h0[:, None], b)
+                _, h = tl.associative_scan((a, b), 1, _affine_combine)
+                y += h * cn[None, :]
+                tl.store(pS_out + n, h, mask=m_out)
+                a2n, bn, cn, h0 = a2x, bx, cx, h0x
+        else:
+            # SPI independent states per iteration: their scans interleave (more work in
+            # flight per thread); their loads are independent of each other
+            for n in range(0, NSTATE, SPI):
+                for j in tl.static_range(SPI):
+                    y += _fwd_one_state(n + j, NSTATE, dd, dbu, first, pA, pB, pC, pS, pS_out, m_out, kprev,
+                                        dmask, tmask, offs_d, offs_t, sA_n, sB_n, sC_n)
         if HAS_D:
             y += Dv[:, None] * uu
         if SAVE_Y:
@@ -142,7 +202,7 @@ def _scan_bwd_kernel(
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    BD: tl.constexpr, T: tl.constexpr,
+    BD: tl.constexpr, T: tl.constexpr, SPI: tl.constexpr,
 ):
     """Gradients. du, ddelta, dz: (batch, dim, length) contiguous; dA: (batch, dim, state)
     float32 partial sums (summed over batch by the caller); dB, dC: (batch, state, length)
@@ -220,50 +280,65 @@ def _scan_bwd_kernel(
         pSC_out = sc_write[:, None] + offs_t[None, :] * 0
         m_out = dmask[:, None] & first
         is_end = (t == L - 1)[None, :]
-        # loads for state n + 1 are issued while state n is computed
-        an = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
-        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
-        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
-        h0 = tl.load(pS, mask=kprev, other=0.0)
-        s1 = tl.load(sc_read, mask=kkprev, other=0.0)
         if HAS_DLAST:
-            dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
-        for n in range(0, NSTATE):
-            nx = n + 1
-            more_d = (offs_d * 0 + nx) < NSTATE
-            more_t = (offs_t * 0 + nx) < NSTATE
-            anx = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
-            bnx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            cnx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
-            s1x = tl.load(sc_read + nx, mask=kkprev & more_d, other=0.0)
+            dl_row = dlast_ptr + row_n
+        else:
+            dl_row = row_n  # unused
+        if SPI == 1:
+            # loads for state n + 1 are issued while state n is computed
+            an = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
+            bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
+            cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
+            h0 = tl.load(pS, mask=kprev, other=0.0)
+            s1 = tl.load(sc_read, mask=kkprev, other=0.0)
             if HAS_DLAST:
-                dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
-            a2n = an * 1.4426950408889634
-            # forward states of this chunk, recomputed from the saved start state
-            a = tl.exp2(dd * a2n[:, None])
-            b = dbu * bn[None, :]
-            _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
-            # state adjoint, reverse scan with coefficient a_{t+1} (0 past the last step)
-            al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
-            c = dy * cn[None, :]
-            if HAS_DLAST:
-                c = tl.where(is_end, c + dl[:, None], c)
-            c = tl.where(last, c + al * s1[:, None], c)
-            _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
-            q = s * (h - b)
-            qA += an[:, None] * q
-            sB += s * bn[None, :]
-            # relaxed: plain reductions into memory, no ordering with other accesses needed
-            tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask, sem="relaxed")
-            tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask,
-                          sem="relaxed")
-            tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask,
-                          sem="relaxed")
-            tl.store(pSC_out + n, s, mask=m_out)
-            an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
-            if HAS_DLAST:
-                dl = dlx
+                dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
+            for n in range(0, NSTATE):
+                nx = n + 1
+                more_d = (offs_d * 0 + nx) < NSTATE
+                more_t = (offs_t * 0 + nx) < NSTATE
+                anx = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
+                bnx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+                cnx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
+                h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+                s1x = tl.load(sc_read + nx, mask=kkprev & more_d, other=0.0)
+                if HAS_DLAST:
+                    dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
+                a2n = an * 1.4426950408889634
+                # forward states of this chunk, recomputed from the saved start state
+                a = tl.exp2(dd * a2n[:, None])
+                b = dbu * bn[None, :]
+                _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
+                # state adjoint, reverse scan with coefficient a_{t+1} (0 past the last step)
+                al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
+                c = dy * cn[None, :]
+                if HAS_DLAST:
+                    c = tl.where(is_end, c + dl[:, None], c)
+                c = tl.where(last, c + al * s1[:, None], c)
+                _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
+                q = s * (h - b)
+                qA += an[:, None] * q
+                sB += s * bn[None, :]
+                # relaxed: plain reductions into memory, no ordering with other accesses needed
+                tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask, sem="relaxed")
+                tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask,
+                              sem="relaxed")
+                tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask,
+                              sem="relaxed")
+                tl.store(pSC_out + n, s, mask=m_out)
+                an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
+                if HAS_DLAST:
+                    dl = dlx
+        else:
+            for n in range(0, NSTATE, SPI):
+                for j in tl.static_range(SPI):
+                    ra, rb = _bwd_one_state(
+                        n + j, NSTATE, L, dd, ddn, dbu, dy, first, last, is_end, m2n, pA, pB, pC, pS, sc_read,
+                        pSC_out, m_out, kprev, kkprev, dmask, tmask, offs_d, offs_t, t, sA_n, sB_n, sC_n,
+                        dA_ptr + row_n, dB_ptr + pid_b * NSTATE * L, dC_ptr + pid_b * NSTATE * L,
+                        dl_row, HAS_DLAST)
+                    qA += ra
+                    sB += rb
         ddl = qA + sB * uu
         duv = sB * dd
         if HAS_D:

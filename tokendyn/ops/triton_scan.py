@@ -26,13 +26,17 @@ from . import _triton_kernels as K
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Launch shape: channels per program, steps per chunk, warps of fwd and bwd."""
+    """Launch shape: channels per program, steps per chunk, warps, and states per loop
+    iteration (1: the next state's loads issued one iteration ahead; 2 or 4: that many
+    independent states interleaved), for the forward and the backward kernel."""
 
-    block_d: int = 4
-    chunk: int = 256
+    block_d: int = 16
+    chunk: int = 128
     fwd_warps: int = 4
-    bwd_block_d: int = 4
-    bwd_warps: int = 4
+    bwd_block_d: int = 8
+    bwd_warps: int = 2
+    fwd_spi: int = 1
+    bwd_spi: int = 1
 
 
 _CONFIG = ScanConfig()
@@ -99,7 +103,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: S
         A.stride(0), A.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y,
-        BD=bd, T=T, num_warps=cfg.fwd_warps,
+        BD=bd, T=T, SPI=cfg.fwd_spi, num_warps=cfg.fwd_warps,
     )
     return out, ypre, states, T
 
@@ -131,7 +135,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
         A.stride(0), A.stride(1), *_strides3(dout),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-        BD=bd, T=T, num_warps=cfg.bwd_warps,
+        BD=bd, T=T, SPI=cfg.bwd_spi, num_warps=cfg.bwd_warps,
     )
     return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum(0) if dD is not None else None), \
         (dbias.sum(0) if dbias is not None else None)
