@@ -174,6 +174,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference-max-length", type=int, default=16384,
                    help="skip the reference loop above this length (it is O(length) Python steps)")
+    p.add_argument("--reference-backward-max-length", type=int, default=4096,
+                   help="skip the reference forward+backward above this length (autograd through "
+                        "every step: about 10 s at 4096 already)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-length", type=int, default=4096)
@@ -217,16 +220,21 @@ def main(argv=None) -> None:
                                           "why": f"longer than --reference-max-length {args.reference_max_length}"})
                 continue
             fn, mine = runner(method, ins)
-            entry = {"forward": time_call(fn, mine, False, args.repeats),
-                     "forward_backward": time_call(fn, mine, True, args.repeats)}
+            entry = {"forward": time_call(fn, mine, False, args.repeats)}
+            if method == "reference" and length > args.reference_backward_max_length:
+                result["skipped"].append({
+                    "method": method, "length": length, "pass": "forward_backward",
+                    "why": f"longer than --reference-backward-max-length {args.reference_backward_max_length}"})
+            else:
+                entry["forward_backward"] = time_call(fn, mine, True, args.repeats)
             if not args.no_memory:
-                entry["forward"]["peak_extra_bytes"] = measure_memory(method, length, False, args)
-                entry["forward_backward"]["peak_extra_bytes"] = measure_memory(method, length, True, args)
+                for kind in entry:
+                    entry[kind]["peak_extra_bytes"] = measure_memory(method, length, kind == "forward_backward", args)
             row[method] = entry
             print(length, method, json.dumps(entry), flush=True)
         for other in ("reference", "mambapy"):
             if other in row:
-                for kind in ("forward", "forward_backward"):
+                for kind in row[other]:
                     row.setdefault("speedup_of_chunked", {})[f"{kind}_vs_{other}"] = (
                         row[other][kind]["median_s"] / row["chunked"][kind]["median_s"])
         result["results"].append(row)
