@@ -117,8 +117,8 @@ def sweep(log):
     t = make_inputs(shape, dtype)
     rows = []
     fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w, fwd_spi=spi)
-                for bd, c, w, spi in [(16, 128, 4, 1), (16, 128, 4, 2), (8, 128, 2, 1), (8, 128, 2, 2),
-                                      (16, 128, 2, 2), (8, 256, 4, 2), (16, 64, 2, 2), (16, 128, 4, 4)]]
+                for bd, c, w, spi in [(16, 128, 4, 1), (8, 128, 2, 1), (16, 128, 2, 1), (8, 128, 1, 1),
+                                      (4, 128, 1, 1), (16, 256, 4, 1)]]
     for cfg in fwd_cfgs:
         with triton_scan.scan_config(**cfg):
             try:
@@ -129,9 +129,8 @@ def sweep(log):
         rows.append({"kind": "fwd", **cfg, "ms": ms})
         log(f"fwd {cfg}: {ms:.3f} ms")
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
-    chunk = best_f["chunk"]
-    for bd, w, spi in [(8, 2, 1), (8, 2, 2), (4, 1, 1), (4, 1, 2), (8, 1, 2), (16, 2, 2), (4, 2, 2),
-                       (8, 4, 2), (16, 4, 2)]:
+    for chunk, bd, w, spi in [(128, 4, 1, 1), (128, 2, 1, 1), (128, 1, 1, 1), (128, 8, 1, 1), (128, 4, 2, 1),
+                              (128, 2, 2, 1), (64, 4, 1, 1), (256, 4, 1, 1), (128, 4, 1, 2)]:
         cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
                    fwd_spi=best_f["fwd_spi"], bwd_block_d=bd, bwd_warps=w, bwd_spi=spi)
         with triton_scan.scan_config(**cfg):

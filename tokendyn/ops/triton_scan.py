@@ -30,11 +30,13 @@ class ScanConfig:
     iteration (1: the next state's loads issued one iteration ahead; 2 or 4: that many
     independent states interleaved), for the forward and the backward kernel."""
 
+    # the fastest forward+backward of benchmarks/scan_gpu.py's sweep on an H100
+    # (results/scan_gpu.json, "sweep"): at (8, 1536, 2048, 16) bfloat16
     block_d: int = 16
     chunk: int = 128
     fwd_warps: int = 4
-    bwd_block_d: int = 8
-    bwd_warps: int = 2
+    bwd_block_d: int = 4
+    bwd_warps: int = 1
     fwd_spi: int = 1
     bwd_spi: int = 1
 
