@@ -103,6 +103,17 @@ def time_call(fn, ins, backward: bool, repeats: int) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
 
 
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -196,10 +207,16 @@ def main(argv=None) -> None:
     from tokendyn.ops.chunked import DEFAULT_CHUNK, DEFAULT_GROUP_ELEMENTS
     from tokendyn.reproduce import provenance
 
+    prov = provenance("python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
+    if prov.get("commit") is None and os.environ.get("TOKENDYN_COMMIT"):
+        # A copy of the tree without .git (e.g. a separate benchmark machine).
+        prov["commit"] = os.environ["TOKENDYN_COMMIT"]
     result = {
-        "provenance": provenance("python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])),
+        "provenance": prov,
+        "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "load_average_at_start": list(os.getloadavg()),
         "config": {"batch": args.batch, "dim": args.dim, "state": args.state, "dtype": "float32",
                    "repeats": args.repeats, "chunk": DEFAULT_CHUNK,
