@@ -3,6 +3,7 @@
     python benchmarks/scan_cpu.py                      # writes results/scan_cpu.json
     python benchmarks/scan_cpu.py --sweep              # also sweeps chunk / group size
     python benchmarks/scan_cpu.py --lengths 1024 --out /tmp/x.json
+    python benchmarks/scan_cpu.py --table results/scan_cpu.json   # markdown table
 
 What is timed (float32, batch 2, dim 256, state 16 by default; y = C·h, no D, no gate):
   reference  tokendyn.ops.selective_scan_reference (sequential loop);
@@ -175,6 +176,35 @@ def sweep(args) -> list[dict]:
     return rows
 
 
+def markdown_table(result: dict) -> str:
+    """The results of a scan_cpu.json as a markdown table (milliseconds, MiB)."""
+    lines = ["| length | method | forward ms | fwd+bwd ms | forward peak MiB | fwd+bwd peak MiB |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for row in result["results"]:
+        for method in METHODS:
+            if method not in row:
+                continue
+            cells = []
+            for kind in ("forward", "forward_backward"):
+                e = row[method].get(kind)
+                cells.append("skipped" if e is None else f"{1e3 * e['median_s']:.1f}")
+            for kind in ("forward", "forward_backward"):
+                e = row[method].get(kind)
+                b = None if e is None else e.get("peak_extra_bytes")
+                cells.append("–" if b is None else f"{b / 2**20:.0f}")
+            lines.append(f"| {row['length']} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| length | chunked speed-up | forward | fwd+bwd |", "|---:|---|---:|---:|"]
+    for row in result["results"]:
+        sp = row.get("speedup_of_chunked", {})
+        for other in ("reference", "mambapy"):
+            f, fb = sp.get(f"forward_vs_{other}"), sp.get(f"forward_backward_vs_{other}")
+            if f is None and fb is None:
+                continue
+            fmt = lambda v: "–" if v is None else f"{v:.1f}×"  # noqa: E731
+            lines.append(f"| {row['length']} | vs {other} | {fmt(f)} | {fmt(fb)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lengths", default="1024,4096,16384")
@@ -192,6 +222,7 @@ def main(argv=None) -> None:
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-length", type=int, default=4096)
     p.add_argument("--out", default=str(ROOT / "results" / "scan_cpu.json"))
+    p.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     # subprocess mode
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -202,6 +233,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.memory_child:
         memory_child(args)
+        return
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
         return
     torch.set_num_threads(args.threads)
     from tokendyn.ops.chunked import DEFAULT_CHUNK, DEFAULT_GROUP_ELEMENTS
@@ -259,6 +293,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown_table(result))
     print(f"wrote {out}")
 
 
