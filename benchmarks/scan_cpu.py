@@ -260,6 +260,8 @@ def main(argv=None) -> None:
         "results": [],
         "skipped": [],
     }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.sweep:
         result["sweep"] = {"length": args.sweep_length, "rows": sweep(args)}
     for length in (int(x) for x in args.lengths.split(",")):
@@ -289,10 +291,8 @@ def main(argv=None) -> None:
                     row.setdefault("speedup_of_chunked", {})[f"{kind}_vs_{other}"] = (
                         row[other][kind]["median_s"] / row["chunked"][kind]["median_s"])
         result["results"].append(row)
-    result["load_average_at_end"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        result["load_average_at_end"] = list(os.getloadavg())
+        out.write_text(json.dumps(result, indent=2) + "\n")    # after every length: partial runs keep data
     print(markdown_table(result))
     print(f"wrote {out}")
 
