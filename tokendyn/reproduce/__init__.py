@@ -24,6 +24,7 @@ from ..errors import ConfigError
 
 SECTIONS: list[str] = [
     "core",
+    "theory",
     "analysis",
 ]
 
