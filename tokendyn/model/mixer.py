@@ -130,7 +130,8 @@ class MambaMixer(nn.Module):
 
         Returns S_B (N, D), S_C (N, D), S_Delta (D, D) = dt_proj.weight @ x_proj.weight[:R],
         b_Delta (D,), A (D, N) = −exp(A_log). With ``detach=False`` they stay in the
-        autograd graph (for losses on them).
+        autograd graph (for losses on them). A subclass that overrides
+        :meth:`selective_inputs` overrides this too.
         """
         W = self.x_proj.weight
         R, N = self.dt_rank, self.d_state
