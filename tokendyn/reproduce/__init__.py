@@ -36,6 +36,7 @@ class Context:
     out: Path
     scale: str
     device: torch.device
+    command: str = ""
 
     @property
     def quick(self) -> bool:
@@ -55,7 +56,11 @@ def git_commit() -> str | None:
                              cwd=Path(__file__).resolve().parent, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None
+    commit = res.stdout.strip()
+    # outside a checkout git fails (or echoes the ref): only a full hash is a commit
+    if res.returncode != 0 or len(commit) != 40:
+        return None
+    return commit
 
 
 def provenance(command: str | None = None) -> dict:
@@ -81,8 +86,9 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out=out, scale=scale, device=torch.device(device))
-    report = {"provenance": provenance(f"tokendyn reproduce --scale {scale} --out {out}"),
+    command = f"tokendyn reproduce --scale {scale} --out {out}" + "".join(f" --only {s}" for s in only or [])
+    ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
+    report = {"provenance": provenance(command),
               "scale": scale, "sections": {}}
     parts = [f"# tokendyn reproduce ({scale})\n",
              f"Device: {report['provenance']['device']}. Date: {report['provenance']['date']}. "

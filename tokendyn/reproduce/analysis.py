@@ -80,7 +80,7 @@ def run(ctx: Context) -> SectionResult:
     for name, model in models.items():
         analysis = analyze_model(model, inputs, layout="in memory", checkpoint=f"random initialisation ({name})")
         if name == "init":
-            paths = write_analysis(analysis, out, provenance=provenance("tokendyn reproduce (section analysis)"))
+            paths = write_analysis(analysis, out, provenance=provenance(ctx.command))
             results[name] = json.loads(paths["json"].read_text())
         else:
             results[name] = analysis.to_json()

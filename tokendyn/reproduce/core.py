@@ -118,7 +118,7 @@ def run(ctx: Context) -> SectionResult:
     }
 
     record = {
-        "provenance": provenance(f"tokendyn reproduce --scale {ctx.scale} --out {ctx.out}"),
+        "provenance": provenance(ctx.command),
         "model": {**config.to_dict(), "parameters": model.num_parameters()},
         "input": {"batch": s["batch"], "length": s["length"], "dtype": "float32", "device": str(device),
                   "torch_threads": torch.get_num_threads()},
