@@ -295,6 +295,9 @@ def save_model(model, path) -> Path:
         "format_version": layouts.FORMAT_VERSION,
         "architecture": architecture,
         **dataclasses.asdict(model.config),
+        # the scan backend is a choice of the machine that runs the model, not a
+        # property of the weights: a checkpoint saved on a GPU must load anywhere
+        "scan_backend": "auto",
     }
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return directory
