@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -242,7 +243,7 @@ def main(argv=None) -> None:
     from tokendyn.reproduce import provenance
 
     prov = provenance("python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
-    if prov.get("commit") is None and os.environ.get("TOKENDYN_COMMIT"):
+    if not re.fullmatch(r"[0-9a-f]{40}", prov.get("commit") or "") and os.environ.get("TOKENDYN_COMMIT"):
         # A copy of the tree without .git (e.g. a separate benchmark machine).
         prov["commit"] = os.environ["TOKENDYN_COMMIT"]
     result = {
