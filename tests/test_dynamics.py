@@ -212,3 +212,13 @@ def test_stiff_fallback_matches_explicit_run():
     stiff = simulate(system, x0, 50.0, n_points=12, max_steps=5)
     assert stiff.info["stiff_fallback_from"] is not None and ref.info["stiff_fallback_from"] is None
     assert torch.allclose(stiff.x, ref.x, rtol=1e-5, atol=1e-8)
+
+
+def test_eval_budget_truncates_cleanly():
+    # the stiff path records output segment by segment, so a spent budget keeps the part done
+    sim = simulate(TokenSystem.one_dim(-1.0, 1.0, 1.0), torch.tensor([1.0, 0.5]), 1e4, n_points=30,
+                   max_steps=5, max_evals=400)
+    assert sim.info["truncated_at"] is not None and sim.t_end < 1e4
+    assert sim.t.shape[0] == sim.x.shape[0] == sim.valid.shape[0] < 30
+    assert float(sim.t[-1]) == sim.t_end and torch.isfinite(sim.x).all()
+    assert classify_trajectory(sim).regime == "convergence"

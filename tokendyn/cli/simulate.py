@@ -69,6 +69,8 @@ def build_report(system, sim, prediction, measured, x0) -> dict:
         "parameters": system.as_dict(),
         "x0": x0.tolist(),
         "t_end": sim.t_end,
+        "truncated_at": sim.info["truncated_at"],
+        "stiff_fallback_from": sim.info["stiff_fallback_from"],
         "method": sim.method,
         "n_evals": sim.n_evals,
         "t": sim.t.tolist(),
@@ -93,6 +95,7 @@ def simulate(
     method: str = typer.Option("dopri5", "--method", help="torchdiffeq method (dopri5, dopri8, bosh3, ...)."),
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
     backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
+    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many field evaluations."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG figure here."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
@@ -140,7 +143,8 @@ def simulate(
         init = torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
 
     prediction = predict_regime(system, init)
-    sim = run_simulation(system, init, t_end, n_points=points, method=method, backend=backend)
+    sim = run_simulation(system, init, t_end, n_points=points, method=method, backend=backend,
+                         max_evals=max_evals)
     measured = classify_trajectory(sim)
     report = build_report(system, sim, prediction, measured, init)
 
@@ -149,7 +153,9 @@ def simulate(
 
     console = Console()
     console.print(f"predicted regime: [bold]{prediction.regime}[/bold] ({prediction.rule})")
-    console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={t_end:g}, {method})")
+    console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {method})")
+    if sim.info["truncated_at"] is not None:
+        console.print(f"[yellow]evaluation budget spent: simulated only to t={sim.t_end:g}[/yellow]")
     sig = report["eigen_signature"]
     console.print(f"eigen-signature of M_s: {sig['positive']} positive, {sig['negative']} negative, {sig['zero']} zero")
     table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")

@@ -94,7 +94,7 @@ def position_dependence(L: int = 8, t_end: float = 1e8, configs=None, n_points: 
 
 
 def fig6_agreement(n: int, seed: int = 0, dim: int = 2, state: int = 2, tokens: int = 6,
-                   t_end: float = 200.0) -> dict:
+                   t_end: float = 200.0, max_evals: int = 20_000) -> dict:
     """Random D-dimensional systems: the Figure-6 rule's prediction against simulation."""
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -102,11 +102,13 @@ def fig6_agreement(n: int, seed: int = 0, dim: int = 2, state: int = 2, tokens: 
         system = TokenSystem.random(dim, state, seed=seed * 1000 + i)
         x0 = torch.randn(tokens, dim, generator=g, dtype=torch.float64)
         pred = predict_regime(system, x0)
-        sim = simulate(system, x0, t_end, n_points=30, rtol=1e-7, atol=1e-10)
+        sim = simulate(system, x0, t_end, n_points=30, rtol=1e-7, atol=1e-10, max_evals=max_evals)
         got = classify_trajectory(sim)
-        rows.append({"signature": pred.eigen_signature, "predicted": pred.regime, "simulated": got.regime})
+        rows.append({"signature": pred.eigen_signature, "predicted": pred.regime, "simulated": got.regime,
+                     "t_reached": sim.t_end, "stiff_from": sim.info["stiff_fallback_from"]})
     div = lambda r: r.endswith("divergence")  # noqa: E731
     return {"draws": n, "dim": dim, "state": state, "t_end": t_end,
+            "truncated": sum(r["t_reached"] < t_end for r in rows),
             "agree_exact": sum(r["predicted"] == r["simulated"] for r in rows),
             "agree_converge_vs_diverge": sum(div(r["predicted"]) == div(r["simulated"]) for r in rows),
             "rows": rows}

@@ -33,6 +33,10 @@ from .vector_field import TokenSystem, vector_field
 METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 
 
+class _EvalBudget(Exception):
+    """Raised inside the vector field when ``max_evals`` is spent."""
+
+
 @dataclass
 class Simulation:
     """Result of :func:`simulate`.
@@ -96,11 +100,13 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
              t_first: float | None = None, method: str = "dopri5", rtol: float = 1e-8,
              atol: float = 1e-10, dtype: torch.dtype = torch.float64, backend: str = "auto",
              blowup_rtol: float = 1e-6, blowup_norm: float | None = None,
-             max_steps: int = 4_000) -> Simulation:
+             max_steps: int = 1_500, max_evals: int | None = None) -> Simulation:
     """Integrate dx/dt = vector_field(x) from x0 over a log-spaced grid to ``t_end``.
 
     x0: (batch, L, D), (L, D), or (L,) for D = 1. ``blowup_norm`` defaults to
-    1e12 · max(1, max |x0|). Returns a :class:`Simulation`.
+    1e12 · max(1, max |x0|). ``max_evals`` caps the vector-field evaluations: when it is
+    spent the result ends at the last output time reached (``info["truncated_at"]``, and
+    ``t_end`` is that time). Returns a :class:`Simulation`.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown integration method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -119,6 +125,8 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
 
     def field_masked(t, y):
         counter["evals"] += 1
+        if max_evals is not None and counter["evals"] > max_evals:
+            raise _EvalBudget()
         dy = vector_field(system, y, backend) * alive[..., None].to(y.dtype)
         # A trial step that overshoots a singularity yields inf/NaN; torchdiffeq turns a NaN
         # error estimate into a zero step. A huge finite value makes it reject and shrink.
@@ -127,7 +135,7 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     def margins(t, y, dy=None):
         """Per token (batch, L): log distance to the blow-up tests (≤ 0 means blowing up)."""
         if dy is None:
-            dy = field_masked(t, y)
+            dy = vector_field(system, y, backend) * alive[..., None].to(y.dtype)
         norm = y.norm(dim=-1).to(torch.float64)
         growth = (y * dy).sum(-1).to(torch.float64)              # ½ d|x|²/dt
         cap = log_norm_cap - torch.log(norm.clamp_min(1e-300))
@@ -164,13 +172,21 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     gi = 1
     n_grid = grid.numel()
     stiff_from = None
+    truncated = None
     while gi < n_grid:
         freeze(t_cur, y)
         if not alive.any():
             break
+        if truncated is not None:
+            break
         if stiff_from is not None:
-            y, t_cur = _stiff_segment(field_masked, y, t_cur, float(grid[gi]), rtol, atol, alive,
-                                      blowup, blowup_states, margins)
+            try:
+                y_new, t_new = _stiff_segment(field_masked, y, t_cur, float(grid[gi]), rtol, atol, alive,
+                                              blowup, blowup_states, margins)
+            except _EvalBudget:
+                truncated = t_cur
+                break
+            y, t_cur = y_new, t_new
             xs.append(y.clone())
             valid.append(alive.clone())
             gi += 1
@@ -201,6 +217,9 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
                             rtol=rtol, atol=atol, options=opts).detach()
             else:
                 ys = y[None]
+        except _EvalBudget:
+            truncated = t_cur
+            break
         except AssertionError:
             # Step budget exhausted or step-size underflow without a blow-up event: the system
             # has turned stiff (a saturated step size Δ makes some channels relax very fast).
@@ -227,10 +246,13 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
             blowup_states[b, k:][alive[b, k:]] = y[b, k:][alive[b, k:]]
             blowup[b, k:][alive[b, k:]] = t_cur
             alive[b, k:] = False
-    while len(xs) < n_grid:        # everything blew up before t_end
+    if truncated is not None:      # evaluation budget spent: end at the last output time
+        grid = grid[:len(xs)]
+        t_end = float(grid[-1])
+    while len(xs) < n_grid and truncated is None:        # everything blew up before t_end
         xs.append(y.clone())
         valid.append(alive.clone())
-    info_stiff = {"stiff_fallback_from": stiff_from}
+    info_stiff = {"stiff_fallback_from": stiff_from, "truncated_at": truncated}
     x = torch.stack(xs)
     val = torch.stack(valid)
     return Simulation(t=grid, x=x, valid=val, blowup_times=blowup, blowup_states=blowup_states, system=system, t_end=float(t_end),
@@ -248,6 +270,8 @@ def _stiff_segment(field, y, t0, t1, rtol, atol, alive, blowup, blowup_states, m
             ys = odeint(field, y, torch.tensor([t0, t1], dtype=torch.float64), method="scipy_solver",
                         rtol=rtol, atol=atol, options={"solver": "LSODA"})
             y1 = ys[-1].detach()
+        except _EvalBudget:
+            raise
         except Exception as exc:  # scipy reports failure in many ways; keep the sentence
             raise DataError(f"the stiff integrator failed after t={t0:.6g} ({exc}).") from None
     bad = ~torch.isfinite(y1).all(dim=-1)

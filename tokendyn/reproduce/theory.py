@@ -66,7 +66,9 @@ D = 2, the paper's Figure 6 (phase portraits below): Figure-6 rule against simul
 {chr(10).join(fig6_rows)}
 
 Random D = 2, N = 2 systems: the rule agrees with simulation on converge-vs-diverge in
-{nd['agree_converge_vs_diverge']}/{nd['draws']} draws, on the exact regime in {nd['agree_exact']}/{nd['draws']}.
+{nd['agree_converge_vs_diverge']}/{nd['draws']} draws, on the exact regime in {nd['agree_exact']}/{nd['draws']}
+(fast vs slow for D > 1 is a heuristic, see docs/regimes.md; {nd['truncated']} draw(s) stopped early
+at the evaluation budget, classified from the part simulated).
 
 ![1-D regimes](dynamics_regimes_1d.png)
 
