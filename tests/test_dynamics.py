@@ -222,3 +222,12 @@ def test_eval_budget_truncates_cleanly():
     assert sim.t.shape[0] == sim.x.shape[0] == sim.valid.shape[0] < 30
     assert float(sim.t[-1]) == sim.t_end and torch.isfinite(sim.x).all()
     assert classify_trajectory(sim).regime == "convergence"
+
+
+def test_float32_simulation_tracks_float64():
+    system = TokenSystem.one_dim(-0.8, 1.0, 0.7)
+    x0 = torch.tensor([1.0, -0.5, 0.8], dtype=torch.float64)
+    ref = simulate(system, x0, 100.0, n_points=12)
+    low = simulate(system, x0, 100.0, n_points=12, dtype=torch.float32, rtol=1e-5, atol=1e-7)
+    assert low.x.dtype == torch.float32
+    assert torch.allclose(low.x.double(), ref.x, rtol=1e-3, atol=1e-5)
