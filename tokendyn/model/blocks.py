@@ -181,3 +181,23 @@ def init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.0
 def apply_init(model: nn.Module, n_layer: int) -> None:
     """Run :func:`init_weights` over every submodule of ``model``."""
     model.apply(partial(init_weights, n_layer=n_layer))
+
+
+class BackboneModel(nn.Module):
+    """What every model built on a :class:`MambaBackbone` shares: switching the
+    scan backend, counting parameters, saving in tokendyn's layout."""
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
+        self.backbone.set_scan_backend(backend)
+        self.config.scan_backend = backend
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path) -> None:
+        """Write ``path``/config.json and ``path``/model.safetensors (tokendyn layout)."""
+        from .checkpoint import save_model  # imported here: checkpoint imports the models
+
+        save_model(self, path)

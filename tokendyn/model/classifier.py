@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError
-from .blocks import MambaBackbone, apply_init
+from .blocks import BackboneModel, MambaBackbone, apply_init
 from .config import ClassifierConfig
 from .outputs import MambaOutput
 
 
-class MambaClassifier(nn.Module):
+class MambaClassifier(BackboneModel):
     """``model(x)`` with x: (batch, L, input_dim) -> logits (batch, n_classes).
 
     ``output_internals=True`` returns a :class:`MambaOutput` whose ``logits`` are the
@@ -47,17 +47,3 @@ class MambaClassifier(nn.Module):
             res.logits = self.head(self.pool(res.logits))
             return res
         return self.head(self.pool(res))
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
-        self.backbone.set_scan_backend(backend)
-        self.config.scan_backend = backend
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save(self, path) -> None:
-        """Write ``path``/config.json and ``path``/model.safetensors (tokendyn layout)."""
-        from .checkpoint import save_model  # imported here: checkpoint imports this module
-
-        save_model(self, path)

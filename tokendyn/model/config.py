@@ -9,7 +9,7 @@ fields here).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, fields
 
 from ..errors import ConfigError
 from ..ops import backend_names
@@ -42,8 +42,26 @@ def _check_mixer_fields(cfg) -> None:
         raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
 
 
+@dataclass(kw_only=True)
 class _MixerSettings:
-    """Derived sizes shared by both configs (needs d_model, expand, dt_rank)."""
+    """Fields and derived sizes shared by both configs (keyword-only: each config's
+    own required fields come first, positionally)."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    rms_norm: bool = True
+    residual_in_fp32: bool = True
+    norm_epsilon: float = 1e-5
+    scan_backend: str = "auto"
 
     @property
     def d_inner(self) -> int:
@@ -85,23 +103,9 @@ class MambaConfig(_MixerSettings):
     d_model: int
     n_layer: int
     vocab_size: int
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init: str = "random"
-    dt_scale: float = 1.0
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
-    rms_norm: bool = True
-    residual_in_fp32: bool = True
-    norm_epsilon: float = 1e-5
+    _: KW_ONLY
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
-    scan_backend: str = "auto"
 
     def __post_init__(self):
         _check_mixer_fields(self)
@@ -131,22 +135,8 @@ class ClassifierConfig(_MixerSettings):
     n_classes: int
     d_model: int
     n_layer: int
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init: str = "random"
-    dt_scale: float = 1.0
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
-    rms_norm: bool = True
-    residual_in_fp32: bool = True
-    norm_epsilon: float = 1e-5
+    _: KW_ONLY
     pooling: str = "mean"
-    scan_backend: str = "auto"
 
     def __post_init__(self):
         _check_mixer_fields(self)

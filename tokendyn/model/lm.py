@@ -14,13 +14,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError
-from .blocks import MambaBackbone, apply_init
+from .blocks import BackboneModel, MambaBackbone, apply_init
 from .config import MambaConfig
 from .generation import InferenceCache
 from .outputs import MambaOutput
 
 
-class MambaLM(nn.Module):
+class MambaLM(BackboneModel):
     """Embedding -> n_layer Mamba blocks -> final norm -> lm_head over padded_vocab_size.
 
     ``model(input_ids)`` -> logits (batch, L, padded_vocab_size);
@@ -77,18 +77,3 @@ class MambaLM(nn.Module):
     def allocate_cache(self, batch_size: int) -> InferenceCache:
         """An empty :class:`InferenceCache` for ``batch_size`` sequences."""
         return InferenceCache.allocate(self, batch_size)
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
-        self.backbone.set_scan_backend(backend)
-        self.config.scan_backend = backend
-
-    def num_parameters(self) -> int:
-        """Distinct parameters (a tied head counts once)."""
-        return sum(p.numel() for p in self.parameters())
-
-    def save(self, path) -> None:
-        """Write ``path``/config.json and ``path``/model.safetensors (tokendyn layout)."""
-        from .checkpoint import save_model  # imported here: checkpoint imports this module
-
-        save_model(self, path)
