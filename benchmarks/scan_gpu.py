@@ -8,7 +8,7 @@ medians of triton.testing.do_bench (CUDA events). ``floor_fwd_ms`` is the forwar
 (u, delta, z, B, C read once, out written once) over the copy bandwidth measured here.
 ``--sweep`` first times launch shapes of the triton kernels at (8, 1536, 2048, 16) bf16 and
 uses the fastest for the table (the sweep is recorded in the JSON).
-mamba_ssm comes from ``bash .peer/mamba_ssm_peer.sh build`` (see that script); without it
+mamba_ssm must be importable (``pip install mamba-ssm`` builds its CUDA kernel); without it
 its columns are null.
 """
 
