@@ -18,8 +18,9 @@ How it is computed
     * Backward (:class:`ChunkedScanFn`): the forward saves only the inputs and the state
       at every group boundary, (n_groups, batch, state, dim). The backward walks the
       groups in reverse, recomputes that group's states from its saved start state,
-      runs the reverse (adjoint) recurrence g_l = C_l dy_l + a_{l+1} g_{l+1} for it,
-      and accumulates the gradients; the adjoint at the group start is carried on.
+      runs the reverse (adjoint) recurrence for it — on ĝ_l = a_l g_l, g_l = ∂L/∂h_l,
+      so that the decay gradient is a product, not a cancelling difference — and
+      accumulates the gradients; the adjoint at the group start is carried on.
 
 Δ bias/softplus, the D skip and the z gate are O(batch·dim·length) and are left to
 ordinary autograd around the core function.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ._linear_scan import linear_scan_, overwrites_a
 from .reference import compute_dtype, finish_output, prepare_delta
 
@@ -189,7 +191,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     temporary, (group_len, batch, state, dim) — memory stays O(budget), not O(length).
     """
     if chunk < 1:
-        raise ValueError("chunk must be a positive number of steps.")
+        raise ConfigError(f"selective_scan_chunked: chunk must be a positive number of steps, got {chunk}.")
     ct = compute_dtype(u.dtype)
     out_dtype = u.dtype
     delta = prepare_delta(delta, delta_bias, delta_softplus)
