@@ -18,7 +18,12 @@ from .vector_field import TokenSystem
 
 
 def random_1d_draw(g: torch.Generator, max_tokens: int = 8) -> tuple[float, float, float, list[float]]:
-    """μ, s ∈ ±[0.25, 2], a ∈ [0.1, 3], L ∈ 1..max_tokens, x_l(0) ∈ ±[0.25, 2]."""
+    """μ, s ∈ ±[0.25, 2], a ∈ [0.1, 3], L ∈ 1..max_tokens, x_l(0) ∈ ±[0.25, 2].
+
+    With independent signs almost no draw with L > 1 has s·x_l(0) < 0 for every l, so in
+    a third of the draws every token takes the sign opposite to s: slow divergence (μ > 0)
+    and the convergent case with such tokens get sampled as often as the rest.
+    """
     u = lambda: float(torch.rand((), generator=g, dtype=torch.float64))  # noqa: E731
     sgn = lambda: 1.0 if u() < 0.5 else -1.0  # noqa: E731
     mu = sgn() * (0.25 + 1.75 * u())
@@ -26,6 +31,8 @@ def random_1d_draw(g: torch.Generator, max_tokens: int = 8) -> tuple[float, floa
     a = 0.1 + 2.9 * u()
     L = 1 + int(u() * max_tokens)
     x0 = [sgn() * (0.25 + 1.75 * u()) for _ in range(L)]
+    if u() < 1 / 3:
+        x0 = [-abs(x) if s > 0 else abs(x) for x in x0]
     return mu, s, a, x0
 
 
