@@ -48,9 +48,12 @@ class MambaLM(BackboneModel):
         if input_ids.dim() != ndim:
             shape = "(batch, length)" if ndim == 2 else "(batch,)"
             raise DataError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}.")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.padded_vocab_size):
-            raise DataError(f"token ids must lie in [0, {self.config.padded_vocab_size}), got "
-                            f"[{int(input_ids.min())}, {int(input_ids.max())}].")
+        if input_ids.numel():
+            # one device sync for both bounds (an out-of-range id would otherwise end in
+            # an opaque device-side assert on a GPU)
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()
+            if lo < 0 or hi >= self.config.padded_vocab_size:
+                raise DataError(f"token ids must lie in [0, {self.config.padded_vocab_size}), got [{lo}, {hi}].")
 
     def forward(self, input_ids: torch.Tensor, output_internals: bool = False,
                 cache: InferenceCache | None = None):

@@ -153,7 +153,9 @@ class MambaMixer(nn.Module):
         overrides this one method.
         """
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # the bias is added in the scan
+        # weight @ dtᵀ lands in (b, D, L) with unit stride along L, the layout the scan
+        # kernels read without a copy; the bias is added inside the scan
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)
         return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
     # ---- full sequence ----------------------------------------------------------------
@@ -171,7 +173,11 @@ class MambaMixer(nn.Module):
         :meth:`step`.
         """
         L = hidden_states.shape[1]
-        xz = self.in_proj(hidden_states).transpose(1, 2)            # (b, 2D, L)
+        # (2D, d_model) @ (b, d_model, L): x and z come out contiguous along L, so the
+        # scan gets them without a copy (a Linear then transpose would not)
+        xz = self.in_proj.weight @ hidden_states.transpose(1, 2)     # (b, 2D, L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         x = F.silu(self.conv1d(x)[..., :L])                         # causal: drop the right overhang
