@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokendyn.analysis.layers import check_io_parameters, layer_spectrum, regime_from_signature, verdict
+from tokendyn.analysis.layers import check_io_parameters, layer_spectrum, verdict
+from tokendyn.dynamics.regimes import regime_from_signature
 from tokendyn.errors import CheckpointError
 
 

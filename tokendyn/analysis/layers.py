@@ -13,24 +13,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..dynamics.regimes import regime_from_signature
 from ..dynamics.spectrum import eigen_signature, io_eigvals, symmetric_io_eigvals
 from ..errors import CheckpointError
 
 IO_KEYS = ("S_B", "S_C", "S_Delta", "b_Delta", "A")
-
-
-def regime_from_signature(positive: int, negative: int) -> str:
-    """Idealised regime of a D-dimensional layer from the signature of M_s (THEORY.md section 4).
-
-    Any positive eigenvalue -> ``"divergence"`` (some direction grows under the
-    quadratic term); none positive but some negative -> ``"convergence"``; M_s = 0 ->
-    ``"static"`` (the quadratic term vanishes and tokens do not move).
-    """
-    if positive > 0:
-        return "divergence"
-    if negative > 0:
-        return "convergence"
-    return "static"
 
 
 def verdict(positive: int, negative: int) -> str:

@@ -30,6 +30,20 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
+def regime_from_signature(positive: int, negative: int) -> str:
+    """Idealised regime of a D-dimensional layer from the signature of M_s (THEORY.md section 4).
+
+    Any positive eigenvalue -> ``"divergence"`` (some direction grows under the
+    quadratic term); none positive but some negative -> ``"convergence"``; M_s = 0 ->
+    ``"static"`` (the quadratic term vanishes and tokens do not move).
+    """
+    if positive > 0:
+        return "divergence"
+    if negative > 0:
+        return "convergence"
+    return "static"
+
+
 @dataclass
 class RegimePrediction:
     """What the parameters say before any integration.
@@ -136,7 +150,8 @@ def predict_regime(system: TokenSystem, x0) -> RegimePrediction:
     M = system.io_matrix.to(torch.float64)
     if not moving.any() or bool((M == 0).all()):
         return RegimePrediction("static", rule, [None] * L, [None] * L, [], counts)
-    if counts["positive"] == 0:
+    if regime_from_signature(counts["positive"], counts["negative"]) != "divergence":
+        # M ≠ 0 here: a signature with no positive eigenvalue is the convergent case
         return RegimePrediction("convergence", rule, [None] * L, [None] * L, [], counts)
     # Fast vs slow by the 1-D analogue (heuristic): a token whose own quadratic term grows
     # (x_lᵀ M x_l > 0) and whose step size grows along it ((S_Δ x_l + b_Δ)_d > 0 for some
