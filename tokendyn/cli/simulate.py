@@ -70,6 +70,7 @@ def build_report(system, sim, prediction, measured, x0) -> dict:
         "x0": x0.tolist(),
         "t_end": sim.t_end,
         "truncated_at": sim.info["truncated_at"],
+        "solver_failure": sim.info["solver_failure"],
         "stiff_fallback_from": sim.info["stiff_fallback_from"],
         "method": sim.method,
         "n_evals": sim.n_evals,
@@ -155,7 +156,8 @@ def simulate(
     console.print(f"predicted regime: [bold]{prediction.regime}[/bold] ({prediction.rule})")
     console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {method})")
     if sim.info["truncated_at"] is not None:
-        console.print(f"[yellow]evaluation budget spent: simulated only to t={sim.t_end:g}[/yellow]")
+        why = sim.info["solver_failure"] or "evaluation budget spent"
+        console.print(f"[yellow]{why}: simulated only to t={sim.t_end:g}[/yellow]")
     sig = report["eigen_signature"]
     console.print(f"eigen-signature of M_s: {sig['positive']} positive, {sig['negative']} negative, {sig['zero']} zero")
     table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")

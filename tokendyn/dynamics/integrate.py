@@ -37,6 +37,10 @@ class _EvalBudget(Exception):
     """Raised inside the vector field when ``max_evals`` is spent."""
 
 
+class _SolverFailure(Exception):
+    """The stiff fallback solver gave up (e.g. step size underflow near a singularity)."""
+
+
 @dataclass
 class Simulation:
     """Result of :func:`simulate`.
@@ -105,8 +109,9 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
 
     x0: (batch, L, D), (L, D), or (L,) for D = 1. ``blowup_norm`` defaults to
     1e12 · max(1, max |x0|). ``max_evals`` caps the vector-field evaluations: when it is
-    spent the result ends at the last output time reached (``info["truncated_at"]``, and
-    ``t_end`` is that time). Returns a :class:`Simulation`.
+    spent, or when the stiff fallback solver gives up, the result ends at the last output
+    time reached (``info["truncated_at"]``, ``info["solver_failure"]`` says why when the
+    solver failed, and ``t_end`` is that time). Returns a :class:`Simulation`.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown integration method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -173,6 +178,7 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     n_grid = grid.numel()
     stiff_from = None
     truncated = None
+    failure = None
     while gi < n_grid:
         freeze(t_cur, y)
         if not alive.any():
@@ -185,6 +191,9 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
                                               blowup, blowup_states, margins)
             except _EvalBudget:
                 truncated = t_cur
+                break
+            except _SolverFailure as exc:
+                truncated, failure = t_cur, str(exc)
                 break
             y, t_cur = y_new, t_new
             xs.append(y.clone())
@@ -252,7 +261,7 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     while len(xs) < n_grid and truncated is None:        # everything blew up before t_end
         xs.append(y.clone())
         valid.append(alive.clone())
-    info_stiff = {"stiff_fallback_from": stiff_from, "truncated_at": truncated}
+    info_stiff = {"stiff_fallback_from": stiff_from, "truncated_at": truncated, "solver_failure": failure}
     x = torch.stack(xs)
     val = torch.stack(valid)
     return Simulation(t=grid, x=x, valid=val, blowup_times=blowup, blowup_states=blowup_states, system=system, t_end=float(t_end),
@@ -273,7 +282,7 @@ def _stiff_segment(field, y, t0, t1, rtol, atol, alive, blowup, blowup_states, m
         except _EvalBudget:
             raise
         except Exception as exc:  # scipy reports failure in many ways; keep the sentence
-            raise DataError(f"the stiff integrator failed after t={t0:.6g} ({exc}).") from None
+            raise _SolverFailure(f"the stiff integrator failed after t={t0:.6g} ({exc}).") from None
     bad = ~torch.isfinite(y1).all(dim=-1)
     m = margins(torch.tensor(t1, dtype=torch.float64), torch.where(bad[..., None], y, y1))
     hit = (bad | (m <= math.log(1e3))) & alive
@@ -288,5 +297,5 @@ def _stiff_segment(field, y, t0, t1, rtol, atol, alive, blowup, blowup_states, m
             y1[b, k:] = src
             alive[b, k:] = False
     if not torch.isfinite(y1).all():
-        raise DataError(f"the stiff integrator produced non-finite tokens after t={t0:.6g}.")
+        raise _SolverFailure(f"the stiff integrator produced non-finite tokens after t={t0:.6g}.")
     return y1, t1
