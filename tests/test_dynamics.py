@@ -231,3 +231,26 @@ def test_float32_simulation_tracks_float64():
     low = simulate(system, x0, 100.0, n_points=12, dtype=torch.float32, rtol=1e-5, atol=1e-7)
     assert low.x.dtype == torch.float32
     assert torch.allclose(low.x.double(), ref.x, rtol=1e-3, atol=1e-5)
+
+
+def test_stiff_solver_failure_ends_the_simulation_cleanly():
+    """A D = 2 system on which LSODA gives up near t ≈ 75: the result stops there, with the
+    reason, finite values and a classification, instead of an error (regression)."""
+    from tokendyn.dynamics.integrate import simulate
+    from tokendyn.dynamics.regimes import classify_trajectory
+    from tokendyn.dynamics.vector_field import TokenSystem
+
+    system = TokenSystem.random(2, 2, seed=14)
+    x0 = torch.tensor([[1.1634196675530781, 0.15195834737534197], [0.7091314086588245, 0.4072214018108293],
+                       [-1.9383013457547422, -1.2799337840043392], [-1.3482353085796694, 0.060229077486138115],
+                       [-0.29734942638611767, 1.5461882177348336], [-0.43081652907026097, -0.5253897700578459]],
+                      dtype=torch.float64)
+    sim = simulate(system, x0, 200.0, n_points=30, rtol=1e-7, atol=1e-10, max_evals=20_000)
+    if sim.info["solver_failure"] is None:     # a better solver may get through: then it must reach t_end
+        assert sim.info["truncated_at"] is None and sim.t_end == 200.0
+        return
+    assert "stiff integrator" in sim.info["solver_failure"]
+    assert sim.info["truncated_at"] == sim.t_end < 200.0
+    assert float(sim.t[-1]) == sim.t_end and sim.x.shape[0] == sim.t.numel()
+    assert torch.isfinite(sim.x[sim.valid]).all()
+    assert classify_trajectory(sim).regime in ("convergence", "slow_divergence", "fast_divergence", "static")
