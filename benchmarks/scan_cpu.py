@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -243,9 +242,6 @@ def main(argv=None) -> None:
     from tokendyn.reproduce import provenance
 
     prov = provenance("python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
-    if not re.fullmatch(r"[0-9a-f]{40}", prov.get("commit") or "") and os.environ.get("TOKENDYN_COMMIT"):
-        # A copy of the tree without .git (e.g. a separate benchmark machine).
-        prov["commit"] = os.environ["TOKENDYN_COMMIT"]
     result = {
         "provenance": prov,
         "cpu_model": cpu_model(),

@@ -50,16 +50,21 @@ class SectionResult:
 
 
 def git_commit() -> str | None:
-    """The commit of the working tree tokendyn runs from, if it is a git checkout."""
+    """The commit of the working tree tokendyn runs from: git's answer in a checkout, else
+    the environment variable TOKENDYN_COMMIT (a copy of the tree without .git, e.g. on a
+    separate benchmark machine), else None."""
+    import os
+
+    env = os.environ.get("TOKENDYN_COMMIT") or None
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return env
     commit = res.stdout.strip()
     # outside a checkout git fails (or echoes the ref): only a full hash is a commit
     if res.returncode != 0 or len(commit) != 40:
-        return None
+        return env
     return commit
 
 
