@@ -29,6 +29,8 @@ from tokendyn.dynamics.spectrum import eigen_signature, symmetric_io_eigvals
 from tokendyn.model import MambaConfig, MambaLM
 from tokendyn.reproduce import provenance
 
+from _timing import median_time  # benchmarks/ is on sys.path when a script runs
+
 
 def dense_sym_eigvals(S_B: torch.Tensor, S_C: torch.Tensor) -> torch.Tensor:
     """The peer: all D eigenvalues of M_s = (M + Mᵀ)/2 from the dense D×D matrix (float64)."""
@@ -37,26 +39,17 @@ def dense_sym_eigvals(S_B: torch.Tensor, S_C: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(0.5 * (M + M.T))
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
-
-
 def spectrum_comparison(model, dense_layers: int, repeats: int) -> dict:
     """Median seconds per layer: small path vs dense eigvalsh, and their agreement."""
     params = [layer.mixer.io_parameters() for layer in model.backbone.layers]
     small_t, dense_t, full_t, worst = [], [], [], 0.0
     signatures_agree = True
     for i, p in enumerate(params):
-        t, ev_small = _time(lambda: symmetric_io_eigvals(p["S_B"], p["S_C"]), repeats)
+        t, ev_small = median_time(lambda: symmetric_io_eigvals(p["S_B"], p["S_C"]), repeats)
         small_t.append(t)
-        full_t.append(_time(lambda: layer_spectrum(p, i), 1)[0])
+        full_t.append(median_time(lambda: layer_spectrum(p, i), 1)[0])
         if i < dense_layers:
-            t, ev_dense = _time(lambda: dense_sym_eigvals(p["S_B"], p["S_C"]), repeats)
+            t, ev_dense = median_time(lambda: dense_sym_eigvals(p["S_B"], p["S_C"]), repeats)
             dense_t.append(t)
             scale = float(ev_dense.abs().max())
             tol = 1e-8 * scale

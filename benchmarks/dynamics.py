@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,14 +23,7 @@ from tokendyn.dynamics import TokenSystem, classify_trajectory, scan_backend, si
 from tokendyn.ops import available_backends
 from tokendyn.reproduce import provenance
 
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 
 
 def main() -> None:
@@ -51,8 +43,8 @@ def main() -> None:
     for L in args.lengths:
         x = torch.randn(1, L, 16, dtype=dtype)
         vector_field(system, x[:, :64], backend)                      # warm-up
-        t_scan, fast = timed(lambda: vector_field(system, x, backend), 5)
-        t_naive, slow = timed(lambda: vector_field_naive(system, x), 1 if L > 2048 else 2)
+        t_scan, fast = median_time(lambda: vector_field(system, x, backend), 5)
+        t_naive, slow = median_time(lambda: vector_field_naive(system, x), 1 if L > 2048 else 2)
         err = float((fast - slow).abs().max() / slow.abs().max())
         rows.append({"L": L, "scan_s": t_scan, "naive_s": t_naive, "speedup": t_naive / t_scan,
                      "max_rel_err": err})

@@ -72,10 +72,18 @@ def plot_phase(sim: Simulation, ax, index: int = 0, title: str | None = None) ->
         ax.set_title(title, fontsize=9)
 
 
-def save_simulation_plot(sim: Simulation, path: Path, title: str | None = None) -> Path:
-    """One simulation to a PNG: trajectories, plus the phase portrait when D = 2."""
+def _save(fig, path) -> Path:
+    """Lay out, write as a 120-dpi PNG (making the folder) and close the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_simulation_plot(sim: Simulation, path: Path, title: str | None = None) -> Path:
+    """One simulation to a PNG: trajectories, plus the phase portrait when D = 2."""
     if sim.system.dim == 2:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         plot_trajectories(sim, axes[0], title=title)
@@ -83,10 +91,7 @@ def save_simulation_plot(sim: Simulation, path: Path, title: str | None = None) 
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
         plot_trajectories(sim, ax, title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # The 1-D examples of the three regimes (THEORY.md section 3): μ, s, a, x(0), t_end.
@@ -106,10 +111,7 @@ def figure_regimes_1d(path: Path, n_points: int = 120) -> dict:
                        n_points=n_points, rtol=1e-7, atol=1e-9)
         measured[name] = classify_trajectory(sim).regime
         plot_trajectories(sim, ax, title=f"{name}: μ={mu}, s={s}, a={a}")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return measured
 
 
@@ -144,8 +146,5 @@ def figure_fig6(path: Path, n_tokens: int = 6, seed: int = 0, t_end: float = 1e3
         predicted = predict_regime(system, x0).regime
         out[name] = {"eigenvalues": list(eigs), "predicted": predicted, "simulated": measured}
         plot_phase(sim, ax, title=f"{name} eigenvalues {eigs}: {measured}")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return out
