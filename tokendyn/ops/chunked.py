@@ -35,9 +35,11 @@ from ._linear_scan import linear_scan_, overwrites_a
 from .reference import compute_dtype, finish_output, prepare_delta
 
 # Steps per chunk inside a group, and the element budget of one group's
-# (group_len, batch, state, dim) tensor. Chosen by the sweep in benchmarks/scan_cpu.py.
+# (group_len, batch, state, dim) tensor. Chosen by the sweep in benchmarks/scan_cpu.py
+# (results/scan_cpu.json): a group's few float32 temporaries (8 MiB each at 2^21) stay
+# in a 32 MiB last-level cache; at 2^22 and above they spill and both passes slow down.
 DEFAULT_CHUNK = 32
-DEFAULT_GROUP_ELEMENTS = 1 << 22
+DEFAULT_GROUP_ELEMENTS = 1 << 21
 
 _LOG2E = 1.4426950408889634
 
