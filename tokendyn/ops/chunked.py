@@ -50,23 +50,30 @@ def _group_len(length: int, per_step: int, chunk: int, budget: int) -> int:
     return min(length, steps)
 
 
-def _decay(delta_t: torch.Tensor, A2T: torch.Tensor) -> torch.Tensor:
+def _decay(delta_t: torch.Tensor, A2T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """exp(Δ ⊗ A) as 2^(Δ ⊗ A·log2 e) (exp2 is the faster kernel on CPU).
 
-    delta_t (l, b, d), A2T (n, d) = (A·log2 e)ᵀ -> (l, b, n, d), every entry in (0, 1].
+    delta_t (l, b, d), A2T (n, d) = (A·log2 e)ᵀ -> (l, b, n, d), every entry in (0, 1];
+    written into ``out`` when given.
     """
-    return torch.mul(delta_t.unsqueeze(-2), A2T).exp2_()
+    return torch.mul(delta_t.unsqueeze(-2), A2T, out=out).exp2_()
 
 
-def _drive(delta_t, u_t, B_t) -> torch.Tensor:
-    """Δ u B: (l, b, d), (l, b, d), (l, b, n) -> (l, b, n, d)."""
-    return torch.mul(B_t.unsqueeze(-1), (delta_t * u_t).unsqueeze(-2))
+def _drive(delta_t, u_t, B_t, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Δ u B: (l, b, d), (l, b, d), (l, b, n) -> (l, b, n, d), into ``out`` when given."""
+    return torch.mul(B_t.unsqueeze(-1), (delta_t * u_t).unsqueeze(-2), out=out)
 
 
-def _group_states(delta_t, u_t, B_t, A2T, h0, chunk):
-    """All states of one group, (l, b, n, d), starting from h0 (b, n, d) or None."""
-    H = _drive(delta_t, u_t, B_t)
-    return linear_scan_(_decay(delta_t, A2T), H, h0, reverse=False, chunk=chunk)
+def _group_states(delta_t, u_t, B_t, A2T, h0, chunk, bufs=None):
+    """All states of one group, (l, b, n, d), starting from h0 (b, n, d) or None.
+
+    bufs: two (≥ l, b, n, d) scratch tensors to write into. Reusing them across groups
+    matters on CPU: a fresh multi-MiB tensor per group costs page faults on first touch.
+    """
+    n_l = delta_t.shape[0]
+    dec_out, drv_out = (None, None) if bufs is None else (bufs[0][:n_l], bufs[1][:n_l])
+    H = _drive(delta_t, u_t, B_t, out=drv_out)
+    return linear_scan_(_decay(delta_t, A2T, out=dec_out), H, h0, reverse=False, chunk=chunk)
 
 
 class ChunkedScanFn(torch.autograd.Function):
@@ -93,15 +100,17 @@ class ChunkedScanFn(torch.autograd.Function):
         y_t = u_t.new_empty(length, batch, dim)
         h = None
         starts = []                                    # state entering each group
+        bufs = [u_t.new_empty(min(glen, length), batch, state, dim) for _ in range(2)]
         for s in range(0, length, glen):
             e = min(s + glen, length)
             starts.append(h)
-            H = _group_states(d_t[s:e], u_t[s:e], B_t[s:e], A2T, h, chunk)
+            H = _group_states(d_t[s:e], u_t[s:e], B_t[s:e], A2T, h, chunk, bufs)
             lb = (e - s) * batch
             torch.bmm(C_t[s:e].reshape(lb, 1, state), H.view(lb, state, dim),
                       out=y_t[s:e].view(lb, 1, dim))
             h = H[-1].clone()
             del H
+        del bufs
         if h is None:                                  # length 0
             h = u.new_zeros(batch, state, dim)
         zero = u.new_zeros(batch, state, dim)
@@ -132,6 +141,8 @@ class ChunkedScanFn(torch.autograd.Function):
         dAT = A.new_zeros(state, dim)
         ghat_next = dh_last.transpose(1, 2).contiguous() if dh_last is not None else None   # (b, n, d)
         bounds = list(range(0, length, glen))
+        # scratch for a_l, its scan copy, the states and the adjoint, reused by every group
+        buf_dec, buf_scr, buf_H, buf_G = (u_t.new_empty(min(glen, length), batch, state, dim) for _ in range(4))
         for gi in range(len(bounds) - 1, -1, -1):
             s = bounds[gi]
             e = min(s + glen, length)
@@ -139,13 +150,14 @@ class ChunkedScanFn(torch.autograd.Function):
             dg, ug, Bg, Cg, dyg = d_t[s:e], u_t[s:e], B_t[s:e], C_t[s:e], dy_t[s:e]
             dug = dg * ug                                             # Δ u, (l, b, d)
             h0 = starts[gi] if gi > 0 else None
-            decay = _decay(dg, A2T)                                   # a_l, (l, b, n, d)
-            scratch = decay.clone() if overwrites_a(n_l, chunk) else decay
-            H = linear_scan_(scratch, torch.mul(Bg.unsqueeze(-1), dug.unsqueeze(-2)), h0, chunk=chunk)
+            decay = _decay(dg, A2T, out=buf_dec[:n_l])                # a_l, (l, b, n, d)
+            scratch = buf_scr[:n_l].copy_(decay) if overwrites_a(n_l, chunk) else decay
+            H = linear_scan_(scratch, torch.mul(Bg.unsqueeze(-1), dug.unsqueeze(-2), out=buf_H[:n_l]), h0,
+                             chunk=chunk)
             del scratch
             # dC[l, b, n] = Σ_d H dy
             dC[s:e] = torch.linalg.vecdot(H, dyg.unsqueeze(-2))
-            Ghat = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2)).mul_(decay)
+            Ghat = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2), out=buf_G[:n_l]).mul_(decay)
             linear_scan_(decay, Ghat, ghat_next, reverse=True, chunk=chunk)
             del decay
             # Contractions of g_l = C_l dy_l + ĝ_{l+1}; the C dy part in closed form:
