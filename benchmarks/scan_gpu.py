@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,7 +38,6 @@ def copy_bandwidth() -> float:
     x = torch.randn(2**28, device="cuda")
     y = torch.empty_like(x)
     ms = do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
-    del x, y
     return 2 * 2**28 * 4 / (ms * 1e-3)
 
 

@@ -11,4 +11,4 @@ from .model.checkpoint import load_model  # tokendyn.load_model(path): any of th
 
 __version__ = "0.1.0"
 
-__all__ = ["selective_scan", "TokendynError", "__version__"]
+__all__ = ["selective_scan", "load_model", "TokendynError", "__version__"]
