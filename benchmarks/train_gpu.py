@@ -47,23 +47,34 @@ def logits_of(model, ids):
     return out.logits if hasattr(out, "logits") else out
 
 
-def measure(model, steps, warmup):
+def setup(model):
+    """The model on the GPU in training mode, its AdamW, and one fixed batch (x, y)."""
     model = model.cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     g = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, VOCAB, (BATCH, LENGTH + 1), device="cuda", generator=g)
-    x, y = ids[:, :-1], ids[:, 1:]
+    return model, opt, ids[:, :-1], ids[:, 1:]
+
+
+def train_step(model, opt, x, y):
+    """One optimiser step; returns the loss (a CUDA scalar)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = logits_of(model, x)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def measure(model, steps, warmup):
+    model, opt, x, y = setup(model)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = logits_of(model, x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(model, opt, x, y)
         end.record()
         torch.cuda.synchronize()
         losses.append(loss.item())

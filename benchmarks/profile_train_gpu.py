@@ -1,0 +1,105 @@
+"""Where a training step's GPU time goes: tokendyn's MambaLM (triton scan) and mamba_ssm's
+MambaLMHeadModel, the configuration of benchmarks/train_gpu.py, under torch.profiler.
+
+    python benchmarks/profile_train_gpu.py --out results/profile_train_gpu.json
+
+For each model: warm-up steps, then ``--steps`` profiled steps; the JSON holds, per model,
+the CUDA kernel time per step grouped into coarse parts (scan, matmul, norm and
+elementwise, conv, loss, optimiser) and the 30 kernels with the most time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_gpu import build_mamba_ssm, build_tokendyn, setup, train_step  # noqa: E402
+
+from tokendyn.reproduce import provenance  # noqa: E402
+
+# kernel-name fragments -> part; the first match wins
+PARTS = [
+    ("scan", ("scan",)),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("loss", ("softmax", "nll", "cross_entropy", "log_softmax")),
+    ("matmul", ("gemm", "cutlass", "sm90", "sm80", "nvjet", "xmma", "cublas", "splitk")),
+    ("conv", ("conv", "depthwise")),
+    ("norm", ("norm", "rms", "layer_norm")),
+    ("reduce", ("reduce",)),
+    ("copy_cast", ("copy", "cast", "cat", "fill")),
+]
+
+
+def part_of(name: str) -> str:
+    low = name.lower()
+    for part, keys in PARTS:
+        if any(k in low for k in keys):
+            return part
+    return "elementwise_other"
+
+
+def profile_model(build, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model, opt, x, y = setup(build())
+    for _ in range(warmup):
+        train_step(model, opt, x, y)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            train_step(model, opt, x, y)
+        torch.cuda.synchronize()
+    per_kernel = defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[ev.name][0] += ev.device_time / 1e3 / steps   # ms per step
+            per_kernel[ev.name][1] += 1
+    parts = defaultdict(float)
+    for name, (ms, _) in per_kernel.items():
+        parts[part_of(name)] += ms
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:30]
+    return {"kernel_ms_per_step": sum(parts.values()),
+            "kernel_launches_per_step": sum(c for _, c in per_kernel.values()) / steps,
+            "parts_ms_per_step": dict(sorted(parts.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:160], "ms_per_step": ms, "calls_per_step": c / steps}
+                            for n, (ms, c) in top]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="results/profile_train_gpu.json")
+    ap.add_argument("--commit", default=None)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args()
+    prov = provenance(" ".join(["python"] + sys.argv))
+    if args.commit:
+        prov["commit"] = args.commit
+    results = {}
+    for name, build in [("tokendyn_triton", lambda: build_tokendyn("triton")), ("mamba_ssm", build_mamba_ssm)]:
+        try:
+            results[name] = profile_model(build, args.steps, args.warmup)
+        except Exception as exc:  # keep the other model's profile
+            results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        torch.cuda.empty_cache()
+        r = results[name]
+        print(f"== {name}: {r.get('kernel_ms_per_step', float('nan')):.1f} ms of kernels per step, "
+              f"{r.get('kernel_launches_per_step', 0):.0f} launches")
+        for part, ms in r.get("parts_ms_per_step", {}).items():
+            print(f"   {part:>18} {ms:8.2f} ms")
+        for k in r.get("top_kernels", []):
+            print(f"   {k['ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['name'][:110]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({**prov, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
