@@ -5,7 +5,8 @@ MambaLMHeadModel, the configuration of benchmarks/train_gpu.py, under torch.prof
 
 For each model: warm-up steps, then ``--steps`` profiled steps; the JSON holds, per model,
 the CUDA kernel time per step grouped into coarse parts (scan, matmul, norm and
-elementwise, conv, loss, optimiser) and the 30 kernels with the most time.
+elementwise, conv, loss, optimiser) and the 30 kernels with the most time, and the 30
+PyTorch operators (by input shapes) whose kernels took the most.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def profile_model(build, steps: int, warmup: int) -> dict:
     for _ in range(warmup):
         train_step(model, opt, x, y)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             train_step(model, opt, x, y)
         torch.cuda.synchronize()
@@ -66,11 +67,16 @@ def profile_model(build, steps: int, warmup: int) -> dict:
     for name, (ms, _) in per_kernel.items():
         parts[part_of(name)] += ms
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:30]
+    # the PyTorch operators (with their input shapes) that launched the most GPU time
+    ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_device_time_total)[:30]
     return {"kernel_ms_per_step": sum(parts.values()),
             "kernel_launches_per_step": sum(c for _, c in per_kernel.values()) / steps,
             "parts_ms_per_step": dict(sorted(parts.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": n[:160], "ms_per_step": ms, "calls_per_step": c / steps}
-                            for n, (ms, c) in top]}
+                            for n, (ms, c) in top],
+            "top_ops": [{"op": e.key, "shapes": str(e.input_shapes)[:200],
+                         "self_ms_per_step": e.self_device_time_total / 1e3 / steps,
+                         "calls_per_step": e.count / steps} for e in ops]}
 
 
 def main():
@@ -97,6 +103,8 @@ def main():
             print(f"   {part:>18} {ms:8.2f} ms")
         for k in r.get("top_kernels", []):
             print(f"   {k['ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['name'][:110]}")
+        for k in r.get("top_ops", []):
+            print(f"   {k['self_ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['op']} {k['shapes'][:120]}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**prov, "results": results}, indent=2))
 

@@ -463,3 +463,22 @@ def test_save_round_trips_through_load_model(tmp_path):
     assert isinstance(again, MambaClassifier) and again.config == clf.config
     with torch.no_grad():
         torch.testing.assert_close(again(x), clf(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_rms_norm_matches_formula_in_float64(dtype):
+    from tokendyn.model.blocks import RMSNorm
+    norm = RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(24) + 1.0)
+    x = (torch.randn(3, 5, 24) * 3).to(dtype).requires_grad_()
+    y = norm(x)
+    assert y.dtype == dtype
+    x64 = x.detach().double().requires_grad_()
+    ref = x64 * torch.rsqrt(x64.square().mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+    g = torch.randn_like(ref)
+    y.backward(g.to(dtype))
+    ref.backward(g)
+    assert ((x.grad.double() - x64.grad).norm() / x64.grad.norm()).item() < max(tol, 1e-6) * 2

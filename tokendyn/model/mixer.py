@@ -189,7 +189,9 @@ class MambaMixer(nn.Module):
                              delta_softplus=True, return_last_state=return_state,
                              backend=self.scan_backend)
         y, ssm_state = res if return_state else (res, None)
-        out = self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+        # no cast here: y already has the dtype of in_proj's output (bfloat16 under autocast);
+        # casting it to the float32 stream would cost two transposing copies per layer
+        out = self.out_proj(y.transpose(1, 2))
         internals = None
         if return_internals:
             delta = F.softplus(dt.to(accumulation_dtype(dt.dtype)) + delta_bias[:, None])
