@@ -29,6 +29,21 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def channel_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A linear map along the channel dim: weight (out, in), x (batch, in, L) -> (batch, out, L),
+    contiguous.
+
+    A batched product with the weight broadcast over the batch: the result and the gradient of x
+    both keep unit stride along L, the layout the scan reads, so neither needs a transposing copy
+    (``weight @ x`` lets torch fold the batch into a single product whose result is a transposed
+    view). Under autocast the weight is cast before the broadcast, so it is cast once, not once per
+    batch element.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        weight = weight.to(torch.get_autocast_dtype(x.device.type))
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """x with softplus(x) = y, for y > 0, written to stay accurate for small y."""
     return y + torch.log(-torch.expm1(-y))
@@ -152,11 +167,10 @@ class MambaMixer(nn.Module):
         both go through here, so a subclass that reparametrises S_B, S_C or S_Δ
         overrides this one method.
         """
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # weight @ dtᵀ lands in (b, D, L) with unit stride along L, the layout the scan
-        # kernels read without a copy; the bias is added inside the scan
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)
-        return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        dt, B, C = torch.split(channel_linear(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state],
+                               dim=1)
+        # the bias of dt_proj is added inside the scan; B and C are views with unit stride along L
+        return channel_linear(self.dt_proj.weight, dt), B, C
 
     # ---- full sequence ----------------------------------------------------------------
 
@@ -173,9 +187,7 @@ class MambaMixer(nn.Module):
         :meth:`step`.
         """
         L = hidden_states.shape[1]
-        # (2D, d_model) @ (b, d_model, L): x and z come out contiguous along L, so the
-        # scan gets them without a copy (a Linear then transpose would not)
-        xz = self.in_proj.weight @ hidden_states.transpose(1, 2)     # (b, 2D, L)
+        xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
