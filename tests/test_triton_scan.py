@@ -16,7 +16,7 @@ import torch
 
 from tokendyn.ops import resolve_backend, selective_scan, selective_scan_reference
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.interpretable]
 
 # ‖x − ref‖/‖ref‖ limits: float32 arithmetic lands far under 1e-3; half-precision inputs
 # and outputs are rounded to 8 (bf16) or 11 (fp16) significant bits.
