@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import selective_scan
+from ..ops import resolve_backend, selective_scan
+from ..ops.causal_conv import causal_conv1d_silu
 from .config import _check_mixer_fields
 from .outputs import MixerInternals
 
@@ -192,7 +193,9 @@ class MambaMixer(nn.Module):
             xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
-        x = F.silu(self.conv1d(x)[..., :L])                         # causal: drop the right overhang
+        # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
+        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device) == "triton"
+        x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = self.selective_inputs(x)
         acc = accumulation_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
@@ -201,9 +204,12 @@ class MambaMixer(nn.Module):
                              delta_softplus=True, return_last_state=return_state,
                              backend=self.scan_backend)
         y, ssm_state = res if return_state else (res, None)
-        # no cast here: y already has the dtype of in_proj's output (bfloat16 under autocast);
-        # casting it to the float32 stream would cost two transposing copies per layer
-        out = self.out_proj(y.transpose(1, 2))
+        # (b, d_model, L) then one transposing copy of the narrower d_model side: y and its
+        # gradient (what the scan's backward reads) keep unit stride along L. No cast: y has
+        # in_proj's output dtype already (bfloat16 under autocast).
+        out = channel_linear(self.out_proj.weight, y).transpose(1, 2).contiguous()
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias
         internals = None
         if return_internals:
             delta = F.softplus(dt.to(accumulation_dtype(dt.dtype)) + delta_bias[:, None])
