@@ -61,7 +61,11 @@ def main():
         prov["commit"] = args.commit
     bw = copy_bandwidth()
     fused = lambda x, w, b: causal_conv.causal_conv1d_silu(x, w, b, fused=True)  # noqa: E731
-    ref = causal_conv.causal_conv1d_silu_reference
+
+    def ref(x, w, b):
+        # PyTorch's conv1d wants one dtype: under autocast, as in the mixer
+        with torch.autocast("cuda", dtype=x.dtype):
+            return causal_conv.causal_conv1d_silu_reference(x, w, b)
     dtype = torch.bfloat16
 
     sweep = []

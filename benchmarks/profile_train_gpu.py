@@ -54,13 +54,24 @@ def profile_model(build, steps: int, warmup: int) -> dict:
     for _ in range(warmup):
         train_step(model, opt, x, y)
     torch.cuda.synchronize()
+    # host side: the time to enqueue one step, and back-to-back steps with one sync at the end;
+    # if the first is close to the second, the step is bound by the CPU launching kernels
+    import time
+    enqueue, t0 = [], time.perf_counter()
+    for _ in range(steps):
+        t1 = time.perf_counter()
+        train_step(model, opt, x, y)
+        enqueue.append(time.perf_counter() - t1)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             train_step(model, opt, x, y)
         torch.cuda.synchronize()
     per_kernel = defaultdict(lambda: [0.0, 0])
     for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
+        # "Optimizer.step#AdamW.step" is an annotation spanning kernels, not a kernel
+        if ev.device_type == torch.autograd.DeviceType.CUDA and "#" not in ev.name:
             per_kernel[ev.name][0] += ev.device_time / 1e3 / steps   # ms per step
             per_kernel[ev.name][1] += 1
     parts = defaultdict(float)
@@ -69,7 +80,11 @@ def profile_model(build, steps: int, warmup: int) -> dict:
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:30]
     # the PyTorch operators (with their input shapes) that launched the most GPU time
     ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_device_time_total)[:30]
+    cpu_ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
     return {"kernel_ms_per_step": sum(parts.values()),
+            "host_enqueue_ms_per_step": 1e3 * min(enqueue), "wall_ms_per_step_one_sync": 1e3 * wall,
+            "top_cpu_ops": [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                             "calls_per_step": e.count / steps} for e in cpu_ops],
             "kernel_launches_per_step": sum(c for _, c in per_kernel.values()) / steps,
             "parts_ms_per_step": dict(sorted(parts.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": n[:160], "ms_per_step": ms, "calls_per_step": c / steps}
@@ -98,7 +113,11 @@ def main():
         torch.cuda.empty_cache()
         r = results[name]
         print(f"== {name}: {r.get('kernel_ms_per_step', float('nan')):.1f} ms of kernels per step, "
-              f"{r.get('kernel_launches_per_step', 0):.0f} launches")
+              f"{r.get('kernel_launches_per_step', 0):.0f} launches; host enqueue "
+              f"{r.get('host_enqueue_ms_per_step', float('nan')):.1f} ms, wall with one sync "
+              f"{r.get('wall_ms_per_step_one_sync', float('nan')):.1f} ms")
+        for k in r.get("top_cpu_ops", []):
+            print(f"   cpu {k['self_cpu_ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['op']}")
         for part, ms in r.get("parts_ms_per_step", {}).items():
             print(f"   {part:>18} {ms:8.2f} ms")
         for k in r.get("top_kernels", []):
