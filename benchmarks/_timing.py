@@ -14,3 +14,23 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def gpu_kernel_ms(fn, iters: int = 20) -> float:
+    """Milliseconds of GPU kernel time per call of ``fn`` (torch.profiler, summed over kernels).
+
+    Unlike CUDA-event timing this does not count the GPU waiting for the host, so it measures
+    the kernels even where launching them costs more than running them.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(ev.device_time for ev in prof.events()
+                   if ev.device_type == torch.autograd.DeviceType.CUDA and "#" not in ev.name)
+    return total_us / 1e3 / iters
