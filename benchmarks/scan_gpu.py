@@ -113,9 +113,8 @@ def sweep(log):
     shape, dtype = MAIN
     t = make_inputs(shape, dtype)
     rows = []
-    fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w, fwd_spi=spi)
-                for bd, c, w, spi in [(16, 128, 4, 1), (8, 128, 2, 1), (16, 128, 2, 1), (8, 128, 1, 1),
-                                      (4, 128, 1, 1), (16, 256, 4, 1)]]
+    fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w)
+                for bd, c, w in [(16, 128, 4), (8, 128, 2), (16, 128, 2), (8, 128, 1), (4, 128, 1), (16, 256, 4)]]
     for cfg in fwd_cfgs:
         with triton_scan.scan_config(**cfg):
             try:
@@ -126,10 +125,10 @@ def sweep(log):
         rows.append({"kind": "fwd", **cfg, "ms": ms})
         log(f"fwd {cfg}: {ms:.3f} ms")
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
-    for chunk, bd, w, spi in [(128, 4, 1, 1), (128, 2, 1, 1), (128, 1, 1, 1), (128, 8, 1, 1), (128, 4, 2, 1),
-                              (128, 2, 2, 1), (64, 4, 1, 1), (256, 4, 1, 1), (128, 4, 1, 2)]:
+    for chunk, bd, w in [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (128, 2, 2), (64, 4, 1),
+                         (256, 4, 1)]:
         cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
-                   fwd_spi=best_f["fwd_spi"], bwd_block_d=bd, bwd_warps=w, bwd_spi=spi)
+                   bwd_block_d=bd, bwd_warps=w)
         with triton_scan.scan_config(**cfg):
             try:
                 ms, peak, _ = time_fwdbwd(triton_scan.selective_scan_triton, t)
@@ -147,7 +146,7 @@ def sweep(log):
         rows.append({"kind": "fwd_sequential", "block_d": bd, "warps": w, "ms": ms})
         log(f"seq fwd bd={bd} w={w}: {ms:.3f} ms")
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
-    best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "fwd_spi", "bwd_block_d", "bwd_warps", "bwd_spi")}
+    best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
     return rows, best
 
 

@@ -131,14 +131,14 @@ def test_matches_float64_reference(ts, case, dtype):
 
 # launch shapes the benchmark sweeps: the result must not depend on them
 CONFIGS = [
-    dict(block_d=1, chunk=64, fwd_warps=1, bwd_block_d=1, bwd_warps=1, fwd_spi=1, bwd_spi=1),
-    dict(block_d=2, chunk=128, fwd_warps=2, bwd_block_d=2, bwd_warps=2, fwd_spi=2, bwd_spi=2),
-    dict(block_d=4, chunk=256, fwd_warps=4, bwd_block_d=4, bwd_warps=4, fwd_spi=1, bwd_spi=4),
-    dict(block_d=8, chunk=256, fwd_warps=8, bwd_block_d=4, bwd_warps=4, fwd_spi=4, bwd_spi=1),
-    dict(block_d=8, chunk=128, fwd_warps=4, bwd_block_d=8, bwd_warps=8, fwd_spi=2, bwd_spi=2),
-    dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=16, bwd_warps=4, fwd_spi=1, bwd_spi=2),
-    dict(block_d=4, chunk=512, fwd_warps=8, bwd_block_d=2, bwd_warps=8, fwd_spi=2, bwd_spi=1),
-    dict(block_d=8, chunk=128, fwd_warps=2, bwd_block_d=4, bwd_warps=1, fwd_spi=2, bwd_spi=2),
+    dict(block_d=1, chunk=64, fwd_warps=1, bwd_block_d=1, bwd_warps=1),
+    dict(block_d=2, chunk=128, fwd_warps=2, bwd_block_d=2, bwd_warps=2),
+    dict(block_d=4, chunk=256, fwd_warps=4, bwd_block_d=4, bwd_warps=4),
+    dict(block_d=8, chunk=256, fwd_warps=8, bwd_block_d=4, bwd_warps=4),
+    dict(block_d=8, chunk=128, fwd_warps=4, bwd_block_d=8, bwd_warps=8),
+    dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=16, bwd_warps=4),
+    dict(block_d=4, chunk=512, fwd_warps=8, bwd_block_d=2, bwd_warps=8),
+    dict(block_d=8, chunk=128, fwd_warps=2, bwd_block_d=4, bwd_warps=1),
 ]
 
 

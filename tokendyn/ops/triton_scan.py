@@ -16,6 +16,7 @@ since the kernels compute in float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,9 +27,9 @@ from . import _triton_kernels as K
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Launch shape: channels per program, steps per chunk, warps, and states per loop
-    iteration (1: the next state's loads issued one iteration ahead; 2 or 4: that many
-    independent states interleaved), for the forward and the backward kernel."""
+    """Launch shape: channels per program, steps per chunk and warps, for the forward and the
+    backward kernel. Where fewer channels per program are used (long sequences at small batch,
+    see :func:`_block_d`), the warps shrink with the tile (:func:`_warps`)."""
 
     # the fastest forward+backward of benchmarks/scan_gpu.py's sweep on an H100
     # (results/scan_gpu.json, "sweep"): at (8, 1536, 2048, 16) bfloat16
@@ -37,8 +38,6 @@ class ScanConfig:
     fwd_warps: int = 4
     bwd_block_d: int = 4
     bwd_warps: int = 1
-    fwd_spi: int = 1
-    bwd_spi: int = 1
 
 
 _CONFIG = ScanConfig()
@@ -61,14 +60,27 @@ def _chunk_for(length: int, cfg: ScanConfig) -> int:
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    # cached: the property lookup costs tens of microseconds of host time per launch
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 def _block_d(want: int, batch: int, dim: int, device: torch.device) -> int:
     """Channels per program: ``want``, halved while the grid would leave the GPU short of
     programs (fewer than 4 per multiprocessor), e.g. for long sequences at batch 1."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    sms = _multiprocessors(device)
     bd = want
     while bd > 1 and batch * triton.cdiv(dim, bd) < 4 * sms:
         bd //= 2
     return bd
+
+
+def _warps(want: int, bd: int, want_bd: int) -> int:
+    """Warps per program: ``want`` for the configured ``want_bd`` channels, scaled down with the
+    tile where :func:`_block_d` gave fewer channels, so each thread keeps as many elements as in
+    the tuned launch shape (rather than the scan spreading a small tile over idle warps)."""
+    return max(1, want * bd // want_bd)
 
 
 def _lastdim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -105,7 +117,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: S
         A.stride(0), A.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y,
-        BD=bd, T=T, SPI=cfg.fwd_spi, num_warps=cfg.fwd_warps,
+        BD=bd, T=T, num_warps=_warps(cfg.fwd_warps, bd, cfg.block_d),
     )
     return out, ypre, states, T
 
@@ -137,7 +149,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
         A.stride(0), A.stride(1), *_strides3(dout),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-        BD=bd, T=T, SPI=cfg.bwd_spi, num_warps=cfg.bwd_warps,
+        BD=bd, T=T, num_warps=_warps(cfg.bwd_warps, bd, cfg.bwd_block_d),
     )
     return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum(0) if dD is not None else None), \
         (dbias.sum(0) if dbias is not None else None)
