@@ -8,7 +8,8 @@ Shapes are the MambaLM 768-wide layer's (dim 1536, K 4) at the training benchmar
 channel slice of a (batch, 2*dim, length) tensor, as in the mixer. Times: GPU kernel time per call
 from torch.profiler (the fused kernels take ~0.03-0.15 ms, less than the host needs to launch a
 forward and backward through autograd, so CUDA-event times would measure the host); the CUDA-event
-medians (triton.testing.do_bench) are recorded beside them as ``event_ms``. Floors: forward reads x and writes out; forward+backward
+medians (triton.testing.do_bench) are recorded beside them as ``event_ms``.
+Floors: forward reads x and writes out; forward+backward
 adds reading x and the output gradient and writing dx (dw and dbias are negligible).
 A sweep of launch shapes runs first; the table uses the fastest forward+backward.
 """

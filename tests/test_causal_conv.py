@@ -88,7 +88,8 @@ CASES = [  # batch, dim, length, K, bias, strided input
 @pytest.mark.gpu
 @pytest.mark.interpretable
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + ("b" if c[4] else "") + ("s" if c[5] else ""))
+@pytest.mark.parametrize("case", CASES,
+                         ids=lambda c: "x".join(map(str, c[:4])) + ("b" if c[4] else "") + ("s" if c[5] else ""))
 def test_fused_matches_oracle(poisoned, case, dtype):
     batch, dim, length, k, has_bias, strided = case
     g = torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))

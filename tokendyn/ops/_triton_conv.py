@@ -35,19 +35,22 @@ def _pre_activation(x_row, w_row, bias, t, dmask, L, K: tl.constexpr, BD: tl.con
 
 
 @triton.jit
-def _conv_silu_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM, sx_b, sx_d, sw_d,
-                          HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_d = tl.program_id(1)
+def _conv_program(bias_ptr, DIM, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    """This program's batch element (int64), channels, channel mask, steps and float32 bias."""
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     dmask = offs_d < DIM
-    t = pid_t * BT + tl.arange(0, BT)
-    d64 = offs_d.to(tl.int64)
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    bias = tl.zeros([BD], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    return pid_b, offs_d, dmask, offs_d.to(tl.int64), t, bias
+
+
+@triton.jit
+def _conv_silu_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM, sx_b, sx_d, sw_d,
+                          HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
     pre = _pre_activation(x_ptr + pid_b * sx_b + d64 * sx_d, w_ptr + d64 * sw_d, bias, t, dmask, L, K, BD, BT)
     out = pre * tl.sigmoid(pre)
     m = dmask[:, None] & (t < L)[None, :]
@@ -59,22 +62,11 @@ def _conv_silu_bwd_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_p
                           HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
     """g: (batch, dim, length) contiguous; dx like g; dw: (batch, n_tblocks, dim, K) and
     dbias: (batch, n_tblocks, dim) float32 partial sums, one slot per program."""
-    pid_t = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    n_t = tl.num_programs(0)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    dmask = offs_d < DIM
-    t = pid_t * BT + tl.arange(0, BT)
-    d64 = offs_d.to(tl.int64)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
     x_row = x_ptr + pid_b * sx_b + d64 * sx_d
     w_row = w_ptr + d64 * sw_d
     g_row = g_ptr + (pid_b * DIM + d64) * L
-    slot = (pid_b * n_t + pid_t) * DIM + d64
+    slot = (pid_b * tl.num_programs(0) + tl.program_id(0)) * DIM + d64
     dx = tl.zeros([BD, BT], dtype=tl.float32)
     for j in tl.static_range(K):
         s = t + j

@@ -77,6 +77,19 @@ def _channel_params(D_ptr, bias_ptr, offs_d, dmask, HAS_D: tl.constexpr, HAS_BIA
 
 
 @triton.jit
+def _state_loads(n, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev, offs_d, offs_t):
+    """State n's A (BD,), B and C (T,) as float32 and the carry h0 (BD,) entering the chunk;
+    zeros when n >= NSTATE (the loads one state past the last are issued and masked)."""
+    vd = (offs_d * 0 + n) < NSTATE
+    vt = (offs_t * 0 + n) < NSTATE
+    an = tl.load(pA + n * sA_n, mask=dmask & vd, other=0.0).to(tl.float32)
+    bn = tl.load(pB + n * sB_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    cn = tl.load(pC + n * sC_n, mask=tmask & vt, other=0.0).to(tl.float32)
+    h0 = tl.load(pS + n, mask=kprev & vd, other=0.0)
+    return an, bn, cn, h0
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, ypre_ptr, state_ptr,
@@ -122,18 +135,11 @@ def _scan_fwd_kernel(
         m_out = dmask[:, None] & last
         # loads for state n are issued one iteration ahead, so their latency hides
         # behind the scan of state n - 1
-        a2n = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
-        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
-        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
-        h0 = tl.load(pS, mask=kprev, other=0.0)
+        a2n, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                       offs_d, offs_t)
         for n in range(0, NSTATE):
-            nx = n + 1
-            more_d = (offs_d * 0 + nx) < NSTATE
-            more_t = (offs_t * 0 + nx) < NSTATE
-            a2x = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
-            bx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            cx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+            a2x, bx, cx, h0x = _state_loads(n + 1, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                            offs_d, offs_t)
             a = tl.exp2(dd * (a2n * 1.4426950408889634)[:, None])
             b = dbu * bn[None, :]
             b = tl.where(first, b + a * h0[:, None], b)
@@ -227,21 +233,16 @@ def _scan_bwd_kernel(
         m_out = dmask[:, None] & first
         is_end = (t == L - 1)[None, :]
         # loads for state n + 1 are issued while state n is computed
-        an = tl.load(pA, mask=dmask, other=0.0).to(tl.float32)
-        bn = tl.load(pB, mask=tmask, other=0.0).to(tl.float32)
-        cn = tl.load(pC, mask=tmask, other=0.0).to(tl.float32)
-        h0 = tl.load(pS, mask=kprev, other=0.0)
+        an, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                      offs_d, offs_t)
         s1 = tl.load(sc_read, mask=kkprev, other=0.0)
         if HAS_DLAST:
             dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
         for n in range(0, NSTATE):
             nx = n + 1
             more_d = (offs_d * 0 + nx) < NSTATE
-            more_t = (offs_t * 0 + nx) < NSTATE
-            anx = tl.load(pA + nx * sA_n, mask=dmask & more_d, other=0.0).to(tl.float32)
-            bnx = tl.load(pB + nx * sB_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            cnx = tl.load(pC + nx * sC_n, mask=tmask & more_t, other=0.0).to(tl.float32)
-            h0x = tl.load(pS + nx, mask=kprev & more_d, other=0.0)
+            anx, bnx, cnx, h0x = _state_loads(nx, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                              offs_d, offs_t)
             s1x = tl.load(sc_read + nx, mask=kkprev & more_d, other=0.0)
             if HAS_DLAST:
                 dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
