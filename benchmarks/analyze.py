@@ -1,4 +1,4 @@
-"""Benchmark of ``tokendyn analyze`` at the paper's scale, on the CPU.
+"""Benchmark of ``tokendyn analyze`` at the paper's scale, on the CPU (or ``--device cuda``).
 
 A 24-layer, d_model 768 MambaLM (random weights, about 130M parameters) is saved
 as a tokendyn checkpoint and analysed end to end on 1,024 random token ids; the
@@ -7,7 +7,8 @@ path (the 2N×2N problem of tokendyn.dynamics.spectrum) is timed against a dense
 ``torch.linalg.eigvalsh`` of the 1536×1536 symmetric part M_s, and the two are
 checked to agree.
 
-    python benchmarks/analyze.py [--out results/analyze.json] [--layers 24] [--tokens 1024]
+    python benchmarks/analyze.py [--out results/analyze.json] [--layers 24] [--tokens 1024] [--device cuda]
+                                 [--keep-checkpoint DIR]
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--report-dir", type=Path, default=None, help="keep the report here (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
+    ap.add_argument("--keep-checkpoint", type=Path, default=None,
+                    help="also save the checkpoint here (to run the tokendyn analyze command on it)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,10 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         model.save(ckpt)
         save_s = time.perf_counter() - t
+        if args.keep_checkpoint:
+            model.save(args.keep_checkpoint)
         del model
         report_dir = args.report_dir or Path(tmp) / "report"
         t0 = time.perf_counter()
-        analysis = analyze_checkpoint(ckpt, max_tokens=args.tokens)
+        analysis = analyze_checkpoint(ckpt, max_tokens=args.tokens, device=args.device)
         t = time.perf_counter()
         paths = write_analysis(analysis, report_dir, provenance=provenance("benchmarks/analyze.py"))
         write_s = time.perf_counter() - t
@@ -118,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     # write_analysis times the figure drawing itself; the rest of write_s is PNG/HTML/JSON output
     parts["write_files"] = round(write_s - analysis.timings.get("figures", 0.0), 3)
     result = {
-        "benchmark": "tokendyn analyze, 24-layer d_model 768 MambaLM (random weights) on the CPU",
+        "benchmark": f"tokendyn analyze, {args.layers}-layer d_model {args.d_model} MambaLM (random weights), "
+                     f"model on {args.device}",
+        "device": args.device,
         "provenance": provenance("python " + " ".join(["benchmarks/analyze.py", *(argv or sys.argv[1:])])),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -157,13 +157,14 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, want_last):
         cfg = _CONFIG
         u, delta, B, C, z = (_lastdim_contiguous(t) for t in (u, delta, B, C, z))
         needs_grad = any(ctx.needs_input_grad[:8])
         out, ypre, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                         save_y=z is not None and needs_grad, cfg=cfg)
-        last = states[:, :, -1, :].clone()
+        # h_L only when asked for: a copy kernel and an allocation fewer per layer otherwise
+        last = states[:, :, -1, :].clone() if want_last else None
         ctx.cfg, ctx.T, ctx.delta_softplus = cfg, T, delta_softplus
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ypre, states)
         # an unused output's gradient arrives as None instead of a tensor of zeros
@@ -184,7 +185,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             return None if g is None or like is None else g.to(like.dtype)
 
         return (cast(du, u), cast(ddelta, delta), cast(dA, A), cast(dB, B), cast(dC, C),
-                cast(dD, D), cast(dz, z), cast(dbias, delta_bias), None)
+                cast(dD, D), cast(dz, z), cast(dbias, delta_bias), None, None)
 
 
 def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -207,7 +208,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """
     if u.dtype == torch.float64 or u.shape[-1] == 0:
         return _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                           bool(return_last_state))
     return (out, last) if return_last_state else out
 
 
