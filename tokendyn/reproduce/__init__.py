@@ -50,12 +50,15 @@ class SectionResult:
 
 
 def git_commit() -> str | None:
-    """The commit of the working tree tokendyn runs from: git's answer in a checkout, else
-    the environment variable TOKENDYN_COMMIT (a copy of the tree without .git, e.g. on a
-    separate benchmark machine), else None."""
+    """The commit of the working tree tokendyn runs from: the environment variable
+    TOKENDYN_COMMIT where set (a copy of the tree, e.g. a ``git archive`` on a separate
+    benchmark machine, possibly inside some other checkout whose HEAD git would report),
+    else git's answer in a checkout, else None."""
     import os
 
     env = os.environ.get("TOKENDYN_COMMIT") or None
+    if env:
+        return env
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)
