@@ -278,3 +278,39 @@ def test_hf_export_gives_transformers_the_same_logits(setting, tmp_path):
         assert (back(x) - ours).abs().max().item() <= 1e-5
     p, q = expected_signature(setting, 5)
     assert [(s.positive, s.negative) for s in model_spectra(back)] == [(p, q)] * 2
+
+
+@pytest.mark.parametrize("r,n,d", [(1, 1, 1), (2, 1, 5), (3, 3, 3), (2, 4, 9), (5, 6, 7)])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fast_effective_weight_equals_the_plain_path(r, n, d, setting):
+    """effective_weight (one node, hand-written backward) against IOFactor.forward + cat
+    (plain autograd) on fresh random parameters in float64: values, gradients, gradcheck."""
+    from tokendyn.model.io_constraint import effective_weight
+
+    g = torch.Generator().manual_seed(r * 100 + n * 10 + d)
+    f = IOFactor(n, d, setting, 0.4).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    dt = torch.randn(r, d, generator=g, dtype=torch.float64, requires_grad=True)
+    fast = effective_weight(dt, f)
+    plain = torch.cat([dt, *f()], dim=0)
+    torch.testing.assert_close(fast, plain, rtol=1e-14, atol=1e-14)
+    w = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    inputs = [dt, *f.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), inputs), torch.autograd.grad((plain * w).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    names = [k for k, _ in f.named_parameters()]
+
+    def fn(dt_, *ps):
+        return effective_weight(dt_, _WithParams(f, dict(zip(names, ps))))
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+class _WithParams:
+    """An IOFactor's buffers with other parameter tensors (for gradcheck)."""
+
+    def __init__(self, factor, params):
+        self.__dict__.update(params)
+        self.signs, self.upper_flat, self.margin = factor.signs, factor.upper_flat, factor.margin
