@@ -314,3 +314,22 @@ class _WithParams:
     def __init__(self, factor, params):
         self.__dict__.update(params)
         self.signs, self.upper_flat, self.margin = factor.signs, factor.upper_flat, factor.margin
+
+
+def test_lower_precision_and_autocast(tmp_path):
+    """A constrained checkpoint loads in bfloat16 and runs under autocast. (The signature is not
+    checked in bfloat16: rounding S_B = diag(λ) U and S_C = U separately breaks the exact symmetry
+    of M, and the analyser's zero tolerance counts the rounding's eigenvalues; docs/models.md.)"""
+    torch.manual_seed(9)
+    model = MambaLM(small("mixed", 5))
+    model.save(tmp_path / "m")
+    half = load_model(tmp_path / "m", dtype="bfloat16")
+    ids = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        ref = model(ids)
+        low = half(ids).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(ids).float()
+    assert torch.isfinite(low).all() and torch.isfinite(auto).all()
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max() and (auto - ref).abs().max() < 0.1 * ref.abs().max()
+    assert signatures(load_model(tmp_path / "m")) == [(3, 2, 11)] * 2
