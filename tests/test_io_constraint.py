@@ -333,3 +333,45 @@ def test_lower_precision_and_autocast(tmp_path):
     assert torch.isfinite(low).all() and torch.isfinite(auto).all()
     assert (low - ref).abs().max() < 0.1 * ref.abs().max() and (auto - ref).abs().max() < 0.1 * ref.abs().max()
     assert signatures(load_model(tmp_path / "m")) == [(3, 2, 11)] * 2
+
+
+# mamba_ssm 2.x MambaConfig fields and Mamba(...) keyword arguments (from its source), for the export
+_MAMBA_SSM_CONFIG = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg",
+                     "rms_norm", "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"}
+_MAMBA_SSM_MIXER = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+                    "dt_init_floor", "dt_limit", "conv_bias", "bias", "use_fast_path", "layer_idx", "device", "dtype"}
+
+
+@pytest.mark.parametrize("setting,tie", [("none", True), ("positive", False), ("mixed", True)])
+def test_state_spaces_export_round_trips(setting, tie, tmp_path):
+    """export_state_spaces writes mamba_ssm's config fields and full state dict; reading it back
+    (as a state-spaces checkpoint) gives an unconstrained model with the same logits."""
+    from tokendyn.model.checkpoint import export_state_spaces
+
+    torch.manual_seed(10)
+    cfg = MambaConfig(d_model=16, n_layer=2, vocab_size=37, d_state=4, io_constraint=setting, tie_embeddings=tie,
+                      dt_rank=3, conv_bias=False)
+    model = _perturbed(MambaLM(cfg)).eval()
+    export_state_spaces(model, tmp_path / "ss")
+    raw = json.loads((tmp_path / "ss" / "config.json").read_text())
+    assert set(raw) <= _MAMBA_SSM_CONFIG and set(raw["ssm_cfg"]) <= _MAMBA_SSM_MIXER
+    stored = torch.load(tmp_path / "ss" / "pytorch_model.bin", weights_only=True)
+    assert "lm_head.weight" in stored and not any("io_factor" in k for k in stored)
+    assert stored["backbone.layers.0.mixer.x_proj.weight"].shape == (3 + 2 * 4, 32)
+    back = load_model(tmp_path / "ss")
+    assert back.checkpoint_layout == "state-spaces" and back.config.io_constraint == "none"
+    assert dataclasses.replace(back.config, io_constraint=setting) == dataclasses.replace(cfg, scan_backend="auto")
+    x = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        assert (back(x) - model(x)).abs().max().item() <= 1e-5
+
+
+def test_state_spaces_export_refuses_what_mamba_ssm_cannot_hold(tmp_path):
+    from tokendyn.errors import CheckpointError
+    from tokendyn.model.checkpoint import export_state_spaces
+
+    with pytest.raises(CheckpointError, match="norm epsilon"):
+        export_state_spaces(MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=9, norm_epsilon=1e-6)), tmp_path / "a")
+    with pytest.raises(CheckpointError, match="language model"):
+        export_state_spaces(MambaClassifier(ClassifierConfig(input_dim=2, n_classes=2, d_model=8, n_layer=1)),
+                            tmp_path / "b")
