@@ -1,11 +1,13 @@
-"""CPU cost of the io-matrix sign constraint (THEORY.md section 5) against the unconstrained model.
+"""Cost of the io-matrix sign constraint (THEORY.md section 5) against the unconstrained model.
 
-    python benchmarks/io_constraint_cpu.py                  # writes results/io_constraint_cpu.json
-    python benchmarks/io_constraint_cpu.py --out /tmp/x.json --repeats 5
+    python benchmarks/io_constraint.py                  # CPU, writes results/io_constraint_cpu.json
+    python benchmarks/io_constraint.py --out /tmp/x.json --repeats 5
+    python benchmarks/io_constraint.py --device cuda --d-model 768 --n-layer 24 --vocab 50277 \
+        --batch 8 --length 1024 --out OUT/io_constraint_gpu.json      # the GPU training benchmark's shape
 
-One training step's forward + backward (cross-entropy on random byte ids, gradients of every
-parameter) of a MambaLM for io_constraint none / positive / negative / mixed, same seed and
-configuration, float32, chunked scan. The settings are timed in turn within each repeat (so a
+One training step (forward, backward, AdamW step; cross-entropy on random ids) of a MambaLM
+for io_constraint none / positive / negative / mixed, same seed and configuration: on the CPU
+float32 with the chunked scan, on CUDA bf16 autocast with the default (triton) scan. The settings are timed in turn within each repeat (so a
 slow spell of the shared machine hits all of them), the median per setting is reported with its
 ratio to "none", and the ratio of the minima (the least disturbed run of each). Also timed:
 forward and backward of every layer's effective x_proj weight alone, the only work the
@@ -42,22 +44,31 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "io_constraint_cpu.json")
     args = ap.parse_args()
 
-    base = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256, d_state=args.d_state,
-                       scan_backend="chunked")
-    models = {}
+    cuda = args.device == "cuda"
+    base = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, d_state=args.d_state,
+                       scan_backend="auto" if cuda else "chunked")
+    models, opts = {}, {}
     for s in SETTINGS:
         torch.manual_seed(0)
-        models[s] = MambaLM(dataclasses.replace(base, io_constraint=s))
+        models[s] = MambaLM(dataclasses.replace(base, io_constraint=s)).to(args.device)
+        opts[s] = torch.optim.AdamW(models[s].parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 256, (args.batch, args.length + 1), generator=g)
+    ids = torch.randint(0, args.vocab, (args.batch, args.length + 1), generator=g).to(args.device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    def step(model):
+    def step(s):
+        model = models[s]
         model.zero_grad(set_to_none=True)
-        logits = model(ids[:, :-1])
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        opts[s].step()
 
     def weights(model):
         # forward and backward of the effective weights alone: the constraint's added work
@@ -67,24 +78,29 @@ def main() -> None:
 
     times = {s: [] for s in SETTINGS}
     weight_times = {s: [] for s in SETTINGS}
-    for s in SETTINGS:  # warm-up
-        step(models[s])
+    for s in SETTINGS:  # warm-up (and Triton's compilation)
+        for _ in range(3 if cuda else 1):
+            step(s)
     for _ in range(args.repeats):
         for s in SETTINGS:
+            sync()
             t0 = time.perf_counter()
-            step(models[s])
+            step(s)
+            sync()
             times[s].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for _ in range(10):
                 weights(models[s])
+            sync()
             weight_times[s].append((time.perf_counter() - t0) / 10)
 
     med = {s: statistics.median(v) for s, v in times.items()}
     result = {
-        "what": "forward+backward of one training step, median of repeats (settings interleaved)",
-        "config": {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state,
-                   "d_inner": base.d_inner, "batch": args.batch, "length": args.length, "dtype": "float32",
-                   "scan_backend": "chunked", "repeats": args.repeats},
+        "what": "one training step (forward, backward, AdamW), median of repeats (settings interleaved)",
+        "config": {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state, "vocab": args.vocab,
+                   "d_inner": base.d_inner, "batch": args.batch, "length": args.length,
+                   "dtype": "bfloat16 autocast" if cuda else "float32", "scan_backend": base.scan_backend,
+                   "repeats": args.repeats, "device": args.device},
         "step_ms": {s: round(1e3 * med[s], 2) for s in SETTINGS},
         "step_ms_all": {s: [round(1e3 * t, 2) for t in v] for s, v in times.items()},
         "ratio_to_none": {s: round(med[s] / med["none"], 3) for s in SETTINGS},
