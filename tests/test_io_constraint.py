@@ -8,6 +8,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tokendyn.analysis.layers import model_spectra
@@ -375,3 +377,24 @@ def test_state_spaces_export_refuses_what_mamba_ssm_cannot_hold(tmp_path):
     with pytest.raises(CheckpointError, match="language model"):
         export_state_spaces(MambaClassifier(ClassifierConfig(input_dim=2, n_classes=2, d_model=8, n_layer=1)),
                             tmp_path / "b")
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(1, 40), data=st.data(), setting=st.sampled_from(SETTINGS),
+       margin=st.floats(0.01, 3.0), scale=st.floats(0.1, 2.0), seed=st.integers(0, 2**31 - 1))
+def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
+    """Whatever values the free parameters take, S_Cᵀ S_B has the prescribed signature: random
+    N ≤ D, ε and parameter scales up to 2 (free entries of 5 with N = D = 6 make U so badly
+    conditioned that the smallest eigenvalue falls under the counting tolerance; docs/models.md)."""
+    from tokendyn.dynamics.spectrum import eigen_signature
+    from tokendyn.model.io_constraint import effective_weight
+
+    n = data.draw(st.integers(1, min(d, 12)))
+    f = IOFactor(n, d, setting, margin).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        S_B, S_C = effective_weight(torch.zeros(0, d, dtype=torch.float64), f).split(n)
+    sig = eigen_signature(S_B, S_C)
+    assert (sig.positive, sig.negative, sig.zero) == (*expected_signature(setting, n), d - n)
