@@ -45,9 +45,10 @@ _LOG2E = 1.4426950408889634
 
 
 def _group_len(length: int, per_step: int, chunk: int, budget: int) -> int:
-    """Steps per group: a multiple of ``chunk`` whose tensors fit in ``budget`` elements."""
+    """Steps per group: a multiple of ``chunk`` whose tensors fit in ``budget`` elements
+    (at least 1, so that a length-0 sequence makes an empty loop rather than a zero step)."""
     steps = max(chunk, (budget // max(per_step, 1)) // chunk * chunk)
-    return min(length, steps)
+    return max(1, min(length, steps))
 
 
 def _decay(delta_t: torch.Tensor, A2T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
