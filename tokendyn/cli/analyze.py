@@ -27,20 +27,30 @@ def parse_indices(values: list[str], what: str) -> list[int]:
 
 @app.command()
 def analyze(
-    path: Path = typer.Argument(..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
-    text: Path = typer.Option(None, "--text", help="UTF-8 text file to run through the model "
-                              "(default: the built-in King James Bible if a tokenizer is found, else random ids)."),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use instead of the one beside the checkpoint."),
-    max_tokens: int = typer.Option(1024, "--max-tokens", help="Number of tokens analysed; longer --text is an error unless --truncate."),
-    truncate: bool = typer.Option(False, "--truncate", help="Analyse the first --max-tokens tokens of a longer --text."),
-    layers: list[str] = typer.Option([], "--layers", help="Layers for hidden attention, e.g. 0,5,-1 (default: first, middle, last)."),
-    channels: list[str] = typer.Option([], "--channels", help="Channels d for hidden attention (default: 0 and the channel with the largest mean Δ)."),
-    out: Path = typer.Option(Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
+    path: Path = typer.Argument(
+        ..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
+    text: Path = typer.Option(
+        None, "--text", help="UTF-8 text file to run through the model "
+        "(default: the built-in King James Bible if a tokenizer is found, else random ids)."),
+    tokenizer: Path = typer.Option(
+        None, "--tokenizer", help="tokenizer.json to use instead of the one beside the checkpoint."),
+    max_tokens: int = typer.Option(
+        1024, "--max-tokens", help="Number of tokens analysed (refused when the analysis would not fit in "
+        "free memory); longer --text is an error unless --truncate."),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Analyse the first --max-tokens tokens of a longer --text."),
+    layers: list[str] = typer.Option(
+        [], "--layers", help="Layers for hidden attention, e.g. 0,5,-1 (default: first, middle, last)."),
+    channels: list[str] = typer.Option(
+        [], "--channels", help="Channels d for hidden attention (default: 0 and the channel with the largest mean Δ)."),
+    out: Path = typer.Option(
+        Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
     json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default: OUT/analysis.json)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random token ids used when there is no tokenizer."),
 ) -> None:
-    """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms, hidden attention."""
+    """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms,
+    hidden attention."""
     from ..analysis.analyze import analyze_checkpoint, write_analysis
     from ..outputs import check_output_dir, check_output_file, staged_outputs
     from ..provenance import provenance

@@ -7,8 +7,7 @@ the dtype a scan (and a model's recurrent state) accumulates in.
 """
 
 from .reference import compute_dtype, selective_scan_reference
-from .scan import (available_backends, backend_names, check_scan_inputs, get_backend,
-                   resolve_backend, selective_scan)
+from .scan import available_backends, backend_names, check_scan_inputs, get_backend, resolve_backend, selective_scan
 
 __all__ = [
     "selective_scan",

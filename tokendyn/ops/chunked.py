@@ -167,7 +167,8 @@ class ChunkedScanFn(torch.autograd.Function):
             dBg = Cg * (dyg * dug).sum(-1, keepdim=True)
             if n_l > 1:
                 m = (n_l - 1) * batch
-                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state), Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
+                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state),
+                                    Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
                 dBg[:-1] += torch.linalg.vecdot(Ghat[1:], dug[:-1].unsqueeze(-2))
             if ghat_next is not None:
                 q[-1] += torch.bmm(Bg[-1].unsqueeze(1), ghat_next).squeeze(1)

@@ -9,7 +9,7 @@ Every backend computes the same function; ``reference`` is the ground truth.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

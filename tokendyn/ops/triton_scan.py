@@ -60,7 +60,7 @@ def _chunk_for(length: int, cfg: ScanConfig) -> int:
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device: torch.device) -> int:
     # cached: the property lookup costs tens of microseconds of host time per launch
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
