@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402 -- imported after matplotlib.use("Agg")
-import numpy as np  # noqa: E402 -- imported after matplotlib.use("Agg")
-import torch  # noqa: E402 -- imported after matplotlib.use("Agg")
-import torch.nn.functional as F  # noqa: E402 -- imported after matplotlib.use("Agg")
-from matplotlib.colors import LogNorm  # noqa: E402 -- imported after matplotlib.use("Agg")
-from matplotlib.ticker import MaxNLocator  # noqa: E402 -- imported after matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 -- pyplot must come after matplotlib.use("Agg")
+from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplotlib.use
+from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
