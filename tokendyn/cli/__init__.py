@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {exc}", EXIT_USAGE)
     except MemoryError:
         _fail("error: out of memory; ask for a smaller size.", EXIT_USAGE)
+    except RuntimeError as exc:
+        # a size no check foresaw: torch's allocators raise RuntimeError (CUDA: its subclass
+        # OutOfMemoryError); anything else is a bug and keeps its traceback
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
+            raise
+        _fail(f"error: out of memory ({str(exc).splitlines()[0][:200]}); ask for a smaller size.", EXIT_USAGE)
     status = status if isinstance(status, int) else 0
     if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130)
         _fail("interrupted; no output was completed (files being written were removed).", EXIT_INTERRUPTED)

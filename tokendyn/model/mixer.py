@@ -193,7 +193,7 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
-        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device) == "triton"
+        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
         x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = self.selective_inputs(x)
         acc = compute_dtype(self.A_log.dtype)
