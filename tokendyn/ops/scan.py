@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import BackendUnavailableError, ScanInputError
+from ..errors import BackendUnavailableError, ScanInputError, UnknownBackendError
 
 # name -> "module:function"; imported lazily so that a backend's dependencies
 # (triton) are needed only when it is used.
@@ -29,6 +29,14 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def backend_names() -> list[str]:
     """All backend names, available here or not (plus ``auto``)."""
     return [*_BACKENDS, "auto"]
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if it names a backend (or ``auto``); the one check of backend names, used by the
+    dispatcher, the model config and ``set_scan_backend``. Raises :class:`UnknownBackendError`."""
+    if name not in _BACKENDS and name != "auto":
+        raise UnknownBackendError(f"unknown scan backend {name!r}; choose one of {', '.join(backend_names())}.")
+    return name
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -67,10 +75,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     (the Triton kernels compute in float32, the PyTorch backends are float64-exact).
     Raises :class:`BackendUnavailableError` with one sentence.
     """
-    if backend not in _BACKENDS and backend != "auto":
-        raise BackendUnavailableError(
-            f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}."
-        )
+    check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
         backend = "triton" if _triton_usable(device) else "chunked"
