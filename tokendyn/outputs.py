@@ -29,7 +29,7 @@ from .errors import DataError
 
 # Moved into an existing directory after every other file, so that a report is never
 # newer than what it describes.
-REPORT_NAMES = ("report.json", "analysis.json", "report.html", "report.md")
+REPORT_NAMES = ("report.json", "analysis.json", "report.html", "report.md", "index.html")
 _TMP = ".tokendyn-tmp-"
 
 
