@@ -25,6 +25,10 @@ _BACKENDS: dict[str, str] = {
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Where the Triton backend sends what its float32 kernels cannot compute (float64, length 0):
+# the parallel PyTorch scan, exact in float64.
+EXACT_BACKEND = "chunked"
+
 
 def backend_names() -> list[str]:
     """All backend names, available here or not (plus ``auto``)."""
@@ -84,7 +88,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
             "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
         )
     if backend == "triton" and dtype == torch.float64:
-        return "chunked"
+        return EXACT_BACKEND
     return backend
 
 
