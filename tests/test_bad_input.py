@@ -337,6 +337,19 @@ def test_every_backend_scans_length_zero(backend):
     assert u.grad.shape == (2, 3, 0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_scans_length_zero(dtype):
+    from tokendyn.ops import selective_scan
+
+    u = torch.randn(2, 3, 0, device="cuda", dtype=dtype)
+    A = -torch.rand(3, 4, device="cuda", dtype=dtype)
+    B = torch.randn(2, 4, 0, device="cuda", dtype=dtype)
+    out, h = selective_scan(u, u.exp(), A, B, B.clone(), z=u, delta_softplus=True, return_last_state=True,
+                            backend="triton")
+    assert out.shape == (2, 3, 0) and h.shape == (2, 3, 4) and not h.any()
+
+
 # --- real processes: the console entry point and Ctrl-C ------------------------------------------
 
 def _env() -> dict:
