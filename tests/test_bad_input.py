@@ -319,6 +319,15 @@ def test_staging_discards_on_error_and_moves_reports_last(tmp_path, monkeypatch)
     assert moved[-1] == "report.md" and sorted(moved) == ["a.png", "report.md", "z.json"]
     assert (target / "report.md").read_text() == "new" and len(list(target.iterdir())) == 3
 
+    monkeypatch.setattr(os, "replace", real)
+    with staged_outputs() as st:                 # modes as plain open()/mkdir() would give them
+        st.file(tmp_path / "f.json").write_text("{}")
+        (st.dir(tmp_path / "fresh") / "x").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o777 & ~umask
+
 
 # --- scans of length 0 -------------------------------------------------------------------------
 
