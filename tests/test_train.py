@@ -22,8 +22,8 @@ def test_lr_schedule():
     assert [lr_at(s, cfg) for s in range(warm)] == pytest.approx([(s + 1) / warm for s in range(warm)])
     assert lr_at(warm, cfg) == pytest.approx(1.0)
     assert lr_at(100, cfg) == pytest.approx(0.1)
-    mid = warm + (100 - warm) / 2
-    assert lr_at(int(mid), cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * (int(mid) - warm) / (100 - warm))))
+    mid = int(warm + (100 - warm) / 2)
+    assert lr_at(mid, cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * (mid - warm) / (100 - warm))))
     lrs = [lr_at(s, cfg) for s in range(warm, 101)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
@@ -75,7 +75,8 @@ def test_resume_continues_exactly(tmp_path, capsys, cache):  # noqa: F811
     ra, rb = _read(a), _read(b)
     assert ra["final_loss"] == rb["final_loss"]
     assert ra["test"] == rb["test"] and ra["val_curve"] == rb["val_curve"]
-    assert (a / "checkpoint" / "model.safetensors").read_bytes() == (b / "checkpoint" / "model.safetensors").read_bytes()
+    weights = "checkpoint/model.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()
     # the metrics log of the resumed run holds the uninterrupted one's records
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in map(json.loads, (a / "metrics.jsonl").open())]
     stripb = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in map(json.loads, (b / "metrics.jsonl").open())]
