@@ -62,7 +62,8 @@ class RegimeMonitor:
         growth = dynamics_from_outputs(out.hidden_states, out.internals).layer_growth()
         rows = []
         for i, params in enumerate(model_io_parameters(model)):
-            sig = eigen_signature(params["S_B"], params["S_C"])
+            # the 2N×2N problem is tiny: solved on the CPU, not as many small GPU launches
+            sig = eigen_signature(params["S_B"].cpu(), params["S_C"].cpu())
             rows.append({"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
                          "regime": regime_from_signature(sig.positive, sig.negative),
                          "growth": float(growth[i])})

@@ -44,8 +44,8 @@ SCALES = {
     "quick": {"model": {"d_model": 64, "n_layer": 2, "d_state": 8}, "vocab_size": 1024, "context": 128,
               "batch_size": 16, "steps": 150, "lr": 3e-3, "eval_every": 25, "eval_tokens": 16384,
               "monitor_every": 25},
-    "full": {"model": {"d_model": 256, "n_layer": 6, "d_state": 16}, "vocab_size": 4096, "context": 512,
-             "batch_size": 64, "steps": 300, "lr": 2e-3, "eval_every": 50, "eval_tokens": 49152,
+    "full": {"model": {"d_model": 384, "n_layer": 8, "d_state": 16}, "vocab_size": 4096, "context": 512,
+             "batch_size": 32, "steps": 200, "lr": 2e-3, "warmup": 0.05, "eval_every": 25, "eval_tokens": 0,
              "monitor_every": 50},
 }
 DEFAULT_SEEDS = (0, 1, 2)
@@ -96,15 +96,20 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
             if (run_dir / runstate.RESULT).is_file():
                 log(f"{run_name(setting, seed)}: complete, skipped")
                 continue
-            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], eval_every=p["eval_every"],
-                              checkpoint_every=p["eval_every"], log_every=10, seed=seed)
+            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
+                              checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
             t = time.perf_counter()
             res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
                               batch_size=p["batch_size"], out=run_dir, resume=(run_dir / runstate.RUN).is_file(),
                               device=device, eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"],
                               progress=progress, log=log)
             log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
-    return summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
+    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
+    # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
+    doc["call_wall_s"] = round(time.perf_counter() - t0, 2)
+    doc["call_runs"] = [run_name(s, k) for s in settings for k in seeds]
+    runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
