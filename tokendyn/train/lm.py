@@ -89,7 +89,7 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=device, callbacks=callbacks,
                    stop_after_steps=stop_after_steps, progress=progress, tokenizer_json=data.tokenizer_json,
                    log=log)
-    if out is not None and _is_main():
+    if out is not None and is_main_process():
         data.save_tokenizer(Path(out))
         if monitor is not None and not result.stopped_early:
             import matplotlib.pyplot as plt
@@ -103,7 +103,8 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     return result, model
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it."""
     import torch.distributed as dist
 
     return not dist.is_initialized() or dist.get_rank() == 0

@@ -1,0 +1,75 @@
+"""`tokendyn train lm-scenarios`: the JSON shape, the table, the figures, skipping complete runs,
+merging runs from partial result directories."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+from train_helpers import cache, run_cli, write_text  # noqa: F401
+
+from tokendyn.model import MambaConfig
+
+HAS_CONSTRAINT = "io_constraint" in {f.name for f in dataclasses.fields(MambaConfig)}
+
+
+def _args(text, out, settings, seeds):
+    return ["train", "lm-scenarios", "--scale", "smoke", "--settings", settings, "--seeds", seeds, "--text", text,
+            "--device", "cpu", "--no-progress", "--out", out]
+
+
+@pytest.mark.slow
+def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: F811
+    text = write_text(tmp_path / "t.txt", 600)
+    settings = "none,positive,negative" if HAS_CONSTRAINT else "none"
+    a = tmp_path / "a"
+    code, err = run_cli(_args(text, a, settings, "0"), capsys)
+    assert code == 0, err
+    doc = json.loads((a / "lm_scenarios.json").read_text())
+    assert set(doc) >= {"settings", "config", "data", "device", "commit", "command", "seeds", "tokens_seen"}
+    for s in settings.split(","):
+        v = doc["settings"][s]
+        assert len(v["test_ppl"]) == 1 and v["test_ppl"][0] > 1
+        assert [p[0] for p in v["val_curve"]] == [15, 30, 45, 60]
+    assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
+    assert (a / "lm_scenarios.md").read_text().count("| none |") == 1
+    assert (a / "lm_scenarios_val.png").stat().st_size > 1000
+    if HAS_CONSTRAINT:
+        assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
+        final = doc["settings"]["negative"]["monitor_final"]
+        assert final and all(row["positive"] == 0 and row["regime"] == "convergence" for row in final)
+        assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"])
+    # a second call with another seed, in another directory; then merge the two
+    b = tmp_path / "b"
+    assert run_cli(_args(text, b, "none", "1"), capsys)[0] == 0
+    shutil.copytree(b / "runs" / "none-seed1", a / "runs" / "none-seed1")
+    before = (a / "runs" / "none-seed0" / "result.json").read_bytes()
+    code, err = run_cli(_args(text, a, "none", "0,1"), capsys)
+    assert code == 0 and err.count("complete, skipped") == 2
+    assert (a / "runs" / "none-seed0" / "result.json").read_bytes() == before
+    merged = json.loads((a / "lm_scenarios.json").read_text())
+    assert merged["settings"]["none"]["seeds"] == [0, 1] and len(merged["settings"]["none"]["test_ppl"]) == 2
+    assert merged["settings"]["none"]["test_ppl"][1] == json.loads((b / "lm_scenarios.json").read_text())[
+        "settings"]["none"]["test_ppl"][0]
+
+
+def test_scenarios_refuse_bad_options(tmp_path, capsys):
+    for args, words in ((["--scale", "huge"], "scale"), (["--seeds", "a,b"], "--seeds"),
+                        (["--settings", "upward"], "upward")):
+        code, err = run_cli(["train", "lm-scenarios", "--out", tmp_path / "o", *args], capsys)
+        assert code == 2 and words in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CONSTRAINT, reason="needs the io_constraint model option")
+def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):  # noqa: F811
+    text = write_text(tmp_path / "t.txt", 600)
+    out = tmp_path / "o"
+    assert run_cli(_args(text, out, "none,mixed", "0"), capsys)[0] == 0
+    a = json.loads((out / "runs" / "none-seed0" / "run.json").read_text())
+    b = json.loads((out / "runs" / "mixed-seed0" / "run.json").read_text())
+    assert a["model"].pop("io_constraint") == "none" and b["model"].pop("io_constraint") == "mixed"
+    assert a == b
