@@ -28,11 +28,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
 from . import state as runstate
-from .lm import IO_SETTINGS, LMModelSpec, model_identity, prepare_data, train_lm
+from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
 
 # Model, data and budget of each scale. full: one H200 for the whole 12-run grid in about
@@ -325,11 +323,4 @@ def load_committed(path: Path) -> dict | None:
         return None
 
 
-def identity_of(out: Path, setting: str, seed: int) -> dict | None:
-    """run.json of one run in OUT (None when absent)."""
-    path = Path(out) / "runs" / run_name(setting, seed) / runstate.RUN
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-__all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "model_identity",
-           "load_committed", "torch"]
+__all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "load_committed"]
