@@ -154,6 +154,8 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "val_curve": mean_curve, "val_curves": curves, "seeds": [r[0] for r in rows],
             "test_ppl_mean": mean, "test_ppl_std": std,
             "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
+            "train_s": [round(r[2]["train_s"], 2) for r in rows],
+            "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
             "monitor_final": monitor,
         }
     first = next(iter(runs.values()))[0]
