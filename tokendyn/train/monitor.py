@@ -102,12 +102,16 @@ def plot_monitor(records: list[dict], title: str = ""):
     entries = monitor_records(records)
     steps = [e["step"] for e in entries]
     n_layer = max((len(e["layers"]) for e in entries), default=0)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    mats = {key: (np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T
+                  if entries else np.zeros((1, 1))) for key in ("positive", "negative")}
+    top = max(1.0, max(float(m.max()) for m in mats.values()))     # one colour scale for both counts
     for ax, key, cmap in ((axes[0], "positive", "Reds"), (axes[1], "negative", "Blues")):
-        mat = np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T \
-            if entries else np.zeros((1, 1))
-        im = ax.imshow(mat, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest",
-                       extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+        im = ax.imshow(mats[key], aspect="auto", origin="lower", cmap=cmap, interpolation="nearest", vmin=0,
+                       vmax=top, extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xticks(range(len(steps)))
         ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
         ax.set_xlabel("step")

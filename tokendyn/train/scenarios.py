@@ -111,7 +111,7 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def collect(out: Path) -> dict:
@@ -214,9 +214,11 @@ def _comparisons(settings: dict) -> dict:
             continue
         A, B = settings[a], settings[b]
         diff = A["test_ppl_mean"] - B["test_ppl_mean"]
-        spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"]) + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
+        spread = None     # needs two seeds on each side
+        if A["test_ppl_std"] is not None and B["test_ppl_std"] is not None:
+            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"]) + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
         out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread,
-                                 "t": diff / spread if spread > 0 else None}
+                                 "t": diff / spread if spread else None}
     return out
 
 
@@ -229,15 +231,16 @@ def markdown_table(doc: dict) -> str:
              f"{doc['tokens_seen']:,} training tokens per run; data: {doc['data']}; device: {doc.get('device')}.",
              "", "| setting | seeds | test perplexity (mean ± std) | per seed |", "|---|---|---|---|"]
     for s, v in doc["settings"].items():
-        std = "n/a" if math.isnan(v["test_ppl_std"]) else f"{v['test_ppl_std']:.3f}"
+        std = "n/a" if v["test_ppl_std"] is None else f"{v['test_ppl_std']:.3f}"
         lines.append(f"| {s} | {len(v['seeds'])} | {v['test_ppl_mean']:.3f} ± {std} | "
                      + ", ".join(f"{x:.3f}" for x in v["test_ppl"]) + " |")
     if doc["comparisons"]:
         lines += ["", "| comparison | difference of means | seed spread √(s₁²/n₁+s₂²/n₂) | ratio (Welch t) |",
                   "|---|---|---|---|"]
         for name, c in doc["comparisons"].items():
-            t = "n/a" if c["t"] is None or math.isnan(c["t"]) else f"{c['t']:+.2f}"
-            lines.append(f"| {name.replace('_minus_', ' − ')} | {c['diff']:+.3f} | {c['spread']:.3f} | {t} |")
+            t = "n/a" if c["t"] is None else f"{c['t']:+.2f}"
+            spread = "n/a" if c["spread"] is None else f"{c['spread']:.3f}"
+            lines.append(f"| {name.replace('_minus_', ' − ')} | {c['diff']:+.3f} | {spread} | {t} |")
     return "\n".join(lines) + "\n"
 
 
