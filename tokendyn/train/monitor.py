@@ -37,7 +37,8 @@ class RegimeMonitor:
     Arguments:
         probe: the fixed input, batch of 1 ((1, L) token ids for a language model).
         every: interval in optimiser steps.
-        log: where warning lines go (besides ``warnings.warn``).
+        log: where the warning goes as a line (a print function); without one it is a
+            :class:`ConvergentRegimeWarning` through ``warnings.warn``.
 
     Each call appends one record ``{"kind": "monitor", "step", "layers": [{"layer",
     "positive", "negative", "zero", "regime", "growth"}, ...]}`` and keeps it in
@@ -47,7 +48,7 @@ class RegimeMonitor:
     def __init__(self, probe: torch.Tensor, every: int = DEFAULT_EVERY, log=None):
         self.probe = probe
         self.every = every
-        self.log = log or (lambda *_: None)
+        self.log = log
         self.warned: set[int] = set()
         self.history: list[dict] = []
 
@@ -80,8 +81,10 @@ class RegimeMonitor:
                 msg = (f"step {step}: layer {row['layer']} is in the convergent regime (S_Cᵀ S_B has "
                        f"{row['negative']} negative and no positive eigenvalues; token-norm growth "
                        f"{row['growth']:.3g}).")
-                warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
-                self.log(f"warning: {msg}")
+                if self.log is None:
+                    warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
+                else:
+                    self.log(f"warning: {msg}")
                 record({"kind": "warning", "step": step, "layer": row["layer"], "message": msg})
 
 
