@@ -73,3 +73,35 @@ def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):
     b = json.loads((out / "runs" / "mixed-seed0" / "run.json").read_text())
     assert a["model"].pop("io_constraint") == "none" and b["model"].pop("io_constraint") == "mixed"
     assert a == b
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CONSTRAINT, reason="needs the io_constraint model option")
+@pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible program (bible-kjv)")
+def test_reproduce_lm_section(tmp_path, monkeypatch):
+    """The lm section of `tokendyn reproduce` at quick scale (shortened here): this run's table and
+    the committed full table, each labelled."""
+    import torch
+
+    from tokendyn.reproduce import Context
+    from tokendyn.reproduce import lm as section
+    from tokendyn.train import scenarios
+
+    monkeypatch.setitem(scenarios.SCALES, "smoke", {**scenarios.SCALES["smoke"], "steps": 4, "eval_every": 2,
+                                                    "monitor_every": 2})
+    committed = tmp_path / "lm_scenarios.json"
+    committed.write_text(json.dumps({
+        "settings": {s: {"test_ppl": [10.0 + i, 11.0 + i], "val_curve": [[2, 12.0]], "test_ppl_mean": 10.5 + i,
+                         "test_ppl_std": 0.7, "seeds": [0, 1]} for i, s in enumerate(("none", "positive"))},
+        "comparisons": {}, "config": {"scale": "full", "model": {"d_model": 384, "n_layer": 8, "d_state": 16,
+                                                                 "vocab_size": 4096}, "task": {"context": 512}},
+        "data": "King James Bible", "device": "NVIDIA H200", "commit": "abc", "tokens_seen": 1}))
+    monkeypatch.setattr(section, "COMMITTED", committed)
+    ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
+    res = section.run(ctx)
+    assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive |") == 2
+    assert set(res.summary["test_ppl"]) == {"none", "positive", "negative", "mixed"}
+    assert all(len(v) == 2 for v in res.summary["test_ppl"].values())
+    assert res.summary["committed"]["test_ppl"]["none"] == [10.0, 11.0]
+    assert (tmp_path / "rep" / "lm" / "lm_scenarios_spectra.png").is_file()
