@@ -3,16 +3,12 @@ merging runs from partial result directories."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
 import pytest
 from train_helpers import cache, run_cli, write_text  # noqa: F401
 
-from tokendyn.model import MambaConfig
-
-HAS_CONSTRAINT = "io_constraint" in {f.name for f in dataclasses.fields(MambaConfig)}
 
 
 def _args(text, out, settings, seeds):
@@ -23,7 +19,7 @@ def _args(text, out, settings, seeds):
 @pytest.mark.slow
 def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: F811
     text = write_text(tmp_path / "t.txt", 600)
-    settings = "none,positive,negative" if HAS_CONSTRAINT else "none"
+    settings = "none,positive,negative"
     a = tmp_path / "a"
     code, err = run_cli(_args(text, a, settings, "0"), capsys)
     assert code == 0, err
@@ -36,11 +32,10 @@ def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: 
     assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
     assert (a / "lm_scenarios.md").read_text().count("| none |") == 1
     assert (a / "lm_scenarios_val.png").stat().st_size > 1000
-    if HAS_CONSTRAINT:
-        assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
-        final = doc["settings"]["negative"]["monitor_final"]
-        assert final and all(row["positive"] == 0 and row["regime"] == "convergence" for row in final)
-        assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"])
+    assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
+    final = doc["settings"]["negative"]["monitor_final"]
+    assert final and all(row["positive"] == 0 and row["regime"] == "convergence" for row in final)
+    assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"])
     # a second call with another seed, in another directory; then merge the two
     b = tmp_path / "b"
     assert run_cli(_args(text, b, "none", "1"), capsys)[0] == 0
@@ -64,7 +59,6 @@ def test_scenarios_refuse_bad_options(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_CONSTRAINT, reason="needs the io_constraint model option")
 def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):  # noqa: F811
     text = write_text(tmp_path / "t.txt", 600)
     out = tmp_path / "o"
@@ -76,7 +70,6 @@ def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_CONSTRAINT, reason="needs the io_constraint model option")
 @pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible program (bible-kjv)")
 def test_reproduce_lm_section(tmp_path, monkeypatch):
     """The lm section of `tokendyn reproduce` at quick scale (shortened here): this run's table and

@@ -60,15 +60,16 @@ def _read(out):
     return json.loads((out / "result.json").read_text())
 
 
-def test_resume_continues_exactly(tmp_path, capsys, cache):  # noqa: F811
+@pytest.mark.parametrize("setting", ["none", "positive"])
+def test_resume_continues_exactly(tmp_path, capsys, cache, setting):  # noqa: F811
     text = write_text(tmp_path / "t.txt")
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli(tiny_args(text, a), capsys)[0] == 0
-    code, err = run_cli(tiny_args(text, b, "--stop-after-steps", "6"), capsys)
+    assert run_cli(tiny_args(text, a, "--io-constraint", setting), capsys)[0] == 0
+    code, err = run_cli(tiny_args(text, b, "--stop-after-steps", "6", "--io-constraint", setting), capsys)
     assert code == 0 and "stopped after step 6" in err
     assert not (b / "result.json").exists()
     assert json.loads((b / "checkpoint" / "trainer.json").read_text())["step"] == 6
-    args = tiny_args(text, b, "--resume", str(b))
+    args = tiny_args(text, b, "--resume", str(b), "--io-constraint", setting)
     args.remove("--out"), args.remove(str(b))
     code, err = run_cli(args, capsys)
     assert code == 0, err
@@ -166,10 +167,6 @@ def test_unknown_setting(tmp_path, capsys, cache):  # noqa: F811
 
 
 def test_constraint_needs_d_state_at_most_d_inner(tmp_path, capsys, cache):  # noqa: F811
-    import dataclasses
-
-    if "io_constraint" not in {f.name for f in dataclasses.fields(MambaConfig)}:
-        pytest.skip("this tokendyn has no io_constraint option")
     text = write_text(tmp_path / "t.txt")
     code, err = run_cli(tiny_args(text, tmp_path / "o", "--io-constraint", "positive", "--d-state", "40"), capsys)
     assert code == 2 and "d_state" in err and err.count("\n") == 1

@@ -42,14 +42,9 @@ class LMModelSpec:
         if self.io_constraint not in IO_SETTINGS:
             raise ConfigError(f"unknown io_constraint setting {self.io_constraint!r}; choose one of "
                               f"{', '.join(IO_SETTINGS)}.")
-        kwargs = dict(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
-                      expand=self.expand, scan_backend=scan_backend)
-        fields = {f.name for f in dataclasses.fields(MambaConfig)}
-        if "io_constraint" in fields:
-            kwargs.update(io_constraint=self.io_constraint, io_margin=self.io_margin)
-        elif self.io_constraint != "none":
-            raise ConfigError("this tokendyn has no io_constraint model option.")
-        return MambaConfig(**kwargs)
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
+                           expand=self.expand, scan_backend=scan_backend, io_constraint=self.io_constraint,
+                           io_margin=self.io_margin)
 
 
 def model_identity(config: MambaConfig) -> dict:

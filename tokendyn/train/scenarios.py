@@ -216,7 +216,8 @@ def _comparisons(settings: dict) -> dict:
         diff = A["test_ppl_mean"] - B["test_ppl_mean"]
         spread = None     # needs two seeds on each side
         if A["test_ppl_std"] is not None and B["test_ppl_std"] is not None:
-            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"]) + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
+            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"])
+                               + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
         out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread,
                                  "t": diff / spread if spread else None}
     return out
