@@ -6,17 +6,22 @@
 #
 # Writes OUT/lm/ (runs and lm_scenarios.*), copies OUT/lm/lm_scenarios.* and the benchmark's
 # OUT/train_gpu_constraint.json to OUT, and prints the wall time of each part. Where the
-# `bible` program is missing (a machine with no Debian packages installed) it unpacks
-# .debs/*.deb (bible-kjv, bible-kjv-text; fetch them once with
-# `mkdir -p .debs && (cd .debs && apt-get download bible-kjv bible-kjv-text)`).
+# `bible` program is missing (a machine with no Debian packages installed) it uses a stand-in
+# at .gpudata/bin/bible (a script printing the text captured with `bible -f -m 8192
+# Gen1:1-Rev22:21`) if there is one, else unpacks .debs/*.deb (bible-kjv, bible-kjv-text; fetch
+# them once with `mkdir -p .debs && (cd .debs && apt-get download bible-kjv bible-kjv-text)`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/lm_scenarios_gpu.sh OUT [--skip-bench] [lm-scenarios options]}
 shift
 bench=1
 if [ "${1:-}" = "--skip-bench" ]; then bench=0; shift; fi
-if ! command -v bible >/dev/null 2>&1 && ls .debs/*.deb >/dev/null 2>&1; then
-    for f in .debs/*.deb; do dpkg -x "$f" /; done
+if ! command -v bible >/dev/null 2>&1; then
+    if [ -x .gpudata/bin/bible ]; then
+        export PATH="$PWD/.gpudata/bin:$PATH"
+    elif ls .debs/*.deb >/dev/null 2>&1; then
+        for f in .debs/*.deb; do dpkg -x "$f" /; done
+    fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
