@@ -21,9 +21,10 @@ from ..analysis.trajectories import dynamics_from_outputs
 from ..dynamics.regimes import regime_from_signature
 from ..dynamics.spectrum import eigen_signature
 
-# At the GPU benchmark configuration (24 layers, batch 8 × 1024) one monitor call costs
-# about as much as a fraction of one training step; every 100 steps keeps it near 1 % of
-# the training time (measured: docs/training.md).
+# One call is one forward pass of a single probe sequence plus n_layer 2N×2N eigenproblems on
+# the CPU, less than one training step of a batch of sequences; every 100 steps it stays under
+# 2 % of the training time as long as a call costs less than two training steps.
+# benchmarks/train_gpu.py measures the share at the GPU benchmark configuration.
 DEFAULT_EVERY = 100
 
 
