@@ -200,6 +200,10 @@ def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, cap
     (run / "checkpoint" / "optimizer.safetensors").write_bytes(b"garbage")
     code, err = run_cli(tiny_args(text, run, "--resume", str(run)), capsys)
     assert code == 2 and err.count("\n") == 1
+    # a file where the run directory should be
+    (tmp_path / "file").write_text("keep")
+    code, err = run_cli(tiny_args(text, tmp_path / "file"), capsys)
+    assert code == 2 and "is a file" in err and (tmp_path / "file").read_text() == "keep"
     # nothing to resume
     code, err = run_cli(tiny_args(text, tmp_path / "none", "--resume", str(tmp_path / "none")), capsys)
     assert code == 2 and "no training run" in err
