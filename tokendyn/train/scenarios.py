@@ -161,6 +161,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
             "train_s": [round(r[2]["train_s"], 2) for r in rows],
             "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
+            "tokens_per_s": [round(r[2]["tokens_seen"] / r[2]["train_s"]) for r in rows if r[2]["train_s"] > 0],
             "monitor_final": monitor,
         }
     first = next(iter(runs.values()))[0]
