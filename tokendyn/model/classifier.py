@@ -24,6 +24,8 @@ class MambaClassifier(BackboneModel):
     class logits and whose ``hidden_states``/``internals`` are as for the language model.
     """
 
+    kind = "classifier"  # with the config, what a checkpoint records to rebuild this model
+
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
