@@ -124,11 +124,17 @@ class MambaConfig(_MixerSettings):
 
 @dataclass
 class ClassifierConfig(_MixerSettings):
-    """A Mamba-1 classifier for sequences of continuous vectors (batch, L, input_dim).
+    """A Mamba-1 classifier for sequences of continuous vectors (batch, L, input_dim), or for
+    images cut into patches.
 
     ``pooling``: ``"mean"`` averages the final-normalised tokens over the sequence,
     ``"last"`` takes the last token (the only one that has seen the whole causal
-    sequence).
+    sequence). ``patch_size`` > 0: the input is images (batch, C, H, W), H and W multiples of
+    the patch size, cut into non-overlapping patch_size × patch_size patches in raster order,
+    each one token of input_dim = C·patch_size² values (28 × 28 with 4 × 4 patches: 49 tokens).
+    ``bidirectional``: odd-numbered layers scan the sequence in reverse, so every token sees
+    every other one after two layers (no extra parameters). ``n_positions`` > 0: a learned
+    position embedding for up to that many tokens is added to the input embedding.
     """
 
     input_dim: int
@@ -137,6 +143,9 @@ class ClassifierConfig(_MixerSettings):
     n_layer: int
     _: KW_ONLY
     pooling: str = "mean"
+    patch_size: int = 0
+    bidirectional: bool = False
+    n_positions: int = 0
 
     def __post_init__(self):
         _check_mixer_fields(self)
@@ -146,3 +155,17 @@ class ClassifierConfig(_MixerSettings):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        for name in ("patch_size", "n_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
+        if self.patch_size and self.input_dim % (self.patch_size ** 2):
+            raise ConfigError(f"input_dim {self.input_dim} must be channels x patch_size^2 "
+                              f"(a multiple of {self.patch_size ** 2}) for patch_size {self.patch_size}.")
+        if not isinstance(self.bidirectional, bool):
+            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}.")
+
+    @property
+    def image_channels(self) -> int:
+        """C of the images a patch classifier takes (input_dim / patch_size²); 0 for sequences."""
+        return self.input_dim // self.patch_size ** 2 if self.patch_size else 0
