@@ -222,3 +222,18 @@ def test_float32_hard_matches_float64():
 def test_bad_settings_are_one_sentence(args, match):
     with pytest.raises(ConfigError, match=match):
         check_reorder_settings(*args)
+
+
+@pytest.mark.parametrize("w", [0, 1, 3])
+def test_band_dots_in_chunks_match_a_loop(monkeypatch, w):
+    import tokendyn.model.reorder as R
+
+    g, o = _tokens(2, 3, 13, 4), _tokens(2, 3, 13, 5)
+    ref = torch.zeros(2, 13, 2 * w + 1, dtype=f64)
+    for i in range(13):
+        for k in range(-w, w + 1):
+            if 0 <= i + k < 13:
+                ref[:, i, k + w] = (g[:, :, i] * o[:, :, i + k]).sum(1)
+    torch.testing.assert_close(R.band_dots(g, o, w), ref, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(R, "_DOTS_BUDGET", 2 * 3 * (2 * w + 1) * 4)   # chunks of 4 positions
+    torch.testing.assert_close(R.band_dots(g, o, w), ref, rtol=1e-12, atol=1e-12)

@@ -125,53 +125,83 @@ def inverse_permute(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(y).scatter_(-1, idx, y)
 
 
-def _shift(t: torch.Tensor, k: int) -> torch.Tensor:
-    """t shifted along the last dim: out[..., i] = t[..., i + k], zero where i + k is outside."""
-    if k == 0:
-        return t
-    out = torch.zeros_like(t)
-    if k > 0:
-        out[..., :-k] = t[..., k:]
-    else:
-        out[..., -k:] = t[..., :k]
-    return out
+_BAND_CACHE: dict = {}
+# elements of the (batch, C, chunk, 2w+1) product formed at once when the band's dot products
+# are computed (64 MiB in float32): bounds the backward's extra memory independently of L
+_DOTS_BUDGET = 2 ** 24
 
 
-def banded_score_grad(s: torch.Tensor, perm: torch.Tensor, dots: torch.Tensor, tau: float,
+def _band_valid(L: int, window: int, device) -> torch.Tensor:
+    """(L, 2w+1) bool: rank i + k exists, for offsets k = −w..w (cached per shape and device)."""
+    key = (L, window, str(device))
+    if key not in _BAND_CACHE:
+        if len(_BAND_CACHE) > 64:
+            _BAND_CACHE.clear()
+        pos = torch.arange(L, device=device)[:, None] + torch.arange(-window, window + 1, device=device)
+        _BAND_CACHE[key] = ((pos >= 0) & (pos < L), pos.clamp(0, L - 1))
+    return _BAND_CACHE[key]
+
+
+def _band(t: torch.Tensor, window: int) -> torch.Tensor:
+    """(..., L) -> (..., L, 2w+1) with out[..., i, k + w] = t[..., i + k], zero outside (a view
+    of one padded copy)."""
+    return torch.nn.functional.pad(t, (window, window)).unfold(-1, 2 * window + 1, 1)
+
+
+def band_dots(g: torch.Tensor, o: torch.Tensor, window: int) -> torch.Tensor:
+    """dots[b, i, k + w] = Σ_c g[b, c, i] · o[b, c, i + k] for |k| ≤ w (0 outside the sequence).
+
+    g, o: (batch, C, L) -> (batch, L, 2w+1) in float32 (float64 for float64). Computed in
+    chunks along L so that no more than about 2^24 products exist at once.
+    """
+    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+    b, C, L = g.shape
+    K = 2 * window + 1
+    chunk = max(1, _DOTS_BUDGET // max(1, b * C * K))
+    parts = []
+    for c0 in range(0, L, chunk):
+        c1 = min(L, c0 + chunk)
+        lo, hi = max(0, c0 - window), min(L, c1 + window)
+        # o[..., c0 − w : c1 + w] with zeros beyond the sequence's ends
+        oc = torch.nn.functional.pad(o[..., lo:hi].to(acc), (window - (c0 - lo), window - (hi - c1)))
+        parts.append((g[..., c0:c1].to(acc)[..., None] * oc.unfold(-1, K, 1)).sum(1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def banded_score_grad(s_sorted: torch.Tensor, perm: torch.Tensor, dots: torch.Tensor, tau: float,
                       power: float, window: int) -> torch.Tensor:
     """The straight-through gradient of the scores, from SoftSort restricted to a band.
 
     Row i of the banded relaxed permutation looks only at the tokens of ranks i−w..i+w:
         a_ik = softmax_k(ℓ_ik),  ℓ_ik = −|s_(i+k) − s_(i)|^p / τ,  |k| ≤ w,
     which is SoftSort's row i with the weights outside the band set to 0 and the rest
-    renormalised (identical to SoftSort when w ≥ L − 1). Given dots[b, i, k] = ∂loss/∂a_ik =
+    renormalised (identical to SoftSort when w ≥ L − 1). Given dots[b, i, k + w] = ∂loss/∂a_ik =
     G_i · x_(i+k) (G the gradient reaching the sorted tokens), the chain rule through the
     softmax, |·|^p and the sort (∂s_(i)/∂s_perm[i] = 1) gives ∂loss/∂s.
 
     Arguments:
-        s: (batch, L) scores; perm: (batch, L) from :func:`sort_order`;
-        dots: (batch, L, 2w+1), entry k+w for offset k (out-of-range entries ignored).
-    Returns: (batch, L) float, in the original token order.
+        s_sorted: (batch, L) the scores in increasing order; perm: (batch, L) from
+        :func:`sort_order`; dots: (batch, L, 2w+1) from :func:`band_dots`.
+    Returns: (batch, L) in the original token order, s_sorted's dtype.
     """
-    L = s.shape[-1]
-    s_sorted = s.gather(-1, perm)
-    offsets = range(-window, window + 1)
-    u = torch.stack([_shift(s_sorted, k) - s_sorted for k in offsets], dim=-1)   # (b, L, 2w+1)
-    pos = torch.arange(L, device=s.device)[:, None] + torch.tensor(list(offsets), device=s.device)
-    valid = (pos >= 0) & (pos < L)                                               # (L, 2w+1)
+    L = s_sorted.shape[-1]
+    valid, target = _band_valid(L, window, s_sorted.device)
+    u = _band(s_sorted, window) - s_sorted[..., None]                   # s_(i+k) − s_(i)
     logits = (-_abs_pow(u, power) / tau).masked_fill(~valid, float("-inf"))
-    a = torch.softmax(logits, dim=-1)
-    dots = dots.to(a.dtype).masked_fill(~valid, 0.0)
+    a = torch.softmax(logits, dim=-1)                                   # 0 outside the sequence
+    dots = dots.to(a.dtype)
     g_logit = a * (dots - (a * dots).sum(-1, keepdim=True))
     # dℓ/du = −(p/τ)|u|^{p−1} sign(u), taken as 0 at u = 0
-    au = u.abs()
-    nz = au > 0
-    slope = torch.where(nz, power * torch.where(nz, au, torch.ones_like(au)) ** (power - 1), torch.zeros_like(au))
-    g_u = (g_logit * (-slope * torch.sign(u) / tau)).masked_fill(~valid, 0.0)
-    # u_ik = s_(i+k) − s_(i): +g to rank i+k, −g to rank i
-    g_sorted = -g_u.sum(-1)
-    for j, k in enumerate(offsets):
-        g_sorted = g_sorted + _shift(g_u[..., j], -k)
+    if power == 1:
+        g_u = g_logit * torch.sign(u) * (-1.0 / tau)
+    else:
+        au = u.abs()
+        nz = au > 0
+        slope = torch.where(nz, torch.where(nz, au, torch.ones_like(au)) ** (power - 1), torch.zeros_like(au))
+        g_u = g_logit * slope * torch.sign(u) * (-power / tau)
+    # u_ik = s_(i+k) − s_(i): +g_u to rank i+k, −g_u to rank i (g_u is 0 outside the sequence)
+    g_sorted = (-g_u.sum(-1)).scatter_add_(-1, target.reshape(1, -1).expand(g_u.shape[0], -1),
+                                           g_u.reshape(g_u.shape[0], -1))
     return torch.empty_like(g_sorted).scatter_(-1, perm, g_sorted)
 
 
@@ -186,8 +216,9 @@ class _HardPermute(torch.autograd.Function):
         2w+1 nearest ranks of each row (:func:`banded_score_grad`). The full soft gradient
         needs every pair (i, j); its terms fall off as exp(−|s_(i) − s_j|^p/τ), so the band
         keeps the largest ones. For w ≥ L − 1 it is SoftSort's gradient exactly; for fixed w it
-        approaches it in direction as τ → 0 (tests measure both). Cost O(L·w·C) time, O(L·w)
-        extra memory beyond the saved sorted tensors.
+        approaches it in direction as τ → 0 (tests measure both). Cost O(L·w·C) time; memory
+        beyond the saved sorted tensors (which the scan keeps anyway): O(L·w) plus a bounded
+        chunk of products.
     """
 
     @staticmethod
@@ -208,14 +239,15 @@ class _HardPermute(torch.autograd.Function):
         grad_s = None
         if ctx.needs_input_grad[0]:
             acc = torch.float64 if s.dtype == torch.float64 else torch.float32
-            dots = torch.zeros(*s.shape, 2 * window + 1, dtype=acc, device=s.device)
+            dots = None
             for g, o in zip(grads, outs):
-                if g is None:
-                    continue
-                g = g.to(acc)
-                for j, k in enumerate(range(-window, window + 1)):
-                    dots[..., j] += (g * _shift(o.to(acc), k)).sum(1)   # G_i · x_(i+k)
-            grad_s = banded_score_grad(s.to(acc), perm, dots, tau, power, window).to(s.dtype)
+                if g is not None:
+                    d = band_dots(g, o, window)
+                    dots = d if dots is None else dots + d
+            if dots is None:
+                return (None, None, None, None, *grad_xs)
+            s_sorted = s.detach().to(acc).gather(-1, perm)
+            grad_s = banded_score_grad(s_sorted, perm, dots, tau, power, window).to(s.dtype)
         return (grad_s, None, None, None, *grad_xs)
 
 
