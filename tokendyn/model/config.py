@@ -9,10 +9,11 @@ fields here).
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 
 from ..errors import ConfigError
 from ..ops import backend_names
+from .reorder import check_reorder_settings
 
 # Keyword arguments of the mixer, shared by both configs (mamba_ssm's ``ssm_cfg``).
 MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
@@ -40,6 +41,22 @@ def _check_mixer_fields(cfg) -> None:
     backend = getattr(cfg, "scan_backend", "auto")
     if backend not in backend_names():
         raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
+    if hasattr(cfg, "reorder"):
+        _check_reorder_fields(cfg)
+
+
+def _check_reorder_fields(cfg) -> None:
+    """The token-reordering fields (THEORY.md section 6)."""
+    check_reorder_settings(cfg.reorder, cfg.reorder_tau, cfg.reorder_power, cfg.reorder_branches)
+    layers = cfg.reorder_layers
+    if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ConfigError(f"reorder_layers must be a list of layer indices, got {layers!r}.")
+    bad = [i for i in layers if not 0 <= i < cfg.n_layer]
+    if bad:
+        raise ConfigError(f"reorder_layers {bad} do not exist; the model has layers 0..{cfg.n_layer - 1}.")
+    if cfg.reorder != "none" and not layers:
+        raise ConfigError(f"reorder={cfg.reorder!r} needs at least one layer in reorder_layers.")
 
 
 @dataclass(kw_only=True)
@@ -62,6 +79,16 @@ class _MixerSettings:
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     scan_backend: str = "auto"
+    # token reordering, THEORY.md section 6 (non-causal models only)
+    reorder: str = "none"
+    reorder_tau: float = 1.0
+    reorder_power: float = 1.0
+    reorder_layers: list[int] = field(default_factory=lambda: [0])
+    reorder_branches: str = "xz"
+
+    def reorders(self, layer_idx: int) -> bool:
+        """Whether layer ``layer_idx`` reorders its tokens."""
+        return self.reorder != "none" and layer_idx in self.reorder_layers
 
     @property
     def d_inner(self) -> int:
@@ -109,6 +136,9 @@ class MambaConfig(_MixerSettings):
 
     def __post_init__(self):
         _check_mixer_fields(self)
+        if self.reorder != "none":
+            raise ConfigError(f"reorder={self.reorder!r} breaks causality, so a causal language model cannot use "
+                              "it; token reordering is for non-causal models such as the classifier.")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
             raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r}.")
         if not isinstance(self.pad_vocab_size_multiple, int) or self.pad_vocab_size_multiple < 1:
