@@ -1,0 +1,129 @@
+"""The regime monitor: a training callback that watches each layer's dynamical regime.
+
+Every ``every`` steps it records, for each layer, the eigen-signature of the symmetric part
+of M = S_Cᵀ S_B (through the 2N×2N path of :mod:`tokendyn.dynamics.spectrum`, from
+``mixer.io_parameters()``, so a variant that reparametrises S_B and S_C needs no special
+case) with the idealised regime of that signature (THEORY.md section 4,
+:func:`tokendyn.dynamics.regimes.regime_from_signature`), and the measured token-norm growth
+through each layer on one fixed held-out input (the task's ``probe_input``). It warns once
+per layer when that layer is first seen in the convergent regime (no positive eigenvalue),
+the scenario THEORY.md section 5 sets out to exclude.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..analysis.layers import model_io_parameters
+from ..analysis.trajectories import dynamics_from_outputs
+from ..dynamics.regimes import regime_from_signature
+from ..dynamics.spectrum import eigen_signature
+
+# At the GPU benchmark configuration (24 layers, batch 8 × 1024) one monitor call costs
+# about as much as a fraction of one training step; every 100 steps keeps it near 1 % of
+# the training time (measured: docs/training.md).
+DEFAULT_EVERY = 100
+
+
+class ConvergentRegimeWarning(UserWarning):
+    """A layer's S_Cᵀ S_B has no positive eigenvalue: its tokens are predicted to converge."""
+
+
+class RegimeMonitor:
+    """Callback for :func:`tokendyn.train.loop.train` (module docstring).
+
+    Arguments:
+        probe: the fixed input, batch of 1 ((1, L) token ids for a language model).
+        every: interval in optimiser steps.
+        log: where warning lines go (besides ``warnings.warn``).
+
+    Each call appends one record ``{"kind": "monitor", "step", "layers": [{"layer",
+    "positive", "negative", "zero", "regime", "growth"}, ...]}`` and keeps it in
+    :attr:`history`.
+    """
+
+    def __init__(self, probe: torch.Tensor, every: int = DEFAULT_EVERY, log=None):
+        self.probe = probe
+        self.every = every
+        self.log = log or (lambda *_: None)
+        self.warned: set[int] = set()
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def measure(self, model) -> list[dict]:
+        """One row per layer: signature, regime, norm growth on the probe input."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = model(self.probe.to(device), output_internals=True)
+        model.train(was_training)
+        growth = dynamics_from_outputs(out.hidden_states, out.internals).layer_growth()
+        rows = []
+        for i, params in enumerate(model_io_parameters(model)):
+            sig = eigen_signature(params["S_B"], params["S_C"])
+            rows.append({"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
+                         "regime": regime_from_signature(sig.positive, sig.negative),
+                         "growth": float(growth[i])})
+        return rows
+
+    def __call__(self, step: int, model, record) -> None:
+        rows = self.measure(model)
+        entry = {"kind": "monitor", "step": step, "layers": rows}
+        self.history.append(entry)
+        record(entry)
+        for row in rows:
+            if row["regime"] == "convergence" and row["layer"] not in self.warned:
+                self.warned.add(row["layer"])
+                msg = (f"step {step}: layer {row['layer']} is in the convergent regime (S_Cᵀ S_B has "
+                       f"{row['negative']} negative and no positive eigenvalues; token-norm growth "
+                       f"{row['growth']:.3g}).")
+                warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
+                self.log(f"warning: {msg}")
+                record({"kind": "warning", "step": step, "layer": row["layer"], "message": msg})
+
+
+def monitor_records(records: list[dict]) -> list[dict]:
+    """The monitor entries of a metrics list, in step order."""
+    return sorted((r for r in records if r.get("kind") == "monitor"), key=lambda r: r["step"])
+
+
+def plot_monitor(records: list[dict], title: str = ""):
+    """Signature counts per layer over steps: positive (left) and negative (right) eigenvalue
+    counts of M_s, layers on the y axis, monitor steps on the x axis. Returns a Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    entries = monitor_records(records)
+    steps = [e["step"] for e in entries]
+    n_layer = max((len(e["layers"]) for e in entries), default=0)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, key, cmap in ((axes[0], "positive", "Reds"), (axes[1], "negative", "Blues")):
+        mat = np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T \
+            if entries else np.zeros((1, 1))
+        im = ax.imshow(mat, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest",
+                       extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+        ax.set_xticks(range(len(steps)))
+        ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{key} eigenvalues of M_s")
+        fig.colorbar(im, ax=ax)
+    ax = axes[2]
+    for layer in range(n_layer):
+        ax.plot(steps, [e["layers"][layer]["growth"] for e in entries], lw=1, label=f"layer {layer}")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("token-norm growth")
+    ax.set_title("growth per layer on the probe input")
+    if n_layer <= 8:
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
