@@ -52,14 +52,17 @@ def make_inputs(batch, dim, length, device, seed=0):
     return x, k, w
 
 
-def one_call(mode, x, k, w):
-    """Forward and backward once; returns the loss (synchronised)."""
+def reorder(mode, x, k):
     s = importance_scores(x, torch.zeros_like(k), k)
     if mode == "soft":
-        out = soft_permute(softsort_matrix(s), x)
-    else:
-        (out,), _ = hard_permute(s, x)
-    loss = (out * w).sum()
+        return soft_permute(softsort_matrix(s), x)
+    return hard_permute(s, x)[0][0]
+
+
+def one_call(mode, x, k, w):
+    """Forward and backward once; returns the loss (synchronised). x' is kept only where the
+    method's backward keeps it."""
+    loss = (reorder(mode, x, k) * w).sum()
     loss.backward()
     x.grad = k.grad = None
     if x.is_cuda:

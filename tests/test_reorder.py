@@ -234,6 +234,8 @@ def test_band_dots_in_chunks_match_a_loop(monkeypatch, w):
         for k in range(-w, w + 1):
             if 0 <= i + k < 13:
                 ref[:, i, k + w] = (g[:, :, i] * o[:, :, i + k]).sum(1)
-    torch.testing.assert_close(R.band_dots(g, o, w), ref, rtol=1e-12, atol=1e-12)
+    perm = sort_order(_scores(2, 13, 6))
+    x = inverse_permute(o, perm)                    # so that permute_tokens(x, perm) == o
+    torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(R, "_DOTS_BUDGET", 2 * 3 * (2 * w + 1) * 4)   # chunks of 4 positions
-    torch.testing.assert_close(R.band_dots(g, o, w), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)

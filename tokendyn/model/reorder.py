@@ -50,7 +50,9 @@ def importance_scores(dt: torch.Tensor, b_delta: torch.Tensor, k: torch.Tensor) 
     Returns: (batch, L), float32 or wider (float64 stays float64).
     """
     acc = torch.float64 if dt.dtype == torch.float64 else torch.float32
-    return torch.einsum("d,bdl->bl", k.to(acc), dt.to(acc) + b_delta.to(acc)[:, None])
+    k = k.to(acc)
+    # kᵀ S_Δ x + kᵀ b_Δ, without forming S_Δ x + b_Δ (a second (batch, D, L) tensor)
+    return torch.einsum("d,bdl->bl", k, dt.to(acc)) + (k * b_delta.to(acc)).sum()
 
 
 def _abs_pow(u: torch.Tensor, power: float) -> torch.Tensor:
@@ -148,11 +150,12 @@ def _band(t: torch.Tensor, window: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (window, window)).unfold(-1, 2 * window + 1, 1)
 
 
-def band_dots(g: torch.Tensor, o: torch.Tensor, window: int) -> torch.Tensor:
-    """dots[b, i, k + w] = Σ_c g[b, c, i] · o[b, c, i + k] for |k| ≤ w (0 outside the sequence).
+def band_dots(g: torch.Tensor, x: torch.Tensor, perm: torch.Tensor, window: int) -> torch.Tensor:
+    """dots[b, i, k + w] = Σ_c g[b, c, i] · x'[b, c, i + k] for |k| ≤ w (0 outside the sequence),
+    with x' = :func:`permute_tokens`(x, perm) formed a chunk at a time, never whole.
 
-    g, o: (batch, C, L) -> (batch, L, 2w+1) in float32 (float64 for float64). Computed in
-    chunks along L so that no more than about 2^24 products exist at once.
+    g, x: (batch, C, L), perm: (batch, L) -> (batch, L, 2w+1) in float32 (float64 for float64).
+    Chunks along L keep about 2^24 products alive at once.
     """
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
     b, C, L = g.shape
@@ -162,8 +165,9 @@ def band_dots(g: torch.Tensor, o: torch.Tensor, window: int) -> torch.Tensor:
     for c0 in range(0, L, chunk):
         c1 = min(L, c0 + chunk)
         lo, hi = max(0, c0 - window), min(L, c1 + window)
-        # o[..., c0 − w : c1 + w] with zeros beyond the sequence's ends
-        oc = torch.nn.functional.pad(o[..., lo:hi].to(acc), (window - (c0 - lo), window - (hi - c1)))
+        # x'[..., c0 − w : c1 + w] with zeros beyond the sequence's ends
+        oc = torch.nn.functional.pad(permute_tokens(x, perm[:, lo:hi]).to(acc),
+                                     (window - (c0 - lo), window - (hi - c1)))
         parts.append((g[..., c0:c1].to(acc)[..., None] * oc.unfold(-1, K, 1)).sum(1))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
@@ -217,15 +221,17 @@ class _HardPermute(torch.autograd.Function):
         needs every pair (i, j); its terms fall off as exp(−|s_(i) − s_j|^p/τ), so the band
         keeps the largest ones. For w ≥ L − 1 it is SoftSort's gradient exactly; for fixed w it
         approaches it in direction as τ → 0 (tests measure both). Cost O(L·w·C) time; memory
-        beyond the saved sorted tensors (which the scan keeps anyway): O(L·w) plus a bounded
-        chunk of products.
+        O(L·w) plus a bounded chunk of products (the sorted tensors are re-gathered from the
+        saved inputs a chunk at a time).
     """
 
     @staticmethod
     def forward(ctx, s, tau, power, window, *xs):
         perm = sort_order(s.detach())
         outs = tuple(permute_tokens(x, perm) for x in xs)
-        ctx.save_for_backward(s, perm, *outs)
+        # the inputs, not the sorted copies: the caller keeps x alive anyway, and the backward
+        # re-gathers the band it needs chunk by chunk
+        ctx.save_for_backward(s, perm, *xs)
         ctx.settings = (tau, power, window)
         ctx.mark_non_differentiable(perm)
         return (*outs, perm)
@@ -233,16 +239,16 @@ class _HardPermute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         grads = grads[:-1]            # the last output, perm, has no gradient
-        s, perm, *outs = ctx.saved_tensors
+        s, perm, *xs = ctx.saved_tensors
         tau, power, window = ctx.settings
         grad_xs = tuple(None if g is None else inverse_permute(g, perm) for g in grads)
         grad_s = None
         if ctx.needs_input_grad[0]:
             acc = torch.float64 if s.dtype == torch.float64 else torch.float32
             dots = None
-            for g, o in zip(grads, outs):
+            for g, x in zip(grads, xs):
                 if g is not None:
-                    d = band_dots(g, o, window)
+                    d = band_dots(g, x, perm, window)
                     dots = d if dots is None else dots + d
             if dots is None:
                 return (None, None, None, None, *grad_xs)
