@@ -37,6 +37,7 @@ from . import reproduce as _reproduce  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
 from . import analyze as _analyze  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
+from . import train as _train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

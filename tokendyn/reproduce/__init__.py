@@ -26,6 +26,7 @@ SECTIONS: list[str] = [
     "core",
     "theory",
     "analysis",
+    "lm",
 ]
 
 SCALES = ("quick", "full")

@@ -150,7 +150,7 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict:
     Raises :class:`CheckpointError` (one sentence) when a file is missing, truncated or
     does not fit the model; nothing is modified on disk.
     """
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..model import load_model
@@ -167,7 +167,7 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict:
         rng = load_file(str(directory / "rng.safetensors"))
     except CheckpointError as exc:
         raise CheckpointError(f"the checkpoint in {directory} cannot be resumed: {exc}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorsError, KeyError, ValueError,
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, KeyError, ValueError,
             RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"the checkpoint in {directory} is corrupt or incomplete ({first}); "
