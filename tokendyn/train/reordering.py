@@ -47,7 +47,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 # the 12-run grid in a few minutes (docs/training.md has measured times).
 SCALES = {
     "smoke": {"train_images": 2000, "test_images": 1000, "model": {"d_model": 32, "n_layer": 2, "d_state": 8},
-              "batch_size": 100, "epochs": 2, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.6},
+              "batch_size": 64, "epochs": 2, "lr": 6e-3, "crop_padding": 0, "target_acc": 0.6},
     "quick": {"train_images": 12000, "test_images": 2000, "model": {"d_model": 48, "n_layer": 2, "d_state": 8},
               "batch_size": 128, "epochs": 3, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.8},
     "full": {"train_images": 0, "test_images": 0, "model": {"d_model": 128, "n_layer": 4, "d_state": 16},
