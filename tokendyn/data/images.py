@@ -159,17 +159,20 @@ class ImageDataset:
 
 # ---- batches: normalisation and augmentation --------------------------------------------------
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Pad each side by ``padding`` zeros and crop back to (H, W) at a random offset per image.
 
-    images: (N, C, H, W) any dtype -> (N, C, H, W). The offsets are drawn on the CPU with
-    ``generator`` (reproducible on any device).
+    images: (N, C, H, W) any dtype -> (N, C, H, W). offsets: (2, N) row and column offsets in
+    [0, 2·padding], or None to draw them on the CPU with ``generator``.
     """
     if padding <= 0:
         return images
     n, c, h, w = images.shape
+    if offsets is None:
+        offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
+    off = offsets.to(images.device)
     rows = off[0][:, None] + torch.arange(h, device=images.device)            # (N, H)
     cols = off[1][:, None] + torch.arange(w, device=images.device)            # (N, W)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -177,10 +180,13 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2. images: (N, C, H, W)."""
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None,
+                flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (or where the bool (N,) ``flip`` says).
+    images: (N, C, H, W)."""
+    if flip is None:
+        flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
 
 
 @dataclass
@@ -194,12 +200,19 @@ class ImageTransform:
     crop_padding: int = 0
     flip: bool = False
 
-    def __call__(self, images: torch.Tensor, augment: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, n: int, generator: torch.Generator | None = None) -> dict:
+        """The random choices of augmenting n images: {"offsets": (2, n), "flip": (n,) bool}.
+        Drawn for a whole batch and sliced, so any slicing of the batch augments alike."""
+        return {"offsets": torch.randint(0, 2 * self.crop_padding + 1, (2, n), generator=generator),
+                "flip": torch.rand(n, generator=generator) < 0.5}
+
+    def __call__(self, images: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None,
+                 draws: dict | None = None) -> torch.Tensor:
         if augment:
-            images = random_crop(images, self.crop_padding, generator)
+            draws = draws if draws is not None else self.draw(images.shape[0], generator)
+            images = random_crop(images, self.crop_padding, offsets=draws["offsets"])
             if self.flip:
-                images = random_flip(images, generator)
+                images = random_flip(images, flip=draws["flip"])
         x = images.float().div_(255)
         if self.normalize:
             mean = torch.tensor(self.mean, device=x.device)[:, None, None]

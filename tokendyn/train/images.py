@@ -77,12 +77,14 @@ class ImageClassificationTask(Task):
     def train_batch(self, step: int, index: int, count: int):
         """(images (b, C, H, W) float32, labels (b,) int64): slice ``index`` of step ``step``'s batch."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        rows = slice_rows(self.examples_per_step, index, count)
-        idx = self.epoch_order(epoch)[k * self.examples_per_step:(k + 1) * self.examples_per_step][rows]
+        n = self.examples_per_step
+        rows = slice_rows(n, index, count)
+        idx = self.epoch_order(epoch)[k * n:(k + 1) * n][rows]
         split = self.splits["train"]
         idx = idx.to(split.images.device)
-        gen = batch_generator(self.seed, step)
-        return self.transform(split.images[idx], augment=True, generator=gen), split.labels[idx]
+        # the whole global batch's augmentation drawn, this slice's part used
+        draws = {key: v[..., rows] for key, v in self.transform.draw(n, batch_generator(self.seed, step)).items()}
+        return self.transform(split.images[idx], augment=True, draws=draws), split.labels[idx]
 
     def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
