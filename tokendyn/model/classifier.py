@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -89,6 +91,19 @@ class MambaClassifier(BackboneModel):
             raise DataError(f"the input has {x.shape[1]} tokens but the position embedding covers "
                             f"{cfg.n_positions}.")
         return x
+
+    def example_input(self, n_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A standard-normal input of batch 1 the model takes, with about ``n_tokens`` tokens:
+        (1, n, input_dim), or for a patch model a square image (1, C, s·p, s·p) with s² ≤ n
+        patches (at most n_positions); on the model's device, in float32."""
+        cfg = self.config
+        n = max(1, min(n_tokens, cfg.n_positions) if cfg.n_positions else n_tokens)
+        if cfg.patch_size:
+            side = max(1, math.isqrt(n)) * cfg.patch_size
+            shape = (1, cfg.image_channels, side, side)
+        else:
+            shape = (1, n, cfg.input_dim)
+        return torch.randn(shape, generator=generator).to(next(self.parameters()).device)
 
     def forward(self, x: torch.Tensor, output_internals: bool = False):
         """x: (batch, L, input_dim) or images (batch, C, H, W) float -> logits (batch, n_classes)."""
