@@ -60,7 +60,7 @@ def test_info_prints_layout_config_and_parameter_count(checkpoints, layout, tmp_
     assert data["n_params"] == n_params
     assert data["config"]["d_model"] == d_model
     assert data["files"][0] == "config.json" and len(data["files"]) == 2
-    assert data["architecture"] == "MambaLM"
+    assert data["kind"] == "lm"
 
 
 def test_info_on_a_classifier_checkpoint(tmp_path):
@@ -70,6 +70,6 @@ def test_info_on_a_classifier_checkpoint(tmp_path):
     result = CliRunner().invoke(app, ["info", str(tmp_path / "clf"), "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["layout"] == "tokendyn" and data["architecture"] == "MambaClassifier"
+    assert data["layout"] == "tokendyn" and data["kind"] == "classifier"
     assert data["n_params"] == sum(p.numel() for p in model.parameters())
     assert data["config"]["n_classes"] == 3

@@ -28,7 +28,7 @@ def info(
     console = Console()
     console.print(f"[bold]{escape(found.path)}[/bold]")
     console.print(f"layout: [bold]{found.layout}[/bold]")
-    console.print(f"model: {found.architecture}")
+    console.print(f"kind: {found.kind}")
     console.print(f"parameters: {found.n_params:,}")
     console.print(f"files: {escape(', '.join(found.files))}")
     table = Table(title="config", show_header=True)

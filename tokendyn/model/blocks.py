@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..ops import backend_names
 from .mixer import MambaMixer, accumulation_dtype
 from .outputs import MambaOutput
+from .variants import build_mixer
 
 
 class RMSNorm(nn.Module):
@@ -96,6 +97,9 @@ class Block(nn.Module):
 class MambaBackbone(nn.Module):
     """``embedding`` -> n_layer :class:`Block` -> ``norm_f`` (mamba_ssm's ``MixerModel``).
 
+    Each block's mixer comes from :func:`~tokendyn.model.variants.build_mixer`: the
+    family ``config.layer`` with the refinements the config selects.
+
     ``embedding`` maps the model's inputs to (batch, L, d_model): an ``nn.Embedding``
     for token ids, an ``nn.Linear`` for continuous vectors.
     """
@@ -105,7 +109,7 @@ class MambaBackbone(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
         self.embedding = embedding
         self.layers = nn.ModuleList([
-            Block(MambaMixer(config, layer_idx=i),
+            Block(build_mixer(config, layer_idx=i),
                   make_norm(config.d_model, config.rms_norm, config.norm_epsilon),
                   residual_in_fp32=config.residual_in_fp32)
             for i in range(config.n_layer)

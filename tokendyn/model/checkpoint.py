@@ -41,7 +41,8 @@ class CheckpointInfo:
     config: the :class:`~tokendyn.model.MambaConfig` it describes.
     n_params: number of parameters, tied embedding/lm_head counted once.
     files: file names inside the directory that were read (config first).
-    path: the directory. architecture: ``"MambaLM"`` or ``"MambaClassifier"``.
+    path: the directory. kind: ``"lm"`` (language model) or ``"classifier"``; with the
+    config it identifies the model (mixer family and variants included).
     """
 
     layout: str
@@ -49,35 +50,38 @@ class CheckpointInfo:
     n_params: int
     files: list[str] = field(default_factory=list)
     path: str = ""
-    architecture: str = "MambaLM"
+    kind: str = "lm"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: layout, config (MambaConfig fields), n_params, files, path."""
+        """A JSON-ready dict: layout, kind, config (every config field), n_params, files, path."""
         return {
             "layout": self.layout,
+            "kind": self.kind,
             "config": dataclasses.asdict(self.config),
             "n_params": self.n_params,
             "files": list(self.files),
             "path": self.path,
-            "architecture": self.architecture,
         }
 
 
-# tokendyn's layout holds either model; config.json's "architecture" says which.
-LM, CLASSIFIER = "MambaLM", "MambaClassifier"
-ARCHITECTURES = (LM, CLASSIFIER)
+# tokendyn's layout holds either kind of model; config.json's "kind" says which, and the
+# config's fields (layer, io_constraint, ...) say how its mixers are built.
+LM, CLASSIFIER = "lm", "classifier"
+KINDS = (LM, CLASSIFIER)
+# what the first writer stored instead of "kind": the Python class name
+_LEGACY_ARCHITECTURES = {"MambaLM": LM, "MambaClassifier": CLASSIFIER}
 
 
-def _config_cls(architecture: str = LM):
+def _config_cls(kind: str = LM):
     from . import ClassifierConfig, MambaConfig  # imported late: the model package imports this module lazily
 
-    return {LM: MambaConfig, CLASSIFIER: ClassifierConfig}[architecture]
+    return {LM: MambaConfig, CLASSIFIER: ClassifierConfig}[kind]
 
 
-def _model_cls(architecture: str = LM):
+def _model_cls(kind: str = LM):
     from . import MambaClassifier, MambaLM
 
-    return {LM: MambaLM, CLASSIFIER: MambaClassifier}[architecture]
+    return {LM: MambaLM, CLASSIFIER: MambaClassifier}[kind]
 
 
 @dataclass
@@ -85,7 +89,7 @@ class _Checked:
     """A checkpoint after every check: tensors by tokendyn name, exactly the expected set."""
 
     layout: str
-    architecture: str
+    kind: str
     config: Any
     tensors: dict[str, torch.Tensor]
     directory: Path
@@ -112,21 +116,28 @@ def _make_config(config_cls, kwargs: dict[str, Any], source: Path):
         raise CheckpointError(f"config.json in {source} is not a valid Mamba configuration ({exc}).") from exc
 
 
-def _architecture(raw: dict[str, Any], directory: Path) -> str:
-    arch = raw.get("architecture", LM)
-    if arch not in ARCHITECTURES:
+def _kind(raw: dict[str, Any], directory: Path) -> str:
+    if "kind" in raw:
+        kind = raw["kind"]
+        if kind not in KINDS:
+            raise CheckpointError(f"config.json in {directory} names kind {kind!r}; tokendyn knows {', '.join(KINDS)}.")
+        return kind
+    arch = raw.get("architecture", "MambaLM")
+    if arch not in _LEGACY_ARCHITECTURES:
         raise CheckpointError(
-            f"config.json in {directory} names architecture {arch!r}; tokendyn knows {', '.join(ARCHITECTURES)}."
+            f"config.json in {directory} names architecture {arch!r}; tokendyn knows "
+            f"{', '.join(_LEGACY_ARCHITECTURES)}."
         )
-    return arch
+    return _LEGACY_ARCHITECTURES[arch]
 
 
-def _expected(architecture: str, config) -> dict[str, tuple[int, ...]]:
-    if architecture == LM:
-        # Computed from the config alone (mamba_ssm's shapes), so inspecting builds no model.
-        return layouts.expected_shapes(config)
-    # Classifiers are tokendyn's own and small: their parameters are whatever the class makes.
-    return {k: tuple(v.shape) for k, v in _model_cls(architecture)(config).state_dict().items()}
+def _expected(kind: str, config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a model of ``kind`` and ``config`` stores (a tied head
+    once, as the embedding). The model is built on the meta device: no memory, no
+    arithmetic, and whatever variant the config selects is covered with no case for it."""
+    with torch.device("meta"):
+        model = _model_cls(kind)(config)
+    return {k: tuple(v.shape) for k, v in _state_for_saving(model).items()}
 
 
 def _read(path) -> _Checked:
@@ -134,13 +145,13 @@ def _read(path) -> _Checked:
     directory = _checkpoint_dir(path)
     raw = read_json(directory / "config.json")
     layout = layouts.detect_layout(raw, str(directory))
-    architecture = _architecture(raw, directory) if layout == layouts.TOKENDYN else LM
+    kind = _kind(raw, directory) if layout == layouts.TOKENDYN else LM
     files = weight_files(directory)
     if layout == layouts.TOKENDYN and files[0].suffix != ".safetensors":
         raise CheckpointError(f"{directory} is in tokendyn's layout but has no {SAFETENSORS}.")
     tensors = read_tensors(files)
 
-    config_cls = _config_cls(architecture)
+    config_cls = _config_cls(kind)
     if layout == layouts.HF_TRANSFORMERS:
         tensors = {layouts.hf_name_to_tokendyn(k): v for k, v in tensors.items()}
         emb = tensors.get("backbone.embedding.weight")
@@ -152,8 +163,8 @@ def _read(path) -> _Checked:
         kwargs = layouts.config_kwargs_tokendyn(raw, config_cls, str(directory))
     config = _make_config(config_cls, kwargs, directory)
     tied = bool(getattr(config, "tie_embeddings", False))
-    tensors = _check_tensors(tensors, _expected(architecture, config), tied, directory)
-    return _Checked(layout, architecture, config, tensors, directory, files)
+    tensors = _check_tensors(tensors, _expected(kind, config), tied, directory)
+    return _Checked(layout, kind, config, tensors, directory, files)
 
 
 def _check_tensors(
@@ -208,7 +219,7 @@ def inspect_checkpoint(path) -> CheckpointInfo:
     """
     c = _read(path)
     names = ["config.json"] + [f.name for f in c.files]
-    return CheckpointInfo(c.layout, c.config, _n_params(c.tensors), names, str(c.directory), c.architecture)
+    return CheckpointInfo(c.layout, c.config, _n_params(c.tensors), names, str(c.directory), c.kind)
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -243,18 +254,12 @@ def load_model(path, device="cpu", dtype=None):
     """
     target_dtype = _resolve_dtype(dtype)
     c = _read(path)
-    model = _model_cls(c.architecture)(c.config)
+    model = _model_cls(c.kind)(c.config)
     state = model.state_dict()
     tensors = dict(c.tensors)
     if getattr(c.config, "tie_embeddings", False) and "lm_head.weight" in state and "lm_head.weight" not in tensors:
         tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
-    # The checks were made against mamba_ssm's names and shapes; the model class must agree.
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{type(model).__name__} parameters differ from mamba_ssm's: missing {missing}, extra {unexpected}"
-        )
+    # the tensors were checked against the names and shapes this very class makes
     model.load_state_dict(tensors, strict=True)
     model = model.to(device=torch.device(device), dtype=target_dtype).eval()
     model.checkpoint_layout = c.layout
@@ -271,21 +276,37 @@ def _state_for_saving(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def _architecture_of(model) -> str:
-    name = type(model).__name__
-    if name not in ARCHITECTURES:
-        raise CheckpointError(f"save_model writes {', '.join(ARCHITECTURES)} models, not {name}.")
-    return name
+def _kind_of(model) -> str:
+    kind = getattr(model, "kind", None)
+    if kind not in KINDS:
+        raise CheckpointError(
+            f"save_model writes tokendyn's models ({', '.join(KINDS)}), not a {type(model).__name__}."
+        )
+    return kind
+
+
+def _plain_state(model) -> dict[str, torch.Tensor]:
+    """The state dict of the plain Mamba-1 model that computes what ``model`` computes:
+    every mixer's entries replaced by its ``plain_state_dict()`` (for a variant: the
+    effective x_proj weight, and none of its own parameters). A tied head is left out."""
+    state = _state_for_saving(model)
+    for name, module in model.named_modules():
+        if hasattr(module, "plain_state_dict"):
+            prefix = name + "."
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({prefix + k: v for k, v in module.plain_state_dict().items()})
+    return state
 
 
 def save_model(model, path) -> Path:
     """Write ``model`` in tokendyn's layout: ``path/config.json`` + ``path/model.safetensors``.
 
-    config.json holds every config field plus ``"format": "tokendyn"``,
-    ``"format_version"`` and ``"architecture"`` (MambaLM or MambaClassifier); a tied
-    lm_head is stored once, as the embedding. Returns the directory.
+    config.json holds every config field (the mixer family ``layer`` and its variants'
+    fields included) plus ``"format": "tokendyn"``, ``"format_version"`` and ``"kind"``
+    (``"lm"`` or ``"classifier"``); a tied lm_head is stored once, as the embedding.
+    Returns the directory.
     """
-    architecture = _architecture_of(model)
+    kind = _kind_of(model)
     directory = Path(path).expanduser()
     state = _state_for_saving(model)
     directory.mkdir(parents=True, exist_ok=True)
@@ -293,7 +314,7 @@ def save_model(model, path) -> Path:
     meta = {
         "format": layouts.TOKENDYN,
         "format_version": layouts.FORMAT_VERSION,
-        "architecture": architecture,
+        "kind": kind,
         **dataclasses.asdict(model.config),
         # the scan backend is a choice of the machine that runs the model, not a
         # property of the weights: a checkpoint saved on a GPU must load anywhere
@@ -308,14 +329,17 @@ def export_hf(model, path) -> Path:
 
     ``transformers.MambaForCausalLM.from_pretrained(path)`` then computes the same
     logits (batch, L, padded_vocab_size). The vocabulary is written padded, since
-    transformers' vocab_size is the embedding's row count. Raises CheckpointError for
-    models transformers cannot represent (classifiers, LayerNorm, non-integer expand).
-    Returns the directory.
+    transformers' vocab_size is the embedding's row count. A model with a variant mixer
+    (e.g. ``io_constraint``) is written as the plain Mamba-1 model that computes the same
+    function: each mixer's effective x_proj weight, none of the variant's own parameters
+    (so loading the export gives an unconstrained model with the same logits). Raises
+    CheckpointError for models transformers cannot represent (classifiers, LayerNorm,
+    non-integer expand). Returns the directory.
     """
-    if _architecture_of(model) != LM:
-        raise CheckpointError("Only a MambaLM can be exported to transformers' MambaForCausalLM layout.")
+    if _kind_of(model) != LM:
+        raise CheckpointError("Only a language model (MambaLM) can be exported to transformers' MambaForCausalLM layout.")
     hf_config = layouts.config_to_hf(model.config)
-    state = _state_for_saving(model)
+    state = _plain_state(model)
     hf_config["dtype"] = str(state["backbone.embedding.weight"].dtype).removeprefix("torch.")
     directory = Path(path).expanduser()
     directory.mkdir(parents=True, exist_ok=True)

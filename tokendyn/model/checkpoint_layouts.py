@@ -23,7 +23,8 @@ STATE_SPACES = "state-spaces"
 HF_TRANSFORMERS = "hf-transformers"
 LAYOUTS = (TOKENDYN, STATE_SPACES, HF_TRANSFORMERS)
 
-FORMAT_VERSION = 1
+# 2: "kind" (lm | classifier) instead of the class name "architecture"; variant fields
+FORMAT_VERSION = 2
 
 # Tensor names: tokendyn (= mamba_ssm) <-> transformers. Only the embedding differs.
 _EMBED_TOKENDYN = "backbone.embedding."
@@ -111,7 +112,7 @@ def config_kwargs_tokendyn(cfg: dict[str, Any], config_cls, source: str) -> dict
             f"{_where(source)} has format_version {version!r}, newer than this tokendyn reads ({FORMAT_VERSION})."
         )
     known = config_fields(config_cls)
-    kwargs = {k: v for k, v in cfg.items() if k not in ("format", "format_version", "architecture")}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("format", "format_version", "architecture", "kind")}
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise CheckpointError(

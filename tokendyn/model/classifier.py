@@ -60,6 +60,8 @@ class MambaClassifier(BackboneModel):
     (the internals of a reversed layer, or of a reordering one, are in the order its scan saw).
     """
 
+    kind = "classifier"  # with the config, what a checkpoint records to rebuild this model
+
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config

@@ -21,6 +21,9 @@ MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "d
 
 POOLINGS = ("mean", "last")
 
+# Refinement 1 (THEORY.md section 5): the sign of the nonzero eigenvalues of M = S_Cᵀ S_B.
+IO_CONSTRAINTS = ("none", "positive", "negative", "mixed")
+
 
 def _check_mixer_fields(cfg) -> None:
     """Raise :class:`ConfigError` for mixer settings that cannot build a model."""
@@ -41,6 +44,26 @@ def _check_mixer_fields(cfg) -> None:
     backend = getattr(cfg, "scan_backend", "auto")
     if backend not in backend_names():
         raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
+    _check_variant_fields(cfg)
+
+
+def _check_variant_fields(cfg) -> None:
+    """The fields that choose the mixer family and its refinements (docs/models.md, "Variants")."""
+    from .variants import mixer_families  # imported late: the registry imports the mixers, which import this
+
+    layer = getattr(cfg, "layer", "mamba1")
+    if layer not in mixer_families():
+        raise ConfigError(f"unknown layer {layer!r}; choose one of {', '.join(mixer_families())}.")
+    constraint = getattr(cfg, "io_constraint", "none")
+    if constraint not in IO_CONSTRAINTS:
+        raise ConfigError(f"unknown io_constraint {constraint!r}; choose one of {', '.join(IO_CONSTRAINTS)}.")
+    margin = getattr(cfg, "io_margin", 0.7)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
+        raise ConfigError(f"io_margin must be a positive finite number, got {margin!r}.")
+    d_inner = int(cfg.expand * cfg.d_model)
+    if constraint != "none" and cfg.d_state > d_inner:
+        raise ConfigError(f"io_constraint {constraint!r} needs d_state <= d_inner, got d_state {cfg.d_state} "
+                          f"and d_inner {d_inner} (S_Cᵀ S_B has rank at most d_inner).")
     if hasattr(cfg, "reorder"):
         _check_reorder_fields(cfg)
 
@@ -79,6 +102,10 @@ class _MixerSettings:
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     scan_backend: str = "auto"
+    # the mixer family and its refinements, resolved by tokendyn.model.variants
+    layer: str = "mamba1"
+    io_constraint: str = "none"
+    io_margin: float = 0.7
     # token reordering, THEORY.md section 6 (non-causal models only)
     reorder: str = "none"
     reorder_tau: float = 1.0

@@ -28,6 +28,8 @@ class MambaLM(BackboneModel):
     layer's residual stream and mixer internals (docs/models.md).
     """
 
+    kind = "lm"  # with the config, what a checkpoint records to rebuild this model
+
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = config

@@ -23,6 +23,12 @@ from ..ops import resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from .config import _check_mixer_fields
 from .outputs import MixerInternals
+from .variants import register_mixer
+
+# The parameters of a plain Mamba-1 mixer, by state_dict name (mamba_ssm's): what the
+# exporters write for any variant (see MambaMixer.plain_state_dict).
+PLAIN_PARAMETERS = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+                    "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias")
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -64,6 +70,7 @@ class MixerRun:
     ssm_state: torch.Tensor | None = None
 
 
+@register_mixer("mamba1")
 class MambaMixer(nn.Module):
     """Mamba-1 mixer; parameters in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj.
 
@@ -77,6 +84,12 @@ class MambaMixer(nn.Module):
     constant), dt_proj.bias = softplus⁻¹(Δ₀) with Δ₀ log-uniform in [dt_min, dt_max]
     (floored at dt_init_floor), A_log[d, n] = log(n + 1) (S4D-real), D = 1, other
     layers PyTorch's default. The depth rescaling of out_proj happens in the model.
+
+    This is the ``"mamba1"`` family of :mod:`tokendyn.model.variants`; models build
+    their mixers with ``build_mixer(config, layer_idx)``, which mixes in the
+    refinements the config selects. A refinement overrides only the extension points
+    :meth:`effective_x_proj_weight`, :meth:`selective_inputs`, :meth:`arrange_tokens`
+    and :meth:`restore_order` (docs/models.md, "Variants").
     """
 
     def __init__(self, d_model, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -141,15 +154,37 @@ class MambaMixer(nn.Module):
 
     # ---- paper quantities -------------------------------------------------------------
 
+    def effective_x_proj_weight(self) -> torch.Tensor:
+        """The x_proj weight (R + 2N, D) of a plain Mamba-1 mixer computing the same function:
+        rows [dt (R); S_B (N); S_C (N)].
+
+        Here it is ``x_proj.weight`` itself; a variant that reparametrises S_B, S_C or the
+        dt rows returns the matrix its parameters make (in the autograd graph). The scan
+        inputs, :meth:`io_parameters` and the exporters all read it from here.
+        """
+        return self.x_proj.weight
+
+    def plain_state_dict(self) -> dict[str, torch.Tensor]:
+        """This mixer's parameters as a plain Mamba-1 mixer's (names :data:`PLAIN_PARAMETERS`),
+        with x_proj.weight = :meth:`effective_x_proj_weight`; detached. What the exporters write.
+
+        A variant whose function a plain Mamba-1 mixer cannot compute overrides this to
+        raise :class:`~tokendyn.errors.CheckpointError`.
+        """
+        state = {k: v.detach() for k, v in self.state_dict().items() if k in PLAIN_PARAMETERS}
+        state["x_proj.weight"] = self.effective_x_proj_weight().detach()
+        return state
+
     def io_parameters(self, detach: bool = True) -> dict[str, torch.Tensor]:
         """The layer's parameters in THEORY.md's symbols (glossary, section 7).
 
         Returns S_B (N, D), S_C (N, D), S_Delta (D, D) = dt_proj.weight @ x_proj.weight[:R],
-        b_Delta (D,), A (D, N) = −exp(A_log). With ``detach=False`` they stay in the
-        autograd graph (for losses on them). A subclass that overrides
-        :meth:`selective_inputs` overrides this too.
+        b_Delta (D,), A (D, N) = −exp(A_log), all read through
+        :meth:`effective_x_proj_weight` (so a variant that reparametrises x_proj is
+        analysed with no special case). With ``detach=False`` they stay in the autograd
+        graph (for losses on them).
         """
-        W = self.x_proj.weight
+        W = self.effective_x_proj_weight()
         R, N = self.dt_rank, self.d_state
         out = {
             "S_B": W[R:R + N],
@@ -165,13 +200,26 @@ class MambaMixer(nn.Module):
 
         x: (batch, D, L) -> dt (batch, D, L) = S_Δ x before the bias and softplus,
         B = S_B x and C = S_C x, each (batch, N, L). The full forward and :meth:`step`
-        both go through here, so a subclass that reparametrises S_B, S_C or S_Δ
-        overrides this one method.
+        both go through here; the weights come from :meth:`effective_x_proj_weight`.
         """
-        dt, B, C = torch.split(channel_linear(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state],
-                               dim=1)
+        W = self.effective_x_proj_weight()
+        dt, B, C = torch.split(channel_linear(W, x), [self.dt_rank, self.d_state, self.d_state], dim=1)
         # the bias of dt_proj is added inside the scan; B and C are views with unit stride along L
         return channel_linear(self.dt_proj.weight, dt), B, C
+
+    def arrange_tokens(self, x: torch.Tensor, z: torch.Tensor, layer_ctx: dict):
+        """Reorder the tokens before the scan; the identity here.
+
+        x, z: (batch, D, L), after the causal conv (x) and beside it (the gate z);
+        layer_ctx: ``{"hidden_states": (batch, L, d_model) mixer input, "layer_idx": int | None}``.
+        Returns (x, z, ctx): the tokens the scan sees and whatever :meth:`restore_order`
+        needs (None here).
+        """
+        return x, z, None
+
+    def restore_order(self, y: torch.Tensor, ctx) -> torch.Tensor:
+        """Undo :meth:`arrange_tokens` on the scan output y (batch, D, L); the identity here."""
+        return y
 
     # ---- full sequence ----------------------------------------------------------------
 
@@ -196,6 +244,7 @@ class MambaMixer(nn.Module):
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
         fused = x.is_cuda and resolve_backend(self.scan_backend, x.device) == "triton"
         x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
+        x, z, order = self.arrange_tokens(x, z, {"hidden_states": hidden_states, "layer_idx": self.layer_idx})
         dt, B, C = self.selective_inputs(x)
         acc = accumulation_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
@@ -204,6 +253,7 @@ class MambaMixer(nn.Module):
                              delta_softplus=True, return_last_state=return_state,
                              backend=self.scan_backend)
         y, ssm_state = res if return_state else (res, None)
+        y = self.restore_order(y, order)
         # (b, d_model, L) then one transposing copy of the narrower d_model side: y and its
         # gradient (what the scan's backward reads) keep unit stride along L. No cast: y has
         # in_proj's output dtype already (bfloat16 under autocast).

@@ -1,17 +1,17 @@
 """Section "analysis": the checkpoint analysis of ``tokendyn analyze`` on a small model.
 
 A small byte-level MambaLM (random initialisation, mamba_ssm's init) is analysed
-as it is and in two edited copies whose B rows of x_proj are set from the C rows:
-S_B = S_C (M = S_Cᵀ S_C, positive semi-definite: "positive") and S_B = −S_C
-("negative"). The spectrum predicts the regime of each layer (THEORY.md section 4);
+beside two models of the same configuration and seed built with the sign constraint of
+THEORY.md section 5 (``io_constraint="positive"``: M = S_Cᵀ S_B positive on its
+N-dimensional range; ``"negative"``). The spectrum predicts the regime of each layer (THEORY.md section 4);
 one forward pass on held-out Bible verses measures what the tokens do. Training
 is left out: a few CPU training steps cost minutes here, which the quick scale
-cannot spend. The unedited model's report (HTML, PNGs, JSON) goes to ``OUT/analysis/``.
+cannot spend. The unconstrained model's report (HTML, PNGs, JSON) goes to ``OUT/analysis/``.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 
 import torch
@@ -36,15 +36,11 @@ def held_out_bytes(n: int) -> torch.Tensor:
     return byte_tokens("\n".join(verses[int(0.9 * len(verses)):]))[:n]
 
 
-def with_io_sign(model: MambaLM, sign: float) -> MambaLM:
-    """A copy whose every mixer has S_B = sign · S_C (x_proj rows dt_rank.. dt_rank+N ← sign × C rows)."""
-    model = copy.deepcopy(model)
-    r, n = model.config.dt_rank_value, model.config.d_state
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            w = layer.mixer.x_proj.weight
-            w[r:r + n] = sign * w[r + n:r + 2 * n]
-    return model
+def _model(config: MambaConfig, device) -> MambaLM:
+    # the same seed for every setting: the constrained models share the unconstrained one's
+    # other weights and take U's free entries from its C rows (tokendyn.model.io_constraint)
+    torch.manual_seed(0)
+    return MambaLM(config).to(device).eval()
 
 
 def _table(results: dict) -> str:
@@ -70,12 +66,12 @@ def _brief(data: dict) -> dict:
 def run(ctx: Context) -> SectionResult:
     s = SETTINGS["quick" if ctx.quick else "full"]
     out = ctx.out / "analysis"
-    torch.manual_seed(0)
-    base = MambaLM(MambaConfig(d_model=s["d_model"], n_layer=s["n_layer"], vocab_size=256)).to(ctx.device).eval()
+    config = MambaConfig(d_model=s["d_model"], n_layer=s["n_layer"], vocab_size=256)
     inputs = InputTokens(held_out_bytes(s["tokens"]), "builtin-corpus", "bytes", False,
                          f"the first {s['tokens']} bytes of the held-out last 10% of the King James Bible verses "
                          "(byte tokens)")
-    models = {"init": base, "positive": with_io_sign(base, 1.0), "negative": with_io_sign(base, -1.0)}
+    models = {"init": _model(config, ctx.device),
+              **{v: _model(dataclasses.replace(config, io_constraint=v), ctx.device) for v in ("positive", "negative")}}
     results, paths = {}, None
     for name, model in models.items():
         analysis = analyze_model(model, inputs, layout="in memory", checkpoint=f"random initialisation ({name})")
@@ -95,8 +91,9 @@ def run(ctx: Context) -> SectionResult:
     rel = {k: p.relative_to(ctx.out) for k, p in paths.items()}
     total = {v: results[v]["summary"]["total_growth"] for v in VARIANTS}
     md = f"""A byte-level MambaLM (d_model {s['d_model']}, {s['n_layer']} layers, d_state 16, random
-initialisation) and two edited copies: "positive" sets S_B = S_C in every layer (M = S_Cᵀ S_C ⪰ 0),
-"negative" sets S_B = −S_C (M ⪯ 0). Input for the measured dynamics: {inputs.description}.
+initialisation) and the same model built with the sign constraint of THEORY.md section 5
+(S_C = U, S_B = diag(λ) U, so M = Uᵀ diag(λ) U): "positive" (`io_constraint="positive"`, every λ_i > 0:
+M positive on its 16-dimensional range) and "negative" (every λ_i < 0). Input for the measured dynamics: {inputs.description}.
 
 {_table(results)}
 
@@ -113,7 +110,7 @@ prediction; this table shows how far it does.
 ![growth]({rel['growth']})
 ![hidden attention]({rel['hidden_attention']})
 
-Full report of the unedited model: `{rel['html']}`. Analyse your own checkpoint (tokendyn, state-spaces
+Full report of the unconstrained model: `{rel['html']}`. Analyse your own checkpoint (tokendyn, state-spaces
 or HF-transformers layout) with `tokendyn analyze PATH --out DIR`; see docs/analysis.md.
 """
     return SectionResult(markdown=md, summary=summary)

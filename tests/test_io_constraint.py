@@ -1,0 +1,280 @@
+"""Refinement 1: the sign-constrained S_Cᵀ S_B (THEORY.md section 5) as a model option."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tokendyn.analysis.layers import model_spectra
+from tokendyn.cli import app, main
+from tokendyn.errors import ConfigError
+from tokendyn.model import (
+    ClassifierConfig,
+    MambaClassifier,
+    MambaConfig,
+    MambaLM,
+    MambaMixer,
+    load_model,
+)
+from tokendyn.model.checkpoint import export_hf
+from tokendyn.model.io_constraint import IOFactor, io_signs
+
+SETTINGS = ("positive", "negative", "mixed")
+STATES = (1, 3, 5, 16)
+
+
+def expected_signature(setting: str, n: int) -> tuple[int, int]:
+    """(positive, negative) nonzero eigenvalues of S_Cᵀ S_B the setting prescribes."""
+    return {"positive": (n, 0), "negative": (0, n), "mixed": ((n + 1) // 2, n // 2)}[setting]
+
+
+def signatures(model) -> list[tuple[int, int, int]]:
+    return [(s.positive, s.negative, s.zero) for s in model_spectra(model)]
+
+
+def small(setting: str, n: int, **kw) -> MambaConfig:
+    # d_inner = 16, so N = 16 is the edge case N = D
+    return MambaConfig(d_model=8, n_layer=2, vocab_size=256, d_state=n, io_constraint=setting, **kw)
+
+
+@pytest.mark.parametrize("n", STATES)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_signature_at_initialisation(setting, n):
+    torch.manual_seed(n)
+    model = MambaLM(small(setting, n))
+    p, q = expected_signature(setting, n)
+    assert signatures(model) == [(p, q, 16 - n)] * 2
+
+
+def test_signs_of_lambda():
+    assert io_signs("mixed", 5).tolist() == [1, 1, 1, -1, -1]
+    assert io_signs("mixed", 4).tolist() == [1, 1, -1, -1]
+    assert io_signs("negative", 3).tolist() == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("n,d", [(1, 1), (1, 4), (3, 3), (4, 9), (6, 7)])
+def test_factor_is_the_construction(n, d):
+    """S_C = U with U upper-triangular, unit diagonal, the free entries where the parameters
+    say; S_B = diag(λ) S_C with λ_i = s_i (softplus(θ_i) + ε); checked entry by entry in float64."""
+    f = IOFactor(n, d, "mixed", 0.3).double()
+    g = torch.Generator().manual_seed(n * 10 + d)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        S_B, S_C = f()
+    k = 0
+    for i in range(n):
+        for j in range(d):
+            if j < i:
+                want = 0.0
+            elif j == i:
+                want = 1.0
+            elif j < n:
+                want, k = float(f.U_upper.detach()[k]), k + 1
+            else:
+                want = float(f.U_right.detach()[i, j - n])
+            assert float(S_C[i, j]) == want
+    sign = torch.tensor([1.0] * ((n + 1) // 2) + [-1.0] * (n // 2), dtype=torch.float64)
+    lam = sign * (torch.log1p(torch.exp(f.theta)) + 0.3)
+    torch.testing.assert_close(S_B, lam[:, None] * S_C, rtol=1e-12, atol=0)
+
+
+def test_factor_gradients_float64():
+    f = IOFactor(4, 7, "mixed", 0.7).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_()
+    params = tuple(f.parameters())
+
+    def fn(*ps):
+        return torch.func.functional_call(f, dict(zip([n for n, _ in f.named_parameters()], ps)), ())
+
+    assert torch.autograd.gradcheck(fn, params)
+
+
+def _perturbed(model, seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_mixer_equals_plain_mixer_with_effective_weight(setting):
+    """The constrained mixer computes what a plain Mamba-1 mixer with x_proj = the effective
+    weight computes (float64, forward and the input gradient)."""
+    torch.manual_seed(0)
+    cfg = small(setting, 5)
+    model = _perturbed(MambaLM(cfg).double())
+    mixer = model.backbone.layers[0].mixer
+    plain = MambaMixer(dataclasses.replace(cfg, io_constraint="none")).double()
+    plain.load_state_dict(mixer.plain_state_dict())
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+    out = mixer(x)
+    ref = plain(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    (g1,) = torch.autograd.grad(out.square().sum(), x)
+    (g2,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
+def _bible_batches(n_batches: int, batch: int, length: int) -> torch.Tensor:
+    """(n_batches, batch, length + 1) byte tokens: consecutive pieces of the first verses."""
+    from tokendyn.data.text import bible_text, byte_tokens
+
+    need = n_batches * batch * (length + 1)
+    ids = byte_tokens(bible_text(max_chars=need))[:need]
+    return ids.view(n_batches, batch, length + 1)
+
+
+@pytest.mark.parametrize("setting,n", [("positive", 3), ("positive", 16), ("negative", 1), ("negative", 5),
+                                       ("mixed", 5), ("mixed", 16)])
+def test_signature_after_training(setting, n):
+    """50 AdamW steps on Bible text, with a learning rate that moves S_B and S_C by more than
+    half their norm, keep the prescribed signature in every layer; every constrained
+    parameter gets a gradient."""
+    torch.manual_seed(1)
+    model = MambaLM(small(setting, n, scan_backend="chunked"))
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    io_before = [m.io_parameters() for m in mixers]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+    losses = []
+    for step, batch in enumerate(_bible_batches(50, 4, 32)):
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                if "io_factor" in name and p.numel():
+                    assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5])  # it trained
+    for m, before in zip(mixers, io_before):
+        after = m.io_parameters()
+        for key in ("S_B", "S_C"):
+            moved = (after[key] - before[key]).norm() / before[key].norm()
+            assert moved > 0.5, (key, float(moved))
+        assert m.io_factor.theta.detach().abs().mean() > 0.1      # θ starts at 0
+    p, q = expected_signature(setting, n)
+    assert signatures(model) == [(p, q, 16 - n)] * 2
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_step_by_step_equals_full_forward(setting):
+    torch.manual_seed(2)
+    model = _perturbed(MambaLM(small(setting, 3)).double()).eval()
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.allocate_cache(2)
+        steps = torch.stack([model.step(ids[:, t], cache) for t in range(ids.shape[1])], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("setting", ("none",) + SETTINGS)
+def test_save_load_round_trip(setting, tmp_path):
+    torch.manual_seed(3)
+    model = _perturbed(MambaLM(small(setting, 5))).eval()
+    model.save(tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert raw["kind"] == "lm" and raw["io_constraint"] == setting and raw["layer"] == "mamba1"
+    again = load_model(tmp_path / "m")
+    assert type(again.backbone.layers[1].mixer) is type(model.backbone.layers[1].mixer)
+    assert again.config == model.config
+    ids = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+
+
+def test_classifier_with_constraint_round_trips(tmp_path):
+    torch.manual_seed(4)
+    cfg = ClassifierConfig(input_dim=3, n_classes=2, d_model=8, n_layer=2, d_state=3, io_constraint="negative")
+    model = MambaClassifier(cfg).eval()
+    assert signatures(model) == [(0, 3, 13)] * 2
+    model.save(tmp_path / "c")
+    again = load_model(tmp_path / "c")
+    x = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(io_constraint="sideways"), "unknown io_constraint"),
+    (dict(io_constraint="positive", io_margin=0.0), "io_margin"),
+    (dict(io_constraint="positive", io_margin=-1.0), "io_margin"),
+    (dict(io_constraint="positive", io_margin=float("nan")), "io_margin"),
+    (dict(io_constraint="mixed", d_state=17), "d_state <= d_inner"),
+    (dict(layer="mamba7"), "unknown layer"),
+])
+def test_bad_settings_raise_config_error(kw, fragment):
+    base = dict(d_model=8, n_layer=1, vocab_size=10)
+    with pytest.raises(ConfigError, match=fragment) as exc:
+        MambaConfig(**{**base, **kw})
+    assert str(exc.value).count(". ") == 0 and str(exc.value).endswith(".")
+    with pytest.raises(ConfigError, match=fragment):
+        ClassifierConfig(input_dim=2, n_classes=2, d_model=8, n_layer=1, **kw)
+
+
+def test_d_state_above_d_inner_is_fine_without_constraint():
+    MambaConfig(d_model=8, n_layer=1, vocab_size=10, d_state=17)
+
+
+@pytest.mark.parametrize("command", ["info", "analyze"])
+def test_cli_refuses_a_checkpoint_with_a_bad_setting(tmp_path, command, capsys):
+    torch.manual_seed(5)
+    MambaLM(small("positive", 3)).save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["io_constraint"] = "sideways"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(tmp_path / "m"), *(["--out", str(tmp_path / "a")] if command == "analyze" else [])])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokendyn: error:") and "io_constraint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_info_and_analyze_on_a_constrained_checkpoint(tmp_path):
+    torch.manual_seed(6)
+    model = MambaLM(small("mixed", 5))
+    model.save(tmp_path / "m")
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", str(tmp_path / "m"), "--json", str(tmp_path / "info.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "info.json").read_text())
+    assert data["kind"] == "lm" and data["config"]["io_constraint"] == "mixed"
+    assert data["n_params"] == model.num_parameters()
+    res = runner.invoke(app, ["analyze", str(tmp_path / "m"), "--out", str(tmp_path / "a"), "--max-tokens", "64"])
+    assert res.exit_code == 0, res.output
+    layers = json.loads((tmp_path / "a" / "analysis.json").read_text())["layers"]
+    assert [(r["io_eigs_positive"], r["io_eigs_negative"]) for r in layers] == [(3, 2)] * 2
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_hf_export_gives_transformers_the_same_logits(setting, tmp_path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(7)
+    cfg = MambaConfig(d_model=16, n_layer=2, vocab_size=40, d_state=5, io_constraint=setting)
+    model = _perturbed(MambaLM(cfg)).eval()
+    export_hf(model, tmp_path / "hf")
+    hf = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf", use_mambapy=False).eval()
+    x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ours, theirs = model(x), hf(x).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    back = load_model(tmp_path / "hf")     # an unconstrained model computing the same function
+    assert back.config.io_constraint == "none"
+    with torch.no_grad():
+        assert (back(x) - ours).abs().max().item() <= 1e-5
+    p, q = expected_signature(setting, 5)
+    assert [(s.positive, s.negative) for s in model_spectra(back)] == [(p, q)] * 2

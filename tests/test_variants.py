@@ -1,0 +1,141 @@
+"""The mixer registry (tokendyn.model.variants): families, variants, hooks, and checkpoints that
+identify a model by kind + config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokendyn.errors import ConfigError
+from tokendyn.model import (
+    ClassifierConfig,
+    MambaClassifier,
+    MambaConfig,
+    MambaLM,
+    MambaMixer,
+    load_model,
+    variants,
+)
+from tokendyn.model.checkpoint import _expected, inspect_checkpoint, save_model
+from tokendyn.model.io_constraint import IOConstrained
+from tokendyn.model.variants import (
+    build_mixer,
+    mixer_class,
+    mixer_families,
+    register_variant,
+    variant_names,
+)
+
+CFG = dict(d_model=8, n_layer=2, vocab_size=30, d_state=3)
+
+
+def test_builtin_family_and_variant():
+    assert "mamba1" in mixer_families()
+    assert "io_constraint" in variant_names()
+    cfg = MambaConfig(**CFG)
+    assert mixer_class(cfg) is MambaMixer and type(build_mixer(cfg, 0)) is MambaMixer
+    constrained = MambaConfig(**CFG, io_constraint="positive")
+    cls = mixer_class(constrained, 1)
+    assert issubclass(cls, IOConstrained) and issubclass(cls, MambaMixer)
+    assert mixer_class(constrained, 0) is cls          # one class per combination
+    assert build_mixer(constrained, 1).layer_idx == 1
+
+
+def test_unknown_layer_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown layer 'mamba9'"):
+        MambaConfig(**CFG, layer="mamba9")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Register test variants without leaving them behind."""
+    monkeypatch.setattr(variants, "_VARIANTS", list(variants._VARIANTS))
+    monkeypatch.setattr(variants, "_COMPOSED", {})
+    return variants
+
+
+class _Reversed:
+    """A test variant: the scan sees the tokens in reverse order (both branches), and the
+    output goes back to the original order. layer_ctx must carry the mixer's input."""
+
+    seen_ctx = []
+
+    def arrange_tokens(self, x, z, layer_ctx):
+        type(self).seen_ctx.append(layer_ctx)
+        return x.flip(-1), z.flip(-1), "flipped"
+
+    def restore_order(self, y, ctx):
+        assert ctx == "flipped"
+        return y.flip(-1)
+
+
+def test_token_hooks_are_called_around_the_scan(scratch_registry):
+    register_variant("reverse_test", applies=lambda cfg, i: i == 1)(_Reversed)
+    torch.manual_seed(0)
+    cfg = MambaConfig(**CFG, io_constraint="mixed")
+    model = MambaLM(cfg).double()
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    assert not isinstance(mixers[0], _Reversed) and isinstance(mixers[1], _Reversed)
+    assert isinstance(mixers[1], IOConstrained)         # the two refinements compose
+    m = mixers[1]
+    h = torch.randn(2, 7, 8, dtype=torch.float64)
+    _Reversed.seen_ctx.clear()
+    out = m(h)
+    assert torch.equal(_Reversed.seen_ctx[0]["hidden_states"], h) and _Reversed.seen_ctx[0]["layer_idx"] == 1
+    # oracle: the same scan run by hand on the reversed tokens (conv first, in the original order)
+    xz = torch.nn.functional.linear(h, m.in_proj.weight).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)
+    x = torch.nn.functional.silu(torch.nn.functional.conv1d(x, m.conv1d.weight, m.conv1d.bias,
+                                                            padding=m.d_conv - 1, groups=m.d_inner)[..., :7])
+    x, z = x.flip(-1), z.flip(-1)
+    dt, B, C = m.selective_inputs(x)
+    from tokendyn.ops import selective_scan
+
+    y = selective_scan(x, dt, -torch.exp(m.A_log), B, C, m.D, z=z, delta_bias=m.dt_proj.bias,
+                       delta_softplus=True, backend="reference").flip(-1)
+    torch.testing.assert_close(out, torch.nn.functional.linear(y.transpose(1, 2), m.out_proj.weight),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_expected_tensors_come_from_the_model_for_every_variant():
+    for kw in ({}, {"io_constraint": "positive"}, {"io_constraint": "mixed", "d_state": 16}):
+        cfg = MambaConfig(**{**CFG, **kw})
+        state = {k: tuple(v.shape) for k, v in MambaLM(cfg).state_dict().items() if k != "lm_head.weight"}
+        assert _expected("lm", cfg) == state
+        ccfg = ClassifierConfig(input_dim=2, n_classes=3, **{k: v for k, v in {**CFG, **kw}.items() if k != "vocab_size"})
+        assert _expected("classifier", ccfg) == {k: tuple(v.shape) for k, v in MambaClassifier(ccfg).state_dict().items()}
+
+
+@pytest.mark.parametrize("legacy,kind", [("MambaLM", "lm"), ("MambaClassifier", "classifier")])
+def test_checkpoints_of_the_first_writer_still_load(tmp_path, legacy, kind):
+    """format_version 1 named the Python class ("architecture") and had no variant fields."""
+    torch.manual_seed(1)
+    if kind == "lm":
+        model = MambaLM(MambaConfig(**CFG)).eval()
+        x = torch.randint(0, 30, (2, 5))
+    else:
+        model = MambaClassifier(ClassifierConfig(input_dim=2, n_classes=3, d_model=8, n_layer=2, d_state=3)).eval()
+        x = torch.randn(2, 5, 2)
+    save_model(model, tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("kind", "layer", "io_constraint", "io_margin"):
+        raw.pop(key)
+    raw.update(format_version=1, architecture=legacy)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    again = load_model(tmp_path / "m")
+    assert inspect_checkpoint(tmp_path / "m").kind == kind and again.config == model.config
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    from tokendyn.errors import CheckpointError
+
+    MambaLM(MambaConfig(**CFG)).save(tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    raw["kind"] = "vision"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="kind 'vision'"):
+        load_model(tmp_path / "m")

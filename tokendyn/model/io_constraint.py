@@ -1,0 +1,118 @@
+"""Refinement 1: a prescribed sign for the input-output matrix M = S_Cᵀ S_B (THEORY.md section 5).
+
+Per layer (N = d_state, D = d_inner, N ≤ D):
+
+    U ∈ R^{N×D}, row i: zeros before column i, 1 at column i, free entries after it
+    λ_i = s_i · (softplus(θ_i) + ε),   s_i = +1 (positive), −1 (negative),
+                                       mixed: +1 for the first ⌈N/2⌉ rows, −1 for the rest
+    S_C = U,  S_B = diag(λ) U,  so  M = Uᵀ diag(λ) U.
+
+U has rank N (its first N columns form a unit upper-triangular matrix), so by Sylvester's
+law of inertia M is symmetric with exactly as many positive (negative) eigenvalues as λ
+has positive (negative) entries, and D − N zero ones: "positive definite" holds on the
+N-dimensional range of M only (docs/models.md).
+
+Stored parameters of the ``io_factor`` submodule (the checkpoint names say what they are):
+    io_factor.U_upper  (N(N−1)/2,)  the strictly-upper entries of U[:, :N], row by row
+    io_factor.U_right  (N, D − N)   U[:, N:]
+    io_factor.theta    (N,)         θ
+and the mixer's ``x_proj`` keeps only the R dt rows, an ordinary (R, D) weight. The signs
+and ε come from the config (``io_constraint``, ``io_margin``), not from the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .variants import register_variant
+
+
+def io_signs(constraint: str, n: int) -> torch.Tensor:
+    """The signs s (n,) of λ for ``constraint`` (positive | negative | mixed), float32."""
+    if constraint == "positive":
+        return torch.ones(n)
+    if constraint == "negative":
+        return -torch.ones(n)
+    if constraint == "mixed":
+        pos = (n + 1) // 2          # ⌈N/2⌉ positive first, then ⌊N/2⌋ negative
+        return torch.cat([torch.ones(pos), -torch.ones(n - pos)])
+    raise ValueError(f"no signs for io_constraint {constraint!r}")
+
+
+class IOFactor(nn.Module):
+    """The factorisation S_C = U, S_B = diag(λ) U of THEORY.md section 5 for one layer.
+
+    ``IOFactor(n, d, constraint, margin)``; ``forward()`` -> (S_B (N, D), S_C (N, D)).
+    The signs (a non-persistent buffer) follow from ``constraint``; ``margin`` is ε > 0.
+    """
+
+    def __init__(self, n: int, d: int, constraint: str, margin: float):
+        super().__init__()
+        if not 1 <= n <= d:
+            raise ValueError(f"the io constraint needs 1 <= d_state <= d_inner, got {n} and {d}")
+        self.n, self.d, self.constraint, self.margin = n, d, constraint, float(margin)
+        self.U_upper = nn.Parameter(torch.zeros(n * (n - 1) // 2))
+        self.U_right = nn.Parameter(torch.zeros(n, d - n))
+        self.theta = nn.Parameter(torch.zeros(n))
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        # derived from n and the config, so not stored in checkpoints
+        self.register_buffer("upper_rows", rows, persistent=False)
+        self.register_buffer("upper_cols", cols, persistent=False)
+        self.register_buffer("signs", io_signs(constraint, n), persistent=False)
+
+    def U(self) -> torch.Tensor:
+        """U (N, D): unit diagonal, zeros below it, the free entries above it."""
+        n = self.n
+        eye = torch.eye(n, dtype=self.U_upper.dtype, device=self.U_upper.device)
+        square = eye.index_put((self.upper_rows, self.upper_cols), self.U_upper)
+        return torch.cat([square, self.U_right], dim=1)
+
+    def lam(self) -> torch.Tensor:
+        """λ (N,) = signs · (softplus(θ) + ε)."""
+        return self.signs.to(self.theta.dtype) * (F.softplus(self.theta) + self.margin)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        U = self.U()
+        return self.lam()[:, None] * U, U
+
+    @torch.no_grad()
+    def init_from(self, S_C: torch.Tensor) -> None:
+        """Initialise U's free entries from an unconstrained S_C (N, D) (its entries above
+        the diagonal), and θ = 0, so |λ_i| = ln 2 + ε."""
+        self.U_upper.copy_(S_C[:, :self.n][self.upper_rows, self.upper_cols])
+        self.U_right.copy_(S_C[:, self.n:])
+        self.theta.zero_()
+
+    def extra_repr(self) -> str:
+        return f"N={self.n}, D={self.d}, constraint={self.constraint}, margin={self.margin}"
+
+
+@register_variant("io_constraint", applies=lambda cfg, layer_idx: getattr(cfg, "io_constraint", "none") != "none")
+class IOConstrained:
+    """Mixin for a mixer family with ``x_proj`` rows [dt; S_B; S_C]: S_B and S_C come from an
+    :class:`IOFactor` (``io_factor``), and ``x_proj`` keeps the R dt rows only.
+
+    Overrides :meth:`effective_x_proj_weight` (rows [dt; S_B; S_C], in the autograd graph),
+    which is what the family's ``selective_inputs`` (full forward and recurrent step),
+    ``io_parameters`` (analysis) and ``plain_state_dict`` (export) read.
+    """
+
+    def __init__(self, config, layer_idx: int | None = None):
+        super().__init__(config, layer_idx=layer_idx)
+        R, N, D = self.dt_rank, self.d_state, self.d_inner
+        full = self.x_proj.weight
+        # The unconstrained init drew x_proj already: keep its dt rows and take U's free
+        # entries from its C rows (same distribution and random stream as an
+        # unconstrained model of the same seed).
+        self.x_proj = nn.Linear(D, R, bias=False, device=full.device, dtype=full.dtype)
+        self.io_factor = IOFactor(N, D, config.io_constraint, config.io_margin).to(device=full.device,
+                                                                                   dtype=full.dtype)
+        with torch.no_grad():
+            self.x_proj.weight.copy_(full[:R])
+            self.io_factor.init_from(full[R + N:])
+
+    def effective_x_proj_weight(self) -> torch.Tensor:
+        S_B, S_C = self.io_factor()
+        return torch.cat([self.x_proj.weight, S_B, S_C], dim=0)
