@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError, ConfigError
 from .reorder import (
     DEFAULT_WINDOW,
     check_reorder_settings,
@@ -35,8 +36,15 @@ from .reorder import (
     soft_restore,
     softsort_matrix,
 )
+from .variants import register_variant
 
 
+def reorders(config, layer_idx: int | None) -> bool:
+    """Whether layer ``layer_idx`` of a model with ``config`` reorders its tokens."""
+    return getattr(config, "reorder", "none") != "none" and layer_idx in getattr(config, "reorder_layers", ())
+
+
+@register_variant("reorder", applies=reorders)
 class ReorderingMixin:
     """Reorders the tokens of a Mamba mixer by a learned importance score (module docstring).
 
@@ -45,8 +53,13 @@ class ReorderingMixin:
     equal scores would make SoftSort's rows uniform and the sort an identity with no gradient).
     """
 
+    def __init__(self, config, layer_idx: int | None = None):
+        super().__init__(config, layer_idx=layer_idx)
+        self.setup_reordering(config.reorder, config.reorder_tau, config.reorder_power, config.reorder_branches)
+
     def setup_reordering(self, mode: str, tau: float = 1.0, power: float = 1.0, branches: str = "xz",
                          window: int = DEFAULT_WINDOW) -> None:
+        """Set the mode and add ``importance_weight`` (what ``__init__`` does from the config)."""
         check_reorder_settings(mode, tau, power, branches)
         self.reorder_mode = mode
         self.reorder_tau = float(tau)
@@ -74,6 +87,13 @@ class ReorderingMixin:
                                       power=self.reorder_power, window=self.reorder_window)
             return outs[0], (outs[1] if both else z), ("hard", perm)
         return x, z, None
+
+    def step(self, *args, **kwargs):
+        raise ConfigError("a reordering layer sorts the whole sequence, so it has no one-token step.")
+
+    def plain_state_dict(self):
+        raise CheckpointError("a model with token reordering cannot be written as a plain Mamba-1 model: "
+                              "no Mamba-1 mixer computes the sort.")
 
     def restore_order(self, y: torch.Tensor, ctx):
         """y: (batch, D, L) in the scan's order -> the original token order."""

@@ -51,7 +51,7 @@ SCALES = {
     "quick": {"train_images": 12000, "test_images": 2000, "model": {"d_model": 48, "n_layer": 2, "d_state": 8},
               "batch_size": 128, "epochs": 3, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.8},
     "full": {"train_images": 0, "test_images": 0, "model": {"d_model": 128, "n_layer": 4, "d_state": 16},
-             "batch_size": 512, "epochs": 12, "lr": 3e-3, "crop_padding": 2, "target_acc": 0.88},
+             "batch_size": 512, "epochs": 12, "lr": 3e-3, "crop_padding": 2, "target_acc": 0.85},
 }
 RESULT_FILES = ("reorder.json", "reorder.md", "reorder.png")
 
