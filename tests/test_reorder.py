@@ -239,3 +239,17 @@ def test_band_dots_in_chunks_match_a_loop(monkeypatch, w):
     torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(R, "_DOTS_BUDGET", 2 * 3 * (2 * w + 1) * 4)   # chunks of 4 positions
     torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L", [33, 1024])
+def test_cuda_matches_the_cpu_float64_oracle(L):
+    s, x = _scores(2, L, 7), _tokens(2, 16, L, 7)
+    gx = _tokens(2, 16, L, 8)
+    ref = _hard_grads(s, [x], [gx], 0.5, 1.0, 4)
+    got = _hard_grads(s.float().cuda(), [x.float().cuda()], [gx.float().cuda()], 0.5, 1.0, 4)
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o.double().cpu(), r, rtol=1e-4, atol=1e-5)
+    P = softsort_matrix(s.float().cuda(), 0.5)
+    torch.testing.assert_close(soft_permute(P, x.float().cuda()).double().cpu(),
+                               soft_permute(softsort_matrix(s, 0.5), x), rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@ from THEORY.md section 6, layer selection, save / load / info / analyze, and ref
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -163,3 +164,22 @@ def test_no_step_and_no_plain_export():
 def test_bad_reorder_config(bad, match):
     with pytest.raises(ConfigError, match=match):
         clf_config(**bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_reordering_classifier_on_cuda_under_autocast(mode):
+    torch.manual_seed(0)
+    model = MambaClassifier(clf_config(input_dim=16, patch_size=4, n_positions=49, bidirectional=True,
+                                       reorder=mode, scan_backend="auto")).cuda()
+    x = torch.randn(4, 1, 28, 28, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(x)
+    logits.float().sum().backward()
+    k = model.backbone.layers[0].mixer.importance_weight.grad
+    assert torch.isfinite(logits).all() and torch.isfinite(k).all() and k.abs().sum() > 0
+    ref = MambaClassifier(dataclasses.replace(model.config)).double()
+    ref.load_state_dict(model.state_dict())
+    ref.set_scan_backend("chunked")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).double().cpu(), ref(x.double().cpu()), rtol=2e-3, atol=2e-3)
