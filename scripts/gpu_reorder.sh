@@ -4,23 +4,35 @@
 #
 #   bash scripts/gpu_reorder.sh OUT [FASHION_MNIST_DIR]
 #
-# OUT/reorder/{reorder.json,reorder.md,reorder.png}  the experiment (runs in OUT/reorder/runs)
-# OUT/reorder_bench.json                              results/reorder_bench.json with its "cuda" entry added
-# OUT/log.txt                                         everything printed
+# OUT/reorder.json, reorder.md, reorder.png  the experiment's summary (its 12 run directories
+#                                            stay in $REORDER_WORK, default /tmp/tokendyn-reorder)
+# OUT/reorder_bench.json                     results/reorder_bench.json with its "cuda" entry added
+# OUT/log.txt                                everything printed
 # FASHION_MNIST_DIR: the four IDX files (default: $TOKENDYN_FASHION_MNIST, else the Debian package's
-# /usr/share/datasets/fashion-mnist). Run again with the same OUT to finish an interrupted run.
+# /usr/share/datasets/fashion-mnist, else .gpudata/fashion-mnist in the checkout: on a machine
+# without the package, copy the files there first, e.g.
+#   mkdir -p .gpudata/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpudata/fashion-mnist/
+# ). Run again with the same REORDER_WORK to finish an interrupted run: complete runs are skipped.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_reorder.sh OUT [FASHION_MNIST_DIR]}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
+WORK=${REORDER_WORK:-/tmp/tokendyn-reorder}
 mkdir -p "$OUT"
-if [ -n "${2:-}" ]; then export TOKENDYN_FASHION_MNIST=$2; fi
+if [ -n "${2:-}" ]; then
+  export TOKENDYN_FASHION_MNIST=$2
+elif [ -z "${TOKENDYN_FASHION_MNIST:-}" ] && [ ! -d /usr/share/datasets/fashion-mnist ] \
+     && [ -d "$ROOT/.gpudata/fashion-mnist" ]; then
+  export TOKENDYN_FASHION_MNIST="$ROOT/.gpudata/fashion-mnist"
+fi
+export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 {
   echo "== $(date -u +%FT%TZ) reorder experiment, full scale"
   t0=$SECONDS
-  $PY -m tokendyn train reorder --scale full --out "$OUT/reorder" --device cuda --no-progress
+  $PY -m tokendyn train reorder --scale full --out "$WORK" --device cuda --no-progress
+  cp "$WORK"/reorder.json "$WORK"/reorder.md "$WORK"/reorder.png "$OUT"/
   echo "experiment: $((SECONDS - t0)) s"
   echo "== $(date -u +%FT%TZ) reorder benchmark"
   t0=$SECONDS
