@@ -126,6 +126,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     rows, skipped = [], []
     for length in args.lengths:
         for mode in MODES:
@@ -160,7 +161,9 @@ def run(args) -> dict:
     return {"settings": {"batch": args.batch, "dim": args.dim, "dtype": "float32", "lengths": list(args.lengths),
                          "window": 4, "tau": 1.0, "power": 1.0},
             "rows": rows, "ratios": ratios, "skipped": skipped, **provenance(" ".join(["python", *sys.argv])),
-            "device": name}
+            "device": name,
+            # the 1-minute load average before and after: other processes on a shared machine move CPU times
+            "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
 
 
 def markdown_table(data: dict) -> str:

@@ -18,6 +18,11 @@ OUT=${1:?usage: bash scripts/gpu_reorder.sh OUT [FASHION_MNIST_DIR]}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 WORK=${REORDER_WORK:-/tmp/tokendyn-reorder}
+# for a dry run elsewhere: REORDER_DEVICE=cpu REORDER_SCALE=smoke REORDER_SEEDS=0 REORDER_LENGTHS="256 1024"
+DEVICE=${REORDER_DEVICE:-cuda}
+SCALE=${REORDER_SCALE:-full}
+SEEDS=${REORDER_SEEDS:-0,1,2}
+LENGTHS=${REORDER_LENGTHS:-256 1024 4096 16384}
 mkdir -p "$OUT"
 if [ -n "${2:-}" ]; then
   export TOKENDYN_FASHION_MNIST=$2
@@ -29,9 +34,9 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 {
-  echo "== $(date -u +%FT%TZ) reorder experiment, full scale"
+  echo "== $(date -u +%FT%TZ) reorder experiment, $SCALE scale, $DEVICE"
   t0=$SECONDS
-  $PY -m tokendyn train reorder --scale full --out "$WORK" --device cuda --no-progress
+  $PY -m tokendyn train reorder --scale "$SCALE" --seeds "$SEEDS" --out "$WORK" --device "$DEVICE" --no-progress
   cp "$WORK"/reorder.json "$WORK"/reorder.md "$WORK"/reorder.png "$OUT"/
   echo "experiment: $((SECONDS - t0)) s"
   echo "== $(date -u +%FT%TZ) reorder benchmark"
@@ -39,6 +44,7 @@ cd "$ROOT"
   if [ -f results/reorder_bench.json ] && [ ! -f "$OUT/reorder_bench.json" ]; then
     cp results/reorder_bench.json "$OUT/reorder_bench.json"     # keep the committed CPU entry
   fi
-  $PY benchmarks/reorder.py --device cuda --repeats 10 --out "$OUT/reorder_bench.json"
+  # shellcheck disable=SC2086
+  $PY benchmarks/reorder.py --device "$DEVICE" --repeats 10 --lengths $LENGTHS --out "$OUT/reorder_bench.json"
   echo "benchmark: $((SECONDS - t0)) s"
 } 2>&1 | tee -a "$OUT/log.txt"
