@@ -60,15 +60,16 @@ def _read(out):
     return json.loads((out / "result.json").read_text())
 
 
-def test_resume_continues_exactly(tmp_path, capsys, cache):  # noqa: F811
+@pytest.mark.parametrize("setting", ["none", "positive"])
+def test_resume_continues_exactly(tmp_path, capsys, cache, setting):  # noqa: F811
     text = write_text(tmp_path / "t.txt")
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli(tiny_args(text, a), capsys)[0] == 0
-    code, err = run_cli(tiny_args(text, b, "--stop-after-steps", "6"), capsys)
+    assert run_cli(tiny_args(text, a, "--io-constraint", setting), capsys)[0] == 0
+    code, err = run_cli(tiny_args(text, b, "--stop-after-steps", "6", "--io-constraint", setting), capsys)
     assert code == 0 and "stopped after step 6" in err
     assert not (b / "result.json").exists()
     assert json.loads((b / "checkpoint" / "trainer.json").read_text())["step"] == 6
-    args = tiny_args(text, b, "--resume", str(b))
+    args = tiny_args(text, b, "--resume", str(b), "--io-constraint", setting)
     args.remove("--out"), args.remove(str(b))
     code, err = run_cli(args, capsys)
     assert code == 0, err
@@ -166,10 +167,6 @@ def test_unknown_setting(tmp_path, capsys, cache):  # noqa: F811
 
 
 def test_constraint_needs_d_state_at_most_d_inner(tmp_path, capsys, cache):  # noqa: F811
-    import dataclasses
-
-    if "io_constraint" not in {f.name for f in dataclasses.fields(MambaConfig)}:
-        pytest.skip("this tokendyn has no io_constraint option")
     text = write_text(tmp_path / "t.txt")
     code, err = run_cli(tiny_args(text, tmp_path / "o", "--io-constraint", "positive", "--d-state", "40"), capsys)
     assert code == 2 and "d_state" in err and err.count("\n") == 1
@@ -203,6 +200,49 @@ def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, cap
     (run / "checkpoint" / "optimizer.safetensors").write_bytes(b"garbage")
     code, err = run_cli(tiny_args(text, run, "--resume", str(run)), capsys)
     assert code == 2 and err.count("\n") == 1
+    # a file where the run directory should be
+    (tmp_path / "file").write_text("keep")
+    code, err = run_cli(tiny_args(text, tmp_path / "file"), capsys)
+    assert code == 2 and "is a file" in err and (tmp_path / "file").read_text() == "keep"
     # nothing to resume
     code, err = run_cli(tiny_args(text, tmp_path / "none", "--resume", str(tmp_path / "none")), capsys)
     assert code == 2 and "no training run" in err
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path, capsys, cache):  # noqa: F811
+    """A run killed (SIGKILL) at an arbitrary moment after its first checkpoint resumes and ends
+    with the uninterrupted run's loss and weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    text = write_text(tmp_path / "t.txt")
+    steps = ["--steps", "100", "--checkpoint-every", "3", "--eval-every", "50", "--monitor-every", "50"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(tiny_args(text, a, *steps), capsys)[0] == 0      # also fills the tokenizer cache
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tokendyn", *tiny_args(text, b, *steps)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        try:      # the checkpoint directory may be mid-rename
+            if json.loads((b / "checkpoint" / "trainer.json").read_text())["step"] >= 6:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (b / "result.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    code, err = run_cli(tiny_args(text, b, *steps, "--resume", str(b)), capsys)
+    assert code == 0, err
+    assert _read(a)["final_loss"] == _read(b)["final_loss"] and _read(a)["test"] == _read(b)["test"]
+    weights = "checkpoint/model.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()

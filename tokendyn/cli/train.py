@@ -70,7 +70,7 @@ def lm(
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
     from ..data.corpus import default_cache_dir
-    from ..train.lm import LMModelSpec, prepare_data, train_lm
+    from ..train.lm import LMModelSpec, is_main_process, prepare_data, train_lm
     from ..train.loop import TrainConfig
 
     if resume is not None and out is not None and Path(out) != Path(resume):
@@ -90,6 +90,8 @@ def lm(
                          resume=resume is not None, device=device, eval_tokens=eval_tokens,
                          monitor_every=monitor_every, stop_after_steps=stop_after_steps, progress=progress,
                          scan_backend=backend, log=_echo)
+    if not is_main_process():
+        return
     if result.stopped_early:
         _echo(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoint); continue with "
               f"--resume {run_dir}")

@@ -42,14 +42,9 @@ class LMModelSpec:
         if self.io_constraint not in IO_SETTINGS:
             raise ConfigError(f"unknown io_constraint setting {self.io_constraint!r}; choose one of "
                               f"{', '.join(IO_SETTINGS)}.")
-        kwargs = dict(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
-                      expand=self.expand, scan_backend=scan_backend)
-        fields = {f.name for f in dataclasses.fields(MambaConfig)}
-        if "io_constraint" in fields:
-            kwargs.update(io_constraint=self.io_constraint, io_margin=self.io_margin)
-        elif self.io_constraint != "none":
-            raise ConfigError("this tokendyn has no io_constraint model option.")
-        return MambaConfig(**kwargs)
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
+                           expand=self.expand, scan_backend=scan_backend, io_constraint=self.io_constraint,
+                           io_margin=self.io_margin)
 
 
 def model_identity(config: MambaConfig) -> dict:
@@ -89,7 +84,7 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=device, callbacks=callbacks,
                    stop_after_steps=stop_after_steps, progress=progress, tokenizer_json=data.tokenizer_json,
                    log=log)
-    if out is not None and _is_main():
+    if out is not None and is_main_process():
         data.save_tokenizer(Path(out))
         if monitor is not None and not result.stopped_early:
             import matplotlib.pyplot as plt
@@ -103,7 +98,8 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     return result, model
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it."""
     import torch.distributed as dist
 
     return not dist.is_initialized() or dist.get_rank() == 0

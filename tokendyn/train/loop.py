@@ -240,7 +240,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
     callbacks = list(callbacks)
     t_start = time.perf_counter()
     train_s, cb_s = prior_train, prior_cb
-    end = cfg.steps if stop_after_steps is None else min(cfg.steps, stop_after_steps)
+    end = cfg.steps if stop_after_steps is None else max(start, min(cfg.steps, stop_after_steps))
     bar = _progress(cfg.steps, start, progress and ddp.main)
 
     def run_callbacks(step: int, final: bool) -> float:

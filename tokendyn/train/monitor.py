@@ -21,9 +21,10 @@ from ..analysis.trajectories import dynamics_from_outputs
 from ..dynamics.regimes import regime_from_signature
 from ..dynamics.spectrum import eigen_signature
 
-# At the GPU benchmark configuration (24 layers, batch 8 × 1024) one monitor call costs
-# about as much as a fraction of one training step; every 100 steps keeps it near 1 % of
-# the training time (measured: docs/training.md).
+# One call is one forward pass of a single probe sequence plus n_layer 2N×2N eigenproblems on
+# the CPU, less than one training step of a batch of sequences; every 100 steps it stays under
+# 2 % of the training time as long as a call costs less than two training steps.
+# benchmarks/train_gpu.py measures the share at the GPU benchmark configuration.
 DEFAULT_EVERY = 100
 
 
@@ -37,7 +38,8 @@ class RegimeMonitor:
     Arguments:
         probe: the fixed input, batch of 1 ((1, L) token ids for a language model).
         every: interval in optimiser steps.
-        log: where warning lines go (besides ``warnings.warn``).
+        log: where the warning goes as a line (a print function); without one it is a
+            :class:`ConvergentRegimeWarning` through ``warnings.warn``.
 
     Each call appends one record ``{"kind": "monitor", "step", "layers": [{"layer",
     "positive", "negative", "zero", "regime", "growth"}, ...]}`` and keeps it in
@@ -47,7 +49,7 @@ class RegimeMonitor:
     def __init__(self, probe: torch.Tensor, every: int = DEFAULT_EVERY, log=None):
         self.probe = probe
         self.every = every
-        self.log = log or (lambda *_: None)
+        self.log = log
         self.warned: set[int] = set()
         self.history: list[dict] = []
 
@@ -62,7 +64,8 @@ class RegimeMonitor:
         growth = dynamics_from_outputs(out.hidden_states, out.internals).layer_growth()
         rows = []
         for i, params in enumerate(model_io_parameters(model)):
-            sig = eigen_signature(params["S_B"], params["S_C"])
+            # the 2N×2N problem is tiny: solved on the CPU, not as many small GPU launches
+            sig = eigen_signature(params["S_B"].cpu(), params["S_C"].cpu())
             rows.append({"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
                          "regime": regime_from_signature(sig.positive, sig.negative),
                          "growth": float(growth[i])})
@@ -79,8 +82,10 @@ class RegimeMonitor:
                 msg = (f"step {step}: layer {row['layer']} is in the convergent regime (S_Cᵀ S_B has "
                        f"{row['negative']} negative and no positive eigenvalues; token-norm growth "
                        f"{row['growth']:.3g}).")
-                warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
-                self.log(f"warning: {msg}")
+                if self.log is None:
+                    warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
+                else:
+                    self.log(f"warning: {msg}")
                 record({"kind": "warning", "step": step, "layer": row["layer"], "message": msg})
 
 
@@ -101,12 +106,16 @@ def plot_monitor(records: list[dict], title: str = ""):
     entries = monitor_records(records)
     steps = [e["step"] for e in entries]
     n_layer = max((len(e["layers"]) for e in entries), default=0)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    mats = {key: (np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T
+                  if entries else np.zeros((1, 1))) for key in ("positive", "negative")}
+    top = max(1.0, max(float(m.max()) for m in mats.values()))     # one colour scale for both counts
     for ax, key, cmap in ((axes[0], "positive", "Reds"), (axes[1], "negative", "Blues")):
-        mat = np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T \
-            if entries else np.zeros((1, 1))
-        im = ax.imshow(mat, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest",
-                       extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+        im = ax.imshow(mats[key], aspect="auto", origin="lower", cmap=cmap, interpolation="nearest", vmin=0,
+                       vmax=top, extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xticks(range(len(steps)))
         ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
         ax.set_xlabel("step")

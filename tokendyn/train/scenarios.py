@@ -28,11 +28,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
 from . import state as runstate
-from .lm import IO_SETTINGS, LMModelSpec, model_identity, prepare_data, train_lm
+from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
 
 # Model, data and budget of each scale. full: one H200 for the whole 12-run grid in about
@@ -44,8 +42,8 @@ SCALES = {
     "quick": {"model": {"d_model": 64, "n_layer": 2, "d_state": 8}, "vocab_size": 1024, "context": 128,
               "batch_size": 16, "steps": 150, "lr": 3e-3, "eval_every": 25, "eval_tokens": 16384,
               "monitor_every": 25},
-    "full": {"model": {"d_model": 256, "n_layer": 6, "d_state": 16}, "vocab_size": 4096, "context": 512,
-             "batch_size": 64, "steps": 300, "lr": 2e-3, "eval_every": 50, "eval_tokens": 49152,
+    "full": {"model": {"d_model": 384, "n_layer": 8, "d_state": 16}, "vocab_size": 4096, "context": 512,
+             "batch_size": 32, "steps": 200, "lr": 2e-3, "warmup": 0.05, "eval_every": 25, "eval_tokens": 0,
              "monitor_every": 50},
 }
 DEFAULT_SEEDS = (0, 1, 2)
@@ -96,19 +94,24 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
             if (run_dir / runstate.RESULT).is_file():
                 log(f"{run_name(setting, seed)}: complete, skipped")
                 continue
-            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], eval_every=p["eval_every"],
-                              checkpoint_every=p["eval_every"], log_every=10, seed=seed)
+            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
+                              checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
             t = time.perf_counter()
             res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
                               batch_size=p["batch_size"], out=run_dir, resume=(run_dir / runstate.RUN).is_file(),
                               device=device, eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"],
                               progress=progress, log=log)
             log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
-    return summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
+    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
+    # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
+    doc["call_wall_s"] = round(time.perf_counter() - t0, 2)
+    doc["call_runs"] = [run_name(s, k) for s in settings for k in seeds]
+    runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def collect(out: Path) -> dict:
@@ -151,6 +154,8 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "val_curve": mean_curve, "val_curves": curves, "seeds": [r[0] for r in rows],
             "test_ppl_mean": mean, "test_ppl_std": std,
             "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
+            "train_s": [round(r[2]["train_s"], 2) for r in rows],
+            "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
             "monitor_final": monitor,
         }
     first = next(iter(runs.values()))[0]
@@ -209,9 +214,12 @@ def _comparisons(settings: dict) -> dict:
             continue
         A, B = settings[a], settings[b]
         diff = A["test_ppl_mean"] - B["test_ppl_mean"]
-        spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"]) + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
+        spread = None     # needs two seeds on each side
+        if A["test_ppl_std"] is not None and B["test_ppl_std"] is not None:
+            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"])
+                               + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
         out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread,
-                                 "t": diff / spread if spread > 0 else None}
+                                 "t": diff / spread if spread else None}
     return out
 
 
@@ -224,15 +232,16 @@ def markdown_table(doc: dict) -> str:
              f"{doc['tokens_seen']:,} training tokens per run; data: {doc['data']}; device: {doc.get('device')}.",
              "", "| setting | seeds | test perplexity (mean ± std) | per seed |", "|---|---|---|---|"]
     for s, v in doc["settings"].items():
-        std = "n/a" if math.isnan(v["test_ppl_std"]) else f"{v['test_ppl_std']:.3f}"
+        std = "n/a" if v["test_ppl_std"] is None else f"{v['test_ppl_std']:.3f}"
         lines.append(f"| {s} | {len(v['seeds'])} | {v['test_ppl_mean']:.3f} ± {std} | "
                      + ", ".join(f"{x:.3f}" for x in v["test_ppl"]) + " |")
     if doc["comparisons"]:
         lines += ["", "| comparison | difference of means | seed spread √(s₁²/n₁+s₂²/n₂) | ratio (Welch t) |",
                   "|---|---|---|---|"]
         for name, c in doc["comparisons"].items():
-            t = "n/a" if c["t"] is None or math.isnan(c["t"]) else f"{c['t']:+.2f}"
-            lines.append(f"| {name.replace('_minus_', ' − ')} | {c['diff']:+.3f} | {c['spread']:.3f} | {t} |")
+            t = "n/a" if c["t"] is None else f"{c['t']:+.2f}"
+            spread = "n/a" if c["spread"] is None else f"{c['spread']:.3f}"
+            lines.append(f"| {name.replace('_minus_', ' − ')} | {c['diff']:+.3f} | {spread} | {t} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,11 +329,4 @@ def load_committed(path: Path) -> dict | None:
         return None
 
 
-def identity_of(out: Path, setting: str, seed: int) -> dict | None:
-    """run.json of one run in OUT (None when absent)."""
-    path = Path(out) / "runs" / run_name(setting, seed) / runstate.RUN
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-__all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "model_identity",
-           "load_committed", "torch"]
+__all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "load_committed"]

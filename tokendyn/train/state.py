@@ -69,6 +69,8 @@ def prepare_run_dir(out: Path, identity: dict, resume: bool) -> None:
     resume refuses a directory without one, or one written by a different configuration.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a run directory; choose another --out.")
     identity = _canonical(identity)
     run_file = out / RUN
     if not resume:
