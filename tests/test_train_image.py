@@ -132,3 +132,33 @@ def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeyp
                                 progress=False, log=lines.append, provenance=prov)
     assert sum("complete, skipped" in line for line in lines) == 8
     assert again["settings"] == doc["settings"]
+
+
+def test_reproduce_reorder_section(tmp_path, monkeypatch, fashion):
+    """The reorder section of `tokendyn reproduce` at quick scale (shrunk here): this run's table
+    and the committed full table, each labelled."""
+    from tokendyn.reproduce import Context
+    from tokendyn.reproduce import reorder as section
+    from tokendyn.train import reordering
+
+    monkeypatch.setenv("TOKENDYN_FASHION_MNIST", str(fashion))
+    monkeypatch.setitem(reordering.SCALES, "smoke", {**reordering.SCALES["smoke"], "train_images": 40,
+                                                     "test_images": 10, "batch_size": 12, "epochs": 1,
+                                                     "model": {"d_model": 8, "n_layer": 2, "d_state": 4}})
+    committed = tmp_path / "reorder.json"
+    committed.write_text(json.dumps({
+        "settings": {s: {"test_acc": [0.9 + i / 100, 0.91], "val_curve": [[[1.0, 0.8], [2.0, 0.88]]] * 2}
+                     for i, s in enumerate(("none", "hard"))},
+        "config": {"scale": "full", "model": {"d_model": 128, "n_layer": 4, "d_state": 16, "patch_size": 4},
+                   "epochs": 2, "target_acc": 0.85, "task": {"steps_per_epoch": 105, "examples_per_step": 512},
+                   "wall_s": {"none": [9.0, 9.5], "hard": [9.9, 10.0]}},
+        "data": "Fashion-MNIST", "device": "NVIDIA H200", "commit": "abc", "command": "x"}))
+    monkeypatch.setattr(section, "COMMITTED", committed)
+    ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
+    res = section.run(ctx)
+    assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| hard |") == 2
+    assert set(res.summary["test_acc"]) == {"none", "soft", "hard", "x_only"}
+    assert all(len(v["test_acc"]) == 2 for v in res.summary["test_acc"].values())
+    assert res.summary["committed"]["test_acc"]["none"]["test_acc"] == [0.9, 0.91]
+    assert (tmp_path / "rep" / "reorder" / "reorder.png").is_file()
