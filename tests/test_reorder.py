@@ -80,7 +80,7 @@ def test_hard_preserves_the_tokens_exactly(seed):
 def test_soft_approaches_hard_as_tau_goes_to_zero(seed):
     s = _scores(2, 20, seed)
     x = _tokens(2, 5, 20, seed)
-    (xh,), perm = hard_permute(s, x)
+    (xh,), _ = hard_permute(s, x)
     gap = float(s.sort(-1).values.diff(dim=-1).min())    # τ in units of the closest pair of scores
     errs = []
     for tau in (1.0, gap, gap / 5, gap / 40):

@@ -168,7 +168,7 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     """
     if padding <= 0:
         return images
-    n, c, h, w = images.shape
+    n, _, h, w = images.shape
     if offsets is None:
         offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
