@@ -162,3 +162,24 @@ def test_reproduce_reorder_section(tmp_path, monkeypatch, fashion):
     assert all(len(v["test_acc"]) == 2 for v in res.summary["test_acc"].values())
     assert res.summary["committed"]["test_acc"]["none"]["test_acc"] == [0.9, 0.91]
     assert (tmp_path / "rep" / "reorder" / "reorder.png").is_file()
+
+
+def test_train_image_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        for split, n in (("train", 10), ("val", 3)):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12 + i, 10), colour).save(d / f"{i}.png")
+    out = tmp_path / "run"
+    code, err = run_cli(["train", "image", "--data", "folder", "--data-dir", tmp_path / "imgs", "--image-size", "8",
+                         "--patch-size", "4", "--d-model", "8", "--n-layer", "2", "--d-state", "4", "--epochs", "2",
+                         "--batch-size", "4", "--val-fraction", "0.2", "--reorder", "soft", "--flip",
+                         "--crop-padding", "1", "--device", "cpu", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["test"]["images"] == 6 and len(result["val_curve"]) == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["task"]["image_shape"] == [3, 8, 8] and run["model"]["input_dim"] == 48
