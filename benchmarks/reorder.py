@@ -7,8 +7,8 @@
 What is timed, per mode and length L (float32, batch 8, D 256 by default): the importance
 score s = kᵀx (k ∈ R^D learned), the reordering (soft: P̂ = SoftSort(s), x' = P̂x; hard: argsort,
 gather, straight-through score gradient), and the backward of (x'·w).sum() for x and k with a
-fixed random w — the authors' measurement. Forward+backward, median of --repeats after one
-warm-up, in one process.
+fixed random w — the authors' measurement. Forward+backward, median (and minimum) of --repeats
+after one warm-up, in one process (on a shared machine the minimum is the steadier number).
 
 Peak memory: CUDA — torch.cuda.max_memory_allocated during one call minus the memory allocated
 before it; CPU — one call in a fresh subprocess, peak resident set size (VmHWM reset just
@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import median_time  # noqa: E402
 from scan_cpu import _status_kb, cpu_model, reset_peak_rss  # noqa: E402
 
 from tokendyn.model.reorder import hard_permute, importance_scores, soft_permute, softsort_matrix  # noqa: E402
@@ -141,13 +142,18 @@ def run(args) -> dict:
             x, k, w = make_inputs(args.batch, args.dim, length, device)
             one_call(mode, x, k, w)                                   # warm-up
             repeats = args.repeats if need < 2**30 else max(1, args.repeats // 3)
-            seconds, _ = median_time(lambda: one_call(mode, x, k, w), repeats)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                one_call(mode, x, k, w)
+                times.append(time.perf_counter() - t0)
+            seconds = statistics.median(times)
             peak = memory_cuda(mode, x, k, w) if device.type == "cuda" else None
             del x, k, w
             if device.type == "cpu":
                 peak = memory_cpu(mode, length, args)
-            rows.append({"mode": mode, "length": length, "fwd_bwd_ms": seconds * 1e3, "repeats": repeats,
-                         "peak_bytes": peak})
+            rows.append({"mode": mode, "length": length, "fwd_bwd_ms": seconds * 1e3, "min_ms": min(times) * 1e3,
+                         "repeats": repeats, "peak_bytes": peak})
             print(f"{mode:4s} L={length:6d}: {seconds * 1e3:9.2f} ms, peak "
                   f"{(peak or 0) / 2**20:9.1f} MiB", flush=True)
     ratios = []
@@ -170,14 +176,20 @@ def markdown_table(data: dict) -> str:
     lines = []
     for kind, entry in sorted(data.items()):
         lines.append(f"{kind} ({entry['device']}, batch {entry['settings']['batch']}, D {entry['settings']['dim']}):\n")
-        lines.append("| L | soft ms | hard ms | soft/hard time | soft MiB | hard MiB | soft/hard memory |")
+        lines.append("| L | soft ms, median (min) | hard ms, median (min) | soft/hard time | soft MiB | hard MiB "
+                     "| soft/hard memory |")
         lines.append("|---:|---:|---:|---:|---:|---:|---:|")
         for length in entry["settings"]["lengths"]:
             by = {r["mode"]: r for r in entry["rows"] if r["length"] == length}
 
             def cell(mode, key, scale=1.0, fmt="{:.2f}"):
                 r = by.get(mode)
-                return "skipped" if r is None or r[key] is None else fmt.format(r[key] / scale)
+                if r is None or r[key] is None:
+                    return "skipped"
+                text = fmt.format(r[key] / scale)
+                if key == "fwd_bwd_ms" and "min_ms" in r:
+                    text += " ({:.2f})".format(r["min_ms"])
+                return text
             ratio = next((q for q in entry["ratios"] if q["length"] == length), None)
             t_ratio = "" if ratio is None else "{:.1f}x".format(ratio["time_soft_over_hard"])
             m_ratio = ("" if ratio is None or ratio["memory_soft_over_hard"] is None
