@@ -102,6 +102,7 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, fashion):
         assert code == 2 and match in err and err.count("\n") == 1, (args, err)
 
 
+@pytest.mark.slow
 def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeypatch, fashion):
     from tokendyn.train import reordering
 
