@@ -43,13 +43,13 @@ SETTINGS = {
 }
 DEFAULT_SEEDS = (0, 1, 2)
 # Data, model and budget per scale. smoke: a 2-core CPU in about 10 s per run (the reorder
-# section of tokendyn reproduce); quick: a CPU in a few minutes per run; full: one H200 GPU,
+# section of tokendyn reproduce); quick: a CPU in about a minute per run; full: one H200 GPU,
 # the 12-run grid in a few minutes (docs/training.md has measured times).
 SCALES = {
     "smoke": {"train_images": 2000, "test_images": 1000, "model": {"d_model": 32, "n_layer": 2, "d_state": 8},
               "batch_size": 64, "epochs": 2, "lr": 6e-3, "crop_padding": 0, "target_acc": 0.6},
-    "quick": {"train_images": 12000, "test_images": 2000, "model": {"d_model": 48, "n_layer": 2, "d_state": 8},
-              "batch_size": 128, "epochs": 3, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.8},
+    "quick": {"train_images": 6000, "test_images": 2000, "model": {"d_model": 32, "n_layer": 2, "d_state": 8},
+              "batch_size": 100, "epochs": 3, "lr": 5e-3, "crop_padding": 0, "target_acc": 0.75},
     "full": {"train_images": 0, "test_images": 0, "model": {"d_model": 128, "n_layer": 4, "d_state": 16},
              "batch_size": 512, "epochs": 12, "lr": 3e-3, "crop_padding": 2, "target_acc": 0.85},
 }
