@@ -133,8 +133,9 @@ _BAND_CACHE: dict = {}
 _DOTS_BUDGET = 2 ** 24
 
 
-def _band_valid(L: int, window: int, device) -> torch.Tensor:
-    """(L, 2w+1) bool: rank i + k exists, for offsets k = −w..w (cached per shape and device)."""
+def _band_valid(L: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid, target), each (L, 2w+1) for offsets k = −w..w: whether rank i + k exists, and
+    i + k clamped into 0..L−1 (cached per shape and device)."""
     key = (L, window, str(device))
     if key not in _BAND_CACHE:
         if len(_BAND_CACHE) > 64:
