@@ -237,7 +237,8 @@ def test_band_dots_in_chunks_match_a_loop(monkeypatch, w):
     perm = sort_order(_scores(2, 13, 6))
     x = inverse_permute(o, perm)                    # so that permute_tokens(x, perm) == o
     torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)
-    monkeypatch.setattr(R, "_DOTS_BUDGET", 2 * 3 * (2 * w + 1) * 4)   # chunks of 4 positions
+    monkeypatch.setattr(R, "_DOTS_ONE_SHOT", 0)
+    monkeypatch.setattr(R, "_DOTS_CHUNK", 2 * 3 * (2 * w + 1) * 4)    # chunks of 4 positions
     torch.testing.assert_close(R.band_dots(g, x, perm, w), ref, rtol=1e-12, atol=1e-12)
 
 

@@ -128,9 +128,12 @@ def inverse_permute(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 _BAND_CACHE: dict = {}
-# elements of the (batch, C, chunk, 2w+1) product formed at once when the band's dot products
-# are computed (64 MiB in float32): bounds the backward's extra memory independently of L
-_DOTS_BUDGET = 2 ** 24
+# Elements of the (batch, C, chunk, 2w+1) product formed at once by band_dots: a problem up to
+# _DOTS_ONE_SHOT elements (128 MiB in float32) is done in one piece (few kernel launches, which
+# dominate at small L on a GPU); a larger one in chunks of _DOTS_CHUNK elements (16 MiB), so the
+# backward's extra memory stays bounded as L grows.
+_DOTS_ONE_SHOT = 2 ** 25
+_DOTS_CHUNK = 2 ** 22
 
 
 def _band_valid(L: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,12 +159,13 @@ def band_dots(g: torch.Tensor, x: torch.Tensor, perm: torch.Tensor, window: int)
     with x' = :func:`permute_tokens`(x, perm) formed a chunk at a time, never whole.
 
     g, x: (batch, C, L), perm: (batch, L) -> (batch, L, 2w+1) in float32 (float64 for float64).
-    Chunks along L keep about 2^24 products alive at once.
+    Above 2^25 products in all, chunks along L keep about 2^22 alive at once.
     """
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
     b, C, L = g.shape
     K = 2 * window + 1
-    chunk = max(1, _DOTS_BUDGET // max(1, b * C * K))
+    per_position = max(1, b * C * K)
+    chunk = L if per_position * L <= _DOTS_ONE_SHOT else max(1, _DOTS_CHUNK // per_position)
     parts = []
     for c0 in range(0, L, chunk):
         c1 = min(L, c0 + chunk)
