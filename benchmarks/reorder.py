@@ -15,7 +15,7 @@ before it; CPU — one call in a fresh subprocess, peak resident set size (VmHWM
 before the call) minus the resident size before it, with glibc's mmap threshold fixed at
 128 KiB (MALLOC_MMAP_THRESHOLD_) for both methods: otherwise the threshold adapts upwards and
 freed blocks stay in a growing heap, so the peak counts the allocator's fragmentation
-(measured: hard at L = 16,384 read 1.5 GiB that way against 0.42 GiB of live memory). A (mode, L) whose estimated need exceeds
+(measured: hard at L = 16,384 read 1.5 GiB that way against 0.41 GiB with the threshold fixed). A (mode, L) whose estimated need exceeds
 the device's free memory is skipped and recorded with the reason.
 
 The file holds one entry per device kind ("cpu", "cuda"); a run replaces only its own.
