@@ -278,3 +278,100 @@ def test_hf_export_gives_transformers_the_same_logits(setting, tmp_path):
         assert (back(x) - ours).abs().max().item() <= 1e-5
     p, q = expected_signature(setting, 5)
     assert [(s.positive, s.negative) for s in model_spectra(back)] == [(p, q)] * 2
+
+
+@pytest.mark.parametrize("r,n,d", [(1, 1, 1), (2, 1, 5), (3, 3, 3), (2, 4, 9), (5, 6, 7)])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fast_effective_weight_equals_the_plain_path(r, n, d, setting):
+    """effective_weight (one node, hand-written backward) against IOFactor.forward + cat
+    (plain autograd) on fresh random parameters in float64: values, gradients, gradcheck."""
+    from tokendyn.model.io_constraint import effective_weight
+
+    g = torch.Generator().manual_seed(r * 100 + n * 10 + d)
+    f = IOFactor(n, d, setting, 0.4).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    dt = torch.randn(r, d, generator=g, dtype=torch.float64, requires_grad=True)
+    fast = effective_weight(dt, f)
+    plain = torch.cat([dt, *f()], dim=0)
+    torch.testing.assert_close(fast, plain, rtol=1e-14, atol=1e-14)
+    w = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    inputs = [dt, *f.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), inputs), torch.autograd.grad((plain * w).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    names = [k for k, _ in f.named_parameters()]
+
+    def fn(dt_, *ps):
+        return effective_weight(dt_, _WithParams(f, dict(zip(names, ps))))
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+class _WithParams:
+    """An IOFactor's buffers with other parameter tensors (for gradcheck)."""
+
+    def __init__(self, factor, params):
+        self.__dict__.update(params)
+        self.signs, self.upper_flat, self.margin = factor.signs, factor.upper_flat, factor.margin
+
+
+def test_lower_precision_and_autocast(tmp_path):
+    """A constrained checkpoint loads in bfloat16 and runs under autocast. (The signature is not
+    checked in bfloat16: rounding S_B = diag(λ) U and S_C = U separately breaks the exact symmetry
+    of M, and the analyser's zero tolerance counts the rounding's eigenvalues; docs/models.md.)"""
+    torch.manual_seed(9)
+    model = MambaLM(small("mixed", 5))
+    model.save(tmp_path / "m")
+    half = load_model(tmp_path / "m", dtype="bfloat16")
+    ids = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        ref = model(ids)
+        low = half(ids).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(ids).float()
+    assert torch.isfinite(low).all() and torch.isfinite(auto).all()
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max() and (auto - ref).abs().max() < 0.1 * ref.abs().max()
+    assert signatures(load_model(tmp_path / "m")) == [(3, 2, 11)] * 2
+
+
+# mamba_ssm 2.x MambaConfig fields and Mamba(...) keyword arguments (from its source), for the export
+_MAMBA_SSM_CONFIG = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg",
+                     "rms_norm", "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"}
+_MAMBA_SSM_MIXER = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+                    "dt_init_floor", "dt_limit", "conv_bias", "bias", "use_fast_path", "layer_idx", "device", "dtype"}
+
+
+@pytest.mark.parametrize("setting,tie", [("none", True), ("positive", False), ("mixed", True)])
+def test_state_spaces_export_round_trips(setting, tie, tmp_path):
+    """export_state_spaces writes mamba_ssm's config fields and full state dict; reading it back
+    (as a state-spaces checkpoint) gives an unconstrained model with the same logits."""
+    from tokendyn.model.checkpoint import export_state_spaces
+
+    torch.manual_seed(10)
+    cfg = MambaConfig(d_model=16, n_layer=2, vocab_size=37, d_state=4, io_constraint=setting, tie_embeddings=tie,
+                      dt_rank=3, conv_bias=False)
+    model = _perturbed(MambaLM(cfg)).eval()
+    export_state_spaces(model, tmp_path / "ss")
+    raw = json.loads((tmp_path / "ss" / "config.json").read_text())
+    assert set(raw) <= _MAMBA_SSM_CONFIG and set(raw["ssm_cfg"]) <= _MAMBA_SSM_MIXER
+    stored = torch.load(tmp_path / "ss" / "pytorch_model.bin", weights_only=True)
+    assert "lm_head.weight" in stored and not any("io_factor" in k for k in stored)
+    assert stored["backbone.layers.0.mixer.x_proj.weight"].shape == (3 + 2 * 4, 32)
+    back = load_model(tmp_path / "ss")
+    assert back.checkpoint_layout == "state-spaces" and back.config.io_constraint == "none"
+    assert dataclasses.replace(back.config, io_constraint=setting) == dataclasses.replace(cfg, scan_backend="auto")
+    x = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        assert (back(x) - model(x)).abs().max().item() <= 1e-5
+
+
+def test_state_spaces_export_refuses_what_mamba_ssm_cannot_hold(tmp_path):
+    from tokendyn.errors import CheckpointError
+    from tokendyn.model.checkpoint import export_state_spaces
+
+    with pytest.raises(CheckpointError, match="norm epsilon"):
+        export_state_spaces(MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=9, norm_epsilon=1e-6)), tmp_path / "a")
+    with pytest.raises(CheckpointError, match="language model"):
+        export_state_spaces(MambaClassifier(ClassifierConfig(input_dim=2, n_classes=2, d_model=8, n_layer=1)),
+                            tmp_path / "b")

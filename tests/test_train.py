@@ -130,7 +130,7 @@ def test_monitor_records_signature_growth_and_warns_once():
         mon(0, model, records.append)
         mon(1, model, records.append)
     conv = [w for w in caught if issubclass(w.category, ConvergentRegimeWarning)]
-    assert len(conv) == 1 and "layer 1" in str(conv[0].message)
+    assert len(conv) == 1 and "layer 1 entered" in str(conv[0].message)
     entry = records[0]
     assert entry["kind"] == "monitor" and len(entry["layers"]) == 3
     for i, row in enumerate(entry["layers"]):

@@ -195,7 +195,7 @@ table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padd
 code{{background:#f4f4f4}}</style></head><body>
 <h1>tokendyn analysis</h1>
 <p>Checkpoint <code>{html.escape(data['checkpoint'])}</code> ({html.escape(data['layout'])} layout):
-{cfg.get('n_layer')} layers, d_model {cfg.get('d_model')}, d_inner {cfg.get('d_inner')}, d_state {cfg.get('d_state')}.</p>
+{cfg.get('n_layer')} layers, d_model {cfg.get('d_model')}, d_inner {cfg.get('d_inner')}, d_state {cfg.get('d_state')}, mixer {html.escape(str(cfg.get('layer', 'mamba1')))}, io_constraint {html.escape(str(cfg.get('io_constraint', 'none')))}.</p>
 <p><b>{summary['divergent_prone_layers']}</b> of {summary['n_layers']} layers are divergent-prone
 (M_s has a positive eigenvalue), <b>{summary['convergent_prone_layers']}</b> convergent-prone.
 Measured: token norms grow by a factor {summary['total_growth']:.4g} from the embedding to the last layer

@@ -21,9 +21,9 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, TokendynError
 from . import checkpoint_layouts as layouts
-from .checkpoint_io import SAFETENSORS, read_json, read_tensors, weight_files, write_safetensors
+from .checkpoint_io import SAFETENSORS, TORCH_BIN, read_json, read_tensors, weight_files, write_safetensors
 
-__all__ = ["CheckpointInfo", "load_model", "save_model", "inspect_checkpoint", "export_hf"]
+__all__ = ["CheckpointInfo", "load_model", "save_model", "inspect_checkpoint", "export_hf", "export_state_spaces"]
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -345,4 +345,27 @@ def export_hf(model, path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors({layouts.tokendyn_name_to_hf(k): v for k, v in state.items()}, directory / SAFETENSORS)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def export_state_spaces(model, path) -> Path:
+    """Write a :class:`~tokendyn.model.MambaLM` in state-spaces ``mamba_ssm``'s layout.
+
+    ``path/config.json`` holds mamba_ssm's MambaConfig fields (:func:`~tokendyn.model.
+    checkpoint_layouts.config_to_state_spaces`) and ``path/pytorch_model.bin`` the state dict
+    as ``MambaLMHeadModel.state_dict()`` has it (``lm_head.weight`` included even when tied,
+    since mamba_ssm loads strictly), plain tensors only. Like :func:`export_hf`, a variant is
+    written as the plain Mamba-1 model computing the same function (each mixer's effective
+    x_proj weight). Returns the directory.
+    """
+    if _kind_of(model) != LM:
+        raise CheckpointError("Only a language model (MambaLM) can be exported to mamba_ssm's MambaLMHeadModel layout.")
+    config = layouts.config_to_state_spaces(model.config)
+    state = _plain_state(model)
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["backbone.embedding.weight"]
+    directory = Path(path).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, directory / TORCH_BIN)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory

@@ -228,6 +228,32 @@ def config_to_hf(config) -> dict[str, Any]:
     }
 
 
+def config_to_state_spaces(config) -> dict[str, Any]:
+    """mamba_ssm ``MambaConfig`` fields (as config.json) for a tokendyn MambaConfig.
+
+    The fields the state-spaces hub checkpoints carry (d_model, n_layer, vocab_size, ssm_cfg
+    with the ``Mamba`` mixer's keyword arguments, rms_norm, residual_in_fp32, fused_add_norm,
+    pad_vocab_size_multiple) plus tie_embeddings; ``vocab_size`` is the unpadded vocabulary,
+    since mamba_ssm pads it itself. Inverse of :func:`config_kwargs_state_spaces`. mamba_ssm's
+    config has no norm epsilon (its models use 1e-5), so another value is refused.
+    """
+    if float(config.norm_epsilon) != 1e-5:
+        raise CheckpointError(
+            f"mamba_ssm's MambaConfig has no norm epsilon (it uses 1e-5), and this model has {config.norm_epsilon}."
+        )
+    return {
+        "d_model": int(config.d_model),
+        "n_layer": int(config.n_layer),
+        "vocab_size": int(config.vocab_size),
+        "ssm_cfg": {key: getattr(config, key) for key in _SSM_CFG_FIELDS},
+        "rms_norm": bool(config.rms_norm),
+        "residual_in_fp32": bool(config.residual_in_fp32),
+        "fused_add_norm": True,  # a kernel choice in mamba_ssm, the same function either way
+        "pad_vocab_size_multiple": int(config.pad_vocab_size_multiple),
+        "tie_embeddings": bool(config.tie_embeddings),
+    }
+
+
 def hf_name_to_tokendyn(name: str) -> str:
     """``backbone.embeddings.weight`` -> ``backbone.embedding.weight``; other names are equal."""
     if name.startswith(_EMBED_HF):

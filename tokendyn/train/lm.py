@@ -15,12 +15,13 @@ import torch
 from ..data import corpus as corpora
 from ..errors import ConfigError
 from ..model import MambaConfig, MambaLM
+from ..model.config import IO_CONSTRAINTS
 from . import state as runstate
 from .loop import TrainConfig, TrainResult, train
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
-IO_SETTINGS = ("none", "positive", "negative", "mixed")
+IO_SETTINGS = IO_CONSTRAINTS      # the settings the experiment compares: every io_constraint
 
 
 @dataclass

@@ -7,7 +7,8 @@ case) with the idealised regime of that signature (THEORY.md section 4,
 :func:`tokendyn.dynamics.regimes.regime_from_signature`), and the measured token-norm growth
 through each layer on one fixed held-out input (the task's ``probe_input``). It warns once
 per layer when that layer is first seen in the convergent regime (no positive eigenvalue),
-the scenario THEORY.md section 5 sets out to exclude.
+the scenario THEORY.md section 5 sets out to exclude (one warning per call, naming every layer
+that entered it).
 """
 
 from __future__ import annotations
@@ -76,17 +77,19 @@ class RegimeMonitor:
         entry = {"kind": "monitor", "step": step, "layers": rows}
         self.history.append(entry)
         record(entry)
-        for row in rows:
-            if row["regime"] == "convergence" and row["layer"] not in self.warned:
-                self.warned.add(row["layer"])
-                msg = (f"step {step}: layer {row['layer']} is in the convergent regime (S_Cᵀ S_B has "
-                       f"{row['negative']} negative and no positive eigenvalues; token-norm growth "
-                       f"{row['growth']:.3g}).")
-                if self.log is None:
-                    warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
-                else:
-                    self.log(f"warning: {msg}")
-                record({"kind": "warning", "step": step, "layer": row["layer"], "message": msg})
+        new = [row for row in rows if row["regime"] == "convergence" and row["layer"] not in self.warned]
+        if not new:
+            return
+        self.warned.update(row["layer"] for row in new)
+        layers = ", ".join(str(row["layer"]) for row in new)
+        growth = ", ".join(f"{row['growth']:.3g}" for row in new)
+        msg = (f"step {step}: layer{'s' if len(new) > 1 else ''} {layers} entered the convergent regime "
+               f"(S_Cᵀ S_B has no positive eigenvalue; token-norm growth {growth}).")
+        if self.log is None:
+            warnings.warn(msg, ConvergentRegimeWarning, stacklevel=2)
+        else:
+            self.log(f"warning: {msg}")
+        record({"kind": "warning", "step": step, "layers": [row["layer"] for row in new], "message": msg})
 
 
 def monitor_records(records: list[dict]) -> list[dict]:

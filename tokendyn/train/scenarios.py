@@ -102,7 +102,8 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
                               device=device, eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"],
                               progress=progress, log=log)
             log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
-    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
+    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log,
+                    probe=data.ids["test"][:p["context"]].long())
     # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
     doc["call_wall_s"] = round(time.perf_counter() - t0, 2)
     doc["call_runs"] = [run_name(s, k) for s in settings for k in seeds]
@@ -128,8 +129,12 @@ def collect(out: Path) -> dict:
 
 
 def summarise(out: Path, scale: str, device: str = "", provenance: dict | None = None, analyse: bool = True,
-              log=print) -> dict:
-    """Write lm_scenarios.json / .md / figures from the complete runs in OUT."""
+              log=print, probe=None) -> dict:
+    """Write lm_scenarios.json / .md / figures from the complete runs in OUT.
+
+    probe: (L,) token ids the analysis figures run the models on (the run_grid call passes the
+    first ``context`` tokens of the test split); None: the first tokens of the built-in corpus.
+    """
     out = Path(out)
     runs = collect(out)
     if not runs:
@@ -156,6 +161,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
             "train_s": [round(r[2]["train_s"], 2) for r in rows],
             "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
+            "tokens_per_s": [round(r[2]["tokens_seen"] / r[2]["train_s"]) for r in rows if r[2]["train_s"] > 0],
             "monitor_final": monitor,
         }
     first = next(iter(runs.values()))[0]
@@ -177,7 +183,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
     runstate.atomic_write_text(out / "lm_scenarios.md", markdown_table(doc))
     _save(plot_curves(doc), out / "lm_scenarios_val.png")
     if analyse:
-        _analysis_figures(out, runs, log)
+        _analysis_figures(out, runs, log, probe)
     return doc
 
 
@@ -298,22 +304,31 @@ def _side_by_side(figs: dict, title: str):
     return fig
 
 
-def _analysis_figures(out: Path, runs: dict, log) -> None:
+def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
     """The analyser's spectra and token-norm heatmaps of the first positive and negative run."""
     from ..analysis import report
-    from ..analysis.analyze import analyze_checkpoint
+    from ..analysis.analyze import InputTokens, analyze_model, choose_input
+    from ..model import load_model
 
     chosen = {s: runs[s][0] for s in ("positive", "negative") if s in runs}
     if not chosen:
         return
     spectra, norms = {}, {}
     for s, (seed, ident, _, run_dir) in chosen.items():
-        a = analyze_checkpoint(run_dir / runstate.CHECKPOINT, max_tokens=ident["task"]["context"], layers=[0])
+        ckpt = run_dir / runstate.CHECKPOINT
+        model = load_model(ckpt)
+        if probe is not None:
+            inputs = InputTokens(probe, "test-split", str(ckpt / "tokenizer.json"), False,
+                                 f"the first {probe.numel()} tokens of the test split")
+        else:
+            inputs = choose_input(ckpt, model.config.vocab_size, max_tokens=ident["task"]["context"])
+        a = analyze_model(model, inputs, layers=[0], checkpoint=str(ckpt))
         label = f"{s} (seed {seed})"
         spectra[label] = report.plot_spectra(a.spectra)
         norms[label] = report.plot_token_norms(a.dynamics)
+    where = "test-split text" if probe is not None else "the first tokens of the built-in corpus"
     _save(_side_by_side(spectra, "spectrum of S_Cᵀ S_B per layer after training"), out / "lm_scenarios_spectra.png")
-    _save(_side_by_side(norms, "token norms through the layers after training (held-out text)"),
+    _save(_side_by_side(norms, f"token norms through the layers after training ({where})"),
           out / "lm_scenarios_token_norms.png")
     log(f"analysis figures of {', '.join(chosen)} written")
 
