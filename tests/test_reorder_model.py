@@ -126,6 +126,7 @@ def test_reordering_model_saves_loads_and_analyses(tmp_path, capsys):
     assert code == 0, err
     an = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert an["input"]["n_tokens"] == 49 and len(an["layers"]) == 2
+    assert an["config"]["reorder"] == "soft" and an["config"]["reorder_layers"] == [0, 1]
     code, err = run_cli(["analyze", tmp_path / "m", "--out", tmp_path / "an2", "--text", tmp_path / "info.json"],
                         capsys)
     assert code == 2 and "takes no text" in err and err.count("\n") == 1

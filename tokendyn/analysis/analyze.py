@@ -167,7 +167,8 @@ class Analysis:
 def config_summary(model) -> dict:
     cfg = model.config
     keys = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank_value", "d_inner",
-            "layer", "io_constraint", "io_margin")
+            "layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_layers",
+            "reorder_branches", "n_classes", "patch_size", "bidirectional")
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
 
 
