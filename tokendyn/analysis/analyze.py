@@ -25,7 +25,9 @@ DEFAULT_MAX_TOKENS = 1024
 
 @dataclass
 class InputTokens:
-    """The token ids fed to the model, (L,) int64, and where they came from."""
+    """The input fed to the model and where it came from: token ids (L,) int64 for a language
+    model; for a classifier its continuous input with the batch dim, (1, L, input_dim) or an
+    image (1, C, H, W), with ``n_tokens`` the tokens the model makes of it."""
 
     ids: torch.Tensor
     source: str                   # "file", "builtin-corpus" or "random"
@@ -33,9 +35,11 @@ class InputTokens:
     truncated: bool
     description: str
     text_tokens: int | None = None
+    n_tokens: int | None = None
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "tokenizer": self.tokenizer, "n_tokens": int(self.ids.numel()),
+        n = self.n_tokens if self.n_tokens is not None else int(self.ids.numel())
+        return {"source": self.source, "tokenizer": self.tokenizer, "n_tokens": n,
                 "text_tokens": self.text_tokens, "truncated": self.truncated, "description": self.description}
 
 
@@ -78,6 +82,18 @@ def choose_input(checkpoint: str | Path | None, vocab_size: int, text: str | Pat
     return InputTokens(ids, "random", None, False,
                        f"{max_tokens} uniform random token ids (seed {seed}): no tokenizer.json beside the "
                        "checkpoint and none given with --tokenizer")
+
+
+def classifier_input(model, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0) -> InputTokens:
+    """A seeded standard-normal input for a classifier (:meth:`MambaClassifier.example_input`)."""
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    x = model.example_input(max_tokens, torch.Generator().manual_seed(seed))
+    n = int(model.tokens(x).shape[1])
+    kind = f"a {x.shape[-2]}x{x.shape[-1]} image of" if x.dim() == 4 else "a sequence of"
+    return InputTokens(x, "random", None, False,
+                       f"{kind} standard-normal values (seed {seed}), {n} tokens: a classifier takes no text",
+                       n_tokens=n)
 
 
 def default_layers(n_layer: int) -> list[int]:
@@ -151,7 +167,8 @@ class Analysis:
 def config_summary(model) -> dict:
     cfg = model.config
     keys = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank_value", "d_inner",
-            "layer", "io_constraint", "io_margin")
+            "layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_layers",
+            "reorder_branches", "n_classes", "patch_size", "bidirectional")
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
 
 
@@ -234,8 +251,13 @@ def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokeniz
         raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
     check_size(model, max_tokens, layers, channels, device)
     t = time.perf_counter()
-    inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
-                          max_tokens=max_tokens, truncate=truncate, seed=seed)
+    if hasattr(model, "example_input"):       # a model of continuous inputs (the classifier)
+        if text is not None:
+            raise DataError(f"{path} holds a classifier, which takes no text; leave out --text.")
+        inputs = classifier_input(model, max_tokens, seed)
+    else:
+        inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
+                              max_tokens=max_tokens, truncate=truncate, seed=seed)
     timings["input"] = time.perf_counter() - t
     return analyze_model(model, inputs, layers=layers, channels=channels,
                          layout=getattr(model, "checkpoint_layout", "unknown"),

@@ -64,6 +64,7 @@ from . import info as _info  # noqa: E402,F401
 from . import reproduce as _reproduce  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
+from . import train_image as _train_image  # noqa: E402,F401
 
 
 def invocation(command: str) -> str:

@@ -52,11 +52,17 @@ def _promote_residual(residual: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`)."""
+    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`).
 
-    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True):
+    ``reverse``: the mixer sees the sequence back to front (its output is flipped back), for
+    bidirectional classifiers; the recurrent :meth:`step` has no reverse.
+    """
+
+    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True,
+                 reverse: bool = False):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
+        self.reverse = reverse
         self.norm = norm
         self.mixer = mixer
 
@@ -73,12 +79,16 @@ class Block(nn.Module):
         Returns (mixer output, residual stream entering this layer, MixerRun).
         """
         normed, residual = self._add_norm(hidden_states, residual)
+        if self.reverse:
+            normed = normed.flip(1)
         run = self.mixer.run(normed, return_internals=return_internals, return_state=return_state)
-        return run.out, residual, run
+        return (run.out.flip(1) if self.reverse else run.out), residual, run
 
     def step(self, hidden_states, residual, conv_state, ssm_state):
         """One token: hidden_states, residual (batch, d_model). Returns (out, residual,
         conv_state, ssm_state)."""
+        if self.reverse:
+            raise ConfigError("a layer that scans in reverse has no one-token step; run the full sequence.")
         normed, residual = self._add_norm(hidden_states, residual)
         out, conv_state, ssm_state = self.mixer.step(normed, conv_state, ssm_state)
         return out, residual, conv_state, ssm_state

@@ -27,6 +27,7 @@ SECTIONS: list[str] = [
     "theory",
     "analysis",
     "lm",
+    "reorder",
 ]
 
 SCALES = ("quick", "full")
