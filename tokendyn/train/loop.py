@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..resources import resolve_device as check_device
 from . import state as runstate
 from .task import Task
 
@@ -117,15 +118,11 @@ def init_distributed(device: torch.device) -> Distributed:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA device is available.")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    """The device a training process uses: checked by :func:`tokendyn.resources.resolve_device`
+    ('auto' -> cuda when available); under torchrun each process takes cuda:LOCAL_RANK."""
+    device = torch.device(check_device(str(device)))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 
