@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tokendyn.model import MambaConfig, MambaLM  # noqa: E402
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 SETTINGS = ("none", "positive", "negative", "mixed")
 

@@ -1,13 +1,23 @@
-"""Training throughput on one GPU: tokendyn.model.MambaLM on the triton and the chunked scan
-backends vs mamba_ssm's MambaLMHeadModel of the same configuration, in one run.
+"""Training throughput on one GPU through tokendyn's training loop (tokendyn.train.train):
+tokendyn.model.MambaLM on the triton and the chunked scan backends, optionally with an
+io_constraint, vs mamba_ssm's MambaLMHeadModel of the same configuration, in one run; and the
+regime monitor's cost.
 
     python benchmarks/train_gpu.py --commit $(git rev-parse HEAD) --out results/train_gpu.json
+    python benchmarks/train_gpu.py --io-constraint positive --skip-peer --skip-chunked --out ...
 
 Configuration: d_model 768, 24 layers, vocabulary 50,280, batch 8 x 1,024 tokens, bfloat16
-autocast, AdamW; random token ids; tokens/s = batch*length / median step time over the
-timed steps (after warm-up steps). mamba_ssm runs without causal_conv1d (not built), so its
-Mamba layers take the PyTorch conv1d path plus its CUDA selective scan; its fused
-(Triton) add+RMSNorm is on, as by default.
+autocast, AdamW (weight decay on matrices only), gradient clipping at 1.0, constant learning
+rate; random token ids (one fixed batch, every step). Every contender runs the same loop
+(tokendyn.train.train with a task that serves that batch); tokens/s = batch*length / median
+step time over the timed steps (after warm-up steps), a step timed between two CUDA
+synchronisations. mamba_ssm runs without causal_conv1d unless it is importable (recorded).
+
+--io-constraint S adds "tokendyn_triton_<S>": the same model with S_Cᵀ S_B constrained to
+the sign S, and its throughput relative to the unconstrained model ("throughput_vs_unconstrained").
+The regime monitor is timed on the trained unconstrained triton model: the median time of one
+monitor call, and its share of training time at the default interval,
+t_monitor / (interval * t_step) ("monitor").
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,14 +34,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.train import Task, TrainConfig, train  # noqa: E402
+from tokendyn.train.monitor import DEFAULT_EVERY, RegimeMonitor  # noqa: E402
 
 D_MODEL, N_LAYER, VOCAB, BATCH, LENGTH = 768, 24, 50280, 8, 1024
 
 
-def build_tokendyn(backend):
+def build_tokendyn(backend, io_constraint: str = "none"):
     from tokendyn.model import MambaConfig, MambaLM
-    return MambaLM(MambaConfig(d_model=D_MODEL, n_layer=N_LAYER, vocab_size=VOCAB, scan_backend=backend))
+    extra = {} if io_constraint == "none" else {"io_constraint": io_constraint}
+    return MambaLM(MambaConfig(d_model=D_MODEL, n_layer=N_LAYER, vocab_size=VOCAB, scan_backend=backend, **extra))
 
 
 def build_mamba_ssm():
@@ -47,44 +61,87 @@ def logits_of(model, ids):
     return out.logits if hasattr(out, "logits") else out
 
 
-def setup(model):
-    """The model on the GPU in training mode, its AdamW, and one fixed batch (x, y)."""
-    model = model.cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, VOCAB, (BATCH, LENGTH + 1), device="cuda", generator=g)
-    return model, opt, ids[:, :-1], ids[:, 1:]
-
-
-def train_step(model, opt, x, y):
-    """One optimiser step; returns the loss (a CUDA scalar)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+def bench_loss(model, x, y, autocast: bool = True):
+    """Mean next-token cross-entropy under bf16 autocast (the loss in float32)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         logits = logits_of(model, x)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+class FixedBatchTask(Task):
+    """One fixed batch of random token ids at every step (throughput only)."""
+
+    name = "lm-random-ids"
+    metric = "loss"
+    examples_per_step = BATCH
+    tokens_per_example = LENGTH
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, VOCAB, (BATCH, LENGTH + 1), generator=g)
+        self.x, self.y = ids[:, :-1], ids[:, 1:]
+
+    def train_batch(self, step, index, count):
+        n = BATCH // count
+        return self.x[index * n:(index + 1) * n], self.y[index * n:(index + 1) * n]
+
+    def loss(self, model, batch):
+        return bench_loss(model, *batch, autocast=self.autocast)
+
+    @torch.no_grad()
+    def evaluate(self, model, split):
+        return {"loss": float(self.loss(model, (self.x.cuda(), self.y.cuda())))}
+
+    def probe_input(self):
+        return self.x[:1]
+
+
+class StepTimer:
+    """Callback at every step: synchronise and record the wall time (seconds) between steps."""
+
+    every = 1
+
+    def __init__(self):
+        self.marks = []
+
+    def __call__(self, step, model, record):
+        torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+
+    def step_ms(self):
+        return [1e3 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
 
 
 def measure(model, steps, warmup):
-    model, opt, x, y = setup(model)
-    times, losses = [], []
+    task = FixedBatchTask()
+    timer = StepTimer()
     torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        loss = train_step(model, opt, x, y)
-        end.record()
-        torch.cuda.synchronize()
-        losses.append(loss.item())
-        if i >= warmup:
-            times.append(start.elapsed_time(end))
+    cfg = TrainConfig(steps=warmup + steps, lr=3e-4, warmup=0.0, min_lr_ratio=1.0, weight_decay=0.1,
+                      grad_clip=1.0, eval_every=0, checkpoint_every=0, log_every=1)
+    res = train(model, task, cfg, device="cuda", callbacks=[timer], progress=False)
+    times = timer.step_ms()[warmup:]
     ms = statistics.median(times)
     return {"params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
             "step_ms_median": ms, "step_ms_all": times, "tokens_per_s": BATCH * LENGTH / (ms / 1e3),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "loss_first": losses[0], "loss_last": losses[-1]}
+            "loss_last": res.final_loss}, task
+
+
+def monitor_cost(model, task, step_ms, repeats=5):
+    monitor = RegimeMonitor(task.probe_input(), every=DEFAULT_EVERY)
+    records = []
+    monitor(0, model, records.append)            # warm-up (first forward with internals)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        monitor(0, model, records.append)
+        torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t))
+    ms = statistics.median(times)
+    return {"interval_steps": DEFAULT_EVERY, "call_ms_median": ms, "call_ms_all": times,
+            "share_of_training_at_interval": ms / (DEFAULT_EVERY * step_ms),
+            "probe_tokens": int(task.probe_input().numel())}
 
 
 def main():
@@ -94,6 +151,10 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--launch", default=None, help="JSON of triton launch-shape overrides")
+    ap.add_argument("--io-constraint", default=None, choices=["positive", "negative", "mixed"],
+                    help="also time the triton model with this constraint on S_Cᵀ S_B")
+    ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
+    ap.add_argument("--skip-chunked", action="store_true", help="leave out the chunked backend")
     args = ap.parse_args()
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
@@ -104,37 +165,74 @@ def main():
     except ImportError:
         has_cc = False
     results = {}
-    runs = [("tokendyn_triton", lambda: build_tokendyn("triton"), args.steps),
-            ("mamba_ssm", build_mamba_ssm, args.steps),
-            ("tokendyn_chunked", lambda: build_tokendyn("chunked"), max(3, args.steps // 3))]
+    runs = [("tokendyn_triton", lambda: build_tokendyn("triton"), args.steps)]
+    if args.io_constraint:
+        runs.append((f"tokendyn_triton_{args.io_constraint}", lambda: build_tokendyn("triton", args.io_constraint),
+                     args.steps))
+    if not args.skip_peer:
+        runs.append(("mamba_ssm", build_mamba_ssm, args.steps))
+    if not args.skip_chunked:
+        runs.append(("tokendyn_chunked", lambda: build_tokendyn("chunked"), max(3, args.steps // 3)))
     from tokendyn.ops import triton_scan
     launch = json.loads(args.launch) if args.launch else {}
     for name, build, steps in runs:
         torch.manual_seed(0)
+        model = None
         try:
             model = build()
             with triton_scan.scan_config(**launch):
-                results[name] = measure(model, steps, args.warmup if name != "tokendyn_chunked" else 1)
+                results[name], task = measure(model, steps, args.warmup if name != "tokendyn_chunked" else 1)
+                if name == "tokendyn_triton":
+                    results[name]["monitor"] = monitor_cost(model, task, results[name]["step_ms_median"])
         except Exception as exc:  # record why a contender could not run, keep the others
             results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "step_ms_all"}), flush=True)
         model = None
         torch.cuda.empty_cache()
     ref = results.get("mamba_ssm", {}).get("tokens_per_s")
+    base = results.get("tokendyn_triton", {}).get("tokens_per_s")
     for name, r in results.items():
         if ref and "tokens_per_s" in r:
             r["throughput_vs_mamba_ssm"] = r["tokens_per_s"] / ref
+        if base and "tokens_per_s" in r and name.startswith("tokendyn_triton_"):
+            r["throughput_vs_unconstrained"] = r["tokens_per_s"] / base
     out = {**prov, "config": {"d_model": D_MODEL, "n_layer": N_LAYER, "vocab_size": VOCAB, "batch": BATCH,
-                              "length": LENGTH, "autocast": "bfloat16", "optimizer": "AdamW"},
+                              "length": LENGTH, "autocast": "bfloat16", "optimizer": "AdamW",
+                              "grad_clip": 1.0, "loop": "tokendyn.train.train"},
            "mamba_ssm_causal_conv1d": has_cc, "triton_launch_shape": launch or "defaults", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     for name, r in results.items():
         if "tokens_per_s" in r:
-            print(f"{name:>18}: {r['step_ms_median']:8.1f} ms/step {r['tokens_per_s']:10.0f} tokens/s "
-                  f"x{r.get('throughput_vs_mamba_ssm', float('nan')):.2f} peak {r['peak_mem_gib']:.1f} GiB")
+            print(f"{name:>26}: {r['step_ms_median']:8.1f} ms/step {r['tokens_per_s']:10.0f} tokens/s "
+                  f"x{r.get('throughput_vs_mamba_ssm', float('nan')):.2f} vs mamba_ssm "
+                  f"x{r.get('throughput_vs_unconstrained', float('nan')):.3f} vs unconstrained "
+                  f"peak {r['peak_mem_gib']:.1f} GiB")
+            if "monitor" in r:
+                m = r["monitor"]
+                print(f"{'':>26}  monitor: {m['call_ms_median']:.1f} ms per call = "
+                      f"{100 * m['share_of_training_at_interval']:.2f}% of training every {m['interval_steps']} steps")
         else:
-            print(f"{name:>18}: {r['error']}")
+            print(f"{name:>26}: {r['error']}")
+
+
+# ---- used by benchmarks/profile_train_gpu.py (profiles one bare step) -----------------------
+
+def setup(model):
+    """The model on the GPU in training mode, its AdamW, and one fixed batch (x, y)."""
+    model = model.cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    task = FixedBatchTask()
+    return model, opt, task.x.cuda(), task.y.cuda()
+
+
+def train_step(model, opt, x, y):
+    """One optimiser step with the benchmark task's loss; returns the loss (a CUDA scalar)."""
+    loss = bench_loss(model, x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ layers and channels, figures and report.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -25,7 +25,9 @@ DEFAULT_MAX_TOKENS = 1024
 
 @dataclass
 class InputTokens:
-    """The token ids fed to the model, (L,) int64, and where they came from."""
+    """The input fed to the model and where it came from: token ids (L,) int64 for a language
+    model; for a classifier its continuous input with the batch dim, (1, L, input_dim) or an
+    image (1, C, H, W), with ``n_tokens`` the tokens the model makes of it."""
 
     ids: torch.Tensor
     source: str                   # "file", "builtin-corpus" or "random"
@@ -33,9 +35,11 @@ class InputTokens:
     truncated: bool
     description: str
     text_tokens: int | None = None
+    n_tokens: int | None = None
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "tokenizer": self.tokenizer, "n_tokens": int(self.ids.numel()),
+        n = self.n_tokens if self.n_tokens is not None else int(self.ids.numel())
+        return {"source": self.source, "tokenizer": self.tokenizer, "n_tokens": n,
                 "text_tokens": self.text_tokens, "truncated": self.truncated, "description": self.description}
 
 
@@ -78,6 +82,18 @@ def choose_input(checkpoint: str | Path | None, vocab_size: int, text: str | Pat
     return InputTokens(ids, "random", None, False,
                        f"{max_tokens} uniform random token ids (seed {seed}): no tokenizer.json beside the "
                        "checkpoint and none given with --tokenizer")
+
+
+def classifier_input(model, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0) -> InputTokens:
+    """A seeded standard-normal input for a classifier (:meth:`MambaClassifier.example_input`)."""
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    x = model.example_input(max_tokens, torch.Generator().manual_seed(seed))
+    n = int(model.tokens(x).shape[1])
+    kind = f"a {x.shape[-2]}x{x.shape[-1]} image of" if x.dim() == 4 else "a sequence of"
+    return InputTokens(x, "random", None, False,
+                       f"{kind} standard-normal values (seed {seed}), {n} tokens: a classifier takes no text",
+                       n_tokens=n)
 
 
 def default_layers(n_layer: int) -> list[int]:
@@ -151,7 +167,8 @@ class Analysis:
 def config_summary(model) -> dict:
     cfg = model.config
     keys = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank_value", "d_inner",
-            "layer", "io_constraint", "io_margin")
+            "layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_layers",
+            "reorder_branches", "n_classes", "patch_size", "bidirectional")
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
 
 
@@ -193,6 +210,33 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
                     config=config_summary(model), layout=layout, checkpoint=checkpoint, timings=timings)
 
 
+def estimate_memory(config, n_tokens: int, n_maps: int, dtype_bytes: int = 4) -> int:
+    """Bytes an analysis of ``n_tokens`` tokens needs at its peak, roughly (an upper estimate).
+
+    Kept through the run: every layer's residual stream (n_layer+1, L, d_model) and scan inputs
+    x, Δ, z (L, d_inner) and B, C (L, N); transient in a layer: about 8 (L, d_inner) tensors plus
+    the chunked scan's bounded working set; hidden attention: each (L, L) float64 map kept, and
+    about 6 more (L, L) float64 tensors while one channel is computed.
+    """
+    L, D = int(n_tokens), int(config.d_inner)
+    kept = L * ((config.n_layer + 1) * config.d_model + config.n_layer * (3 * D + 2 * config.d_state))
+    transient = 8 * L * D + 4 * (1 << 21)
+    return (kept + transient) * dtype_bytes + (n_maps + 6) * L * L * 8
+
+
+def check_size(model, max_tokens: int, layers: Sequence[int] | None, channels: Sequence[int] | None,
+               device: str) -> None:
+    """Refuse a ``max_tokens`` whose analysis would not fit in the memory ``device`` has free."""
+    from ..resources import check_memory
+
+    cfg = model.config
+    n_maps = len(layers or default_layers(cfg.n_layer)) * max(1, len(channels or [0, 1]))
+    dtype_bytes = next(model.parameters()).element_size()
+    check_memory(estimate_memory(cfg, max_tokens, n_maps, dtype_bytes), device,
+                 f"--max-tokens {max_tokens} ({cfg.n_layer} layers, d_model {cfg.d_model}, "
+                 f"{n_maps} hidden-attention maps of {max_tokens}²)")
+
+
 def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokenizer: str | Path | None = None,
                        max_tokens: int = DEFAULT_MAX_TOKENS, truncate: bool = False,
                        layers: Sequence[int] | None = None, channels: Sequence[int] | None = None,
@@ -203,9 +247,17 @@ def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokeniz
     t = time.perf_counter()
     model = load_model(path, device=device)
     timings = {"load": time.perf_counter() - t}
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    check_size(model, max_tokens, layers, channels, device)
     t = time.perf_counter()
-    inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
-                          max_tokens=max_tokens, truncate=truncate, seed=seed)
+    if hasattr(model, "example_input"):       # a model of continuous inputs (the classifier)
+        if text is not None:
+            raise DataError(f"{path} holds a classifier, which takes no text; leave out --text.")
+        inputs = classifier_input(model, max_tokens, seed)
+    else:
+        inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
+                              max_tokens=max_tokens, truncate=truncate, seed=seed)
     timings["input"] = time.perf_counter() - t
     return analyze_model(model, inputs, layers=layers, channels=channels,
                          layout=getattr(model, "checkpoint_layout", "unknown"),

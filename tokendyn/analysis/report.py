@@ -11,18 +11,18 @@ import base64
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 -- pyplot must come after matplotlib.use("Agg")
+from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplotlib.use
+from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
@@ -82,7 +82,8 @@ def plot_token_norms(dyn) -> plt.Figure:
     """Left: ‖x_l‖ of the residual stream, row 0 = embeddings, row i+1 = after layer i.
     Right: ‖u_l‖ of the scan input inside each mixer."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    _heat(ax1, dyn.all_norms.numpy(), "residual-stream norm (log colour)", "depth (0 = embedding, i+1 = after layer i)", fig)
+    _heat(ax1, dyn.all_norms.numpy(), "residual-stream norm (log colour)",
+          "depth (0 = embedding, i+1 = after layer i)", fig)
     _heat(ax2, dyn.scan_input_norms.numpy(), "norm of the scan input u inside each mixer", "layer", fig)
     fig.tight_layout()
     return fig
@@ -195,7 +196,9 @@ table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padd
 code{{background:#f4f4f4}}</style></head><body>
 <h1>tokendyn analysis</h1>
 <p>Checkpoint <code>{html.escape(data['checkpoint'])}</code> ({html.escape(data['layout'])} layout):
-{cfg.get('n_layer')} layers, d_model {cfg.get('d_model')}, d_inner {cfg.get('d_inner')}, d_state {cfg.get('d_state')}, mixer {html.escape(str(cfg.get('layer', 'mamba1')))}, io_constraint {html.escape(str(cfg.get('io_constraint', 'none')))}.</p>
+{cfg.get('n_layer')} layers, d_model {cfg.get('d_model')}, d_inner {cfg.get('d_inner')},
+d_state {cfg.get('d_state')}, mixer {html.escape(str(cfg.get('layer', 'mamba1')))},
+io_constraint {html.escape(str(cfg.get('io_constraint', 'none')))}.</p>
 <p><b>{summary['divergent_prone_layers']}</b> of {summary['n_layers']} layers are divergent-prone
 (M_s has a positive eigenvalue), <b>{summary['convergent_prone_layers']}</b> convergent-prone.
 Measured: token norms grow by a factor {summary['total_growth']:.4g} from the embedding to the last layer

@@ -116,13 +116,14 @@ def dynamics_from_outputs(hidden_states, internals) -> TokenDynamics:
 
 
 def run_with_internals(model, input_ids: torch.Tensor):
-    """One forward pass with internals; input_ids: (L,) or (1, L) int64. Returns the MambaOutput."""
-    if input_ids.dim() == 1:
+    """One forward pass with internals; input_ids: (L,) or (1, L) int64, or a classifier's
+    continuous input with its batch dim. Returns the MambaOutput."""
+    if input_ids.dim() == 1 and not input_ids.is_floating_point():
         input_ids = input_ids[None]
     if input_ids.numel() == 0:
         raise DataError("the input has no tokens.")
     vocab = getattr(model.config, "vocab_size", None)
-    if vocab is not None and int(input_ids.max()) >= getattr(model.config, "padded_vocab_size", vocab):
+    if vocab is not None and not input_ids.is_floating_point() and int(input_ids.max()) >= getattr(model.config, "padded_vocab_size", vocab):
         raise DataError(f"token id {int(input_ids.max())} is outside the model's vocabulary of {vocab}; "
                         "the tokenizer does not belong to this checkpoint.")
     device = next(model.parameters()).device

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -81,26 +80,33 @@ def build_report(system, sim, prediction, measured, x0) -> dict:
 
 @app.command()
 def simulate(
-    mu: Optional[float] = typer.Option(None, "--mu", help="1-D system: μ = S_Cᵀ S_B."),
-    s_delta: Optional[float] = typer.Option(None, "--s-delta", help="1-D system: S_Δ."),
-    a: Optional[float] = typer.Option(None, "--a", help="1-D system: decay a > 0."),
+    mu: float | None = typer.Option(None, "--mu", help="1-D system: μ = S_Cᵀ S_B."),
+    s_delta: float | None = typer.Option(None, "--s-delta", help="1-D system: S_Δ."),
+    a: float | None = typer.Option(None, "--a", help="1-D system: decay a > 0."),
     b_delta: float = typer.Option(0.0, "--b-delta", help="1-D system: bias b_Δ."),
-    params: Optional[Path] = typer.Option(None, "--params", help="JSON file with S_B, S_C, S_Delta, b_Delta, a or A."),
+    params: Path | None = typer.Option(None, "--params", help="JSON file with S_B, S_C, S_Delta, b_Delta, a or A."),
     random: bool = typer.Option(False, "--random", help="Random parameters (needs --dim, --state)."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="D for --random."),
-    state: Optional[int] = typer.Option(None, "--state", help="N for --random."),
+    dim: int | None = typer.Option(None, "--dim", help="D for --random."),
+    state: int | None = typer.Option(None, "--state", help="N for --random."),
     seed: int = typer.Option(0, "--seed", help="Seed for random parameters and tokens."),
-    x0: Optional[str] = typer.Option(None, "--x0", help="1-D initial tokens, e.g. \"1,-0.5,0.3\"."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="Number L of random initial tokens (N(0,1))."),
+    x0: str | None = typer.Option(None, "--x0", help="1-D initial tokens, e.g. \"1,-0.5,0.3\"."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Number L of random initial tokens (N(0,1))."),
     t_end: float = typer.Option(100.0, "--t-end", help="End time (depth) of the integration."),
     method: str = typer.Option("dopri5", "--method", help="torchdiffeq method (dopri5, dopri8, bosh3, ...)."),
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
     backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
-    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many field evaluations."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG figure here."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    max_evals: int | None = typer.Option(None, "--max-evals", help="Stop after this many field evaluations."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a figure here (.png, .pdf, .svg, ...)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
     """Simulate the continuous-time token dynamics and report predicted vs simulated regime."""
+    from ..outputs import check_image_file, check_output_file, staged_outputs
+
+    if plot is not None:
+        check_image_file(plot, "--plot")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+
     import torch
 
     from ..dynamics import METHODS, TokenSystem, classify_trajectory, predict_regime
@@ -168,12 +174,14 @@ def simulate(
                       fmt(report["blowup_times"][l]), fmt(bounds[l] if bounds else None),
                       fmt(measured.loglog_slope[l]), fmt(measured.growth_exponent[l]))
     console.print(table)
-    if plot is not None:
-        from ..dynamics.plots import save_simulation_plot
+    with staged_outputs() as staging:
+        if plot is not None:
+            from ..dynamics.plots import save_simulation_plot
 
-        save_simulation_plot(sim, plot, title=f"{measured.regime} (predicted {prediction.regime})")
+            save_simulation_plot(sim, staging.file(plot), title=f"{measured.regime} (predicted {prediction.regime})")
+        if json_path is not None:
+            staging.file(json_path).write_text(json.dumps(report))
+    if plot is not None:
         console.print(f"figure written to {plot}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report))
         console.print(f"results written to {json_path}")

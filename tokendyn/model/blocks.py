@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..ops import backend_names
-from .mixer import MambaMixer, accumulation_dtype
+from ..ops import check_backend_name, compute_dtype
+from .mixer import MambaMixer
 from .outputs import MambaOutput
 from .variants import build_mixer
 
@@ -32,7 +32,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = accumulation_dtype(x.dtype)
+        acc = compute_dtype(x.dtype)
         # F.rms_norm is one fused kernel on CUDA (the written-out formula is four, forward
         # and backward); tests compare it with the formula in float64
         return F.rms_norm(x.to(acc), (x.shape[-1],), self.weight.to(acc), self.eps).to(x.dtype)
@@ -52,11 +52,17 @@ def _promote_residual(residual: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`)."""
+    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`).
 
-    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True):
+    ``reverse``: the mixer sees the sequence back to front (its output is flipped back), for
+    bidirectional classifiers; the recurrent :meth:`step` has no reverse.
+    """
+
+    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True,
+                 reverse: bool = False):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
+        self.reverse = reverse
         self.norm = norm
         self.mixer = mixer
 
@@ -73,12 +79,16 @@ class Block(nn.Module):
         Returns (mixer output, residual stream entering this layer, MixerRun).
         """
         normed, residual = self._add_norm(hidden_states, residual)
+        if self.reverse:
+            normed = normed.flip(1)
         run = self.mixer.run(normed, return_internals=return_internals, return_state=return_state)
-        return run.out, residual, run
+        return (run.out.flip(1) if self.reverse else run.out), residual, run
 
     def step(self, hidden_states, residual, conv_state, ssm_state):
         """One token: hidden_states, residual (batch, d_model). Returns (out, residual,
         conv_state, ssm_state)."""
+        if self.reverse:
+            raise ConfigError("a layer that scans in reverse has no one-token step; run the full sequence.")
         normed, residual = self._add_norm(hidden_states, residual)
         out, conv_state, ssm_state = self.mixer.step(normed, conv_state, ssm_state)
         return out, residual, conv_state, ssm_state
@@ -108,8 +118,7 @@ class MambaBackbone(nn.Module):
 
     def set_scan_backend(self, backend: str) -> None:
         """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
-        if backend not in backend_names():
-            raise ConfigError(f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}.")
+        check_backend_name(backend)
         for layer in self.layers:
             layer.mixer.scan_backend = backend
 
@@ -133,7 +142,7 @@ class MambaBackbone(nn.Module):
             outs = [self.step(inputs[:, t], cache) for t in range(inputs.shape[1])]
             return torch.stack(outs, dim=1)
         hidden = self.embedding(inputs)
-        record = MambaOutput(logits=None, hidden_states=[hidden], internals=[]) if output_internals else None
+        record = MambaOutput(hidden_states=[hidden], internals=[]) if output_internals else None
         residual = None
         keep_state = cache is not None
         for i, layer in enumerate(self.layers):
@@ -148,7 +157,7 @@ class MambaBackbone(nn.Module):
             cache.seqlen_offset += inputs.shape[1]
         out = self._final(hidden, residual)
         if record is not None:
-            record.logits = out
+            record.last_hidden_state = out
             return record
         return out
 

@@ -9,10 +9,11 @@ fields here).
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 
 from ..errors import ConfigError
-from ..ops import backend_names
+from ..ops import check_backend_name
+from .reorder import check_reorder_settings
 
 # Keyword arguments of the mixer, shared by both configs (mamba_ssm's ``ssm_cfg``).
 MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
@@ -22,6 +23,11 @@ POOLINGS = ("mean", "last")
 
 # Refinement 1 (THEORY.md section 5): the sign of the nonzero eigenvalues of M = S_Cᵀ S_B.
 IO_CONSTRAINTS = ("none", "positive", "negative", "mixed")
+
+
+def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
+    """The rank R of the Δ projection: mamba_ssm's ceil(d_model/16) for ``"auto"``, else dt_rank."""
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
 
 
 def _check_mixer_fields(cfg) -> None:
@@ -40,9 +46,7 @@ def _check_mixer_fields(cfg) -> None:
         raise ConfigError(f"dt_init must be 'random' or 'constant', got {cfg.dt_init!r}.")
     if cfg.dt_init_floor < 0:
         raise ConfigError(f"dt_init_floor must be >= 0, got {cfg.dt_init_floor}.")
-    backend = getattr(cfg, "scan_backend", "auto")
-    if backend not in backend_names():
-        raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
+    check_backend_name(getattr(cfg, "scan_backend", "auto"))
     _check_variant_fields(cfg)
 
 
@@ -63,6 +67,22 @@ def _check_variant_fields(cfg) -> None:
     if constraint != "none" and cfg.d_state > d_inner:
         raise ConfigError(f"io_constraint {constraint!r} needs d_state <= d_inner, got d_state {cfg.d_state} "
                           f"and d_inner {d_inner} (S_Cᵀ S_B has rank at most d_inner).")
+    if hasattr(cfg, "reorder"):
+        _check_reorder_fields(cfg)
+
+
+def _check_reorder_fields(cfg) -> None:
+    """The token-reordering fields (THEORY.md section 6)."""
+    check_reorder_settings(cfg.reorder, cfg.reorder_tau, cfg.reorder_power, cfg.reorder_branches)
+    layers = cfg.reorder_layers
+    if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ConfigError(f"reorder_layers must be a list of layer indices, got {layers!r}.")
+    bad = [i for i in layers if not 0 <= i < cfg.n_layer]
+    if bad:
+        raise ConfigError(f"reorder_layers {bad} do not exist; the model has layers 0..{cfg.n_layer - 1}.")
+    if cfg.reorder != "none" and not layers:
+        raise ConfigError(f"reorder={cfg.reorder!r} needs at least one layer in reorder_layers.")
 
 
 @dataclass(kw_only=True)
@@ -89,6 +109,16 @@ class _MixerSettings:
     layer: str = "mamba1"
     io_constraint: str = "none"
     io_margin: float = 0.7
+    # token reordering, THEORY.md section 6 (non-causal models only)
+    reorder: str = "none"
+    reorder_tau: float = 1.0
+    reorder_power: float = 1.0
+    reorder_layers: list[int] = field(default_factory=lambda: [0])
+    reorder_branches: str = "xz"
+
+    def reorders(self, layer_idx: int) -> bool:
+        """Whether layer ``layer_idx`` reorders its tokens."""
+        return self.reorder != "none" and layer_idx in self.reorder_layers
 
     @property
     def d_inner(self) -> int:
@@ -97,8 +127,8 @@ class _MixerSettings:
 
     @property
     def dt_rank_value(self) -> int:
-        """The rank of the Δ projection: ceil(d_model/16) for ``dt_rank="auto"``."""
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+        """The rank of the Δ projection (:func:`resolve_dt_rank`)."""
+        return resolve_dt_rank(self.dt_rank, self.d_model)
 
     def mixer_kwargs(self) -> dict:
         """The mixer's keyword arguments (mamba_ssm's ``ssm_cfg`` plus the backend)."""
@@ -136,6 +166,9 @@ class MambaConfig(_MixerSettings):
 
     def __post_init__(self):
         _check_mixer_fields(self)
+        if self.reorder != "none":
+            raise ConfigError(f"reorder={self.reorder!r} breaks causality, so a causal language model cannot use "
+                              "it; token reordering is for non-causal models such as the classifier.")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
             raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r}.")
         if not isinstance(self.pad_vocab_size_multiple, int) or self.pad_vocab_size_multiple < 1:
@@ -151,11 +184,17 @@ class MambaConfig(_MixerSettings):
 
 @dataclass
 class ClassifierConfig(_MixerSettings):
-    """A Mamba-1 classifier for sequences of continuous vectors (batch, L, input_dim).
+    """A Mamba-1 classifier for sequences of continuous vectors (batch, L, input_dim), or for
+    images cut into patches.
 
     ``pooling``: ``"mean"`` averages the final-normalised tokens over the sequence,
     ``"last"`` takes the last token (the only one that has seen the whole causal
-    sequence).
+    sequence). ``patch_size`` > 0: the input is images (batch, C, H, W), H and W multiples of
+    the patch size, cut into non-overlapping patch_size × patch_size patches in raster order,
+    each one token of input_dim = C·patch_size² values (28 × 28 with 4 × 4 patches: 49 tokens).
+    ``bidirectional``: odd-numbered layers scan the sequence in reverse, so every token sees
+    every other one after two layers (no extra parameters). ``n_positions`` > 0: a learned
+    position embedding for up to that many tokens is added to the input embedding.
     """
 
     input_dim: int
@@ -164,6 +203,9 @@ class ClassifierConfig(_MixerSettings):
     n_layer: int
     _: KW_ONLY
     pooling: str = "mean"
+    patch_size: int = 0
+    bidirectional: bool = False
+    n_positions: int = 0
 
     def __post_init__(self):
         _check_mixer_fields(self)
@@ -173,3 +215,17 @@ class ClassifierConfig(_MixerSettings):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        for name in ("patch_size", "n_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
+        if self.patch_size and self.input_dim % (self.patch_size ** 2):
+            raise ConfigError(f"input_dim {self.input_dim} must be channels x patch_size^2 "
+                              f"(a multiple of {self.patch_size ** 2}) for patch_size {self.patch_size}.")
+        if not isinstance(self.bidirectional, bool):
+            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}.")
+
+    @property
+    def image_channels(self) -> int:
+        """C of the images a patch classifier takes (input_dim / patch_size²); 0 for sequences."""
+        return self.input_dim // self.patch_size ** 2 if self.patch_size else 0

@@ -24,7 +24,7 @@ class InferenceCache:
     seqlen_offset: int = 0
 
     @classmethod
-    def allocate(cls, model, batch_size: int) -> "InferenceCache":
+    def allocate(cls, model, batch_size: int) -> InferenceCache:
         """Zero states for every layer of ``model`` (a MambaLM or MambaClassifier)."""
         conv, ssm = [], []
         for layer in model.backbone.layers:

@@ -25,8 +25,8 @@ Registering a variant (``applies(config, layer_idx) -> bool``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 
@@ -51,7 +51,7 @@ _COMPOSED: dict[tuple[type, ...], type] = {}
 def _load_builtins() -> None:
     # The built-in families and variants register themselves when their modules are
     # imported; importing here (not at the top) keeps the import graph one-way.
-    from . import io_constraint, mixer  # noqa: F401
+    from . import io_constraint, mixer, reorder_mixer  # noqa: F401
 
 
 def register_mixer(name: str):

@@ -9,11 +9,11 @@ Every backend computes the same function; ``reference`` is the ground truth.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from ..errors import BackendUnavailableError, ScanInputError
+from ..errors import BackendUnavailableError, ScanInputError, UnknownBackendError
 
 # name -> "module:function"; imported lazily so that a backend's dependencies
 # (triton) are needed only when it is used.
@@ -25,10 +25,22 @@ _BACKENDS: dict[str, str] = {
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Where the Triton backend sends what its float32 kernels cannot compute (float64, length 0):
+# the parallel PyTorch scan, exact in float64.
+EXACT_BACKEND = "chunked"
+
 
 def backend_names() -> list[str]:
     """All backend names, available here or not (plus ``auto``)."""
     return [*_BACKENDS, "auto"]
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if it names a backend (or ``auto``); the one check of backend names, used by the
+    dispatcher, the model config and ``set_scan_backend``. Raises :class:`UnknownBackendError`."""
+    if name not in _BACKENDS and name != "auto":
+        raise UnknownBackendError(f"unknown scan backend {name!r}; choose one of {', '.join(backend_names())}.")
+    return name
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -59,11 +71,25 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return names
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend ``auto`` stands for on ``device`` (fastest available)."""
-    if backend != "auto":
-        return backend
-    return "triton" if _triton_usable(torch.device(device)) else "chunked"
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs a scan of ``dtype`` tensors on ``device``: the one policy for names.
+
+    Unknown names are refused; ``auto`` is ``triton`` on a CUDA device where triton imports, else
+    ``chunked``; ``triton`` where it cannot run is refused; float64 always runs in ``chunked``
+    (the Triton kernels compute in float32, the PyTorch backends are float64-exact).
+    Raises :class:`BackendUnavailableError` with one sentence.
+    """
+    check_backend_name(backend)
+    device = torch.device(device)
+    if backend == "auto":
+        backend = "triton" if _triton_usable(device) else "chunked"
+    elif backend == "triton" and not _triton_usable(device):
+        raise BackendUnavailableError(
+            "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
+        )
+    if backend == "triton" and dtype == torch.float64:
+        return EXACT_BACKEND
+    return backend
 
 
 def _load(name: str) -> Callable:
@@ -71,17 +97,9 @@ def _load(name: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-def get_backend(name: str, device: torch.device | str = "cpu") -> Callable:
-    """The scan function for a backend name (``auto`` resolved for ``device``)."""
-    if name not in _BACKENDS and name != "auto":
-        raise BackendUnavailableError(
-            f"unknown scan backend {name!r}; choose one of {', '.join(backend_names())}."
-        )
-    name = resolve_backend(name, device)
-    if name == "triton" and not _triton_usable(torch.device(device)):
-        raise BackendUnavailableError(
-            "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
-        )
+def get_backend(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Callable:
+    """The scan function for a backend name, as :func:`resolve_backend` decides it."""
+    name = resolve_backend(name, device, dtype)
     try:
         return _load(name)
     except ImportError as exc:
@@ -146,6 +164,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     ``triton`` (fused CUDA kernel) or ``auto`` (fastest available on u's device).
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    fn = get_backend(backend, u.device)
+    fn = get_backend(backend, u.device, u.dtype)
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
               delta_softplus=delta_softplus, return_last_state=return_last_state)

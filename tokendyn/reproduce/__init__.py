@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import importlib
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
+from ..outputs import check_output_dir, staged_outputs
+from ..provenance import provenance
+from ..resources import resolve_device
 
 SECTIONS: list[str] = [
     "core",
     "theory",
     "analysis",
+    "lm",
+    "reorder",
 ]
 
 SCALES = ("quick", "full")
@@ -49,52 +51,28 @@ class SectionResult:
     summary: dict = field(default_factory=dict)
 
 
-def git_commit() -> str | None:
-    """The commit of the working tree tokendyn runs from: the environment variable
-    TOKENDYN_COMMIT where set (a copy of the tree, e.g. a ``git archive`` on a separate
-    benchmark machine, possibly inside some other checkout whose HEAD git would report),
-    else git's answer in a checkout, else None."""
-    import os
-
-    env = os.environ.get("TOKENDYN_COMMIT") or None
-    if env:
-        return env
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return env
-    commit = res.stdout.strip()
-    # outside a checkout git fails (or echoes the ref): only a full hash is a commit
-    if res.returncode != 0 or len(commit) != 40:
-        return env
-    return commit
-
-
-def provenance(command: str | None = None) -> dict:
-    """Where numbers came from: device, date, commit, command, versions."""
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {
-        "device": dev,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "command": command,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
-    """Run the sections (all, or those named in ``only``) and write report.md / report.json."""
+    """Run the sections (all, or those named in ``only``) and write report.md / report.json.
+
+    Everything is written into a temporary directory and moved into ``out`` only when every
+    section has finished (:mod:`tokendyn.outputs`): an interrupted or failed run leaves ``out``
+    as it was.
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
     unknown = [s for s in (only or []) if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; sections are {', '.join(SECTIONS)}.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    out = check_output_dir(out, "--out")
     command = f"tokendyn reproduce --scale {scale} --out {out}" + "".join(f" --only {s}" for s in only or [])
+    with staged_outputs() as staging:
+        report = _run_sections(staging.dir(out), scale, only, device, command)
+    print(f"report written to {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str) -> dict:
     ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
     report = {"provenance": provenance(command),
               "scale": scale, "sections": {}}
@@ -113,5 +91,4 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
         parts.append(f"## {module.TITLE}\n\n{res.markdown.strip()}\n\n_Section time: {seconds:.1f} s._\n")
     (out / "report.md").write_text("\n".join(parts))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"report written to {out / 'report.md'} and {out / 'report.json'}")
     return report

@@ -19,7 +19,8 @@ import torch
 from ..analysis.analyze import InputTokens, analyze_model, write_analysis
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
-from . import Context, SectionResult, provenance
+from ..provenance import provenance
+from . import Context, SectionResult
 
 TITLE = "Checkpoint analysis"
 

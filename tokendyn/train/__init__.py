@@ -1,1 +1,11 @@
+"""Training: one loop for every task (``loop``), the task interface and the language-model
+task (``task``), run directories with atomic checkpoints and exact resume (``state``), the
+regime monitor (``monitor``), language-model runs (``lm``) and the lm-scenarios experiment
+(``scenarios``)."""
 
+from .loop import TrainConfig, TrainResult, lr_at, param_groups, train
+from .monitor import RegimeMonitor, plot_monitor
+from .task import LanguageModelTask, Task
+
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "param_groups", "Task", "LanguageModelTask",
+           "RegimeMonitor", "plot_monitor"]

@@ -1,0 +1,99 @@
+"""`tokendyn train lm-scenarios`: the JSON shape, the table, the figures, skipping complete runs,
+merging runs from partial result directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from train_helpers import cache, run_cli, write_text  # noqa: F401
+
+
+def _args(text, out, settings, seeds):
+    return ["train", "lm-scenarios", "--scale", "smoke", "--settings", settings, "--seeds", seeds, "--text", text,
+            "--device", "cpu", "--no-progress", "--out", out]
+
+
+@pytest.mark.slow
+def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: F811
+    text = write_text(tmp_path / "t.txt", 600)
+    settings = "none,positive,negative"
+    a = tmp_path / "a"
+    code, err = run_cli(_args(text, a, settings, "0"), capsys)
+    assert code == 0, err
+    doc = json.loads((a / "lm_scenarios.json").read_text())
+    assert set(doc) >= {"settings", "config", "data", "device", "commit", "command", "seeds", "tokens_seen"}
+    for s in settings.split(","):
+        v = doc["settings"][s]
+        assert len(v["test_ppl"]) == 1 and v["test_ppl"][0] > 1
+        assert [p[0] for p in v["val_curve"]] == [15, 30, 45, 60]
+    assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
+    assert (a / "lm_scenarios.md").read_text().count("| none |") == 1
+    assert (a / "lm_scenarios_val.png").stat().st_size > 1000
+    assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
+    final = doc["settings"]["negative"]["monitor_final"]
+    assert final and all(row["positive"] == 0 and row["regime"] == "convergence" for row in final)
+    assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"])
+    # a second call with another seed, in another directory; then merge the two
+    b = tmp_path / "b"
+    assert run_cli(_args(text, b, "none", "1"), capsys)[0] == 0
+    shutil.copytree(b / "runs" / "none-seed1", a / "runs" / "none-seed1")
+    before = (a / "runs" / "none-seed0" / "result.json").read_bytes()
+    code, err = run_cli(_args(text, a, "none", "0,1"), capsys)
+    assert code == 0 and err.count("complete, skipped") == 2
+    assert (a / "runs" / "none-seed0" / "result.json").read_bytes() == before
+    merged = json.loads((a / "lm_scenarios.json").read_text())
+    assert merged["settings"]["none"]["seeds"] == [0, 1] and len(merged["settings"]["none"]["test_ppl"]) == 2
+    assert merged["settings"]["none"]["test_ppl"][1] == json.loads((b / "lm_scenarios.json").read_text())[
+        "settings"]["none"]["test_ppl"][0]
+
+
+def test_scenarios_refuse_bad_options(tmp_path, capsys):
+    for args, words in ((["--scale", "huge"], "scale"), (["--seeds", "a,b"], "--seeds"),
+                        (["--settings", "upward"], "upward")):
+        code, err = run_cli(["train", "lm-scenarios", "--out", tmp_path / "o", *args], capsys)
+        assert code == 2 and words in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):  # noqa: F811
+    text = write_text(tmp_path / "t.txt", 600)
+    out = tmp_path / "o"
+    assert run_cli(_args(text, out, "none,mixed", "0"), capsys)[0] == 0
+    a = json.loads((out / "runs" / "none-seed0" / "run.json").read_text())
+    b = json.loads((out / "runs" / "mixed-seed0" / "run.json").read_text())
+    assert a["model"].pop("io_constraint") == "none" and b["model"].pop("io_constraint") == "mixed"
+    assert a == b
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible program (bible-kjv)")
+def test_reproduce_lm_section(tmp_path, monkeypatch):
+    """The lm section of `tokendyn reproduce` at quick scale (shortened here): this run's table and
+    the committed full table, each labelled."""
+    import torch
+
+    from tokendyn.reproduce import Context
+    from tokendyn.reproduce import lm as section
+    from tokendyn.train import scenarios
+
+    monkeypatch.setitem(scenarios.SCALES, "smoke", {**scenarios.SCALES["smoke"], "steps": 4, "eval_every": 2,
+                                                    "monitor_every": 2})
+    committed = tmp_path / "lm_scenarios.json"
+    committed.write_text(json.dumps({
+        "settings": {s: {"test_ppl": [10.0 + i, 11.0 + i], "val_curve": [[2, 12.0]], "test_ppl_mean": 10.5 + i,
+                         "test_ppl_std": 0.7, "seeds": [0, 1]} for i, s in enumerate(("none", "positive"))},
+        "comparisons": {}, "config": {"scale": "full", "model": {"d_model": 384, "n_layer": 8, "d_state": 16,
+                                                                 "vocab_size": 4096}, "task": {"context": 512}},
+        "data": "King James Bible", "device": "NVIDIA H200", "commit": "abc", "tokens_seen": 1}))
+    monkeypatch.setattr(section, "COMMITTED", committed)
+    ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
+    res = section.run(ctx)
+    assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive |") == 2
+    assert set(res.summary["test_ppl"]) == {"none", "positive", "negative", "mixed"}
+    assert all(len(v) == 2 for v in res.summary["test_ppl"].values())
+    assert res.summary["committed"]["test_ppl"]["none"] == [10.0, 11.0]
+    assert (tmp_path / "rep" / "lm" / "lm_scenarios_spectra.png").is_file()

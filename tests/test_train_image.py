@@ -1,0 +1,186 @@
+"""Image classification through the one training loop: the task, `tokendyn train image`
+(exact resume, one-sentence errors) and the reorder experiment's grid and files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from image_helpers import write_fashion, write_idx
+from train_helpers import run_cli
+
+from tokendyn.data.images import load_fashion_mnist
+from tokendyn.train.images import ImageClassificationTask
+
+
+@pytest.fixture
+def fashion(tmp_path):
+    d = tmp_path / "fm"
+    d.mkdir()
+    write_fashion(d, n_train=40, n_test=10)
+    return d
+
+
+def image_args(data_dir, out, *extra):
+    """`tokendyn train image` options of a run that takes a second or two on one CPU core."""
+    return ["train", "image", "--data-dir", str(data_dir), "--d-model", "8", "--n-layer", "2", "--d-state", "4",
+            "--patch-size", "7", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_task_batches_are_pure_and_cover_each_epoch(fashion):
+    data = load_fashion_mnist(fashion)
+    task = ImageClassificationTask(data, batch_size=6, seed=1, val_fraction=0.25, crop_padding=2, flip=True)
+    assert task.steps_per_epoch == 30 // 6
+    x, y = task.train_batch(3, 0, 1)
+    assert x.shape == (6, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (6,)
+    parts = [task.train_batch(3, i, 3) for i in range(3)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+    assert torch.equal(task.train_batch(3, 0, 1)[0], x)                 # a pure function of the step
+    order = task.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(30))                    # every image once per epoch
+    ev = task.evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "test")
+    assert ev["images"] == 10 and 0 <= ev["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("reorder", ["none", "hard"])
+def test_train_image_resumes_exactly(tmp_path, capsys, fashion, reorder):
+    a, b = tmp_path / "a", tmp_path / "b"
+    extra = ("--reorder", reorder, "--crop-padding", "1")
+    code, err = run_cli(image_args(fashion, a, *extra), capsys)
+    assert code == 0, err
+    code, err = run_cli(image_args(fashion, b, *extra, "--stop-after-steps", "3"), capsys)
+    assert code == 0 and "stopped after step 3" in err
+    args = image_args(fashion, b, *extra, "--resume", str(b))
+    args.remove("--out"), args.remove(str(b))
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    assert ra["test"] == rb["test"] and ra["val_curve"] == rb["val_curve"]
+    assert len(ra["val_curve"]) == 2                                     # one validation per epoch
+    weights = "checkpoint/model.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()
+    # the checkpoint is an ordinary classifier checkpoint: info reads it
+    code, err = run_cli(["info", a / "checkpoint", "--json", tmp_path / "info.json"], capsys)
+    assert code == 0, err
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["config"]["reorder"] == reorder and info["config"]["patch_size"] == 7
+
+
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, fashion):
+    cases = [
+        (image_args(fashion, tmp_path / "r1", "--reorder", "sideways"), "unknown reorder mode"),
+        (image_args(fashion, tmp_path / "r2", "--reorder", "soft", "--reorder-tau", "0"), "reorder_tau"),
+        (image_args(fashion, tmp_path / "r3", "--reorder", "soft", "--reorder-tau", "-1"), "reorder_tau"),
+        (image_args(fashion, tmp_path / "r4", "--reorder-branches", "z"), "reorder_branches"),
+        (image_args(fashion, tmp_path / "r5", "--reorder", "hard", "--reorder-layers", "5"), "reorder_layers"),
+        (image_args(fashion, tmp_path / "r6", "--patch-size", "5"), "patch size 5"),
+        (image_args(tmp_path / "nothing", tmp_path / "r7"), "no Fashion-MNIST IDX files"),
+        (["train", "reorder", "--settings", "sorted", "--out", tmp_path / "g"], "unknown setting"),
+        (["train", "reorder", "--scale", "huge", "--out", tmp_path / "g"], "unknown scale"),
+    ]
+    folder = tmp_path / "images"
+    (folder / "a").mkdir(parents=True)
+    cases.append((image_args(folder, tmp_path / "r8", "--data", "folder"), "no image files"))
+    broken = tmp_path / "broken"
+    (broken / "a").mkdir(parents=True)
+    (broken / "a" / "x.png").write_bytes(b"not an image")
+    cases.append((image_args(broken, tmp_path / "r9", "--data", "folder"), "cannot be read"))
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    write_fashion(labels, n_train=20, n_test=5, label_max=12)
+    cases.append((image_args(labels, tmp_path / "r10"), "labels outside 0..9"))
+    size = tmp_path / "size"
+    size.mkdir()
+    write_fashion(size, n_train=20, n_test=5)
+    write_idx(size / "train-images-idx3-ubyte.gz", torch.zeros(20, 28, 28, dtype=torch.uint8), compress=True,
+              extra=b"\x00" * 7)
+    cases.append((image_args(size, tmp_path / "r11"), "bytes of data but its header"))
+    for args, match in cases:
+        code, err = run_cli(args, capsys)
+        assert code == 2 and match in err and err.count("\n") == 1, (args, err)
+
+
+@pytest.mark.slow
+def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeypatch, fashion):
+    from tokendyn.train import reordering
+
+    monkeypatch.setitem(reordering.SCALES, "tiny", {
+        "train_images": 0, "test_images": 0, "model": {"d_model": 8, "n_layer": 2, "d_state": 4, "patch_size": 7},
+        "batch_size": 9, "epochs": 2, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.1})
+    lines = []
+    prov = {"device": "cpu (test)", "commit": "0" * 40, "command": "pytest", "date": "today"}
+    doc = reordering.run_grid(tmp_path / "out", scale="tiny", seeds=(0, 1), device="cpu", data_root=fashion,
+                              progress=False, log=lines.append, provenance=prov)
+    assert set(doc) == {"settings", "config", "data", "device", "commit", "command"}
+    assert list(doc["settings"]) == ["none", "soft", "hard", "x_only"]
+    for v in doc["settings"].values():
+        assert set(v) == {"test_acc", "val_curve"} and len(v["test_acc"]) == 2
+        assert [e for e, _ in v["val_curve"][0]] == [1.0, 2.0]
+    assert doc["commit"] == "0" * 40 and doc["device"] == "cpu (test)"
+    md = (tmp_path / "out" / "reorder.md").read_text()
+    assert "| hard | 2 |" in md and "epochs to validation accuracy ≥ 0.1" in md
+    assert (tmp_path / "out" / "reorder.png").stat().st_size > 0
+    # the models really differ by setting
+    cfgs = {s: json.loads((tmp_path / "out" / "runs" / f"{s}-seed0" / "run.json").read_text())["model"]
+            for s in doc["settings"]}
+    assert (cfgs["x_only"]["reorder"], cfgs["x_only"]["reorder_branches"]) == ("soft", "x")
+    assert cfgs["hard"]["reorder"] == "hard" and cfgs["none"]["reorder"] == "none"
+    # a second call trains nothing and rewrites the same table
+    lines.clear()
+    again = reordering.run_grid(tmp_path / "out", scale="tiny", seeds=(0, 1), device="cpu", data_root=fashion,
+                                progress=False, log=lines.append, provenance=prov)
+    assert sum("complete, skipped" in line for line in lines) == 8
+    assert again["settings"] == doc["settings"]
+
+
+def test_reproduce_reorder_section(tmp_path, monkeypatch, fashion):
+    """The reorder section of `tokendyn reproduce` at quick scale (shrunk here): this run's table
+    and the committed full table, each labelled."""
+    from tokendyn.reproduce import Context
+    from tokendyn.reproduce import reorder as section
+    from tokendyn.train import reordering
+
+    monkeypatch.setenv("TOKENDYN_FASHION_MNIST", str(fashion))
+    monkeypatch.setitem(reordering.SCALES, "smoke", {**reordering.SCALES["smoke"], "train_images": 40,
+                                                     "test_images": 10, "batch_size": 12, "epochs": 1,
+                                                     "model": {"d_model": 8, "n_layer": 2, "d_state": 4}})
+    committed = tmp_path / "reorder.json"
+    committed.write_text(json.dumps({
+        "settings": {s: {"test_acc": [0.9 + i / 100, 0.91], "val_curve": [[[1.0, 0.8], [2.0, 0.88]]] * 2}
+                     for i, s in enumerate(("none", "hard"))},
+        "config": {"scale": "full", "model": {"d_model": 128, "n_layer": 4, "d_state": 16, "patch_size": 4},
+                   "epochs": 2, "target_acc": 0.85, "task": {"steps_per_epoch": 105, "examples_per_step": 512},
+                   "wall_s": {"none": [9.0, 9.5], "hard": [9.9, 10.0]}},
+        "data": "Fashion-MNIST", "device": "NVIDIA H200", "commit": "abc", "command": "x"}))
+    monkeypatch.setattr(section, "COMMITTED", committed)
+    ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
+    res = section.run(ctx)
+    assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| hard |") == 2
+    assert set(res.summary["test_acc"]) == {"none", "soft", "hard", "x_only"}
+    assert all(len(v["test_acc"]) == 2 for v in res.summary["test_acc"].values())
+    assert res.summary["committed"]["test_acc"]["none"]["test_acc"] == [0.9, 0.91]
+    assert (tmp_path / "rep" / "reorder" / "reorder.png").is_file()
+
+
+def test_train_image_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        for split, n in (("train", 10), ("val", 3)):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12 + i, 10), colour).save(d / f"{i}.png")
+    out = tmp_path / "run"
+    code, err = run_cli(["train", "image", "--data", "folder", "--data-dir", tmp_path / "imgs", "--image-size", "8",
+                         "--patch-size", "4", "--d-model", "8", "--n-layer", "2", "--d-state", "4", "--epochs", "2",
+                         "--batch-size", "4", "--val-fraction", "0.2", "--reorder", "soft", "--flip",
+                         "--crop-padding", "1", "--device", "cpu", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["test"]["images"] == 6 and len(result["val_curve"]) == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["task"]["image_shape"] == [3, 8, 8] and run["model"]["input_dim"] == 48

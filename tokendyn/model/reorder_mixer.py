@@ -1,0 +1,103 @@
+"""Token reordering as a mixer variant (THEORY.md section 6).
+
+:class:`ReorderingMixin` is composed onto a mixer family's class (the variant registry does
+this when ``config.reorder != "none"`` and the layer is in ``config.reorder_layers``). It adds
+one parameter, ``importance_weight`` = k ∈ R^D, and overrides the two hooks the mixer calls
+around the scan:
+
+    arrange_tokens(x, z)  after the causal conv, before Δ, B, C are computed:
+        s = kᵀ(S_Δ x + b_Δ) per token, then x (and the gate z, unless the x-only ablation)
+        put in increasing order of s, so Δ, B and C come from the reordered tokens;
+    restore_order(y)      after the scan and gate: back to the original token order, so the
+        residual stream keeps its positions.
+
+Modes: ``soft`` — SoftSort's P̂ (O(L²)), restored with P̂ᵀ normalised to stochastic rows
+(the exact inverse as τ → 0); ``hard`` — the exact permutation (O(L log L)), restored with
+its inverse, scores trained through a straight-through gradient. ``reorder_branches="x"``
+sorts x only and leaves z in the original order, as the authors' code does (a named
+ablation: the gate then multiplies the scan output of another token).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, ConfigError
+from .reorder import (
+    DEFAULT_WINDOW,
+    check_reorder_settings,
+    hard_permute,
+    importance_scores,
+    inverse_permute,
+    soft_permute,
+    soft_restore,
+    softsort_matrix,
+)
+from .variants import register_variant
+
+
+def reorders(config, layer_idx: int | None) -> bool:
+    """Whether layer ``layer_idx`` of a model with ``config`` reorders its tokens."""
+    return getattr(config, "reorder", "none") != "none" and layer_idx in getattr(config, "reorder_layers", ())
+
+
+@register_variant("reorder", applies=reorders)
+class ReorderingMixin:
+    """Reorders the tokens of a Mamba mixer by a learned importance score (module docstring).
+
+    Built from the config's ``reorder``, ``reorder_tau``, ``reorder_power`` and
+    ``reorder_branches`` fields; ``importance_weight`` (D,) starts uniform in ±D^-1/2 (not 0:
+    equal scores would make SoftSort's rows uniform and the sort an identity with no gradient).
+    """
+
+    def __init__(self, config, layer_idx: int | None = None):
+        super().__init__(config, layer_idx=layer_idx)
+        self.setup_reordering(config.reorder, config.reorder_tau, config.reorder_power, config.reorder_branches)
+
+    def setup_reordering(self, mode: str, tau: float = 1.0, power: float = 1.0, branches: str = "xz",
+                         window: int = DEFAULT_WINDOW) -> None:
+        """Set the mode and add ``importance_weight`` (what ``__init__`` does from the config)."""
+        check_reorder_settings(mode, tau, power, branches)
+        self.reorder_mode = mode
+        self.reorder_tau = float(tau)
+        self.reorder_power = float(power)
+        self.reorder_branches = branches
+        self.reorder_window = window
+        bound = 1.0 / math.sqrt(self.d_inner)
+        weight = torch.empty(self.d_inner, device=self.dt_proj.bias.device)
+        self.importance_weight = nn.Parameter(nn.init.uniform_(weight, -bound, bound))
+
+    def importance(self, x: torch.Tensor) -> torch.Tensor:
+        """s = kᵀ(S_Δ x + b_Δ): x (batch, D, L) after the conv -> scores (batch, L)."""
+        dt, _, _ = self.selective_inputs(x)
+        return importance_scores(dt, self.dt_proj.bias, self.importance_weight)
+
+    def arrange_tokens(self, x: torch.Tensor, z: torch.Tensor, layer_ctx=None):
+        """x, z: (batch, D, L) -> (sorted x, sorted or original z, what restore_order needs)."""
+        s = self.importance(x)
+        both = self.reorder_branches == "xz"
+        if self.reorder_mode == "soft":
+            P = softsort_matrix(s, self.reorder_tau, self.reorder_power)
+            return soft_permute(P, x), (soft_permute(P, z) if both else z), ("soft", P)
+        if self.reorder_mode == "hard":
+            outs, perm = hard_permute(s, *((x, z) if both else (x,)), tau=self.reorder_tau,
+                                      power=self.reorder_power, window=self.reorder_window)
+            return outs[0], (outs[1] if both else z), ("hard", perm)
+        return x, z, None
+
+    def step(self, *args, **kwargs):
+        raise ConfigError("a reordering layer sorts the whole sequence, so it has no one-token step.")
+
+    def plain_state_dict(self):
+        raise CheckpointError("a model with token reordering cannot be written as a plain Mamba-1 model: "
+                              "no Mamba-1 mixer computes the sort.")
+
+    def restore_order(self, y: torch.Tensor, ctx):
+        """y: (batch, D, L) in the scan's order -> the original token order."""
+        if ctx is None:
+            return y
+        kind, value = ctx
+        return soft_restore(value, y) if kind == "soft" else inverse_permute(y, value)

@@ -1,0 +1,45 @@
+"""Section "lm": language models with S_Cᵀ S_B unconstrained, positive, negative and mixed
+(THEORY.md section 5), trained by ``tokendyn train lm-scenarios``.
+
+quick: the smoke scale on the built-in corpus, 2 seeds per setting, on the CPU; full: the
+full scale, 3 seeds (one GPU). Beside this run's table the section shows the committed
+full-scale table (results/lm_scenarios.json), when there is one, labelled as such.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..train.scenarios import load_committed, markdown_table, run_grid
+from . import Context, SectionResult, provenance
+
+TITLE = "Language models with a sign-constrained S_Cᵀ S_B"
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "lm_scenarios.json"
+
+
+def run(ctx: Context) -> SectionResult:
+    scale, seeds = ("smoke", (0, 1)) if ctx.quick else ("full", (0, 1, 2))
+    out = ctx.out / "lm"
+    doc = run_grid(out, scale=scale, seeds=seeds, device=ctx.device, progress=False,
+                   log=lambda line: print(f"  {line}", flush=True), provenance=provenance(ctx.command))
+    committed = load_committed(COMMITTED)
+    parts = [f"**This run** ({scale} scale, {doc['device']}; files in `lm/`):", "", markdown_table(doc),
+             "![validation curves](lm/lm_scenarios_val.png)",
+             "![spectra](lm/lm_scenarios_spectra.png)",
+             "![token norms](lm/lm_scenarios_token_norms.png)", ""]
+    if committed is not None:
+        parts += [f"**Committed full-scale run** (results/lm_scenarios.json: {committed.get('device')}, commit "
+                  f"{str(committed.get('commit'))[:10]}, {committed.get('date', 'date not recorded')}):", "",
+                  markdown_table(committed)]
+    else:
+        parts += ["No committed full-scale table (results/lm_scenarios.json) is present in this tree."]
+    parts += ["", "The smoke scale trains tiny models for seconds: its numbers show that the pipeline runs, "
+              "not how the settings compare. Differences are read against the seed spread (the ratio column)."]
+    summary = {"scale": scale, "seeds": list(seeds),
+               "test_ppl": {s: v["test_ppl"] for s, v in doc["settings"].items()},
+               "comparisons": doc["comparisons"], "tokens_seen": doc["tokens_seen"],
+               "committed": None if committed is None else {
+                   "device": committed.get("device"), "commit": committed.get("commit"),
+                   "test_ppl": {s: v["test_ppl"] for s, v in committed.get("settings", {}).items()}}}
+    return SectionResult(markdown="\n".join(parts), summary=summary)

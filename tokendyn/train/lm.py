@@ -1,0 +1,106 @@
+"""Language-model training runs: data + tokenizer, a MambaLM, the loop, the regime monitor.
+
+:func:`train_lm` is what ``tokendyn train lm`` runs and what the lm-scenarios experiment
+runs once per (setting, seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import corpus as corpora
+from ..errors import ConfigError
+from ..model import MambaConfig, MambaLM
+from ..model.config import IO_CONSTRAINTS
+from . import state as runstate
+from .loop import TrainConfig, TrainResult, train
+from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
+from .task import LanguageModelTask
+
+IO_SETTINGS = IO_CONSTRAINTS      # the settings the experiment compares: every io_constraint
+
+
+@dataclass
+class LMModelSpec:
+    """The model of a run (a MambaLM; the vocabulary comes from the tokenizer).
+
+    io_constraint: the sign of S_Cᵀ S_B (THEORY.md section 5): none, positive, negative
+    or mixed; io_margin: its ε.
+    """
+
+    d_model: int = 128
+    n_layer: int = 4
+    d_state: int = 16
+    expand: int = 2
+    io_constraint: str = "none"
+    io_margin: float = 0.7
+
+    def config(self, vocab_size: int, scan_backend: str = "auto") -> MambaConfig:
+        if self.io_constraint not in IO_SETTINGS:
+            raise ConfigError(f"unknown io_constraint setting {self.io_constraint!r}; choose one of "
+                              f"{', '.join(IO_SETTINGS)}.")
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
+                           expand=self.expand, scan_backend=scan_backend, io_constraint=self.io_constraint,
+                           io_margin=self.io_margin)
+
+
+def model_identity(config: MambaConfig) -> dict:
+    """The config fields that define the model (the scan backend is the machine's choice)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "scan_backend"}
+
+
+def prepare_data(text_files=None, wikitext=None, tokenizer=None, vocab_size: int = 4096,
+                 cache_dir: Path | None = None) -> corpora.TokenizedCorpus:
+    """The tokenised corpus a run trains on (see :mod:`tokendyn.data.corpus`)."""
+    corpus = corpora.load_corpus(text_files=text_files, wikitext=wikitext)
+    return corpora.tokenize_corpus(corpus, tokenizer=tokenizer, vocab_size=vocab_size, cache_dir=cache_dir)
+
+
+def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig, *, context: int = 256,
+             batch_size: int = 32, out: Path | None = None, resume: bool = False, device="auto",
+             eval_tokens: int = 65536, eval_batch: int = 16, monitor_every: int = DEFAULT_EVERY,
+             stop_after_steps: int | None = None, progress: bool = True, scan_backend: str = "auto",
+             log=None) -> tuple[TrainResult, MambaLM]:
+    """Build a MambaLM (seeded by ``cfg.seed``) and train it on ``data``; returns (result, model).
+
+    With ``out``: OUT/tokenizer.json, the run files of :mod:`tokendyn.train.state`, and
+    OUT/monitor.png (the regime monitor's figure) at the end.
+    """
+    config = spec.config(data.vocab_size, scan_backend=scan_backend)
+    torch.manual_seed(cfg.seed)
+    model = MambaLM(config)
+    task = LanguageModelTask(data.ids, data.vocab_size, context=context, batch_size=batch_size, seed=cfg.seed,
+                             eval_tokens=eval_tokens, eval_batch=eval_batch)
+    callbacks = []
+    monitor = None
+    if monitor_every:
+        monitor = RegimeMonitor(task.probe_input(), every=monitor_every, log=log)
+        callbacks.append(monitor)
+    identity = {"model": model_identity(config), "data": data.describe(), "monitor_every": monitor_every,
+                "eval_batch": eval_batch}
+    result = train(model, task, cfg, out, identity=identity, resume=resume, device=device, callbacks=callbacks,
+                   stop_after_steps=stop_after_steps, progress=progress, tokenizer_json=data.tokenizer_json,
+                   log=log)
+    if out is not None and is_main_process():
+        data.save_tokenizer(Path(out))
+        if monitor is not None and not result.stopped_early:
+            import matplotlib.pyplot as plt
+
+            fig = plot_monitor(runstate.read_metrics(Path(out)),
+                               title=f"regime monitor ({spec.io_constraint}, seed {cfg.seed})")
+            tmp = Path(out) / ".monitor.tmp.png"
+            fig.savefig(tmp, dpi=100)
+            plt.close(fig)
+            tmp.replace(Path(out) / "monitor.png")
+    return result, model
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0

@@ -1,0 +1,340 @@
+"""The training loop: one loop for every task (:mod:`tokendyn.train.task`), on one device or
+several processes (torchrun + DistributedDataParallel).
+
+Per optimiser step s: the learning rate of :func:`lr_at`; for each of the ``accumulation``
+micro-batches of this process, the task's slice of step s's global batch, forward (bf16
+autocast on CUDA), loss / accumulation, backward (gradients all-reduced by DDP on the
+last micro-batch only); gradient clipping; AdamW. Every ``eval_every`` steps the validation
+metrics, every ``checkpoint_every`` steps a checkpoint (:mod:`tokendyn.train.state`), and
+the callbacks (the regime monitor) at their own interval; at the end the test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from ..resources import resolve_device as check_device
+from . import state as runstate
+from .task import Task
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule settings.
+
+    steps: optimiser steps; micro_batch: examples per forward pass in each process
+    (0: the whole per-process share of the global batch, no accumulation); lr: peak
+    learning rate; warmup: fraction of the steps with a linear warm-up; min_lr_ratio:
+    the cosine decays to lr·min_lr_ratio at the last step; weight_decay: AdamW's, on
+    matrices only (:func:`param_groups`); grad_clip: max global gradient norm (0: off);
+    eval_every / checkpoint_every / log_every: intervals in steps (0: only at the end);
+    autocast: bf16 autocast on CUDA.
+    """
+
+    steps: int = 200
+    micro_batch: int = 0
+    lr: float = 1.5e-3
+    warmup: float = 0.01
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    autocast: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}.")
+        if self.lr <= 0 or not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"need lr > 0, 0 <= warmup < 1 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
+                              f"warmup={self.warmup}, min_lr_ratio={self.min_lr_ratio}.")
+        for name in ("micro_batch", "eval_every", "checkpoint_every", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}.")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0.")
+        self.betas = tuple(self.betas)
+
+    def identity(self) -> dict:
+        """The fields that decide the run's numbers (all of them)."""
+        return asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ceil(warmup·steps) steps, then cosine from lr to lr·min_lr_ratio."""
+    warm = math.ceil(cfg.warmup * cfg.steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(cfg.steps - 1 - warm, 1)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices; none on biases, norm weights, and parameters
+    marked ``_no_weight_decay`` (the mixer's A_log and D), as in mamba_ssm."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Distributed:
+    """This process's place: rank, world size, and whether a process group is up."""
+
+    rank: int = 0
+    world: int = 1
+    active: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), active=True)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device a training process uses: checked by :func:`tokendyn.resources.resolve_device`
+    ('auto' -> cuda when available); under torchrun each process takes cuda:LOCAL_RANK."""
+    device = torch.device(check_device(str(device)))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+class MetricsLog:
+    """Appends JSON records to OUT/metrics.jsonl (main process only; kept in memory too)."""
+
+    def __init__(self, out: Path | None, enabled: bool):
+        self.path = Path(out) / runstate.METRICS if out is not None else None
+        self.enabled = enabled
+        self.records: list[dict] = []
+
+    def __call__(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with (also OUT/result.json): final train loss, validation and test
+    metrics, the validation curve [(step, value of the task's metric)], tokens seen,
+    wall time, and the time spent in callbacks (the monitor's cost)."""
+
+    steps: int
+    final_loss: float
+    validation: dict
+    test: dict
+    val_curve: list
+    tokens_seen: int
+    wall_s: float
+    train_s: float
+    callback_s: float
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=False)
+
+
+def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None = None, *,
+          identity: dict | None = None, resume: bool = False, device="auto", callbacks=(),
+          stop_after_steps: int | None = None, progress: bool = True, tokenizer_json: str | None = None,
+          log=None) -> TrainResult:
+    """Train ``model`` on ``task`` (module docstring); returns the :class:`TrainResult`.
+
+    out: the run directory (None: nothing written, no checkpoints); identity: what
+    run.json records (the loop adds its own settings and the task's description);
+    resume: continue from OUT's latest checkpoint (the identity must match);
+    callbacks: objects with ``every`` and ``__call__(step, model, record)``, called on the
+    main process at step 0, every ``every`` steps and at the end; stop_after_steps: stop
+    (after writing a checkpoint) once that many steps are done, as if killed;
+    tokenizer_json: saved beside each checkpoint's model; log: print function for lines.
+    """
+    device = resolve_device(device)
+    ddp = init_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    per_process, rem = divmod(task.examples_per_step, ddp.world)
+    if rem:
+        raise ConfigError(f"the global batch of {task.examples_per_step} examples does not split over "
+                          f"{ddp.world} processes.")
+    micro = cfg.micro_batch or per_process
+    if micro > per_process or per_process % micro:
+        raise ConfigError(f"the micro-batch {micro} must divide the per-process batch of {per_process} examples.")
+    accumulation = per_process // micro
+    task.autocast = cfg.autocast
+    log = log or (lambda *_: None)
+    full_identity = {**(identity or {}), "train": cfg.identity(), "task": task.describe()}
+    if out is not None and ddp.main:
+        runstate.prepare_run_dir(Path(out), full_identity, resume)
+    if ddp.active:
+        dist.barrier()
+
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                  fused=device.type == "cuda")
+    start, tokens_seen, prior_wall, prior_train, prior_cb = 0, 0, 0.0, 0.0, 0.0
+    if resume and out is not None:
+        ckpt = runstate.latest_checkpoint(Path(out))
+        if ckpt is not None:
+            trainer = runstate.load_checkpoint(ckpt, model, optimizer)
+            model.to(device)
+            start, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
+            prior_wall, prior_train, prior_cb = trainer["wall_s"], trainer["train_s"], trainer["callback_s"]
+            if ddp.main:
+                runstate.truncate_metrics(Path(out), start)
+                log(f"resumed from {ckpt} at step {start}")
+        elif ddp.main:
+            runstate.truncate_metrics(Path(out), -1)
+    elif out is not None and ddp.main:
+        runstate.truncate_metrics(Path(out), -1)
+    if ddp.active:
+        dist.barrier()
+
+    net = model
+    if ddp.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    metrics = MetricsLog(out, ddp.main)
+    callbacks = list(callbacks)
+    t_start = time.perf_counter()
+    train_s, cb_s = prior_train, prior_cb
+    end = cfg.steps if stop_after_steps is None else max(start, min(cfg.steps, stop_after_steps))
+    bar = _progress(cfg.steps, start, progress and ddp.main)
+
+    def run_callbacks(step: int, final: bool) -> float:
+        t = time.perf_counter()
+        if ddp.main:
+            for cb in callbacks:
+                if final or (cb.every and step % cb.every == 0):
+                    cb(step, model, metrics)
+        return time.perf_counter() - t
+
+    def checkpoint(step: int) -> None:
+        if out is None:
+            return
+        if ddp.main:
+            wall = prior_wall + time.perf_counter() - t_start
+            runstate.save_checkpoint(Path(out), model, optimizer,
+                                     {"step": step, "tokens_seen": tokens_seen, "wall_s": wall,
+                                      "train_s": train_s, "callback_s": cb_s}, tokenizer_json)
+        if ddp.active:
+            dist.barrier()
+
+    val = None
+    if start == 0:
+        cb_s += run_callbacks(0, False)
+    last_loss = float("nan")
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        for i in range(accumulation):
+            x, y = (t.to(device, non_blocking=True) for t in
+                    task.train_batch(step, ddp.rank * accumulation + i, ddp.world * accumulation))
+            sync = not ddp.active or i == accumulation - 1
+            ctx = net.no_sync() if not sync else _null()
+            with ctx:
+                loss = task.loss(net, (x, y)) / accumulation
+                loss.backward()
+            step_loss += loss.detach()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += task.examples_per_step * task.tokens_per_example
+        done = step + 1
+        if ddp.active:
+            dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+            step_loss /= ddp.world
+        is_last = done == end
+        if (cfg.log_every and done % cfg.log_every == 0) or is_last:
+            last_loss = float(step_loss)
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"the training loss became {last_loss} at step {done}; "
+                                         "lower the learning rate.")
+            metrics({"kind": "train", "step": done, "loss": last_loss, "lr": lr, "tokens": tokens_seen,
+                     "elapsed_s": round(prior_wall + time.perf_counter() - t_start, 3)})
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+        if device.type == "cuda" and is_last:
+            torch.cuda.synchronize()
+        train_s += time.perf_counter() - t0
+        if ddp.main and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            val = task.evaluate(model, "validation")
+            metrics({"kind": "validation", "step": done, **val})
+        cb_s += run_callbacks(done, done == cfg.steps)
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or is_last:
+            checkpoint(done)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    stopped = end < cfg.steps
+    test = {}
+    if not stopped and ddp.main:
+        if val is None:            # resumed after the last step's checkpoint
+            val = task.evaluate(model, "validation")
+        test = task.evaluate(model, "test")
+        metrics({"kind": "test", "step": cfg.steps, **test})
+    records = runstate.read_metrics(Path(out)) if out is not None else metrics.records
+    curve = [[r["step"], r[task.metric]] for r in records if r.get("kind") == "validation"]
+    if math.isnan(last_loss):
+        last_loss = next((r["loss"] for r in reversed(records) if r.get("kind") == "train"), float("nan"))
+    result = TrainResult(steps=end, final_loss=last_loss, validation=val or {}, test=test, val_curve=curve,
+                         tokens_seen=tokens_seen, wall_s=prior_wall + time.perf_counter() - t_start,
+                         train_s=train_s, callback_s=cb_s, stopped_early=stopped)
+    if out is not None and ddp.main and not stopped:
+        runstate.atomic_write_text(Path(out) / runstate.RESULT, json.dumps(result.as_dict(), indent=1) + "\n")
+    if ddp.active:
+        dist.barrier()
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

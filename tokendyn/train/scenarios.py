@@ -1,0 +1,347 @@
+"""The lm-scenarios experiment (THEORY.md section 5): language models whose S_Cᵀ S_B is
+unconstrained (none), positive, negative or mixed, several seeds each, with the same data,
+tokenizer, model size and token budget; test perplexity per setting and validation curves.
+
+Layout of OUT:
+
+    runs/<setting>-seed<k>/     one training run each (tokendyn.train.state layout); a run
+                                with result.json is complete and skipped by later calls, an
+                                incomplete one is resumed from its checkpoint
+    lm_scenarios.json           {"settings": {s: {"test_ppl": [...], "val_curve": [...], ...}},
+                                 "config", "data", "device", "commit", "command", ...}
+    lm_scenarios.md             mean ± std test perplexity per setting, differences vs the seed spread
+    lm_scenarios_val.png        validation perplexity curves
+    lm_scenarios_spectra.png    the analyser's spectra of a trained positive and negative model
+    lm_scenarios_token_norms.png  their token-norm heatmaps, side by side
+
+Calls with different ``settings`` / ``seeds`` fill the same OUT; every call rewrites the
+summary from all complete runs found there, so partial result directories merge by copying
+their ``runs/*`` into one OUT and calling again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import state as runstate
+from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
+from .loop import TrainConfig
+
+# Model, data and budget of each scale. full: one H200 for the whole 12-run grid in about
+# 8 minutes (docs/training.md has the measured times); quick: a CPU; smoke: the CPU in
+# seconds per run (the lm section of tokendyn reproduce).
+SCALES = {
+    "smoke": {"model": {"d_model": 32, "n_layer": 2, "d_state": 8}, "vocab_size": 512, "context": 64,
+              "batch_size": 8, "steps": 60, "lr": 3e-3, "eval_every": 15, "eval_tokens": 4096, "monitor_every": 15},
+    "quick": {"model": {"d_model": 64, "n_layer": 2, "d_state": 8}, "vocab_size": 1024, "context": 128,
+              "batch_size": 16, "steps": 150, "lr": 3e-3, "eval_every": 25, "eval_tokens": 16384,
+              "monitor_every": 25},
+    "full": {"model": {"d_model": 384, "n_layer": 8, "d_state": 16}, "vocab_size": 4096, "context": 512,
+             "batch_size": 32, "steps": 200, "lr": 2e-3, "warmup": 0.05, "eval_every": 25, "eval_tokens": 0,
+             "monitor_every": 50},
+}
+DEFAULT_SEEDS = (0, 1, 2)
+RESULT_FILES = ("lm_scenarios.json", "lm_scenarios.md", "lm_scenarios_val.png", "lm_scenarios_spectra.png",
+                "lm_scenarios_token_norms.png")
+
+
+def check_settings(settings) -> list[str]:
+    """The settings asked for, in canonical order; :class:`ConfigError` for an unknown one."""
+    settings = list(settings) or list(IO_SETTINGS)
+    unknown = [s for s in settings if s not in IO_SETTINGS]
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; choose from "
+                          f"{', '.join(IO_SETTINGS)}.")
+    return [s for s in IO_SETTINGS if s in settings]
+
+
+def scale_params(scale: str) -> dict:
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    return SCALES[scale]
+
+
+def run_name(setting: str, seed: int) -> str:
+    return f"{setting}-seed{seed}"
+
+
+def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, device="auto",
+             text_files=None, wikitext=None, cache_dir=None, progress: bool = True, log=print,
+             provenance: dict | None = None, analyse: bool = True) -> dict:
+    """Train every (setting, seed) not yet complete in OUT, then write the summary files.
+
+    Returns the lm_scenarios.json document.
+    """
+    settings = check_settings(settings)
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ConfigError("seeds must be non-negative integers, at least one.")
+    p = scale_params(scale)
+    out = Path(out)
+    t0 = time.perf_counter()
+    data = prepare_data(text_files=text_files, wikitext=wikitext, vocab_size=p["vocab_size"], cache_dir=cache_dir)
+    log(f"data: {data.describe()['name']}; tokens {data.describe()['tokens']}; prepared in "
+        f"{time.perf_counter() - t0:.1f} s")
+    for setting in settings:
+        for seed in seeds:
+            run_dir = out / "runs" / run_name(setting, seed)
+            if (run_dir / runstate.RESULT).is_file():
+                log(f"{run_name(setting, seed)}: complete, skipped")
+                continue
+            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
+                              checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
+            t = time.perf_counter()
+            res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
+                              batch_size=p["batch_size"], out=run_dir, resume=(run_dir / runstate.RUN).is_file(),
+                              device=device, eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"],
+                              progress=progress, log=log)
+            log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
+    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log,
+                    probe=data.ids["test"][:p["context"]].long())
+    # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
+    doc["call_wall_s"] = round(time.perf_counter() - t0, 2)
+    doc["call_runs"] = [run_name(s, k) for s in settings for k in seeds]
+    runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def collect(out: Path) -> dict:
+    """Complete runs under OUT/runs: {setting: [(seed, run.json, result.json), ...]}."""
+    found: dict[str, list] = {}
+    for run_dir in sorted((Path(out) / "runs").glob("*-seed*")):
+        result = run_dir / runstate.RESULT
+        if not result.is_file():
+            continue
+        setting, seed = run_dir.name.rsplit("-seed", 1)
+        found.setdefault(setting, []).append((int(seed), json.loads((run_dir / runstate.RUN).read_text()),
+                                              json.loads(result.read_text()), run_dir))
+    return {s: sorted(v, key=lambda r: r[0]) for s, v in found.items()}
+
+
+def summarise(out: Path, scale: str, device: str = "", provenance: dict | None = None, analyse: bool = True,
+              log=print, probe=None) -> dict:
+    """Write lm_scenarios.json / .md / figures from the complete runs in OUT.
+
+    probe: (L,) token ids the analysis figures run the models on (the run_grid call passes the
+    first ``context`` tokens of the test split); None: the first tokens of the built-in corpus.
+    """
+    out = Path(out)
+    runs = collect(out)
+    if not runs:
+        raise ConfigError(f"{out} holds no complete lm-scenarios run.")
+    identities = {json.dumps(_shared_identity(r[1]), sort_keys=True) for rows in runs.values() for r in rows}
+    if len(identities) > 1:
+        raise ConfigError(f"the runs in {out} differ in data or budget; they cannot be compared in one table.")
+    settings = {}
+    for setting in IO_SETTINGS:
+        rows = runs.get(setting)
+        if not rows:
+            continue
+        test_ppl = [r[2]["test"]["ppl"] for r in rows]
+        curves = [r[2]["val_curve"] for r in rows]
+        steps = [c[0] for c in curves[0]]
+        mean_curve = [[s, statistics.fmean(c[i][1] for c in curves)] for i, s in enumerate(steps)
+                      if all(len(c) > i and c[i][0] == s for c in curves)]
+        mean, std = _mean_std(test_ppl)
+        monitor = _final_monitor(rows[0][3])
+        settings[setting] = {
+            "test_ppl": test_ppl, "test_loss": [r[2]["test"]["loss"] for r in rows],
+            "val_curve": mean_curve, "val_curves": curves, "seeds": [r[0] for r in rows],
+            "test_ppl_mean": mean, "test_ppl_std": std,
+            "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
+            "train_s": [round(r[2]["train_s"], 2) for r in rows],
+            "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
+            "tokens_per_s": [round(r[2]["tokens_seen"] / r[2]["train_s"]) for r in rows if r[2]["train_s"] > 0],
+            "monitor_final": monitor,
+        }
+    first = next(iter(runs.values()))[0]
+    model = {k: v for k, v in first[1]["model"].items() if k != "io_constraint"}
+    doc = {
+        "settings": settings,
+        "comparisons": _comparisons(settings),
+        "config": {"scale": scale, "model": model, "train": first[1]["train"], "task": first[1]["task"],
+                   "params": _n_params(first[3])},
+        "data": first[1]["data"]["name"],
+        "data_details": first[1]["data"],
+        "seeds": sorted({s for v in settings.values() for s in v["seeds"]}),
+        "tokens_seen": first[2]["tokens_seen"],
+        "wall_s": round(sum(sum(v["wall_s"]) for v in settings.values()), 2),
+        **(provenance or {}),
+    }
+    doc["device"] = (provenance or {}).get("device", device)
+    runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
+    runstate.atomic_write_text(out / "lm_scenarios.md", markdown_table(doc))
+    _save(plot_curves(doc), out / "lm_scenarios_val.png")
+    if analyse:
+        _analysis_figures(out, runs, log, probe)
+    return doc
+
+
+def _shared_identity(ident: dict) -> dict:
+    """What every run of one comparison shares: run.json less the seed and the setting."""
+    ident = json.loads(json.dumps(ident))
+    ident["model"].pop("io_constraint", None)
+    ident["train"].pop("seed", None)
+    ident["task"].pop("seed", None)
+    return ident
+
+
+def _n_params(run_dir: Path) -> int | None:
+    from ..model.checkpoint import inspect_checkpoint
+
+    try:
+        return inspect_checkpoint(run_dir / runstate.CHECKPOINT).n_params
+    except Exception:  # the count is informative only
+        return None
+
+
+def _final_monitor(run_dir: Path) -> list[dict]:
+    entries = [r for r in runstate.read_metrics(run_dir) if r.get("kind") == "monitor"]
+    return entries[-1]["layers"] if entries else []
+
+
+def _comparisons(settings: dict) -> dict:
+    """Each constrained setting against none, and positive against negative: difference of mean
+    test perplexity, the seed spread sqrt(s1²/n1 + s2²/n2), and their ratio (Welch's t)."""
+    pairs = [(s, "none") for s in ("positive", "negative", "mixed")] + [("positive", "negative")]
+    out = {}
+    for a, b in pairs:
+        if a not in settings or b not in settings:
+            continue
+        A, B = settings[a], settings[b]
+        diff = A["test_ppl_mean"] - B["test_ppl_mean"]
+        spread = None     # needs two seeds on each side
+        if A["test_ppl_std"] is not None and B["test_ppl_std"] is not None:
+            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"])
+                               + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
+        out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread,
+                                 "t": diff / spread if spread else None}
+    return out
+
+
+def markdown_table(doc: dict) -> str:
+    """Mean ± std test perplexity per setting and the differences against the seed spread."""
+    cfg = doc["config"]
+    m = cfg["model"]
+    lines = [f"Test perplexity, {cfg['scale']} scale: MambaLM d_model {m['d_model']}, {m['n_layer']} layers, "
+             f"d_state {m['d_state']}, vocabulary {m['vocab_size']}, context {cfg['task']['context']}, "
+             f"{doc['tokens_seen']:,} training tokens per run; data: {doc['data']}; device: {doc.get('device')}.",
+             "", "| setting | seeds | test perplexity (mean ± std) | per seed |", "|---|---|---|---|"]
+    for s, v in doc["settings"].items():
+        std = "n/a" if v["test_ppl_std"] is None else f"{v['test_ppl_std']:.3f}"
+        lines.append(f"| {s} | {len(v['seeds'])} | {v['test_ppl_mean']:.3f} ± {std} | "
+                     + ", ".join(f"{x:.3f}" for x in v["test_ppl"]) + " |")
+    if doc["comparisons"]:
+        lines += ["", "| comparison | difference of means | seed spread √(s₁²/n₁+s₂²/n₂) | ratio (Welch t) |",
+                  "|---|---|---|---|"]
+        for name, c in doc["comparisons"].items():
+            t = "n/a" if c["t"] is None else f"{c['t']:+.2f}"
+            spread = "n/a" if c["spread"] is None else f"{c['spread']:.3f}"
+            lines.append(f"| {name.replace('_minus_', ' − ')} | {c['diff']:+.3f} | {spread} | {t} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(doc: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, v in doc["settings"].items():
+        for curve in v["val_curves"]:
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colours[s], alpha=0.25, lw=0.8)
+        ax.plot([p[0] for p in v["val_curve"]], [p[1] for p in v["val_curve"]], color=colours[s], lw=2,
+                label=f"{s} (mean of {len(v['seeds'])})")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("validation perplexity by S_Cᵀ S_B setting")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _side_by_side(figs: dict, title: str):
+    """One figure showing the given figures (rendered to images) side by side, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(figs), figsize=(9 * len(figs), 3.8))
+    for ax, (label, f) in zip(axes if len(figs) > 1 else [axes], figs.items()):
+        buf = io.BytesIO()
+        f.savefig(buf, format="png", dpi=90)
+        plt.close(f)
+        buf.seek(0)
+        ax.imshow(mpimg.imread(buf))
+        ax.set_title(label)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
+    """The analyser's spectra and token-norm heatmaps of the first positive and negative run."""
+    from ..analysis import report
+    from ..analysis.analyze import InputTokens, analyze_model, choose_input
+    from ..model import load_model
+
+    chosen = {s: runs[s][0] for s in ("positive", "negative") if s in runs}
+    if not chosen:
+        return
+    spectra, norms = {}, {}
+    for s, (seed, ident, _, run_dir) in chosen.items():
+        ckpt = run_dir / runstate.CHECKPOINT
+        model = load_model(ckpt)
+        if probe is not None:
+            inputs = InputTokens(probe, "test-split", str(ckpt / "tokenizer.json"), False,
+                                 f"the first {probe.numel()} tokens of the test split")
+        else:
+            inputs = choose_input(ckpt, model.config.vocab_size, max_tokens=ident["task"]["context"])
+        a = analyze_model(model, inputs, layers=[0], checkpoint=str(ckpt))
+        label = f"{s} (seed {seed})"
+        spectra[label] = report.plot_spectra(a.spectra)
+        norms[label] = report.plot_token_norms(a.dynamics)
+    where = "test-split text" if probe is not None else "the first tokens of the built-in corpus"
+    _save(_side_by_side(spectra, "spectrum of S_Cᵀ S_B per layer after training"), out / "lm_scenarios_spectra.png")
+    _save(_side_by_side(norms, f"token norms through the layers after training ({where})"),
+          out / "lm_scenarios_token_norms.png")
+    log(f"analysis figures of {', '.join(chosen)} written")
+
+
+def load_committed(path: Path) -> dict | None:
+    """A committed lm_scenarios.json (e.g. results/lm_scenarios.json), or None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+__all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "load_committed"]
