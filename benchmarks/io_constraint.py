@@ -7,12 +7,13 @@
 
 One training step (forward, backward, AdamW step; cross-entropy on random ids) of a MambaLM
 for io_constraint none / positive / negative / mixed, same seed and configuration: on the CPU
-float32 with the chunked scan, on CUDA bf16 autocast with the default (triton) scan. The settings are timed in turn within each repeat (so a
-slow spell of the shared machine hits all of them), the median per setting is reported with its
-ratio to "none", and the ratio of the minima (the least disturbed run of each). Also timed:
-forward and backward of every layer's effective x_proj weight alone, the only work the
-constraint adds (U from its free entries, λ, the concatenation, and their gradients): the
-products with the tokens have the same shapes in every setting.
+float32 with the chunked scan, on CUDA bf16 autocast with the default (triton) scan. The
+settings are timed in turn within each repeat (so a slow spell of the shared machine hits all
+of them), the median per setting is reported with its ratio to "none", and the ratio of the
+minima (the least disturbed run of each). Also timed: forward and backward of every layer's
+effective x_proj weight alone, the only work the constraint adds (U from its free entries, λ,
+the concatenation, and their gradients): the products with the tokens have the same shapes in
+every setting.
 """
 
 from __future__ import annotations

@@ -104,8 +104,10 @@ def test_expected_tensors_come_from_the_model_for_every_variant():
         cfg = MambaConfig(**{**CFG, **kw})
         state = {k: tuple(v.shape) for k, v in MambaLM(cfg).state_dict().items() if k != "lm_head.weight"}
         assert _expected("lm", cfg) == state
-        ccfg = ClassifierConfig(input_dim=2, n_classes=3, **{k: v for k, v in {**CFG, **kw}.items() if k != "vocab_size"})
-        assert _expected("classifier", ccfg) == {k: tuple(v.shape) for k, v in MambaClassifier(ccfg).state_dict().items()}
+        mixer_kw = {k: v for k, v in {**CFG, **kw}.items() if k != "vocab_size"}
+        ccfg = ClassifierConfig(input_dim=2, n_classes=3, **mixer_kw)
+        state = {k: tuple(v.shape) for k, v in MambaClassifier(ccfg).state_dict().items()}
+        assert _expected("classifier", ccfg) == state
 
 
 @pytest.mark.parametrize("legacy,kind", [("MambaLM", "lm"), ("MambaClassifier", "classifier")])

@@ -337,7 +337,9 @@ def export_hf(model, path) -> Path:
     non-integer expand). Returns the directory.
     """
     if _kind_of(model) != LM:
-        raise CheckpointError("Only a language model (MambaLM) can be exported to transformers' MambaForCausalLM layout.")
+        raise CheckpointError(
+            "Only a language model (MambaLM) can be exported to transformers' MambaForCausalLM layout."
+        )
     hf_config = layouts.config_to_hf(model.config)
     state = _plain_state(model)
     hf_config["dtype"] = str(state["backbone.embedding.weight"].dtype).removeprefix("torch.")

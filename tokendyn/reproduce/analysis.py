@@ -94,7 +94,8 @@ def run(ctx: Context) -> SectionResult:
     md = f"""A byte-level MambaLM (d_model {s['d_model']}, {s['n_layer']} layers, d_state 16, random
 initialisation) and the same model built with the sign constraint of THEORY.md section 5
 (S_C = U, S_B = diag(λ) U, so M = Uᵀ diag(λ) U): "positive" (`io_constraint="positive"`, every λ_i > 0:
-M positive on its 16-dimensional range) and "negative" (every λ_i < 0). Input for the measured dynamics: {inputs.description}.
+M positive on its 16-dimensional range) and "negative" (every λ_i < 0). Input for the measured
+dynamics: {inputs.description}.
 
 {_table(results)}
 
