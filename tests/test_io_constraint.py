@@ -282,6 +282,42 @@ def test_hf_export_gives_transformers_the_same_logits(setting, tmp_path):
     assert [(s.positive, s.negative) for s in model_spectra(back)] == [(p, q)] * 2
 
 
+@pytest.mark.parametrize("r,n,d", [(1, 1, 1), (2, 1, 5), (3, 3, 3), (2, 4, 9), (5, 6, 7)])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_fast_effective_weight_equals_the_plain_path(r, n, d, setting):
+    """effective_weight (one node, hand-written backward) against IOFactor.forward + cat
+    (plain autograd) on fresh random parameters in float64: values, gradients, gradcheck."""
+    from tokendyn.model.io_constraint import effective_weight
+
+    g = torch.Generator().manual_seed(r * 100 + n * 10 + d)
+    f = IOFactor(n, d, setting, 0.4).double()
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    dt = torch.randn(r, d, generator=g, dtype=torch.float64, requires_grad=True)
+    fast = effective_weight(dt, f)
+    plain = torch.cat([dt, *f()], dim=0)
+    torch.testing.assert_close(fast, plain, rtol=1e-14, atol=1e-14)
+    w = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    inputs = [dt, *f.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), inputs), torch.autograd.grad((plain * w).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    names = [k for k, _ in f.named_parameters()]
+
+    def fn(dt_, *ps):
+        return effective_weight(dt_, _WithParams(f, dict(zip(names, ps))))
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+class _WithParams:
+    """An IOFactor's buffers with other parameter tensors (for gradcheck)."""
+
+    def __init__(self, factor, params):
+        self.__dict__.update(params)
+        self.signs, self.upper_flat, self.margin = factor.signs, factor.upper_flat, factor.margin
+
+
 def test_lower_precision_and_autocast(tmp_path):
     """A constrained checkpoint loads in bfloat16 and runs under autocast. (The signature is not
     checked in bfloat16: rounding S_B = diag(λ) U and S_C = U separately breaks the exact symmetry
@@ -351,6 +387,7 @@ def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
     N ≤ D, ε and parameter scales up to 2 (free entries of 5 with N = D = 6 make U so badly
     conditioned that the smallest eigenvalue falls under the counting tolerance; docs/models.md)."""
     from tokendyn.dynamics.spectrum import eigen_signature
+    from tokendyn.model.io_constraint import effective_weight
 
     n = data.draw(st.integers(1, min(d, 12)))
     f = IOFactor(n, d, setting, margin).double()
@@ -358,6 +395,6 @@ def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
     with torch.no_grad():
         for p in f.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
-        S_B, S_C = f()
+        S_B, S_C = effective_weight(torch.zeros(0, d, dtype=torch.float64), f).split(n)
     sig = eigen_signature(S_B, S_C)
     assert (sig.positive, sig.negative, sig.zero) == (*expected_signature(setting, n), d - n)

@@ -18,6 +18,13 @@ Stored parameters of the ``io_factor`` submodule (the checkpoint names say what 
     io_factor.theta    (N,)         θ
 and the mixer's ``x_proj`` keeps only the R dt rows, an ordinary (R, D) weight. The signs
 and ε come from the config (``io_constraint``, ``io_margin``), not from the weights.
+
+Two paths compute the same thing: :meth:`IOFactor.forward` is the plain one (autograd through
+a handful of tensor operations, the reference), and :func:`effective_weight` is the one the
+mixer runs: one autograd node with a hand-written backward that writes [dt; S_B; S_C] into
+one buffer. A training step is bound by the host's time per operation on a GPU, and the plain
+path's ~25 small operations per layer (forward and backward) cost more there than the rest
+of the constraint; tests compare the two in float64 (values and gradients, gradcheck).
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class IOFactor(nn.Module):
         self.register_buffer("upper_rows", rows, persistent=False)
         self.register_buffer("upper_cols", cols, persistent=False)
         self.register_buffer("signs", io_signs(constraint, n), persistent=False)
+        # positions of the free entries in U (N, D) flattened row by row
+        self.register_buffer("upper_flat", rows * d + cols, persistent=False)
 
     def U(self) -> torch.Tensor:
         """U (N, D): unit diagonal, zeros below it, the free entries above it."""
@@ -74,7 +83,7 @@ class IOFactor(nn.Module):
         return self.signs.to(self.theta.dtype) * (F.softplus(self.theta) + self.margin)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S_B, S_C), each (N, D)."""
+        """(S_B, S_C), each (N, D), through plain tensor operations (the reference path)."""
         U = self.U()
         return self.lam()[:, None] * U, U
 
@@ -88,6 +97,51 @@ class IOFactor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"N={self.n}, D={self.d}, constraint={self.constraint}, margin={self.margin}"
+
+
+class _EffectiveWeight(torch.autograd.Function):
+    """[dt; S_B; S_C] (R + 2N, D) from the dt rows and the factor's parameters, one node.
+
+    Backward, with G_B, G_C the gradients of the S_B and S_C rows and λ' = s · sigmoid(θ)
+    (dλ/dθ): dU = G_C + λ ⊙ G_B (rows), dθ = λ' ⊙ rowsum(G_B ⊙ U), and the free entries'
+    gradients are dU at their positions.
+    """
+
+    @staticmethod
+    def forward(ctx, dt_rows, U_upper, U_right, theta, signs, upper_flat, margin: float):
+        R, N = dt_rows.shape[0], theta.shape[0]
+        W = dt_rows.new_empty(R + 2 * N, dt_rows.shape[1])
+        W[:R] = dt_rows
+        U = W[R + N:]                               # contiguous rows: U.view(-1) is U row by row
+        U[:, N:] = U_right
+        U[:, :N] = 0
+        U.diagonal().fill_(1)
+        U.view(-1).index_copy_(0, upper_flat, U_upper)
+        lam = F.softplus(theta).add_(margin).mul_(signs)
+        torch.mul(U, lam[:, None], out=W[R:R + N])
+        ctx.save_for_backward(W, lam, signs * torch.sigmoid(theta), upper_flat)
+        ctx.sizes = (R, N)
+        return W
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        W, lam, dlam, upper_flat = ctx.saved_tensors
+        R, N = ctx.sizes
+        g_B = grad[R:R + N]
+        g_U = torch.addcmul(grad[R + N:], g_B, lam[:, None])
+        g_theta = torch.linalg.vecdot(g_B, W[R + N:]) * dlam
+        return grad[:R], g_U.view(-1).index_select(0, upper_flat), g_U[:, N:], g_theta, None, None, None
+
+
+def effective_weight(dt_rows: torch.Tensor, factor: IOFactor) -> torch.Tensor:
+    """The effective x_proj weight [dt_rows; S_B; S_C] (R + 2N, D) of a constrained mixer.
+
+    dt_rows: (R, D); ``factor``'s parameters give S_B, S_C (N, D) as :meth:`IOFactor.forward`
+    does. Differentiable in dt_rows and the factor's parameters.
+    """
+    return _EffectiveWeight.apply(dt_rows, factor.U_upper, factor.U_right, factor.theta,
+                                  factor.signs.to(factor.theta.dtype), factor.upper_flat, factor.margin)
 
 
 @register_variant("io_constraint", applies=lambda cfg, layer_idx: getattr(cfg, "io_constraint", "none") != "none")
@@ -115,5 +169,4 @@ class IOConstrained:
             self.io_factor.init_from(full[R + N:])
 
     def effective_x_proj_weight(self) -> torch.Tensor:
-        S_B, S_C = self.io_factor()
-        return torch.cat([self.x_proj.weight, S_B, S_C], dim=0)
+        return effective_weight(self.x_proj.weight, self.io_factor)
