@@ -175,6 +175,7 @@ def summarise(out: Path, scale: str, provenance: dict | None = None) -> dict:
         "device": prov.get("device", ""),
         "commit": prov.get("commit"),
         "command": prov.get("command"),
+        "date": prov.get("date"),
     }
     runstate.atomic_write_text(out / "reorder.json", json.dumps(doc, indent=1) + "\n")
     runstate.atomic_write_text(out / "reorder.md", markdown_table(doc))
