@@ -4,13 +4,13 @@ directory and returning a markdown fragment and a JSON-able summary.
 A section is a module in this package with
     TITLE: str
     def run(ctx: Context) -> SectionResult
-and is listed in :data:`SECTIONS`.
+and is listed in :data:`SECTIONS`. Its checks (claim, tolerance, measured, outcome)
+and figures go into the report's checks table and index.html (docs/report.md).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import platform
 import subprocess
 import time
@@ -45,8 +45,14 @@ class Context:
 
 @dataclass
 class SectionResult:
+    """markdown: the section's text; summary: JSON-able numbers for report.json;
+    checks: tokendyn.report.Check verdicts; figures: tokendyn.report.Figure files
+    (paths relative to the output directory) not already shown in the markdown."""
+
     markdown: str
     summary: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
 
 
 def git_commit() -> str | None:
@@ -85,7 +91,11 @@ def provenance(command: str | None = None) -> dict:
 
 
 def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
-    """Run the sections (all, or those named in ``only``) and write report.md / report.json."""
+    """Run the sections (all, or those named in ``only``) and write index.html, report.md and
+    report.json; returns the report (``report["outcomes"]["fail"]``: failed checks)."""
+    from . import document
+    from .committed import committed_results
+
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
     unknown = [s for s in (only or []) if s not in SECTIONS]
@@ -98,9 +108,6 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
     report = {"provenance": provenance(command),
               "scale": scale, "sections": {}}
-    parts = [f"# tokendyn reproduce ({scale})\n",
-             f"Device: {report['provenance']['device']}. Date: {report['provenance']['date']}. "
-             f"Commit: {report['provenance']['commit']}.\n"]
     for name in SECTIONS:
         if only and name not in only:
             continue
@@ -109,9 +116,13 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
         t0 = time.perf_counter()
         res: SectionResult = module.run(ctx)
         seconds = time.perf_counter() - t0
-        report["sections"][name] = {"title": module.TITLE, "seconds": round(seconds, 2), **res.summary}
-        parts.append(f"## {module.TITLE}\n\n{res.markdown.strip()}\n\n_Section time: {seconds:.1f} s._\n")
-    (out / "report.md").write_text("\n".join(parts))
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"report written to {out / 'report.md'} and {out / 'report.json'}")
+        report["sections"][name] = document.section_entry(name, module.TITLE, seconds, res)
+    skipped = [n for n in SECTIONS if n not in report["sections"]]
+    core = report["sections"].get("core", {})
+    this = {"scale": scale, "device": report["provenance"]["device"], "core_backends": core.get("backends")}
+    document.finish(report, skipped, committed_results(this))
+    paths = document.write(report, out)
+    o = report["outcomes"]
+    print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
+    print(f"report written to {paths['html']}, {paths['markdown']} and {paths['json']}")
     return report

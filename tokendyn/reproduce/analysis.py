@@ -20,6 +20,7 @@ from ..analysis.analyze import InputTokens, analyze_model, write_analysis
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from . import Context, SectionResult, provenance
+from .verdicts import analysis_checks
 
 TITLE = "Checkpoint analysis"
 
@@ -116,4 +117,4 @@ prediction; this table shows how far it does.
 Full report of the unedited model: `{rel['html']}`. Analyse your own checkpoint (tokendyn, state-spaces
 or HF-transformers layout) with `tokendyn analyze PATH --out DIR`; see docs/analysis.md.
 """
-    return SectionResult(markdown=md, summary=summary)
+    return SectionResult(markdown=md, summary=summary, checks=analysis_checks(summary))

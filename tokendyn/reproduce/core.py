@@ -17,6 +17,7 @@ import torch
 from ..model import MambaConfig, MambaLM, generate
 from ..ops import available_backends
 from . import Context, SectionResult, provenance
+from .verdicts import core_checks
 
 TITLE = "Mamba model and scan backends"
 
@@ -157,4 +158,5 @@ def run(ctx: Context) -> SectionResult:
         "generation_matches_full_forward": consistent,
         "json": "core.json",
     }
-    return SectionResult(markdown="\n".join(lines), summary=summary)
+    return SectionResult(markdown="\n".join(lines), summary=summary,
+                         checks=core_checks(results, consistent, str(device)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from . import Context, SectionResult
+from .verdicts import theory_checks
 
 TITLE = "Continuous-time token dynamics"
 
@@ -79,4 +80,5 @@ at the evaluation budget, classified from the part simulated).
     (ctx.out / "theory.json").write_text(json.dumps(summary, indent=2, default=str))
     return SectionResult(markdown=md, summary={"agree_1d": sum(r["agree"] for r in draws["table"].values()),
                                                "draws_1d": n_1d, "mismatches_1d": len(draws["mismatches"]),
-                                               "fig6": fig_6})
+                                               "fig6": fig_6},
+                         checks=theory_checks(summary))
