@@ -37,7 +37,7 @@ def finish(report: dict, skipped: list[str], committed: list[dict]) -> dict:
     report["committed_results"] = committed
     not_run = [{"what": f"section {name}", "how": f"`tokendyn reproduce --scale {report['scale']} --only {name}`"}
                for name in skipped]
-    not_run += [{"what": c["claim"], "how": c["note"]} for c in report["checks"] if c["outcome"] == "not run"]
+    not_run += [{"what": c["claim"].rstrip("."), "how": c["note"]} for c in report["checks"] if c["outcome"] == "not run"]
     if report["scale"] == "quick":
         not_run.append({"what": "the full scale: larger models (d_model 256) and more random systems "
                                 "(200 one-dimensional, 40 two-dimensional draws)",
