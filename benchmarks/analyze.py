@@ -28,7 +28,7 @@ from tokendyn.analysis.analyze import analyze_checkpoint, write_analysis
 from tokendyn.analysis.layers import layer_spectrum
 from tokendyn.dynamics.spectrum import eigen_signature, symmetric_io_eigvals
 from tokendyn.model import MambaConfig, MambaLM
-from tokendyn.reproduce import provenance
+from tokendyn.provenance import provenance
 
 from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 

@@ -31,7 +31,7 @@ from _timing import gpu_kernel_ms  # noqa: E402
 from scan_gpu import copy_bandwidth  # noqa: E402
 
 from tokendyn.ops import causal_conv  # noqa: E402
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 SHAPES = [(8, 1536, 1024, 4), (8, 1536, 2048, 4), (1, 2048, 65536, 4)]
 

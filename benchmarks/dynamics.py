@@ -21,7 +21,7 @@ import torch
 
 from tokendyn.dynamics import TokenSystem, classify_trajectory, scan_backend, simulate, vector_field, vector_field_naive
 from tokendyn.ops import available_backends
-from tokendyn.reproduce import provenance
+from tokendyn.provenance import provenance
 
 from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 

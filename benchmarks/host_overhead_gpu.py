@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokendyn.ops.causal_conv import causal_conv1d_silu  # noqa: E402
 from tokendyn.ops.triton_scan import selective_scan_triton  # noqa: E402
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 
 @triton.jit

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_gpu import build_mamba_ssm, build_tokendyn, setup, train_step  # noqa: E402
 
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 # kernel-name fragments -> part; the first match wins
 PARTS = [

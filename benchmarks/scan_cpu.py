@@ -239,7 +239,7 @@ def main(argv=None) -> None:
         return
     torch.set_num_threads(args.threads)
     from tokendyn.ops.chunked import DEFAULT_CHUNK, DEFAULT_GROUP_ELEMENTS
-    from tokendyn.reproduce import provenance
+    from tokendyn.provenance import provenance
 
     prov = provenance("python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     result = {

@@ -25,7 +25,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokendyn.ops import triton_scan  # noqa: E402
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 SHAPES = [((8, 1536, 2048, 16), torch.bfloat16), ((8, 1536, 2048, 16), torch.float32),
           ((2, 1536, 8192, 16), torch.bfloat16), ((1, 2048, 65536, 16), torch.bfloat16)]
@@ -137,14 +137,6 @@ def sweep(log):
                 continue
         rows.append({"kind": "fwdbwd", **cfg, "ms": ms})
         log(f"fwdbwd {cfg}: {ms:.3f} ms")
-    for bd, w in [(32, 1)]:
-        try:
-            ms = time_fwd(lambda **kw: triton_scan.selective_scan_triton_seq_forward(**kw, block_d=bd, num_warps=w), t)
-        except Exception as exc:
-            log(f"seq fwd bd={bd} w={w}: failed {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        rows.append({"kind": "fwd_sequential", "block_d": bd, "warps": w, "ms": ms})
-        log(f"seq fwd bd={bd} w={w}: {ms:.3f} ms")
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
     best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
     return rows, best

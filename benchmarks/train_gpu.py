@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402
 
 D_MODEL, N_LAYER, VOCAB, BATCH, LENGTH = 768, 24, 50280, 8, 1024
 

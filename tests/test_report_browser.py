@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from _chromium import Chromium, find_chromium
+
 from tokendyn.cli import main
 from tokendyn.model import MambaConfig, MambaLM
 

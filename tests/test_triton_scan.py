@@ -230,16 +230,6 @@ def test_float64_delegates_exactly(ts):
     assert rel(a, selective_scan_reference(**t64, delta_softplus=True)) < 1e-12
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_sequential_forward_variant(ts, dtype):
-    t = make_inputs(2, 40, 517, 16, dtype)
-    out, last = ts.selective_scan_triton_seq_forward(**t, delta_softplus=True, block_d=16, num_warps=1)
-    ref, ref_last = selective_scan_reference(**{k: (v.double() if v is not None else None) for k, v in t.items()},
-                                             delta_softplus=True, return_last_state=True)
-    assert torch.isfinite(out).all()
-    assert rel(out, ref) < TOL[dtype] and rel(last, ref_last) < 1e-4
-
-
 @dispatch_needs_cuda
 def test_model_uses_triton_and_matches_reference():
     """A small MambaLM on the triton backend: logits and parameter gradients as with the

@@ -6,8 +6,8 @@ models and checkpoints, the continuous-time token dynamics, checkpoint analysis.
 """
 
 from .errors import TokendynError
-from .ops import selective_scan
 from .model.checkpoint import load_model  # tokendyn.load_model(path): any of the three checkpoint layouts
+from .ops import selective_scan
 
 __version__ = "0.1.0"
 

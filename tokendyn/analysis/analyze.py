@@ -8,9 +8,9 @@ layers and channels, figures and report.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -203,6 +203,33 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
                     config=config_summary(model), layout=layout, checkpoint=checkpoint, timings=timings)
 
 
+def estimate_memory(config, n_tokens: int, n_maps: int, dtype_bytes: int = 4) -> int:
+    """Bytes an analysis of ``n_tokens`` tokens needs at its peak, roughly (an upper estimate).
+
+    Kept through the run: every layer's residual stream (n_layer+1, L, d_model) and scan inputs
+    x, Δ, z (L, d_inner) and B, C (L, N); transient in a layer: about 8 (L, d_inner) tensors plus
+    the chunked scan's bounded working set; hidden attention: each (L, L) float64 map kept, and
+    about 6 more (L, L) float64 tensors while one channel is computed.
+    """
+    L, D = int(n_tokens), int(config.d_inner)
+    kept = L * ((config.n_layer + 1) * config.d_model + config.n_layer * (3 * D + 2 * config.d_state))
+    transient = 8 * L * D + 4 * (1 << 21)
+    return (kept + transient) * dtype_bytes + (n_maps + 6) * L * L * 8
+
+
+def check_size(model, max_tokens: int, layers: Sequence[int] | None, channels: Sequence[int] | None,
+               device: str) -> None:
+    """Refuse a ``max_tokens`` whose analysis would not fit in the memory ``device`` has free."""
+    from ..resources import check_memory
+
+    cfg = model.config
+    n_maps = len(layers or default_layers(cfg.n_layer)) * max(1, len(channels or [0, 1]))
+    dtype_bytes = next(model.parameters()).element_size()
+    check_memory(estimate_memory(cfg, max_tokens, n_maps, dtype_bytes), device,
+                 f"--max-tokens {max_tokens} ({cfg.n_layer} layers, d_model {cfg.d_model}, "
+                 f"{n_maps} hidden-attention maps of {max_tokens}²)")
+
+
 def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokenizer: str | Path | None = None,
                        max_tokens: int = DEFAULT_MAX_TOKENS, truncate: bool = False,
                        layers: Sequence[int] | None = None, channels: Sequence[int] | None = None,
@@ -213,6 +240,9 @@ def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokeniz
     t = time.perf_counter()
     model = load_model(path, device=device)
     timings = {"load": time.perf_counter() - t}
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    check_size(model, max_tokens, layers, channels, device)
     t = time.perf_counter()
     inputs = choose_input(path, model.config.vocab_size, text=text, tokenizer=tokenizer,
                           max_tokens=max_tokens, truncate=truncate, seed=seed)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 -- pyplot must come after matplotlib.use("Agg")
+from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplotlib.use
+from matplotlib.lines import Line2D  # noqa: E402 -- with pyplot, after matplotlib.use
+from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
 from ..report.page import embed_image, esc, page, table  # noqa: E402
 

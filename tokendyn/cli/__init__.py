@@ -1,13 +1,38 @@
 """The ``tokendyn`` command. Each subcommand lives in its own module and registers
-itself on :data:`app`; :func:`main` turns user errors into one line and exit 2."""
+itself on :data:`app`; :func:`main` turns user errors into one line and exit 2, and Ctrl-C
+into one line and exit 130.
+
+Every command follows :mod:`tokendyn.outputs` (paths checked before any work, written in a
+temporary place and moved into place when complete) and :mod:`tokendyn.resources` (devices and
+memory checked before any work).
+"""
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import typer
 
 from ..errors import TokendynError
+
+# Errors typer/click raise for a bad command line (unknown option, bad value, missing argument).
+# typer >= 0.26 carries its own copy of click and exports the base class; older ones use click's.
+_USAGE_ERRORS: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(typer, "TyperException", None),) if c is not None)
+try:
+    import click as _click
+
+    _USAGE_ERRORS += (_click.ClickException,)
+    _ABORTS: tuple[type[BaseException], ...] = (KeyboardInterrupt, typer.Abort, _click.exceptions.Abort)
+except ImportError:  # pragma: no cover - typer without click
+    _ABORTS = (KeyboardInterrupt, typer.Abort)
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+
+# the arguments main() was called with (None when a command runs without main, e.g. in tests)
+_ARGS: list[str] | None = None
 
 app = typer.Typer(
     name="tokendyn",
@@ -33,16 +58,54 @@ def _root(ctx: typer.Context,
 
 
 # Subcommand modules: importing one registers its command on `app`.
-from . import reproduce as _reproduce  # noqa: E402,F401
-from . import info as _info  # noqa: E402,F401
+# (E402: the modules need `app`, defined above; F401: imported for that side effect only)
 from . import analyze as _analyze  # noqa: E402,F401
+from . import info as _info  # noqa: E402,F401
+from . import reproduce as _reproduce  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
 
 
+def invocation(command: str) -> str:
+    """The command line being run, for provenance records (``tokendyn COMMAND`` when unknown)."""
+    if not _ARGS:
+        return f"tokendyn {command}"
+    return "tokendyn " + " ".join(shlex.quote(a) for a in _ARGS)
+
+
+def _fail(message: str, status: int) -> None:
+    # one line: collapse what click or the OS put on several
+    print(f"tokendyn: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point: ``tokendyn ARGS``; exits 0, 2 (an error the user can fix, one
+    sentence on stderr) or 130 (interrupted)."""
+    global _ARGS
+    _ARGS = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="tokendyn")
+        status = app(args=_ARGS, prog_name="tokendyn", standalone_mode=False)
+    except _ABORTS:
+        _fail("interrupted; no output was completed (files being written were removed).", EXIT_INTERRUPTED)
     except TokendynError as exc:
-        print(f"tokendyn: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {exc}", EXIT_USAGE)
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":   # a bare command: its help, as typer shows it
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "tokendyn"
+        _fail(f"error: {exc.format_message().rstrip('. ')}; see '{where} --help'.", EXIT_USAGE)
+        _fail(f"error: {exc}", EXIT_USAGE)
+    except MemoryError:
+        _fail("error: out of memory; ask for a smaller size.", EXIT_USAGE)
+    except RuntimeError as exc:
+        # a size no check foresaw: torch's allocators raise RuntimeError (CUDA: its subclass
+        # OutOfMemoryError); anything else is a bug and keeps its traceback
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
+            raise
+        _fail(f"error: out of memory ({str(exc).splitlines()[0][:200]}); ask for a smaller size.", EXIT_USAGE)
+    status = status if isinstance(status, int) else 0
+    if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130)
+        _fail("interrupted; no output was completed (files being written were removed).", EXIT_INTERRUPTED)
+    sys.exit(status)

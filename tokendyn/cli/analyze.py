@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -29,38 +27,51 @@ def parse_indices(values: list[str], what: str) -> list[int]:
 
 @app.command()
 def analyze(
-    path: Path = typer.Argument(..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
-    text: Path = typer.Option(None, "--text", help="UTF-8 text file to run through the model "
-                              "(default: the built-in King James Bible if a tokenizer is found, else random ids)."),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json to use instead of the one beside the checkpoint."),
-    max_tokens: int = typer.Option(1024, "--max-tokens", help="Number of tokens analysed; longer --text is an error unless --truncate."),
-    truncate: bool = typer.Option(False, "--truncate", help="Analyse the first --max-tokens tokens of a longer --text."),
-    layers: list[str] = typer.Option([], "--layers", help="Layers for hidden attention, e.g. 0,5,-1 (default: first, middle, last)."),
-    channels: list[str] = typer.Option([], "--channels", help="Channels d for hidden attention (default: 0 and the channel with the largest mean Δ)."),
-    out: Path = typer.Option(Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
+    path: Path = typer.Argument(
+        ..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
+    text: Path = typer.Option(
+        None, "--text", help="UTF-8 text file to run through the model "
+        "(default: the built-in King James Bible if a tokenizer is found, else random ids)."),
+    tokenizer: Path = typer.Option(
+        None, "--tokenizer", help="tokenizer.json to use instead of the one beside the checkpoint."),
+    max_tokens: int = typer.Option(
+        1024, "--max-tokens", help="Number of tokens analysed (refused when the analysis would not fit in "
+        "free memory); longer --text is an error unless --truncate."),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Analyse the first --max-tokens tokens of a longer --text."),
+    layers: list[str] = typer.Option(
+        [], "--layers", help="Layers for hidden attention, e.g. 0,5,-1 (default: first, middle, last)."),
+    channels: list[str] = typer.Option(
+        [], "--channels", help="Channels d for hidden attention (default: 0 and the channel with the largest mean Δ)."),
+    out: Path = typer.Option(
+        Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
     json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default: OUT/analysis.json)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random token ids used when there is no tokenizer."),
 ) -> None:
-    """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms, hidden attention."""
-    import torch
-
+    """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms,
+    hidden attention."""
     from ..analysis.analyze import analyze_checkpoint, write_analysis
-    from ..reproduce import provenance
+    from ..outputs import check_output_dir, check_output_file, staged_outputs
+    from ..provenance import provenance
+    from ..resources import resolve_device
+    from . import invocation
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DataError(f"unknown --device {device!r}; choose cpu, cuda or auto.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError("--device cuda was asked for but no CUDA device is available.")
+    # everything a user can get wrong is checked before the model is loaded
+    device = resolve_device(device)
+    check_output_dir(out, "--out")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    layer_list = parse_indices(layers, "--layers") or None
+    channel_list = parse_indices(channels, "--channels") or None
     result = analyze_checkpoint(path, text=text, tokenizer=tokenizer, max_tokens=max_tokens, truncate=truncate,
-                                layers=parse_indices(layers, "--layers") or None,
-                                channels=parse_indices(channels, "--channels") or None,
-                                device=device, seed=seed)
-    command = "tokendyn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "tokendyn analyze"
-    paths = write_analysis(result, out, json_path, provenance(command))
-    _print_summary(result, paths)
+                                layers=layer_list, channels=channel_list, device=device, seed=seed)
+    with staged_outputs() as staging:
+        staged_out = staging.dir(out)
+        staged_json = staging.path(json_path) if json_path is not None else None
+        write_analysis(result, staged_out, staged_json, provenance(invocation("analyze")))
+    json_final = json_path if json_path is not None else out / "analysis.json"
+    _print_summary(result, {"html": out / "report.html", "json": json_final})
 
 
 def _print_summary(result, paths: dict) -> None:

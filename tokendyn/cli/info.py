@@ -21,7 +21,10 @@ def info(
     from rich.table import Table
 
     from ..model.checkpoint import inspect_checkpoint
+    from ..outputs import check_output_file, staged_outputs
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     found = inspect_checkpoint(path)
     data = found.to_json()
 
@@ -39,5 +42,5 @@ def info(
     console.print(table)
 
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        with staged_outputs() as staging:
+            staging.file(json_out).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

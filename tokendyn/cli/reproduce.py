@@ -17,7 +17,7 @@ def reproduce(
     out: Path = typer.Option(Path("reproduce-out"), "--out", help="Directory for the report, figures and JSON."),
     scale: str = typer.Option("quick", "--scale", help="quick (minutes on a CPU) or full."),
     only: list[str] = typer.Option([], "--only", help="Run only these sections (repeatable)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     strict: bool = typer.Option(False, "--strict", help=f"Exit with status {STRICT_FAILURE} when a check fails."),
 ) -> None:
     """Run the main job: every capability on the built-in data, with a report (index.html, report.md,

@@ -97,10 +97,17 @@ def simulate(
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
     backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
     max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many field evaluations."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG figure here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure here (.png, .pdf, .svg, ...)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
     """Simulate the continuous-time token dynamics and report predicted vs simulated regime."""
+    from ..outputs import check_image_file, check_output_file, staged_outputs
+
+    if plot is not None:
+        check_image_file(plot, "--plot")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+
     import torch
 
     from ..dynamics import METHODS, TokenSystem, classify_trajectory, predict_regime
@@ -168,12 +175,14 @@ def simulate(
                       fmt(report["blowup_times"][l]), fmt(bounds[l] if bounds else None),
                       fmt(measured.loglog_slope[l]), fmt(measured.growth_exponent[l]))
     console.print(table)
-    if plot is not None:
-        from ..dynamics.plots import save_simulation_plot
+    with staged_outputs() as staging:
+        if plot is not None:
+            from ..dynamics.plots import save_simulation_plot
 
-        save_simulation_plot(sim, plot, title=f"{measured.regime} (predicted {prediction.regime})")
+            save_simulation_plot(sim, staging.file(plot), title=f"{measured.regime} (predicted {prediction.regime})")
+        if json_path is not None:
+            staging.file(json_path).write_text(json.dumps(report))
+    if plot is not None:
         console.print(f"figure written to {plot}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report))
         console.print(f"results written to {json_path}")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import backend_names
-from .mixer import MambaMixer, accumulation_dtype
+from ..ops import compute_dtype
+from .mixer import MambaMixer
 from .outputs import MambaOutput
 
 
@@ -31,7 +32,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = accumulation_dtype(x.dtype)
+        acc = compute_dtype(x.dtype)
         # F.rms_norm is one fused kernel on CUDA (the written-out formula is four, forward
         # and backward); tests compare it with the formula in float64
         return F.rms_norm(x.to(acc), (x.shape[-1],), self.weight.to(acc), self.eps).to(x.dtype)
@@ -129,7 +130,7 @@ class MambaBackbone(nn.Module):
             outs = [self.step(inputs[:, t], cache) for t in range(inputs.shape[1])]
             return torch.stack(outs, dim=1)
         hidden = self.embedding(inputs)
-        record = MambaOutput(logits=None, hidden_states=[hidden], internals=[]) if output_internals else None
+        record = MambaOutput(hidden_states=[hidden], internals=[]) if output_internals else None
         residual = None
         keep_state = cache is not None
         for i, layer in enumerate(self.layers):
@@ -144,7 +145,7 @@ class MambaBackbone(nn.Module):
             cache.seqlen_offset += inputs.shape[1]
         out = self._final(hidden, residual)
         if record is not None:
-            record.logits = out
+            record.last_hidden_state = out
             return record
         return out
 

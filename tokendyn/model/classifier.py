@@ -44,6 +44,6 @@ class MambaClassifier(BackboneModel):
                             f"got shape {tuple(x.shape)}.")
         res = self.backbone(x, output_internals=output_internals)
         if isinstance(res, MambaOutput):
-            res.logits = self.head(self.pool(res.logits))
+            res.logits = self.head(self.pool(res.last_hidden_state))
             return res
         return self.head(self.pool(res))

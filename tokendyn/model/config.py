@@ -21,6 +21,11 @@ MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "d
 POOLINGS = ("mean", "last")
 
 
+def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
+    """The rank R of the Δ projection: mamba_ssm's ceil(d_model/16) for ``"auto"``, else dt_rank."""
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
 def _check_mixer_fields(cfg) -> None:
     """Raise :class:`ConfigError` for mixer settings that cannot build a model."""
     for name in ("d_model", "n_layer", "d_state", "d_conv"):
@@ -70,8 +75,8 @@ class _MixerSettings:
 
     @property
     def dt_rank_value(self) -> int:
-        """The rank of the Δ projection: ceil(d_model/16) for ``dt_rank="auto"``."""
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+        """The rank of the Δ projection (:func:`resolve_dt_rank`)."""
+        return resolve_dt_rank(self.dt_rank, self.d_model)
 
     def mixer_kwargs(self) -> dict:
         """The mixer's keyword arguments (mamba_ssm's ``ssm_cfg`` plus the backend)."""

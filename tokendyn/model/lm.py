@@ -66,7 +66,7 @@ class MambaLM(BackboneModel):
         self._check_ids(input_ids, 2)
         res = self.backbone(input_ids, output_internals=output_internals, cache=cache)
         if isinstance(res, MambaOutput):
-            res.logits = self.lm_head(res.logits)
+            res.logits = self.lm_head(res.last_hidden_state)
             return res
         return self.lm_head(res)
 

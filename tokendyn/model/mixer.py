@@ -19,15 +19,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import resolve_backend, selective_scan
+from ..ops import compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
-from .config import _check_mixer_fields
+from .config import _check_mixer_fields, resolve_dt_rank
 from .outputs import MixerInternals
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other dtype accumulates the scan in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def split_x_proj(t: torch.Tensor, dt_rank: int, d_state: int, dim: int) -> tuple[torch.Tensor, ...]:
+    """x_proj's rows are (δ, B, C) = (dt_rank, d_state, d_state), in mamba_ssm's order: split ``t``
+    (x_proj's weight with dim=0, or its output with the channel dim) into those three parts."""
+    return torch.split(t, [dt_rank, d_state, d_state], dim=dim)
 
 
 def channel_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ class MambaMixer(nn.Module):
         self.d_conv = d_conv
         self.expand = expand
         self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.dt_rank = resolve_dt_rank(dt_rank, d_model)
         self.scan_backend = scan_backend
         self.layer_idx = layer_idx
         D, N, R = self.d_inner, d_state, self.dt_rank
@@ -149,12 +150,11 @@ class MambaMixer(nn.Module):
         autograd graph (for losses on them). A subclass that overrides
         :meth:`selective_inputs` overrides this too.
         """
-        W = self.x_proj.weight
-        R, N = self.dt_rank, self.d_state
+        W_dt, S_B, S_C = split_x_proj(self.x_proj.weight, self.dt_rank, self.d_state, dim=0)
         out = {
-            "S_B": W[R:R + N],
-            "S_C": W[R + N:],
-            "S_Delta": self.dt_proj.weight @ W[:R],
+            "S_B": S_B,
+            "S_C": S_C,
+            "S_Delta": self.dt_proj.weight @ W_dt,
             "b_Delta": self.dt_proj.bias,
             "A": -torch.exp(self.A_log),
         }
@@ -168,8 +168,7 @@ class MambaMixer(nn.Module):
         both go through here, so a subclass that reparametrises S_B, S_C or S_Δ
         overrides this one method.
         """
-        dt, B, C = torch.split(channel_linear(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state],
-                               dim=1)
+        dt, B, C = split_x_proj(channel_linear(self.x_proj.weight, x), self.dt_rank, self.d_state, dim=1)
         # the bias of dt_proj is added inside the scan; B and C are views with unit stride along L
         return channel_linear(self.dt_proj.weight, dt), B, C
 
@@ -194,10 +193,10 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
-        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device) == "triton"
+        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
         x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = self.selective_inputs(x)
-        acc = accumulation_dtype(self.A_log.dtype)
+        acc = compute_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
         delta_bias = self.dt_proj.bias.to(acc)
         res = selective_scan(x, dt, A, B, C, self.D.to(acc), z=z, delta_bias=delta_bias,
@@ -212,7 +211,7 @@ class MambaMixer(nn.Module):
             out = out + self.out_proj.bias
         internals = None
         if return_internals:
-            delta = F.softplus(dt.to(accumulation_dtype(dt.dtype)) + delta_bias[:, None])
+            delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
             internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
         return MixerRun(out, internals, conv_state, ssm_state)
 
@@ -225,7 +224,7 @@ class MambaMixer(nn.Module):
         dtype = dtype or self.conv1d.weight.dtype
         conv = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
-                          dtype=accumulation_dtype(self.A_log.dtype))
+                          dtype=compute_dtype(self.A_log.dtype))
         return conv, ssm
 
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):

@@ -29,16 +29,18 @@ class MixerInternals:
 
 @dataclass
 class MambaOutput:
-    """Logits plus the per-layer record of one forward pass.
+    """The per-layer record of one forward pass, and what the model's head made of it.
 
+    last_hidden_state: (batch, L, d_model), the backbone's output after the final norm.
     logits: (batch, L, padded_vocab) for :class:`MambaLM`, (batch, n_classes) for
-        :class:`MambaClassifier`.
+        :class:`MambaClassifier`; None when the backbone runs on its own.
     hidden_states: n_layer + 1 tensors (batch, L, d_model): the residual stream
         entering layer 0 (embeddings or projected inputs), then after each layer i
         (residual + mixer output), before the final norm.
     internals: one :class:`MixerInternals` per layer.
     """
 
-    logits: torch.Tensor
+    last_hidden_state: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
     hidden_states: list[torch.Tensor] = field(default_factory=list)
     internals: list[MixerInternals] = field(default_factory=list)

@@ -45,9 +45,10 @@ _LOG2E = 1.4426950408889634
 
 
 def _group_len(length: int, per_step: int, chunk: int, budget: int) -> int:
-    """Steps per group: a multiple of ``chunk`` whose tensors fit in ``budget`` elements."""
+    """Steps per group: a multiple of ``chunk`` whose tensors fit in ``budget`` elements
+    (at least 1, so that a length-0 sequence makes an empty loop rather than a zero step)."""
     steps = max(chunk, (budget // max(per_step, 1)) // chunk * chunk)
-    return min(length, steps)
+    return max(1, min(length, steps))
 
 
 def _decay(delta_t: torch.Tensor, A2T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,7 +167,8 @@ class ChunkedScanFn(torch.autograd.Function):
             dBg = Cg * (dyg * dug).sum(-1, keepdim=True)
             if n_l > 1:
                 m = (n_l - 1) * batch
-                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state), Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
+                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state),
+                                    Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
                 dBg[:-1] += torch.linalg.vecdot(Ghat[1:], dug[:-1].unsqueeze(-2))
             if ghat_next is not None:
                 q[-1] += torch.bmm(Bg[-1].unsqueeze(1), ghat_next).squeeze(1)

@@ -9,7 +9,7 @@ Every backend computes the same function; ``reference`` is the ground truth.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -59,11 +59,28 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return names
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend ``auto`` stands for on ``device`` (fastest available)."""
-    if backend != "auto":
-        return backend
-    return "triton" if _triton_usable(torch.device(device)) else "chunked"
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs a scan of ``dtype`` tensors on ``device``: the one policy for names.
+
+    Unknown names are refused; ``auto`` is ``triton`` on a CUDA device where triton imports, else
+    ``chunked``; ``triton`` where it cannot run is refused; float64 always runs in ``chunked``
+    (the Triton kernels compute in float32, the PyTorch backends are float64-exact).
+    Raises :class:`BackendUnavailableError` with one sentence.
+    """
+    if backend not in _BACKENDS and backend != "auto":
+        raise BackendUnavailableError(
+            f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}."
+        )
+    device = torch.device(device)
+    if backend == "auto":
+        backend = "triton" if _triton_usable(device) else "chunked"
+    elif backend == "triton" and not _triton_usable(device):
+        raise BackendUnavailableError(
+            "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
+        )
+    if backend == "triton" and dtype == torch.float64:
+        return "chunked"
+    return backend
 
 
 def _load(name: str) -> Callable:
@@ -71,17 +88,9 @@ def _load(name: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-def get_backend(name: str, device: torch.device | str = "cpu") -> Callable:
-    """The scan function for a backend name (``auto`` resolved for ``device``)."""
-    if name not in _BACKENDS and name != "auto":
-        raise BackendUnavailableError(
-            f"unknown scan backend {name!r}; choose one of {', '.join(backend_names())}."
-        )
-    name = resolve_backend(name, device)
-    if name == "triton" and not _triton_usable(torch.device(device)):
-        raise BackendUnavailableError(
-            "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
-        )
+def get_backend(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Callable:
+    """The scan function for a backend name, as :func:`resolve_backend` decides it."""
+    name = resolve_backend(name, device, dtype)
     try:
         return _load(name)
     except ImportError as exc:
@@ -146,6 +155,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     ``triton`` (fused CUDA kernel) or ``auto`` (fastest available on u's device).
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    fn = get_backend(backend, u.device)
+    fn = get_backend(backend, u.device, u.dtype)
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
               delta_softplus=delta_softplus, return_last_state=return_last_state)

@@ -60,7 +60,7 @@ def _chunk_for(length: int, cfg: ScanConfig) -> int:
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device: torch.device) -> int:
     # cached: the property lookup costs tens of microseconds of host time per launch
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -189,11 +189,10 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    # float64 or empty input: the float64-exact PyTorch backends
-    try:
-        from .chunked import selective_scan_chunked as fn
-    except ImportError:
-        from .reference import selective_scan_reference as fn
+    # float64 or empty input: the backend the dispatcher's policy names for float64
+    from .scan import get_backend
+
+    fn = get_backend("triton", u.device, torch.float64)
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
               delta_softplus=delta_softplus, return_last_state=return_last_state)
 
@@ -211,26 +210,3 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                            bool(return_last_state))
     return (out, last) if return_last_state else out
-
-
-def selective_scan_triton_seq_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                                      delta_softplus=False, block_d=32, num_warps=1):
-    """Forward only, one time step per loop iteration (comparison variant, no autograd).
-
-    Shapes as :func:`selective_scan_triton`; returns (out, last_state).
-    """
-    u, delta, B, C, z = (_lastdim_contiguous(t) for t in (u, delta, B, C, z))
-    batch, dim, length = u.shape
-    nstate = A.shape[1]
-    out = _empty((batch, dim, length), u.dtype, u.device)
-    last = _empty((batch, dim, nstate), torch.float32, u.device)
-    grid = (triton.cdiv(dim, block_d), batch)
-    K._scan_fwd_seq_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, out, last, length, dim, nstate,
-        *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
-        A.stride(0), A.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), BD=block_d, NP=triton.next_power_of_2(nstate),
-        num_warps=num_warps,
-    )
-    return out, last

@@ -34,13 +34,13 @@ class Check:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
 
     @classmethod
-    def judged(cls, claim: str, tolerance: str, measured: str, ok: bool | None, note: str = "") -> "Check":
+    def judged(cls, claim: str, tolerance: str, measured: str, ok: bool | None, note: str = "") -> Check:
         """A check whose outcome is ``ok`` (True: pass, False: fail, None: not run)."""
         outcome = "not run" if ok is None else ("pass" if ok else "fail")
         return cls(claim=claim, tolerance=tolerance, measured=measured, outcome=outcome, note=note)
 
     @classmethod
-    def not_run(cls, claim: str, tolerance: str, how: str) -> "Check":
+    def not_run(cls, claim: str, tolerance: str, how: str) -> Check:
         """A check this run could not make; ``how`` says what would make it."""
         return cls(claim=claim, tolerance=tolerance, measured="-", outcome="not run", note=how)
 
@@ -48,7 +48,7 @@ class Check:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Check":
+    def from_json(cls, data: dict) -> Check:
         return cls(**{k: data.get(k, "") for k in ("claim", "tolerance", "measured", "outcome", "note", "section")})
 
 

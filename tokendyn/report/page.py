@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import html
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Iterable, Sequence
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -23,7 +23,7 @@ class Raw(str):
     """A table cell or fragment that is already HTML (not escaped again)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
@@ -67,7 +67,8 @@ def table(columns: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[in
                         for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def outcome_badge(outcome: str) -> Raw:
@@ -120,5 +121,5 @@ def markdown_inline(text: str) -> str:
     return _markdown_parser().renderInline(text)
 
 
-__all__ = ["Raw", "markdown_inline", "checks_table", "data_uri", "embed_image", "esc", "markdown_to_html", "outcome_badge", "page",
-           "table"]
+__all__ = ["Raw", "checks_table", "data_uri", "embed_image", "esc", "markdown_inline", "markdown_to_html",
+           "outcome_badge", "page", "table"]

@@ -11,16 +11,18 @@ and figures go into the report's checks table and index.html (docs/report.md).
 from __future__ import annotations
 
 import importlib
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
+from ..outputs import check_output_dir, staged_outputs
+from ..provenance import git_commit, provenance
+from ..resources import resolve_device
+
+__all__ = ["SECTIONS", "SCALES", "Context", "SectionResult", "run_all", "git_commit", "provenance"]
 
 SECTIONS: list[str] = [
     "core",
@@ -55,56 +57,34 @@ class SectionResult:
     figures: list = field(default_factory=list)
 
 
-def git_commit() -> str | None:
-    """The commit of the working tree tokendyn runs from: the environment variable
-    TOKENDYN_COMMIT where set (a copy of the tree, e.g. a ``git archive`` on a separate
-    benchmark machine, possibly inside some other checkout whose HEAD git would report),
-    else git's answer in a checkout, else None."""
-    import os
-
-    env = os.environ.get("TOKENDYN_COMMIT") or None
-    if env:
-        return env
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return env
-    commit = res.stdout.strip()
-    # outside a checkout git fails (or echoes the ref): only a full hash is a commit
-    if res.returncode != 0 or len(commit) != 40:
-        return env
-    return commit
-
-
-def provenance(command: str | None = None) -> dict:
-    """Where numbers came from: device, date, commit, command, versions."""
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {
-        "device": dev,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "command": command,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
     """Run the sections (all, or those named in ``only``) and write index.html, report.md and
-    report.json; returns the report (``report["outcomes"]["fail"]``: failed checks)."""
-    from . import document
-    from .committed import committed_results
+    report.json; returns the report (``report["outcomes"]["fail"]``: failed checks).
 
+    Everything is written into a temporary directory and moved into ``out`` only when every
+    section has finished (:mod:`tokendyn.outputs`): an interrupted or failed run leaves ``out``
+    as it was.
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
     unknown = [s for s in (only or []) if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; sections are {', '.join(SECTIONS)}.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    out = check_output_dir(out, "--out")
     command = f"tokendyn reproduce --scale {scale} --out {out}" + "".join(f" --only {s}" for s in only or [])
+    with staged_outputs() as staging:
+        report = _run_sections(staging.dir(out), scale, only, device, command)
+    o = report["outcomes"]
+    print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
+    print(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str) -> dict:
+    from . import document
+    from .committed import committed_results
+
     ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
     report = {"provenance": provenance(command),
               "scale": scale, "sections": {}}
@@ -121,8 +101,5 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     core = report["sections"].get("core", {})
     this = {"scale": scale, "device": report["provenance"]["device"], "core_backends": core.get("backends")}
     document.finish(report, skipped, committed_results(this))
-    paths = document.write(report, out)
-    o = report["outcomes"]
-    print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
-    print(f"report written to {paths['html']}, {paths['markdown']} and {paths['json']}")
+    document.write(report, out)
     return report

@@ -19,7 +19,9 @@ import torch
 from ..analysis.analyze import InputTokens, analyze_model, write_analysis
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
-from . import Context, SectionResult, provenance
+from ..model.mixer import split_x_proj
+from ..provenance import provenance
+from . import Context, SectionResult
 from .verdicts import analysis_checks
 
 TITLE = "Checkpoint analysis"
@@ -43,8 +45,8 @@ def with_io_sign(model: MambaLM, sign: float) -> MambaLM:
     r, n = model.config.dt_rank_value, model.config.d_state
     with torch.no_grad():
         for layer in model.backbone.layers:
-            w = layer.mixer.x_proj.weight
-            w[r:r + n] = sign * w[r + n:r + 2 * n]
+            _, S_B, S_C = split_x_proj(layer.mixer.x_proj.weight, r, n, dim=0)   # views
+            S_B.copy_(sign * S_C)
     return model
 
 

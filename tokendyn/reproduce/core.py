@@ -16,7 +16,8 @@ import torch
 
 from ..model import MambaConfig, MambaLM, generate
 from ..ops import available_backends
-from . import Context, SectionResult, provenance
+from ..provenance import provenance
+from . import Context, SectionResult
 from .verdicts import core_checks
 
 TITLE = "Mamba model and scan backends"

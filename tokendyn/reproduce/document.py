@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..report import Check, Figure, count_outcomes
-from ..report.page import Raw, checks_table, esc, markdown_inline, markdown_to_html, page, table
+from ..report.page import checks_table, esc, markdown_inline, markdown_to_html, page, table
 
 
 def section_entry(name: str, title: str, seconds: float, result) -> dict:
@@ -37,7 +37,8 @@ def finish(report: dict, skipped: list[str], committed: list[dict]) -> dict:
     report["committed_results"] = committed
     not_run = [{"what": f"section {name}", "how": f"`tokendyn reproduce --scale {report['scale']} --only {name}`"}
                for name in skipped]
-    not_run += [{"what": c["claim"].rstrip("."), "how": c["note"]} for c in report["checks"] if c["outcome"] == "not run"]
+    not_run += [{"what": c["claim"].rstrip("."), "how": c["note"]}
+                for c in report["checks"] if c["outcome"] == "not run"]
     if report["scale"] == "quick":
         not_run.append({"what": "the full scale: larger models (d_model 256) and more random systems "
                                 "(200 one-dimensional, 40 two-dimensional draws)",
@@ -88,7 +89,7 @@ def to_markdown(report: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in _header_fields(report)]
     lines += ["", "## Checks", "", f"{_outcome_line(report['outcomes'])}.", ""]
     lines += _md_checks(report["checks"], True) if report["checks"] else ["No checks in the sections run."]
-    for name, s in report["sections"].items():
+    for s in report["sections"].values():
         lines += ["", f"## {s['title']}", ""]
         if s["checks"]:
             lines += ["Verdict:", "", *_md_checks(s["checks"], False), ""]
@@ -124,9 +125,11 @@ def to_html(report: dict, base: Path) -> str:
     """index.html: the same content as report.md, one self-contained page (figures under ``base``)."""
     titles = {n: s["title"] for n, s in report["sections"].items()}
     o = report["outcomes"]
+    def value(k, v):
+        return f"<code>{esc(v)}</code>" if k in ("commit", "command") else esc(v)
+
     header = (f"<h1>tokendyn reproduce: {esc(report['scale'])} scale</h1><dl>"
-              + "".join(f"<dt>{esc(k)}</dt><dd>{Raw('<code>' + esc(v) + '</code>') if k in ('commit', 'command') else esc(v)}</dd>"
-                        for k, v in _header_fields(report)) + "</dl>")
+              + "".join(f"<dt>{esc(k)}</dt><dd>{value(k, v)}</dd>" for k, v in _header_fields(report)) + "</dl>")
     toc = [("checks", "Checks")] + [(f"sec-{n}", s["title"]) for n, s in report["sections"].items()] + \
           [("committed", "Committed GPU results"), ("not-run", "Not run at this scale")]
     nav = ('<nav class="toc" aria-label="contents"><strong>Contents</strong><ol>'
@@ -134,7 +137,8 @@ def to_html(report: dict, base: Path) -> str:
     main = [f'<section id="checks"><h2>Checks</h2><p class="summary">'
             f'{"".join(f"<strong>{o[k]}</strong> {esc(k)}, " for k in ("pass", "fail"))}'
             f'<strong>{o["not run"]}</strong> not run.</p>'
-            + (checks_table(report["checks"], True, titles) if report["checks"] else "<p>No checks in the sections run.</p>")
+            + (checks_table(report["checks"], True, titles) if report["checks"]
+               else "<p>No checks in the sections run.</p>")
             + "</section>"]
     for name, s in report["sections"].items():
         verdict = ("<h3>Verdict</h3>" + checks_table(s["checks"], with_section=False)) if s["checks"] else ""

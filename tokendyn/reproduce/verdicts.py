@@ -64,7 +64,8 @@ def theory_checks(data: dict) -> list[Check]:
             f"{_share(agree, n)} draws agree", agree == n))
         s = d1.get("convergence_loglog_slope", {})
         if s.get("n"):
-            ok = abs(s["median"] + 0.5) <= SLOPE_MEDIAN_TOL and SLOPE_RANGE[0] <= s["min"] and s["max"] <= SLOPE_RANGE[1]
+            ok = (abs(s["median"] + 0.5) <= SLOPE_MEDIAN_TOL
+                  and SLOPE_RANGE[0] <= s["min"] and s["max"] <= SLOPE_RANGE[1])
             checks.append(Check.judged(
                 "D = 1, convergence: |x_l(t)| decays like t^(−1/2).",
                 f"median log-log slope within {SLOPE_MEDIAN_TOL} of −0.5, every token in "
