@@ -138,3 +138,35 @@ def test_strict_exits_1_when_a_check_fails(tmp_path, monkeypatch, capsys):
     assert json.loads((out / "report.json").read_text())["outcomes"]["fail"] >= 1
     assert _exit_code(["reproduce", "--only", "core", "--out", str(out), "--strict"]) == 1
     assert "check(s) failed" in capsys.readouterr().err
+
+
+def test_an_earlier_page_is_replaced_only_by_a_complete_one(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("index.html", "report.md", "report.json"):
+        (out / name).write_text("earlier run")
+    (out / "mine.txt").write_text("not the report's")
+
+    def interrupted(report, base):             # Ctrl-C while the page is being written
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(document, "to_html", interrupted)
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            main(["reproduce", "--only", "core", "--out", str(out)])
+    assert all((out / n).read_text() == "earlier run" for n in ("index.html", "report.md", "report.json"))
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "mine.txt", "report.json", "report.md"]
+
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="sec-core"' in page
+    assert json.loads((out / "report.json").read_text())["checks"]
+    assert (out / "mine.txt").read_text() == "not the report's"
+    assert not [p for p in tmp_path.rglob("*") if ".tokendyn-tmp-" in p.name]
+
+
+def test_out_that_is_a_file_writes_no_page(tmp_path, capsys):
+    target = tmp_path / "index.html"
+    target.write_text("a file")
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(target)]) == 2
+    assert target.read_text() == "a file" and list(tmp_path.iterdir()) == [target]
