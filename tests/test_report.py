@@ -170,3 +170,36 @@ def test_out_that_is_a_file_writes_no_page(tmp_path, capsys):
     target.write_text("a file")
     assert _exit_code(["reproduce", "--only", "core", "--out", str(target)]) == 2
     assert target.read_text() == "a file" and list(tmp_path.iterdir()) == [target]
+
+
+def test_rerender_rebuilds_the_page_from_report_json(tmp_path):
+    out = tmp_path / "run"
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    before = json.loads((out / "report.json").read_text())
+    (out / "index.html").unlink()
+    assert _exit_code(["reproduce", "--rerender", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text()) == before     # nothing measured again
+    assert 'id="sec-core"' in (out / "index.html").read_text()
+    assert _exit_code(["reproduce", "--rerender", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_rerender_completes_a_report_written_before_checks(tmp_path):
+    """The committed full run (results/reproduce_full_cpu) was written before checks existed."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "core.json").write_text(json.dumps({
+        "backends": {"reference": {"max_rel_diff_vs_reference": 0.0, "max_rel_diff_vs_float64": 4e-7,
+                                   "forward_ms_median": 10.0}},
+        "generation": {"matches_full_forward_argmax": True}, "input": {"device": "cpu"}}))
+    (old / "report.json").write_text(json.dumps({
+        "provenance": {"device": "cpu (x86_64)", "date": "2026-11-23", "commit": "ce8b255", "command": "c"},
+        "scale": "full", "sections": {"core": {"title": "Mamba model and scan backends", "seconds": 1.0,
+                                               "backends": {}}}}))
+    (old / "report.md").write_text("# tokendyn reproduce (full)\n\nDevice: cpu.\n\n## Mamba model and scan backends"
+                                   "\n\nThe old text, 4.00e-07.\n\n_Section time: 1.0 s._\n")
+    assert _exit_code(["reproduce", "--rerender", "--out", str(old)]) == 0
+    report = json.loads((old / "report.json").read_text())
+    assert report["sections"]["core"]["markdown"] == "The old text, 4.00e-07."
+    assert [c["outcome"] for c in report["checks"]] == ["pass", "not run", "pass"]
+    assert "The old text, 4.00e-07." in (old / "index.html").read_text()
+    assert (old / "report.md").read_text().count("_Section time") == 1

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+NUM = ' class="num"'
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
@@ -54,20 +55,23 @@ def embed_image(path: Path, alt: str, caption: str | None = None) -> str:
     return f'<figure><img alt="{esc(alt)}" src="{data_uri(path)}">{cap}</figure>'
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[int] = (), caption: str = "") -> str:
+def table(columns: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[int] = (), caption: str = "",
+          cls: str = "") -> str:
     """An HTML table (in a wrapper that scrolls sideways on a narrow screen).
 
     columns: header texts; rows: cell values (text is escaped, :class:`Raw` is not);
-    numeric: indices of columns aligned right.
+    numeric: indices of columns aligned right; cls: a class for the table ("cards" stacks
+    each row as a card on a phone, every cell labelled with its column).
     """
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows:
-        cells = "".join(f'<td class="num">{esc(v)}</td>' if i in numeric else f"<td>{esc(v)}</td>"
-                        for i, v in enumerate(row))
+        cells = "".join(f'<td data-label="{esc(c)}"{NUM if i in numeric else ""}>{esc(v)}</td>'
+                        for i, (c, v) in enumerate(zip(columns, row)))
         body.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return (f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+    attr = f' class="{esc(cls)}"' if cls else ""
+    return (f'<div class="table-wrap"><table{attr}>{cap}<thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -87,7 +91,7 @@ def checks_table(checks: Sequence[dict], with_section: bool = True, section_titl
             if with_section else []
         cells += [c["claim"], c["tolerance"], Raw(esc(c["measured"]) + note), outcome_badge(c["outcome"])]
         rows.append(cells)
-    return table(columns, rows)
+    return table(columns, rows, cls="cards")
 
 
 def _markdown_parser():

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..outputs import check_output_dir, staged_outputs
 from ..provenance import git_commit, provenance
 from ..resources import resolve_device
 
-__all__ = ["SECTIONS", "SCALES", "Context", "SectionResult", "run_all", "git_commit", "provenance"]
+__all__ = ["SECTIONS", "SCALES", "Context", "SectionResult", "run_all", "rerender", "git_commit", "provenance"]
 
 SECTIONS: list[str] = [
     "core",
@@ -78,6 +78,26 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     o = report["outcomes"]
     print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
     print(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def rerender(out: Path) -> dict:
+    """Write index.html, report.md and report.json of the run in ``out`` again from its
+    report.json (and, for a report written before checks existed, its report.md and section
+    files), with this version's page; nothing is measured again. Returns the report."""
+    from . import document
+
+    out = check_output_dir(out, "--out")
+    if not (out / "report.json").is_file():
+        raise DataError(f"{out} holds no report.json of a tokendyn reproduce run.")
+    try:
+        report = document.load(out)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{out / 'report.json'} is not a report of tokendyn reproduce ({exc}).") from None
+    with staged_outputs() as staging:
+        staged = staging.dir(out)
+        for name, text in document.render(report, out).items():
+            (staged / name).write_text(text, encoding="utf-8")
     return report
 
 

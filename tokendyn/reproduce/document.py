@@ -12,6 +12,7 @@ markdown, checks, figures, ...the section's summary}}), ``committed_results``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..report import Check, Figure, count_outcomes
@@ -136,7 +137,7 @@ def to_html(report: dict, base: Path) -> str:
            + "".join(f'<li><a href="#{i}">{esc(t)}</a></li>' for i, t in toc) + "</ol></nav>")
     main = [f'<section id="checks"><h2>Checks</h2><p class="summary">'
             f'{"".join(f"<strong>{o[k]}</strong> {esc(k)}, " for k in ("pass", "fail"))}'
-            f'<strong>{o["not run"]}</strong> not run.</p>'
+            f'<strong>{o["not run"]}</strong> not run.</p>' + _failed_html(report["checks"], titles)
             + (checks_table(report["checks"], True, titles) if report["checks"]
                else "<p>No checks in the sections run.</p>")
             + "</section>"]
@@ -155,6 +156,16 @@ def to_html(report: dict, base: Path) -> str:
     return page(f"tokendyn reproduce ({report['scale']})", "\n".join(main), header, nav, footer)
 
 
+def _failed_html(checks: list[dict], titles: dict) -> str:
+    """The failed checks named right under the counts, each linked to its section."""
+    failed = [c for c in checks if c["outcome"] == "fail"]
+    if not failed:
+        return ""
+    items = "".join(f'<li><a href="#sec-{esc(c["section"])}">{esc(titles.get(c["section"], c["section"]))}</a>: '
+                    f'{esc(c["claim"])}</li>' for c in failed)
+    return f'<p>Failed:</p><ul class="failed-list">{items}</ul>'
+
+
 def _committed_html(tables: list[dict]) -> str:
     if not tables:
         return "<p>No committed GPU results found (results/ is part of a checkout, not of an installed copy).</p>"
@@ -169,10 +180,63 @@ def _committed_html(tables: list[dict]) -> str:
     return "".join(out)
 
 
+def render(report: dict, base: Path) -> dict[str, str]:
+    """{file name: text} of report.json, report.md and index.html (figures read from ``base``)."""
+    return {"report.json": json.dumps(report, indent=2, default=str), "report.md": to_markdown(report),
+            "index.html": to_html(report, base)}
+
+
 def write(report: dict, out: Path) -> dict[str, Path]:
     """report.json, report.md and index.html into ``out`` (figures must already be there)."""
     paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "index.html"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    paths["markdown"].write_text(to_markdown(report), encoding="utf-8")
-    paths["html"].write_text(to_html(report, out), encoding="utf-8")
+    texts = render(report, out)
+    for key, name in (("json", "report.json"), ("markdown", "report.md"), ("html", "index.html")):
+        paths[key].write_text(texts[name], encoding="utf-8")
     return paths
+
+
+def _legacy_checks(name: str, section: dict, out: Path) -> list[Check]:
+    """The checks of a section of a report written before checks existed, judged from the
+    numbers that run stored (its section JSON files and report.json)."""
+    from . import verdicts
+
+    def stored(file: str) -> dict | None:
+        path = out / file
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    if name == "core" and (core := stored("core.json")):
+        gen = core.get("generation", {})
+        return verdicts.core_checks(core["backends"], gen.get("matches_full_forward_argmax"),
+                                    core.get("input", {}).get("device", "?"))
+    if name == "theory" and (theory := stored("theory.json")):
+        return verdicts.theory_checks(theory)
+    if name == "analysis":
+        return verdicts.analysis_checks(section)
+    return []
+
+
+def load(out: Path) -> dict:
+    """The report structure of the run in ``out`` (its report.json).
+
+    A report.json written before checks existed (no ``markdown`` per section) is completed:
+    each section's text is taken from report.md and its checks are judged from the numbers
+    that run stored; nothing is measured again."""
+    from . import SECTIONS
+    from .committed import committed_results
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    sections = report.get("sections", {})
+    if "checks" in report and all("markdown" in s for s in sections.values()):
+        return report
+    parts = re.split(r"^## (.+)$", (out / "report.md").read_text(encoding="utf-8"), flags=re.M)
+    bodies = {title.strip(): body for title, body in zip(parts[1::2], parts[2::2])}
+    for name, s in sections.items():
+        body = re.sub(r"_Section time: [^_]*_\s*$", "", bodies.get(s["title"], "")).strip()
+        checks = _legacy_checks(name, s, out)
+        for c in checks:
+            c.section = name
+        s.update(markdown=body, checks=[c.to_json() for c in checks], figures=[])
+    skipped = [n for n in SECTIONS if n not in sections]
+    core = sections.get("core", {})
+    this = {"scale": report["scale"], "device": report["provenance"]["device"], "core_backends": core.get("backends")}
+    return finish(report, skipped, committed_results(this))

@@ -8,6 +8,8 @@ leaves its check out rather than guessing.
 
 from __future__ import annotations
 
+import math
+
 from ..report import Check
 
 # float32 logits of a model against the reference scan, relative to the largest |logit|
@@ -128,7 +130,8 @@ def theory_checks(data: dict) -> list[Check]:
                 f"p_l from {min(p for _, p in exps):.3f} to {max(p for _, p in exps):.3f}; "
                 f"largest p_l − l = {worst:.3f}", worst <= 0,
                 f"The bound holds but is far from tight: within each configuration every position grows "
-                f"with the same exponent (spread ≤ {max(per_cfg):.3f}); position changes only a constant factor."))
+                f"with the same exponent (spread ≤ {math.ceil(max(per_cfg) * 1000) / 1000:.3f}); position changes "
+                "only a constant factor."))
     return checks
 
 
