@@ -94,6 +94,9 @@ def rerender(out: Path) -> dict:
         report = document.load(out)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{out / 'report.json'} is not a report of tokendyn reproduce ({exc}).") from None
+    # the numbers stay the run's; the page says when and by which code it was drawn again
+    p = provenance(f"tokendyn reproduce --rerender --out {out}")
+    report["rerendered"] = {k: p[k] for k in ("date", "commit", "command")}
     with staged_outputs() as staging:
         staged = staging.dir(out)
         for name, text in document.render(report, out).items():

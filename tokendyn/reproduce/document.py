@@ -81,7 +81,9 @@ def _header_fields(report: dict) -> list[tuple[str, str]]:
     p = report["provenance"]
     return [("scale", report["scale"]), ("device", p.get("device")), ("commit", p.get("commit") or "unknown"),
             ("date", p.get("date")), ("command", p.get("command")),
-            ("versions", f"torch {p.get('torch')}, Python {p.get('python')}")]
+            ("versions", f"torch {p.get('torch')}, Python {p.get('python')}")] + (
+        [("page redrawn", f"{r['date']} by commit {r['commit'] or 'unknown'} from the run's stored numbers "
+                          "(nothing measured again)")] if (r := report.get("rerendered")) else [])
 
 
 def to_markdown(report: dict) -> str:
