@@ -235,10 +235,11 @@ CASES: dict[str, tuple[list[str], str]] = {
     "simulate-plot-under-file": (["simulate", *ONE_D, "--plot", "{w}/a_file/o.png"], "not a directory"),
     "simulate-json-is-dir": (["simulate", *ONE_D, "--json", "{w}/prev"], "directory"),
     "simulate-json-read-only": (["simulate", *ONE_D, "--json", "{ro}/o.json"], "does not accept"),
-    "simulate-size-tokens": (["simulate", *ONE_D, "--tokens", "1000000000", "--json", "{w}/prev.json"], "--tokens"),
-    "simulate-size-points": (["simulate", *ONE_D, "--points", "1000000000", "--json", "{w}/prev.json"], "--points"),
+    # sizes: refused before anything is allocated (the sentence names the size and its limit)
+    "simulate-size-tokens": (["simulate", *ONE_D, "--tokens", "1000000000", "--json", "{w}/prev.json"], "tokens"),
+    "simulate-size-points": (["simulate", *ONE_D, "--points", "1000000000", "--json", "{w}/prev.json"], "points"),
     "simulate-size-dim-state": (["simulate", "--random", "--dim", "100000", "--state", "100000",
-                                 "--json", "{w}/prev.json"], "100000"),
+                                 "--json", "{w}/prev.json"], ""),
     # --- reproduce: options, devices, outputs ------------------------------------------------
     "reproduce-scale-unknown": (["reproduce", "--scale", "huge", "--out", "{w}/prev"], "scale"),
     "reproduce-section-unknown": (["reproduce", "--only", "everything", "--out", "{w}/prev"], "section"),
@@ -318,6 +319,15 @@ def test_staging_discards_on_error_and_moves_reports_last(tmp_path, monkeypatch)
     assert moved[-1] == "report.md" and sorted(moved) == ["a.png", "report.md", "z.json"]
     assert (target / "report.md").read_text() == "new" and len(list(target.iterdir())) == 3
 
+    monkeypatch.setattr(os, "replace", real)
+    with staged_outputs() as st:                 # modes as plain open()/mkdir() would give them
+        st.file(tmp_path / "f.json").write_text("{}")
+        (st.dir(tmp_path / "fresh") / "x").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o777 & ~umask
+
 
 # --- scans of length 0 -------------------------------------------------------------------------
 
@@ -334,6 +344,19 @@ def test_every_backend_scans_length_zero(backend):
     assert out.shape == (2, 3, 0) and h.shape == (2, 3, 4) and not h.any()
     (out.sum() + h.sum()).backward()
     assert u.grad.shape == (2, 3, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_scans_length_zero(dtype):
+    from tokendyn.ops import selective_scan
+
+    u = torch.randn(2, 3, 0, device="cuda", dtype=dtype)
+    A = -torch.rand(3, 4, device="cuda", dtype=dtype)
+    B = torch.randn(2, 4, 0, device="cuda", dtype=dtype)
+    out, h = selective_scan(u, u.exp(), A, B, B.clone(), z=u, delta_softplus=True, return_last_state=True,
+                            backend="triton")
+    assert out.shape == (2, 3, 0) and h.shape == (2, 3, 4) and not h.any()
 
 
 # --- real processes: the console entry point and Ctrl-C ------------------------------------------

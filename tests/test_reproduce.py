@@ -2,7 +2,7 @@
 
 
 def test_git_commit_prefers_the_environment(monkeypatch):
-    from tokendyn.reproduce import git_commit
+    from tokendyn.provenance import git_commit
 
     monkeypatch.setenv("TOKENDYN_COMMIT", "0123456789abcdef0123456789abcdef01234567")
     assert git_commit() == "0123456789abcdef0123456789abcdef01234567"

@@ -25,5 +25,9 @@ class ConfigError(TokendynError, ValueError):
     """A configuration value is invalid."""
 
 
+class UnknownBackendError(BackendUnavailableError, ConfigError):
+    """A scan backend name that names no backend (a configuration value and an unavailable backend)."""
+
+
 class DataError(TokendynError):
     """Input data (text, images, parameters, tokens) is missing or malformed."""

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,13 +31,6 @@ def git_commit() -> str | None:
     if res.returncode != 0 or len(commit) != 40:
         return None
     return commit
-
-
-def command_line(default: str) -> str:
-    """The command this process runs, as a shell would re-run it (``default`` when run in-process
-    without arguments, e.g. from a test)."""
-    args = sys.argv[1:]
-    return "tokendyn " + " ".join(shlex.quote(a) for a in args) if args else default
 
 
 def provenance(command: str | None = None) -> dict:

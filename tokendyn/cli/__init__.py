@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> None:
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "tokendyn"
         _fail(f"error: {exc.format_message().rstrip('. ')}; see '{where} --help'.", EXIT_USAGE)
-        _fail(f"error: {exc}", EXIT_USAGE)
     except MemoryError:
         _fail("error: out of memory; ask for a smaller size.", EXIT_USAGE)
     except RuntimeError as exc:

@@ -16,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..ops import backend_names
-from ..ops import compute_dtype
+from ..ops import check_backend_name, compute_dtype
 from .mixer import MambaMixer
 from .outputs import MambaOutput
 
@@ -105,8 +104,7 @@ class MambaBackbone(nn.Module):
 
     def set_scan_backend(self, backend: str) -> None:
         """Route every mixer's scan through ``backend`` (a ``tokendyn.ops`` backend name)."""
-        if backend not in backend_names():
-            raise ConfigError(f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}.")
+        check_backend_name(backend)
         for layer in self.layers:
             layer.mixer.scan_backend = backend
 

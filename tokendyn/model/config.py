@@ -12,7 +12,7 @@ import math
 from dataclasses import KW_ONLY, asdict, dataclass, fields
 
 from ..errors import ConfigError
-from ..ops import backend_names
+from ..ops import check_backend_name
 
 # Keyword arguments of the mixer, shared by both configs (mamba_ssm's ``ssm_cfg``).
 MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
@@ -42,9 +42,7 @@ def _check_mixer_fields(cfg) -> None:
         raise ConfigError(f"dt_init must be 'random' or 'constant', got {cfg.dt_init!r}.")
     if cfg.dt_init_floor < 0:
         raise ConfigError(f"dt_init_floor must be >= 0, got {cfg.dt_init_floor}.")
-    backend = getattr(cfg, "scan_backend", "auto")
-    if backend not in backend_names():
-        raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(backend_names())}.")
+    check_backend_name(getattr(cfg, "scan_backend", "auto"))
 
 
 @dataclass(kw_only=True)

@@ -7,7 +7,15 @@ the dtype a scan (and a model's recurrent state) accumulates in.
 """
 
 from .reference import compute_dtype, selective_scan_reference
-from .scan import available_backends, backend_names, check_scan_inputs, get_backend, resolve_backend, selective_scan
+from .scan import (
+    available_backends,
+    backend_names,
+    check_backend_name,
+    check_scan_inputs,
+    get_backend,
+    resolve_backend,
+    selective_scan,
+)
 
 __all__ = [
     "selective_scan",
@@ -15,6 +23,7 @@ __all__ = [
     "compute_dtype",
     "available_backends",
     "backend_names",
+    "check_backend_name",
     "check_scan_inputs",
     "get_backend",
     "resolve_backend",

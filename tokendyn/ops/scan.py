@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import BackendUnavailableError, ScanInputError
+from ..errors import BackendUnavailableError, ScanInputError, UnknownBackendError
 
 # name -> "module:function"; imported lazily so that a backend's dependencies
 # (triton) are needed only when it is used.
@@ -25,10 +25,22 @@ _BACKENDS: dict[str, str] = {
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Where the Triton backend sends what its float32 kernels cannot compute (float64, length 0):
+# the parallel PyTorch scan, exact in float64.
+EXACT_BACKEND = "chunked"
+
 
 def backend_names() -> list[str]:
     """All backend names, available here or not (plus ``auto``)."""
     return [*_BACKENDS, "auto"]
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if it names a backend (or ``auto``); the one check of backend names, used by the
+    dispatcher, the model config and ``set_scan_backend``. Raises :class:`UnknownBackendError`."""
+    if name not in _BACKENDS and name != "auto":
+        raise UnknownBackendError(f"unknown scan backend {name!r}; choose one of {', '.join(backend_names())}.")
+    return name
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -67,10 +79,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     (the Triton kernels compute in float32, the PyTorch backends are float64-exact).
     Raises :class:`BackendUnavailableError` with one sentence.
     """
-    if backend not in _BACKENDS and backend != "auto":
-        raise BackendUnavailableError(
-            f"unknown scan backend {backend!r}; choose one of {', '.join(backend_names())}."
-        )
+    check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
         backend = "triton" if _triton_usable(device) else "chunked"
@@ -79,7 +88,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
             "the triton scan backend needs a CUDA device and the triton package; use 'chunked' or 'auto'."
         )
     if backend == "triton" and dtype == torch.float64:
-        return "chunked"
+        return EXACT_BACKEND
     return backend
 
 

@@ -189,10 +189,10 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    # float64 or empty input: the backend the dispatcher's policy names for float64
-    from .scan import get_backend
+    # float64 or empty input: the backend the dispatcher's policy names for them
+    from .scan import EXACT_BACKEND, get_backend
 
-    fn = get_backend("triton", u.device, torch.float64)
+    fn = get_backend(EXACT_BACKEND, u.device)
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
               delta_softplus=delta_softplus, return_last_state=return_last_state)
 

@@ -19,10 +19,8 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..outputs import check_output_dir, staged_outputs
-from ..provenance import git_commit, provenance
+from ..provenance import provenance
 from ..resources import resolve_device
-
-__all__ = ["SECTIONS", "SCALES", "Context", "SectionResult", "run_all", "rerender", "git_commit", "provenance"]
 
 SECTIONS: list[str] = [
     "core",
