@@ -35,7 +35,7 @@ def run(ctx: Context) -> SectionResult:
     rows = ["| regime (predicted) | draws | simulated agrees |", "|---|---|---|"]
     for name, r in draws["table"].items():
         rows.append(f"| {name} | {r['predicted']} | {r['agree']} |")
-    pos_rows = ["| config | position | growth exponent p_l | |x_l|/|x_1| at t_end |", "|---|---|---|---|"]
+    pos_rows = ["| config | position | growth exponent p_l | \\|x_l\\|/\\|x_1\\| at t_end |", "|---|---|---|---|"]
     for c in pos:
         label = f"μ={c['mu']}, s={c['s']}, a={c['a']}"
         for l, (p, r) in enumerate(zip(c["growth_exponent"], c["ratio_to_first"])):
