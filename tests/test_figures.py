@@ -1,0 +1,44 @@
+"""Figures as a reader sees them: labelled axes, no empty panels, no overlapping tick labels."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tokendyn.analysis.report import grid_shape, plot_hidden_attention  # noqa: E402
+
+
+def overlapping_tick_labels(fig) -> list:
+    """Pairs of visible tick labels, on one axis of one panel, whose drawn boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in axis.get_ticklabels()
+                     if t.get_visible() and t.get_text()]
+            bad += [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    return bad
+
+
+def assert_labelled(axes) -> None:
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axis in {ax.get_title()!r}"
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_hidden_attention_grid_has_no_empty_panel(k):
+    g = torch.Generator().manual_seed(k)
+    maps = [{"layer": i, "channel": 2 * i, "P": torch.rand(12, 12, generator=g, dtype=torch.float64).tril(),
+             "layer_choice": "middle", "channel_choice": "largest mean Δ"} for i in range(k)]
+    fig = plot_hidden_attention(maps)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == k                                  # one panel per map ...
+    assert all(ax.images or ax.get_label() == "<colorbar>" for ax in fig.axes)   # ... and nothing empty
+    rows, cols = grid_shape(k)
+    assert rows * cols - k < cols and rows <= 3
+    assert all("largest mean Δ" in ax.get_title() for ax in panels)
+    assert_labelled(panels)
+    assert not overlapping_tick_labels(fig)
+    matplotlib.pyplot.close(fig)
