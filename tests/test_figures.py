@@ -42,3 +42,30 @@ def test_hidden_attention_grid_has_no_empty_panel(k):
     assert_labelled(panels)
     assert not overlapping_tick_labels(fig)
     matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("values", [
+    [-370.0, -0.41, -2.0],                      # one sign, three decades
+    [1.5, 6e-3, -1.0, -6e-3],                   # both signs, small magnitudes
+    [-1e3, 1e3, 0.05, -2e-3, 3e-1],             # wide on both sides: labels must be thinned
+    [0.13, 0.6, 0.35],                          # less than a decade: plain ticks
+])
+def test_symlog_axis_fits_the_data(values):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from tokendyn.report.axes import symlog_axis
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(np.arange(len(values)), values, "o")
+    symlog_axis(ax, "y", values)
+    lo, hi = ax.get_ylim()
+    v = np.asarray(values)
+    assert lo <= v.min() and v.max() <= hi
+    assert abs(lo) <= 1.31 * max(abs(v.min()), 1e-300) + 1e-12 and abs(hi) <= 1.31 * abs(v.max()) + 1e-12
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(ticks) >= 2
+    # the linear band stops at the decade of the smallest |value|: no empty decades below the data
+    assert ax.yaxis.get_transform().linthresh <= np.abs(v[v != 0]).min() < 10 * ax.yaxis.get_transform().linthresh
+    assert not overlapping_tick_labels(fig)
+    plt.close(fig)

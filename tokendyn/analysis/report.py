@@ -24,6 +24,7 @@ from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplo
 from matplotlib.lines import Line2D  # noqa: E402 -- with pyplot, after matplotlib.use
 from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
+from ..report.axes import symlog_axis  # noqa: E402
 from ..report.page import embed_image, esc, page, table  # noqa: E402
 
 FIGURES = {
@@ -41,8 +42,6 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
     all_abs = [float(s.sym_eigvals.abs().max()) for s in spectra if s.sym_eigvals.numel()]
     floor = max(max(all_abs, default=1.0) * 1e-6, 1e-15)   # below this an eigenvalue counts as zero here
     kept = [s.sym_eigvals.numpy()[np.abs(s.sym_eigvals.numpy()) > floor] for s in spectra]
-    # linear band of the symlog axis up to the smallest nonzero |eigenvalue|: no empty decades below the data
-    lin = min((float(np.abs(ev).min()) for ev in kept if ev.size), default=1.0)
     cmap = plt.get_cmap("viridis")
     n = max(len(spectra), 1)
     for s, ev in zip(spectra, kept):
@@ -53,9 +52,9 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
         ax2.scatter(z.real, z.imag, s=10, color=cmap(s.index / max(n - 1, 1)), alpha=0.8)
     ax1.axhline(0, color="k", lw=0.6)
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_yscale("symlog", linthresh=lin)
+    symlog_axis(ax1, "y", np.concatenate(kept) if kept else [])   # no empty decades, no crowded labels
     ax1.set_xlabel("layer index")
-    ax1.set_ylabel("eigenvalue of M_s = (M + Mᵀ)/2 (dimensionless, symlog)")
+    ax1.set_ylabel("eigenvalue of M_s = (M + Mᵀ)/2 (symlog)")
     ax1.set_title("symmetric part M_s per layer")
     ax1.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:red", label="positive eigenvalue"),
                         Line2D([], [], ls="", marker="o", color="tab:blue", label="negative eigenvalue")],

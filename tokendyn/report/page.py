@@ -113,7 +113,8 @@ def markdown_to_html(text: str, base: Path | None = None) -> str:
         path = Path(base, src) if base is not None and "://" not in src and not src.startswith("data:") else None
         if path is not None and path.is_file() and path.suffix.lower() in MIME:
             src = data_uri(path)
-        return f'<img class="figure" alt="{esc(alt)}" src="{esc(src)}">'
+        cap = f'<span class="figcaption">{esc(alt)}</span>' if alt else ""
+        return f'<span class="fig"><img class="figure" alt="{esc(alt)}" src="{esc(src)}">{cap}</span>'
 
     md.add_render_rule("image", image)
     out = md.render(text)
