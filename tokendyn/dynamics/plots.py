@@ -115,24 +115,13 @@ def figure_regimes_1d(path: Path, n_points: int = 120) -> dict:
     return measured
 
 
-def fig6_system(eigs: tuple[float, float], seed: int = 0) -> TokenSystem:
-    """D = N = 2 system whose M = S_Cᵀ S_B is symmetric with the given eigenvalues.
-
-    M = Q diag(λ) Qᵀ for a random rotation Q: S_C = Qᵀ, S_B = diag(λ) Qᵀ. S_Δ random, a = 1.
-    """
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
-    lam = torch.tensor(eigs, dtype=torch.float64)
-    S_Delta = torch.randn(2, 2, generator=g, dtype=torch.float64) * 0.7
-    return TokenSystem.from_decay(torch.diag(lam) @ Q.T, Q.T, S_Delta, torch.ones(2, dtype=torch.float64))
-
-
 FIG6_CASES = {"two positive": (1.0, 0.5), "one positive": (1.0, -0.5), "two negative": (-1.0, -0.5)}
 
 
 def figure_fig6(path: Path, n_tokens: int = 6, seed: int = 0, t_end: float = 1e3, n_points: int = 120) -> dict:
     """The paper's Figure-6 experiment (D = 2): phase portraits for three eigen-signatures
     of M. Returns {case: measured regime}."""
+    from .experiments import figure6_system
     from .regimes import predict_regime
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -140,7 +129,7 @@ def figure_fig6(path: Path, n_tokens: int = 6, seed: int = 0, t_end: float = 1e3
     g = torch.Generator().manual_seed(seed + 1)
     x0 = torch.randn(n_tokens, 2, generator=g, dtype=torch.float64)
     for ax, (name, eigs) in zip(axes, FIG6_CASES.items()):
-        system = fig6_system(eigs, seed)
+        system = figure6_system(eigs, seed)
         sim = simulate(system, x0, t_end, n_points=n_points, rtol=1e-7, atol=1e-9)
         measured = classify_trajectory(sim).regime
         predicted = predict_regime(system, x0).regime

@@ -19,7 +19,7 @@ def _fmt(summary: dict, digits: int = 3) -> str:
 
 
 def run(ctx: Context) -> SectionResult:
-    from ..dynamics.checks import check_1d_draws, fig6_agreement, position_dependence
+    from ..dynamics.experiments import check_1d_draws, fig6_agreement, position_dependence
     from ..dynamics.plots import figure_fig6, figure_regimes_1d
 
     quick = ctx.quick
@@ -68,8 +68,8 @@ D = 2, the paper's Figure 6 (phase portraits below): Figure-6 rule against simul
 
 Random D = 2, N = 2 systems: the rule agrees with simulation on converge-vs-diverge in
 {nd['agree_converge_vs_diverge']}/{nd['draws']} draws, on the exact regime in {nd['agree_exact']}/{nd['draws']}
-(fast vs slow for D > 1 is a heuristic, see docs/regimes.md; {nd['truncated']} draw(s) stopped early
-at the evaluation budget, classified from the part simulated).
+(fast vs slow for D > 1 is a heuristic, see docs/regimes.md; {nd['undetermined']} draw(s) stopped at
+the evaluation budget before deciding, reported as undetermined and counted as disagreeing).
 
 ![1-D regimes](dynamics_regimes_1d.png)
 
