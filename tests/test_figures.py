@@ -69,3 +69,28 @@ def test_symlog_axis_fits_the_data(values):
     assert ax.yaxis.get_transform().linthresh <= np.abs(v[v != 0]).min() < 10 * ax.yaxis.get_transform().linthresh
     assert not overlapping_tick_labels(fig)
     plt.close(fig)
+
+
+@pytest.mark.slow
+def test_dynamics_figures_have_legends_labels_and_readable_ticks(tmp_path, monkeypatch):
+    from tokendyn.dynamics import plots
+
+    drawn = []
+    real_save = plots._save
+
+    def looked_at(fig, path, rect=None):      # as the figure is written: laid out, before it is closed
+        fig.tight_layout(rect=rect)
+        assert_labelled(fig.axes)
+        assert not overlapping_tick_labels(fig)
+        drawn.append(fig)
+        return real_save(fig, path, rect)
+
+    monkeypatch.setattr(plots, "_save", looked_at)
+    measured = plots.figure_regimes_1d(tmp_path / "r.png", n_points=30)
+    plots.figure_fig6(tmp_path / "f6.png", n_points=30)
+    assert measured == {k: k for k in measured}
+    one_d, fig6 = drawn
+    legend = [t.get_text() for t in one_d.axes[2].get_legend().get_texts()]      # the fast-divergence panel
+    assert "token 1" in legend and "blow-up" in legend
+    legend = [t.get_text() for t in fig6.legends[0].get_texts()]
+    assert {"token 1", "start x_l(0)", "blow-up"} <= set(legend)
