@@ -123,8 +123,12 @@ CASES = [
 ]
 
 
+def _case_id(c) -> str:
+    return "x".join(map(str, c[:4])) + "-" + "".join("zDbs"[i] for i in range(4) if c[4 + i])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + "-" + "".join("zDbs"[i] for i in range(4) if c[4 + i]))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_float64_reference(ts, case, dtype):
     b, d, l, n, z, D, bias, softplus = case
     tensors = make_inputs(b, d, l, n, dtype, z=z, D=D, bias=bias, softplus=softplus)
