@@ -40,6 +40,7 @@ PROBE = """(() => {
           headings: [...document.querySelectorAll('h2')].map(h => h.textContent.trim()),
           images: imgs,
           scripts: document.scripts.length,
+          tocShown: [...document.querySelectorAll('nav.toc')].some(n => getComputedStyle(n).display !== 'none'),
           stylesheets: [...document.querySelectorAll('link[rel=stylesheet]')].length,
           scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
           text: document.body.innerText};
@@ -64,7 +65,9 @@ class Chromium:
         # numbered 10 and up, so that the redirections onto 3 and 4 cannot overwrite one another (bash, not
         # dash, reads descriptors above 9)
         cmd_r, res_w = (_high(fd) for fd in (cmd_r, res_w))
-        args = ["--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        # --no-sandbox: CI runs as root in a container; --disable-dev-shm-usage: containers' small /dev/shm
+        args = ["--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run",
                 "--disable-extensions", "--disable-background-networking", f"--user-data-dir={self.profile}",
                 "about:blank"]
         self.proc = subprocess.Popen(["bash", "-c", f'exec "$0" "$@" 3<&{cmd_r} 4>&{res_w}', binary, *args],
@@ -139,15 +142,17 @@ class Chromium:
                 return ev
             self.events.append(ev)
 
-    def open(self, path: Path, width: int = 1280, height: int = 900, screenshot: Path | None = None) -> dict:
-        """Load ``path`` in a fresh tab of the given size; returns the probe's answer plus
-        ``errors`` (console errors, exceptions, log errors) and ``requests`` (URLs fetched)."""
+    def open(self, path: Path, width: int = 1280, height: int = 900, screenshot: Path | None = None,
+             media: str = "") -> dict:
+        """Load ``path`` in a fresh tab of the given size (``media="print"``: as printed); returns the
+        probe's answer plus ``errors`` (console errors, exceptions, log errors) and ``requests``."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=session)
         self.send("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}, session)
+        self.send("Emulation.setEmulatedMedia", {"media": media}, session)
         self.events.clear()
         self.send("Page.navigate", {"url": Path(path).resolve().as_uri()}, session)
         self.wait_event("Page.loadEventFired", session)

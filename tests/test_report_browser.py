@@ -59,6 +59,9 @@ def test_reproduce_page_in_chromium(tmp_path, browser):
     phone = browser.open(out / "index.html", width=390, height=800)
     assert phone["errors"] == []
     assert phone["scrollWidth"] <= phone["innerWidth"], "the page scrolls sideways on a phone"
+    printed = browser.open(out / "index.html", media="print")
+    assert seen["tocShown"] and not printed["tocShown"]          # the print style is in force
+    assert printed["sections"] == seen["sections"] and all(i["naturalWidth"] > 0 for i in printed["images"])
 
 
 def test_analyze_page_in_chromium(tmp_path, browser):
