@@ -49,7 +49,7 @@ def _console_table(report: dict, prediction, show_all: bool):
     rates = report["fitted_rates"]
     for l in rows:
         if l is None:
-            table.add_row("…", f"{L - _HEAD_ROWS - _TAIL_ROWS:,} more (--show-all)", "", "", "", "", "")
+            table.add_row(*["…"] * 7)
             continue
         table.add_row(str(l + 1), fmt(math.hypot(*report["x0"][l])), fmt(report["final_norms"][l]),
                       fmt(report["blowup_times"][l]), fmt(bounds[l]),
@@ -205,6 +205,9 @@ def simulate(
     if len(report["x0"]) > _HEAD_ROWS + _TAIL_ROWS and not show_all:
         console.print(_summary(report))
     console.print(_console_table(report, prediction, show_all))
+    hidden = len(report["x0"]) - _HEAD_ROWS - _TAIL_ROWS
+    if hidden > 0 and not show_all:
+        console.print(f"{hidden:,} rows not shown (--show-all prints every row)")
     with staged_outputs() as staging:
         if plot is not None:
             from ..dynamics.plots import save_simulation_plot
