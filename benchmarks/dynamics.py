@@ -25,13 +25,17 @@ import time
 from pathlib import Path
 
 import torch
-
-from tokendyn.dynamics import TokenSystem, classify_trajectory, simulate, vector_field, vector_field_naive
-from tokendyn.ops import available_backends, resolve_backend
-from tokendyn.reproduce import provenance
-
 from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 
+from tokendyn.dynamics import (
+    TokenSystem,
+    classify_trajectory,
+    simulate,
+    vector_field,
+    vector_field_naive,
+)
+from tokendyn.ops import available_backends, resolve_backend
+from tokendyn.reproduce import provenance
 
 # The D > 1 case, as a script that runs against whichever tokendyn is first on the path.
 _D16_CASE = """
@@ -133,6 +137,7 @@ def main() -> None:
         "scan_backend": backend,
         "dtype": "float64",
         "threads": torch.get_num_threads(),
+        "load_average_1_5_15_min_at_end": list(os.getloadavg()),   # the machine is shared
         "vector_field": {"D": 16, "N": 16, "batch": 1, "rows": rows, "goals": goals},
         "simulation_1d": {"L": args.sim_tokens, "t_end": args.sim_t_end, "mu": mu, "s": s, "a": a,
                           "method": sim.method, "rtol": 1e-7, "atol": 1e-10, "wall_s": wall,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -42,7 +41,7 @@ def _console_table(report: dict, prediction, show_all: bool):
     from rich.table import Table
 
     table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")
-    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"
     L = len(report["x0"])
     rows = range(L) if show_all or L <= _HEAD_ROWS + _TAIL_ROWS else \
         [*range(_HEAD_ROWS), None, *range(L - _TAIL_ROWS, L)]
@@ -90,31 +89,31 @@ def _progress_bar(n_points: int):
 
 @app.command()
 def simulate(
-    mu: Optional[float] = typer.Option(None, "--mu", help="1-D system: μ = S_Cᵀ S_B."),
-    s_delta: Optional[float] = typer.Option(None, "--s-delta", help="1-D system: S_Δ."),
-    a: Optional[float] = typer.Option(None, "--a", help="1-D system: decay a > 0."),
+    mu: float | None = typer.Option(None, "--mu", help="1-D system: μ = S_Cᵀ S_B."),
+    s_delta: float | None = typer.Option(None, "--s-delta", help="1-D system: S_Δ."),
+    a: float | None = typer.Option(None, "--a", help="1-D system: decay a > 0."),
     b_delta: float = typer.Option(0.0, "--b-delta", help="1-D system: bias b_Δ."),
-    params: Optional[Path] = typer.Option(None, "--params", help="JSON file with S_B, S_C, S_Delta, b_Delta, a or A."),
+    params: Path | None = typer.Option(None, "--params", help="JSON file with S_B, S_C, S_Delta, b_Delta, a or A."),
     random: bool = typer.Option(False, "--random", help="Random parameters (needs --dim, --state)."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="D for --random."),
-    state: Optional[int] = typer.Option(None, "--state", help="N for --random."),
+    dim: int | None = typer.Option(None, "--dim", help="D for --random."),
+    state: int | None = typer.Option(None, "--state", help="N for --random."),
     seed: int = typer.Option(0, "--seed", help="Seed for random parameters and tokens."),
-    x0: Optional[str] = typer.Option(None, "--x0", help="1-D initial tokens, e.g. \"1,-0.5,0.3\"."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="Number L of random initial tokens (N(0,1))."),
+    x0: str | None = typer.Option(None, "--x0", help="1-D initial tokens, e.g. \"1,-0.5,0.3\"."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Number L of random initial tokens (N(0,1))."),
     t_end: float = typer.Option(100.0, "--t-end", help="End time (depth) of the integration."),
     method: str = typer.Option("auto", "--method", help="scipy solver: auto (LSODA, or RK45 when the stiff "
                                "solver's Jacobian exceeds --memory-limit), LSODA, RK45, DOP853, RK23, BDF, Radau."),
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
     backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
-    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many field evaluations "
+    max_evals: int | None = typer.Option(None, "--max-evals", help="Stop after this many field evaluations "
                                             "(default 200,000)."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many seconds of wall "
+    time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds of wall "
                                                "clock (default 45)."),
     memory_limit: float = typer.Option(2.0, "--memory-limit", help="GiB the run may allocate; beyond it the request, "
                                        "or the stiff solver, is refused."),
     show_all: bool = typer.Option(False, "--show-all", help="Print every token's row (else a summary past 15)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG figure here."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG figure here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
     """Simulate the continuous-time token dynamics and report predicted vs simulated regime.
 
@@ -125,8 +124,13 @@ def simulate(
     import torch
 
     from ..dynamics import TokenSystem
-    from ..dynamics.report import (DEFAULT_MAX_EVALS, DEFAULT_TIME_LIMIT, EXIT_UNDETERMINED, check_request,
-                                   simulate_and_report)
+    from ..dynamics.report import (
+        DEFAULT_MAX_EVALS,
+        DEFAULT_TIME_LIMIT,
+        EXIT_UNDETERMINED,
+        check_request,
+        simulate_and_report,
+    )
 
     one_d = [v is not None for v in (mu, s_delta, a)]
     sources = sum([any(one_d), params is not None, random])
