@@ -131,6 +131,7 @@ def main() -> None:
         "scan_backend": backend,
         "dtype": "float64",
         "threads": torch.get_num_threads(),
+        "load_average_1_5_15_min_at_end": list(os.getloadavg()),   # the machine is shared
         "vector_field": {"D": 16, "N": 16, "batch": 1, "rows": rows, "goals": goals},
         "simulation_1d": {"L": args.sim_tokens, "t_end": args.sim_t_end, "mu": mu, "s": s, "a": a,
                           "method": sim.method, "rtol": 1e-7, "atol": 1e-10, "wall_s": wall,

@@ -99,7 +99,7 @@ CONVERGENT = ["simulate", "--mu", "-1", "--s-delta", "1", "--a", "1", "--x0", "1
 
 
 def test_cut_short_run_is_undetermined_first_line_and_exit_3(tmp_path, capsys, monkeypatch):
-    import tokendyn.dynamics.report as report
+    from tokendyn.dynamics import report
 
     monkeypatch.setattr(report, "DEFAULT_MAX_EVALS", 50)       # the default budget, made small
     out = tmp_path / "u.json"

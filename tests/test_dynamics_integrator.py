@@ -11,7 +11,13 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from tokendyn.dynamics import TokenSystem, classify_trajectory, simulate, time_grid, vector_field_naive
+from tokendyn.dynamics import (
+    TokenSystem,
+    classify_trajectory,
+    simulate,
+    time_grid,
+    vector_field_naive,
+)
 from tokendyn.dynamics.experiments import figure6_system
 from tokendyn.dynamics.integrate import Integrator, choose_method, jacobian_bytes
 from tokendyn.errors import ConfigError
@@ -150,7 +156,7 @@ def test_jacobian_matches_autograd_of_the_explicit_sum():
     it.alive[1, 2:] = False                          # frozen tokens have zero rows
     J = torch.from_numpy(it._jac(0.0, x0.reshape(-1).numpy().copy()))
     mask = it.alive[..., None].expand(2, 4, 3).reshape(-1).double()
-    f = lambda v: vector_field_naive(system, v.view(2, 4, 3)).reshape(-1) * mask  # noqa: E731
+    f = lambda v: vector_field_naive(system, v.view(2, 4, 3)).reshape(-1) * mask
     ref = torch.autograd.functional.jacobian(f, x0.reshape(-1))
     assert torch.allclose(J, ref, rtol=1e-5, atol=1e-6)
     assert it.stiff_from == 0.0

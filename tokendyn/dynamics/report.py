@@ -13,8 +13,20 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .integrate import DEFAULT_MEMORY_LIMIT, METHODS, Simulation, gib, simulate, trajectory_bytes
-from .regimes import RegimePrediction, TrajectoryRegime, classify_trajectory, predict_regime
+from .integrate import (
+    DEFAULT_MEMORY_LIMIT,
+    METHODS,
+    Simulation,
+    gib,
+    simulate,
+    trajectory_bytes,
+)
+from .regimes import (
+    RegimePrediction,
+    TrajectoryRegime,
+    classify_trajectory,
+    predict_regime,
+)
 from .spectrum import eigen_signature
 from .vector_field import TokenSystem
 
