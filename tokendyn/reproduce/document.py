@@ -43,7 +43,7 @@ def finish(report: dict, skipped: list[str], committed: list[dict]) -> dict:
     if report["scale"] == "quick":
         not_run.append({"what": "the full scale: larger models, longer inputs and more random draws in every "
                                 "section",
-                        "how": "`tokendyn reproduce --scale full` (2.3 minutes measured on a busy 2-core CPU)"})
+                        "how": "`tokendyn reproduce --scale full` (about 2 minutes measured on a busy 2-core CPU)"})
     report["not_run"] = not_run
     return report
 
