@@ -193,8 +193,11 @@ def simulate(
     from rich.console import Console
 
     console = Console()
-    if measured.determined:
+    if measured.determined and sim.complete:
         console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {sim.method})")
+    elif measured.determined:        # cut short, but a blow-up had already decided it
+        console.print(f"simulated regime: [bold]{measured.regime}[/bold] (a token blew up; the run then stopped "
+                      f"at t={sim.t_end:g}: {sim.info['stop_reason']})")
     else:
         console.print(f"simulated regime: [bold yellow]undetermined[/bold yellow] ({measured.reason})")
     console.print(f"predicted regime: [bold]{prediction.regime}[/bold] ({prediction.rule})")
