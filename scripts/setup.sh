@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh Debian machine with Python 3.11: the built-in data
-# (Debian packages), a virtual environment in .venv, the CPU build of PyTorch
-# pinned to 2.13.0, and tokendyn with its test and benchmark extras.
+# One-time set-up on a fresh Debian machine with Python 3.11: the built-in data and
+# a headless browser for the report tests (Debian packages), a virtual environment in
+# .venv, the CPU build of PyTorch pinned to 2.13.0, and tokendyn with its test and
+# benchmark extras.
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2>&1; then
-    echo "setup: installing Debian packages bible-kjv and dataset-fashion-mnist"
+# chromium: the headless browser tests/test_report_browser.py opens the report pages in
+if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2>&1 \
+        || ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing Debian packages bible-kjv, dataset-fashion-mnist and chromium"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv dataset-fashion-mnist >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv dataset-fashion-mnist chromium >/dev/null
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -93,3 +93,79 @@ def test_missing_params_file_in_subprocess(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tokendyn", "simulate", "--params", str(tmp_path / "none.json")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "cannot read" in res.stderr and "Traceback" not in res.stderr
+
+
+CONVERGENT = ["simulate", "--mu", "-1", "--s-delta", "1", "--a", "1", "--x0", "1,0.5"]
+
+
+def test_cut_short_run_is_undetermined_first_line_and_exit_3(tmp_path, capsys, monkeypatch):
+    from tokendyn.dynamics import report
+
+    monkeypatch.setattr(report, "DEFAULT_MAX_EVALS", 50)       # the default budget, made small
+    out = tmp_path / "u.json"
+    code, stdout, err = run_cli([*CONVERGENT, "--t-end", "10000", "--json", str(out)], capsys)
+    assert code == report.EXIT_UNDETERMINED == 3, err
+    first = stdout.splitlines()[0]
+    assert "undetermined" in first and "evaluation budget of 50" in first
+    d = json.loads(out.read_text())
+    assert d["regime"] == d["simulated_regime"] == "undetermined" and "evaluation budget" in d["undetermined_reason"]
+    assert d["t"][-1] == d["t_end"] == d["truncated_at"] < 10000
+    # a budget the user asked for: still undetermined, but exit 0
+    code, stdout, _ = run_cli([*CONVERGENT, "--t-end", "10000", "--max-evals", "50"], capsys)
+    assert code in (0, None) and "undetermined" in stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--max-evals", "0"], "--max-evals must be a positive"),
+    (["--max-evals", "-1"], "--max-evals must be a positive"),
+    (["--time-limit", "0"], "--time-limit must be a positive"),
+    (["--memory-limit", "-2"], "--memory-limit must be a positive"),
+    (["--points", "2"], "--points must be at least 3"),
+])
+def test_non_positive_limits_refused(args, needle, capsys):
+    code, _, err = run_cli([*CONVERGENT, *args], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mu", "1", "--s-delta", "1", "--a", "1", "--tokens", "1000000000"], "1,000,000,000 tokens"),
+    (["--mu", "1", "--s-delta", "1", "--a", "1", "--points", "1000000000"], "1,000,000,000 points"),
+    (["--random", "--dim", "100000", "--state", "100000"], "D=100,000, N=100,000"),
+])
+def test_absurd_sizes_refused_before_allocation(args, needle, capsys):
+    code, _, err = run_cli(["simulate", *args], capsys)
+    assert code == 2 and needle in err and "GiB" in err and "memory limit" in err and err.count("\n") == 1
+
+
+def test_many_tokens_summary_and_show_all(capsys):
+    args = ["simulate", "--mu", "-1", "--s-delta", "1", "--a", "1", "--tokens", "40", "--t-end", "2", "--points", "8"]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code in (0, None) and "25 rows not shown" in stdout and "40 tokens" in stdout
+    assert "│ 40 " in stdout and "│ 20 " not in stdout
+    code, stdout, _ = run_cli([*args, "--show-all"], capsys)
+    assert code in (0, None) and "│ 20 " in stdout and "not shown" not in stdout
+
+
+def test_bound_column_is_the_json_blowup_bound(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    code, stdout, _ = run_cli(["simulate", "--mu", "1", "--s-delta", "1", "--a", "1", "--x0", "-1,0.5,-0.3",
+                               "--t-end", "5", "--points", "12", "--json", str(out)], capsys)
+    d = json.loads(out.read_text())
+    assert d["blowup_bounds"][0] is None and d["blowup_bounds"][2] == d["blowup_bounds"][1] == d["token_blowup_bounds"][1]
+    row3 = next(line for line in stdout.splitlines() if line.startswith("│ 3 "))
+    assert f"{d['blowup_bounds'][2]:.4g}" in row3 and d["blowup_times"][2] <= d["blowup_bounds"][2]
+
+
+def test_cli_and_python_api_give_the_same_report(tmp_path, capsys):
+    import torch
+
+    from tokendyn.dynamics import TokenSystem
+    from tokendyn.dynamics.report import simulate_and_report
+
+    out = tmp_path / "s.json"
+    run_cli([*CONVERGENT, "--t-end", "20", "--points", "10", "--json", str(out)], capsys)
+    d = json.loads(out.read_text())
+    api = simulate_and_report(TokenSystem.one_dim(-1, 1, 1), torch.tensor([1.0, 0.5]), 20.0, points=10).report
+    skip = {"wall_s", "n_evals"}
+    assert {k: v for k, v in d.items() if k not in skip} == json.loads(json.dumps({k: v for k, v in api.items()
+                                                                                   if k not in skip}))

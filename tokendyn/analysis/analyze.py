@@ -157,8 +157,9 @@ class Analysis:
             "growth_by_position": {**self.dynamics.position_trend(),
                                    "total_growth": self.dynamics.position_growth().tolist(),
                                    "bins": self.dynamics.growth_by_position_bins()},
-            "hidden_attention": [{"layer": a["layer"], "channel": a["channel"], **a["summary"]}
-                                 for a in self.attention],
+            "hidden_attention": [{"layer": a["layer"], "channel": a["channel"],
+                                  "layer_choice": a.get("layer_choice"), "channel_choice": a.get("channel_choice"),
+                                  **a["summary"]} for a in self.attention],
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "provenance": provenance or {},
         }
@@ -186,7 +187,12 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
     spectra = model_spectra(model)
     timings["spectrum"] = time.perf_counter() - t
     n_layer = len(spectra)
-    layers = default_layers(n_layer) if not layers else check_indices(layers, n_layer, "layer")
+    if layers:
+        layers = check_indices(layers, n_layer, "layer")
+        layer_why = dict.fromkeys(layers, "--layers")
+    else:
+        layers = default_layers(n_layer)
+        layer_why = {i: why for why, i in (("middle", n_layer // 2), ("last", n_layer - 1), ("first", 0))}
     d_inner = spectra[0].d_inner
     if channels:
         channels = check_indices(channels, d_inner, "channel")
@@ -201,10 +207,15 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
     for i, A in zip(layers, A_all):
         internals = out.internals[i]
         delta, B, C = internals.delta[:1], internals.B[:1], internals.C[:1]
-        chans = channels or sorted({0, int(delta[0].mean(-1).argmax())})
+        if channels:
+            chans, chan_why = channels, dict.fromkeys(channels, "--channels")
+        else:  # channel 0, and the channel whose step size Δ is largest on average (the most input-driven)
+            top = int(delta[0].mean(-1).argmax())
+            chans, chan_why = sorted({0, top}), {0: "channel 0", top: "largest mean Δ"}
         P = hidden_attention(delta.detach(), A.detach(), B.detach(), C.detach(), channels=chans)[0].cpu()
         for ci, d in enumerate(chans):
-            attention.append({"layer": i, "channel": d, "P": P[ci], "summary": attention_summary(P[ci])})
+            attention.append({"layer": i, "channel": d, "P": P[ci], "summary": attention_summary(P[ci]),
+                              "layer_choice": layer_why[i], "channel_choice": chan_why[d]})
     timings["hidden_attention"] = time.perf_counter() - t
     return Analysis(spectra=spectra, dynamics=dyn, attention=attention, input=inputs,
                     config=config_summary(model), layout=layout, checkpoint=checkpoint, timings=timings)

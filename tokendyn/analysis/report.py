@@ -2,13 +2,12 @@
 
 Each ``plot_*`` function draws one figure from tensors and returns the matplotlib
 Figure; :func:`write_report` saves them and writes ``report.html`` with the PNGs
-embedded as base64, so the page can be mailed or attached on its own.
+embedded as base64, so the page can be mailed or attached on its own. The page is
+built from the template and style every tokendyn page shares (tokendyn.report).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -22,7 +21,11 @@ import torch.nn.functional as F
 matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402 -- pyplot must come after matplotlib.use("Agg")
 from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplotlib.use
+from matplotlib.lines import Line2D  # noqa: E402 -- with pyplot, after matplotlib.use
 from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
+
+from ..report.axes import symlog_axis  # noqa: E402
+from ..report.page import embed_image, esc, page, table  # noqa: E402
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
@@ -37,13 +40,11 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
     Right: the nonzero eigenvalues of M = S_Cᵀ S_B in the complex plane, coloured by layer."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     all_abs = [float(s.sym_eigvals.abs().max()) for s in spectra if s.sym_eigvals.numel()]
-    lin = max(max(all_abs, default=1.0) * 1e-3, 1e-12)
+    floor = max(max(all_abs, default=1.0) * 1e-6, 1e-15)   # below this an eigenvalue counts as zero here
+    kept = [s.sym_eigvals.numpy()[np.abs(s.sym_eigvals.numpy()) > floor] for s in spectra]
     cmap = plt.get_cmap("viridis")
     n = max(len(spectra), 1)
-    for s in spectra:
-        ev = s.sym_eigvals.numpy()
-        keep = np.abs(ev) > lin * 1e-3
-        ev = ev[keep]
+    for s, ev in zip(spectra, kept):
         jitter = np.full(ev.shape, s.index, dtype=float)
         ax1.scatter(jitter[ev > 0], ev[ev > 0], s=10, c="tab:red", alpha=0.7)
         ax1.scatter(jitter[ev < 0], ev[ev < 0], s=10, c="tab:blue", alpha=0.7)
@@ -51,40 +52,46 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
         ax2.scatter(z.real, z.imag, s=10, color=cmap(s.index / max(n - 1, 1)), alpha=0.8)
     ax1.axhline(0, color="k", lw=0.6)
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_yscale("symlog", linthresh=lin)
-    ax1.set_xlabel("layer")
-    ax1.set_ylabel("eigenvalue of M_s = (M + Mᵀ)/2")
-    ax1.set_title("symmetric part: red positive, blue negative")
+    symlog_axis(ax1, "y", np.concatenate(kept) if kept else [])   # no empty decades, no crowded labels
+    ax1.set_xlabel("layer index")
+    ax1.set_ylabel("eigenvalue of M_s = (M + Mᵀ)/2 (symlog)")
+    ax1.set_title("symmetric part M_s per layer")
+    ax1.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:red", label="positive eigenvalue"),
+                        Line2D([], [], ls="", marker="o", color="tab:blue", label="negative eigenvalue")],
+               fontsize=8, loc="best")
     ax2.axvline(0, color="k", lw=0.6)
     ax2.axhline(0, color="k", lw=0.6)
-    ax2.set_xlabel("Re λ(M)")
-    ax2.set_ylabel("Im λ(M)")
+    ax2.set_xlabel("Re λ(M) (dimensionless)")
+    ax2.set_ylabel("Im λ(M) (dimensionless)")
     ax2.set_title("eigenvalues of M = S_Cᵀ S_B (colour: layer)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1))
-    fig.colorbar(sm, ax=ax2, label="layer")
+    cb = fig.colorbar(sm, ax=ax2, label="layer index")
+    cb.locator = MaxNLocator(integer=True)
+    cb.update_ticks()
     fig.tight_layout()
     return fig
 
 
-def _heat(ax, mat: np.ndarray, title: str, ylabel: str, fig) -> None:
+def _heat(ax, mat: np.ndarray, title: str, ylabel: str, fig, label: str) -> None:
     pos = mat[mat > 0]
     norm = LogNorm(vmin=float(pos.min()), vmax=float(pos.max())) if pos.size else None
     im = ax.imshow(np.where(mat > 0, mat, np.nan), aspect="auto", origin="lower", norm=norm,
                    cmap="magma", interpolation="nearest")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("token position")
+    ax.set_xlabel("token position l (index)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=label)
 
 
 def plot_token_norms(dyn) -> plt.Figure:
     """Left: ‖x_l‖ of the residual stream, row 0 = embeddings, row i+1 = after layer i.
     Right: ‖u_l‖ of the scan input inside each mixer."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    _heat(ax1, dyn.all_norms.numpy(), "residual-stream norm (log colour)",
-          "depth (0 = embedding, i+1 = after layer i)", fig)
-    _heat(ax2, dyn.scan_input_norms.numpy(), "norm of the scan input u inside each mixer", "layer", fig)
+    _heat(ax1, dyn.all_norms.numpy(), "residual-stream norm", "depth (0 = embedding, i+1 = after layer i)", fig,
+          "‖x_l‖ (Euclidean norm, log colour)")
+    _heat(ax2, dyn.scan_input_norms.numpy(), "norm of the scan input u inside each mixer", "layer index", fig,
+          "‖u_l‖ (Euclidean norm, log colour)")
     fig.tight_layout()
     return fig
 
@@ -96,14 +103,14 @@ def plot_growth(dyn) -> plt.Figure:
     ax1.bar(np.arange(g.size), g, color=np.where(g >= 1, "tab:red", "tab:blue"))
     ax1.axhline(1.0, color="k", lw=0.6)
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.set_xlabel("layer")
-    ax1.set_ylabel("norm growth factor")
+    ax1.set_xlabel("layer index")
+    ax1.set_ylabel("norm growth factor (‖out‖ / ‖in‖, ratio)")
     ax1.set_title("growth per layer (> 1 grows, < 1 shrinks)")
     pg = dyn.position_growth().numpy()
     ax2.plot(np.arange(pg.size), pg, lw=0.8)
     ax2.set_yscale("log")
-    ax2.set_xlabel("token position")
-    ax2.set_ylabel("‖after last layer‖ / ‖embedding‖")
+    ax2.set_xlabel("token position l (index)")
+    ax2.set_ylabel("‖after last layer‖ / ‖embedding‖ (ratio)")
     trend = dyn.position_trend()
     ax2.set_title(f"growth by position (Spearman ρ = {trend['spearman']:.2f})")
     fig.tight_layout()
@@ -121,16 +128,26 @@ def block_mean(mat: torch.Tensor, max_size: int) -> torch.Tensor:
     return F.avg_pool2d(m, k)[0, 0]
 
 
+def grid_shape(k: int, max_cols: int = 4) -> tuple[int, int]:
+    """(rows, cols) for k panels: as few rows as ``max_cols`` allows, spread evenly over them."""
+    rows = max(1, math.ceil(k / max_cols))
+    return rows, max(1, math.ceil(k / rows))
+
+
 def plot_hidden_attention(maps: Sequence[dict], max_pixels: int = 256) -> plt.Figure:
     """Heatmaps of |P^d_{lj}| (log colour) for each chosen (layer, channel); sequences longer
-    than ``max_pixels`` are shown as block means of |P| (each pixel covers k×k entries)."""
+    than ``max_pixels`` are shown as block means of |P| (each pixel covers k×k entries).
+
+    The panels fill a grid row by row; a short last row is centred, so no panel is empty.
+    Each title says why its layer and channel were chosen (``layer_choice``, ``channel_choice``)."""
     k = max(len(maps), 1)
-    cols = min(k, 4)
-    rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(maps):]:
-        ax.axis("off")
-    for ax, m in zip(axes.flat, maps):
+    rows, cols = grid_shape(k)
+    fig = plt.figure(figsize=(3.7 * cols, 3.5 * rows + 0.5))
+    grid = fig.add_gridspec(rows, 2 * cols)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, cols)
+        shift = cols - (k - r * cols) if r == rows - 1 else 0   # centre a short last row
+        ax = fig.add_subplot(grid[r, 2 * c + shift:2 * c + shift + 2])
         length = m["P"].shape[-1]
         P = block_mean(m["P"].abs(), max_pixels).numpy()
         extent = (-0.5, length - 0.5, length - 0.5, -0.5)
@@ -139,11 +156,13 @@ def plot_hidden_attention(maps: Sequence[dict], max_pixels: int = 256) -> plt.Fi
         norm = LogNorm(vmin=max(vmax * 1e-6, float(pos.min()) if pos.size else 1e-12), vmax=vmax)
         im = ax.imshow(np.where(P > 0, P, np.nan), norm=norm, cmap="viridis", interpolation="nearest",
                        extent=extent)
-        ax.set_title(f"layer {m['layer']}, channel {m['channel']}", fontsize=9)
-        ax.set_xlabel("source j")
-        ax.set_ylabel("target l")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle("hidden attention |P_lj| (log colour)")
+        why = ", ".join(w for w in (m.get("layer_choice"), m.get("channel_choice")) if w)
+        ax.set_title(f"layer {m['layer']}, channel {m['channel']}" + (f"\n({why})" if why else ""), fontsize=9)
+        ax.set_xlabel("source position j (token index)", fontsize=8)
+        ax.set_ylabel("target position l (token index)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="|P_lj| (log colour)")
+    fig.suptitle("hidden attention |P_lj|: weight of token j's input in token l's output "
+                 "(lower triangle: causal)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -155,28 +174,29 @@ def save(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
-
-
 def _layer_table(layers: list[dict]) -> str:
-    head = ("<tr><th>layer</th><th>M_s &gt; 0</th><th>M_s &lt; 0</th><th>M_s = 0</th><th>largest</th>"
-            "<th>smallest</th><th>predicted regime</th><th>verdict</th><th>mean Δ(0)</th>"
-            "<th>median a</th><th>measured growth</th></tr>")
-    rows = []
-    for r in layers:
-        rows.append(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                r["index"], r["io_eigs_positive"], r["io_eigs_negative"], r["io_eigs_zero"],
-                f"{r['io_sym_largest']:.3g}", f"{r['io_sym_smallest']:.3g}", r["predicted_regime"],
-                r["verdict"], f"{r['delta_at_zero']['mean']:.3g}", f"{r['decay']['median']:.3g}",
-                f"{r['norm_growth']:.4g}")) + "</tr>")
-    return "<table>" + head + "".join(rows) + "</table>"
+    columns = ["layer", "M_s > 0", "M_s < 0", "M_s = 0", "largest", "smallest", "predicted regime", "verdict",
+               "mean Δ(0)", "median a", "measured growth"]
+    rows = [[r["index"], r["io_eigs_positive"], r["io_eigs_negative"], r["io_eigs_zero"],
+             f"{r['io_sym_largest']:.3g}", f"{r['io_sym_smallest']:.3g}", r["predicted_regime"], r["verdict"],
+             f"{r['delta_at_zero']['mean']:.3g}", f"{r['decay']['median']:.3g}", f"{r['norm_growth']:.4g}"]
+            for r in layers]
+    return table(columns, rows, numeric=(0, 1, 2, 3, 4, 5, 8, 9, 10))
+
+
+def _attention_note(maps: list[dict]) -> str:
+    """Which layers and channels the hidden-attention figure shows, and why."""
+    if not maps:
+        return "No hidden attention was computed."
+    shown = "; ".join(f"layer {m['layer']} ({m.get('layer_choice') or 'chosen'}), channel {m['channel']} "
+                      f"({m.get('channel_choice') or 'chosen'})" for m in maps)
+    return (f"Hidden attention matrices for {shown}. By default the first, middle and last layers, each with "
+            "channel 0 and the channel of largest mean step size Δ (the channel that reacts most to its input); "
+            "--layers and --channels choose others.")
 
 
 def render_html(data: dict, figures: dict[str, Path]) -> str:
-    """The report page: summary, input, layer table, figures (embedded)."""
+    """The report page (shared template and style): summary, input, layer table, figures (embedded)."""
     inp = data["input"]
     cfg = data["config"]
     trend = data["growth_by_position"]
@@ -184,32 +204,35 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
         "spectra": "Eigenvalues of the symmetric part M_s per layer, and of M itself.",
         "token_norms": "Token norms through the layers (residual stream) and at each scan's input.",
         "growth": "Measured norm growth per layer and by token position.",
-        "hidden_attention": "Hidden attention matrices for the chosen layers and channels.",
+        "hidden_attention": _attention_note(data.get("hidden_attention", [])),
     }
-    figs = "".join(f"<h2>{html.escape(k.replace('_', ' '))}</h2><p>{captions[k]}</p>{_img(p, k)}"
-                   for k, p in figures.items())
+    titles = {"spectra": "Spectra", "token_norms": "Token norms", "growth": "Growth",
+              "hidden_attention": "Hidden attention"}
+    figs = "".join(f'<section id="{k}"><h2>{titles.get(k, k)}</h2>{embed_image(p, titles.get(k, k), captions.get(k))}'
+                   "</section>" for k, p in figures.items())
     summary = data["summary"]
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>tokendyn analysis: {html.escape(data['checkpoint'])}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
-code{{background:#f4f4f4}}</style></head><body>
-<h1>tokendyn analysis</h1>
-<p>Checkpoint <code>{html.escape(data['checkpoint'])}</code> ({html.escape(data['layout'])} layout):
-{cfg.get('n_layer')} layers, d_model {cfg.get('d_model')}, d_inner {cfg.get('d_inner')},
-d_state {cfg.get('d_state')}, mixer {html.escape(str(cfg.get('layer', 'mamba1')))},
-io_constraint {html.escape(str(cfg.get('io_constraint', 'none')))}.</p>
-<p><b>{summary['divergent_prone_layers']}</b> of {summary['n_layers']} layers are divergent-prone
-(M_s has a positive eigenvalue), <b>{summary['convergent_prone_layers']}</b> convergent-prone.
-Measured: token norms grow by a factor {summary['total_growth']:.4g} from the embedding to the last layer
-(geometric mean over tokens); Spearman correlation of position with growth {trend['spearman']:.3f}.</p>
-<p>Input: {html.escape(inp['description'])}.</p>
-<h2>layers</h2>{_layer_table(data['layers'])}
-{figs}
-<p style="color:#888">Generated by <code>{html.escape(str(data['provenance'].get('command')))}</code>
-on {html.escape(str(data['provenance'].get('device')))}, {html.escape(str(data['provenance'].get('date')))}.</p>
-</body></html>
-"""
+    prov = data.get("provenance") or {}
+    header = (f"<h1>tokendyn analysis</h1><dl><dt>checkpoint</dt><dd><code>{esc(data['checkpoint'])}</code> "
+              f"({esc(data['layout'])} layout)</dd><dt>model</dt><dd>{cfg.get('n_layer')} layers, d_model "
+              f"{cfg.get('d_model')}, d_inner {cfg.get('d_inner')}, d_state {cfg.get('d_state')}, mixer "
+              f"{esc(cfg.get('layer', 'mamba1'))}, io_constraint {esc(cfg.get('io_constraint', 'none'))}</dd>"
+              f"<dt>input</dt><dd>{esc(inp['description'])}</dd>"
+              + "".join(f"<dt>{k}</dt><dd>{esc(prov.get(k))}</dd>" for k in ("device", "commit", "date") if prov.get(k))
+              + "</dl>")
+    toc = [("summary", "Summary"), ("layers", "Layers")] + [(k, titles.get(k, k)) for k in figures]
+    nav = ('<nav class="toc" aria-label="contents"><strong>Contents</strong><ol>'
+           + "".join(f'<li><a href="#{i}">{esc(t)}</a></li>' for i, t in toc) + "</ol></nav>")
+    main = f"""<section id="summary"><h2>Summary</h2>
+<p class="summary"><strong>{summary['divergent_prone_layers']}</strong> of {summary['n_layers']} layers are
+divergent-prone (M_s has a positive eigenvalue), <strong>{summary['convergent_prone_layers']}</strong>
+convergent-prone. Measured: token norms grow by a factor {summary['total_growth']:.4g} from the embedding to the
+last layer (geometric mean over tokens); Spearman correlation of position with growth {trend['spearman']:.3f}.</p>
+</section>
+<section id="layers"><h2>Layers</h2>{_layer_table(data['layers'])}</section>
+{figs}"""
+    footer = (f"<p>Written by <code>{esc(prov.get('command'))}</code> on {esc(prov.get('device'))}, "
+              f"{esc(prov.get('date'))}; the numbers are in the JSON beside this page.</p>")
+    return page(f"tokendyn analysis: {data['checkpoint']}", main, header, nav, footer)
 
 
 def write_report(data: dict, figs: dict[str, plt.Figure], out: Path, json_path: Path | None = None) -> dict:

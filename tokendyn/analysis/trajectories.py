@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dynamics.regimes import least_squares_slope
 from ..errors import CheckpointError, DataError
 
 
@@ -78,11 +79,9 @@ def geometric_growth(norms: torch.Tensor) -> torch.Tensor:
 
 
 def slope(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Least-squares slope of y on x (1-D tensors)."""
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    xc = x - x.mean()
-    den = float((xc * xc).sum())
-    return float((xc * (y - y.mean())).sum()) / den if den > 0 else 0.0
+    """Least-squares slope of y on x (1-D tensors); 0 where it is undefined."""
+    s = least_squares_slope(x, y)
+    return 0.0 if s is None else s
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:

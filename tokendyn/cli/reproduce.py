@@ -8,6 +8,9 @@ import typer
 
 from . import app
 
+# Exit status of --strict when a check fails; 2 stays reserved for errors a user can cause.
+STRICT_FAILURE = 1
+
 
 @app.command()
 def reproduce(
@@ -15,8 +18,22 @@ def reproduce(
     scale: str = typer.Option("quick", "--scale", help="quick (minutes on a CPU) or full."),
     only: list[str] = typer.Option([], "--only", help="Run only these sections (repeatable)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    strict: bool = typer.Option(False, "--strict", help=f"Exit with status {STRICT_FAILURE} when a check fails."),
+    rerender: bool = typer.Option(False, "--rerender", help="Run nothing: write index.html, report.md and "
+                                  "report.json of the earlier run in --out again from its report.json."),
 ) -> None:
-    """Run the main job: every capability on the built-in data, with a report (report.md, report.json)."""
+    """Run the main job: every capability on the built-in data, with a report (index.html, report.md,
+    report.json) that opens with its checks (claim, tolerance, measured, outcome)."""
+    from ..reproduce import rerender as rerender_run
     from ..reproduce import run_all
 
-    run_all(out=out, scale=scale, only=only, device=device)
+    if rerender:
+        report = rerender_run(out)
+        typer.echo(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
+    else:
+        report = run_all(out=out, scale=scale, only=only, device=device)
+    failed = report["outcomes"]["fail"]
+    if strict and failed:
+        typer.echo(f"tokendyn: {failed} check(s) failed (--strict); see the checks table in {out / 'index.html'}.",
+                   err=True)
+        raise typer.Exit(STRICT_FAILURE)

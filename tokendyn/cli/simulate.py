@@ -33,49 +33,58 @@ def _load_params(path: Path) -> dict:
         raise DataError(f"the parameter file {path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
 
 
-def _nullable(v: float):
-    return v if math.isfinite(v) else None
+# Rows of the console table shown without --show-all: the first and the last tokens.
+_HEAD_ROWS, _TAIL_ROWS = 10, 5
 
 
-def build_report(system, sim, prediction, measured, x0) -> dict:
-    """The JSON document of one simulation (field names documented in docs/regimes.md)."""
-    import torch
+def _console_table(report: dict, prediction, show_all: bool):
+    from rich.table import Table
 
-    from ..dynamics import eigen_signature
+    table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"
+    L = len(report["x0"])
+    rows = range(L) if show_all or L <= _HEAD_ROWS + _TAIL_ROWS else \
+        [*range(_HEAD_ROWS), None, *range(L - _TAIL_ROWS, L)]
+    bounds = report["blowup_bounds"] or [None] * L
+    rates = report["fitted_rates"]
+    for l in rows:
+        if l is None:
+            table.add_row(*["…"] * 7)
+            continue
+        table.add_row(str(l + 1), fmt(math.hypot(*report["x0"][l])), fmt(report["final_norms"][l]),
+                      fmt(report["blowup_times"][l]), fmt(bounds[l]),
+                      fmt(rates["loglog_slope"][l]), fmt(rates["growth_exponent"][l]))
+    return table
 
-    sig = eigen_signature(system.S_B, system.S_C).as_dict()
-    valid = sim.valid[:, 0]                                   # (T, L)
-    traj = sim.x[:, 0].tolist()                               # (T, L, D)
-    for ti in range(valid.shape[0]):
-        for l in range(valid.shape[1]):
-            if not bool(valid[ti, l]):
-                traj[ti][l] = None                            # the token no longer exists
-    last = [int(torch.nonzero(valid[:, l]).max()) for l in range(valid.shape[1])]
-    final = [float(sim.norms[last[l], 0, l]) for l in range(len(last))]
-    return {
-        "predicted_regime": prediction.regime,
-        "simulated_regime": measured.regime,
-        "prediction_rule": prediction.rule,
-        "blowup_times": [_nullable(float(v)) for v in sim.blowup_times[0]],
-        "blowup_bounds": prediction.blowup_bounds,
-        "convergence_constants": prediction.convergence_constants,
-        "final_norms": final,
-        "final_norm_times": [float(sim.t[i]) for i in last],
-        "fitted_rates": measured.fitted_rates(),
-        "relative_change": measured.relative_change,
-        "eigen_signature": {k: sig[k] for k in ("positive", "negative", "zero")},
-        "eigenvalue_range": [sig["smallest"], sig["largest"]],
-        "parameters": system.as_dict(),
-        "x0": x0.tolist(),
-        "t_end": sim.t_end,
-        "truncated_at": sim.info["truncated_at"],
-        "solver_failure": sim.info["solver_failure"],
-        "stiff_fallback_from": sim.info["stiff_fallback_from"],
-        "method": sim.method,
-        "n_evals": sim.n_evals,
-        "t": sim.t.tolist(),
-        "trajectories": traj,
-    }
+
+def _summary(report: dict) -> str:
+    """One line over all tokens, for long runs."""
+    blown = [t for t in report["blowup_times"] if t is not None]
+    norms = report["final_norms"]
+    first = f", first at t={min(blown):.4g}" if blown else ""
+    return (f"{len(norms):,} tokens: {len(blown):,} blew up{first}; final |x| from {min(norms):.4g} "
+            f"to {max(norms):.4g}")
+
+
+def _progress_bar(n_points: int):
+    """A tqdm bar on stderr, shown only once a run has lasted a second: simulated time
+    reached, evaluations, tokens blown up. Returns (callback, close)."""
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, file=sys.stderr, delay=1.0, unit=" steps", leave=False, dynamic_ncols=True)
+    last = [0.0]
+
+    def update(t: float, n_evals: int, n_blown: int) -> None:
+        bar.update(1)
+        now = time.perf_counter()
+        if now - last[0] > 0.2:
+            last[0] = now
+            bar.set_postfix_str(f"t={t:.4g}, {n_evals:,} evaluations, {n_blown:,} tokens blown up", refresh=False)
+
+    return update, bar.close
 
 
 @app.command()
@@ -92,25 +101,46 @@ def simulate(
     x0: str | None = typer.Option(None, "--x0", help="1-D initial tokens, e.g. \"1,-0.5,0.3\"."),
     tokens: int | None = typer.Option(None, "--tokens", help="Number L of random initial tokens (N(0,1))."),
     t_end: float = typer.Option(100.0, "--t-end", help="End time (depth) of the integration."),
-    method: str = typer.Option("dopri5", "--method", help="torchdiffeq method (dopri5, dopri8, bosh3, ...)."),
+    method: str = typer.Option("auto", "--method", help="scipy solver: auto (LSODA, or RK45 when the stiff "
+                               "solver's Jacobian exceeds --memory-limit), LSODA, RK45, DOP853, RK23, BDF, Radau."),
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
     backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
-    max_evals: int | None = typer.Option(None, "--max-evals", help="Stop after this many field evaluations."),
+    max_evals: int | None = typer.Option(None, "--max-evals", help="Stop after this many field evaluations "
+                                            "(default 200,000)."),
+    time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds of wall "
+                                               "clock (default 45)."),
+    memory_limit: float = typer.Option(2.0, "--memory-limit", help="GiB the run may allocate; beyond it the request, "
+                                       "or the stiff solver, is refused."),
+    show_all: bool = typer.Option(False, "--show-all", help="Print every token's row (else a summary past 15)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a figure here (.png, .pdf, .svg, ...)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
 ) -> None:
-    """Simulate the continuous-time token dynamics and report predicted vs simulated regime."""
+    """Simulate the continuous-time token dynamics and report predicted vs simulated regime.
+
+    Exit status: 0 when the regime was determined; 3 when it is undetermined (the run was cut
+    short without a blow-up, or the solver failed), except for a run stopped by a --max-evals
+    or --time-limit the user gave, which exits 0; 2 for a refused request.
+    """
     from ..outputs import check_image_file, check_output_file, staged_outputs
 
     if plot is not None:
         check_image_file(plot, "--plot")
     if json_path is not None:
         check_output_file(json_path, "--json")
+    from ..ops import resolve_backend
+
+    resolve_backend(backend, "cpu")   # the system is integrated on the CPU: refuse a backend that cannot run there
 
     import torch
 
-    from ..dynamics import METHODS, TokenSystem, classify_trajectory, predict_regime
-    from ..dynamics import simulate as run_simulation
+    from ..dynamics import TokenSystem
+    from ..dynamics.report import (
+        DEFAULT_MAX_EVALS,
+        DEFAULT_TIME_LIMIT,
+        EXIT_UNDETERMINED,
+        check_request,
+        simulate_and_report,
+    )
 
     one_d = [v is not None for v in (mu, s_delta, a)]
     sources = sum([any(one_d), params is not None, random])
@@ -122,12 +152,15 @@ def simulate(
         raise ConfigError("--dim and --state go with --random only.")
     if x0 is not None and tokens is not None:
         raise ConfigError("give --x0 or --tokens, not both.")
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}.")
-    if not (t_end > 0 and math.isfinite(t_end)):
-        raise ConfigError(f"--t-end must be a positive finite time, got {t_end}.")
-    if tokens is not None and tokens < 1:
-        raise ConfigError(f"--tokens must be at least 1, got {tokens}.")
+    if random and (dim is None or state is None):
+        raise ConfigError("--random needs --dim D and --state N.")
+    budget_given = max_evals is not None or time_limit is not None
+    max_evals = DEFAULT_MAX_EVALS if max_evals is None else max_evals
+    time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
+    limit = memory_limit * 2**30
+    request = dict(t_end=t_end, points=points, tokens=tokens, max_evals=max_evals, time_limit=time_limit,
+                   memory_limit=limit, method=method)
+    check_request(**request, dim=dim if random else None, state=state if random else None)
 
     if any(one_d):
         if a <= 0:
@@ -136,8 +169,6 @@ def simulate(
     elif params is not None:
         system = TokenSystem.from_params(_load_params(params))
     else:
-        if dim is None or state is None:
-            raise ConfigError("--random needs --dim D and --state N.")
         system = TokenSystem.random(dim, state, seed)
 
     if x0 is not None:
@@ -146,34 +177,40 @@ def simulate(
             raise DataError(f"--x0 gives 1-D tokens but the system has D={system.dim}; use --tokens L.")
         init = torch.tensor(vals, dtype=torch.float64)[:, None]
     else:
+        check_request(**{**request, "tokens": tokens or 8}, dim=system.dim, state=system.state)
         g = torch.Generator().manual_seed(seed + 1)
         init = torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
 
-    prediction = predict_regime(system, init)
-    sim = run_simulation(system, init, t_end, n_points=points, method=method, backend=backend,
-                         max_evals=max_evals)
-    measured = classify_trajectory(sim)
-    report = build_report(system, sim, prediction, measured, init)
+    update, close = _progress_bar(points)
+    try:
+        done = simulate_and_report(system, init, t_end, points=points, method=method, backend=backend,
+                                   max_evals=max_evals, time_limit=time_limit, memory_limit=limit,
+                                   progress=update)
+    finally:
+        close()
+    report, sim, prediction, measured = done.report, done.simulation, done.prediction, done.measured
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    if measured.determined and sim.complete:
+        console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {sim.method})")
+    elif measured.determined:        # cut short, but a blow-up had already decided it
+        console.print(f"simulated regime: [bold]{measured.regime}[/bold] (a token blew up; the run then stopped "
+                      f"at t={sim.t_end:g}: {sim.info['stop_reason']})")
+    else:
+        console.print(f"simulated regime: [bold yellow]undetermined[/bold yellow] ({measured.reason})")
     console.print(f"predicted regime: [bold]{prediction.regime}[/bold] ({prediction.rule})")
-    console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {method})")
-    if sim.info["truncated_at"] is not None:
-        why = sim.info["solver_failure"] or "evaluation budget spent"
-        console.print(f"[yellow]{why}: simulated only to t={sim.t_end:g}[/yellow]")
+    if sim.info["stiff_refused"]:
+        console.print(f"[yellow]{sim.info['stiff_refused']}; ran {sim.method} instead[/yellow]")
     sig = report["eigen_signature"]
     console.print(f"eigen-signature of M_s: {sig['positive']} positive, {sig['negative']} negative, {sig['zero']} zero")
-    table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")
-    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-    for l in range(init.shape[0]):
-        bounds = prediction.effective_blowup_bounds
-        table.add_row(str(l + 1), fmt(float(init[l].norm())), fmt(report["final_norms"][l]),
-                      fmt(report["blowup_times"][l]), fmt(bounds[l] if bounds else None),
-                      fmt(measured.loglog_slope[l]), fmt(measured.growth_exponent[l]))
-    console.print(table)
+    if len(report["x0"]) > _HEAD_ROWS + _TAIL_ROWS and not show_all:
+        console.print(_summary(report))
+    console.print(_console_table(report, prediction, show_all))
+    hidden = len(report["x0"]) - _HEAD_ROWS - _TAIL_ROWS
+    if hidden > 0 and not show_all:
+        console.print(f"{hidden:,} rows not shown (--show-all prints every row)")
     with staged_outputs() as staging:
         if plot is not None:
             from ..dynamics.plots import save_simulation_plot
@@ -185,3 +222,6 @@ def simulate(
         console.print(f"figure written to {plot}")
     if json_path is not None:
         console.print(f"results written to {json_path}")
+    stopped_by_user_budget = budget_given and sim.info["solver_failure"] is None
+    if not measured.determined and not stopped_by_user_budget:
+        raise typer.Exit(EXIT_UNDETERMINED)

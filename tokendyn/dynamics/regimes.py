@@ -20,6 +20,9 @@ from .spectrum import eigen_signature
 from .vector_field import TokenSystem
 
 REGIMES = ("convergence", "slow_divergence", "fast_divergence", "static")
+# What a simulation reports when it could not decide: cut short before t_end (budget, wall
+# clock, solver failure) without any blow-up.
+UNDETERMINED = "undetermined"
 
 
 def softplus(z: float) -> float:
@@ -171,6 +174,8 @@ class TrajectoryRegime:
     loglog_slope: slope of log|x_l| against log t over the tail (≈ −1/2 in convergence);
     growth_exponent: slope of log|x_l| against log ln t over the tail (p in |x_l| ~ (ln t)^p);
     tail: the time window of the fits; relative_change: (|x_l(T)| − |x_l(0)|)/|x_l(0)|.
+    regime is ``undetermined`` when the run was cut short before t_end without a blow-up
+    (a blow-up decides fast divergence however the run ended); ``reason`` then says why.
     """
 
     regime: str
@@ -179,26 +184,35 @@ class TrajectoryRegime:
     loglog_slope: list
     growth_exponent: list
     tail: tuple
+    reason: str | None = None
+
+    @property
+    def determined(self) -> bool:
+        return self.regime != UNDETERMINED
 
     def fitted_rates(self) -> dict:
         return {"loglog_slope": self.loglog_slope, "growth_exponent": self.growth_exponent,
                 "tail": list(self.tail)}
 
 
-def _slope(xv: torch.Tensor, yv: torch.Tensor) -> float | None:
-    if xv.numel() < 3:
+def least_squares_slope(x: torch.Tensor, y: torch.Tensor, min_points: int = 2) -> float | None:
+    """Least-squares slope of y on x (1-D tensors, computed in float64); None with fewer than
+    ``min_points`` points or when x does not vary."""
+    if x.numel() < min_points:
         return None
-    xc, yc = xv - xv.mean(), yv - yv.mean()
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    xc = x - x.mean()
     den = float((xc * xc).sum())
     if den == 0:
         return None
-    return float((xc * yc).sum()) / den
+    return float((xc * (y - y.mean())).sum()) / den
 
 
 def classify_trajectory(sim: Simulation, index: int = 0, static_tol: float = 1e-6,
                         tail_fraction: float = 0.1) -> TrajectoryRegime:
-    """Measure the regime of batch element ``index``: blow-up → fast_divergence; otherwise
-    growth of some token norm → slow_divergence; decay → convergence; no motion → static.
+    """Measure the regime of batch element ``index``: blow-up → fast_divergence; otherwise,
+    when the run reached t_end, growth of some token norm → slow_divergence; decay →
+    convergence; no motion → static; a run cut short without a blow-up → undetermined.
 
     Fits use the grid points with t ≥ tail_fraction·t_end (and t > e for the ln t fit)
     at which the token still exists.
@@ -217,21 +231,26 @@ def classify_trajectory(sim: Simulation, index: int = 0, static_tol: float = 1e-
         nT = float(norms[last, l])
         rel.append((nT - n0) / n0 if n0 > 0 else 0.0)
         sel = valid[:, l] & (t >= t_lo) & (norms[:, l] > 0)
-        d_s = _slope(torch.log(t[sel]), torch.log(norms[sel, l])) if n0 > 0 else None
+        d_s = least_squares_slope(torch.log(t[sel]), torch.log(norms[sel, l]), 3) if n0 > 0 else None
         sel_g = sel & (t > math.e)
-        g_s = _slope(torch.log(torch.log(t[sel_g])), torch.log(norms[sel_g, l])) if n0 > 0 else None
+        g_s = least_squares_slope(torch.log(torch.log(t[sel_g])), torch.log(norms[sel_g, l]), 3) if n0 > 0 else None
         decay.append(d_s)
         growth.append(g_s)
     moving = [r for r, l in zip(rel, range(L)) if float(norms[0, l]) > 0]
+    reason = None
     if any(b is not None for b in blowups):
         regime = "fast_divergence"
+    elif not sim.complete:
+        regime = UNDETERMINED
+        reason = (f"{sim.info.get('stop_reason') or 'run cut short'}: simulated only to "
+                  f"t={sim.t_end:g} without a blow-up")
     elif not moving or max(abs(r) for r in moving) <= static_tol:
         regime = "static"
     elif max(moving) > static_tol:
         regime = "slow_divergence"
     else:
         regime = "convergence"
-    return TrajectoryRegime(regime, blowups, rel, decay, growth, (t_lo, sim.t_end))
+    return TrajectoryRegime(regime, blowups, rel, decay, growth, (t_lo, sim.t_end), reason)
 
 
 def position_growth(sim: Simulation, index: int = 0, tail_fraction: float = 0.1) -> dict:

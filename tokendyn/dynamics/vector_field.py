@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from ..ops import available_backends, resolve_backend, selective_scan
+from ..ops import selective_scan
 
 
 def _as_tensor(value, name: str, dtype=torch.float64) -> torch.Tensor:
@@ -164,16 +164,6 @@ class TokenSystem:
         return out
 
 
-def scan_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
-    """The scan backend to use: ``auto`` is the fastest one importable here, falling back
-    to the sequential reference while no parallel backend is installed."""
-    if backend != "auto":
-        return backend
-    have = available_backends(device)
-    best = resolve_backend("auto", device)
-    return best if best in have else ("chunked" if "chunked" in have else "reference")
-
-
 def _align(system: TokenSystem, x: torch.Tensor) -> TokenSystem:
     if system.S_B.dtype != x.dtype or system.S_B.device != x.device:
         return system.to(dtype=x.dtype, device=x.device)
@@ -194,7 +184,7 @@ def vector_field(system: TokenSystem, x: torch.Tensor, backend: str = "auto") ->
     B = torch.einsum("nd,bdl->bnl", p.S_B, u)                         # (batch, N, L)
     C = torch.einsum("nd,bdl->bnl", p.S_C, u)
     y = selective_scan(u.contiguous(), delta, p.A, B, C, delta_softplus=False,
-                       backend=scan_backend(backend, x.device))
+                       backend=backend)      # the ops dispatcher decides what "auto" means
     return y.transpose(1, 2)
 
 

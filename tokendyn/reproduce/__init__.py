@@ -4,20 +4,20 @@ directory and returning a markdown fragment and a JSON-able summary.
 A section is a module in this package with
     TITLE: str
     def run(ctx: Context) -> SectionResult
-and is listed in :data:`SECTIONS`.
+and is listed in :data:`SECTIONS`. Its checks (claim, tolerance, measured, outcome)
+and figures go into the report's checks table and index.html (docs/report.md).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..outputs import check_output_dir, staged_outputs
 from ..provenance import provenance
 from ..resources import resolve_device
@@ -47,12 +47,19 @@ class Context:
 
 @dataclass
 class SectionResult:
+    """markdown: the section's text; summary: JSON-able numbers for report.json;
+    checks: tokendyn.report.Check verdicts; figures: tokendyn.report.Figure files
+    (paths relative to the output directory) not already shown in the markdown."""
+
     markdown: str
     summary: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
 
 
 def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
-    """Run the sections (all, or those named in ``only``) and write report.md / report.json.
+    """Run the sections (all, or those named in ``only``) and write index.html, report.md and
+    report.json; returns the report (``report["outcomes"]["fail"]``: failed checks).
 
     Everything is written into a temporary directory and moved into ``out`` only when every
     section has finished (:mod:`tokendyn.outputs`): an interrupted or failed run leaves ``out``
@@ -68,17 +75,42 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     command = f"tokendyn reproduce --scale {scale} --out {out}" + "".join(f" --only {s}" for s in only or [])
     with staged_outputs() as staging:
         report = _run_sections(staging.dir(out), scale, only, device, command)
-    print(f"report written to {out / 'report.md'} and {out / 'report.json'}")
+    o = report["outcomes"]
+    print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
+    print(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def rerender(out: Path) -> dict:
+    """Write index.html, report.md and report.json of the run in ``out`` again from its
+    report.json (and, for a report written before checks existed, its report.md and section
+    files), with this version's page; nothing is measured again. Returns the report."""
+    from . import document
+
+    out = check_output_dir(out, "--out")
+    if not (out / "report.json").is_file():
+        raise DataError(f"{out} holds no report.json of a tokendyn reproduce run.")
+    try:
+        report = document.load(out)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{out / 'report.json'} is not a report of tokendyn reproduce ({exc}).") from None
+    # the numbers stay the run's; the page says when and by which code it was drawn again
+    p = provenance(f"tokendyn reproduce --rerender --out {out}")
+    report["rerendered"] = {k: p[k] for k in ("date", "commit", "command")}
+    with staged_outputs() as staging:
+        staged = staging.dir(out)
+        for name, text in document.render(report, out).items():
+            (staged / name).write_text(text, encoding="utf-8")
     return report
 
 
 def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str) -> dict:
+    from . import document
+    from .committed import committed_results
+
     ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
     report = {"provenance": provenance(command),
               "scale": scale, "sections": {}}
-    parts = [f"# tokendyn reproduce ({scale})\n",
-             f"Device: {report['provenance']['device']}. Date: {report['provenance']['date']}. "
-             f"Commit: {report['provenance']['commit']}.\n"]
     for name in SECTIONS:
         if only and name not in only:
             continue
@@ -87,8 +119,10 @@ def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, co
         t0 = time.perf_counter()
         res: SectionResult = module.run(ctx)
         seconds = time.perf_counter() - t0
-        report["sections"][name] = {"title": module.TITLE, "seconds": round(seconds, 2), **res.summary}
-        parts.append(f"## {module.TITLE}\n\n{res.markdown.strip()}\n\n_Section time: {seconds:.1f} s._\n")
-    (out / "report.md").write_text("\n".join(parts))
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        report["sections"][name] = document.section_entry(name, module.TITLE, seconds, res)
+    skipped = [n for n in SECTIONS if n not in report["sections"]]
+    core = report["sections"].get("core", {})
+    this = {"scale": scale, "device": report["provenance"]["device"], "core_backends": core.get("backends")}
+    document.finish(report, skipped, committed_results(this))
+    document.write(report, out)
     return report

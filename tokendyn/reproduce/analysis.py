@@ -21,6 +21,7 @@ from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from ..provenance import provenance
 from . import Context, SectionResult
+from .verdicts import analysis_checks
 
 TITLE = "Checkpoint analysis"
 
@@ -107,12 +108,15 @@ negative {total['negative']:.3f}. The real model has residual connections, norma
 skip term D, none of which the idealised system keeps, so the measured growth need not follow the
 prediction; this table shows how far it does.
 
-![spectra]({rel['spectra']})
-![token norms]({rel['token_norms']})
-![growth]({rel['growth']})
-![hidden attention]({rel['hidden_attention']})
+![Spectra (unedited model): eigenvalues of M_s per layer, red > 0, blue < 0; of M in the plane]({rel['spectra']})
+
+![Token norms of the unedited model through the layers (residual stream) and at each scan's input]({rel['token_norms']})
+
+![Measured norm growth per layer and by token position (unedited model)]({rel['growth']})
+
+![Hidden attention (unedited model): first, middle, last layer; channel 0 and largest mean Δ]({rel['hidden_attention']})
 
 Full report of the unconstrained model: `{rel['html']}`. Analyse your own checkpoint (tokendyn, state-spaces
 or HF-transformers layout) with `tokendyn analyze PATH --out DIR`; see docs/analysis.md.
 """
-    return SectionResult(markdown=md, summary=summary)
+    return SectionResult(markdown=md, summary=summary, checks=analysis_checks(summary))

@@ -18,6 +18,7 @@ from ..model import MambaConfig, MambaLM, generate
 from ..ops import available_backends
 from ..provenance import provenance
 from . import Context, SectionResult
+from .verdicts import core_checks
 
 TITLE = "Mamba model and scan backends"
 
@@ -158,4 +159,5 @@ def run(ctx: Context) -> SectionResult:
         "generation_matches_full_forward": consistent,
         "json": "core.json",
     }
-    return SectionResult(markdown="\n".join(lines), summary=summary)
+    return SectionResult(markdown="\n".join(lines), summary=summary,
+                         checks=core_checks(results, consistent, str(device)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from . import Context, SectionResult
+from .verdicts import theory_checks
 
 TITLE = "Continuous-time token dynamics"
 
@@ -18,7 +19,7 @@ def _fmt(summary: dict, digits: int = 3) -> str:
 
 
 def run(ctx: Context) -> SectionResult:
-    from ..dynamics.checks import check_1d_draws, fig6_agreement, position_dependence
+    from ..dynamics.experiments import check_1d_draws, fig6_agreement, position_dependence
     from ..dynamics.plots import figure_fig6, figure_regimes_1d
 
     quick = ctx.quick
@@ -34,7 +35,7 @@ def run(ctx: Context) -> SectionResult:
     rows = ["| regime (predicted) | draws | simulated agrees |", "|---|---|---|"]
     for name, r in draws["table"].items():
         rows.append(f"| {name} | {r['predicted']} | {r['agree']} |")
-    pos_rows = ["| config | position | growth exponent p_l | |x_l|/|x_1| at t_end |", "|---|---|---|---|"]
+    pos_rows = ["| config | position | growth exponent p_l | \\|x_l\\|/\\|x_1\\| at t_end |", "|---|---|---|---|"]
     for c in pos:
         label = f"μ={c['mu']}, s={c['s']}, a={c['a']}"
         for l, (p, r) in enumerate(zip(c["growth_exponent"], c["ratio_to_first"])):
@@ -67,8 +68,8 @@ D = 2, the paper's Figure 6 (phase portraits below): Figure-6 rule against simul
 
 Random D = 2, N = 2 systems: the rule agrees with simulation on converge-vs-diverge in
 {nd['agree_converge_vs_diverge']}/{nd['draws']} draws, on the exact regime in {nd['agree_exact']}/{nd['draws']}
-(fast vs slow for D > 1 is a heuristic, see docs/regimes.md; {nd['truncated']} draw(s) stopped early
-at the evaluation budget, classified from the part simulated).
+(fast vs slow for D > 1 is a heuristic, see docs/regimes.md; {nd['undetermined']} draw(s) stopped at
+the evaluation budget before deciding, reported as undetermined and counted as disagreeing).
 
 ![1-D regimes](dynamics_regimes_1d.png)
 
@@ -79,4 +80,5 @@ at the evaluation budget, classified from the part simulated).
     (ctx.out / "theory.json").write_text(json.dumps(summary, indent=2, default=str))
     return SectionResult(markdown=md, summary={"agree_1d": sum(r["agree"] for r in draws["table"].values()),
                                                "draws_1d": n_1d, "mismatches_1d": len(draws["mismatches"]),
-                                               "fig6": fig_6})
+                                               "fig6": fig_6},
+                         checks=theory_checks(summary))

@@ -1,4 +1,4 @@
-"""Batch checks of the regime theory by simulation (used by ``tokendyn reproduce``).
+"""The paper's experiments on the regime theory, by simulation (used by ``tokendyn reproduce``).
 
 Each function draws random systems, predicts, simulates, measures, and returns plain
 numbers: agreement of predicted and simulated regimes, fitted rates, blow-up times
@@ -13,7 +13,7 @@ import statistics
 import torch
 
 from .integrate import simulate
-from .regimes import classify_trajectory, predict_regime, predict_regime_1d
+from .regimes import UNDETERMINED, classify_trajectory, predict_regime, predict_regime_1d
 from .vector_field import TokenSystem
 
 
@@ -112,10 +112,23 @@ def fig6_agreement(n: int, seed: int = 0, dim: int = 2, state: int = 2, tokens: 
         sim = simulate(system, x0, t_end, n_points=30, rtol=1e-7, atol=1e-10, max_evals=max_evals)
         got = classify_trajectory(sim)
         rows.append({"signature": pred.eigen_signature, "predicted": pred.regime, "simulated": got.regime,
-                     "t_reached": sim.t_end, "stiff_from": sim.info["stiff_fallback_from"]})
+                     "t_reached": sim.t_end, "stiff_from": sim.info["stiff_fallback_from"],
+                     "reason": got.reason})
     div = lambda r: r.endswith("divergence")  # noqa: E731
     return {"draws": n, "dim": dim, "state": state, "t_end": t_end,
             "truncated": sum(r["t_reached"] < t_end for r in rows),
+            "undetermined": sum(r["simulated"] == UNDETERMINED for r in rows),
             "agree_exact": sum(r["predicted"] == r["simulated"] for r in rows),
             "agree_converge_vs_diverge": sum(div(r["predicted"]) == div(r["simulated"]) for r in rows),
             "rows": rows}
+
+
+def figure6_system(eigs: tuple[float, float], seed: int = 0) -> TokenSystem:
+    """D = N = 2 system whose M = S_Cᵀ S_B is symmetric with the given eigenvalues (the
+    paper's Figure 6). M = Q diag(λ) Qᵀ for a random rotation Q: S_C = Qᵀ, S_B = diag(λ) Qᵀ.
+    S_Δ random, a = 1."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=torch.float64))
+    lam = torch.tensor(eigs, dtype=torch.float64)
+    S_Delta = torch.randn(2, 2, generator=g, dtype=torch.float64) * 0.7
+    return TokenSystem.from_decay(torch.diag(lam) @ Q.T, Q.T, S_Delta, torch.ones(2, dtype=torch.float64))

@@ -1,0 +1,96 @@
+"""Figures as a reader sees them: labelled axes, no empty panels, no overlapping tick labels."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tokendyn.analysis.report import grid_shape, plot_hidden_attention  # noqa: E402
+
+
+def overlapping_tick_labels(fig) -> list:
+    """Pairs of visible tick labels, on one axis of one panel, whose drawn boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in axis.get_ticklabels()
+                     if t.get_visible() and t.get_text()]
+            bad += [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    return bad
+
+
+def assert_labelled(axes) -> None:
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axis in {ax.get_title()!r}"
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_hidden_attention_grid_has_no_empty_panel(k):
+    g = torch.Generator().manual_seed(k)
+    maps = [{"layer": i, "channel": 2 * i, "P": torch.rand(12, 12, generator=g, dtype=torch.float64).tril(),
+             "layer_choice": "middle", "channel_choice": "largest mean Δ"} for i in range(k)]
+    fig = plot_hidden_attention(maps)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == k                                  # one panel per map ...
+    assert all(ax.images or ax.get_label() == "<colorbar>" for ax in fig.axes)   # ... and nothing empty
+    rows, cols = grid_shape(k)
+    assert rows * cols - k < cols and rows <= 3
+    assert all("largest mean Δ" in ax.get_title() for ax in panels)
+    assert_labelled(panels)
+    assert not overlapping_tick_labels(fig)
+    matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("values", [
+    [-370.0, -0.41, -2.0],                      # one sign, three decades
+    [1.5, 6e-3, -1.0, -6e-3],                   # both signs, small magnitudes
+    [-1e3, 1e3, 0.05, -2e-3, 3e-1],             # wide on both sides: labels must be thinned
+    [0.13, 0.6, 0.35],                          # less than a decade: plain ticks
+])
+def test_symlog_axis_fits_the_data(values):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from tokendyn.report.axes import symlog_axis
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(np.arange(len(values)), values, "o")
+    symlog_axis(ax, "y", values)
+    lo, hi = ax.get_ylim()
+    v = np.asarray(values)
+    assert lo <= v.min() and v.max() <= hi
+    assert abs(lo) <= 1.31 * max(abs(v.min()), 1e-300) + 1e-12 and abs(hi) <= 1.31 * abs(v.max()) + 1e-12
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(ticks) >= 2
+    # the linear band stops at the decade of the smallest |value|: no empty decades below the data
+    assert ax.yaxis.get_transform().linthresh <= np.abs(v[v != 0]).min() < 10 * ax.yaxis.get_transform().linthresh
+    assert not overlapping_tick_labels(fig)
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_dynamics_figures_have_legends_labels_and_readable_ticks(tmp_path, monkeypatch):
+    from tokendyn.dynamics import plots
+
+    drawn = []
+    real_save = plots._save
+
+    def looked_at(fig, path, rect=None):      # as the figure is written: laid out, before it is closed
+        fig.tight_layout(rect=rect)
+        assert_labelled(fig.axes)
+        assert not overlapping_tick_labels(fig)
+        drawn.append(fig)
+        return real_save(fig, path, rect)
+
+    monkeypatch.setattr(plots, "_save", looked_at)
+    measured = plots.figure_regimes_1d(tmp_path / "r.png", n_points=30)
+    plots.figure_fig6(tmp_path / "f6.png", n_points=30)
+    assert measured == {k: k for k in measured}
+    one_d, fig6 = drawn
+    legend = [t.get_text() for t in one_d.axes[2].get_legend().get_texts()]      # the fast-divergence panel
+    assert "token 1" in legend and "blow-up" in legend
+    legend = [t.get_text() for t in fig6.legends[0].get_texts()]
+    assert {"token 1", "start x_l(0)", "blow-up"} <= set(legend)

@@ -1,0 +1,206 @@
+"""Checks, the report structure and its three renderings (report.json, report.md,
+index.html), the committed-results tables, and --strict."""
+
+import html
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from tokendyn.cli import main  # noqa: E402
+from tokendyn.report import Check, Figure, count_outcomes  # noqa: E402
+from tokendyn.report.page import markdown_to_html  # noqa: E402
+from tokendyn.reproduce import SectionResult, document, verdicts  # noqa: E402
+from tokendyn.reproduce.committed import committed_results  # noqa: E402
+
+
+def test_check_outcomes():
+    assert Check.judged("c", "t", "m", True).outcome == "pass"
+    assert Check.judged("c", "t", "m", False).outcome == "fail"
+    assert Check.judged("c", "t", "m", None).outcome == "not run"
+    assert Check.not_run("c", "t", "run it like this").note == "run it like this"
+    with pytest.raises(ValueError):
+        Check("c", "t", "m", "maybe")
+    assert count_outcomes([Check.judged("c", "t", "m", ok) for ok in (True, True, False, None)]) == \
+        {"pass": 2, "fail": 1, "not run": 1}
+
+
+def test_markdown_embeds_found_images_and_escapes_text(tmp_path):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    fig.savefig(tmp_path / "f.png")
+    plt.close(fig)
+    out = markdown_to_html("a <b> ![cap](f.png) ![gone](missing.png)\n\n| x |\n|---|\n| 1 |\n", tmp_path)
+    assert 'src="data:image/png;base64,' in out and 'alt="cap"' in out
+    assert 'src="missing.png"' in out          # a missing figure stays visible as broken
+    assert "&lt;b&gt;" in out and "<b>" not in out
+    assert '<div class="table-wrap"><table>' in out
+
+
+def _report(tmp_path, checks):
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(tmp_path / "fig.png")
+    plt.close(fig)
+    res = SectionResult(markdown="Some text with 1.234e-05.\n\n| a | b |\n|---|---|\n| 1 | 2 |",
+                        summary={"value": 1.234e-05}, checks=checks, figures=[Figure("fig.png", "a figure")])
+    report = {"provenance": {"device": "cpu (test)", "date": "2026-01-01T00:00:00+00:00", "commit": "abc",
+                             "command": "tokendyn reproduce --out x", "torch": "t", "python": "p"},
+              "scale": "quick", "sections": {"demo": document.section_entry("demo", "Demo section", 1.5, res)}}
+    committed = [{"file": "results/x.json", "title": "A GPU table", "device": "GPU 9", "commit": "c0ffee",
+                  "date": "2026-01-02", "command": "bench", "columns": ["a", "b"], "rows": [["1", "2.5"]]}]
+    return document.finish(report, ["other"], committed)
+
+
+def test_one_structure_three_renderings(tmp_path):
+    checks = [Check.judged("claim one", "≤ 1e-5", "3.21e-07", True),
+              Check.judged("claim two", "< 1", "1.70", False, "plainly: not shown"),
+              Check.not_run("claim three", "all", "`tokendyn reproduce --device cuda`")]
+    report = _report(tmp_path, checks)
+    paths = document.write(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    md = paths["markdown"].read_text()
+    page = paths["html"].read_text()
+    assert data["outcomes"] == {"pass": 1, "fail": 1, "not run": 1}
+    assert [{k: c[k] for k in ("section", "claim", "tolerance", "measured", "outcome")} for c in data["checks"]] == [
+        {"section": "demo", "claim": "claim one", "tolerance": "≤ 1e-5", "measured": "3.21e-07", "outcome": "pass"},
+        {"section": "demo", "claim": "claim two", "tolerance": "< 1", "measured": "1.70", "outcome": "fail"},
+        {"section": "demo", "claim": "claim three", "tolerance": "all", "measured": "-", "outcome": "not run"}]
+    for text in ("3.21e-07", "1.70", "plainly: not shown", "1.234e-05", "GPU 9", "c0ffee", "2026-01-02",
+                 "section other", "claim three"):
+        assert text in md and html.escape(text) in page, text
+    # the checks table comes first, then the sections, the committed results, what was not run
+    assert md.index("## Checks") < md.index("## Demo section") < md.index("## Committed GPU results") \
+        < md.index("## Not run at this scale")
+    ids = ['id="checks"', 'id="sec-demo"', 'id="committed"', 'id="not-run"']
+    assert [page.index(i) for i in ids] == sorted(page.index(i) for i in ids)
+    # self-contained: the figure is embedded, nothing is fetched
+    assert "data:image/png;base64," in page and "fig.png)" in md
+    assert "<script" not in page and "<link" not in page and "http://" not in page and "https://" not in page
+    assert "@media print" in page and 'name="viewport"' in page
+
+
+def test_committed_results_are_gpu_files_with_provenance(tmp_path):
+    (tmp_path / "gpu.json").write_text(json.dumps({"device": "NVIDIA X", "commit": "1234", "date": "d",
+                                                   "command": "c", "speed": 2.5}))
+    (tmp_path / "cpu.json").write_text(json.dumps({"provenance": {"device": "cpu (x86_64)"}, "speed": 1.0}))
+    (tmp_path / "broken.json").write_text("{")
+    got = committed_results(folder=tmp_path)
+    assert [t["file"] for t in got] == ["results/gpu.json"]
+    assert got[0]["device"] == "NVIDIA X" and got[0]["commit"] == "1234" and got[0]["rows"] == [["speed", "2.5"]]
+
+
+def test_the_repository_results_are_found():
+    tables = committed_results()
+    assert tables, "results/*.json of the checkout not found"
+    for t in tables:
+        assert t["device"] and not t["device"].lower().startswith("cpu") and t["date"] and t["rows"]
+
+
+def test_verdicts_say_what_was_not_shown():
+    theory = {"draws_1d": {"draws": 4, "table": {"convergence": {"predicted": 4, "agree": 3}}, "mismatches": [1],
+                           "convergence_loglog_slope": {"n": 3, "median": -0.5, "min": -0.51, "max": -0.49},
+                           "convergence_constant_ratio": {"n": 3, "median": 1.0, "min": 0.26, "max": 1.39},
+                           "blowup_time_over_bound": {"n": 2, "median": 0.9, "min": 0.8, "max": 1.01}}}
+    checks = verdicts.theory_checks(theory)
+    assert [c.outcome for c in checks] == ["fail", "pass", "pass", "fail"]   # 3/4 regimes; blow-up after its bound
+    assert "factor 3.8" in checks[2].note                     # the median agrees, single tokens do not
+    layers = lambda n_pos, n_neg, regime: [{"index": i, "io_eigs_positive": n_pos, "io_eigs_negative": n_neg,  # noqa: E731
+                                            "predicted_regime": regime} for i in range(3)]
+    summary = {"positive": {"summary": {"total_growth": 2.43}, "layers": layers(16, 0, "divergence")},
+               "negative": {"summary": {"total_growth": 2.35}, "layers": layers(0, 16, "convergence")}}
+    checks = verdicts.analysis_checks(summary)
+    assert [c.outcome for c in checks] == ["pass", "pass", "pass", "fail"]
+    assert "negative copy's tokens grow almost as much" in checks[-1].note
+    summary["negative"]["summary"]["total_growth"] = 0.5
+    assert verdicts.analysis_checks(summary)[-1].outcome == "pass"
+    core = verdicts.core_checks({"reference": {"max_rel_diff_vs_reference": 0.0, "max_rel_diff_vs_float64": 1e-7},
+                                 "chunked": {"max_rel_diff_vs_reference": 2e-5, "max_rel_diff_vs_float64": 1e-7}},
+                                True, "cpu")
+    assert [c.outcome for c in core] == ["fail", "pass", "not run", "pass"]
+
+
+def _exit_code(args):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    return exit_.value.code or 0
+
+
+def test_strict_exits_1_when_a_check_fails(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out), "--strict"]) == 0
+    page = (out / "index.html").read_text()
+    assert 'id="sec-core"' in page
+    monkeypatch.setattr(verdicts, "LOGIT_RTOL", 0.0)          # now no backend can agree closely enough
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["outcomes"]["fail"] >= 1
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out), "--strict"]) == 1
+    assert "check(s) failed" in capsys.readouterr().err
+
+
+def test_an_earlier_page_is_replaced_only_by_a_complete_one(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("index.html", "report.md", "report.json"):
+        (out / name).write_text("earlier run")
+    (out / "mine.txt").write_text("not the report's")
+
+    def interrupted(report, base):             # Ctrl-C while the page is being written
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(document, "to_html", interrupted)
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            main(["reproduce", "--only", "core", "--out", str(out)])
+    assert all((out / n).read_text() == "earlier run" for n in ("index.html", "report.md", "report.json"))
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "mine.txt", "report.json", "report.md"]
+
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="sec-core"' in page
+    assert json.loads((out / "report.json").read_text())["checks"]
+    assert (out / "mine.txt").read_text() == "not the report's"
+    assert not [p for p in tmp_path.rglob("*") if ".tokendyn-tmp-" in p.name]
+
+
+def test_out_that_is_a_file_writes_no_page(tmp_path, capsys):
+    target = tmp_path / "index.html"
+    target.write_text("a file")
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(target)]) == 2
+    assert target.read_text() == "a file" and list(tmp_path.iterdir()) == [target]
+
+
+def test_rerender_rebuilds_the_page_from_report_json(tmp_path):
+    out = tmp_path / "run"
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    before = json.loads((out / "report.json").read_text())
+    (out / "index.html").unlink()
+    assert _exit_code(["reproduce", "--rerender", "--out", str(out)]) == 0
+    after = json.loads((out / "report.json").read_text())
+    assert after.pop("rerendered")["date"] and after == before             # nothing measured again
+    assert 'id="sec-core"' in (out / "index.html").read_text()
+    assert _exit_code(["reproduce", "--rerender", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_rerender_completes_a_report_written_before_checks(tmp_path):
+    """The committed full run (results/reproduce_full_cpu) was written before checks existed."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "core.json").write_text(json.dumps({
+        "backends": {"reference": {"max_rel_diff_vs_reference": 0.0, "max_rel_diff_vs_float64": 4e-7,
+                                   "forward_ms_median": 10.0}},
+        "generation": {"matches_full_forward_argmax": True}, "input": {"device": "cpu"}}))
+    (old / "report.json").write_text(json.dumps({
+        "provenance": {"device": "cpu (x86_64)", "date": "2026-11-23", "commit": "ce8b255", "command": "c"},
+        "scale": "full", "sections": {"core": {"title": "Mamba model and scan backends", "seconds": 1.0,
+                                               "backends": {}}}}))
+    (old / "report.md").write_text("# tokendyn reproduce (full)\n\nDevice: cpu.\n\n## Mamba model and scan backends"
+                                   "\n\nThe old text, 4.00e-07.\n\n_Section time: 1.0 s._\n")
+    assert _exit_code(["reproduce", "--rerender", "--out", str(old)]) == 0
+    report = json.loads((old / "report.json").read_text())
+    assert report["sections"]["core"]["markdown"] == "The old text, 4.00e-07."
+    assert [c["outcome"] for c in report["checks"]] == ["pass", "not run", "pass"]
+    assert "The old text, 4.00e-07." in (old / "index.html").read_text()
+    assert (old / "report.md").read_text().count("_Section time") == 1

@@ -1,0 +1,52 @@
+"""Axis helpers shared by the report figures (matplotlib)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, MaxNLocator, NullLocator, ScalarFormatter
+
+
+def symlog_axis(ax, which: str, values, max_labels: int = 6) -> None:
+    """Make the x or y axis of ``ax`` a symlog axis fitted to ``values``.
+
+    The linear band ends at the decade of the smallest nonzero |value| (no empty decades
+    below the data), the limits hug the data, and at most about ``max_labels`` decades
+    inside the data's range are labelled, thinned evenly from the largest down, so that
+    tick labels do not overlap.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    nz = np.abs(v[v != 0])
+    lin = 10.0 ** math.floor(math.log10(nz.min())) if nz.size else 1.0
+    getattr(ax, f"set_{which}scale")("symlog", linthresh=lin)
+    if not v.size:
+        return
+
+    def pad(x: float, up: bool) -> float:   # 30% beyond the data in the log part, a bit of the band inside it
+        if abs(x) > lin:
+            return x * (1.3 if (x > 0) == up else 1 / 1.3)
+        return x + (0.3 * lin if up else -0.3 * lin)
+
+    getattr(ax, f"set_{which}lim")(pad(float(v.min()), False), pad(float(v.max()), True))
+    crosses = v.min() < 0 < v.max() or bool((v == 0).any())
+    k_lin = round(math.log10(lin))
+
+    def decades(part):   # 10^k inside the part's range; the band's edge left to the 0 tick when there is one
+        if not part.size:
+            return []
+        lo = max(math.ceil(math.log10(part.min())), k_lin + (1 if crosses else 0))
+        return list(range(math.floor(math.log10(part.max())), lo - 1, -1))
+
+    dp, dn = decades(v[v > 0]), decades(-v[v < 0])
+    step = max(1, math.ceil((len(dp) + len(dn) + crosses) / max_labels))
+    ticks = [10.0 ** k for k in dp[::step]] + [-(10.0 ** k) for k in dn[::step]] + ([0.0] if crosses else [])
+    plain = len(ticks) < 2
+    if plain:   # the data spans less than a decade: plain, evenly spaced ticks inside it
+        lo, hi = getattr(ax, f"get_{which}lim")()
+        ticks = [t for t in MaxNLocator(4).tick_values(lo, hi) if lo <= t <= hi]
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(sorted(ticks)))
+    axis.set_major_formatter(ScalarFormatter() if plain else LogFormatterSciNotation())
+    axis.set_minor_locator(NullLocator())

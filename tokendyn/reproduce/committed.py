@@ -1,0 +1,150 @@
+"""The GPU results committed under ``results/`` (each JSON file records the device,
+commit, date and command it came from), as tables for the main job's report.
+
+Only files measured on a GPU are shown; the CPU benchmarks are the README's. The
+folder is found beside the package in a checkout; an installed copy has none and the
+report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TITLES = {
+    "scan_gpu": "Selective scan: triton against mamba_ssm",
+    "scan_gpu_recheck": "Selective scan: triton against mamba_ssm (re-timing)",
+    "conv_gpu": "Causal conv + SiLU: fused Triton against PyTorch's conv1d",
+    "train_gpu": "Training MambaLM: tokens/s against mamba_ssm",
+    "train_gpu_recheck": "Training MambaLM: tokens/s against mamba_ssm (second run)",
+    "profile_train_gpu": "One training step by part",
+    "host_overhead_gpu": "Host time per call of the fused ops",
+    "analyze_cuda": "tokendyn analyze on a 129M model",
+    "core_h100_quick": "Main job, section core (quick scale)",
+    "core_h100_full": "Main job, section core (full scale)",
+}
+
+
+def results_dir() -> Path | None:
+    """The checkout's results/ folder, or None in an installed copy."""
+    path = Path(__file__).resolve().parents[2] / "results"
+    return path if path.is_dir() else None
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e3 else f"{v:,.0f}"
+    return str(v)
+
+
+def _shape(row: dict) -> str:
+    return "(" + ", ".join(str(x) for x in row["shape"]) + ")"
+
+
+def _scan(d: dict, this: dict):
+    cols = ["(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm",
+            "fwd+bwd ms tokendyn", "fwd+bwd ms mamba_ssm", "fwd+bwd ratio"]
+    return cols, [[_shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r["mamba_ssm_fwd_ms"]),
+                   _f(r["tokendyn_fwdbwd_ms"]), _f(r["mamba_ssm_fwdbwd_ms"]), _f(r["ratio_fwdbwd"])]
+                  for r in d["rows"]]
+
+
+def _conv(d: dict, this: dict):
+    cols = ["(batch, dim, length, width)", "dtype", "fwd ms fused", "fwd ms conv1d", "fwd speed-up",
+            "fwd+bwd speed-up"]
+    return cols, [[_shape(r), r["dtype"], _f(r["fused_fwd_ms"]), _f(r["torch_fwd_ms"]), _f(r["speedup_fwd"]),
+                   _f(r["speedup_fwdbwd"])] for r in d["rows"]]
+
+
+def _train(d: dict, this: dict):
+    cols = ["model", "ms/step (median)", "tokens/s", "× mamba_ssm"]
+    return cols, [[k, _f(r.get("step_ms_median")), _f(r.get("tokens_per_s")), _f(r.get("throughput_vs_mamba_ssm"))]
+                  for k, r in d["results"].items()]
+
+
+def _profile(d: dict, this: dict):
+    cols = ["model", "GPU kernel ms/step", "host enqueue ms/step", "wall ms/step"]
+    return cols, [[k, _f(r.get("kernel_ms_per_step")), _f(r.get("host_enqueue_ms_per_step")),
+                   _f(r.get("wall_ms_per_step_one_sync"))] for k, r in d["results"].items()]
+
+
+def _host(d: dict, this: dict):
+    return ["call", "µs per call"], [[k, _f(v)] for k, v in d["us_per_call"].items()]
+
+
+def _analyze(d: dict, this: dict):
+    rows = [["total", _f(d["analyze_total_s"])]] + [[k, _f(v)] for k, v in d.get("analyze_parts_s", {}).items()]
+    return ["part", "seconds"], rows
+
+
+def _core(d: dict, this: dict):
+    """Beside the committed numbers, this run's for the same backend when the scales match."""
+    same_scale = this.get("scale") and f"--scale {this['scale']}" in (d["provenance"].get("command") or "")
+    mine = this.get("core_backends") if same_scale else None
+    cols = ["backend", "rel. diff vs float64", "forward ms (median)"]
+    if mine:
+        cols += [f"this run: rel. diff vs float64 ({this['device']})", "this run: forward ms"]
+    rows = []
+    for k, r in d["backends"].items():
+        row = [k, f"{r['max_rel_diff_vs_float64']:.2e}", _f(r["forward_ms_median"])]
+        if mine:
+            m = mine.get(k)
+            row += [f"{m['max_rel_diff_vs_float64']:.2e}", _f(m["forward_ms_median"])] if m else ["not run", "-"]
+        rows.append(row)
+    return cols, rows
+
+
+def _scalars(d: dict, this: dict):
+    return ["quantity", "value"], [[k, _f(v)] for k, v in d.items() if isinstance(v, (int, float, str))
+                                   and k not in ("device", "date", "commit", "command", "torch", "python")]
+
+
+def _table_for(d: dict):
+    if isinstance(d.get("rows"), list) and d["rows"] and "tokendyn_fwd_ms" in d["rows"][0]:
+        return _scan
+    if isinstance(d.get("rows"), list) and d["rows"] and "fused_fwd_ms" in d["rows"][0]:
+        return _conv
+    res = d.get("results")
+    if isinstance(res, dict) and res and all(isinstance(v, dict) for v in res.values()):
+        first = next(iter(res.values()))
+        if "step_ms_median" in first:
+            return _train
+        if "kernel_ms_per_step" in first:
+            return _profile
+    if "us_per_call" in d:
+        return _host
+    if "analyze_total_s" in d:
+        return _analyze
+    if "backends" in d and "provenance" in d:
+        return _core
+    return _scalars
+
+
+def committed_results(this: dict | None = None, folder: Path | None = None) -> list[dict]:
+    """One table per committed GPU result: {file, title, device, commit, date, command, columns, rows}.
+
+    this: what this run measured that a committed table can stand beside
+    ({"scale", "device", "core_backends"}).
+    """
+    folder = folder or results_dir()
+    if folder is None:
+        return []
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(d, dict):
+            continue
+        prov = d.get("provenance") if isinstance(d.get("provenance"), dict) else d
+        device = prov.get("device")
+        if not isinstance(device, str) or device.lower().startswith("cpu"):
+            continue
+        columns, rows = _table_for(d)(d, this or {})
+        out.append({"file": f"results/{path.name}", "title": TITLES.get(path.stem, path.stem), "device": device,
+                    "commit": prov.get("commit"), "date": prov.get("date"), "command": prov.get("command"),
+                    "commit_note": prov.get("commit_note"), "columns": columns, "rows": rows})
+    return out
