@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 
 from tokendyn.analysis.analyze import analyze_checkpoint, write_analysis
 from tokendyn.analysis.layers import layer_spectrum
 from tokendyn.dynamics.spectrum import eigen_signature, symmetric_io_eigvals
 from tokendyn.model import MambaConfig, MambaLM
 from tokendyn.provenance import provenance
-
-from _timing import median_time  # benchmarks/ is on sys.path when a script runs
 
 
 def dense_sym_eigvals(S_B: torch.Tensor, S_C: torch.Tensor) -> torch.Tensor:

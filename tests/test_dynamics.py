@@ -6,10 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tokendyn.dynamics import (TokenSystem, classify_trajectory, convergence_constants, predict_regime,
-                               predict_regime_1d, simulate, vector_field, vector_field_naive)
+from tokendyn.dynamics import (
+    TokenSystem,
+    classify_trajectory,
+    convergence_constants,
+    predict_regime,
+    predict_regime_1d,
+    simulate,
+    vector_field,
+    vector_field_naive,
+)
 from tokendyn.errors import ConfigError, DataError
 from tokendyn.ops import available_backends
 

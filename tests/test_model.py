@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokendyn.errors import ConfigError, DataError
-from tokendyn.model import (ClassifierConfig, MambaClassifier, MambaConfig, MambaLM, MambaMixer,
-                            MambaOutput)
+from tokendyn.model import ClassifierConfig, MambaClassifier, MambaConfig, MambaLM, MambaMixer, MambaOutput
 from tokendyn.ops import available_backends, selective_scan_reference
 
 

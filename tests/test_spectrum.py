@@ -1,7 +1,8 @@
 """The 2N×2N spectrum path against dense eigensolvers (THEORY.md section 2, [derived])."""
 
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokendyn.dynamics.spectrum import eigen_signature, io_eigvals, io_matrix, symmetric_io_eigvals
 

@@ -13,7 +13,7 @@ positive number (A < 0, Δ > 0). Cost O(L²·N) per channel; no loop over positi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -91,7 +91,7 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     rx = x.argsort().argsort().to(torch.float64)
     ry = y.argsort().argsort().to(torch.float64)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = float((rx.norm() * ry.norm()))
+    den = float(rx.norm() * ry.norm())
     return float((rx * ry).sum()) / den if den > 0 else 0.0
 
 

@@ -103,10 +103,10 @@ class ImageSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device) -> "ImageSplit":
+    def to(self, device) -> ImageSplit:
         return ImageSplit(self.images.to(device), self.labels.to(device))
 
-    def subset(self, index: torch.Tensor) -> "ImageSplit":
+    def subset(self, index: torch.Tensor) -> ImageSplit:
         return ImageSplit(self.images[index], self.labels[index])
 
 

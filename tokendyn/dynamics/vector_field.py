@@ -66,7 +66,7 @@ class TokenSystem:
 
     # ----- constructors -------------------------------------------------------------
     @classmethod
-    def from_decay(cls, S_B, S_C, S_Delta, a, b_Delta=None) -> "TokenSystem":
+    def from_decay(cls, S_B, S_C, S_Delta, a, b_Delta=None) -> TokenSystem:
         """A = −a ⊗ 1_N (the paper's simplification). a: (D,) or a scalar, all > 0."""
         S_B = _as_tensor(S_B, "S_B")
         if S_B.dim() != 2:
@@ -83,7 +83,7 @@ class TokenSystem:
         return cls(S_B, _as_tensor(S_C, "S_C"), _as_tensor(S_Delta, "S_Delta"), b, -a[:, None].expand(d, n).clone())
 
     @classmethod
-    def one_dim(cls, mu: float, s: float, a: float, b: float = 0.0) -> "TokenSystem":
+    def one_dim(cls, mu: float, s: float, a: float, b: float = 0.0) -> TokenSystem:
         """The D = N = 1 system with μ = S_Cᵀ S_B, S_Δ = s, decay a, bias b.
 
         μ is split as S_B = sign(μ)·√|μ|, S_C = √|μ|.
@@ -95,7 +95,7 @@ class TokenSystem:
         return cls.from_decay([[math.copysign(root, mu)]], [[root]], [[s]], [a], [b])
 
     @classmethod
-    def from_params(cls, params: dict) -> "TokenSystem":
+    def from_params(cls, params: dict) -> TokenSystem:
         """From a dict of nested lists: S_B, S_C, S_Delta, optional b_Delta, and a or A."""
         if not isinstance(params, dict):
             raise DataError("the parameter file must hold a JSON object with S_B, S_C, S_Delta and a or A.")
@@ -119,7 +119,7 @@ class TokenSystem:
                    _as_tensor(params["A"], "A"))
 
     @classmethod
-    def random(cls, dim: int, state: int, seed: int = 0) -> "TokenSystem":
+    def random(cls, dim: int, state: int, seed: int = 0) -> TokenSystem:
         """Gaussian S_B, S_C, S_Δ with entries of variance 1/D, b_Δ = 0, a ~ U(0.5, 1.5)."""
         if dim < 1 or state < 1:
             raise DataError(f"dimension and state size must be ≥ 1, got D={dim}, N={state}.")
@@ -150,7 +150,7 @@ class TokenSystem:
         """True when A = −a ⊗ 1_N (every state of a channel decays alike)."""
         return bool((self.A == self.A[:, :1]).all())
 
-    def to(self, dtype=None, device=None) -> "TokenSystem":
+    def to(self, dtype=None, device=None) -> TokenSystem:
         conv = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
         return TokenSystem(conv(self.S_B), conv(self.S_C), conv(self.S_Delta), conv(self.b_Delta), conv(self.A))
 
