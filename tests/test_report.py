@@ -113,7 +113,7 @@ def test_verdicts_say_what_was_not_shown():
                "negative": {"summary": {"total_growth": 2.35}, "layers": layers(0, 16, "convergence")}}
     checks = verdicts.analysis_checks(summary)
     assert [c.outcome for c in checks] == ["pass", "pass", "pass", "fail"]
-    assert "negative copy's tokens grow almost as much" in checks[-1].note
+    assert "negative model's tokens grow almost as much" in checks[-1].note
     summary["negative"]["summary"]["total_growth"] = 0.5
     assert verdicts.analysis_checks(summary)[-1].outcome == "pass"
     core = verdicts.core_checks({"reference": {"max_rel_diff_vs_reference": 0.0, "max_rel_diff_vs_float64": 1e-7},

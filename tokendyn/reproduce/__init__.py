@@ -45,6 +45,19 @@ class Context:
         return self.scale == "quick"
 
 
+def training_scale(ctx: Context) -> tuple[str, tuple[int, ...]]:
+    """The training scale and seeds of the sections that train models (lm, reorder).
+
+    quick: the smoke scale, 2 seeds. full: the full scale, 3 seeds, sized for one GPU; on a CPU
+    the full grids would take hours (a full-scale language model takes minutes per step on 2
+    cores), so there full means the CPU-sized quick scale with 3 seeds, and the section's table
+    says which scale ran.
+    """
+    if ctx.quick:
+        return "smoke", (0, 1)
+    return ("full" if ctx.device.type == "cuda" else "quick"), (0, 1, 2)
+
+
 @dataclass
 class SectionResult:
     """markdown: the section's text; summary: JSON-able numbers for report.json;

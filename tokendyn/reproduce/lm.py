@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..train.scenarios import load_committed, markdown_table, run_grid
-from . import Context, SectionResult, provenance
+from . import Context, SectionResult, provenance, training_scale
 
 TITLE = "Language models with a sign-constrained S_Cᵀ S_B"
 
@@ -19,7 +19,7 @@ COMMITTED = Path(__file__).resolve().parents[2] / "results" / "lm_scenarios.json
 
 
 def run(ctx: Context) -> SectionResult:
-    scale, seeds = ("smoke", (0, 1)) if ctx.quick else ("full", (0, 1, 2))
+    scale, seeds = training_scale(ctx)
     out = ctx.out / "lm"
     doc = run_grid(out, scale=scale, seeds=seeds, device=ctx.device, progress=False,
                    log=lambda line: print(f"  {line}", flush=True), provenance=provenance(ctx.command))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..train.reordering import load_committed, markdown_table, mean_std, run_grid
-from . import Context, SectionResult, provenance
+from . import Context, SectionResult, provenance, training_scale
 
 TITLE = "Token reordering in an image classifier"
 
@@ -19,7 +19,7 @@ COMMITTED = Path(__file__).resolve().parents[2] / "results" / "reorder.json"
 
 
 def run(ctx: Context) -> SectionResult:
-    scale, seeds = ("smoke", (0, 1)) if ctx.quick else ("full", (0, 1, 2))
+    scale, seeds = training_scale(ctx)
     out = ctx.out / "reorder"
     doc = run_grid(out, scale=scale, seeds=seeds, device=ctx.device, progress=False,
                    log=lambda line: print(f"  {line}", flush=True), provenance=provenance(ctx.command))

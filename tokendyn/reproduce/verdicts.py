@@ -145,29 +145,30 @@ def analysis_checks(summary: dict) -> list[Check]:
     bad_pos = [r["index"] for r in pos["layers"] if r["io_eigs_negative"] > 0]
     bad_neg = [r["index"] for r in neg["layers"] if r["io_eigs_positive"] > 0]
     checks.append(Check.judged(
-        "S_B = S_C makes M = S_Cᵀ S_B positive semi-definite: no negative eigenvalue of M_s.",
+        "io_constraint=\"positive\" (S_C = U, S_B = diag(λ) U, λ > 0) makes M = S_Cᵀ S_B positive "
+        "semi-definite: no negative eigenvalue of M_s.",
         "every layer", f"{n - len(bad_pos)}/{n} layers" + (f" (not: {bad_pos})" if bad_pos else ""), not bad_pos))
     checks.append(Check.judged(
-        "S_B = −S_C makes M negative semi-definite: no positive eigenvalue of M_s.",
+        "io_constraint=\"negative\" (λ < 0) makes M negative semi-definite: no positive eigenvalue of M_s.",
         "every layer", f"{n - len(bad_neg)}/{n} layers" + (f" (not: {bad_neg})" if bad_neg else ""), not bad_neg))
     p_div = sum(r["predicted_regime"] == "divergence" for r in pos["layers"])
     n_conv = sum(r["predicted_regime"] == "convergence" for r in neg["layers"])
     checks.append(Check.judged(
-        "From the signature (THEORY.md section 4): the positive copy is divergent-prone and the negative "
-        "copy convergent-prone in every layer.",
+        "From the signature (THEORY.md section 4): the positive model is divergent-prone and the negative "
+        "model convergent-prone in every layer.",
         "every layer", f"positive: {p_div}/{n} divergence; negative: {n_conv}/{n} convergence",
         p_div == n and n_conv == n))
     gp, gn = pos["summary"]["total_growth"], neg["summary"]["total_growth"]
     gi = summary.get("init", {}).get("summary", {}).get("total_growth")
     shows = gn < 1 < gp
     note = "" if shows else (
-        f"Not shown in this model: at random initialisation the negative copy's tokens grow almost as much as "
-        f"the positive copy's ({gn:.3g} against {gp:.3g}, ratio {gp / gn:.3f}). The theory is about the "
+        f"Not shown in this model: at random initialisation the negative model's tokens grow almost as much as "
+        f"the positive model's ({gn:.3g} against {gp:.3g}, ratio {gp / gn:.3f}). The theory is about the "
         "idealised system; in the real model the residual connection, normalisation, gate and skip term D, "
         "which that system leaves out, set the growth.")
     checks.append(Check.judged(
         "Convergent scenario (M_s ⪯ 0): tokens converge; positive scenario: they diverge. Measured on the "
-        "real model: the negative copy's token norms shrink through the layers, the positive copy's grow.",
+        "real model: the negative model's token norms shrink through the layers, the positive model's grow.",
         "total growth (embedding → last layer): negative < 1 < positive",
-        f"positive {gp:.3f}, negative {gn:.3f}" + (f", unedited {gi:.3f}" if gi is not None else ""), shows, note))
+        f"positive {gp:.3f}, negative {gn:.3f}" + (f", unconstrained {gi:.3f}" if gi is not None else ""), shows, note))
     return checks
