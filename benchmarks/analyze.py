@@ -45,11 +45,11 @@ def spectrum_comparison(model, dense_layers: int, repeats: int) -> dict:
     small_t, dense_t, full_t, worst = [], [], [], 0.0
     signatures_agree = True
     for i, p in enumerate(params):
-        t, ev_small = median_time(lambda: symmetric_io_eigvals(p["S_B"], p["S_C"]), repeats)
+        t, ev_small = median_time(lambda p=p: symmetric_io_eigvals(p["S_B"], p["S_C"]), repeats)
         small_t.append(t)
-        full_t.append(median_time(lambda: layer_spectrum(p, i), 1)[0])
+        full_t.append(median_time(lambda p=p, i=i: layer_spectrum(p, i), 1)[0])
         if i < dense_layers:
-            t, ev_dense = median_time(lambda: dense_sym_eigvals(p["S_B"], p["S_C"]), repeats)
+            t, ev_dense = median_time(lambda p=p: dense_sym_eigvals(p["S_B"], p["S_C"]), repeats)
             dense_t.append(t)
             scale = float(ev_dense.abs().max())
             tol = 1e-8 * scale

@@ -27,11 +27,11 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import gpu_kernel_ms  # noqa: E402
-from scan_gpu import copy_bandwidth  # noqa: E402
+from _timing import gpu_kernel_ms  # noqa: E402 -- after the sys.path setup
+from scan_gpu import copy_bandwidth  # noqa: E402 -- after the sys.path setup
 
-from tokendyn.ops import causal_conv  # noqa: E402
-from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.ops import causal_conv  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 SHAPES = [(8, 1536, 1024, 4), (8, 1536, 2048, 4), (1, 2048, 65536, 4)]
 
@@ -71,7 +71,9 @@ def main():
     if args.commit:
         prov["commit"] = args.commit
     bw = copy_bandwidth()
-    fused = lambda x, w, b: causal_conv.causal_conv1d_silu(x, w, b, fused=True)  # noqa: E731
+
+    def fused(x, w, b):
+        return causal_conv.causal_conv1d_silu(x, w, b, fused=True)
 
     def ref(x, w, b):
         # PyTorch's conv1d wants one dtype: under autocast, as in the mixer

@@ -91,8 +91,8 @@ def main() -> None:
     for L in args.lengths:
         x = torch.randn(1, L, 16, dtype=dtype)
         vector_field(system, x[:, :64], backend)                      # warm-up
-        t_scan, fast = median_time(lambda: vector_field(system, x, backend), 5)
-        t_naive, slow = median_time(lambda: vector_field_naive(system, x), 1 if L > 2048 else 2)
+        t_scan, fast = median_time(lambda x=x: vector_field(system, x, backend), 5)
+        t_naive, slow = median_time(lambda x=x: vector_field_naive(system, x), 1 if L > 2048 else 2)
         err = float((fast - slow).abs().max() / slow.abs().max())
         rows.append({"L": L, "scan_s": t_scan, "naive_s": t_naive, "speedup": t_naive / t_scan,
                      "max_rel_err": err})

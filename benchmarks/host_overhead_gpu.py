@@ -27,9 +27,9 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokendyn.ops.causal_conv import causal_conv1d_silu  # noqa: E402
-from tokendyn.ops.triton_scan import selective_scan_triton  # noqa: E402
-from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.ops.causal_conv import causal_conv1d_silu  # noqa: E402 -- after the sys.path setup
+from tokendyn.ops.triton_scan import selective_scan_triton  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 
 @triton.jit

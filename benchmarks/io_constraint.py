@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokendyn.model import MambaConfig, MambaLM  # noqa: E402
-from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.model import MambaConfig, MambaLM  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 SETTINGS = ("none", "positive", "negative", "mixed")
 

@@ -23,9 +23,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_gpu import build_mamba_ssm, build_tokendyn, setup, train_step  # noqa: E402
+from train_gpu import build_mamba_ssm, build_tokendyn, setup, train_step  # noqa: E402 -- after the sys.path setup
 
-from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 # kernel-name fragments -> part; the first match wins
 PARTS = [

@@ -15,7 +15,8 @@ before it; CPU — one call in a fresh subprocess, peak resident set size (VmHWM
 before the call) minus the resident size before it, with glibc's mmap threshold fixed at
 128 KiB (MALLOC_MMAP_THRESHOLD_) for both methods: otherwise the threshold adapts upwards and
 freed blocks stay in a growing heap, so the peak counts the allocator's fragmentation
-(measured: hard at L = 16,384 read 1.5 GiB that way against 0.41 GiB with the threshold fixed). A (mode, L) whose estimated need exceeds
+(measured: hard at L = 16,384 read 1.5 GiB that way against 0.41 GiB with the threshold fixed). \
+A (mode, L) whose estimated need exceeds
 the device's free memory is skipped and recorded with the reason.
 
 The file holds one entry per device kind ("cpu", "cuda"); a run replaces only its own.
@@ -39,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scan_cpu import _status_kb, cpu_model, reset_peak_rss  # noqa: E402
+from scan_cpu import _status_kb, cpu_model, reset_peak_rss  # noqa: E402 -- after the sys.path setup
 
-from tokendyn.model.reorder import hard_permute, importance_scores, soft_permute, softsort_matrix  # noqa: E402
-from tokendyn.reproduce import provenance  # noqa: E402
+from tokendyn.model.reorder import hard_permute, importance_scores, soft_permute, softsort_matrix  # noqa: E402 -- after the sys.path setup
+from tokendyn.reproduce import provenance  # noqa: E402 -- after the sys.path setup
 
 MODES = ("soft", "hard")
 LENGTHS = (256, 1024, 4096, 16384)
@@ -164,10 +165,14 @@ def run(args) -> dict:
     for length in args.lengths:
         by = {r["mode"]: r for r in rows if r["length"] == length}
         if len(by) == 2:
-            ratios.append({"length": length, "time_soft_over_hard": by["soft"]["fwd_bwd_ms"] / by["hard"]["fwd_bwd_ms"],
-                           "memory_soft_over_hard": (by["soft"]["peak_bytes"] / by["hard"]["peak_bytes"]
-                                                     if by["soft"]["peak_bytes"] and by["hard"]["peak_bytes"] else None)})
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_model()}, {args.threads} threads"
+            soft, hard = by["soft"], by["hard"]
+            ratios.append({"length": length, "time_soft_over_hard": soft["fwd_bwd_ms"] / hard["fwd_bwd_ms"],
+                           "memory_soft_over_hard": (soft["peak_bytes"] / hard["peak_bytes"]
+                                                     if soft["peak_bytes"] and hard["peak_bytes"] else None)})
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu: {cpu_model()}, {args.threads} threads"
     return {"settings": {"batch": args.batch, "dim": args.dim, "dtype": "float32", "lengths": list(args.lengths),
                          "window": 4, "tau": 1.0, "power": 1.0},
             "rows": rows, "ratios": ratios, "skipped": skipped, **provenance(" ".join(["python", *sys.argv])),
@@ -186,7 +191,7 @@ def markdown_table(data: dict) -> str:
         for length in entry["settings"]["lengths"]:
             by = {r["mode"]: r for r in entry["rows"] if r["length"] == length}
 
-            def cell(mode, key, scale=1.0, fmt="{:.2f}"):
+            def cell(mode, key, scale=1.0, fmt="{:.2f}", by=by):
                 r = by.get(mode)
                 if r is None or r[key] is None:
                     return "skipped"

@@ -200,7 +200,10 @@ def markdown_table(result: dict) -> str:
             f, fb = sp.get(f"forward_vs_{other}"), sp.get(f"forward_backward_vs_{other}")
             if f is None and fb is None:
                 continue
-            fmt = lambda v: "–" if v is None else f"{v:.1f}×"  # noqa: E731
+
+            def fmt(v):
+                return "–" if v is None else f"{v:.1f}×"
+
             lines.append(f"| {row['length']} | vs {other} | {fmt(f)} | {fmt(fb)} |")
     return "\n".join(lines)
 
@@ -253,7 +256,8 @@ def main(argv=None) -> None:
                    "repeats": args.repeats, "chunk": DEFAULT_CHUNK,
                    "group_elements": DEFAULT_GROUP_ELEMENTS},
         "timing": "median wall-clock seconds of `repeats` runs after one warm-up, same process",
-        "memory": "peak RSS during one call in a fresh subprocess (VmHWM reset just before it) minus RSS before it, bytes",
+        "memory": ("peak RSS during one call in a fresh subprocess (VmHWM reset just before it) "
+                   "minus RSS before it, bytes"),
         "results": [],
         "skipped": [],
     }

@@ -24,8 +24,8 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokendyn.ops import triton_scan  # noqa: E402
-from tokendyn.provenance import provenance  # noqa: E402
+from tokendyn.ops import triton_scan  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 SHAPES = [((8, 1536, 2048, 16), torch.bfloat16), ((8, 1536, 2048, 16), torch.float32),
           ((2, 1536, 8192, 16), torch.bfloat16), ((1, 2048, 65536, 16), torch.bfloat16)]
@@ -45,7 +45,10 @@ def make_inputs(shape, dtype, seed=0):
     """Mamba-like inputs: A = -(1..N) (S4D-real init), Δ = softplus(raw + bias) ~ 0.01-0.1."""
     b, d, l, n = shape
     g = torch.Generator(device="cuda").manual_seed(seed)
-    rn = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+
+    def rn(*s):
+        return torch.randn(*s, generator=g, device="cuda")
+
     return {
         "u": rn(b, d, l).to(dtype),
         "delta": (rn(b, d, l) * 0.5).to(dtype),
@@ -87,7 +90,8 @@ def time_fwd(fn, t, rep=200):
 def time_fwdbwd(fn, t, rep=200):
     leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
     # the same upstream gradient for every implementation, so their gradients compare
-    g = torch.randn(t["u"].shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)).to(t["u"].dtype)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    g = torch.randn(t["u"].shape, device="cuda", generator=gen).to(t["u"].dtype)
 
     def step():
         fn(**leaves, delta_softplus=True).backward(g)
@@ -220,7 +224,9 @@ def main():
     log(f"{'shape':>22} {'dtype':>9} {'td fwd':>8} {'ms fwd':>8} {'td f+b':>8} {'ms f+b':>8} "
         f"{'r fwd':>6} {'r f+b':>6} {'floor':>7} {'ch fwd':>8} {'ch f+b':>8}")
     for r in rows:
-        f = lambda v: "    -   " if v is None else f"{v:8.3f}"  # noqa: E731
+        def f(v):
+            return "    -   " if v is None else f"{v:8.3f}"
+
         log(f"{str(tuple(r['shape'])):>22} {r['dtype']:>9} {f(r['tokendyn_fwd_ms'])} {f(r.get('mamba_ssm_fwd_ms'))} "
             f"{f(r['tokendyn_fwdbwd_ms'])} {f(r.get('mamba_ssm_fwdbwd_ms'))} "
             f"{(r['ratio_fwd'] or 0):6.2f} {(r['ratio_fwdbwd'] or 0):6.2f} {r['floor_fwd_ms']:7.3f} "

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokendyn.provenance import provenance  # noqa: E402
-from tokendyn.train import Task, TrainConfig, train  # noqa: E402
-from tokendyn.train.monitor import DEFAULT_EVERY, RegimeMonitor  # noqa: E402
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
+from tokendyn.train import Task, TrainConfig, train  # noqa: E402 -- after the sys.path setup
+from tokendyn.train.monitor import DEFAULT_EVERY, RegimeMonitor  # noqa: E402 -- after the sys.path setup
 
 D_MODEL, N_LAYER, VOCAB, BATCH, LENGTH = 768, 24, 50280, 8, 1024
 
@@ -160,7 +160,7 @@ def main():
     if args.commit:
         prov["commit"] = args.commit
     try:
-        import causal_conv1d  # noqa: F401
+        import causal_conv1d  # noqa: F401 -- only checks that causal_conv1d is installed
         has_cc = True
     except ImportError:
         has_cc = False

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from tokendyn.cli import app  # noqa: E402
-from tokendyn.model import ClassifierConfig, MambaClassifier, MambaConfig, MambaLM  # noqa: E402
-from tokendyn.model.checkpoint import save_model  # noqa: E402
+from tokendyn.cli import app  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
+from tokendyn.model import ClassifierConfig, MambaClassifier, MambaConfig, MambaLM  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
+from tokendyn.model.checkpoint import save_model  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,17 @@ BACKENDS = [b for b in ("reference", "chunked") if b in available_backends()]
 
 def random_system(d, n, seed, general_A, bias):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
     b = r(d) if bias else None
     if general_A:
         A = -(0.1 + torch.rand(d, n, generator=g, dtype=torch.float64) * 2)
-        return TokenSystem(r(n, d), r(n, d), r(d, d) * 0.5, b if b is not None else torch.zeros(d, dtype=torch.float64), A)
-    return TokenSystem.from_decay(r(n, d), r(n, d), r(d, d) * 0.5, 0.1 + torch.rand(d, generator=g, dtype=torch.float64), b)
+        b_or_zero = b if b is not None else torch.zeros(d, dtype=torch.float64)
+        return TokenSystem(r(n, d), r(n, d), r(d, d) * 0.5, b_or_zero, A)
+    S_B, S_C, S_Delta = r(n, d), r(n, d), r(d, d) * 0.5  # drawn before the decay: the order fixes the draws
+    return TokenSystem.from_decay(S_B, S_C, S_Delta, 0.1 + torch.rand(d, generator=g, dtype=torch.float64), b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -151,7 +151,8 @@ def test_bound_column_is_the_json_blowup_bound(tmp_path, capsys):
     code, stdout, _ = run_cli(["simulate", "--mu", "1", "--s-delta", "1", "--a", "1", "--x0", "-1,0.5,-0.3",
                                "--t-end", "5", "--points", "12", "--json", str(out)], capsys)
     d = json.loads(out.read_text())
-    assert d["blowup_bounds"][0] is None and d["blowup_bounds"][2] == d["blowup_bounds"][1] == d["token_blowup_bounds"][1]
+    assert d["blowup_bounds"][0] is None
+    assert d["blowup_bounds"][2] == d["blowup_bounds"][1] == d["token_blowup_bounds"][1]
     row3 = next(line for line in stdout.splitlines() if line.startswith("│ 3 "))
     assert f"{d['blowup_bounds'][2]:.4g}" in row3 and d["blowup_times"][2] <= d["blowup_bounds"][2]
 

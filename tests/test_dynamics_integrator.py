@@ -60,7 +60,8 @@ def assert_matches_oracle(system, x0, sim, tol=1e-5):
         got = sim.x[rows, 0, :m].numpy()
         scale = np.maximum(np.abs(ref), 1e-2)
         err = np.abs(got - ref) / scale
-        assert err.max() < tol, (m, err.max(), [float(sim.t[i]) for i in rows][int(err.reshape(len(rows), -1).max(1).argmax())])
+        worst_t = [float(sim.t[i]) for i in rows][int(err.reshape(len(rows), -1).max(1).argmax())]
+        assert err.max() < tol, (m, err.max(), worst_t)
         checked += len(rows)
     assert checked >= 3
     assert bool(valid[-1].any()) or sim.complete
@@ -156,7 +157,10 @@ def test_jacobian_matches_autograd_of_the_explicit_sum():
     it.alive[1, 2:] = False                          # frozen tokens have zero rows
     J = torch.from_numpy(it._jac(0.0, x0.reshape(-1).numpy().copy()))
     mask = it.alive[..., None].expand(2, 4, 3).reshape(-1).double()
-    f = lambda v: vector_field_naive(system, v.view(2, 4, 3)).reshape(-1) * mask
+
+    def f(v):
+        return vector_field_naive(system, v.view(2, 4, 3)).reshape(-1) * mask
+
     ref = torch.autograd.functional.jacobian(f, x0.reshape(-1))
     assert torch.allclose(J, ref, rtol=1e-5, atol=1e-6)
     assert it.stiff_from == 0.0

@@ -3,10 +3,10 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest  # noqa: E402 -- import block below matplotlib.use
+import torch  # noqa: E402 -- import block below matplotlib.use
 
-from tokendyn.analysis.report import grid_shape, plot_hidden_attention  # noqa: E402
+from tokendyn.analysis.report import grid_shape, plot_hidden_attention  # noqa: E402 -- import block below matplotlib.use
 
 
 def overlapping_tick_labels(fig) -> list:

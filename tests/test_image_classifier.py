@@ -67,7 +67,10 @@ def test_positions_and_save_load(tmp_path):
     x = torch.randn(2, 2, 8, 8)
     model.save(tmp_path / "clf")
     again = load_model(tmp_path / "clf")
-    strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "scan_backend"}  # noqa: E731
+
+    def strip(c):
+        return {k: v for k, v in c.to_dict().items() if k != "scan_backend"}
+
     assert strip(again.config) == strip(cfg)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))

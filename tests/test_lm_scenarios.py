@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from train_helpers import cache, run_cli, write_text  # noqa: F401
+from train_helpers import cache, run_cli, write_text  # noqa: F401 -- fixtures used by name
 
 
 def _args(text, out, settings, seeds):
@@ -16,7 +16,7 @@ def _args(text, out, settings, seeds):
 
 
 @pytest.mark.slow
-def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: F811
+def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt", 600)
     settings = "none,positive,negative"
     a = tmp_path / "a"
@@ -58,7 +58,7 @@ def test_scenarios_refuse_bad_options(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):  # noqa: F811
+def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt", 600)
     out = tmp_path / "o"
     assert run_cli(_args(text, out, "none,mixed", "0"), capsys)[0] == 0

@@ -51,7 +51,9 @@ def naive_logits(model, ids):
     resid = sd["backbone.embedding.weight"][ids]
     bsz, L, _ = resid.shape
     for i in range(cfg.n_layer):
-        p = lambda n: sd.get(f"backbone.layers.{i}.{n}")  # noqa: E731
+        def p(n, i=i):
+            return sd.get(f"backbone.layers.{i}.{n}")
+
         h = _norm(resid, p("norm.weight"), p("norm.bias"), cfg.norm_epsilon, cfg.rms_norm)
         xz = h @ p("mixer.in_proj.weight").T
         if p("mixer.in_proj.bias") is not None:

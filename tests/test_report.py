@@ -7,14 +7,14 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 -- must follow matplotlib.use("Agg")
+import pytest  # noqa: E402 -- import block below matplotlib.use
 
-from tokendyn.cli import main  # noqa: E402
-from tokendyn.report import Check, Figure, count_outcomes  # noqa: E402
-from tokendyn.report.page import markdown_to_html  # noqa: E402
-from tokendyn.reproduce import SectionResult, document, verdicts  # noqa: E402
-from tokendyn.reproduce.committed import committed_results  # noqa: E402
+from tokendyn.cli import main  # noqa: E402 -- import block below matplotlib.use
+from tokendyn.report import Check, Figure, count_outcomes  # noqa: E402 -- import block below matplotlib.use
+from tokendyn.report.page import markdown_to_html  # noqa: E402 -- import block below matplotlib.use
+from tokendyn.reproduce import SectionResult, document, verdicts  # noqa: E402 -- import block below matplotlib.use
+from tokendyn.reproduce.committed import committed_results  # noqa: E402 -- import block below matplotlib.use
 
 
 def test_check_outcomes():
@@ -107,8 +107,11 @@ def test_verdicts_say_what_was_not_shown():
     checks = verdicts.theory_checks(theory)
     assert [c.outcome for c in checks] == ["fail", "pass", "pass", "fail"]   # 3/4 regimes; blow-up after its bound
     assert "factor 3.8" in checks[2].note                     # the median agrees, single tokens do not
-    layers = lambda n_pos, n_neg, regime: [{"index": i, "io_eigs_positive": n_pos, "io_eigs_negative": n_neg,  # noqa: E731
-                                            "predicted_regime": regime} for i in range(3)]
+
+    def layers(n_pos, n_neg, regime):
+        return [{"index": i, "io_eigs_positive": n_pos, "io_eigs_negative": n_neg, "predicted_regime": regime}
+                for i in range(3)]
+
     summary = {"positive": {"summary": {"total_growth": 2.43}, "layers": layers(16, 0, "divergence")},
                "negative": {"summary": {"total_growth": 2.35}, "layers": layers(0, 16, "convergence")}}
     checks = verdicts.analysis_checks(summary)

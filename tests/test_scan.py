@@ -219,7 +219,10 @@ def test_gradients_match_float64_reference(backend, length, state, flags, seed):
     g = torch.Generator().manual_seed(seed + 1)
     weights = (torch.randn(2, 3, length, generator=g, dtype=torch.float64),
                torch.randn(2, 3, state, generator=g, dtype=torch.float64))
-    fn = lambda **kw: selective_scan(**kw, backend=backend)  # noqa: E731
+
+    def fn(**kw):
+        return selective_scan(**kw, backend=backend)
+
     got = grads(fn, ins, softplus, weights)
     want = grads(selective_scan_reference, as64(ins), softplus, weights)
     assert set(got) == set(want)

@@ -44,7 +44,8 @@ def test_psd_construction_has_n_positive():
     """S_C = U, S_B = diag(λ) U with λ > 0 (refinement 1) gives exactly N positive eigenvalues."""
     g = torch.Generator().manual_seed(0)
     n, d = 4, 32
-    U = torch.triu(torch.randn(n, d, generator=g, dtype=torch.float64), diagonal=1) + torch.eye(n, d, dtype=torch.float64)
+    U = (torch.triu(torch.randn(n, d, generator=g, dtype=torch.float64), diagonal=1)
+         + torch.eye(n, d, dtype=torch.float64))
     lam = torch.rand(n, generator=g, dtype=torch.float64) + 0.7
     sig = eigen_signature(lam[:, None] * U, U)
     assert (sig.positive, sig.negative, sig.zero) == (n, 0, d - n)

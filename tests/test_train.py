@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from train_helpers import cache, run_cli, tiny_args, write_text  # noqa: F401
+from train_helpers import cache, run_cli, tiny_args, write_text  # noqa: F401 -- fixtures used by name
 
 from tokendyn.model import MambaConfig, MambaLM
 from tokendyn.train import LanguageModelTask, RegimeMonitor, TrainConfig, lr_at, param_groups
@@ -61,7 +61,7 @@ def _read(out):
 
 
 @pytest.mark.parametrize("setting", ["none", "positive"])
-def test_resume_continues_exactly(tmp_path, capsys, cache, setting):  # noqa: F811
+def test_resume_continues_exactly(tmp_path, capsys, cache, setting):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt")
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli(tiny_args(text, a, "--io-constraint", setting), capsys)[0] == 0
@@ -147,7 +147,7 @@ def test_monitor_records_signature_growth_and_warns_once():
 # ---- bad input: one sentence, exit status 2, nothing already written lost ----------------
 
 
-def test_bad_text_files(tmp_path, capsys, cache):  # noqa: F811
+def test_bad_text_files(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     (tmp_path / "empty.txt").write_text(" \n")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc" * 10)
     for name, words in (("empty.txt", "empty"), ("bin.txt", "not UTF-8"), ("missing.txt", "does not exist")):
@@ -156,7 +156,7 @@ def test_bad_text_files(tmp_path, capsys, cache):  # noqa: F811
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_setting(tmp_path, capsys, cache):  # noqa: F811
+def test_unknown_setting(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt")
     code, err = run_cli(tiny_args(text, tmp_path / "o", "--io-constraint", "sideways"), capsys)
     assert code == 2 and "sideways" in err and err.count("\n") == 1
@@ -166,7 +166,7 @@ def test_unknown_setting(tmp_path, capsys, cache):  # noqa: F811
     assert not (tmp_path / "s").exists()
 
 
-def test_constraint_needs_d_state_at_most_d_inner(tmp_path, capsys, cache):  # noqa: F811
+def test_constraint_needs_d_state_at_most_d_inner(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt")
     code, err = run_cli(tiny_args(text, tmp_path / "o", "--io-constraint", "positive", "--d-state", "40"), capsys)
     assert code == 2 and "d_state" in err and err.count("\n") == 1
@@ -177,7 +177,7 @@ def _snapshot(directory):
     return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, capsys, cache):  # noqa: F811
+def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     text = write_text(tmp_path / "t.txt")
     run = tmp_path / "run"
     assert run_cli(tiny_args(text, run, "--stop-after-steps", "4"), capsys)[0] == 0
@@ -210,7 +210,7 @@ def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(tmp_path, capsys, cache):  # noqa: F811
+def test_resume_after_sigkill(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
     """A run killed (SIGKILL) at an arbitrary moment after its first checkpoint resumes and ends
     with the uninterrupted run's loss and weights."""
     import os

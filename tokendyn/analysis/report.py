@@ -24,8 +24,8 @@ from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplo
 from matplotlib.lines import Line2D  # noqa: E402 -- with pyplot, after matplotlib.use
 from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
-from ..report.axes import symlog_axis  # noqa: E402
-from ..report.page import embed_image, esc, page, table  # noqa: E402
+from ..report.axes import symlog_axis  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
+from ..report.page import embed_image, esc, page, table  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
 
 FIGURES = {
     "spectra": "analysis_spectra.png",

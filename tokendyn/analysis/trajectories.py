@@ -122,7 +122,8 @@ def run_with_internals(model, input_ids: torch.Tensor):
     if input_ids.numel() == 0:
         raise DataError("the input has no tokens.")
     vocab = getattr(model.config, "vocab_size", None)
-    if vocab is not None and not input_ids.is_floating_point() and int(input_ids.max()) >= getattr(model.config, "padded_vocab_size", vocab):
+    padded_vocab = getattr(model.config, "padded_vocab_size", vocab)
+    if vocab is not None and not input_ids.is_floating_point() and int(input_ids.max()) >= padded_vocab:
         raise DataError(f"token id {int(input_ids.max())} is outside the model's vocabulary of {vocab}; "
                         "the tokenizer does not belong to this checkpoint.")
     device = next(model.parameters()).device

@@ -59,12 +59,12 @@ def _root(ctx: typer.Context,
 
 # Subcommand modules: importing one registers its command on `app`.
 # (E402: the modules need `app`, defined above; F401: imported for that side effect only)
-from . import analyze as _analyze  # noqa: E402,F401
-from . import info as _info  # noqa: E402,F401
-from . import reproduce as _reproduce  # noqa: E402,F401
-from . import simulate as _simulate  # noqa: E402,F401
-from . import train as _train  # noqa: E402,F401
-from . import train_image as _train_image  # noqa: E402,F401
+from . import analyze as _analyze  # noqa: E402,F401 -- needs `app`; registers its command
+from . import info as _info  # noqa: E402,F401 -- needs `app`; registers its command
+from . import reproduce as _reproduce  # noqa: E402,F401 -- needs `app`; registers its command
+from . import simulate as _simulate  # noqa: E402,F401 -- needs `app`; registers its command
+from . import train as _train  # noqa: E402,F401 -- needs `app`; registers its command
+from . import train_image as _train_image  # noqa: E402,F401 -- needs `app`; registers its command
 
 
 def invocation(command: str) -> str:

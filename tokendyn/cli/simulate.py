@@ -41,7 +41,10 @@ def _console_table(report: dict, prediction, show_all: bool):
     from rich.table import Table
 
     table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")
-    fmt = lambda v: "-" if v is None else f"{v:.4g}"
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}"
+
     L = len(report["x0"])
     rows = range(L) if show_all or L <= _HEAD_ROWS + _TAIL_ROWS else \
         [*range(_HEAD_ROWS), None, *range(L - _TAIL_ROWS, L)]

@@ -41,7 +41,8 @@ def image(
     bidirectional: bool = typer.Option(True, "--bidirectional/--unidirectional", help="Odd layers scan in reverse."),
     pooling: str = typer.Option("mean", "--pooling", help="mean or last."),
     positions: bool = typer.Option(True, "--positions/--no-positions", help="Learned position embedding."),
-    reorder: str = typer.Option("none", "--reorder", help="Token reordering: none, soft (SoftSort) or hard (exact sort)."),
+    reorder: str = typer.Option("none", "--reorder",
+                                help="Token reordering: none, soft (SoftSort) or hard (exact sort)."),
     reorder_tau: float = typer.Option(1.0, "--reorder-tau", help="SoftSort temperature τ (> 0)."),
     reorder_power: float = typer.Option(1.0, "--reorder-power", help="SoftSort power p (> 0)."),
     reorder_layers: str = typer.Option("0", "--reorder-layers", help="Comma-separated layers that reorder."),
@@ -64,7 +65,8 @@ def image(
                                          "interrupted; --resume continues."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints and result.json in the run directory."""
+    """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints and result.json \
+in the run directory."""
     from ..data.images import load_images
     from ..train.images import ImageModelSpec, train_image
     from ..train.loop import TrainConfig

@@ -24,8 +24,13 @@ def random_1d_draw(g: torch.Generator, max_tokens: int = 8) -> tuple[float, floa
     a third of the draws every token takes the sign opposite to s: slow divergence (μ > 0)
     and the convergent case with such tokens get sampled as often as the rest.
     """
-    u = lambda: float(torch.rand((), generator=g, dtype=torch.float64))  # noqa: E731
-    sgn = lambda: 1.0 if u() < 0.5 else -1.0  # noqa: E731
+
+    def u():
+        return float(torch.rand((), generator=g, dtype=torch.float64))
+
+    def sgn():
+        return 1.0 if u() < 0.5 else -1.0
+
     mu = sgn() * (0.25 + 1.75 * u())
     s = sgn() * (0.25 + 1.75 * u())
     a = 0.1 + 2.9 * u()
@@ -114,7 +119,10 @@ def fig6_agreement(n: int, seed: int = 0, dim: int = 2, state: int = 2, tokens: 
         rows.append({"signature": pred.eigen_signature, "predicted": pred.regime, "simulated": got.regime,
                      "t_reached": sim.t_end, "stiff_from": sim.info["stiff_fallback_from"],
                      "reason": got.reason})
-    div = lambda r: r.endswith("divergence")  # noqa: E731
+
+    def div(r):
+        return r.endswith("divergence")
+
     return {"draws": n, "dim": dim, "state": state, "t_end": t_end,
             "truncated": sum(r["t_reached"] < t_end for r in rows),
             "undetermined": sum(r["simulated"] == UNDETERMINED for r in rows),

@@ -296,7 +296,10 @@ class Integrator:
         by root finding on the dense output; None when none does."""
         if float(self.margins(t_new, self.state_at(t_new, dense)).min()) > 0:
             return None
-        g = lambda t: float(self.margins(t, self.state_at(t, dense)).min())
+
+        def g(t):
+            return float(self.margins(t, self.state_at(t, dense)).min())
+
         if g(t_old) <= 0:
             return t_old
         from scipy.optimize import brentq

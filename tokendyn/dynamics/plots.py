@@ -8,15 +8,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 -- must follow matplotlib.use("Agg")
+import numpy as np  # noqa: E402 -- import block below matplotlib.use
+import torch  # noqa: E402 -- import block below matplotlib.use
+from matplotlib.lines import Line2D  # noqa: E402 -- must follow matplotlib.use("Agg")
 
-from ..report.axes import symlog_axis  # noqa: E402
-from .integrate import Simulation, simulate  # noqa: E402
-from .regimes import classify_trajectory  # noqa: E402
-from .vector_field import TokenSystem  # noqa: E402
+from ..report.axes import symlog_axis  # noqa: E402 -- import block below matplotlib.use
+from .integrate import Simulation, simulate  # noqa: E402 -- import block below matplotlib.use
+from .regimes import classify_trajectory  # noqa: E402 -- import block below matplotlib.use
+from .vector_field import TokenSystem  # noqa: E402 -- import block below matplotlib.use
 
 
 def _colors(n: int):

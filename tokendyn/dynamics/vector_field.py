@@ -151,7 +151,9 @@ class TokenSystem:
         return bool((self.A == self.A[:, :1]).all())
 
     def to(self, dtype=None, device=None) -> TokenSystem:
-        conv = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+        def conv(t):
+            return t.to(dtype=dtype, device=device)
+
         return TokenSystem(conv(self.S_B), conv(self.S_C), conv(self.S_Delta), conv(self.b_Delta), conv(self.A))
 
     def as_dict(self) -> dict:

@@ -51,7 +51,7 @@ _COMPOSED: dict[tuple[type, ...], type] = {}
 def _load_builtins() -> None:
     # The built-in families and variants register themselves when their modules are
     # imported; importing here (not at the top) keeps the import graph one-way.
-    from . import io_constraint, mixer, reorder_mixer  # noqa: F401
+    from . import io_constraint, mixer, reorder_mixer  # noqa: F401 -- imported to register the built-ins
 
 
 def register_mixer(name: str):
