@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tokendyn.dynamics import (
@@ -95,16 +95,21 @@ def one_dim_draws(draw):
 
 
 @given(draw=one_dim_draws())
+@example(draw=(-1.0, -1.0, 0.25, [1.0, -1.0, -2.0, 0.0, -0.25]))   # a slowly settling last token
 @settings(max_examples=25, deadline=None)
 def test_one_dim_theorems_by_simulation(draw):
     """predicted == simulated regime; zero tokens stay zero; signs never flip; blow-up times
-    below the [derived] bound; convergent tail slope in [−0.6, −0.4]."""
+    below the [derived] bound; convergent tail slopes: the first token's in [−0.6, −0.4] (its
+    equation is dx/dt = μ·ln2·x³ at large t, exactly 1/√t); a later token's approaches −1/2 from
+    above only slowly when its own start is small (e.g. −0.40, −0.45, −0.48 at t = 1e5, 1e7, 1e9
+    for the last token of x0 = [1, −1, −2, 0, −0.25], μ = s = −1, a = 1/4), so theirs is checked
+    in [−0.6, −0.3] at t = 1e7."""
     mu, s, a, x0 = draw
     pred = predict_regime_1d(mu, s, x0, a)
     if pred.regime == "fast_divergence":
         t_end = 1.5 * min(b for b in pred.blowup_bounds if b is not None)
     elif pred.regime == "convergence":
-        t_end = 1e5
+        t_end = 1e7
     else:
         t_end = 1e3
     sim = simulate(TokenSystem.one_dim(mu, s, a), torch.tensor(x0, dtype=torch.float64), t_end,
@@ -130,7 +135,8 @@ def test_one_dim_theorems_by_simulation(draw):
     elif pred.regime == "convergence":
         for l in range(len(x0)):
             if x0[l] != 0:
-                assert -0.6 <= got.loglog_slope[l] <= -0.4
+                low, high = (-0.6, -0.4) if l == 0 else (-0.6, -0.3)
+                assert low <= got.loglog_slope[l] <= high
     else:
         assert all(v is None for v in got.blowup_times)
         assert all(r > 0 for r, v in zip(got.relative_change, x0) if v != 0)

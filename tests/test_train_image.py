@@ -113,7 +113,7 @@ def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeyp
     prov = {"device": "cpu (test)", "commit": "0" * 40, "command": "pytest", "date": "today"}
     doc = reordering.run_grid(tmp_path / "out", scale="tiny", seeds=(0, 1), device="cpu", data_root=fashion,
                               progress=False, log=lines.append, provenance=prov)
-    assert set(doc) == {"settings", "config", "data", "device", "commit", "command"}
+    assert set(doc) == {"settings", "config", "data", "device", "commit", "command", "date"}
     assert list(doc["settings"]) == ["none", "soft", "hard", "x_only"]
     for v in doc["settings"].values():
         assert set(v) == {"test_acc", "val_curve"} and len(v["test_acc"]) == 2
