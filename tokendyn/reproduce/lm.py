@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..train.scenarios import load_committed, markdown_table, run_grid
 from . import Context, SectionResult, provenance, training_scale
+from .verdicts import experiment_source, separated_check
 
 TITLE = "Language models with a sign-constrained S_Cᵀ S_B"
 
@@ -42,4 +43,12 @@ def run(ctx: Context) -> SectionResult:
                "committed": None if committed is None else {
                    "device": committed.get("device"), "commit": committed.get("commit"),
                    "test_ppl": {s: v["test_ppl"] for s, v in committed.get("settings", {}).items()}}}
-    return SectionResult(markdown="\n".join(parts), summary=summary)
+    source, label = experiment_source(doc, scale, committed, "lm_scenarios")
+    how = "run `bash scripts/lm_scenarios_gpu.sh OUT` (or `tokendyn reproduce --scale full --device cuda`)"
+    checks = [
+        separated_check("Paper (section 5): the negative setting (convergent scenario) gives the worst perplexity.",
+                        source, label, "test_ppl", "none", "negative", how, higher_is_better=False),
+        separated_check("Paper (section 5): the positive setting gives the best perplexity.",
+                        source, label, "test_ppl", "positive", "none", how, higher_is_better=False),
+    ]
+    return SectionResult(markdown="\n".join(parts), summary=summary, checks=checks)

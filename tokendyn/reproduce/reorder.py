@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..train.reordering import load_committed, markdown_table, mean_std, run_grid
 from . import Context, SectionResult, provenance, training_scale
+from .verdicts import experiment_source, separated_check
 
 TITLE = "Token reordering in an image classifier"
 
@@ -40,4 +41,12 @@ def run(ctx: Context) -> SectionResult:
                "committed": None if committed is None else {"device": committed.get("device"),
                                                             "commit": committed.get("commit"),
                                                             "test_acc": accs(committed)}}
-    return SectionResult(markdown="\n".join(parts), summary=summary)
+    source, label = experiment_source(doc, scale, committed, "reorder")
+    how = "run `tokendyn train reorder --scale full --device cuda` (or `tokendyn reproduce --scale full --device cuda`)"
+    checks = [
+        separated_check("Paper (section 6): reordering tokens by importance (hard) improves test accuracy.",
+                        source, label, "test_acc", "hard", "none", how, higher_is_better=True),
+        separated_check("Paper (section 6): reordering tokens by importance (soft, SoftSort) improves test accuracy.",
+                        source, label, "test_acc", "soft", "none", how, higher_is_better=True),
+    ]
+    return SectionResult(markdown="\n".join(parts), summary=summary, checks=checks)

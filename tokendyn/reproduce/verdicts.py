@@ -172,3 +172,36 @@ def analysis_checks(summary: dict) -> list[Check]:
         "total growth (embedding → last layer): negative < 1 < positive",
         f"positive {gp:.3f}, negative {gn:.3f}" + (f", unconstrained {gi:.3f}" if gi is not None else ""), shows, note))
     return checks
+
+
+def seed_comparison(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) − mean(b) and the seed spread √(s_a²/n_a + s_b²/n_b) (Welch), for per-seed values."""
+    import statistics
+
+    var = sum(statistics.variance(v) / len(v) for v in (a, b) if len(v) > 1)
+    return statistics.fmean(a) - statistics.fmean(b), math.sqrt(var)
+
+
+def experiment_source(doc: dict, scale: str, committed: dict | None, name: str):
+    """The full-scale grid a paper-claim check reads: this run's when it ran at full scale,
+    else the committed one (results/NAME.json), else None. Returns (doc, label)."""
+    if scale == "full":
+        return doc, f"this run ({doc.get('device')})"
+    if committed is not None:
+        return committed, (f"committed full-scale run results/{name}.json ({committed.get('device')}, commit "
+                           f"{str(committed.get('commit'))[:7]})")
+    return None, ""
+
+
+def separated_check(claim: str, source, label: str, key: str, better: str, worse: str, how: str,
+                    higher_is_better: bool) -> Check:
+    """A check that ``better`` beats ``worse`` by at least two seed spreads on metric ``key``."""
+    tolerance = f"{better} better than {worse} by ≥ 2 seed spreads (Welch t ≥ 2), full scale, ≥ 3 seeds"
+    if source is None or better not in source["settings"] or worse not in source["settings"]:
+        return Check.not_run(claim, tolerance, how)
+    a, b = source["settings"][better][key], source["settings"][worse][key]
+    diff, spread = seed_comparison(a, b)
+    t = diff / spread if spread > 0 else math.copysign(math.inf, diff)
+    t = t if higher_is_better else -t
+    return Check.judged(claim, tolerance, f"{better} − {worse}: {diff:+.4g} ± {spread:.2g} (t = {t:+.2f}; {label})",
+                        t >= 2 and min(len(a), len(b)) >= 3)
