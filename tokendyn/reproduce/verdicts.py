@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..report import Check
+from ..train.seeds import seed_comparison
 
 # float32 logits of a model against the reference scan, relative to the largest |logit|
 LOGIT_RTOL = 1e-5
@@ -174,14 +175,6 @@ def analysis_checks(summary: dict) -> list[Check]:
     return checks
 
 
-def seed_comparison(a: list[float], b: list[float]) -> tuple[float, float]:
-    """mean(a) − mean(b) and the seed spread √(s_a²/n_a + s_b²/n_b) (Welch), for per-seed values."""
-    import statistics
-
-    var = sum(statistics.variance(v) / len(v) for v in (a, b) if len(v) > 1)
-    return statistics.fmean(a) - statistics.fmean(b), math.sqrt(var)
-
-
 def experiment_source(doc: dict, scale: str, committed: dict | None, name: str):
     """The full-scale grid a paper-claim check reads: this run's when it ran at full scale,
     else the committed one (results/NAME.json), else None. Returns (doc, label)."""
@@ -200,8 +193,10 @@ def separated_check(claim: str, source, label: str, key: str, better: str, worse
     if source is None or better not in source["settings"] or worse not in source["settings"]:
         return Check.not_run(claim, tolerance, how)
     a, b = source["settings"][better][key], source["settings"][worse][key]
-    diff, spread = seed_comparison(a, b)
-    t = diff / spread if spread > 0 else math.copysign(math.inf, diff)
+    diff, spread, t = seed_comparison(a, b)
+    if t is None:
+        return Check.judged(claim, tolerance, f"{better} − {worse}: {diff:+.4g}, no seed spread ({label})", False,
+                            "fewer than two seeds per setting, or identical results: no spread to compare with")
     t = t if higher_is_better else -t
     return Check.judged(claim, tolerance, f"{better} − {worse}: {diff:+.4g} ± {spread:.2g} (t = {t:+.2f}; {label})",
                         t >= 2 and min(len(a), len(b)) >= 3)

@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from . import state as runstate
 from .images import ImageModelSpec, train_image
 from .loop import TrainConfig
+from .seeds import seed_comparison
 
 # setting -> the model's reorder fields
 SETTINGS = {
@@ -217,10 +218,8 @@ def markdown_table(doc: dict) -> str:
         reach_txt = (_pm(*mean_std(hit), 1) if hit else "never") + f"; {len(hit)}/{len(reach)}"
         diff = ""
         if base is not None and s != "none":
-            bm, bs = mean_std(base["test_acc"])
-            spread = math.sqrt((std ** 2 if not math.isnan(std) else 0) / len(v["test_acc"])
-                               + (bs ** 2 if not math.isnan(bs) else 0) / len(base["test_acc"]))
-            diff = f"{mean - bm:+.4f} (± {spread:.4f})"
+            d, spread, _ = seed_comparison(v["test_acc"], base["test_acc"])
+            diff = f"{d:+.4f} (± {'n/a' if spread is None else f'{spread:.4f}'})"
         wall = statistics.fmean(cfg["wall_s"][s]) if cfg.get("wall_s", {}).get(s) else float("nan")
         lines.append(f"| {s} | {len(v['test_acc'])} | {_pm(mean, std, 4)} | "
                      + ", ".join(f"{a:.4f}" for a in v["test_acc"]) + f" | {reach_txt} | {diff} | {wall:.1f} |")

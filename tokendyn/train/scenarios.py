@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..errors import ConfigError
 from . import state as runstate
 from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
+from .seeds import seed_comparison
 
 # Model, data and budget of each scale. full: one H200 for the whole 12-run grid in about
 # 8 minutes (docs/training.md has the measured times); quick: a CPU; smoke: the CPU in
@@ -218,14 +218,8 @@ def _comparisons(settings: dict) -> dict:
     for a, b in pairs:
         if a not in settings or b not in settings:
             continue
-        A, B = settings[a], settings[b]
-        diff = A["test_ppl_mean"] - B["test_ppl_mean"]
-        spread = None     # needs two seeds on each side
-        if A["test_ppl_std"] is not None and B["test_ppl_std"] is not None:
-            spread = math.sqrt(A["test_ppl_std"] ** 2 / len(A["test_ppl"])
-                               + B["test_ppl_std"] ** 2 / len(B["test_ppl"]))
-        out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread,
-                                 "t": diff / spread if spread else None}
+        diff, spread, t = seed_comparison(settings[a]["test_ppl"], settings[b]["test_ppl"])
+        out[f"{a}_minus_{b}"] = {"diff": diff, "spread": spread, "t": t}
     return out
 
 
