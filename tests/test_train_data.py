@@ -83,8 +83,10 @@ def test_bpe_tokenizer_and_cache(tmp_path):
     # plain bytes
     raw = C.tokenize_corpus(corpus, vocab_size=256)
     assert raw.ids["train"].numel() == len(corpus.splits["train"].encode("utf-8"))
-    with pytest.raises(ConfigError, match=">= 256"):
+    with pytest.raises(ConfigError, match="from 256"):
         C.tokenize_corpus(corpus, vocab_size=100)
+    with pytest.raises(ConfigError, match="1,048,576"):      # refused before any training
+        C.tokenize_corpus(corpus, vocab_size=100_000_000)
     # a user tokenizer.json
     path = tc.save_tokenizer(tmp_path / "tok")
     assert path == tmp_path / "tok" / "tokenizer.json"

@@ -35,6 +35,15 @@ VALIDATION_BLOCK = 18  # this one is validation,
 TEST_BLOCK = 19        # this one test, the rest training
 WIKITEXT_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 MIN_VOCAB = 256        # the byte alphabet of byte-level BPE
+MAX_VOCAB = 1 << 20    # 2^20: above every tokenizer in use (GPT-2 50k, the largest current ones 256k)
+
+
+def check_vocab_size(vocab_size) -> int:
+    """The BPE vocabulary size asked for, checked: an integer in [MIN_VOCAB, MAX_VOCAB]."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise ConfigError(f"the vocabulary size must be an integer from {MIN_VOCAB} (the byte alphabet) to "
+                          f"{MAX_VOCAB:,}, got {vocab_size!r}.")
+    return vocab_size
 
 
 def _sha(*parts: str) -> str:
@@ -147,9 +156,7 @@ def train_bpe(text: str, vocab_size: int):
     Byte-level: the 256 byte values are the base alphabet, so any text encodes with no
     unknown token; ``vocab_size = 256`` gives plain bytes (no merges).
     """
-    if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
-        raise ConfigError(f"the vocabulary size must be an integer >= {MIN_VOCAB} (the byte alphabet), "
-                          f"got {vocab_size!r}.")
+    check_vocab_size(vocab_size)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -234,9 +241,7 @@ def tokenize_corpus(corpus: TextCorpus, tokenizer=None, vocab_size: int = 4096,
         tok = textdata.load_tokenizer(tokenizer)
         source = f"user tokenizer {tokenizer}"
     else:
-        if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
-            raise ConfigError(f"the vocabulary size must be an integer >= {MIN_VOCAB} (the byte alphabet), "
-                              f"got {vocab_size!r}.")
+        check_vocab_size(vocab_size)
         key = _sha("bpe", corpus.fingerprint, str(vocab_size), tokenizers.__version__)
         path = cache / f"tokenizer-{key}.json" if cache else None
         tok = None
