@@ -246,3 +246,15 @@ def test_resume_after_sigkill(tmp_path, capsys, cache):  # noqa: F811 -- `cache`
     assert _read(a)["final_loss"] == _read(b)["final_loss"] and _read(a)["test"] == _read(b)["test"]
     weights = "checkpoint/model.safetensors"
     assert (a / weights).read_bytes() == (b / weights).read_bytes()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating():
+    """Weights, gradients and AdamW moments of a d_model 10^6 model would need hundreds of TiB: the
+    check counts parameters on the meta device and refuses in one sentence, allocating nothing."""
+    from tokendyn.errors import ConfigError
+    from tokendyn.model import MambaConfig, MambaLM
+    from tokendyn.train.loop import check_model_fits
+
+    with pytest.raises(ConfigError, match="parameters .* needs about .* more than"):
+        check_model_fits(MambaLM, MambaConfig(d_model=1_000_000, n_layer=4, vocab_size=4096), "cpu")
+    check_model_fits(MambaLM, MambaConfig(d_model=32, n_layer=2, vocab_size=300), "cpu")   # fits

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..data.images import ImageDataset, ImageSplit, ImageTransform
 from ..errors import ConfigError
 from ..model import ClassifierConfig, MambaClassifier
-from .loop import TrainConfig, TrainResult, resolve_device, train
+from .loop import TrainConfig, TrainResult, check_model_fits, resolve_device, train
 from .task import Task, autocast_context, batch_generator, slice_rows
 
 
@@ -174,8 +174,9 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
     checkpoint) come once per epoch, so the validation curve is per epoch.
     """
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
+    check_model_fits(MambaClassifier, config, device)
+    torch.manual_seed(cfg.seed)
     model = MambaClassifier(config)
     n_tokens = (data.image_shape[1] // spec.patch_size) * (data.image_shape[2] // spec.patch_size)
     task = ImageClassificationTask(data, batch_size, seed=cfg.seed, val_fraction=val_fraction,

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..model import MambaConfig, MambaLM
 from ..model.config import IO_CONSTRAINTS
 from . import state as runstate
-from .loop import TrainConfig, TrainResult, train
+from .loop import TrainConfig, TrainResult, check_model_fits, train
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
@@ -71,6 +71,7 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     OUT/monitor.png (the regime monitor's figure) at the end.
     """
     config = spec.config(data.vocab_size, scan_backend=scan_backend)
+    check_model_fits(MambaLM, config, device)
     torch.manual_seed(cfg.seed)
     model = MambaLM(config)
     task = LanguageModelTask(data.ids, data.vocab_size, context=context, batch_size=batch_size, seed=cfg.seed,

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..resources import check_memory
 from ..resources import resolve_device as check_device
 from . import state as runstate
 from .task import Task
@@ -124,6 +125,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+# bytes per parameter while training in float32 with AdamW: weights, gradients, two moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_model_fits(model_class, config, device) -> None:
+    """Refuse a model whose weights, gradients and AdamW moments alone exceed the memory free on
+    ``device`` (a lower bound of what training needs), before any weight is allocated: the
+    model is built on the meta device to count its parameters. Raises ConfigError."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in model_class(config).parameters())
+    check_memory(TRAINING_BYTES_PER_PARAMETER * n, str(resolve_device(device)),
+                 f"a model of {n:,} parameters (d_model {config.d_model}, {config.n_layer} layers)")
 
 
 class MetricsLog:
