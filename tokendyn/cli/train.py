@@ -24,6 +24,17 @@ def _echo(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def report_run(result, run_dir: Path, scores: str) -> None:
+    """The last line of a training command: how to continue a stopped run, or the run's scores
+    (``scores``: the task's validation and test numbers, already formatted)."""
+    if result.stopped_early:
+        _echo(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoint); continue with "
+              f"--resume {run_dir}")
+        return
+    _echo(f"step {result.steps}: train loss {result.final_loss:.4f}, {scores} in {result.wall_s:.1f} s; "
+          f"results in {run_dir}/result.json")
+
+
 @train_app.command("lm")
 def lm(
     out: Path = typer.Option(None, "--out", help="Run directory (metrics.jsonl, checkpoint/, result.json)."),
@@ -92,13 +103,8 @@ def lm(
                          scan_backend=backend, log=_echo)
     if not is_main_process():
         return
-    if result.stopped_early:
-        _echo(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoint); continue with "
-              f"--resume {run_dir}")
-        return
-    _echo(f"step {result.steps}: train loss {result.final_loss:.4f}, validation ppl "
-          f"{result.validation.get('ppl', float('nan')):.3f}, test ppl {result.test.get('ppl', float('nan')):.3f}, "
-          f"{result.tokens_seen:,} tokens in {result.wall_s:.1f} s; results in {run_dir}/result.json")
+    report_run(result, run_dir, f"validation ppl {result.validation.get('ppl', float('nan')):.3f}, test ppl "
+                                f"{result.test.get('ppl', float('nan')):.3f}, {result.tokens_seen:,} tokens")
 
 
 @train_app.command("lm-scenarios")

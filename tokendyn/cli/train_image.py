@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError
-from .train import _echo, command_line, train_app
+from .train import _echo, command_line, report_run, train_app
 
 
 def _split(values: list[str]) -> list[str]:
@@ -87,13 +87,8 @@ in the run directory."""
                             resume=resume is not None, device=device, crop_padding=crop_padding, flip=flip,
                             normalize=normalize, val_fraction=val_fraction, stop_after_steps=stop_after_steps,
                             progress=progress, scan_backend=backend, log=_echo)
-    if result.stopped_early:
-        _echo(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoint); continue with "
-              f"--resume {run_dir}")
-        return
-    _echo(f"step {result.steps}: train loss {result.final_loss:.4f}, validation accuracy "
-          f"{result.validation.get('accuracy', float('nan')):.4f}, test accuracy "
-          f"{result.test.get('accuracy', float('nan')):.4f} in {result.wall_s:.1f} s; results in {run_dir}/result.json")
+    report_run(result, run_dir, f"validation accuracy {result.validation.get('accuracy', float('nan')):.4f}, "
+                                f"test accuracy {result.test.get('accuracy', float('nan')):.4f}")
 
 
 @train_app.command("reorder")

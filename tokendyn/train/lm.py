@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..model import MambaConfig, MambaLM
 from ..model.config import IO_CONSTRAINTS
 from . import state as runstate
+from .figures import save_figure
 from .loop import TrainConfig, TrainResult, check_model_fits, train
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
@@ -89,14 +90,9 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     if out is not None and is_main_process():
         data.save_tokenizer(Path(out))
         if monitor is not None and not result.stopped_early:
-            import matplotlib.pyplot as plt
-
             fig = plot_monitor(runstate.read_metrics(Path(out)),
                                title=f"regime monitor ({spec.io_constraint}, seed {cfg.seed})")
-            tmp = Path(out) / ".monitor.tmp.png"
-            fig.savefig(tmp, dpi=100)
-            plt.close(fig)
-            tmp.replace(Path(out) / "monitor.png")
+            save_figure(fig, Path(out) / "monitor.png", dpi=100)
     return result, model
 
 

@@ -31,6 +31,7 @@ import torch
 from ..data.images import ImageDataset, load_images
 from ..errors import ConfigError
 from . import state as runstate
+from .figures import plot_seed_curves, save_figure
 from .images import ImageModelSpec, train_image
 from .loop import TrainConfig
 from .seeds import seed_comparison
@@ -228,37 +229,11 @@ def markdown_table(doc: dict) -> str:
 
 def plot_curves(doc: dict):
     """Validation accuracy per epoch: thin lines per seed, a thick line for the mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"none": "k", "soft": "tab:blue", "hard": "tab:red", "x_only": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s, v in doc["settings"].items():
-        for curve in v["val_curve"]:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colours[s], alpha=0.3, lw=0.8)
-        n = min(len(c) for c in v["val_curve"])
-        mean = [statistics.fmean(c[i][1] for c in v["val_curve"]) for i in range(n)]
-        ax.plot([p[0] for p in v["val_curve"][0][:n]], mean, color=colours[s], lw=2,
-                label=f"{s} (mean of {len(v['val_curve'])})")
-    ax.axhline(doc["config"]["target_acc"], color="grey", ls=":", lw=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"token reordering, {doc['config']['scale']} scale")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a figure atomically (temporary file, then rename)."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return plot_seed_curves({s: v["val_curve"] for s, v in doc["settings"].items()}, colours,
+                            xlabel="epoch", ylabel="validation accuracy",
+                            title=f"token reordering, {doc['config']['scale']} scale",
+                            target=doc["config"]["target_acc"])
 
 
 def load_committed(path: Path) -> dict | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import state as runstate
+from .figures import plot_seed_curves, save_figure
 from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
 from .seeds import seed_comparison
@@ -181,7 +182,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
     doc["device"] = (provenance or {}).get("device", device)
     runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
     runstate.atomic_write_text(out / "lm_scenarios.md", markdown_table(doc))
-    _save(plot_curves(doc), out / "lm_scenarios_val.png")
+    save_figure(plot_curves(doc), out / "lm_scenarios_val.png")
     if analyse:
         _analysis_figures(out, runs, log, probe)
     return doc
@@ -246,34 +247,11 @@ def markdown_table(doc: dict) -> str:
 
 
 def plot_curves(doc: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Validation perplexity per step: thin lines per seed, a thick line for the mean."""
     colours = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s, v in doc["settings"].items():
-        for curve in v["val_curves"]:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colours[s], alpha=0.25, lw=0.8)
-        ax.plot([p[0] for p in v["val_curve"]], [p[1] for p in v["val_curve"]], color=colours[s], lw=2,
-                label=f"{s} (mean of {len(v['seeds'])})")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("validation perplexity by S_Cᵀ S_B setting")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return plot_seed_curves({s: v["val_curves"] for s, v in doc["settings"].items()}, colours,
+                            xlabel="optimiser step", ylabel="validation perplexity",
+                            title="validation perplexity by S_Cᵀ S_B setting", log_y=True)
 
 
 def _side_by_side(figs: dict, title: str):
@@ -321,9 +299,10 @@ def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
         spectra[label] = report.plot_spectra(a.spectra)
         norms[label] = report.plot_token_norms(a.dynamics)
     where = "test-split text" if probe is not None else "the first tokens of the built-in corpus"
-    _save(_side_by_side(spectra, "spectrum of S_Cᵀ S_B per layer after training"), out / "lm_scenarios_spectra.png")
-    _save(_side_by_side(norms, f"token norms through the layers after training ({where})"),
-          out / "lm_scenarios_token_norms.png")
+    save_figure(_side_by_side(spectra, "spectrum of S_Cᵀ S_B per layer after training"),
+                out / "lm_scenarios_spectra.png")
+    save_figure(_side_by_side(norms, f"token norms through the layers after training ({where})"),
+                out / "lm_scenarios_token_norms.png")
     log(f"analysis figures of {', '.join(chosen)} written")
 
 

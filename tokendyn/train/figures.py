@@ -1,0 +1,47 @@
+"""Figures of the experiments: validation curves over seeds, and writing a figure atomically."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+
+def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, xlabel: str, ylabel: str,
+                     title: str, log_y: bool = False, target: float | None = None):
+    """One line per seed (thin) and their mean (thick) for every setting.
+
+    curves: setting -> per-seed curves, each a list of (x, y) points; the mean is taken over the
+    points every seed has. ``target``: a dotted horizontal line (e.g. a stated accuracy).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, seeds in curves.items():
+        for curve in seeds:
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colours[s], alpha=0.3, lw=0.8)
+        n = min(len(c) for c in seeds)
+        mean = [statistics.fmean(c[i][1] for c in seeds) for i in range(n)]
+        ax.plot([p[0] for p in seeds[0][:n]], mean, color=colours[s], lw=2, label=f"{s} (mean of {len(seeds)})")
+    if target is not None:
+        ax.axhline(target, color="grey", ls=":", lw=1)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Save a figure atomically (a temporary file beside ``path``, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
