@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..ops import compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
+from ..ops.mixer_core import selective_core
 from .config import _check_mixer_fields, resolve_dt_rank
 from .outputs import MixerInternals
 from .variants import register_mixer
@@ -223,6 +224,14 @@ class MambaMixer(nn.Module):
 
     # ---- full sequence ----------------------------------------------------------------
 
+    def _plain_core(self) -> bool:
+        """Whether the tokens reach the scan as in a plain Mamba-1 mixer (no reordering, the
+        selective inputs from the effective x_proj weight): then the fused core may run."""
+        cls = type(self)
+        return (cls.arrange_tokens is MambaMixer.arrange_tokens
+                and cls.restore_order is MambaMixer.restore_order
+                and cls.selective_inputs is MambaMixer.selective_inputs)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""
         return self.run(hidden_states).out
@@ -243,17 +252,25 @@ class MambaMixer(nn.Module):
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
         fused = x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
-        x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
-        x, z, order = self.arrange_tokens(x, z, {"hidden_states": hidden_states, "layer_idx": self.layer_idx})
-        dt, B, C = self.selective_inputs(x)
         acc = compute_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
         delta_bias = self.dt_proj.bias.to(acc)
-        res = selective_scan(x, dt, A, B, C, self.D.to(acc), z=z, delta_bias=delta_bias,
-                             delta_softplus=True, return_last_state=return_state,
-                             backend=self.scan_backend)
-        y, ssm_state = res if return_state else (res, None)
-        y = self.restore_order(y, order)
+        if fused and not (return_internals or return_state) and self._plain_core():
+            # one node from the conv input to y that recomputes the conv output and Δ in its
+            # backward instead of keeping them (ops/mixer_core.py): less memory in training
+            y = selective_core(x, z, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                               self.effective_x_proj_weight(), self.dt_proj.weight, A, self.D.to(acc),
+                               delta_bias, self.dt_rank, self.d_state)
+            ssm_state = None
+        else:
+            x = causal_conv1d_silu(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
+            x, z, order = self.arrange_tokens(x, z, {"hidden_states": hidden_states, "layer_idx": self.layer_idx})
+            dt, B, C = self.selective_inputs(x)
+            res = selective_scan(x, dt, A, B, C, self.D.to(acc), z=z, delta_bias=delta_bias,
+                                 delta_softplus=True, return_last_state=return_state,
+                                 backend=self.scan_backend)
+            y, ssm_state = res if return_state else (res, None)
+            y = self.restore_order(y, order)
         # (b, d_model, L) then one transposing copy of the narrower d_model side: y and its
         # gradient (what the scan's backward reads) keep unit stride along L. No cast: y has
         # in_proj's output dtype already (bfloat16 under autocast).

@@ -92,15 +92,15 @@ def _state_loads(n, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kpre
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, ypre_ptr, state_ptr,
+    out_ptr, state_ptr,
     L, DIM, NSTATE, n_chunks,
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE_Y: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
     BD: tl.constexpr, T: tl.constexpr,
 ):
-    """out (batch, dim, length); ypre = y before the gate (only with SAVE_Y);
-    state (batch, dim, n_chunks, state): h at the end of every chunk (float32)."""
+    """out (batch, dim, length); state (batch, dim, n_chunks, state): h at the end of every
+    chunk (float32)."""
     pid_b, offs_d, dmask, d64, row_u, row_dl, row_z, row_o = _program_rows(
         L, DIM, su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, BD)
     Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, dmask, HAS_D, HAS_BIAS, BD)
@@ -149,8 +149,6 @@ def _scan_fwd_kernel(
             a2n, bn, cn, h0 = a2x, bx, cx, h0x
         if HAS_D:
             y += Dv[:, None] * uu
-        if SAVE_Y:
-            tl.store(ypre_ptr + row_o[:, None] + t[None, :], y, mask=m2)
         if HAS_Z:
             zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
@@ -160,7 +158,7 @@ def _scan_fwd_kernel(
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    dout_ptr, ypre_ptr, state_ptr, dlast_ptr, scarry_ptr,
+    dout_ptr, state_ptr, dlast_ptr, scarry_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     L, DIM, NSTATE, n_chunks,
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d,
@@ -208,9 +206,7 @@ def _scan_bwd_kernel(
         g = tl.load(dout_ptr + row_g[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-            yp = tl.load(ypre_ptr + row_o[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
-            tl.store(dz_ptr + row_o[:, None] + t[None, :], g * yp * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
             dy = g * zz * sz
         else:
             dy = g
@@ -219,6 +215,9 @@ def _scan_bwd_kernel(
         dbu = dd * uu
         qA = tl.zeros([BD, T], dtype=tl.float32)
         sB = tl.zeros([BD, T], dtype=tl.float32)
+        # y before the gate, rebuilt from the recomputed states (the gate's gradient needs
+        # it): one multiply-add per state instead of saving (batch, dim, length) in the forward
+        y = tl.zeros([BD, T], dtype=tl.float32)
         sc_read = scarry_ptr + (kk % 2) * half + row_n
         sc_write = scarry_ptr + ((kk + 1) % 2) * half + row_n
         tl.debug_barrier()
@@ -259,6 +258,7 @@ def _scan_bwd_kernel(
             c = tl.where(last, c + al * s1[:, None], c)
             _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
             q = s * (h - b)
+            y += h * cn[None, :]
             qA += an[:, None] * q
             sB += s * bn[None, :]
             # relaxed: plain reductions into memory, no ordering with other accesses needed
@@ -271,6 +271,10 @@ def _scan_bwd_kernel(
             an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
             if HAS_DLAST:
                 dl = dlx
+        if HAS_Z:
+            if HAS_D:
+                y += Dv[:, None] * uu
+            tl.store(dz_ptr + row_o[:, None] + t[None, :], g * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
         ddl = qA + sB * uu
         duv = sB * dd
         if HAS_D:

@@ -38,41 +38,52 @@ def _launch(length: int, dim: int, batch: int):
     return (-(-length // bt), -(-dim // bd), batch), bd, bt, LAUNCH["num_warps"]
 
 
+def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The fused forward launch, outside autograd: x (batch, dim, length) with unit stride
+    along length, weight (dim, K) contiguous, bias (dim,) or None -> (batch, dim, length)."""
+    from . import _triton_conv as K
+
+    batch, dim, length = x.shape
+    out = _empty((batch, dim, length), x.dtype, x.device)
+    grid, bd, bt, warps = _launch(length, dim, batch)
+    K._conv_silu_fwd_kernel[grid](x, weight, bias, out, length, dim, x.stride(0), x.stride(1), weight.stride(0),
+                                  HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
+    return out
+
+
+def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: torch.Tensor):
+    """The fused backward launch, outside autograd: gradients (dx, dweight, dbias) for the
+    upstream g (batch, dim, length); dx in x's dtype, dweight and dbias in the weights' dtypes."""
+    from . import _triton_conv as K
+
+    batch, dim, length = x.shape
+    g = g.contiguous()
+    grid, bd, bt, warps = _launch(length, dim, batch)
+    n_t = grid[0]
+    dx = _empty((batch, dim, length), x.dtype, x.device)
+    dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
+    dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
+    K._conv_silu_bwd_kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim,
+                                  x.stride(0), x.stride(1), weight.stride(0),
+                                  HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
+    dw = dw.sum((0, 1)).to(weight.dtype)
+    dbias = dbias.sum((0, 1)).to(bias.dtype) if bias is not None else None
+    return dx, dw, dbias
+
+
 class _CausalConvSiLUTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        from . import _triton_conv as K
-
         if x.stride(-1) != 1:
             x = x.contiguous()
-        batch, dim, length = x.shape
         weight = weight.contiguous()
-        out = _empty((batch, dim, length), x.dtype, x.device)
-        grid, bd, bt, warps = _launch(length, dim, batch)
-        K._conv_silu_fwd_kernel[grid](x, weight, bias, out, length, dim, x.stride(0), x.stride(1), weight.stride(0),
-                                      HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
         ctx.save_for_backward(x, weight, bias)
-        return out
+        return conv_silu_forward(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
-        from . import _triton_conv as K
-
-        x, weight, bias = ctx.saved_tensors
-        batch, dim, length = x.shape
-        g = g.contiguous()
-        grid, bd, bt, warps = _launch(length, dim, batch)
-        n_t = grid[0]
-        dx = _empty((batch, dim, length), x.dtype, x.device)
-        dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
-        dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
-        K._conv_silu_bwd_kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim,
-                                      x.stride(0), x.stride(1), weight.stride(0),
-                                      HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
-        dw = dw.sum((0, 1)).to(weight.dtype)
-        dbias = dbias.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw, dbias
+        return conv_silu_backward(*ctx.saved_tensors, g)
 
 
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

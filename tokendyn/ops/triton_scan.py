@@ -5,9 +5,12 @@ Same contract as :func:`tokendyn.ops.selective_scan`:
     D, delta_bias: (dim,). float32, bfloat16 or float16 inputs, float32 arithmetic inside.
 
 Memory: the forward keeps only h at the end of every chunk, (batch, dim, length/T, state)
-float32, plus y before the gate when z is given (the gate's gradient needs it); the backward
-recomputes the states of a chunk from its start state instead of storing
-(batch, dim, length, state). Kernels: :mod:`tokendyn.ops._triton_kernels`.
+float32; the backward recomputes the states of a chunk from its start state instead of storing
+(batch, dim, length, state), and rebuilds y before the gate from them (the gate's gradient
+needs it) instead of saving it. Kernels: :mod:`tokendyn.ops._triton_kernels`.
+
+:func:`scan_forward` and :func:`scan_backward` are the two launches without autograd, for
+callers that fuse the scan with the layers around it (:mod:`tokendyn.ops.mixer_core`).
 
 float64 inputs are delegated to the float64-exact ``chunked`` (or ``reference``) backend,
 since the kernels compute in float32.
@@ -98,31 +101,60 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else (t.stride(0), t.stride(1))
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_y, cfg: ScanConfig):
-    """Launch the forward. Returns out (batch, dim, length) in u's dtype, ypre or None,
-    states (batch, dim, n_chunks, state) float32 and the chunk length."""
+@dataclass(frozen=True)
+class ScanSaved:
+    """What the backward needs from the forward besides the inputs: h at the end of every
+    chunk, (batch, dim, n_chunks, state) float32, the chunk length and the launch shape."""
+
+    states: torch.Tensor
+    chunk: int
+    cfg: ScanConfig
+
+
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                 cfg: ScanConfig | None = None) -> tuple[torch.Tensor, ScanSaved]:
+    """The forward launch, outside autograd. Inputs as :func:`selective_scan_triton` (u, delta,
+    B, C, z with unit stride along length). Returns out (batch, dim, length) in u's dtype and
+    the :class:`ScanSaved` that :func:`scan_backward` takes."""
+    cfg = cfg or _CONFIG
+    out, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg)
+    return out, ScanSaved(states, T, cfg)
+
+
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, saved: ScanSaved,
+                  dlast=None):
+    """The backward launch, outside autograd: gradients (du, ddelta, dz, dA, dB, dC, dD, dbias)
+    for upstream dout (batch, dim, length) (unit stride along length) and, optionally, dlast
+    (batch, dim, state) float32 for h_L. du, ddelta, dz come in their inputs' dtypes; dA, dB,
+    dC, dD, dbias in float32 (None where the input is None)."""
+    return _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, saved.states,
+                     saved.chunk, dlast, saved.cfg)
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfig):
+    """Launch the forward. Returns out (batch, dim, length) in u's dtype, states
+    (batch, dim, n_chunks, state) float32 and the chunk length."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     T = _chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
     out = _empty((batch, dim, length), u.dtype, u.device)
-    ypre = _empty((batch, dim, length), u.dtype, u.device) if save_y else None
     states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
     bd = _block_d(cfg.block_d, batch, dim, u.device)
     grid = (triton.cdiv(dim, bd), batch)
     K._scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, out, ypre, states,
+        u, delta, A, B, C, D, z, delta_bias, out, states,
         length, dim, nstate, n_chunks,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
         A.stride(0), A.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y,
+        SOFTPLUS=bool(delta_softplus),
         BD=bd, T=T, num_warps=_warps(cfg.fwd_warps, bd, cfg.block_d),
     )
-    return out, ypre, states, T
+    return out, states, T
 
 
-def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, states, T,
+def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states, T,
               dlast, cfg: ScanConfig):
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -142,7 +174,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, ypre, s
     bd = _block_d(cfg.bwd_block_d, batch, dim, u.device)
     grid = (triton.cdiv(dim, bd), batch)
     K._scan_bwd_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, dout, ypre, states, dlast, scarry,
+        u, delta, A, B, C, D, z, delta_bias, dout, states, dlast, scarry,
         du, ddelta, dz, dA, dB, dC, dD, dbias,
         length, dim, nstate, n_chunks,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
@@ -160,26 +192,24 @@ class _SelectiveScanTriton(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, want_last):
         cfg = _CONFIG
         u, delta, B, C, z = (_lastdim_contiguous(t) for t in (u, delta, B, C, z))
-        needs_grad = any(ctx.needs_input_grad[:8])
-        out, ypre, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                        save_y=z is not None and needs_grad, cfg=cfg)
+        out, saved = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg)
         # h_L only when asked for: a copy kernel and an allocation fewer per layer otherwise
-        last = states[:, :, -1, :].clone() if want_last else None
-        ctx.cfg, ctx.T, ctx.delta_softplus = cfg, T, delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ypre, states)
+        last = saved.states[:, :, -1, :].clone() if want_last else None
+        ctx.cfg, ctx.T, ctx.delta_softplus = cfg, saved.chunk, delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, saved.states)
         # an unused output's gradient arrives as None instead of a tensor of zeros
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, ypre, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         dout = torch.zeros_like(u) if dout is None else _lastdim_contiguous(dout)
         if dlast is not None:
             dlast = dlast.float().contiguous()
-        du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout, ypre, states, ctx.T,
-            dlast, ctx.cfg)
+        du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout,
+            ScanSaved(states, ctx.T, ctx.cfg), dlast)
 
         def cast(g, like):
             return None if g is None or like is None else g.to(like.dtype)

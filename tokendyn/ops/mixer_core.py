@@ -1,0 +1,108 @@
+"""The mixer's core from the conv input to the gated scan output, as one autograd node that
+recomputes its cheap intermediates in the backward (THEORY.md section 1):
+
+    u = silu(causal conv1d(x));   [δ; B; C] = W_x u;   Δ_pre = W_Δ δ
+    y = selective_scan(u, Δ_pre, A, B, C, D, z, delta_bias, softplus)
+
+Composed from separate autograd nodes, a training step keeps u and Δ_pre (each
+(batch, D, L), the size of x) alive until the backward, because the projections and the
+scan save their inputs. Here the node saves only x and z (views of in_proj's output, which
+is alive anyway), the small x_proj output (batch, R + 2N, L) and the scan's chunk states,
+and the backward recomputes u (one conv launch) and Δ_pre (a product with R = d_model/16
+inner dimension) before running the scan's backward: two activations of (batch, D, L) per
+layer fewer at the cost of re-running the two cheapest launches of the forward.
+
+CUDA (Triton kernels) only; :class:`~tokendyn.model.mixer.MambaMixer` uses it where its conv
+and scan run in Triton and falls back to the composed nodes elsewhere. Tested against that
+composition (values and every gradient) in tests/test_mixer_core.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .causal_conv import conv_silu_backward, conv_silu_forward
+
+
+def _bmm_left(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) applied along the channels of x (batch, in, L) -> (batch, out, L),
+    with unit stride along L (see ``channel_linear`` in the mixer)."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ_batch g xᵀ: g (batch, out, L), x (batch, in, L) -> (out, in)."""
+    return torch.bmm(g, x.transpose(1, 2)).sum(0)
+
+
+class _SelectiveCore(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias,
+                dt_rank, d_state):
+        from .triton_scan import scan_forward  # imports Triton: only where it runs
+
+        dtype = x.dtype
+        # the projections run in the activations' dtype (autocast's choice upstream): weights
+        # are cast here, once, as channel_linear does under autocast
+        w_x = x_proj_weight.to(dtype)
+        w_dt = dt_proj_weight.to(dtype)
+        conv_weight = conv_weight.contiguous()
+        with torch.autocast(x.device.type, enabled=False):
+            u = conv_silu_forward(x, conv_weight, conv_bias)
+            x_dbl = _bmm_left(w_x, u)                                   # (b, R + 2N, L)
+            dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
+            delta = _bmm_left(w_dt, dt)                                 # (b, D, L)
+            y, saved = scan_forward(u, delta, A, B, C, D, z, delta_bias, True)
+        ctx.dims = (dt_rank, d_state)
+        ctx.scan = (saved.chunk, saved.cfg)
+        ctx.save_for_backward(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias,
+                              x_dbl, saved.states)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .triton_scan import ScanSaved, scan_backward
+
+        (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias, x_dbl,
+         states) = ctx.saved_tensors
+        dt_rank, d_state = ctx.dims
+        dtype = x.dtype
+        w_x = x_proj_weight.to(dtype)
+        w_dt = dt_proj_weight.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            # recomputed instead of saved: the conv output and Δ before bias and softplus
+            u = conv_silu_forward(x, conv_weight, conv_bias)
+            dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
+            delta = _bmm_left(w_dt, dt)
+            du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(
+                u, delta, A, B, C, D, z, delta_bias, True, dy.contiguous(), ScanSaved(states, *ctx.scan))
+            del delta
+            ddt = _bmm_left(w_dt.t(), ddelta)                           # (b, R, L)
+            dw_dt = _weight_grad(ddelta, dt)
+            del ddelta
+            dx_dbl = torch.cat([ddt, dB.to(dtype), dC.to(dtype)], dim=1)  # (b, R + 2N, L)
+            du = du + _bmm_left(w_x.t(), dx_dbl)
+            dw_x = _weight_grad(dx_dbl, u)
+            del u
+            dx, dconv_w, dconv_b = conv_silu_backward(x, conv_weight, conv_bias, du)
+
+        def cast(g, like):
+            return None if g is None or like is None else g.to(like.dtype)
+
+        return (dx, dz, dconv_w, dconv_b, cast(dw_x, x_proj_weight), cast(dw_dt, dt_proj_weight),
+                cast(dA, A), cast(dD, D), cast(dbias, delta_bias), None, None)
+
+
+def selective_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias,
+                   dt_rank: int, d_state: int) -> torch.Tensor:
+    """y = selective_scan(silu(conv(x)), W_Δ δ, A, B, C, D, z, delta_bias, softplus) with
+    [δ; B; C] = W_x silu(conv(x)), recomputing the conv output and Δ in the backward.
+
+    x, z: (batch, D, L), unit stride along L (channel slices of in_proj's output are fine);
+    conv_weight: (D, K); conv_bias: (D,) or None; x_proj_weight: (R + 2N, D);
+    dt_proj_weight: (D, R); A: (D, N) float32; D, delta_bias: (D,) float32.
+    Returns y (batch, D, L) in x's dtype. Differentiable in every tensor argument.
+    """
+    return _SelectiveCore.apply(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D,
+                                delta_bias, dt_rank, d_state)
