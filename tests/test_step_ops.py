@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from tokendyn.ops.step import causal_conv1d_update, selective_state_update
+from tokendyn.ops.step import add_rms_norm, causal_conv1d_update, selective_state_update
 
 DEV = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
 # ‖x − ref‖/‖ref‖ limits of the outputs (rounded to the dtype); the float32 states stay far tighter
@@ -93,14 +93,18 @@ def check_conv(dtype, shape, fused, device, bias=True):
     assert rel(out, want) <= TOL[dtype]
 
 
-def check_state(dtype, shape, fused, device, with_z=True, with_D=True):
+def check_state(dtype, shape, fused, device, with_z=True, with_D=True, a_log=False):
     b, d, _, n = shape
     h, x, dt, dt_bias, A, B, C, D, z = state_inputs(b, d, n, dtype, device, with_z, with_D)
     if dtype == torch.float64:
         h = h.double()
-    want_h, want_y = state_oracle(h, x, dt, dt_bias, A, B, C, D, z)
+    if a_log:   # A handed over as A_log (what the mixer passes); the oracle takes −exp(A_log)
+        A = torch.log(-A)
+        want_h, want_y = state_oracle(h, x, dt, dt_bias, -torch.exp(A.double()), B, C, D, z)
+    else:
+        want_h, want_y = state_oracle(h, x, dt, dt_bias, A, B, C, D, z)
     ptr = h.data_ptr()
-    y = selective_state_update(h, x, dt, dt_bias, A, B, C, D, z, fused=fused)
+    y = selective_state_update(h, x, dt, dt_bias, A, B, C, D, z, fused=fused, a_log=a_log)
     assert h.data_ptr() == ptr and y.dtype == dtype and y.shape == (b, d)
     assert rel(h, want_h) <= (1e-12 if dtype == torch.float64 else 1e-6)
     assert rel(y, want_y) <= TOL[dtype]
@@ -114,7 +118,7 @@ def test_plain_paths_against_float64(dtype, shape):
     check_conv(dtype, shape, False, "cpu")
     check_conv(dtype, shape, False, "cpu", bias=False)
     check_state(dtype, shape, False, "cpu")
-    check_state(dtype, shape, False, "cpu", with_z=False, with_D=False)
+    check_state(dtype, shape, False, "cpu", with_z=False, with_D=False, a_log=True)
 
 
 def test_fused_flag_keeps_float64_exact():
@@ -140,7 +144,7 @@ def test_fused_conv_update_against_float64(dtype, shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fused_state_update_against_float64(dtype, shape):
     check_state(dtype, shape, True, DEV)
-    check_state(dtype, shape, True, DEV, with_z=False, with_D=False)
+    check_state(dtype, shape, True, DEV, with_z=False, with_D=False, a_log=True)
 
 
 @pytest.mark.gpu
@@ -150,3 +154,55 @@ def test_fused_kernels_on_model_sizes():
         for dtype in (torch.float32, torch.bfloat16):
             check_conv(dtype, (b, 1536, 4, 16), True, "cuda")
             check_state(dtype, (b, 1536, 4, 16), True, "cuda")
+
+
+# ---- Add -> RMSNorm ---------------------------------------------------------------------------
+
+def norm_inputs(b, d, dtype, device, first):
+    g = gen(device)
+    hidden = torch.randn(b, 2 * d, generator=g, device=device).to(dtype)[:, :d]      # a strided view
+    residual = None if first else torch.randn(b, d, generator=g, device=device) * 3
+    if dtype == torch.float64 and residual is not None:
+        residual = residual.double()
+    weight = (1 + 0.3 * torch.randn(d, generator=g, device=device)).to(dtype)
+    return hidden, residual, weight
+
+
+def norm_oracle(hidden, residual, weight, eps):
+    r = hidden.double() if residual is None else hidden.double() + residual.double()
+    u = r.to(weight.dtype).double()       # the norm sees the sum in its weight's dtype
+    return u / torch.sqrt((u * u).mean(-1, keepdim=True) + eps) * weight.double(), r
+
+
+def check_norm(dtype, b, d, fused, device, first):
+    hidden, residual, weight = norm_inputs(b, d, dtype, device, first)
+    want, want_r = norm_oracle(hidden, residual, weight, 1e-5)
+    normed, r = add_rms_norm(hidden, residual, weight, 1e-5, fused=fused)
+    assert normed.dtype == dtype and r.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rel(r, want_r) <= (1e-15 if dtype == torch.float64 else 1e-7)
+    assert rel(normed, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("first", [True, False])
+def test_add_rms_norm_plain_path_and_the_block(dtype, first):
+    check_norm(dtype, 3, 24, False, "cpu", first)
+    # the plain path is exactly the forward's Add -> Norm of a block
+    from tokendyn.model.blocks import Block, RMSNorm
+
+    block = Block(torch.nn.Identity(), RMSNorm(24).to(dtype), residual_in_fp32=True)
+    with torch.no_grad():
+        block.norm.weight.normal_()
+    hidden, residual, weight = norm_inputs(2, 24, dtype, "cpu", first)
+    got = add_rms_norm(hidden, residual, block.norm.weight, block.norm.eps)
+    want = block._add_norm(hidden, residual)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.interpretable
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("b,d", [(1, 5), (3, 24)])
+def test_fused_add_rms_norm_against_float64(dtype, b, d):
+    check_norm(dtype, b, d, True, DEV, first=True)
+    check_norm(dtype, b, d, True, DEV, first=False)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype
+from ..ops.step import add_rms_norm
 from .mixer import MambaMixer
 from .outputs import MambaOutput
 from .variants import build_mixer
@@ -96,7 +97,12 @@ class Block(nn.Module):
         place: hidden_states, residual (batch, d_model). Returns (out, residual)."""
         if self.reverse:
             raise ConfigError("a layer that scans in reverse has no one-token step; run the full sequence.")
-        normed, residual = self._add_norm(hidden_states, residual)
+        if self.residual_in_fp32 and isinstance(self.norm, RMSNorm):
+            # the same Add -> Norm in one kernel where the mixer's step is fused
+            normed, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
+                                            fused=self.mixer._fused(hidden_states))
+        else:
+            normed, residual = self._add_norm(hidden_states, residual)
         return self.mixer.step_(normed, conv_state, ssm_state), residual
 
 

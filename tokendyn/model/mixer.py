@@ -301,12 +301,13 @@ class MambaMixer(nn.Module):
         (batch, d_model). The conv and the state update run in the fused Triton kernels
         wherever the scan backend resolves to triton on CUDA, else in plain PyTorch; Δ, B, C
         come from :meth:`selective_inputs` like in the full forward. Nothing is cached between
-        calls (A = −exp(A_log) is computed here), so weights may change between steps.
+        calls (A = −exp(A_log) is computed at every step), so weights may change between steps.
         """
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)         # (b, D) each, strided views
         fused = self._fused(x)
         x = causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = (t[..., 0] for t in self.selective_inputs(x[:, :, None]))  # (b, D), (b, N), (b, N)
-        A = -torch.exp(self.A_log.to(ssm_state.dtype))              # (D, N)
-        y = selective_state_update(ssm_state, x, dt, self.dt_proj.bias, A, B, C, self.D, z, fused=fused)
+        # A = −exp(A_log) (D, N), computed inside the update
+        y = selective_state_update(ssm_state, x, dt, self.dt_proj.bias, self.A_log, B, C, self.D, z, fused=fused,
+                                   a_log=True)
         return self.out_proj(y)

@@ -6,6 +6,7 @@ graph) keeps the same state tensors from step to step.
     causal_conv1d_update:    s <- (s[..., 1:], x);  out = silu(Σ_k w_k s_k + bias)
     selective_state_update:  Δ = softplus(dt + dt_bias);  h <- exp(Δ A) ⊙ h + Δ B x;
                              y = (C · h + D x) · silu(z)
+    add_rms_norm:            r = hidden + residual;  out = RMSNorm(r)   (a block's Add -> Norm)
 
 The fused path computes in float32 (outputs in x's dtype); the plain path in
 :func:`~tokendyn.ops.compute_dtype` of x (float64 stays float64). float64 inputs always take
@@ -68,9 +69,10 @@ def causal_conv1d_update(conv_state: torch.Tensor, x: torch.Tensor, weight: torc
 def selective_state_update_reference(ssm_state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                                      dt_bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
                                      C: torch.Tensor, D: torch.Tensor | None = None,
-                                     z: torch.Tensor | None = None) -> torch.Tensor:
+                                     z: torch.Tensor | None = None, a_log: bool = False) -> torch.Tensor:
     """The plain path of :func:`selective_state_update`, in ``ssm_state``'s dtype."""
     acc = ssm_state.dtype
+    A = -torch.exp(A.to(acc)) if a_log else A
     dt = dt.to(acc)
     if dt_bias is not None:
         dt = dt + dt_bias.to(acc)
@@ -89,7 +91,7 @@ def selective_state_update_reference(ssm_state: torch.Tensor, x: torch.Tensor, d
 def selective_state_update(ssm_state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                            dt_bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                           fused: bool = False) -> torch.Tensor:
+                           fused: bool = False, a_log: bool = False) -> torch.Tensor:
     """One step of the selective scan; ``ssm_state`` is updated in place.
 
     Arguments:
@@ -98,10 +100,12 @@ def selective_state_update(ssm_state: torch.Tensor, x: torch.Tensor, dt: torch.T
         dt_bias: (D,) or None; A: (D, N); B, C: (batch, N); D: (D,) or None;
         z: (batch, D) or None, the gate. Vectors may have any strides.
         fused: use the Triton kernel (CUDA, or Triton's interpreter; float32 state only).
+        a_log: ``A`` holds A_log and the op uses A = −exp(A_log) (a model's parameter as it is,
+            computed inside the kernel rather than by three more small kernels per step).
     Returns y: (batch, D) in x's dtype.
     """
     if not fused or ssm_state.dtype != torch.float32 or x.dtype == torch.float64:
-        return selective_state_update_reference(ssm_state, x, dt, dt_bias, A, B, C, D, z)
+        return selective_state_update_reference(ssm_state, x, dt, dt_bias, A, B, C, D, z, a_log=a_log)
     from . import _triton_step as K
 
     batch, dim, nstate = ssm_state.shape
@@ -113,5 +117,42 @@ def selective_state_update(ssm_state: torch.Tensor, x: torch.Tensor, dt: torch.T
                                  *ssm_state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(),
                                  *C.stride(), *zs, y.stride(0),
                                  HAS_DTB=dt_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
-                                 NP=max(2, _pow2(nstate)), BD=bd, num_warps=4)
+                                 A_LOG=a_log, NP=max(2, _pow2(nstate)), BD=bd, num_warps=4)
     return y
+
+
+def add_rms_norm_reference(hidden: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain path of :func:`add_rms_norm` (what Block's Add -> RMSNorm computes)."""
+    residual = hidden if residual is None else hidden + residual
+    acc = compute_dtype(weight.dtype)
+    x = residual.to(weight.dtype).to(acc)
+    normed = F.rms_norm(x, (x.shape[-1],), weight.to(acc), eps).to(weight.dtype)
+    return normed, residual.to(compute_dtype(residual.dtype))
+
+
+def add_rms_norm(hidden: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                 fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's Add -> RMSNorm for one token, with the residual stream kept in float32.
+
+    Arguments:
+        hidden: (batch, d), the previous mixer's output; residual: (batch, d) or None (first
+            layer), the residual stream.
+        weight: (d,), the norm's weight; eps: its epsilon.
+        fused: use the Triton kernel (CUDA, or Triton's interpreter; not for float64).
+    Returns (normed (batch, d) in weight's dtype, r = hidden + residual (batch, d) in float32,
+    float64 for float64). The sum is rounded to weight's dtype before the norm, as the model's
+    RMSNorm receives it; the norm computes in float32.
+    """
+    if (not fused or torch.float64 in (hidden.dtype, weight.dtype)
+            or (residual is not None and residual.dtype != torch.float32)):
+        return add_rms_norm_reference(hidden, residual, weight, eps)
+    from . import _triton_step as K
+
+    batch, d = hidden.shape
+    normed = torch.empty((batch, d), dtype=weight.dtype, device=hidden.device)
+    res_out = torch.empty((batch, d), dtype=torch.float32, device=hidden.device)
+    res_stride = residual.stride(0) if residual is not None else 0
+    K._add_rms_norm_kernel[(batch,)](hidden, residual, weight, normed, res_out, d, eps, hidden.stride(0),
+                                     res_stride, HAS_RES=residual is not None, BLOCK=_pow2(d), num_warps=4)
+    return normed, res_out
