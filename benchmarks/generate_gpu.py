@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -189,9 +190,9 @@ def bench_kernels(td, batches) -> dict:
         row = {"batch": b, "D": mixer.d_inner, "N": mixer.d_state, "d_conv": mixer.d_conv}
         for fused in (True, False):
             tag = "fused" if fused else "reference"
-            row[f"conv_update_{tag}_us"] = per_call_us(lambda: causal_conv1d_update(conv, x, w, bias, fused=fused))
-            row[f"state_update_{tag}_us"] = per_call_us(
-                lambda: selective_state_update(ssm, x, dt, mixer.dt_proj.bias, A, B, C, mixer.D, z, fused=fused))
+            row[f"conv_update_{tag}_us"] = per_call_us(partial(causal_conv1d_update, conv, x, w, bias, fused=fused))
+            row[f"state_update_{tag}_us"] = per_call_us(partial(
+                selective_state_update, ssm, x, dt, mixer.dt_proj.bias, A, B, C, mixer.D, z, fused=fused))
         rows.append(row)
     return {"dtype": "bfloat16", "rows": rows}
 

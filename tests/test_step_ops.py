@@ -69,8 +69,7 @@ def state_inputs(b, d, n, dtype, device, with_z=True, with_D=True):
 
 
 def state_oracle(h, x, dt, dt_bias, A, B, C, D, z):
-    f = (lambda t: None if t is None else t.double())
-    h, x, dt, dt_bias, A, B, C, D, z = map(f, (h, x, dt, dt_bias, A, B, C, D, z))
+    h, x, dt, dt_bias, A, B, C, D, z = (None if t is None else t.double() for t in (h, x, dt, dt_bias, A, B, C, D, z))
     delta = torch.nn.functional.softplus(dt + dt_bias)
     h = torch.exp(delta[:, :, None] * A) * h + (delta * x)[:, :, None] * B[:, None, :]
     y = (h * C[:, None, :]).sum(-1)

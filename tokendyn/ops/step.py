@@ -149,6 +149,10 @@ def add_rms_norm(hidden: torch.Tensor, residual: torch.Tensor | None, weight: to
         return add_rms_norm_reference(hidden, residual, weight, eps)
     from . import _triton_step as K
 
+    # the kernel reads rows with unit stride
+    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
     batch, d = hidden.shape
     normed = torch.empty((batch, d), dtype=weight.dtype, device=hidden.device)
     res_out = torch.empty((batch, d), dtype=torch.float32, device=hidden.device)
