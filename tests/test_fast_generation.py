@@ -151,8 +151,6 @@ def test_graph_tokens_equal_eager_tokens(dtype, batch):
     graph = generate(model, prompt, 40, cuda_graph=True)
     assert torch.equal(graph, eager)
     assert torch.equal(generate(model, prompt, 40), graph)    # None: the graph on CUDA
-    if dtype == torch.float32:   # and both equal the plain copying loop on the CPU-tested path
-        assert torch.equal(eager, plain_generate(model, prompt, 40))
     g1, g2 = (torch.Generator(device="cuda").manual_seed(5) for _ in range(2))
     a = generate(model, prompt, 20, temperature=1.2, top_k=7, generator=g1, cuda_graph=False)
     b = generate(model, prompt, 20, temperature=1.2, top_k=7, generator=g2, cuda_graph=True)

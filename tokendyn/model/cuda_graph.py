@@ -34,8 +34,8 @@ class GraphDecoder:
     """A captured decoding step for ``batch`` sequences.
 
     cache: the static states (conv (batch, D, d_conv), ssm (batch, D, N) per layer) the graph
-    updates in place; ids: (batch,) int64, the graph's input; logits: (batch,
-    padded_vocab_size), its output, overwritten by every replay.
+    updates in place (load a prefilled cache with ``cache.copy_from``); ids: (batch,) int64,
+    the graph's input; logits: (batch, padded_vocab_size), its output, overwritten by every replay.
     """
 
     graph: torch.cuda.CUDAGraph
@@ -46,12 +46,6 @@ class GraphDecoder:
     @property
     def batch(self) -> int:
         return self.ids.shape[0]
-
-    def load(self, cache: InferenceCache) -> None:
-        """Copy the states of ``cache`` (e.g. after the prompt's prefill) into the static cache."""
-        for dst, src in zip(self.cache.conv_states + self.cache.ssm_states, cache.conv_states + cache.ssm_states):
-            dst.copy_(src)
-        self.cache.seqlen_offset = cache.seqlen_offset
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Advance the static cache by one token: ids (batch,) in range -> logits (batch,

@@ -33,6 +33,13 @@ class InferenceCache:
             ssm.append(s)
         return cls(conv, ssm, 0)
 
+    def copy_from(self, other: InferenceCache) -> None:
+        """Copy the states and offset of ``other`` into this cache's own tensors (their storage
+        and layout stay as allocated)."""
+        for dst, src in zip(self.conv_states + self.ssm_states, other.conv_states + other.ssm_states):
+            dst.copy_(src)
+        self.seqlen_offset = other.seqlen_offset
+
     @property
     def batch_size(self) -> int:
         return self.conv_states[0].shape[0] if self.conv_states else 0
@@ -88,15 +95,20 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     use_graph = on_cuda if cuda_graph is None else cuda_graph
     vocab = vocab_size or model.config.vocab_size
     batch, prompt_len = input_ids.shape
-    cache = InferenceCache.allocate(model, batch)
-    logits = model(input_ids, cache=cache)[:, -1, :vocab]     # checks the ids; fills the cache
+    prefilled = InferenceCache.allocate(model, batch)
+    logits = model(input_ids, cache=prefilled)[:, -1, :vocab]     # checks the ids; fills the cache
     if use_graph and max_new_tokens > 1:
         from .cuda_graph import graph_decoder  # imported here: cuda_graph builds on this module
 
         decoder = graph_decoder(model, batch)
-        decoder.load(cache)
+        decoder.cache.copy_from(prefilled)
         step = decoder.step
     else:
+        # states in freshly allocated tensors, laid out as the graph's static cache: the fused
+        # kernels then see the same strides (and compile the same way) on both paths
+        cache = InferenceCache.allocate(model, batch)
+        cache.copy_from(prefilled)
+
         def step(token):
             return model.step_(token, cache)
     out = input_ids.new_empty((batch, prompt_len + max_new_tokens), dtype=torch.int64)
