@@ -181,3 +181,21 @@ def test_one_graph_serves_later_calls_and_follows_the_weights():
     assert torch.equal(generate(model, p1, 25, cuda_graph=True), generate(model, p1, 25, cuda_graph=False))
     assert graph_decoder(model, 2) is not decoder
     assert len(_REGISTRY[model][1]) == 1
+
+
+@pytest.mark.gpu
+def test_in_place_step_does_not_sync_the_device():
+    """A decoding step launches work and returns: no host-device synchronisation (the copying
+    step's id check syncs; the in-place step trusts its ids)."""
+    model = gpu_model(torch.bfloat16, seed=11)
+    cache = model.allocate_cache(2)
+    ids = torch.randint(0, VOCAB, (2,), device="cuda")
+    with torch.no_grad():
+        model.step_(ids, cache)                   # first call: kernel compilation
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                ids = model.step_(ids, cache)[:, :VOCAB].argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
