@@ -188,6 +188,9 @@ class MambaBackbone(nn.Module):
                 cache.conv_states[i], cache.ssm_states[i] = cache.conv_states[i].clone(), cache.ssm_states[i].clone()
             hidden, residual = layer.step_(hidden, residual, cache.conv_states[i], cache.ssm_states[i])
         cache.seqlen_offset += 1
+        if isinstance(self.norm_f, RMSNorm):   # _final's Add -> Norm, fused with the layers' step
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
+                                fused=self.layers[-1].mixer._fused(hidden))[0]
         return self._final(hidden, residual)
 
 
