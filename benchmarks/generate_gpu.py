@@ -197,6 +197,22 @@ def bench_kernels(td, batches) -> dict:
     return {"dtype": "bfloat16", "rows": rows}
 
 
+def versions() -> dict:
+    """Versions of the packages the numbers depend on (None where not importable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("triton", "mamba_ssm", "causal_conv1d"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            try:
+                out[name] = getattr(__import__(name), "__version__", "unknown")
+            except ImportError:
+                out[name] = None
+    return out
+
+
 def write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -218,6 +234,7 @@ def main(argv=None):
                          "prompt": args.prompt, "new_tokens": args.new_tokens, "sampling": "greedy",
                          "rounds": args.rounds, "timed": "whole generate call, prompt included, median"},
               "mamba_ssm": ("skipped" if args.skip_peer else peer if isinstance(peer, str) else "ok"),
+              "versions": versions(),
               "rows": []}
     for batch in args.batches:
         row = bench_batch(runs, batch, args)
