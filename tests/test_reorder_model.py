@@ -153,6 +153,8 @@ def test_no_step_and_no_plain_export():
     conv, ssm = mixer.allocate_state(1)
     with pytest.raises(ConfigError, match="no one-token step"):
         mixer.step(torch.zeros(1, 8), conv, ssm)
+    with pytest.raises(ConfigError, match="no one-token step"):
+        mixer.step_(torch.zeros(1, 8), conv, ssm)
     with pytest.raises(CheckpointError, match="plain Mamba-1"):
         mixer.plain_state_dict()
 

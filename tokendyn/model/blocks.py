@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype
+from ..ops.step import add_rms_norm
 from .mixer import MambaMixer
 from .outputs import MambaOutput
 from .variants import build_mixer
@@ -86,12 +87,23 @@ class Block(nn.Module):
 
     def step(self, hidden_states, residual, conv_state, ssm_state):
         """One token: hidden_states, residual (batch, d_model). Returns (out, residual,
-        conv_state, ssm_state)."""
+        conv_state, ssm_state); the given states are not modified."""
+        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
+        out, residual = self.step_(hidden_states, residual, conv_state, ssm_state)
+        return out, residual, conv_state, ssm_state
+
+    def step_(self, hidden_states, residual, conv_state, ssm_state):
+        """One token, updating conv_state (batch, D, d_conv) and ssm_state (batch, D, N) in
+        place: hidden_states, residual (batch, d_model). Returns (out, residual)."""
         if self.reverse:
             raise ConfigError("a layer that scans in reverse has no one-token step; run the full sequence.")
-        normed, residual = self._add_norm(hidden_states, residual)
-        out, conv_state, ssm_state = self.mixer.step(normed, conv_state, ssm_state)
-        return out, residual, conv_state, ssm_state
+        if self.residual_in_fp32 and isinstance(self.norm, RMSNorm):
+            # the same Add -> Norm in one kernel where the mixer's step is fused
+            normed, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
+                                            fused=self.mixer._fused(hidden_states))
+        else:
+            normed, residual = self._add_norm(hidden_states, residual)
+        return self.mixer.step_(normed, conv_state, ssm_state), residual
 
 
 class MambaBackbone(nn.Module):
@@ -161,15 +173,24 @@ class MambaBackbone(nn.Module):
             return record
         return out
 
-    def step(self, inputs_t, cache):
+    def step(self, inputs_t, cache, in_place: bool = False):
         """One position for every sequence: inputs_t gives (batch, d_model) after
-        ``embedding``. Updates ``cache`` and returns the final-normalised (batch, d_model)."""
+        ``embedding``. Advances ``cache`` and returns the final-normalised (batch, d_model).
+
+        By default each layer's state is replaced by a new tensor (tensors taken from the cache
+        before keep their values); ``in_place=True`` writes into the cache's own tensors, so
+        their storage stays the same from step to step (decoding loops, CUDA graphs).
+        """
         hidden = self.embedding(inputs_t)
         residual = None
         for i, layer in enumerate(self.layers):
-            hidden, residual, cache.conv_states[i], cache.ssm_states[i] = layer.step(
-                hidden, residual, cache.conv_states[i], cache.ssm_states[i])
+            if not in_place:
+                cache.conv_states[i], cache.ssm_states[i] = cache.conv_states[i].clone(), cache.ssm_states[i].clone()
+            hidden, residual = layer.step_(hidden, residual, cache.conv_states[i], cache.ssm_states[i])
         cache.seqlen_offset += 1
+        if isinstance(self.norm_f, RMSNorm):   # _final's Add -> Norm, fused with the layers' step
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
+                                fused=self.layers[-1].mixer._fused(hidden))[0]
         return self._final(hidden, residual)
 
 

@@ -33,6 +33,13 @@ class InferenceCache:
             ssm.append(s)
         return cls(conv, ssm, 0)
 
+    def copy_from(self, other: InferenceCache) -> None:
+        """Copy the states and offset of ``other`` into this cache's own tensors (their storage
+        and layout stay as allocated)."""
+        for dst, src in zip(self.conv_states + self.ssm_states, other.conv_states + other.ssm_states):
+            dst.copy_(src)
+        self.seqlen_offset = other.seqlen_offset
+
     @property
     def batch_size(self) -> int:
         return self.conv_states[0].shape[0] if self.conv_states else 0
@@ -59,7 +66,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
-             vocab_size: int | None = None) -> torch.Tensor:
+             vocab_size: int | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Continue ``input_ids`` (batch, L0) by ``max_new_tokens`` tokens with a MambaLM.
 
     The prompt runs once in parallel (filling an :class:`InferenceCache`), then each new
@@ -67,6 +74,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     ``temperature=0``, else softmax sampling with optional ``top_k``, drawn from
     ``generator``. Padding rows of the vocabulary are never chosen: only the first
     ``vocab_size`` logits (default ``model.config.vocab_size``) compete.
+
+    cuda_graph: replay each step from a captured CUDA graph (:mod:`tokendyn.model.cuda_graph`;
+    the same kernels, so the same tokens, at a fraction of the launch cost); None uses it when
+    the model is on a CUDA device, False always steps eagerly. The prompt's ids are checked once;
+    the steps then run without a device sync (generated ids are in range by construction).
     Returns (batch, L0 + max_new_tokens) int64.
     """
     if temperature < 0:
@@ -77,13 +89,33 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise ConfigError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}.")
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if cuda_graph and not on_cuda:
+        raise ConfigError("cuda_graph=True needs the model on a CUDA device; use cuda_graph=False or None on the CPU.")
+    use_graph = on_cuda if cuda_graph is None else cuda_graph
     vocab = vocab_size or model.config.vocab_size
-    cache = InferenceCache.allocate(model, input_ids.shape[0])
-    logits = model(input_ids, cache=cache)[:, -1, :vocab]
-    out = [input_ids]
+    batch, prompt_len = input_ids.shape
+    prefilled = InferenceCache.allocate(model, batch)
+    logits = model(input_ids, cache=prefilled)[:, -1, :vocab]     # checks the ids; fills the cache
+    if use_graph and max_new_tokens > 1:
+        from .cuda_graph import graph_decoder  # imported here: cuda_graph builds on this module
+
+        decoder = graph_decoder(model, batch)
+        decoder.cache.copy_from(prefilled)
+        step = decoder.step
+    else:
+        # states in freshly allocated tensors, laid out as the graph's static cache: the fused
+        # kernels then see the same strides (and compile the same way) on both paths
+        cache = InferenceCache.allocate(model, batch)
+        cache.copy_from(prefilled)
+
+        def step(token):
+            return model.step_(token, cache)
+    out = input_ids.new_empty((batch, prompt_len + max_new_tokens), dtype=torch.int64)
+    out[:, :prompt_len] = input_ids
     for i in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, generator)
-        out.append(token[:, None])
+        out[:, prompt_len + i] = token
         if i + 1 < max_new_tokens:
-            logits = model.step(token, cache)[:, :vocab]
-    return torch.cat(out, dim=1)
+            logits = step(token)[:, :vocab]
+    return out

@@ -79,6 +79,13 @@ class MambaLM(BackboneModel):
         self._check_ids(input_ids, 1)
         return self.lm_head(self.backbone.step(input_ids, cache))
 
+    def step_(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """:meth:`step` writing into the cache's own state tensors, without checking the ids
+        (no device sync): input_ids (batch,) must lie in [0, padded_vocab_size), as the prompt
+        checked once and ids picked among the logits do. Returns logits (batch, padded_vocab_size).
+        """
+        return self.lm_head(self.backbone.step(input_ids, cache, in_place=True))
+
     def allocate_cache(self, batch_size: int) -> InferenceCache:
         """An empty :class:`InferenceCache` for ``batch_size`` sequences."""
         return InferenceCache.allocate(self, batch_size)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..ops import compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
+from ..ops.step import causal_conv1d_update, selective_state_update
 from .config import _check_mixer_fields, resolve_dt_rank
 from .outputs import MixerInternals
 from .variants import register_mixer
@@ -232,6 +233,11 @@ class MambaMixer(nn.Module):
                 and cls.restore_order is MambaMixer.restore_order
                 and cls.selective_inputs is MambaMixer.selective_inputs)
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the conv (and the one-token step) of ``x`` run in the fused Triton kernels:
+        wherever the scan itself runs in Triton."""
+        return x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""
         return self.run(hidden_states).out
@@ -251,7 +257,7 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
-        fused = x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
+        fused = self._fused(x)
         acc = compute_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
         delta_bias = self.dt_proj.bias.to(acc)
@@ -300,23 +306,27 @@ class MambaMixer(nn.Module):
 
         hidden_states: (batch, d_model); conv_state: (batch, D, d_conv); ssm_state:
         (batch, D, N). Returns (out (batch, d_model), new conv_state, new ssm_state);
-        the inputs are not modified.
+        the inputs are not modified (see :meth:`step_` for the in-place step).
         """
-        dtype = hidden_states.dtype
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)         # (b, D) each
-        conv_state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
-        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x).to(dtype)
+        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
+        return self.step_(hidden_states, conv_state, ssm_state), conv_state, ssm_state
+
+    def step_(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One recurrent step that updates ``conv_state`` and ``ssm_state`` in their own storage
+        (what a decoding loop or a captured CUDA graph needs). THEORY.md section 1, one token.
+
+        hidden_states: (batch, d_model); conv_state: (batch, D, d_conv) in the weights' dtype;
+        ssm_state: (batch, D, N) float32 (float64 for a float64 model). Returns out
+        (batch, d_model). The conv and the state update run in the fused Triton kernels
+        wherever the scan backend resolves to triton on CUDA, else in plain PyTorch; Δ, B, C
+        come from :meth:`selective_inputs` like in the full forward. Nothing is cached between
+        calls (A = −exp(A_log) is computed at every step), so weights may change between steps.
+        """
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)         # (b, D) each, strided views
+        fused = self._fused(x)
+        x = causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = (t[..., 0] for t in self.selective_inputs(x[:, :, None]))  # (b, D), (b, N), (b, N)
-        acc = ssm_state.dtype
-        delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))  # (b, D)
-        A = -torch.exp(self.A_log.to(acc))                           # (D, N)
-        xa = x.to(acc)
-        # h = exp(Δ A) ⊙ h + Δ B x   (THEORY.md section 1)
-        ssm_state = torch.exp(delta[:, :, None] * A) * ssm_state \
-            + (delta * xa)[:, :, None] * B.to(acc)[:, None, :]
-        y = torch.einsum("bdn,bn->bd", ssm_state, C.to(acc)) + self.D.to(acc) * xa
-        y = y * F.silu(z.to(acc))
-        return self.out_proj(y.to(dtype)), conv_state, ssm_state
+        # A = −exp(A_log) (D, N), computed inside the update
+        y = selective_state_update(ssm_state, x, dt, self.dt_proj.bias, self.A_log, B, C, self.D, z, fused=fused,
+                                   a_log=True)
+        return self.out_proj(y)

@@ -88,7 +88,8 @@ class ReorderingMixin:
             return outs[0], (outs[1] if both else z), ("hard", perm)
         return x, z, None
 
-    def step(self, *args, **kwargs):
+    def step_(self, *args, **kwargs):
+        # step() goes through step_(), so this refuses both
         raise ConfigError("a reordering layer sorts the whole sequence, so it has no one-token step.")
 
     def plain_state_dict(self):
