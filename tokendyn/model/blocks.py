@@ -79,11 +79,29 @@ class Block(nn.Module):
 
         Returns (mixer output, residual stream entering this layer, MixerRun).
         """
+        if self._fuses_norm(hidden_states, residual, return_internals or return_state):
+            # the norm and in_proj as one node: the normalised copy is recomputed in the
+            # backward instead of kept (ops/norm_linear.py)
+            residual = hidden_states if residual is None else hidden_states + residual
+            residual = residual.to(self.norm.weight.dtype)
+            run = self.mixer.run(residual, norm=self.norm)
+            return run.out, residual, run
         normed, residual = self._add_norm(hidden_states, residual)
         if self.reverse:
             normed = normed.flip(1)
         run = self.mixer.run(normed, return_internals=return_internals, return_state=return_state)
         return (run.out.flip(1) if self.reverse else run.out), residual, run
+
+    def _fuses_norm(self, hidden_states, residual, keeps_more: bool) -> bool:
+        """The fused norm + in_proj applies: RMSNorm whose weight has the dtype the residual
+        stream is kept in (float32 or float64), a forward mixer that takes the stream, and
+        nothing asked beyond the output."""
+        if keeps_more or self.reverse or not isinstance(self.norm, RMSNorm) or not self.mixer.takes_residual():
+            return False
+        dtype = hidden_states.dtype if residual is None else torch.promote_types(hidden_states.dtype, residual.dtype)
+        if self.residual_in_fp32:
+            dtype = dtype if dtype == torch.float64 else torch.float32
+        return dtype == self.norm.weight.dtype and dtype in (torch.float32, torch.float64)
 
     def step(self, hidden_states, residual, conv_state, ssm_state):
         """One token: hidden_states, residual (batch, d_model). Returns (out, residual,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..ops import compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
+from ..ops.norm_linear import rms_norm_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
 from .config import _check_mixer_fields, resolve_dt_rank
 from .outputs import MixerInternals
@@ -242,16 +243,27 @@ class MambaMixer(nn.Module):
         """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""
         return self.run(hidden_states).out
 
+    def takes_residual(self) -> bool:
+        """Whether :meth:`run` can take the residual stream with the block's RMSNorm
+        (``norm=``) and fuse the norm with in_proj: a plain core and no in_proj bias."""
+        return self.in_proj.bias is None and self._plain_core()
+
     def run(self, hidden_states: torch.Tensor, return_internals: bool = False,
-            return_state: bool = False) -> MixerRun:
+            return_state: bool = False, norm: nn.Module | None = None) -> MixerRun:
         """The full-sequence forward, optionally keeping the scan inputs and the final state.
 
         hidden_states: (batch, L, d_model). ``return_state`` gives the conv state (the last
         d_conv pre-conv inputs, zero-padded on the left) and the ssm state h_L, ready for
-        :meth:`step`.
+        :meth:`step`. ``norm``: the block's RMSNorm (weight, eps), where hidden_states is the
+        residual stream before it (float32 or float64; only where :meth:`takes_residual`): the
+        norm and in_proj then run as one node that keeps only the residual stream for the
+        backward (ops/norm_linear.py).
         """
         L = hidden_states.shape[1]
-        xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
+        if norm is not None:
+            xz = rms_norm_linear(hidden_states, norm.weight, norm.eps, self.in_proj.weight)  # (b, 2D, L)
+        else:
+            xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)

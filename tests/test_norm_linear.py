@@ -1,0 +1,77 @@
+"""The fused RMSNorm + in_proj node (ops/norm_linear.py) against the composed modules: equal
+values and gradients in float64 and under bfloat16 autocast, a block that uses it equal to
+one that does not, and the normalised copy no longer kept for the backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokendyn.model import MambaConfig, MambaLM
+from tokendyn.model.blocks import RMSNorm
+from tokendyn.model.mixer import channel_linear
+from tokendyn.ops.norm_linear import rms_norm_linear
+
+
+def composed(r, norm, weight):
+    return channel_linear(weight, norm(r).transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float64, False), (torch.float32, True)])
+def test_matches_norm_then_linear(dtype, autocast):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    b, L, d, out = 2, 7, 12, 20
+    norm = RMSNorm(d).to(dtype)
+    with torch.no_grad():
+        norm.weight.add_(0.3 * torch.randn(d, generator=g, dtype=dtype))
+    weight = torch.randn(out, d, generator=g, dtype=dtype, requires_grad=True)
+    r = torch.randn(b, L, d, generator=g, dtype=dtype, requires_grad=True)
+    dy = torch.randn(b, out, L, generator=g, dtype=dtype)
+    results = []
+    for fn in (composed, lambda r, n, w: rms_norm_linear(r, n.weight, n.eps, w)):
+        for t in (r, weight, norm.weight):
+            t.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = fn(r, norm, weight)
+        y.backward(dy.to(y.dtype))
+        results.append((y.detach(), r.grad.clone(), weight.grad.clone(), norm.weight.grad.clone()))
+    (y0, *g0), (y1, *g1) = results
+    assert y1.dtype == y0.dtype and y1.stride(-1) == 1
+    # the same operations in the same order: equal to rounding of the gradient sums
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    tol = 1e-12 if dtype == torch.float64 else 2e-2
+    for a, e in zip(g1, g0):
+        assert ((a - e).norm() / e.norm()).item() < tol
+
+
+def test_block_with_fused_norm_equals_composed_and_keeps_less():
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=50, scan_backend="chunked"))
+    ids = torch.randint(0, 50, (2, 24))
+
+    def run(fused):
+        stored = {}
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+        def pack(t):
+            # activations by storage (views count once); parameters are kept anyway
+            if t.untyped_storage().data_ptr() not in params:
+                stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        for layer in model.backbone.layers:
+            layer.mixer.takes_residual = (lambda: fused) if not fused else type(layer.mixer).takes_residual.__get__(
+                layer.mixer)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(ids)
+        logits.float().square().mean().backward()
+        return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, sum(stored.values())
+
+    out_f, grads_f, bytes_f = run(True)
+    out_c, grads_c, bytes_c = run(False)
+    torch.testing.assert_close(out_f, out_c, rtol=0, atol=0)
+    for k in grads_c:
+        assert ((grads_f[k] - grads_c[k]).norm() / grads_c[k].norm().clamp_min(1e-30)).item() < 2e-2, k
+    # per layer the normalised bf16 copy (batch, L, d_model) is no longer kept
+    assert bytes_f <= bytes_c - 2 * (2 * 24 * 32 * 2)
