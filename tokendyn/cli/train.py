@@ -81,8 +81,8 @@ def lm(
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
     from ..data.corpus import default_cache_dir
-    from ..train.lm import LMModelSpec, is_main_process, prepare_data, train_lm
-    from ..train.loop import TrainConfig
+    from ..train.lm import LMModelSpec, prepare_data, train_lm
+    from ..train.loop import TrainConfig, is_main_process
 
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass one of them.")

@@ -69,7 +69,7 @@ def image(
 in the run directory."""
     from ..data.images import load_images
     from ..train.images import ImageModelSpec, train_image
-    from ..train.loop import TrainConfig
+    from ..train.loop import TrainConfig, is_main_process
 
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass one of them.")
@@ -87,6 +87,8 @@ in the run directory."""
                             resume=resume is not None, device=device, crop_padding=crop_padding, flip=flip,
                             normalize=normalize, val_fraction=val_fraction, stop_after_steps=stop_after_steps,
                             progress=progress, scan_backend=backend, log=_echo)
+    if not is_main_process():  # under torchrun one process reports
+        return
     report_run(result, run_dir, f"validation accuracy {result.validation.get('accuracy', float('nan')):.4f}, "
                                 f"test accuracy {result.test.get('accuracy', float('nan')):.4f}")
 

@@ -18,7 +18,7 @@ from ..model import MambaConfig, MambaLM
 from ..model.config import IO_CONSTRAINTS
 from . import state as runstate
 from .figures import save_figure
-from .loop import TrainConfig, TrainResult, check_model_fits, train
+from .loop import TrainConfig, TrainResult, check_model_fits, is_main_process, train
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
@@ -96,8 +96,3 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     return result, model
 
 
-def is_main_process() -> bool:
-    """True outside torchrun and on rank 0 under it."""
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0

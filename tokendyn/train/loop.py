@@ -108,6 +108,11 @@ class Distributed:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it (the process that writes and reports)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
