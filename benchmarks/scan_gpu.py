@@ -16,7 +16,8 @@ length is split into (ScanConfig.segments, bwd_segments; 0 = the rule in
 tokendyn.ops.triton_scan.plan_launch), at the main shape and at the two long-sequence shapes,
 with mamba_ssm interleaved as the yardstick; the table then uses the main shape's fastest
 launch shape with the segment rule (the sweep, with the rule's choice beside the best forced
-count, is recorded in the JSON).
+count, is recorded in the JSON). The JSON is rewritten after every swept shape and table row
+("complete": false until the last), so a run cut short keeps what it measured.
 mamba_ssm must be importable (``pip install mamba-ssm`` builds its CUDA kernel); without it
 its columns are null.
 """
@@ -272,16 +273,11 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     return rows, summary
 
 
-def sweep(peer, log):
-    rows, summaries = [], []
-    for (shape, dtype), cls in [(MAIN, "main"), *((s, "long") for s in LONG)]:
-        r, s = sweep_shape(shape, dtype, cls, peer, log)
-        rows += r
-        summaries.append(s)
+def table_launch_shape(summaries) -> dict:
+    """The table's launch shape: the main shape's fastest forward+backward; the segment counts
+    are left to the rule (plan_launch) everywhere."""
     main = summaries[0]["best_fwdbwd"]
-    # the table: the main shape's launch shape, segments by the rule everywhere
-    best = {k: main[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
-    return rows, summaries, best
+    return {k: main[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
 
 
 def table_row(shape, dtype, impls, cfg, args, log):
@@ -337,12 +333,10 @@ def main():
                     help="skip the chunked backend where batch*dim*length exceeds this (default: only "
                          "the (8, 1536, 2048) shapes)")
     args = ap.parse_args()
-    logs = []
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
-        logs.append(msg)
 
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
@@ -350,30 +344,42 @@ def main():
     args.bandwidth = copy_bandwidth()
     log(f"copy bandwidth {args.bandwidth / 1e12:.3f} TB/s (read + write)")
     impls = implementations()
-    sweep_rows, summaries, best = [], [], None
+    state = {"sweep_rows": [], "summaries": [], "rows": [], "cfg": {}}
+
+    def save(complete: bool):
+        """The JSON so far (written after every step, so a run cut short keeps what it measured)."""
+        result = {**prov, "complete": complete, "copy_bandwidth_tb_s": args.bandwidth / 1e12,
+                  "launch_shape": state["cfg"] or "defaults",
+                  "default_launch_shape": vars(triton_scan.ScanConfig()), "rows": state["rows"],
+                  "sweep_summary": state["summaries"], "sweep": state["sweep_rows"],
+                  "wall_s": time.perf_counter() - t0,
+                  "notes": "delta_softplus, z, D and delta_bias on, every input requiring grad (forward "
+                           "included); A float32 = -(1..N); implementations interleaved within "
+                           f"{args.rounds} rounds, each timed by CUDA events over back-to-back calls "
+                           f"(~{args.round_ms} ms per round), median over rounds; peak memory is the "
+                           "extra allocation of one fwd+bwd; sweep: 3 rounds of ~30 ms."}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+
     if args.sweep:
-        sweep_rows, summaries, best = sweep(impls.get("mamba_ssm"), log)
-        log(f"chosen launch shape {best}")
-    cfg = best or {}
-    rows = []
+        for (shape, dtype), cls in [(MAIN, "main"), *((s, "long") for s in LONG)]:
+            r, summary = sweep_shape(shape, dtype, cls, impls.get("mamba_ssm"), log)
+            state["sweep_rows"] += r
+            state["summaries"].append(summary)
+            save(False)
+        state["cfg"] = table_launch_shape(state["summaries"])
+        log(f"chosen launch shape {state['cfg']}")
+    rows = state["rows"]
     for shape, dtype in SHAPES:
-        row = table_row(shape, dtype, impls, cfg, args, log)
+        row = table_row(shape, dtype, impls, state["cfg"], args, log)
         rows.append(row)
         log(json.dumps({k: v for k, v in row.items() if not k.endswith("_rounds_ms")}))
         torch.cuda.empty_cache()
-    result = {**prov, "copy_bandwidth_tb_s": args.bandwidth / 1e12, "launch_shape": cfg or "defaults",
-              "default_launch_shape": vars(triton_scan.ScanConfig()), "rows": rows,
-              "sweep_summary": summaries, "sweep": sweep_rows, "wall_s": time.perf_counter() - t0,
-              "notes": "delta_softplus, z, D and delta_bias on, every input requiring grad (forward "
-                       "included); A float32 = -(1..N); implementations interleaved within "
-                       f"{args.rounds} rounds, each timed by CUDA events over back-to-back calls "
-                       f"(~{args.round_ms} ms per round), median over rounds; peak memory is the "
-                       "extra allocation of one fwd+bwd."}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+        save(False)
+    save(True)
     log("")
     log(f"{'shape':>22} {'dtype':>9} {'td fwd':>8} {'ms fwd':>8} {'td f+b':>8} {'ms f+b':>8} "
         f"{'r fwd':>6} {'r f+b':>6} {'floor':>7} {'ch fwd':>8} {'ch f+b':>8}")
