@@ -3,11 +3,21 @@ chunked PyTorch backend, in one run, with the memory floor measured in the same 
 
     python benchmarks/scan_gpu.py --commit $(git rev-parse HEAD) --out results/scan_gpu.json [--sweep]
 
-Every case uses delta_softplus, z gating, D and delta_bias (the models' call). Times are
-medians of triton.testing.do_bench (CUDA events). ``floor_fwd_ms`` is the forward's bytes
-(u, delta, z, B, C read once, out written once) over the copy bandwidth measured here.
-``--sweep`` first times launch shapes of the triton kernels at (8, 1536, 2048, 16) bf16 and
-uses the fastest for the table (the sweep is recorded in the JSON).
+Every case uses delta_softplus, z gating, D and delta_bias (the models' call), and every input
+requires grad, in the forward too (as in training: the forward then runs the autograd path and
+keeps what the backward needs). Timing: the implementations of a shape are timed in turn within
+each round (interleaved, so that clock and thermal drift hit them alike), each one with CUDA
+events around many back-to-back calls; the reported time is the median over the rounds of the
+mean time per call. ``floor_fwd_ms`` is the forward's bytes (u, delta, z, B, C read once, out
+written once) over the copy bandwidth measured here.
+
+``--sweep`` first times launch shapes of the triton kernels and the number of segments the
+length is split into (ScanConfig.segments, bwd_segments; 0 = the rule in
+tokendyn.ops.triton_scan.plan_launch), at the main shape and at the two long-sequence shapes,
+with mamba_ssm interleaved as the yardstick; the table then uses the main shape's fastest
+launch shape with the segment rule (the sweep, with the rule's choice beside the best forced
+count, is recorded in the JSON). The JSON is rewritten after every swept shape and table row
+("complete": false until the last), so a run cut short keeps what it measured.
 mamba_ssm must be importable (``pip install mamba-ssm`` builds its CUDA kernel); without it
 its columns are null.
 """
@@ -15,8 +25,11 @@ its columns are null.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,10 +40,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokendyn.ops import triton_scan  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
-SHAPES = [((8, 1536, 2048, 16), torch.bfloat16), ((8, 1536, 2048, 16), torch.float32),
-          ((2, 1536, 8192, 16), torch.bfloat16), ((1, 2048, 65536, 16), torch.bfloat16)]
-MAIN = ((8, 1536, 2048, 16), torch.bfloat16)
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
+BF16, FP32 = torch.bfloat16, torch.float32
+MAIN = ((8, 1536, 2048, 16), BF16)
+LONG = [((2, 1536, 8192, 16), BF16), ((1, 2048, 65536, 16), BF16)]
+SHAPES = [MAIN, ((8, 1536, 2048, 16), FP32), ((16, 2048, 1024, 16), BF16), *LONG,
+          ((4, 5120, 2048, 16), BF16)]
+DEVICE = "cuda"
+DTYPE_NAMES = {BF16: "bfloat16", FP32: "float32", torch.float16: "float16"}
+LAUNCH_KEYS = ("block_d", "chunk", "fwd_warps", "segments", "bwd_block_d", "bwd_warps", "bwd_segments")
+
+# sweep grids: forward (block_d, chunk, warps); forward+backward (chunk, bwd_block_d, bwd_warps).
+# BD 8 / 4 warps (forward) and BD 2 / 1 warp (backward) are the shapes whose kernels do not
+# spill registers when compiled for sm_90 (NOTES_triton.md, v6)
+FWD_LAUNCH = {"main": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 128, 2), (16, 256, 4),
+                       (8, 64, 2)],
+              "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1)]}
+BWD_LAUNCH = {"main": [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (64, 4, 1),
+                       (64, 2, 1), (256, 4, 1)],
+              "long": [(128, 4, 1), (128, 2, 1), (128, 8, 1), (128, 4, 2)]}
+# 0: the rule's choice; 1: unsplit (channels per program shrink instead where the grid is short)
+SEGMENTS = {"main": [0, 1, 2, 4], "long": [0, 1, 2, 4, 8, 16]}
 
 
 def copy_bandwidth() -> float:
@@ -44,20 +73,20 @@ def copy_bandwidth() -> float:
 def make_inputs(shape, dtype, seed=0):
     """Mamba-like inputs: A = -(1..N) (S4D-real init), Δ = softplus(raw + bias) ~ 0.01-0.1."""
     b, d, l, n = shape
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
 
     def rn(*s):
-        return torch.randn(*s, generator=g, device="cuda")
+        return torch.randn(*s, generator=g, device=DEVICE)
 
     return {
         "u": rn(b, d, l).to(dtype),
         "delta": (rn(b, d, l) * 0.5).to(dtype),
-        "A": -torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1),
+        "A": -torch.arange(1, n + 1, device=DEVICE, dtype=torch.float32).repeat(d, 1),
         "B": rn(b, n, l).to(dtype),
         "C": rn(b, n, l).to(dtype),
         "D": rn(d),
         "z": rn(b, d, l).to(dtype),
-        "delta_bias": torch.log(torch.expm1(torch.rand(d, generator=g, device="cuda") * 0.09 + 0.01)),
+        "delta_bias": torch.log(torch.expm1(torch.rand(d, generator=g, device=DEVICE) * 0.09 + 0.01)),
     }
 
 
@@ -82,29 +111,87 @@ def implementations():
     return impls
 
 
-def time_fwd(fn, t, rep=200):
-    with torch.no_grad():
-        return do_bench(lambda: fn(**t, delta_softplus=True), warmup=25, rep=rep, return_mode="median")
+class Leaves:
+    """One shape's inputs as leaves requiring grad, and the upstream gradient of the output
+    (the same for every implementation, so their gradients compare). Shared by the cases of a
+    shape: each forward+backward first sets the gradients to None."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
+        u = inputs["u"]
+        self.g = torch.randn(u.shape, device=DEVICE, generator=gen).to(u.dtype)
 
 
-def time_fwdbwd(fn, t, rep=200):
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
-    # the same upstream gradient for every implementation, so their gradients compare
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    g = torch.randn(t["u"].shape, device="cuda", generator=gen).to(t["u"].dtype)
+class Case:
+    """One implementation on one shape's :class:`Leaves`; ``cfg`` (tokendyn only) is the launch
+    shape its calls run under."""
 
-    def step():
-        fn(**leaves, delta_softplus=True).backward(g)
+    def __init__(self, fn, data: Leaves, cfg=None):
+        self.fn, self.cfg = fn, cfg
+        self.leaves, self.g = data.leaves, data.g
 
-    ms = do_bench(step, warmup=25, rep=rep, grad_to_none=list(leaves.values()), return_mode="median")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
-    return ms, peak, grads
+    def context(self):
+        return triton_scan.scan_config(**self.cfg) if self.cfg else contextlib.nullcontext()
+
+    def fwd(self):
+        return self.fn(**self.leaves, delta_softplus=True)
+
+    def fwdbwd(self):
+        for v in self.leaves.values():
+            v.grad = None
+        self.fn(**self.leaves, delta_softplus=True).backward(self.g)
+
+    def peak_and_grads(self):
+        """Extra memory of one forward+backward (bytes) and its gradients."""
+        with self.context():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            self.fwdbwd()
+            torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        return peak, {k: v.grad.detach().clone() for k, v in self.leaves.items()}
+
+
+def _events_ms(call, reps: int) -> float:
+    """Mean milliseconds per call over ``reps`` back-to-back calls, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def interleaved(cases: dict, mode: str, rounds: int, round_ms: float, log=None) -> dict:
+    """Time ``mode`` ("fwd" or "fwdbwd") of every case, in ``rounds`` rounds that each time
+    every case once (many calls between two events, about ``round_ms`` per case). Returns
+    name -> {"ms": median over rounds, "rounds": [...], "reps": calls per round}; a case that
+    fails (a launch shape that does not compile, out of memory) is logged and left out."""
+    reps, ok = {}, {}
+    for name, case in cases.items():
+        call = getattr(case, mode)
+        try:
+            with case.context():
+                call()                                   # compile, allocator warm-up
+                torch.cuda.synchronize()
+                est = _events_ms(call, 2)
+        except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
+            if log:
+                log(f"{mode} {name}: failed {type(exc).__name__}: {str(exc)[:200]}")
+            torch.cuda.empty_cache()
+            continue
+        reps[name] = max(1, min(2000, round(round_ms / max(est, 1e-3))))
+        ok[name] = case
+    samples = {name: [] for name in ok}
+    for _ in range(rounds):
+        for name, case in ok.items():
+            with case.context():
+                samples[name].append(_events_ms(getattr(case, mode), reps[name]))
+    return {name: {"ms": statistics.median(v), "rounds": v, "reps": reps[name]} for name, v in samples.items()}
 
 
 def rel(x, ref):
@@ -112,38 +199,127 @@ def rel(x, ref):
     return ((x - ref).norm() / ref.norm()).item()
 
 
-def sweep(log):
-    """Launch shapes of the chunked Triton kernels (and the sequential forward) at MAIN."""
-    shape, dtype = MAIN
-    t = make_inputs(shape, dtype)
+def _name(cfg: dict) -> str:
+    return " ".join(f"{k}={cfg[k]}" for k in LAUNCH_KEYS if k in cfg)
+
+
+def _rule_segments(shape, cfg: dict, backward: bool) -> int:
+    """The segment count plan_launch picks for ``cfg`` on this GPU (segments = 0)."""
+    b, d, l, _ = shape
+    full = triton_scan.ScanConfig(**{k: v for k, v in cfg.items() if k in LAUNCH_KEYS})
+    n_chunks = -(-l // triton_scan._chunk_for(l, full))
+    bd, warps = (full.bwd_block_d, full.bwd_warps) if backward else (full.block_d, full.fwd_warps)
+    lp = triton_scan.plan_launch(b, d, n_chunks, bd, warps, 0, triton_scan._multiprocessors(torch.device(DEVICE)),
+                                 full.warps_per_sm)
+    return lp.segments
+
+
+def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
+    """Forward launch shapes × segments, then (with the fastest forward) backward launch shapes
+    × backward segments, at one shape; mamba_ssm (``peer``) interleaved in both."""
+    t = Leaves(make_inputs(shape, dtype))
     rows = []
-    fwd_cfgs = [dict(block_d=bd, chunk=c, fwd_warps=w)
-                for bd, c, w in [(16, 128, 4), (8, 128, 2), (16, 128, 2), (8, 128, 1), (4, 128, 1), (16, 256, 4)]]
-    for cfg in fwd_cfgs:
-        with triton_scan.scan_config(**cfg):
-            try:
-                ms = time_fwd(triton_scan.selective_scan_triton, t)
-            except Exception as exc:  # a launch shape that does not compile is skipped
-                log(f"fwd {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-        rows.append({"kind": "fwd", **cfg, "ms": ms})
-        log(f"fwd {cfg}: {ms:.3f} ms")
+    fwd_cands = {}
+    for bd, chunk, warps in FWD_LAUNCH[cls]:
+        for seg in SEGMENTS[cls]:
+            cfg = dict(block_d=bd, chunk=chunk, fwd_warps=warps, segments=seg)
+            fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
+    cases = {k: c for k, (_, c) in fwd_cands.items()}
+    if peer is not None:
+        cases["mamba_ssm"] = Case(peer, t)
+    res = interleaved(cases, "fwd", rounds, round_ms, log)
+    peer_fwd = res.get("mamba_ssm", {}).get("ms")
+    for name, (cfg, _) in fwd_cands.items():
+        if name in res:
+            rows.append({"shape": list(shape), "dtype": DTYPE_NAMES[dtype], "kind": "fwd", **cfg,
+                         "rule_segments": _rule_segments(shape, cfg, False), "ms": res[name]["ms"],
+                         "mamba_ssm_ms": peer_fwd})
+            log(f"{shape} fwd {name}: {res[name]['ms']:.3f} ms (mamba_ssm {peer_fwd})")
+    del cases, fwd_cands
+    torch.cuda.empty_cache()
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
-    for chunk, bd, w in [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (128, 2, 2), (64, 4, 1),
-                         (256, 4, 1)]:
-        cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
-                   bwd_block_d=bd, bwd_warps=w)
-        with triton_scan.scan_config(**cfg):
-            try:
-                ms, peak, _ = time_fwdbwd(triton_scan.selective_scan_triton, t)
-            except Exception as exc:
-                log(f"fwdbwd {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-        rows.append({"kind": "fwdbwd", **cfg, "ms": ms})
-        log(f"fwdbwd {cfg}: {ms:.3f} ms")
+    bwd_cands = {}
+    for chunk, bd, warps in BWD_LAUNCH[cls]:
+        for seg in SEGMENTS[cls]:
+            cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
+                       segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
+            bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
+    cases = {k: c for k, (_, c) in bwd_cands.items()}
+    if peer is not None:
+        cases["mamba_ssm"] = Case(peer, t)
+    res = interleaved(cases, "fwdbwd", rounds, round_ms, log)
+    peer_fb = res.get("mamba_ssm", {}).get("ms")
+    for name, (cfg, _) in bwd_cands.items():
+        if name in res:
+            rows.append({"shape": list(shape), "dtype": DTYPE_NAMES[dtype], "kind": "fwdbwd", **cfg,
+                         "rule_bwd_segments": _rule_segments(shape, cfg, True), "ms": res[name]["ms"],
+                         "mamba_ssm_ms": peer_fb})
+            log(f"{shape} fwdbwd {name}: {res[name]['ms']:.3f} ms (mamba_ssm {peer_fb})")
+    del cases, bwd_cands, t
+    torch.cuda.empty_cache()
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
-    best = {k: best_b[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
-    return rows, best
+    summary = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
+               "best_fwd": {k: best_f[k] for k in ("block_d", "chunk", "fwd_warps", "segments", "ms")},
+               "best_fwdbwd": {k: best_b[k] for k in (*LAUNCH_KEYS, "ms")},
+               "mamba_ssm_fwd_ms": peer_fwd, "mamba_ssm_fwdbwd_ms": peer_fb}
+    # the rule against the best forced count, at the best launch shape
+    rule_f = [r for r in rows if r["kind"] == "fwd" and r["segments"] == 0
+              and all(r[k] == best_f[k] for k in ("block_d", "chunk", "fwd_warps"))]
+    rule_b = [r for r in rows if r["kind"] == "fwdbwd" and r["bwd_segments"] == 0
+              and all(r[k] == best_b[k] for k in ("chunk", "bwd_block_d", "bwd_warps"))]
+    summary["rule_fwd"] = {"segments": rule_f[0]["rule_segments"], "ms": rule_f[0]["ms"]} if rule_f else None
+    summary["rule_fwdbwd"] = {"bwd_segments": rule_b[0]["rule_bwd_segments"], "ms": rule_b[0]["ms"]} if rule_b else None
+    log(f"{shape} sweep: {json.dumps(summary)}")
+    return rows, summary
+
+
+def table_launch_shape(summaries) -> dict:
+    """The table's launch shape: the main shape's fastest forward+backward; the segment counts
+    are left to the rule (plan_launch) everywhere."""
+    main = summaries[0]["best_fwdbwd"]
+    return {k: main[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
+
+
+def table_row(shape, dtype, impls, cfg, args, log):
+    data = Leaves(make_inputs(shape, dtype))
+    t = data.inputs
+    b, d, l, n = shape
+    row = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype]}
+    cases = {}
+    for name, fn in impls.items():
+        if name == "chunked" and b * d * l > args.skip_chunked_above:
+            continue
+        cases[name] = Case(fn, data, cfg if name == "tokendyn" else None)
+    for mode in ("fwd", "fwdbwd"):
+        res = interleaved(cases, mode, args.rounds, args.round_ms, log)
+        for name in impls:
+            row[f"{name}_{mode}_ms"] = res[name]["ms"] if name in res else None
+            if name in res:
+                row[f"{name}_{mode}_rounds_ms"] = res[name]["rounds"]
+    grads, outs = {}, {}
+    for name, case in cases.items():
+        try:
+            row[f"{name}_peak_mem_fwdbwd_gib"], grads[name] = case.peak_and_grads()
+            row[f"{name}_peak_mem_fwdbwd_gib"] /= 2**30
+            with torch.no_grad(), case.context():
+                outs[name] = case.fn(**t, delta_softplus=True)
+        except torch.cuda.OutOfMemoryError:
+            log(f"{name} {shape} {dtype}: out of memory")
+        torch.cuda.empty_cache()
+    m, mb = row.get("mamba_ssm_fwd_ms"), row.get("mamba_ssm_fwdbwd_ms")
+    row["ratio_fwd"] = row["tokendyn_fwd_ms"] / m if m and row["tokendyn_fwd_ms"] else None
+    row["ratio_fwdbwd"] = row["tokendyn_fwdbwd_ms"] / mb if mb and row["tokendyn_fwdbwd_ms"] else None
+    row["floor_fwd_ms"] = floor_bytes(shape, dtype) / args.bandwidth * 1e3
+    if row["tokendyn_fwd_ms"]:
+        row["tokendyn_fwd_pct_of_floor"] = 100 * row["floor_fwd_ms"] / row["tokendyn_fwd_ms"]
+    if m:
+        row["mamba_ssm_fwd_pct_of_floor"] = 100 * row["floor_fwd_ms"] / m
+    if "mamba_ssm" in outs and "tokendyn" in outs:
+        row["rel_diff_out_vs_mamba_ssm"] = rel(outs["tokendyn"], outs["mamba_ssm"])
+    if "mamba_ssm" in grads and "tokendyn" in grads:
+        row["rel_diff_grads_vs_mamba_ssm"] = {k: rel(grads["tokendyn"][k], grads["mamba_ssm"][k])
+                                              for k in grads["tokendyn"]}
+    return row
 
 
 def main():
@@ -151,75 +327,59 @@ def main():
     ap.add_argument("--out", default="results/scan_gpu.json")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--sweep", action="store_true")
-    ap.add_argument("--skip-chunked-above", type=int, default=2**31,
-                    help="skip the chunked backend where batch*dim*length exceeds this")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds per shape (median reported)")
+    ap.add_argument("--round-ms", type=float, default=60.0, help="time per implementation per round")
+    ap.add_argument("--skip-chunked-above", type=int, default=26_000_000,
+                    help="skip the chunked backend where batch*dim*length exceeds this (default: only "
+                         "the (8, 1536, 2048) shapes)")
     args = ap.parse_args()
-    logs = []
+    t0 = time.perf_counter()
 
     def log(msg):
-        print(msg, flush=True)
-        logs.append(msg)
+        print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
         prov["commit"] = args.commit
-    bw = copy_bandwidth()
-    log(f"copy bandwidth {bw / 1e12:.3f} TB/s (read + write)")
-    sweep_rows, best = ([], None)
-    if args.sweep:
-        sweep_rows, best = sweep(log)
-        log(f"chosen launch shape {best}")
-    cfg = best or {}
+    args.bandwidth = copy_bandwidth()
+    log(f"copy bandwidth {args.bandwidth / 1e12:.3f} TB/s (read + write)")
     impls = implementations()
-    rows = []
+    state = {"sweep_rows": [], "summaries": [], "rows": [], "cfg": {}}
+
+    def save(complete: bool):
+        """The JSON so far (written after every step, so a run cut short keeps what it measured)."""
+        result = {**prov, "complete": complete, "copy_bandwidth_tb_s": args.bandwidth / 1e12,
+                  "launch_shape": state["cfg"] or "defaults",
+                  "default_launch_shape": vars(triton_scan.ScanConfig()), "rows": state["rows"],
+                  "sweep_summary": state["summaries"], "sweep": state["sweep_rows"],
+                  "wall_s": time.perf_counter() - t0,
+                  "notes": "delta_softplus, z, D and delta_bias on, every input requiring grad (forward "
+                           "included); A float32 = -(1..N); implementations interleaved within "
+                           f"{args.rounds} rounds, each timed by CUDA events over back-to-back calls "
+                           f"(~{args.round_ms} ms per round), median over rounds; peak memory is the "
+                           "extra allocation of one fwd+bwd; sweep: 3 rounds of ~30 ms."}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+
+    if args.sweep:
+        for (shape, dtype), cls in [(MAIN, "main"), *((s, "long") for s in LONG)]:
+            r, summary = sweep_shape(shape, dtype, cls, impls.get("mamba_ssm"), log)
+            state["sweep_rows"] += r
+            state["summaries"].append(summary)
+            save(False)
+        state["cfg"] = table_launch_shape(state["summaries"])
+        log(f"chosen launch shape {state['cfg']}")
+    rows = state["rows"]
     for shape, dtype in SHAPES:
-        t = make_inputs(shape, dtype)
-        b, d, l, n = shape
-        row = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype]}
-        grads = {}
-        outs = {}
-        for name, fn in impls.items():
-            if name == "chunked" and b * d * l > args.skip_chunked_above:
-                row[f"{name}_fwd_ms"] = row[f"{name}_fwdbwd_ms"] = None
-                continue
-            ctx = triton_scan.scan_config(**cfg) if name == "tokendyn" else _null()
-            with ctx:
-                try:
-                    with torch.no_grad():
-                        outs[name] = fn(**t, delta_softplus=True)
-                    fwd = time_fwd(fn, t)
-                    fb, peak, grads[name] = time_fwdbwd(fn, t)
-                except torch.cuda.OutOfMemoryError:
-                    log(f"{name} {shape} {dtype}: out of memory")
-                    torch.cuda.empty_cache()
-                    row[f"{name}_fwd_ms"] = row[f"{name}_fwdbwd_ms"] = None
-                    continue
-            row[f"{name}_fwd_ms"] = fwd
-            row[f"{name}_fwdbwd_ms"] = fb
-            row[f"{name}_peak_mem_fwdbwd_gib"] = peak / 2**30
-            torch.cuda.empty_cache()
-        m = row.get("mamba_ssm_fwd_ms")
-        row["ratio_fwd"] = row["tokendyn_fwd_ms"] / m if m else None
-        mb = row.get("mamba_ssm_fwdbwd_ms")
-        row["ratio_fwdbwd"] = row["tokendyn_fwdbwd_ms"] / mb if mb else None
-        row["floor_fwd_ms"] = floor_bytes(shape, dtype) / bw * 1e3
-        row["tokendyn_fwd_pct_of_floor"] = 100 * row["floor_fwd_ms"] / row["tokendyn_fwd_ms"]
-        if m:
-            row["mamba_ssm_fwd_pct_of_floor"] = 100 * row["floor_fwd_ms"] / m
-        if "mamba_ssm" in outs:
-            row["rel_diff_out_vs_mamba_ssm"] = rel(outs["tokendyn"], outs["mamba_ssm"])
-            row["rel_diff_grads_vs_mamba_ssm"] = {k: rel(grads["tokendyn"][k], grads["mamba_ssm"][k])
-                                                  for k in grads["tokendyn"]} if "mamba_ssm" in grads else None
+        row = table_row(shape, dtype, impls, state["cfg"], args, log)
         rows.append(row)
-        log(json.dumps(row))
-        del t, outs, grads
+        log(json.dumps({k: v for k, v in row.items() if not k.endswith("_rounds_ms")}))
         torch.cuda.empty_cache()
-    result = {**prov, "copy_bandwidth_tb_s": bw / 1e12, "launch_shape": cfg or "defaults",
-              "default_launch_shape": vars(triton_scan.ScanConfig()), "rows": rows, "sweep": sweep_rows,
-              "notes": "delta_softplus, z, D and delta_bias on; A float32 = -(1..N); times are medians "
-                       "of triton.testing.do_bench; peak memory is the extra allocation of one fwd+bwd."}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+        save(False)
+    save(True)
     log("")
     log(f"{'shape':>22} {'dtype':>9} {'td fwd':>8} {'ms fwd':>8} {'td f+b':>8} {'ms f+b':>8} "
         f"{'r fwd':>6} {'r f+b':>6} {'floor':>7} {'ch fwd':>8} {'ch f+b':>8}")
@@ -231,14 +391,6 @@ def main():
             f"{f(r['tokendyn_fwdbwd_ms'])} {f(r.get('mamba_ssm_fwdbwd_ms'))} "
             f"{(r['ratio_fwd'] or 0):6.2f} {(r['ratio_fwdbwd'] or 0):6.2f} {r['floor_fwd_ms']:7.3f} "
             f"{f(r.get('chunked_fwd_ms'))} {f(r.get('chunked_fwdbwd_ms'))}")
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ CONFIGS = [
     dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=16, bwd_warps=4),
     dict(block_d=4, chunk=512, fwd_warps=8, bwd_block_d=2, bwd_warps=8),
     dict(block_d=8, chunk=128, fwd_warps=2, bwd_block_d=4, bwd_warps=1),
+    dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=4, bwd_warps=1, segments=5, bwd_segments=3),
+    dict(block_d=4, chunk=128, fwd_warps=1, bwd_block_d=2, bwd_warps=1, segments=7, bwd_segments=7),
 ]
 
 
@@ -153,6 +155,87 @@ def test_launch_shapes_agree(ts, cfg):
     tensors = make_inputs(2, 37, 777, 16, torch.float32)
     with ts.scan_config(**cfg):
         check_against_reference(ts.selective_scan_triton, tensors, torch.float32, True)
+
+
+# the length split into segments scanned by separate programs, forced on at tiny shapes:
+# (batch, dim, length, state, flags, launch shape); chunks of 16 steps, so 40 steps are 3
+# chunks (the last one partial), 100 steps 7 chunks in segments of 3, 3, 1 (forward) and
+# 4, 3 (backward), 33 steps end with a one-step chunk that is a segment of its own
+SPLIT_CASES = [
+    (2, 5, 40, 3, "zDbs", dict(chunk=16, block_d=2, bwd_block_d=2, segments=3, bwd_segments=3)),
+    (1, 6, 100, 4, "", dict(chunk=16, segments=3, bwd_segments=2)),
+    (2, 4, 64, 5, "zb", dict(chunk=16, segments=4, bwd_segments=4)),
+    (1, 3, 33, 2, "Ds", dict(chunk=16, segments=2, bwd_segments=3)),
+    (1, 4, 50, 1, "zDbs", dict(chunk=16, block_d=4, bwd_block_d=1, segments=4, bwd_segments=2)),
+    (2, 3, 90, 16, "zDbs", dict(chunk=32, segments=3, bwd_segments=3)),
+]
+
+
+def _split_id(c) -> str:
+    return "x".join(map(str, c[:4])) + "-" + (c[4] or "none") + f"-s{c[5]['segments']}b{c[5]['bwd_segments']}"
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=_split_id)
+def test_split_sequence_matches_float64_reference(ts, case):
+    b, d, l, n, flags, cfg = case
+    softplus = "s" in flags
+    tensors = make_inputs(b, d, l, n, torch.float32, z="z" in flags, D="D" in flags, bias="b" in flags,
+                          softplus=softplus)
+    with ts.scan_config(**cfg):
+        check_against_reference(ts.selective_scan_triton, tensors, torch.float32, softplus)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16], ids=str)
+def test_split_sequence_without_last_state_gradient(ts, dtype):
+    """h_L returned but not used by the loss (no dlast), half-precision inputs."""
+    tensors = make_inputs(2, 5, 70, 4, dtype)
+    with ts.scan_config(chunk=16, segments=5, bwd_segments=3):
+        check_against_reference(ts.selective_scan_triton, tensors, dtype, True, last_state=False)
+
+
+def test_split_matches_unsplit(ts):
+    """The same inputs with and without the split: equal up to float32 rounding (the split
+    changes only the order in which the carries are summed)."""
+    tensors = make_inputs(1, 4, 80, 3, torch.float32)
+    results = []
+    for seg in (1, 5):
+        xs = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in tensors.items()}
+        with ts.scan_config(chunk=16, segments=seg, bwd_segments=seg):
+            out, last = ts.selective_scan_triton(**xs, delta_softplus=True, return_last_state=True)
+            (out.sum() + last.sum()).backward()
+        results.append((out.detach(), last.detach(), {k: v.grad for k, v in xs.items() if v is not None}))
+    (o1, l1, g1), (o2, l2, g2) = results
+    assert rel(o2, o1) < 1e-5 and rel(l2, l1) < 1e-5
+    for k in g1:
+        assert rel(g2[k], g1[k]) < 1e-5, k
+
+
+def test_segment_rule():
+    """plan_launch (pure, no launch): long sequences at small batch are split, the main
+    training shape is not, and every segment gets whole chunks."""
+    from tokendyn.ops.triton_scan import MAX_SEGMENTS, plan_launch
+
+    sms = 132
+    # (1, 2048, 65536) with chunks of 128: 128 programs of 4 warps, under 1 warp per SM
+    long = plan_launch(1, 2048, 512, 16, 4, 0, sms, 16)
+    assert long.segments > 1 and long.block_d == 16 and long.warps == 4
+    assert 1 * long.segments * (2048 // 16) * 4 >= 16 * sms
+    bwd = plan_launch(1, 2048, 512, 4, 1, 0, sms, 16)
+    assert bwd.segments > 1 and bwd.block_d == 4
+    # (8, 1536, 2048): ~23 warps per SM already
+    assert plan_launch(8, 1536, 16, 16, 4, 0, sms, 16).segments == 1
+    assert plan_launch(8, 1536, 16, 4, 1, 0, sms, 16).segments == 1
+    # forced counts: clipped to the chunks, reduced to what whole chunks need
+    assert plan_launch(1, 8, 3, 16, 4, 10, sms, 16).segments == 3
+    for n_chunks in range(1, 40):
+        for want in range(1, 45):
+            lp = plan_launch(2, 64, n_chunks, 16, 4, want, sms, 16)
+            assert 1 <= lp.segments <= min(want, n_chunks, MAX_SEGMENTS)
+            # no segment empty, none missing
+            assert (lp.segments - 1) * lp.chunks_per_segment < n_chunks <= lp.segments * lp.chunks_per_segment
+    # short sequences at batch 1 cannot be split enough: fewer channels per program instead
+    short = plan_launch(1, 256, 2, 16, 4, 0, sms, 16)
+    assert short.segments == 2 and short.block_d < 16 and short.warps < 4
 
 
 def test_repeatable_without_races(ts):

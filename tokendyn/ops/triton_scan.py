@@ -9,6 +9,13 @@ float32; the backward recomputes the states of a chunk from its start state inst
 (batch, dim, length, state), and rebuilds y before the gate from them (the gate's gradient
 needs it) instead of saving it. Kernels: :mod:`tokendyn.ops._triton_kernels`.
 
+Parallelism: one program per (batch element, block of channels, segment of the length).
+Where batch × channel blocks leave the GPU short of resident warps (long sequences at small
+batch) the length is split into segments of whole chunks (:func:`plan_launch`): a summary
+launch computes each segment's effect on the state, each program folds the summaries before
+(forward) or after (backward) its segment into its carry and scans its segment in parallel
+with the others. With one segment the launches are those of the unsplit scan.
+
 :func:`scan_forward` and :func:`scan_backward` are the two launches without autograd, for
 callers that fuse the scan with the layers around it (:mod:`tokendyn.ops.mixer_core`).
 
@@ -31,8 +38,11 @@ from . import _triton_kernels as K
 @dataclass(frozen=True)
 class ScanConfig:
     """Launch shape: channels per program, steps per chunk and warps, for the forward and the
-    backward kernel. Where fewer channels per program are used (long sequences at small batch,
-    see :func:`_block_d`), the warps shrink with the tile (:func:`_warps`)."""
+    backward kernel, and the segments the length is split into (0: chosen by
+    :func:`plan_launch` so that the grid holds about ``warps_per_sm`` warps per multiprocessor;
+    n > 0: n segments, at most one per chunk). Where fewer channels per program are used
+    (grid short of programs, see :func:`plan_launch`), the warps shrink with the tile
+    (:func:`_warps`)."""
 
     # the fastest forward+backward of benchmarks/scan_gpu.py's sweep on an H100
     # (results/scan_gpu.json, "sweep"): at (8, 1536, 2048, 16) bfloat16
@@ -41,6 +51,11 @@ class ScanConfig:
     fwd_warps: int = 4
     bwd_block_d: int = 4
     bwd_warps: int = 1
+    segments: int = 0
+    bwd_segments: int = 0
+    # the main case's grids hold ~23 warps per multiprocessor (forward and backward) and
+    # stay unsplit; a prediction, to be replaced by the sweep's measurements
+    warps_per_sm: int = 16
 
 
 _CONFIG = ScanConfig()
@@ -69,19 +84,48 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _block_d(want: int, batch: int, dim: int, device: torch.device) -> int:
-    """Channels per program: ``want``, halved while the grid would leave the GPU short of
-    programs (fewer than 4 per multiprocessor), e.g. for long sequences at batch 1."""
-    sms = _multiprocessors(device)
-    bd = want
-    while bd > 1 and batch * triton.cdiv(dim, bd) < 4 * sms:
+# the forward prologue folds up to segments - 1 summaries per program: keep that small
+MAX_SEGMENTS = 64
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel's grid: channels per program, warps, segments and chunks per segment."""
+
+    block_d: int
+    warps: int
+    segments: int
+    chunks_per_segment: int
+
+
+def plan_launch(batch: int, dim: int, n_chunks: int, block_d: int, warps: int, segments: int,
+                sms: int, warps_per_sm: int) -> Launch:
+    """The grid of one scan kernel (pure: no device needed).
+
+    Segments: ``segments`` if > 0, else enough for the grid of batch × ⌈dim/block_d⌉ programs
+    of ``warps`` warps to reach ``warps_per_sm`` warps per multiprocessor (a grid that already
+    does stays unsplit: splitting adds a summary pass over all but the last segment); at most
+    one per chunk and :data:`MAX_SEGMENTS`, and every segment gets whole chunks (the count is
+    then reduced to what ⌈n_chunks / segments⌉ chunks per segment need).
+    Channels per program: ``block_d``, halved while the grid is short of 4 programs per
+    multiprocessor (where segments could not fill it: short sequences at small batch), with
+    the warps shrunk in proportion (:func:`_warps`)."""
+    n_chunks = max(n_chunks, 1)
+    if segments <= 0:
+        grid_warps = batch * triton.cdiv(dim, block_d) * warps
+        segments = triton.cdiv(warps_per_sm * sms, grid_warps)
+    segments = max(1, min(segments, n_chunks, MAX_SEGMENTS))
+    cps = triton.cdiv(n_chunks, segments)
+    segments = triton.cdiv(n_chunks, cps)
+    bd = block_d
+    while bd > 1 and batch * segments * triton.cdiv(dim, bd) < 4 * sms:
         bd //= 2
-    return bd
+    return Launch(bd, _warps(warps, bd, block_d), segments, cps)
 
 
 def _warps(want: int, bd: int, want_bd: int) -> int:
     """Warps per program: ``want`` for the configured ``want_bd`` channels, scaled down with the
-    tile where :func:`_block_d` gave fewer channels, so each thread keeps as many elements as in
+    tile where :func:`plan_launch` gave fewer channels, so each thread keeps as many elements as in
     the tuned launch shape (rather than the scan spreading a small tile over idle warps)."""
     return max(1, want * bd // want_bd)
 
@@ -131,6 +175,15 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, sav
                      saved.chunk, dlast, saved.cfg)
 
 
+def _segment_buffers(batch, dim, nstate, launch: Launch, device):
+    """(sum, dsum) summary buffers for a split launch: (batch, dim, segments, state) and
+    (batch, dim, segments) float32; None, None with one segment (nothing to summarize)."""
+    if launch.segments == 1:
+        return None, None
+    return (_empty((batch, dim, launch.segments, nstate), torch.float32, device),
+            _empty((batch, dim, launch.segments), torch.float32, device))
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfig):
     """Launch the forward. Returns out (batch, dim, length) in u's dtype, states
     (batch, dim, n_chunks, state) float32 and the chunk length."""
@@ -138,18 +191,30 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     nstate = A.shape[1]
     T = _chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
+    lp = plan_launch(batch, dim, n_chunks, cfg.block_d, cfg.fwd_warps, cfg.segments,
+                     _multiprocessors(u.device), cfg.warps_per_sm)
+    NP = triton.next_power_of_2(nstate)
     out = _empty((batch, dim, length), u.dtype, u.device)
     states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
-    bd = _block_d(cfg.block_d, batch, dim, u.device)
-    grid = (triton.cdiv(dim, bd), batch)
-    K._scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, out, states,
-        length, dim, nstate, n_chunks,
+    # the state entering each segment, written by the forward's own prologue
+    carry = _empty((batch, dim, lp.segments, nstate), torch.float32, u.device)
+    hsum, dsum = _segment_buffers(batch, dim, nstate, lp, u.device)
+    n_d = triton.cdiv(dim, lp.block_d)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                 BD=lp.block_d, T=T, NP=NP, num_warps=lp.warps)
+    if hsum is not None:
+        # every segment's end state from a zero start, but the last one's (nobody reads it)
+        K._scan_fwd_summary_kernel[(n_d, batch, lp.segments - 1)](
+            u, delta, A, B, delta_bias, hsum, dsum,
+            length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
+            *_strides3(u), *_strides3(delta), *_strides3(B), A.stride(0), A.stride(1), **flags)
+    K._scan_fwd_kernel[(n_d, batch, lp.segments)](
+        u, delta, A, B, C, D, z, delta_bias, out, states, carry,
+        carry if hsum is None else hsum, carry if dsum is None else dsum,
+        length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
         A.stride(0), A.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus),
-        BD=bd, T=T, num_warps=_warps(cfg.fwd_warps, bd, cfg.block_d),
+        HAS_D=D is not None, HAS_Z=z is not None, **flags,
     )
     return out, states, T
 
@@ -159,6 +224,9 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     batch, dim, length = u.shape
     nstate = A.shape[1]
     n_chunks = states.shape[2]
+    lp = plan_launch(batch, dim, n_chunks, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments,
+                     _multiprocessors(u.device), cfg.warps_per_sm)
+    NP = triton.next_power_of_2(nstate)
     f32 = dict(device=u.device, dtype=torch.float32)
     # the kernel rounds these straight to the input dtypes when it stores them
     du = _empty((batch, dim, length), u.dtype, u.device)
@@ -167,24 +235,33 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     dA = torch.zeros(batch, dim, nstate, **f32)
     dB = torch.zeros(batch, nstate, length, **f32)
     dC = torch.zeros(batch, nstate, length, **f32)
-    dD = _empty((batch, dim), torch.float32, u.device) if D is not None else None
-    dbias = _empty((batch, dim), torch.float32, u.device) if delta_bias is not None else None
-    # read only after the chunk before has written it, so it needs no zeroing
-    scarry = _empty((2, batch, dim, nstate), torch.float32, u.device)
-    bd = _block_d(cfg.bwd_block_d, batch, dim, u.device)
-    grid = (triton.cdiv(dim, bd), batch)
-    K._scan_bwd_kernel[grid](
+    # per segment partial sums, added up below
+    dD = _empty((lp.segments, batch, dim), torch.float32, u.device) if D is not None else None
+    dbias = _empty((lp.segments, batch, dim), torch.float32, u.device) if delta_bias is not None else None
+    # each half read only after the prologue or the chunk before has written it: no zeroing
+    scarry = _empty((2, batch, dim, lp.segments, nstate), torch.float32, u.device)
+    ssum, dsum = _segment_buffers(batch, dim, nstate, lp, u.device)
+    n_d = triton.cdiv(dim, lp.block_d)
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                 HAS_DLAST=dlast is not None, BD=lp.block_d, T=T, NP=NP, num_warps=lp.warps)
+    if ssum is not None:
+        # every segment's adjoint at its first step from a zero end, but the first one's
+        K._scan_bwd_summary_kernel[(n_d, batch, lp.segments - 1)](
+            delta, A, C, z, delta_bias, dout, dlast, ssum, dsum,
+            length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
+            *_strides3(delta), *_strides3(z), *_strides3(C), A.stride(0), A.stride(1),
+            *_strides3(dout), **flags)
+    K._scan_bwd_kernel[(n_d, batch, lp.segments)](
         u, delta, A, B, C, D, z, delta_bias, dout, states, dlast, scarry,
+        scarry if ssum is None else ssum, scarry if dsum is None else dsum,
         du, ddelta, dz, dA, dB, dC, dD, dbias,
-        length, dim, nstate, n_chunks,
+        length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
         A.stride(0), A.stride(1), *_strides3(dout),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-        BD=bd, T=T, num_warps=_warps(cfg.bwd_warps, bd, cfg.bwd_block_d),
+        HAS_D=D is not None, **flags,
     )
-    return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum(0) if dD is not None else None), \
-        (dbias.sum(0) if dbias is not None else None)
+    return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum((0, 1)) if dD is not None else None), \
+        (dbias.sum((0, 1)) if dbias is not None else None)
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
