@@ -210,7 +210,7 @@ def _rule_segments(shape, cfg: dict, backward: bool) -> int:
     n_chunks = -(-l // triton_scan._chunk_for(l, full))
     bd, warps = (full.bwd_block_d, full.bwd_warps) if backward else (full.block_d, full.fwd_warps)
     lp = triton_scan.plan_launch(b, d, n_chunks, bd, warps, 0, triton_scan._multiprocessors(torch.device(DEVICE)),
-                                 full.warps_per_sm)
+                                 full.warps_per_sm, full.split_below_warps_per_sm, full.min_split)
     return lp.segments
 
 

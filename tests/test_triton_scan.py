@@ -211,30 +211,36 @@ def test_split_matches_unsplit(ts):
 
 
 def test_segment_rule():
-    """plan_launch (pure, no launch): long sequences at small batch are split, the main
-    training shape is not, and every segment gets whole chunks."""
-    from tokendyn.ops.triton_scan import MAX_SEGMENTS, plan_launch
+    """plan_launch (pure, no launch): a grid short of warps (long sequences at small batch) is
+    split into at least min_split segments, fuller grids are not, and every segment gets
+    whole chunks."""
+    from tokendyn.ops.triton_scan import MAX_SEGMENTS, ScanConfig, plan_launch
 
     sms = 132
-    # (1, 2048, 65536) with chunks of 128: 128 programs of 4 warps, under 1 warp per SM
-    long = plan_launch(1, 2048, 512, 16, 4, 0, sms, 16)
-    assert long.segments > 1 and long.block_d == 16 and long.warps == 4
-    assert 1 * long.segments * (2048 // 16) * 4 >= 16 * sms
-    bwd = plan_launch(1, 2048, 512, 4, 1, 0, sms, 16)
-    assert bwd.segments > 1 and bwd.block_d == 4
-    # (8, 1536, 2048): ~23 warps per SM already
-    assert plan_launch(8, 1536, 16, 16, 4, 0, sms, 16).segments == 1
-    assert plan_launch(8, 1536, 16, 4, 1, 0, sms, 16).segments == 1
+    cfg = ScanConfig()
+    rule = dict(sms=sms, warps_per_sm=cfg.warps_per_sm, split_below=cfg.split_below_warps_per_sm,
+                min_split=cfg.min_split)
+    # (1, 2048, 65536) with chunks of 128, default forward: 256 programs of 4 warps, ~7.8 per SM
+    long = plan_launch(1, 2048, 512, cfg.block_d, cfg.fwd_warps, cfg.segments, **rule)
+    assert long.segments >= cfg.min_split and long.block_d == cfg.block_d and long.warps == cfg.fwd_warps
+    assert long.segments * (2048 // cfg.block_d) * cfg.fwd_warps >= cfg.warps_per_sm * sms
+    # the backward is split only when asked (bwd_segments = 0 applies the rule)
+    assert plan_launch(1, 2048, 512, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments, **rule).segments == 1
+    assert plan_launch(1, 2048, 512, cfg.bwd_block_d, cfg.bwd_warps, 0, **rule).segments > 1
+    # (2, 1536, 8192) at ~11.6 warps per SM and the main shape (8, 1536, 2048) stay unsplit
+    assert plan_launch(2, 1536, 64, cfg.block_d, cfg.fwd_warps, 0, **rule).segments == 1
+    assert plan_launch(8, 1536, 16, cfg.block_d, cfg.fwd_warps, 0, **rule).segments == 1
+    assert plan_launch(8, 1536, 16, cfg.bwd_block_d, cfg.bwd_warps, 0, **rule).segments == 1
     # forced counts: clipped to the chunks, reduced to what whole chunks need
-    assert plan_launch(1, 8, 3, 16, 4, 10, sms, 16).segments == 3
+    assert plan_launch(1, 8, 3, 16, 4, 10, **rule).segments == 3
     for n_chunks in range(1, 40):
         for want in range(1, 45):
-            lp = plan_launch(2, 64, n_chunks, 16, 4, want, sms, 16)
+            lp = plan_launch(2, 64, n_chunks, 16, 4, want, **rule)
             assert 1 <= lp.segments <= min(want, n_chunks, MAX_SEGMENTS)
             # no segment empty, none missing
             assert (lp.segments - 1) * lp.chunks_per_segment < n_chunks <= lp.segments * lp.chunks_per_segment
     # short sequences at batch 1 cannot be split enough: fewer channels per program instead
-    short = plan_launch(1, 256, 2, 16, 4, 0, sms, 16)
+    short = plan_launch(1, 256, 2, 16, 4, 0, **rule)
     assert short.segments == 2 and short.block_d < 16 and short.warps < 4
 
 

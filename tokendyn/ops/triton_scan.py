@@ -39,23 +39,32 @@ from . import _triton_kernels as K
 class ScanConfig:
     """Launch shape: channels per program, steps per chunk and warps, for the forward and the
     backward kernel, and the segments the length is split into (0: chosen by
-    :func:`plan_launch` so that the grid holds about ``warps_per_sm`` warps per multiprocessor;
-    n > 0: n segments, at most one per chunk). Where fewer channels per program are used
-    (grid short of programs, see :func:`plan_launch`), the warps shrink with the tile
-    (:func:`_warps`)."""
+    :func:`plan_launch`: a grid under ``split_below_warps_per_sm`` warps per multiprocessor is
+    split into at least ``min_split`` segments, enough for about ``warps_per_sm`` warps per
+    multiprocessor; n > 0: n segments, at most one per chunk). Where fewer channels per
+    program are used (grid short of programs, see :func:`plan_launch`), the warps shrink with
+    the tile (:func:`_warps`)."""
 
-    # the fastest forward+backward of benchmarks/scan_gpu.py's sweep on an H100
-    # (results/scan_gpu.json, "sweep"): at (8, 1536, 2048, 16) bfloat16
-    block_d: int = 16
+    # From the sweep of benchmarks/scan_gpu.py on an H200 (results/scan_gpu.json, commit
+    # 6c1fac1). Forward: 8 channels / 4 warps is as fast as 16 / 4 at (8, 1536, 2048, 16)
+    # (0.468 vs 0.466 ms), does not spill registers (16 / 4 spills ~0.9 KB per thread), and
+    # is the fastest at (2, 1536, 8192) and (1, 2048, 65536). Backward: 4 channels / 1 warp.
+    block_d: int = 8
     chunk: int = 128
     fwd_warps: int = 4
     bwd_block_d: int = 4
     bwd_warps: int = 1
+    # Segments: in that sweep a split paid only where the forward's grid held under ~10 warps
+    # per multiprocessor ((1, 2048, 65536): 4.35 -> 3.67 ms with 4 segments; (2, 1536, 8192),
+    # at 11.6 warps per SM, was fastest unsplit), and 2-3 segments cost more than they saved
+    # (the summary pass runs before the scan). The backward's split was slower or within 5%
+    # at both long shapes, so the backward is not split unless asked (bwd_segments=0 applies
+    # the same rule as the forward).
     segments: int = 0
-    bwd_segments: int = 0
-    # the main case's grids hold ~23 warps per multiprocessor (forward and backward) and
-    # stay unsplit; a prediction, to be replaced by the sweep's measurements
-    warps_per_sm: int = 16
+    bwd_segments: int = 1
+    warps_per_sm: int = 32
+    split_below_warps_per_sm: int = 10
+    min_split: int = 4
 
 
 _CONFIG = ScanConfig()
@@ -99,21 +108,23 @@ class Launch:
 
 
 def plan_launch(batch: int, dim: int, n_chunks: int, block_d: int, warps: int, segments: int,
-                sms: int, warps_per_sm: int) -> Launch:
+                sms: int, warps_per_sm: int, split_below: int = 10, min_split: int = 4) -> Launch:
     """The grid of one scan kernel (pure: no device needed).
 
-    Segments: ``segments`` if > 0, else enough for the grid of batch × ⌈dim/block_d⌉ programs
-    of ``warps`` warps to reach ``warps_per_sm`` warps per multiprocessor (a grid that already
-    does stays unsplit: splitting adds a summary pass over all but the last segment); at most
-    one per chunk and :data:`MAX_SEGMENTS`, and every segment gets whole chunks (the count is
-    then reduced to what ⌈n_chunks / segments⌉ chunks per segment need).
+    Segments: ``segments`` if > 0; else, where the grid of batch × ⌈dim/block_d⌉ programs of
+    ``warps`` warps holds fewer than ``split_below`` warps per multiprocessor, at least
+    ``min_split`` and enough to reach ``warps_per_sm`` (a fuller grid stays unsplit: splitting
+    adds a summary pass over all but the last segment before the scan); at most one per
+    chunk and :data:`MAX_SEGMENTS`, and every segment gets whole chunks (the count is then
+    reduced to what ⌈n_chunks / segments⌉ chunks per segment need).
     Channels per program: ``block_d``, halved while the grid is short of 4 programs per
     multiprocessor (where segments could not fill it: short sequences at small batch), with
     the warps shrunk in proportion (:func:`_warps`)."""
     n_chunks = max(n_chunks, 1)
     if segments <= 0:
         grid_warps = batch * triton.cdiv(dim, block_d) * warps
-        segments = triton.cdiv(warps_per_sm * sms, grid_warps)
+        segments = 1 if grid_warps >= split_below * sms else \
+            max(min_split, triton.cdiv(warps_per_sm * sms, grid_warps))
     segments = max(1, min(segments, n_chunks, MAX_SEGMENTS))
     cps = triton.cdiv(n_chunks, segments)
     segments = triton.cdiv(n_chunks, cps)
@@ -192,7 +203,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     T = _chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
     lp = plan_launch(batch, dim, n_chunks, cfg.block_d, cfg.fwd_warps, cfg.segments,
-                     _multiprocessors(u.device), cfg.warps_per_sm)
+                     _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
     out = _empty((batch, dim, length), u.dtype, u.device)
     states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
@@ -225,7 +236,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     nstate = A.shape[1]
     n_chunks = states.shape[2]
     lp = plan_launch(batch, dim, n_chunks, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments,
-                     _multiprocessors(u.device), cfg.warps_per_sm)
+                     _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
     f32 = dict(device=u.device, dtype=torch.float32)
     # the kernel rounds these straight to the input dtypes when it stores them
