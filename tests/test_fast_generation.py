@@ -13,23 +13,10 @@ import os
 
 import pytest
 import torch
+from lm_helpers import VOCAB, make_model
 
 from tokendyn.errors import ConfigError
-from tokendyn.model import MambaConfig, MambaLM, generate, sample_next
-
-VOCAB = 29
-
-
-def make_model(dtype=torch.float64, seed=0, device="cpu", **kw):
-    torch.manual_seed(seed)
-    base = dict(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=4, scan_backend="reference")
-    base.update(kw)
-    model = MambaLM(MambaConfig(**base))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # generic weights, not the init
-        for name, p in model.named_parameters():
-            p.add_((0.1 if name.endswith("A_log") else 0.3) * torch.randn(p.shape, generator=g))
-    return model.to(device=device, dtype=dtype).eval()
+from tokendyn.model import generate, sample_next
 
 
 def plain_generate(model, prompt, n, temperature=0.0, top_k=None, generator=None):

@@ -5,22 +5,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lm_helpers import make_model
 
 from tokendyn.errors import ConfigError
-from tokendyn.model import InferenceCache, MambaConfig, MambaLM, generate, sample_next
+from tokendyn.model import InferenceCache, generate, sample_next
 from tokendyn.ops import available_backends
-
-
-def make_model(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    base = dict(d_model=16, n_layer=2, vocab_size=29, d_state=4, scan_backend="reference")
-    base.update(kw)
-    model = MambaLM(MambaConfig(**base))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # generic weights, not the init
-        for name, p in model.named_parameters():
-            p.add_((0.1 if name.endswith("A_log") else 0.3) * torch.randn(p.shape, generator=g))
-    return model.to(dtype).eval()
 
 
 def stepped_logits(model, ids):
