@@ -30,6 +30,10 @@ done
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 commit=${TOKENDYN_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_peer_bench.sh needs a CUDA device and PyTorch built for it; none was found."
+    exit 2
+fi
 mkdir -p "$out"
 have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 if ! have mamba_ssm && [ -x .peer/mamba_ssm_peer.sh ]; then

@@ -244,6 +244,20 @@ def test_segment_rule():
     assert short.segments == 2 and short.block_d < 16 and short.warps < 4
 
 
+@pytest.mark.parametrize("bad", [dict(block_d=3), dict(chunk=8), dict(chunk=96), dict(fwd_warps=3),
+                                 dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0)])
+def test_bad_launch_shape_refused(bad):
+    """A launch shape Triton cannot compile is refused in one sentence, before any launch."""
+    from tokendyn.errors import ConfigError
+    from tokendyn.ops.triton_scan import ScanConfig, scan_config
+
+    with pytest.raises(ConfigError, match="scan launch shape"):
+        ScanConfig(**bad)
+    with pytest.raises(ConfigError, match="scan launch shape"):
+        with scan_config(**bad):
+            pass
+
+
 def test_repeatable_without_races(ts):
     """Same inputs twice: forward and the per-channel gradients bit for bit (no races);
     dA, dB, dC are atomic sums, so equal up to summation order (dB, dC then rounded to

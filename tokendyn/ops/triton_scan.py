@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 
+from ..errors import ConfigError
 from . import _triton_kernels as K
 
 
@@ -65,6 +66,25 @@ class ScanConfig:
     warps_per_sm: int = 32
     split_below_warps_per_sm: int = 10
     min_split: int = 4
+
+    def __post_init__(self):
+        # tile sizes are Triton block shapes (powers of two); warps per program 1..16
+        for name in ("block_d", "chunk", "bwd_block_d"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ConfigError(f"scan launch shape: {name} must be a power of two >= 1, got {v!r}.")
+        if self.chunk < 16:
+            raise ConfigError(f"scan launch shape: chunk must be at least 16, got {self.chunk}.")
+        for name in ("fwd_warps", "bwd_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16):
+                raise ConfigError(f"scan launch shape: {name} must be 1, 2, 4, 8 or 16, got {getattr(self, name)!r}.")
+        for name in ("segments", "bwd_segments"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"scan launch shape: {name} must be 0 (chosen by shape) or a positive count, "
+                                  f"got {getattr(self, name)!r}.")
+        for name in ("warps_per_sm", "split_below_warps_per_sm", "min_split"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"scan launch shape: {name} must be a positive integer, got {getattr(self, name)!r}.")
 
 
 _CONFIG = ScanConfig()
