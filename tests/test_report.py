@@ -97,6 +97,12 @@ def test_the_repository_results_are_found():
     assert tables, "results/*.json of the checkout not found"
     for t in tables:
         assert t["device"] and not t["device"].lower().startswith("cpu") and t["date"] and t["rows"]
+    by_file = {t["file"]: t for t in tables}
+    # the three side-by-side benchmarks appear as tables with their ratios, not as loose scalars
+    gen = by_file["results/generate_gpu.json"]
+    assert gen["columns"][0] == "batch" and [r[0] for r in gen["rows"]] == ["1", "16"]
+    assert "fwd ratio" in by_file["results/scan_gpu.json"]["columns"]
+    assert "peak GiB" in by_file["results/train_gpu.json"]["columns"]
 
 
 def test_verdicts_say_what_was_not_shown():

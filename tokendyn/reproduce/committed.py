@@ -17,6 +17,8 @@ TITLES = {
     "conv_gpu": "Causal conv + SiLU: fused Triton against PyTorch's conv1d",
     "train_gpu": "Training MambaLM: tokens/s against mamba_ssm",
     "train_gpu_recheck": "Training MambaLM: tokens/s against mamba_ssm (second run)",
+    "scan_gpu_abf7e00": "Selective scan: triton against mamba_ssm (before the segments)",
+    "generate_gpu": "Generation: tokens/s against mamba_ssm's generate(cg=True)",
     "profile_train_gpu": "One training step by part",
     "host_overhead_gpu": "Host time per call of the fused ops",
     "analyze_cuda": "tokendyn analyze on a 129M model",
@@ -44,11 +46,19 @@ def _shape(row: dict) -> str:
 
 
 def _scan(d: dict, this: dict):
-    cols = ["(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm",
+    cols = ["(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm", "fwd ratio",
             "fwd+bwd ms tokendyn", "fwd+bwd ms mamba_ssm", "fwd+bwd ratio"]
-    return cols, [[_shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r["mamba_ssm_fwd_ms"]),
-                   _f(r["tokendyn_fwdbwd_ms"]), _f(r["mamba_ssm_fwdbwd_ms"]), _f(r["ratio_fwdbwd"])]
-                  for r in d["rows"]]
+    return cols, [[_shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r.get("mamba_ssm_fwd_ms")),
+                   _f(r.get("ratio_fwd")), _f(r["tokendyn_fwdbwd_ms"]), _f(r.get("mamba_ssm_fwdbwd_ms")),
+                   _f(r.get("ratio_fwdbwd"))] for r in d["rows"]]
+
+
+def _generate(d: dict, this: dict):
+    cols = ["batch", "tokens/s tokendyn (CUDA graph)", "tokens/s mamba_ssm cg=True", "ratio",
+            "tokens/s tokendyn eager", "graph tokens = eager tokens"]
+    return cols, [[_f(r["batch"]), _f(r.get("tokens_per_s")), _f(r.get("mamba_ssm_cg_tokens_per_s")),
+                   _f(r.get("ratio_tokens_per_s")), _f(r.get("tokendyn_eager_tokens_per_s")),
+                   _f(r.get("graph_tokens_equal_eager"))] for r in d["rows"]]
 
 
 def _conv(d: dict, this: dict):
@@ -59,9 +69,9 @@ def _conv(d: dict, this: dict):
 
 
 def _train(d: dict, this: dict):
-    cols = ["model", "ms/step (median)", "tokens/s", "× mamba_ssm"]
-    return cols, [[k, _f(r.get("step_ms_median")), _f(r.get("tokens_per_s")), _f(r.get("throughput_vs_mamba_ssm"))]
-                  for k, r in d["results"].items()]
+    cols = ["model", "ms/step (median)", "tokens/s", "× mamba_ssm", "peak GiB"]
+    return cols, [[k, _f(r.get("step_ms_median")), _f(r.get("tokens_per_s")), _f(r.get("throughput_vs_mamba_ssm")),
+                   _f(r.get("peak_mem_gib"))] for k, r in d["results"].items()]
 
 
 def _profile(d: dict, this: dict):
@@ -106,6 +116,8 @@ def _table_for(d: dict):
         return _scan
     if isinstance(d.get("rows"), list) and d["rows"] and "fused_fwd_ms" in d["rows"][0]:
         return _conv
+    if isinstance(d.get("rows"), list) and d["rows"] and "mamba_ssm_cg_tokens_per_s" in d["rows"][0]:
+        return _generate
     res = d.get("results")
     if isinstance(res, dict) and res and all(isinstance(v, dict) for v in res.values()):
         first = next(iter(res.values()))
