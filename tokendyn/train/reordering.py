@@ -30,8 +30,10 @@ import torch
 
 from ..data.images import ImageDataset, load_images
 from ..errors import ConfigError
+from . import grid
 from . import state as runstate
 from .figures import plot_seed_curves, save_figure
+from .grid import collect, run_name
 from .images import ImageModelSpec, train_image
 from .loop import TrainConfig
 from .seeds import seed_comparison
@@ -60,21 +62,11 @@ RESULT_FILES = ("reorder.json", "reorder.md", "reorder.png")
 
 def check_settings(settings) -> list[str]:
     """The settings asked for, in canonical order; :class:`ConfigError` for an unknown one."""
-    settings = list(settings) or list(SETTINGS)
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SETTINGS)}.")
-    return [s for s in SETTINGS if s in settings]
+    return grid.choose_settings(settings, SETTINGS)
 
 
 def scale_params(scale: str) -> dict:
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
-    return SCALES[scale]
-
-
-def run_name(setting: str, seed: int) -> str:
-    return f"{setting}-seed{seed}"
+    return grid.choose_scale(scale, SCALES)
 
 
 def prepare_data(scale: str, name: str = "fashion-mnist", root=None, size: int = 32, channels: int = 3) -> ImageDataset:
@@ -124,26 +116,9 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
     return summarise(out, scale, provenance=provenance)
 
 
-def collect(out: Path) -> dict:
-    """Complete runs under OUT/runs: {setting: [(seed, run.json, result.json), ...]} by seed."""
-    found: dict[str, list] = {}
-    for run_dir in sorted((Path(out) / "runs").glob("*-seed*")):
-        if not (run_dir / runstate.RESULT).is_file():
-            continue
-        setting, seed = run_dir.name.rsplit("-seed", 1)
-        found.setdefault(setting, []).append((int(seed), json.loads((run_dir / runstate.RUN).read_text()),
-                                              json.loads((run_dir / runstate.RESULT).read_text())))
-    return {s: sorted(v, key=lambda r: r[0]) for s, v in found.items()}
-
-
 def _shared_identity(ident: dict) -> dict:
-    """What every run of one comparison shares: run.json less the seed and the reorder fields."""
-    ident = json.loads(json.dumps(ident))
-    for key in ("reorder", "reorder_branches"):
-        ident["model"].pop(key, None)
-    ident["train"].pop("seed", None)
-    ident["task"].pop("seed", None)
-    return ident
+    """run.json less the seeds and the reordering fields (what every run must share)."""
+    return grid.shared_identity(ident, ("reorder", "reorder_branches"))
 
 
 def epoch_curve(result: dict, steps_per_epoch: int) -> list[list]:
@@ -238,10 +213,4 @@ def plot_curves(doc: dict):
 
 def load_committed(path: Path) -> dict | None:
     """A committed reorder.json (e.g. results/reorder.json), or None when absent or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return grid.load_summary(path)

@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import grid
 from . import state as runstate
 from .figures import plot_seed_curves, save_figure
+from .grid import collect, run_name
 from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
 from .seeds import seed_comparison
@@ -54,22 +56,11 @@ RESULT_FILES = ("lm_scenarios.json", "lm_scenarios.md", "lm_scenarios_val.png", 
 
 def check_settings(settings) -> list[str]:
     """The settings asked for, in canonical order; :class:`ConfigError` for an unknown one."""
-    settings = list(settings) or list(IO_SETTINGS)
-    unknown = [s for s in settings if s not in IO_SETTINGS]
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; choose from "
-                          f"{', '.join(IO_SETTINGS)}.")
-    return [s for s in IO_SETTINGS if s in settings]
+    return grid.choose_settings(settings, IO_SETTINGS)
 
 
 def scale_params(scale: str) -> dict:
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
-    return SCALES[scale]
-
-
-def run_name(setting: str, seed: int) -> str:
-    return f"{setting}-seed{seed}"
+    return grid.choose_scale(scale, SCALES)
 
 
 def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, device="auto",
@@ -114,19 +105,6 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def collect(out: Path) -> dict:
-    """Complete runs under OUT/runs: {setting: [(seed, run.json, result.json), ...]}."""
-    found: dict[str, list] = {}
-    for run_dir in sorted((Path(out) / "runs").glob("*-seed*")):
-        result = run_dir / runstate.RESULT
-        if not result.is_file():
-            continue
-        setting, seed = run_dir.name.rsplit("-seed", 1)
-        found.setdefault(setting, []).append((int(seed), json.loads((run_dir / runstate.RUN).read_text()),
-                                              json.loads(result.read_text()), run_dir))
-    return {s: sorted(v, key=lambda r: r[0]) for s, v in found.items()}
 
 
 def summarise(out: Path, scale: str, device: str = "", provenance: dict | None = None, analyse: bool = True,
@@ -189,12 +167,8 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
 
 
 def _shared_identity(ident: dict) -> dict:
-    """What every run of one comparison shares: run.json less the seed and the setting."""
-    ident = json.loads(json.dumps(ident))
-    ident["model"].pop("io_constraint", None)
-    ident["train"].pop("seed", None)
-    ident["task"].pop("seed", None)
-    return ident
+    """run.json less the seeds and the io constraint (what every run must share)."""
+    return grid.shared_identity(ident, ("io_constraint",))
 
 
 def _n_params(run_dir: Path) -> int | None:
@@ -308,13 +282,7 @@ def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
 
 def load_committed(path: Path) -> dict | None:
     """A committed lm_scenarios.json (e.g. results/lm_scenarios.json), or None when absent."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return grid.load_summary(path)
 
 
 __all__ = ["SCALES", "run_grid", "summarise", "markdown_table", "check_settings", "load_committed"]
