@@ -24,6 +24,19 @@ def _echo(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def grid_choices(experiment, settings: list[str], seeds: str, scale: str) -> tuple[list[str], list[int]]:
+    """The settings (repeatable or comma-separated) and seeds (comma-separated) of a seed-grid
+    command, checked against ``experiment`` (tokendyn.train.scenarios or .reordering) together
+    with the scale, before any work."""
+    names = experiment.check_settings([s.strip() for v in settings for s in v.split(",") if s.strip()])
+    experiment.scale_params(scale)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    return names, seed_list
+
+
 def report_run(result, run_dir: Path, scores: str) -> None:
     """The last line of a training command: how to continue a stopped run, or the run's scores
     (``scores``: the task's validation and test numbers, already formatted)."""
@@ -125,19 +138,14 @@ def lm_scenarios(
     lm_scenarios.json, a markdown table and figures in OUT."""
     from ..data.corpus import default_cache_dir
     from ..provenance import provenance
+    from ..train import scenarios
     from ..train.loop import resolve_device
-    from ..train.scenarios import check_settings, run_grid, scale_params
 
-    names = check_settings([s.strip() for v in settings for s in v.split(",") if s.strip()])
-    scale_params(scale)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    names, seed_list = grid_choices(scenarios, settings, seeds, scale)
     dev = resolve_device(device)
-    doc = run_grid(out, scale=scale, settings=names, seeds=seed_list, device=dev, text_files=text or None,
-                   wikitext=wikitext, cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
-                   progress=progress, log=_echo, provenance=provenance(command_line()))
+    doc = scenarios.run_grid(out, scale=scale, settings=names, seeds=seed_list, device=dev, text_files=text or None,
+                             wikitext=wikitext, cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+                             progress=progress, log=_echo, provenance=provenance(command_line()))
     typer.echo((out / "lm_scenarios.md").read_text())
     typer.echo(f"written: {', '.join(str(out / f) for f in ('lm_scenarios.json', 'lm_scenarios.md'))} "
                f"({len(doc['settings'])} settings)")

@@ -8,11 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError
-from .train import _echo, command_line, report_run, train_app
-
-
-def _split(values: list[str]) -> list[str]:
-    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+from .train import _echo, command_line, grid_choices, report_run, train_app
 
 
 def _layers(text: str) -> list[int]:
@@ -109,17 +105,12 @@ def reorder_experiment(
     """Image classifiers without reordering, with SoftSort, with the exact sort and with the x-only
     ablation, several seeds each: reorder.json, a markdown table and a figure in OUT."""
     from ..reproduce import provenance
+    from ..train import reordering
     from ..train.loop import resolve_device
-    from ..train.reordering import check_settings, run_grid, scale_params
 
-    names = check_settings(_split(settings))
-    scale_params(scale)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    names, seed_list = grid_choices(reordering, settings, seeds, scale)
     dev = resolve_device(device)
-    run_grid(out, scale=scale, settings=names, seeds=seed_list, device=dev, data_name=data, data_root=data_dir,
-             progress=progress, log=_echo, provenance=provenance(command_line()))
+    reordering.run_grid(out, scale=scale, settings=names, seeds=seed_list, device=dev, data_name=data,
+                        data_root=data_dir, progress=progress, log=_echo, provenance=provenance(command_line()))
     typer.echo((out / "reorder.md").read_text())
     typer.echo(f"written: {', '.join(str(out / f) for f in ('reorder.json', 'reorder.md', 'reorder.png'))}")
