@@ -33,8 +33,30 @@ def choose_scale(scale: str, scales: dict) -> dict:
     return scales[scale]
 
 
+def choose_seeds(seeds) -> list[int]:
+    """The distinct seeds, sorted; :class:`ConfigError` unless there is at least one and none is
+    negative."""
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ConfigError("seeds must be non-negative integers, at least one.")
+    return seeds
+
+
 def run_name(setting: str, seed: int) -> str:
     return f"{setting}-seed{seed}"
+
+
+def pending_runs(out: Path, settings, seeds, log):
+    """(setting, seed, run_dir, resume) for every run of the grid not yet complete under
+    OUT/runs, setting by setting; complete ones are logged as skipped. ``resume``: the run was
+    started before (its run.json exists) and continues from its last checkpoint."""
+    for setting in settings:
+        for seed in seeds:
+            run_dir = Path(out) / "runs" / run_name(setting, seed)
+            if (run_dir / runstate.RESULT).is_file():
+                log(f"{run_name(setting, seed)}: complete, skipped")
+                continue
+            yield setting, seed, run_dir, (run_dir / runstate.RUN).is_file()
 
 
 def collect(out: Path) -> dict:

@@ -91,28 +91,21 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
     Returns the reorder.json document.
     """
     settings = check_settings(settings)
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds or min(seeds) < 0:
-        raise ConfigError("seeds must be non-negative integers, at least one.")
+    seeds = grid.choose_seeds(seeds)
     p = scale_params(scale)
     out = Path(out)
     t0 = time.perf_counter()
     data = prepare_data(scale, data_name, data_root)
     log(f"data: {data.source}; loaded in {time.perf_counter() - t0:.1f} s")
-    for setting in settings:
-        for seed in seeds:
-            run_dir = out / "runs" / run_name(setting, seed)
-            if (run_dir / runstate.RESULT).is_file():
-                log(f"{run_name(setting, seed)}: complete, skipped")
-                continue
-            spec = ImageModelSpec(**p["model"], **SETTINGS[setting])
-            cfg = TrainConfig(lr=p["lr"], warmup=0.05, weight_decay=0.05, log_every=20, seed=seed)
-            t = time.perf_counter()
-            res, _ = train_image(data, spec, cfg, batch_size=p["batch_size"], epochs=p["epochs"], out=run_dir,
-                                 resume=(run_dir / runstate.RUN).is_file(), device=device,
-                                 crop_padding=p["crop_padding"], progress=progress, log=log)
-            log(f"{run_name(setting, seed)}: test accuracy {res.test['accuracy']:.4f} in "
-                f"{time.perf_counter() - t:.1f} s")
+    for setting, seed, run_dir, resume in grid.pending_runs(out, settings, seeds, log):
+        spec = ImageModelSpec(**p["model"], **SETTINGS[setting])
+        cfg = TrainConfig(lr=p["lr"], warmup=0.05, weight_decay=0.05, log_every=20, seed=seed)
+        t = time.perf_counter()
+        res, _ = train_image(data, spec, cfg, batch_size=p["batch_size"], epochs=p["epochs"], out=run_dir,
+                             resume=resume, device=device, crop_padding=p["crop_padding"], progress=progress,
+                             log=log)
+        log(f"{run_name(setting, seed)}: test accuracy {res.test['accuracy']:.4f} in "
+            f"{time.perf_counter() - t:.1f} s")
     return summarise(out, scale, provenance=provenance)
 
 

@@ -71,29 +71,21 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
     Returns the lm_scenarios.json document.
     """
     settings = check_settings(settings)
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds or min(seeds) < 0:
-        raise ConfigError("seeds must be non-negative integers, at least one.")
+    seeds = grid.choose_seeds(seeds)
     p = scale_params(scale)
     out = Path(out)
     t0 = time.perf_counter()
     data = prepare_data(text_files=text_files, wikitext=wikitext, vocab_size=p["vocab_size"], cache_dir=cache_dir)
     log(f"data: {data.describe()['name']}; tokens {data.describe()['tokens']}; prepared in "
         f"{time.perf_counter() - t0:.1f} s")
-    for setting in settings:
-        for seed in seeds:
-            run_dir = out / "runs" / run_name(setting, seed)
-            if (run_dir / runstate.RESULT).is_file():
-                log(f"{run_name(setting, seed)}: complete, skipped")
-                continue
-            cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
-                              checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
-            t = time.perf_counter()
-            res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
-                              batch_size=p["batch_size"], out=run_dir, resume=(run_dir / runstate.RUN).is_file(),
-                              device=device, eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"],
-                              progress=progress, log=log)
-            log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
+    for setting, seed, run_dir, resume in grid.pending_runs(out, settings, seeds, log):
+        cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
+                          checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
+        t = time.perf_counter()
+        res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
+                          batch_size=p["batch_size"], out=run_dir, resume=resume, device=device,
+                          eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"], progress=progress, log=log)
+        log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
     doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log,
                     probe=data.ids["test"][:p["context"]].long())
     # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
