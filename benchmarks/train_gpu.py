@@ -44,6 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
+from tokendyn.resources import SavedForBackward  # noqa: E402 -- after the sys.path setup
 from tokendyn.train import Task, TrainConfig, train  # noqa: E402 -- after the sys.path setup
 from tokendyn.train.monitor import DEFAULT_EVERY, RegimeMonitor  # noqa: E402 -- after the sys.path setup
 
@@ -141,24 +142,15 @@ def saved_for_backward(model) -> dict:
     largest groups by (shape, dtype)."""
     model = model.cuda().train()
     task = FixedBatchTask()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            storages[ptr] = (t.untyped_storage().nbytes(), f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(model.parameters()) as saved:
         loss = bench_loss(model, task.x.cuda(), task.y.cuda())
     del loss
     groups = {}
-    for nbytes, key in storages.values():
+    for nbytes, key in saved.storages.values():
         n, b = groups.get(key, (0, 0))
         groups[key] = (n + 1, b + nbytes)
     top = sorted(groups.items(), key=lambda kv: -kv[1][1])[:12]
-    return {"gib": sum(b for b, _ in storages.values()) / 2**30,
+    return {"gib": saved.nbytes / 2**30,
             "largest": [{"tensor": k, "count": n, "gib": b / 2**30} for k, (n, b) in top]}
 
 

@@ -99,6 +99,7 @@ def test_mixer_with_core_matches_composed_mixer(io_constraint):
     takes with return_state): equal outputs and parameter gradients under bf16 autocast, and
     fewer bytes saved for the backward."""
     from tokendyn.model import MambaConfig, MambaLM
+    from tokendyn.resources import SavedForBackward
 
     torch.manual_seed(0)
     cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=100, io_constraint=io_constraint,
@@ -108,23 +109,14 @@ def test_mixer_with_core_matches_composed_mixer(io_constraint):
     h = torch.randn(2, 256, 64, device="cuda")
 
     def run(fused):
-        saved_bytes = {}
-        params = {p.untyped_storage().data_ptr() for p in mixer.parameters()}
-
-        def pack(t):
-            # activations by storage: views of one tensor (x and z of in_proj's output) count
-            # once; parameters are kept anyway
-            if t.untyped_storage().data_ptr() not in params:
-                saved_bytes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
         mixer.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        # activations by storage: views of one tensor (x and z of in_proj's output) count once;
+        # parameters are kept anyway
+        with torch.autocast("cuda", dtype=torch.bfloat16), SavedForBackward(mixer.parameters()) as saved:
             out = mixer.run(h, return_state=not fused).out
         out.float().square().mean().backward()
         grads = {k: p.grad.detach().clone() for k, p in mixer.named_parameters() if p.grad is not None}
-        return out.detach(), grads, sum(saved_bytes.values())
+        return out.detach(), grads, saved.nbytes
 
     out_f, grads_f, bytes_f = run(True)
     out_c, grads_c, bytes_c = run(False)

@@ -11,6 +11,7 @@ from tokendyn.model import MambaConfig, MambaLM
 from tokendyn.model.blocks import RMSNorm
 from tokendyn.model.mixer import channel_linear
 from tokendyn.ops.norm_linear import rms_norm_linear
+from tokendyn.resources import SavedForBackward
 
 
 def composed(r, norm, weight):
@@ -50,23 +51,15 @@ def test_block_with_fused_norm_equals_composed_and_keeps_less():
     ids = torch.randint(0, 50, (2, 24))
 
     def run(fused):
-        stored = {}
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-        def pack(t):
-            # activations by storage (views count once); parameters are kept anyway
-            if t.untyped_storage().data_ptr() not in params:
-                stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
         for layer in model.backbone.layers:
             layer.mixer.takes_residual = (lambda: fused) if not fused else type(layer.mixer).takes_residual.__get__(
                 layer.mixer)
         model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        # activations by storage (views count once); parameters are kept anyway
+        with torch.autocast("cpu", dtype=torch.bfloat16), SavedForBackward(model.parameters()) as saved:
             logits = model(ids)
         logits.float().square().mean().backward()
-        return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, sum(stored.values())
+        return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, saved.nbytes
 
     out_f, grads_f, bytes_f = run(True)
     out_c, grads_c, bytes_c = run(False)

@@ -74,3 +74,35 @@ def check_memory(needed: float, device: str, what: str) -> None:
     if free is not None and needed > free:
         raise ConfigError(f"{what} needs about {format_bytes(needed)} of memory, more than the "
                           f"{format_bytes(free)} available on {device}.")
+
+
+class SavedForBackward:
+    """The storages autograd keeps for the backward while the context is active, by storage (a
+    view and its base count once), parameters (``exclude``: tensors kept anyway) left out:
+    ``with SavedForBackward(model.parameters()) as saved: loss = ...``, then ``saved.nbytes`` and
+    ``saved.storages`` ({pointer: (bytes, "shape dtype" of the last tensor saved from it)})."""
+
+    def __init__(self, exclude=()):
+        self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self.storages: dict[int, tuple[int, str]] = {}
+
+    def _pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self._exclude:
+            label = f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+            self.storages[ptr] = (t.untyped_storage().nbytes(), label)
+        return t
+
+    def __enter__(self):
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b for b, _ in self.storages.values())

@@ -62,7 +62,7 @@ class _SelectiveCore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        from .triton_scan import ScanSaved, scan_backward
+        from .triton_scan import ScanSaved, cast_like, scan_backward
 
         (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias, x_dbl,
          states) = ctx.saved_tensors
@@ -86,12 +86,8 @@ class _SelectiveCore(torch.autograd.Function):
             dw_x = _weight_grad(dx_dbl, u)
             del u
             dx, dconv_w, dconv_b = conv_silu_backward(x, conv_weight, conv_bias, du)
-
-        def cast(g, like):
-            return None if g is None or like is None else g.to(like.dtype)
-
-        return (dx, dz, dconv_w, dconv_b, cast(dw_x, x_proj_weight), cast(dw_dt, dt_proj_weight),
-                cast(dA, A), cast(dD, D), cast(dbias, delta_bias), None, None)
+        return (dx, dz, dconv_w, dconv_b, cast_like(dw_x, x_proj_weight), cast_like(dw_dt, dt_proj_weight),
+                cast_like(dA, A), cast_like(dD, D), cast_like(dbias, delta_bias), None, None)
 
 
 def selective_core(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias,

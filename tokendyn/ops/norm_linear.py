@@ -34,21 +34,20 @@ class _RMSNormLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         r, gain, weight = ctx.saved_tensors
+        need_r, need_gain, need_w = ctx.needs_input_grad[:3]
         with torch.autocast(r.device.type, enabled=False):
             with torch.enable_grad():
-                r_ = r.detach().requires_grad_(ctx.needs_input_grad[0])
-                gain_ = gain.detach().requires_grad_(ctx.needs_input_grad[1])
+                # both leaves require grad: the gain's gradient is a (d,) sum, nearly free
+                r_ = r.detach().requires_grad_()
+                gain_ = gain.detach().requires_grad_()
                 n = _normed(r_, gain_, ctx.eps, ctx.dtype)                       # recomputed
-            w = weight.to(ctx.dtype)
-            dw = torch.bmm(dy, n.detach()).sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
+            dw = torch.bmm(dy, n.detach()).sum(0).to(weight.dtype) if need_w else None
             dr = dgain = None
-            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            if need_r or need_gain:
+                w = weight.to(ctx.dtype)
                 dn = torch.bmm(w.t().expand(dy.shape[0], -1, -1), dy).transpose(1, 2)  # (b, L, d)
-                inputs = [t for t in (r_, gain_) if t.requires_grad]
-                grads = torch.autograd.grad(n, inputs, dn)
-                got = dict(zip([id(t) for t in inputs], grads))
-                dr, dgain = got.get(id(r_)), got.get(id(gain_))
-        return dr, dgain, dw, None, None
+                dr, dgain = torch.autograd.grad(n, (r_, gain_), dn)
+        return (dr if need_r else None), (dgain if need_gain else None), dw, None, None
 
 
 def rms_norm_linear(r: torch.Tensor, gain: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:

@@ -161,6 +161,12 @@ def _warps(want: int, bd: int, want_bd: int) -> int:
     return max(1, want * bd // want_bd)
 
 
+def cast_like(g: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient in its input's dtype (None where either is None): the kernels accumulate
+    dA, dB, dC, dD, dbias in float32 whatever the inputs' dtypes."""
+    return None if g is None or like is None else g.to(like.dtype)
+
+
 def _lastdim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None or t.stride(-1) == 1:
         return t
@@ -318,12 +324,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
         du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout,
             ScanSaved(states, ctx.T, ctx.cfg), dlast)
-
-        def cast(g, like):
-            return None if g is None or like is None else g.to(like.dtype)
-
-        return (cast(du, u), cast(ddelta, delta), cast(dA, A), cast(dB, B), cast(dC, C),
-                cast(dD, D), cast(dz, z), cast(dbias, delta_bias), None, None)
+        return (cast_like(du, u), cast_like(ddelta, delta), cast_like(dA, A), cast_like(dB, B), cast_like(dC, C),
+                cast_like(dD, D), cast_like(dz, z), cast_like(dbias, delta_bias), None, None)
 
 
 def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
