@@ -52,7 +52,7 @@ if [ "$scan" = 1 ]; then
     "$PY" benchmarks/scan_gpu.py $sweep --skip-chunked-above 0 --commit "$commit" --out "$out/scan_gpu.json" 2>&1 | tail -20
     echo "scan benchmark: $(( $(date +%s) - start )) s"
 fi
-if ! have causal_conv1d && [ -x .peer/mamba_ssm_peer.sh ]; then
+if [ "$train" = 1 ] && ! have causal_conv1d && [ -x .peer/mamba_ssm_peer.sh ]; then
     start=$(date +%s)
     bash .peer/mamba_ssm_peer.sh wait-conv && export PYTHONPATH="$PYTHONPATH:/tmp/peer-conv"
     echo "waited for causal_conv1d: $(( $(date +%s) - start )) s"
