@@ -186,7 +186,8 @@ SPLIT_CASES = [
 
 
 def _split_id(c) -> str:
-    return "x".join(map(str, c[:4])) + "-" + (c[4] or "none") + f"-s{c[5]['segments']}b{c[5]['bwd_segments']}"
+    return ("x".join(map(str, c[:4])) + "-" + (c[4] or "none") + f"-s{c[5]['segments']}b{c[5]['bwd_segments']}"
+            + ("-tile" if c[5].get("fwd_kernel") == "tile" else ""))
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_split_id)
