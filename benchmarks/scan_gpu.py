@@ -56,12 +56,12 @@ BWD_KEYS = ("bwd_kernel", "chunk", "bwd_block_d", "bwd_warps")
 # (kernel, chunk, bwd_block_d, bwd_warps). "loop" rows are the one-state-at-a-time kernels at
 # their tuned shapes (v6); "tile" rows scan all states at once (v7), at shapes whose kernels
 # do not spill registers when compiled for sm_90 (NOTES_triton.md, v7)
-FWD_LAUNCH = {"main": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 32), ("tile", 2, 128, 2, 32),
-                       ("tile", 8, 128, 8, 32), ("tile", 4, 128, 2, 16), ("tile", 2, 128, 4, 64)],
-              "long": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 32), ("tile", 8, 128, 8, 32)]}
-BWD_LAUNCH = {"main": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 1, 4), ("tile", 128, 2, 8),
-                       ("tile", 64, 1, 4), ("tile", 64, 2, 8)],
-              "long": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 2, 8)]}
+FWD_LAUNCH = {"main": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 64), ("tile", 2, 128, 4, 128),
+                       ("tile", 1, 128, 4, 128), ("tile", 4, 128, 8, 128), ("tile", 4, 128, 4, 32)],
+              "long": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 64), ("tile", 2, 128, 4, 128)]}
+BWD_LAUNCH = {"main": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 1, 4), ("tile", 64, 1, 4),
+                       ("tile", 64, 2, 8)],
+              "long": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 1, 4)]}
 # 0: the rule's choice; 1: unsplit (channels per program shrink instead where the grid is short).
 # The backward's split was slower or within 5% at both long shapes in v6: not swept again.
 FWD_SEGMENTS = {"main": [1], "long": [0, 1]}

@@ -43,8 +43,8 @@ FWD_SHAPES = [(16, 128, 4), (16, 128, 8), (8, 128, 4), (8, 128, 2), (4, 128, 1),
 BWD_SHAPES = [(4, 128, 1), (2, 128, 1), (8, 128, 1), (4, 128, 2), (8, 128, 2), (4, 64, 1), (2, 64, 1)]
 # the state-tiled kernels: forward (block_d, tile, warps) inside chunks of 128 steps; backward
 # (block_d, chunk, warps), one tile per chunk
-FWD_TILE_SHAPES = [(4, 32, 4), (2, 32, 2), (8, 32, 8), (4, 16, 2), (2, 64, 4), (8, 32, 4), (4, 64, 4)]
-BWD_TILE_SHAPES = [(1, 128, 8), (1, 128, 4), (2, 128, 8), (1, 128, 2), (1, 64, 4), (2, 64, 8), (2, 64, 4)]
+FWD_TILE_SHAPES = [(4, 64, 4), (2, 128, 4), (1, 128, 4), (4, 128, 8), (4, 32, 4), (2, 64, 2)]
+BWD_TILE_SHAPES = [(1, 128, 8), (1, 128, 4), (1, 64, 4), (2, 64, 8), (2, 128, 8)]
 HALF_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
              "dz_ptr")
 

@@ -334,15 +334,15 @@ def _scan_fwd_tile_kernel(
             m_nt = nmask[:, None] & tmask[None, :]
             uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
             raw, dd = _delta_tile(delta_ptr, row_dl, t, m2, bias, HAS_BIAS, SOFTPLUS)
-            bt = tl.load(pB + t[None, :], mask=m_nt, other=0.0).to(tl.float32)      # (NP, TF)
-            ct = tl.load(pC + t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+            bt = tl.load((pB + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
+            ct = tl.load((pC + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
             a = tl.exp2(dd[:, None, :] * a2[:, :, None])                              # (BD, NP, TF)
-            b = (dd * uu)[:, None, :] * bt[None, :, :]
+            b = (dd * uu)[:, None, :] * bt
             b = tl.where(first, b + a * h[:, :, None], b)
             _, hs = tl.associative_scan((a, b), 2, _affine_combine)
             # steps past L have Δ = 0 (a = 1, b = 0): the last column holds h at min(t, L - 1)
             h = tl.sum(tl.where(last, hs, 0.0), axis=2)
-            y = tl.sum(hs * ct[None, :, :], axis=1)                                   # (BD, TF)
+            y = tl.sum(hs * ct, axis=1)                                   # (BD, TF)
             if HAS_D:
                 y += Dv[:, None] * uu
             if HAS_Z:
@@ -621,8 +621,8 @@ def _scan_bwd_tile_kernel(
             u_ptr, delta_ptr, dout_ptr, z_ptr, row_u, row_dl, row_g, row_z, bias, k, L, offs_t, dmask,
             T, HAS_Z, HAS_BIAS, SOFTPLUS)
         m_nt = nmask[:, None] & tmask[None, :]
-        bt = tl.load(pB + t[None, :], mask=m_nt, other=0.0).to(tl.float32)          # (NP, T)
-        ct = tl.load(pC + t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        bt = tl.load((pB + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
+        ct = tl.load((pC + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
         # the state entering the chunk, saved by the forward (zero before the first chunk)
         h0 = tl.load(state_ptr + row_s[:, None] + (k - 1) * NSTATE + offs_n[None, :],
                      mask=m_dn & ((offs_d * 0 + k) > 0)[:, None], other=0.0)
@@ -631,12 +631,12 @@ def _scan_bwd_tile_kernel(
         dbu = dd * uu
         # forward states of this chunk, recomputed from the saved start state
         a = tl.exp2(dd[:, None, :] * a2[:, :, None])                                  # (BD, NP, T)
-        b = dbu[:, None, :] * bt[None, :, :]
+        b = dbu[:, None, :] * bt
         _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, :, None], b)), 2, _affine_combine)
         # state adjoint, reverse scan with coefficient a_{t+1}; past the last step Δ = 0 gives
         # a = 1, harmless: c is 0 there and so is the carry into the sequence's last chunk
         al = tl.exp2(ddn[:, None, :] * a2[:, :, None])
-        c = dy[:, None, :] * ct[None, :, :]
+        c = dy[:, None, :] * ct
         if HAS_DLAST:
             c = tl.where((t == L - 1)[None, None, :], c + dl[:, :, None], c)
         c = tl.where(last, c + al * s_in[:, :, None], c)
@@ -648,9 +648,9 @@ def _scan_bwd_tile_kernel(
         tl.atomic_add(pdB + t[None, :], tl.sum(s * dbu[:, None, :], axis=0), mask=m_nt, sem="relaxed")
         tl.atomic_add(pdC + t[None, :], tl.sum(h * dy[:, None, :], axis=0), mask=m_nt, sem="relaxed")
         qA = tl.sum(a3 * q, axis=1)                                                     # (BD, T)
-        sB = tl.sum(s * bt[None, :, :], axis=1)
+        sB = tl.sum(s * bt, axis=1)
         # y before the gate, rebuilt from the recomputed states (only the gate's gradient needs it)
-        y = tl.sum(h * ct[None, :, :], axis=1) if HAS_Z else qA
+        y = tl.sum(h * ct, axis=1) if HAS_Z else qA
         ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy,
                                  Dv, HAS_D, HAS_Z, SOFTPLUS)
         if HAS_BIAS:
