@@ -47,25 +47,19 @@ SHAPES = [MAIN, ((8, 1536, 2048, 16), FP32), ((16, 2048, 1024, 16), BF16), *LONG
           ((4, 5120, 2048, 16), BF16)]
 DEVICE = "cuda"
 DTYPE_NAMES = {BF16: "bfloat16", FP32: "float32", torch.float16: "float16"}
-LAUNCH_KEYS = ("fwd_kernel", "block_d", "chunk", "fwd_warps", "fwd_tile", "segments",
-               "bwd_kernel", "bwd_block_d", "bwd_warps", "bwd_segments")
-FWD_KEYS = ("fwd_kernel", "block_d", "chunk", "fwd_warps", "fwd_tile")
-BWD_KEYS = ("bwd_kernel", "chunk", "bwd_block_d", "bwd_warps")
+LAUNCH_KEYS = ("block_d", "chunk", "fwd_warps", "segments", "bwd_block_d", "bwd_warps", "bwd_segments")
 
-# sweep grids. Forward: (kernel, block_d, chunk, warps, fwd_tile); forward+backward:
-# (kernel, chunk, bwd_block_d, bwd_warps). "loop" rows are the one-state-at-a-time kernels at
-# their tuned shapes (v6); "tile" rows scan all states at once (v7), at shapes whose kernels
-# do not spill registers when compiled for sm_90 (NOTES_triton.md, v7)
-FWD_LAUNCH = {"main": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 64), ("tile", 2, 128, 4, 128),
-                       ("tile", 1, 128, 4, 128), ("tile", 4, 128, 8, 128), ("tile", 4, 128, 4, 32)],
-              "long": [("loop", 8, 128, 4, 32), ("tile", 4, 128, 4, 64), ("tile", 2, 128, 4, 128)]}
-BWD_LAUNCH = {"main": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 1, 4), ("tile", 64, 1, 4),
-                       ("tile", 64, 2, 8)],
-              "long": [("loop", 128, 4, 1), ("tile", 128, 1, 8), ("tile", 128, 1, 4)]}
-# 0: the rule's choice; 1: unsplit (channels per program shrink instead where the grid is short).
-# The backward's split was slower or within 5% at both long shapes in v6: not swept again.
-FWD_SEGMENTS = {"main": [1], "long": [0, 1]}
-BWD_SEGMENTS = {"main": [1], "long": [1]}
+# sweep grids: forward (block_d, chunk, warps); forward+backward (chunk, bwd_block_d, bwd_warps).
+# BD 8 / 4 warps (forward) and BD 2 / 1 warp (backward) are the shapes whose kernels do not
+# spill registers when compiled for sm_90 (NOTES_triton.md, v6)
+FWD_LAUNCH = {"main": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 128, 2), (16, 256, 4),
+                       (8, 64, 2)],
+              "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1)]}
+BWD_LAUNCH = {"main": [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (64, 4, 1),
+                       (64, 2, 1), (256, 4, 1)],
+              "long": [(128, 4, 1), (128, 2, 1), (128, 8, 1), (128, 4, 2)]}
+# 0: the rule's choice; 1: unsplit (channels per program shrink instead where the grid is short)
+SEGMENTS = {"main": [0, 1, 2, 4], "long": [0, 1, 2, 4, 8, 16]}
 
 
 def copy_bandwidth() -> float:
@@ -226,9 +220,9 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     t = Leaves(make_inputs(shape, dtype))
     rows = []
     fwd_cands = {}
-    for launch in FWD_LAUNCH[cls]:
-        for seg in FWD_SEGMENTS[cls]:
-            cfg = dict(zip(FWD_KEYS, launch), segments=seg)
+    for bd, chunk, warps in FWD_LAUNCH[cls]:
+        for seg in SEGMENTS[cls]:
+            cfg = dict(block_d=bd, chunk=chunk, fwd_warps=warps, segments=seg)
             fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
     cases = {k: c for k, (_, c) in fwd_cands.items()}
     if peer is not None:
@@ -245,10 +239,10 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     torch.cuda.empty_cache()
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
     bwd_cands = {}
-    for launch in BWD_LAUNCH[cls]:
-        for seg in BWD_SEGMENTS[cls]:
-            cfg = dict({k: best_f[k] for k in (*FWD_KEYS, "segments")}, **dict(zip(BWD_KEYS, launch)),
-                       bwd_segments=seg)
+    for chunk, bd, warps in BWD_LAUNCH[cls]:
+        for seg in SEGMENTS[cls]:
+            cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
+                       segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
             bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
     cases = {k: c for k, (_, c) in bwd_cands.items()}
     if peer is not None:
@@ -265,14 +259,14 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     torch.cuda.empty_cache()
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
     summary = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
-               "best_fwd": {k: best_f[k] for k in (*FWD_KEYS, "segments", "ms")},
+               "best_fwd": {k: best_f[k] for k in ("block_d", "chunk", "fwd_warps", "segments", "ms")},
                "best_fwdbwd": {k: best_b[k] for k in (*LAUNCH_KEYS, "ms")},
                "mamba_ssm_fwd_ms": peer_fwd, "mamba_ssm_fwdbwd_ms": peer_fb}
     # the rule against the best forced count, at the best launch shape
     rule_f = [r for r in rows if r["kind"] == "fwd" and r["segments"] == 0
-              and all(r[k] == best_f[k] for k in FWD_KEYS)]
+              and all(r[k] == best_f[k] for k in ("block_d", "chunk", "fwd_warps"))]
     rule_b = [r for r in rows if r["kind"] == "fwdbwd" and r["bwd_segments"] == 0
-              and all(r[k] == best_b[k] for k in BWD_KEYS)]
+              and all(r[k] == best_b[k] for k in ("chunk", "bwd_block_d", "bwd_warps"))]
     summary["rule_fwd"] = {"segments": rule_f[0]["rule_segments"], "ms": rule_f[0]["ms"]} if rule_f else None
     summary["rule_fwdbwd"] = {"bwd_segments": rule_b[0]["rule_bwd_segments"], "ms": rule_b[0]["ms"]} if rule_b else None
     log(f"{shape} sweep: {json.dumps(summary)}")
@@ -283,7 +277,7 @@ def table_launch_shape(summaries) -> dict:
     """The table's launch shape: the main shape's fastest forward+backward; the segment counts
     are left to the rule (plan_launch) everywhere."""
     main = summaries[0]["best_fwdbwd"]
-    return {k: main[k] for k in (*FWD_KEYS, *BWD_KEYS)}
+    return {k: main[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
 
 
 def table_row(shape, dtype, impls, cfg, args, log):

@@ -35,16 +35,10 @@ KERNELS = {
     "fwd_summary": (K._scan_fwd_summary_kernel, FLAGS),
     "bwd": (K._scan_bwd_kernel, dict(FLAGS, HAS_DLAST=False, dlast_ptr=None)),
     "bwd_summary": (K._scan_bwd_summary_kernel, dict(FLAGS, HAS_DLAST=False, dlast_ptr=None)),
-    "fwd_tile": (K._scan_fwd_tile_kernel, FLAGS),
-    "bwd_tile": (K._scan_bwd_tile_kernel, dict(FLAGS, HAS_DLAST=False, dlast_ptr=None)),
 }
 FWD_SHAPES = [(16, 128, 4), (16, 128, 8), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 128, 2), (2, 128, 1),
               (16, 64, 4), (8, 64, 2), (16, 256, 4)]
 BWD_SHAPES = [(4, 128, 1), (2, 128, 1), (8, 128, 1), (4, 128, 2), (8, 128, 2), (4, 64, 1), (2, 64, 1)]
-# the state-tiled kernels: forward (block_d, tile, warps) inside chunks of 128 steps; backward
-# (block_d, chunk, warps), one tile per chunk
-FWD_TILE_SHAPES = [(4, 64, 4), (2, 128, 4), (1, 128, 4), (4, 128, 8), (4, 32, 4), (2, 64, 2)]
-BWD_TILE_SHAPES = [(1, 128, 8), (1, 128, 4), (1, 64, 4), (2, 64, 8), (2, 128, 8)]
 HALF_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
              "dz_ptr")
 
@@ -89,18 +83,15 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows = []
-    jobs = [(name, bd, chunk, warps, {}) for names, shapes in [(("fwd", "fwd_summary"), FWD_SHAPES),
-                                                               (("bwd", "bwd_summary"), BWD_SHAPES)]
-            for bd, chunk, warps in shapes for name in names]
-    jobs += [("fwd_tile", bd, 128, warps, {"TF": tile}) for bd, tile, warps in FWD_TILE_SHAPES]
-    jobs += [("bwd_tile", bd, chunk, warps, {}) for bd, chunk, warps in BWD_TILE_SHAPES]
-    for name, bd, chunk, warps, extra in jobs:
-        fn, flags = KERNELS[name]
-        k = compile_kernel(fn, dict(flags, BD=bd, T=chunk, NP=16, **extra), warps, args.arch)
-        row = {"kernel": name, "block_d": bd, "chunk": chunk, "warps": warps,
-               **({"tile": extra["TF"]} if extra else {}), **ptxas_usage(k.asm["ptx"], args.arch)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for names, shapes in [(("fwd", "fwd_summary"), FWD_SHAPES), (("bwd", "bwd_summary"), BWD_SHAPES)]:
+        for bd, chunk, warps in shapes:
+            for name in names:
+                fn, flags = KERNELS[name]
+                k = compile_kernel(fn, dict(flags, BD=bd, T=chunk, NP=16), warps, args.arch)
+                row = {"kernel": name, "block_d": bd, "chunk": chunk, "warps": warps,
+                       **ptxas_usage(k.asm["ptx"], args.arch)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     if args.out:
         result = {**provenance(" ".join(["python"] + sys.argv)), "triton": triton.__version__,
                   "arch": args.arch, "rows": rows}

@@ -147,16 +147,6 @@ CONFIGS = [
     dict(block_d=8, chunk=128, fwd_warps=2, bwd_block_d=4, bwd_warps=1),
     dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=4, bwd_warps=1, segments=5, bwd_segments=3),
     dict(block_d=4, chunk=128, fwd_warps=1, bwd_block_d=2, bwd_warps=1, segments=7, bwd_segments=7),
-    # the state-tiled kernels: tiles shorter than the chunk, one channel per program, splits
-    dict(fwd_kernel="tile", bwd_kernel="tile", block_d=4, chunk=128, fwd_tile=32, fwd_warps=4,
-         bwd_block_d=1, bwd_warps=8),
-    dict(fwd_kernel="tile", bwd_kernel="tile", block_d=2, chunk=64, fwd_tile=64, fwd_warps=4,
-         bwd_block_d=2, bwd_warps=4),
-    dict(fwd_kernel="tile", bwd_kernel="loop", block_d=8, chunk=128, fwd_tile=16, fwd_warps=8,
-         bwd_block_d=4, bwd_warps=1),
-    dict(fwd_kernel="loop", bwd_kernel="tile", block_d=8, chunk=32, fwd_warps=4, bwd_block_d=4, bwd_warps=4),
-    dict(fwd_kernel="tile", bwd_kernel="tile", block_d=1, chunk=64, fwd_tile=16, fwd_warps=1,
-         bwd_block_d=1, bwd_warps=2, segments=5, bwd_segments=3),
 ]
 
 
@@ -178,16 +168,11 @@ SPLIT_CASES = [
     (1, 3, 33, 2, "Ds", dict(chunk=16, segments=2, bwd_segments=3)),
     (1, 4, 50, 1, "zDbs", dict(chunk=16, block_d=4, bwd_block_d=1, segments=4, bwd_segments=2)),
     (2, 3, 90, 16, "zDbs", dict(chunk=32, segments=3, bwd_segments=3)),
-    (2, 5, 40, 3, "zDbs", dict(chunk=16, block_d=2, bwd_block_d=2, segments=3, bwd_segments=3,
-                               fwd_kernel="tile", bwd_kernel="tile", fwd_tile=16)),
-    (1, 6, 100, 4, "Ds", dict(chunk=32, segments=3, bwd_segments=2, fwd_kernel="tile", bwd_kernel="tile",
-                              fwd_tile=16)),
 ]
 
 
 def _split_id(c) -> str:
-    return ("x".join(map(str, c[:4])) + "-" + (c[4] or "none") + f"-s{c[5]['segments']}b{c[5]['bwd_segments']}"
-            + ("-tile" if c[5].get("fwd_kernel") == "tile" else ""))
+    return "x".join(map(str, c[:4])) + "-" + (c[4] or "none") + f"-s{c[5]['segments']}b{c[5]['bwd_segments']}"
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=_split_id)
@@ -260,9 +245,7 @@ def test_segment_rule():
 
 
 @pytest.mark.parametrize("bad", [dict(block_d=3), dict(chunk=8), dict(chunk=96), dict(fwd_warps=3),
-                                 dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0),
-                                 dict(fwd_kernel="fast"), dict(bwd_kernel=None), dict(fwd_tile=8),
-                                 dict(fwd_tile=48)])
+                                 dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0)])
 def test_bad_launch_shape_refused(bad):
     """A launch shape Triton cannot compile is refused in one sentence, before any launch."""
     from tokendyn.errors import ConfigError
@@ -275,8 +258,7 @@ def test_bad_launch_shape_refused(bad):
             pass
 
 
-@pytest.mark.parametrize("kernels", ["loop", "tile"])
-def test_repeatable_without_races(ts, kernels):
+def test_repeatable_without_races(ts):
     """Same inputs twice: forward and the per-channel gradients bit for bit (no races);
     dA, dB, dC are atomic sums, so equal up to summation order (dB, dC then rounded to
     bfloat16, where a different order can flip the last bit)."""
@@ -284,9 +266,8 @@ def test_repeatable_without_races(ts, kernels):
     runs = []
     for _ in range(2):
         xs = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in tensors.items()}
-        with ts.scan_config(fwd_kernel=kernels, bwd_kernel=kernels):
-            out = ts.selective_scan_triton(**xs, delta_softplus=True)
-            out.backward(torch.ones_like(out))
+        out = ts.selective_scan_triton(**xs, delta_softplus=True)
+        out.backward(torch.ones_like(out))
         runs.append((out.detach(), {k: v.grad for k, v in xs.items() if v is not None}))
     (o1, g1), (o2, g2) = runs
     assert torch.equal(o1, o2)

@@ -159,7 +159,7 @@ def _segment_carry(A_ptr, sA_d, sA_n, sum_ptr, dsum_ptr, dst_ptr, row_seg, seg, 
     """Fold the summaries of segments start, start + step, ... (count of them) into the carry
     entering segment ``seg``: c <- exp(A ΣΔ_j) c + sum_j, from c = 0; store it (BD, state) at
     dst_ptr + (row_seg + seg) * NSTATE. row_seg: (BD,) the (batch, channel) row's first segment
-    index in the (batch, dim, segments[, state]) summary buffers. Returns the carry too."""
+    index in the (batch, dim, segments[, state]) summary buffers."""
     a2, offs_n, m_dn = _state_tile_A2(A_ptr, sA_d, sA_n, offs_d, dmask, NSTATE, NP)
     c = tl.zeros([BD, NP], dtype=tl.float32)
     for i in range(0, count):
@@ -168,7 +168,6 @@ def _segment_carry(A_ptr, sA_d, sA_n, sum_ptr, dsum_ptr, dst_ptr, row_seg, seg, 
         hj = tl.load(sum_ptr + (row_seg + j)[:, None] * NSTATE + offs_n[None, :], mask=m_dn, other=0.0)
         c = c * tl.exp2(a2 * dj[:, None]) + hj
     tl.store(dst_ptr + (row_seg + seg)[:, None] * NSTATE + offs_n[None, :], c, mask=m_dn)
-    return c
 
 
 @triton.jit
@@ -287,69 +286,6 @@ def _scan_fwd_kernel(
             zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + row_o[:, None] + t[None, :], y, mask=m2)
-
-
-@triton.jit
-def _scan_fwd_tile_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, state_ptr, carry_ptr, hsum_ptr, dsum_ptr,
-    L, DIM, NSTATE, n_chunks, NSEG, CPS,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, T: tl.constexpr, TF: tl.constexpr, NP: tl.constexpr,
-):
-    """The forward with the states in the tile: same arguments, outputs and segments as
-    :func:`_scan_fwd_kernel`, but each step of the walk scans a (BD, NP, TF) tile, every
-    (channel, state) pair of the program at once along TF steps, instead of one state at a
-    time. The BD × NP scans are independent, so their latencies overlap inside one scan
-    (the loop kernel relies on other programs for that). The carry stays in registers: the
-    state at a tile's last step is taken by one sum along TF per tile (not per state), y by
-    one sum over the states. Chunk end states (every T steps, T a multiple of TF) are stored
-    for the backward exactly as by the loop kernel."""
-    pid_b, offs_d, dmask, d64, row_u, row_dl, row_z, row_o = _program_rows(
-        L, DIM, su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, BD)
-    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, dmask, HAS_D, HAS_BIAS, BD)
-    seg = tl.program_id(2)
-    k0, k1 = _segment_span(seg, CPS, n_chunks)
-    row_seg = (pid_b * DIM + d64) * NSEG
-    # the state entering the segment (zero for the first), (BD, NP)
-    h = _segment_carry(A_ptr, sA_d, sA_n, hsum_ptr, dsum_ptr, carry_ptr, row_seg, seg, 0, 1, seg,
-                       offs_d, dmask, NSTATE, BD, NP)
-    a2, offs_n, m_dn = _state_tile_A2(A_ptr, sA_d, sA_n, offs_d, dmask, NSTATE, NP)
-    nmask = offs_n < NSTATE
-    offs_t = tl.arange(0, TF)
-    first = (offs_t == 0)[None, None, :]
-    last = (offs_t == TF - 1)[None, None, :]
-    row_s = (pid_b * DIM + d64) * n_chunks * NSTATE
-    pB = B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n
-    pC = C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n
-    for k in range(k0, k1):
-        # the chunk's tiles that hold steps before L (the last chunk may be partial)
-        n_sub = tl.minimum(T // TF, tl.cdiv(L - k * T, TF))
-        for j in range(0, n_sub):
-            t = k * T + j * TF + offs_t
-            tmask = t < L
-            m2 = dmask[:, None] & tmask[None, :]
-            m_nt = nmask[:, None] & tmask[None, :]
-            uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-            raw, dd = _delta_tile(delta_ptr, row_dl, t, m2, bias, HAS_BIAS, SOFTPLUS)
-            bt = tl.load((pB + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
-            ct = tl.load((pC + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
-            a = tl.exp2(dd[:, None, :] * a2[:, :, None])                              # (BD, NP, TF)
-            b = (dd * uu)[:, None, :] * bt
-            b = tl.where(first, b + a * h[:, :, None], b)
-            _, hs = tl.associative_scan((a, b), 2, _affine_combine)
-            # steps past L have Δ = 0 (a = 1, b = 0): the last column holds h at min(t, L - 1)
-            h = tl.sum(tl.where(last, hs, 0.0), axis=2)
-            y = tl.sum(hs * ct, axis=1)                                   # (BD, TF)
-            if HAS_D:
-                y += Dv[:, None] * uu
-            if HAS_Z:
-                zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + row_o[:, None] + t[None, :], y, mask=m2)
-        tl.store(state_ptr + row_s[:, None] + k * NSTATE + offs_n[None, :], h, mask=m_dn)
 
 
 @triton.jit
@@ -570,90 +506,3 @@ def _scan_bwd_kernel(
             dbias_acc += tl.where(m2, ddl, 0.0)
     _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_acc, dbias_acc, HAS_D, HAS_BIAS)
 
-
-@triton.jit
-def _scan_bwd_tile_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    dout_ptr, state_ptr, dlast_ptr, scarry_ptr, ssum_ptr, dsum_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, DIM, NSTATE, n_chunks, NSEG, CPS,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    BD: tl.constexpr, T: tl.constexpr, NP: tl.constexpr,
-):
-    """The backward with the states in the tile: same arguments, outputs and segments as
-    :func:`_scan_bwd_kernel`, but each chunk is one (BD, NP, T) tile: the forward states and
-    the state adjoint of every (channel, state) pair are two scans along T, and the sums over
-    states (dΔ, du, y) and over channels (dB, dC) are reductions of that tile. The adjoint's
-    carry between chunks stays in registers (one sum along T per chunk), and dA is summed in
-    registers over the chunks and added once per program."""
-    pid_b, offs_d, dmask, d64, row_u, row_dl, row_z, row_o = _program_rows(
-        L, DIM, su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, BD)
-    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, dmask, HAS_D, HAS_BIAS, BD)
-    seg = tl.program_id(2)
-    k0, k1 = _segment_span(seg, CPS, n_chunks)
-    row_seg = (pid_b * DIM + d64) * NSEG
-    # the adjoint at the next segment's first step (zero for the last segment), (BD, NP)
-    s_in = _segment_carry(A_ptr, sA_d, sA_n, ssum_ptr, dsum_ptr, scarry_ptr, row_seg, seg, NSEG - 1, -1,
-                          NSEG - 1 - seg, offs_d, dmask, NSTATE, BD, NP)
-    a2, offs_n, m_dn = _state_tile_A2(A_ptr, sA_d, sA_n, offs_d, dmask, NSTATE, NP)
-    a3 = (a2 * 0.6931471805599453)[:, :, None]     # A itself, (BD, NP, 1)
-    nmask = offs_n < NSTATE
-    offs_t = tl.arange(0, T)
-    row_g = pid_b * sg_b + d64 * sg_d
-    row_s = (pid_b * DIM + d64) * n_chunks * NSTATE
-    row_n = (pid_b * DIM + d64) * NSTATE
-    first = (offs_t == 0)[None, None, :]
-    last = (offs_t == T - 1)[None, None, :]
-    pB = B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n
-    pC = C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n
-    pdB = dB_ptr + (pid_b * NSTATE + offs_n)[:, None] * L
-    pdC = dC_ptr + (pid_b * NSTATE + offs_n)[:, None] * L
-    if HAS_DLAST:
-        dl = tl.load(dlast_ptr + row_n[:, None] + offs_n[None, :], mask=m_dn, other=0.0)
-    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
-    dD_acc = tl.zeros([BD, T], dtype=tl.float32)
-    dbias_acc = tl.zeros([BD, T], dtype=tl.float32)
-    for kk in range(0, k1 - k0):
-        k = k1 - 1 - kk
-        t, tmask, m2, m2n, uu, raw, dd, ddn, g, zz, sz, dy = _bwd_chunk_inputs(
-            u_ptr, delta_ptr, dout_ptr, z_ptr, row_u, row_dl, row_g, row_z, bias, k, L, offs_t, dmask,
-            T, HAS_Z, HAS_BIAS, SOFTPLUS)
-        m_nt = nmask[:, None] & tmask[None, :]
-        bt = tl.load((pB + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
-        ct = tl.load((pC + t[None, :])[None, :, :], mask=m_nt[None, :, :], other=0.0).to(tl.float32)
-        # the state entering the chunk, saved by the forward (zero before the first chunk)
-        h0 = tl.load(state_ptr + row_s[:, None] + (k - 1) * NSTATE + offs_n[None, :],
-                     mask=m_dn & ((offs_d * 0 + k) > 0)[:, None], other=0.0)
-        if HAS_D:
-            dD_acc += dy * uu
-        dbu = dd * uu
-        # forward states of this chunk, recomputed from the saved start state
-        a = tl.exp2(dd[:, None, :] * a2[:, :, None])                                  # (BD, NP, T)
-        b = dbu[:, None, :] * bt
-        _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, :, None], b)), 2, _affine_combine)
-        # state adjoint, reverse scan with coefficient a_{t+1}; past the last step Δ = 0 gives
-        # a = 1, harmless: c is 0 there and so is the carry into the sequence's last chunk
-        al = tl.exp2(ddn[:, None, :] * a2[:, :, None])
-        c = dy[:, None, :] * ct
-        if HAS_DLAST:
-            c = tl.where((t == L - 1)[None, None, :], c + dl[:, :, None], c)
-        c = tl.where(last, c + al * s_in[:, :, None], c)
-        _, s = tl.associative_scan((al, c), 2, _affine_combine, reverse=True)
-        s_in = tl.sum(tl.where(first, s, 0.0), axis=2)
-        q = s * (h - b)
-        dA_acc += tl.sum(dd[:, None, :] * q, axis=2)
-        # relaxed: plain reductions into memory, no ordering with other accesses needed
-        tl.atomic_add(pdB + t[None, :], tl.sum(s * dbu[:, None, :], axis=0), mask=m_nt, sem="relaxed")
-        tl.atomic_add(pdC + t[None, :], tl.sum(h * dy[:, None, :], axis=0), mask=m_nt, sem="relaxed")
-        qA = tl.sum(a3 * q, axis=1)                                                     # (BD, T)
-        sB = tl.sum(s * bt, axis=1)
-        # y before the gate, rebuilt from the recomputed states (only the gate's gradient needs it)
-        y = tl.sum(h * ct, axis=1) if HAS_Z else qA
-        ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy,
-                                 Dv, HAS_D, HAS_Z, SOFTPLUS)
-        if HAS_BIAS:
-            dbias_acc += tl.where(m2, ddl, 0.0)
-    tl.atomic_add(dA_ptr + row_n[:, None] + offs_n[None, :], dA_acc, mask=m_dn, sem="relaxed")
-    _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_acc, dbias_acc, HAS_D, HAS_BIAS)

@@ -46,7 +46,7 @@ class ScanConfig:
     program are used (grid short of programs, see :func:`plan_launch`), the warps shrink with
     the tile (:func:`_warps`)."""
 
-    # From the sweep of benchmarks/scan_gpu.py on an H200 (results/scan_gpu.json, commit
+    # From the sweep of benchmarks/scan_gpu.py on an H200 (results/scan_gpu_6c1fac1.json, commit
     # 6c1fac1). Forward: 8 channels / 4 warps is as fast as 16 / 4 at (8, 1536, 2048, 16)
     # (0.468 vs 0.466 ms), does not spill registers (16 / 4 spills ~0.9 KB per thread), and
     # is the fastest at (2, 1536, 8192) and (1, 2048, 65536). Backward: 4 channels / 1 warp.
@@ -63,30 +63,18 @@ class ScanConfig:
     # the same rule as the forward).
     segments: int = 0
     bwd_segments: int = 1
-    # the forward kernel: "loop" scans one state at a time over (block_d, chunk) tiles;
-    # "tile" scans all states at once over (block_d, state, fwd_tile) tiles
-    # (K._scan_fwd_tile_kernel); both store the same chunk end states for the backward
-    fwd_kernel: str = "loop"
-    fwd_tile: int = 32
-    # the backward kernel: "loop" (one state at a time) or "tile" (all states of a chunk in
-    # one (bwd_block_d, state, chunk) tile, K._scan_bwd_tile_kernel)
-    bwd_kernel: str = "loop"
     warps_per_sm: int = 32
     split_below_warps_per_sm: int = 10
     min_split: int = 4
 
     def __post_init__(self):
         # tile sizes are Triton block shapes (powers of two); warps per program 1..16
-        for name in ("fwd_kernel", "bwd_kernel"):
-            if getattr(self, name) not in ("loop", "tile"):
-                raise ConfigError(f"scan launch shape: {name} must be 'loop' or 'tile', got {getattr(self, name)!r}.")
-        for name in ("block_d", "chunk", "bwd_block_d", "fwd_tile"):
+        for name in ("block_d", "chunk", "bwd_block_d"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ConfigError(f"scan launch shape: {name} must be a power of two >= 1, got {v!r}.")
-        for name in ("chunk", "fwd_tile"):
-            if getattr(self, name) < 16:
-                raise ConfigError(f"scan launch shape: {name} must be at least 16, got {getattr(self, name)}.")
+        if self.chunk < 16:
+            raise ConfigError(f"scan launch shape: chunk must be at least 16, got {self.chunk}.")
         for name in ("fwd_warps", "bwd_warps"):
             if getattr(self, name) not in (1, 2, 4, 8, 16):
                 raise ConfigError(f"scan launch shape: {name} must be 1, 2, 4, 8 or 16, got {getattr(self, name)!r}.")
@@ -257,12 +245,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
             u, delta, A, B, delta_bias, hsum, dsum,
             length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
             *_strides3(u), *_strides3(delta), *_strides3(B), A.stride(0), A.stride(1), **flags)
-    if cfg.fwd_kernel == "tile":
-        # tiles of fwd_tile steps inside chunks of T (a short sequence's T may be smaller)
-        kernel, flags = K._scan_fwd_tile_kernel, dict(flags, TF=min(cfg.fwd_tile, T))
-    else:
-        kernel = K._scan_fwd_kernel
-    kernel[(n_d, batch, lp.segments)](
+    K._scan_fwd_kernel[(n_d, batch, lp.segments)](
         u, delta, A, B, C, D, z, delta_bias, out, states, carry,
         carry if hsum is None else hsum, carry if dsum is None else dsum,
         length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
@@ -305,8 +288,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
             length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
             *_strides3(delta), *_strides3(z), *_strides3(C), A.stride(0), A.stride(1),
             *_strides3(dout), **flags)
-    kernel = K._scan_bwd_tile_kernel if cfg.bwd_kernel == "tile" else K._scan_bwd_kernel
-    kernel[(n_d, batch, lp.segments)](
+    K._scan_bwd_kernel[(n_d, batch, lp.segments)](
         u, delta, A, B, C, D, z, delta_bias, dout, states, dlast, scarry,
         scarry if ssum is None else ssum, scarry if dsum is None else dsum,
         du, ddelta, dz, dA, dB, dC, dD, dbias,

@@ -18,6 +18,7 @@ TITLES = {
     "train_gpu": "Training MambaLM: tokens/s against mamba_ssm",
     "train_gpu_recheck": "Training MambaLM: tokens/s against mamba_ssm (second run)",
     "scan_gpu_abf7e00": "Selective scan: triton against mamba_ssm (before the segments)",
+    "scan_gpu_6c1fac1": "Selective scan: triton against mamba_ssm (the previous launch defaults)",
     "generate_gpu": "Generation: tokens/s against mamba_ssm's generate(cg=True)",
     "profile_train_gpu": "One training step by part",
     "host_overhead_gpu": "Host time per call of the fused ops",
