@@ -384,9 +384,11 @@ def test_state_spaces_export_refuses_what_mamba_ssm_cannot_hold(tmp_path):
        margin=st.floats(0.01, 3.0), scale=st.floats(0.1, 2.0), seed=st.integers(0, 2**31 - 1))
 def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
     """Whatever values the free parameters take, S_Cᵀ S_B has the prescribed signature: random
-    N ≤ D, ε and parameter scales up to 2 (free entries of 5 with N = D = 6 make U so badly
-    conditioned that the smallest eigenvalue falls under the counting tolerance; docs/models.md)."""
-    from tokendyn.dynamics.spectrum import eigen_signature
+    N ≤ D, ε and parameter scales up to 2. The N eigenvalues of largest magnitude carry the
+    prescribed signs and the other D − N are zero. Random U can be so badly conditioned that
+    the smallest prescribed eigenvalue falls under eigen_signature's counting tolerance
+    (docs/models.md; e.g. N = D = 11 at scale 2): the counts are compared only where it does not."""
+    from tokendyn.dynamics.spectrum import eigen_signature, symmetric_io_eigvals
     from tokendyn.model.io_constraint import effective_weight
 
     n = data.draw(st.integers(1, min(d, 12)))
@@ -396,5 +398,13 @@ def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
         for p in f.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
         S_B, S_C = effective_weight(torch.zeros(0, d, dtype=torch.float64), f).split(n)
-    sig = eigen_signature(S_B, S_C)
-    assert (sig.positive, sig.negative, sig.zero) == (*expected_signature(setting, n), d - n)
+    ev = symmetric_io_eigvals(S_B, S_C)
+    by_size = ev[ev.abs().argsort(descending=True)]
+    top, rest = by_size[:n], by_size[n:]
+    assert top.abs().min() > 0
+    assert (int((top > 0).sum()), int((top < 0).sum())) == expected_signature(setting, n)
+    rtol = 1e-8
+    assert rest.numel() == 0 or rest.abs().max() <= rtol * by_size[0].abs()
+    if top.abs().min() > rtol * by_size[0].abs():
+        sig = eigen_signature(S_B, S_C, rtol=rtol)
+        assert (sig.positive, sig.negative, sig.zero) == (*expected_signature(setting, n), d - n)
