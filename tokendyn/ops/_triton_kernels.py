@@ -348,6 +348,55 @@ def _scan_bwd_summary_kernel(
 
 
 @triton.jit
+def _bwd_chunk_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, row_u, row_dl, row_g, row_z, bias, k, L, offs_t, dmask,
+                      T: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A backward chunk's per-channel tiles, (BD, T) float32: steps t (T,), their masks
+    (tmask (T,), m2 and m2n for the steps and the steps one later), u, raw Δ and Δ, Δ one
+    step later, and the gated upstream gradient (g, z, sigmoid(z), dy; see _gated_dout)."""
+    t = k * T + offs_t
+    tmask = t < L
+    m2 = dmask[:, None] & tmask[None, :]
+    tn = t + 1
+    m2n = dmask[:, None] & (tn < L)[None, :]
+    uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+    raw, dd = _delta_tile(delta_ptr, row_dl, t, m2, bias, HAS_BIAS, SOFTPLUS)
+    rawn, ddn = _delta_tile(delta_ptr, row_dl, tn, m2n, bias, HAS_BIAS, SOFTPLUS)
+    g, zz, sz, dy = _gated_dout(dout_ptr, z_ptr, row_g, row_z, t, m2, HAS_Z)
+    return t, tmask, m2, m2n, uu, raw, dd, ddn, g, zz, sz, dy
+
+
+@triton.jit
+def _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy, Dv,
+                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Store a chunk's du, dΔ and dz from qA = Σ_n A_n q, sB = Σ_n B_n s and y = Σ_n C_n h
+    (y before D and the gate; read only with z), each (BD, T). Returns dΔ (for dbias)."""
+    if HAS_Z:
+        if HAS_D:
+            y += Dv[:, None] * uu
+        tl.store(dz_ptr + row_o[:, None] + t[None, :], g * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
+    ddl = qA + sB * uu
+    duv = sB * dd
+    if HAS_D:
+        duv += Dv[:, None] * dy
+    if SOFTPLUS:
+        ddl = tl.where(raw > 20.0, ddl, ddl * tl.sigmoid(raw))
+    tl.store(du_ptr + row_o[:, None] + t[None, :], duv, mask=m2)
+    tl.store(ddelta_ptr + row_o[:, None] + t[None, :], ddl, mask=m2)
+    return ddl
+
+
+@triton.jit
+def _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_acc, dbias_acc,
+                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The program's partial dD and dbias, (BD,) each, into the (segments, batch, dim) buffers."""
+    row_p = (seg * tl.num_programs(1) + pid_b) * DIM + offs_d
+    if HAS_D:
+        tl.store(dD_ptr + row_p, tl.sum(dD_acc, axis=1), mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row_p, tl.sum(dbias_acc, axis=1), mask=dmask)
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dout_ptr, state_ptr, dlast_ptr, scarry_ptr, ssum_ptr, dsum_ptr,
@@ -388,15 +437,9 @@ def _scan_bwd_kernel(
     dbias_acc = tl.zeros([BD, T], dtype=tl.float32)
     for kk in range(0, k1 - k0):
         k = k1 - 1 - kk
-        t = k * T + offs_t
-        tmask = t < L
-        m2 = dmask[:, None] & tmask[None, :]
-        tn = t + 1
-        m2n = dmask[:, None] & (tn < L)[None, :]
-        uu = tl.load(u_ptr + row_u[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        raw, dd = _delta_tile(delta_ptr, row_dl, t, m2, bias, HAS_BIAS, SOFTPLUS)
-        rawn, ddn = _delta_tile(delta_ptr, row_dl, tn, m2n, bias, HAS_BIAS, SOFTPLUS)
-        g, zz, sz, dy = _gated_dout(dout_ptr, z_ptr, row_g, row_z, t, m2, HAS_Z)
+        t, tmask, m2, m2n, uu, raw, dd, ddn, g, zz, sz, dy = _bwd_chunk_inputs(
+            u_ptr, delta_ptr, dout_ptr, z_ptr, row_u, row_dl, row_g, row_z, bias, k, L, offs_t, dmask,
+            T, HAS_Z, HAS_BIAS, SOFTPLUS)
         if HAS_D:
             dD_acc += dy * uu
         dbu = dd * uu
@@ -457,22 +500,9 @@ def _scan_bwd_kernel(
             an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
             if HAS_DLAST:
                 dl = dlx
-        if HAS_Z:
-            if HAS_D:
-                y += Dv[:, None] * uu
-            tl.store(dz_ptr + row_o[:, None] + t[None, :], g * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
-        ddl = qA + sB * uu
-        duv = sB * dd
-        if HAS_D:
-            duv += Dv[:, None] * dy
-        if SOFTPLUS:
-            ddl = tl.where(raw > 20.0, ddl, ddl * tl.sigmoid(raw))
-        tl.store(du_ptr + row_o[:, None] + t[None, :], duv, mask=m2)
-        tl.store(ddelta_ptr + row_o[:, None] + t[None, :], ddl, mask=m2)
+        ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy,
+                                 Dv, HAS_D, HAS_Z, SOFTPLUS)
         if HAS_BIAS:
             dbias_acc += tl.where(m2, ddl, 0.0)
-    row_p = (seg * tl.num_programs(1) + pid_b) * DIM + offs_d
-    if HAS_D:
-        tl.store(dD_ptr + row_p, tl.sum(dD_acc, axis=1), mask=dmask)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + row_p, tl.sum(dbias_acc, axis=1), mask=dmask)
+    _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_acc, dbias_acc, HAS_D, HAS_BIAS)
+
