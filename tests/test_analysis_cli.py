@@ -11,8 +11,8 @@ from tokendyn.cli import app, main
 from tokendyn.model import MambaConfig, MambaLM
 
 runner = CliRunner()
-FILES = ("report.html", "analysis_spectra.png", "analysis_token_norms.png", "analysis_growth.png",
-         "analysis_hidden_attention.png")
+FILES = ("report.html", "analysis_spectra.png", "analysis_radial_velocity.png", "analysis_flow.png",
+         "analysis_token_norms.png", "analysis_growth.png", "analysis_hidden_attention.png")
 
 
 def make_word_tokenizer(path, words):
@@ -70,7 +70,7 @@ def _check_report(out, layout, n_layer, n_tokens, source):
     for f in FILES:
         assert (out / f).is_file() and (out / f).stat().st_size > 1000, f
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 6 and "<table>" in html
     data = json.loads((out / "analysis.json").read_text())
     assert data["layout"] == layout
     assert data["input"]["source"] == source and data["input"]["n_tokens"] == n_tokens

@@ -7,6 +7,7 @@ layers and channels, figures and report.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ import torch
 from ..data import text as textdata
 from ..errors import DataError
 from .hidden_attention import attention_summary, hidden_attention
-from .layers import LayerSpectrum, model_spectra
+from .layer_flow import FLOW_T_END, FLOW_TOKENS, LayerTheory, model_theory
+from .layers import LayerSpectrum, model_io_parameters, model_spectra
 from .trajectories import TokenDynamics, measure_dynamics
 
 DEFAULT_MAX_TOKENS = 1024
@@ -119,6 +121,7 @@ class Analysis:
 
     spectra: list[LayerSpectrum]
     dynamics: TokenDynamics
+    theory: list[LayerTheory]             # radial velocity and idealised flow per layer
     attention: list[dict]                 # {layer, channel, P: (L, L) float64, summary}
     input: InputTokens
     config: dict
@@ -130,8 +133,9 @@ class Analysis:
         """The JSON document described in docs/analysis.md."""
         growth = self.dynamics.layer_growth()
         layers = []
-        for s, g in zip(self.spectra, growth):
+        for s, g, th in zip(self.spectra, growth, self.theory):
             row = s.as_dict()
+            row.update(th.as_dict())
             row["norm_growth"] = float(g)
             row["mean_token_norm"] = float(self.dynamics.token_norms[s.index].mean())
             row["mean_scan_input_norm"] = float(self.dynamics.scan_input_norms[s.index].mean())
@@ -147,6 +151,9 @@ class Analysis:
                 "n_layers": len(self.spectra),
                 "divergent_prone_layers": sum(s.positive > 0 for s in self.spectra),
                 "convergent_prone_layers": sum(s.positive == 0 and s.negative > 0 for s in self.spectra),
+                "radial_velocity_positive_layers": sum(bool(th.radial_velocity.median() > 0) for th in self.theory),
+                "radial_velocity_negative_layers": sum(bool(th.radial_velocity.median() < 0) for th in self.theory),
+                "flow_verdicts": [th.flow.verdict if th.flow is not None else None for th in self.theory],
                 "total_growth": float(total),
             },
             "layers": layers,
@@ -175,12 +182,17 @@ def config_summary(model) -> dict:
 
 def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = None,
                   channels: Sequence[int] | None = None, layout: str = "unknown",
-                  checkpoint: str = "(in memory)", timings: dict | None = None) -> Analysis:
-    """Spectra, token norms and hidden attention of a loaded MambaLM-like model.
+                  checkpoint: str = "(in memory)", timings: dict | None = None,
+                  flow_time: float = FLOW_T_END, flow_tokens: int = FLOW_TOKENS) -> Analysis:
+    """Spectra, the in-layer theory quantities, token norms and hidden attention of a loaded
+    MambaLM-like model.
 
     layers: layers whose hidden attention is computed (default: first, middle, last);
-    channels: channels d of each (default: channel 0 and the channel with the largest mean Δ).
+    channels: channels d of each (default: channel 0 and the channel with the largest mean Δ);
+    flow_time, flow_tokens: the stated time of the idealised flow and the number of first tokens
+    it runs from (:mod:`tokendyn.analysis.layer_flow`); flow_time 0 leaves the flow out.
     """
+    check_flow_options(flow_time, flow_tokens)
     timings = dict(timings or {})
     model.eval()
     t = time.perf_counter()
@@ -202,6 +214,11 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
     timings["forward"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    theory = model_theory(model_io_parameters(model), out.internals, flow=flow_time > 0,
+                          **({"t_end": flow_time, "tokens": flow_tokens} if flow_time > 0 else {}))
+    timings["layer_flow"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     attention = []
     A_all = [m.io_parameters()["A"] for m in (model.backbone.layers[i].mixer for i in layers)]
     for i, A in zip(layers, A_all):
@@ -217,7 +234,7 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
             attention.append({"layer": i, "channel": d, "P": P[ci], "summary": attention_summary(P[ci]),
                               "layer_choice": layer_why[i], "channel_choice": chan_why[d]})
     timings["hidden_attention"] = time.perf_counter() - t
-    return Analysis(spectra=spectra, dynamics=dyn, attention=attention, input=inputs,
+    return Analysis(spectra=spectra, dynamics=dyn, theory=theory, attention=attention, input=inputs,
                     config=config_summary(model), layout=layout, checkpoint=checkpoint, timings=timings)
 
 
@@ -251,10 +268,12 @@ def check_size(model, max_tokens: int, layers: Sequence[int] | None, channels: S
 def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokenizer: str | Path | None = None,
                        max_tokens: int = DEFAULT_MAX_TOKENS, truncate: bool = False,
                        layers: Sequence[int] | None = None, channels: Sequence[int] | None = None,
-                       device: str = "cpu", seed: int = 0) -> Analysis:
+                       device: str = "cpu", seed: int = 0, flow_time: float = FLOW_T_END,
+                       flow_tokens: int = FLOW_TOKENS) -> Analysis:
     """Load a checkpoint (any layout :func:`tokendyn.model.load_model` reads) and analyse it."""
     from ..model import load_model
 
+    check_flow_options(flow_time, flow_tokens)
     t = time.perf_counter()
     model = load_model(path, device=device)
     timings = {"load": time.perf_counter() - t}
@@ -272,7 +291,19 @@ def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokeniz
     timings["input"] = time.perf_counter() - t
     return analyze_model(model, inputs, layers=layers, channels=channels,
                          layout=getattr(model, "checkpoint_layout", "unknown"),
-                         checkpoint=str(path), timings=timings)
+                         checkpoint=str(path), timings=timings, flow_time=flow_time, flow_tokens=flow_tokens)
+
+
+# a stated time far beyond the flow's own scale only spends the evaluation budget
+MAX_FLOW_TIME = 1e6
+
+
+def check_flow_options(flow_time: float, flow_tokens: int) -> None:
+    """Refuse a flow time that is not a finite number in [0, MAX_FLOW_TIME] or fewer than one token."""
+    if not (math.isfinite(flow_time) and 0 <= flow_time <= MAX_FLOW_TIME):
+        raise DataError(f"--flow-time must be a number from 0 (no flow) to {MAX_FLOW_TIME:g}, got {flow_time}.")
+    if flow_tokens < 1:
+        raise DataError(f"--flow-tokens must be at least 1, got {flow_tokens}.")
 
 
 def build_figures(analysis: Analysis) -> dict:
@@ -280,8 +311,11 @@ def build_figures(analysis: Analysis) -> dict:
     from . import report
 
     figs = {"spectra": report.plot_spectra(analysis.spectra),
-            "token_norms": report.plot_token_norms(analysis.dynamics),
-            "growth": report.plot_growth(analysis.dynamics)}
+            "radial_velocity": report.plot_radial_velocity(analysis.theory, analysis.spectra)}
+    if any(th.flow is not None for th in analysis.theory):
+        figs["flow"] = report.plot_flow(analysis.theory)
+    figs["token_norms"] = report.plot_token_norms(analysis.dynamics)
+    figs["growth"] = report.plot_growth(analysis.dynamics)
     if analysis.attention:
         figs["hidden_attention"] = report.plot_hidden_attention(analysis.attention)
     return figs

@@ -29,6 +29,8 @@ from ..report.page import embed_image, esc, page, table  # noqa: E402 -- kept wi
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
+    "radial_velocity": "analysis_radial_velocity.png",
+    "flow": "analysis_flow.png",
     "token_norms": "analysis_token_norms.png",
     "growth": "analysis_growth.png",
     "hidden_attention": "analysis_hidden_attention.png",
@@ -68,6 +70,69 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
     cb = fig.colorbar(sm, ax=ax2, label="layer index")
     cb.locator = MaxNLocator(integer=True)
     cb.update_ticks()
+    fig.tight_layout()
+    return fig
+
+
+REGIME_COLOURS = {"divergence": "tab:red", "convergence": "tab:blue", "static": "tab:gray"}
+
+
+def plot_radial_velocity(theory: Sequence, spectra: Sequence) -> plt.Figure:
+    """Per layer, the distribution over tokens of the radial velocity ⟨u_l, y_l⟩/|u_l|² of the scan
+    input under the layer's own scan without D and gate: box = quartiles, whiskers = 10th and 90th
+    percentiles, line = median; coloured by the regime the layer's signature predicts."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(theory) + 3), 4.2))
+    data = [th.radial_velocity.numpy() for th in theory]
+    positions = [th.index for th in theory]
+    box = ax.boxplot(data, positions=positions, whis=(10, 90), showfliers=False, patch_artist=True, widths=0.6)
+    for patch, s in zip(box["boxes"], spectra):
+        patch.set_facecolor(REGIME_COLOURS.get(s.predicted_regime, "tab:gray"))
+        patch.set_alpha(0.55)
+    for med in box["medians"]:
+        med.set_color("k")
+    ax.axhline(0, color="k", lw=0.6)
+    step = max(1, len(positions) // 12)                       # at most about a dozen labels
+    ax.set_xticks(positions[::step], [str(p) for p in positions[::step]])
+    ax.set_xlabel("layer index")
+    ax.set_ylabel("⟨u_l, y_l⟩ / |u_l|² (per unit flow time)")
+    ax.set_title("radial velocity of the scan input\n(the layer's own scan, without D and gate)", fontsize=10)
+    present = dict.fromkeys(s.predicted_regime for s in spectra)
+    ax.legend(handles=[Line2D([], [], ls="", marker="s", color=REGIME_COLOURS.get(r, "tab:gray"), alpha=0.55,
+                              label=f"predicted {r}") for r in present], fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_flow(theory: Sequence) -> plt.Figure:
+    """The idealised flow of each layer from its real tokens: geometric mean over tokens of
+    |u_l(t)|/|u_l(0)| against t (log y); a cross marks a blow-up, where the curve ends."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    flows = [(th.index, th.flow) for th in theory if th.flow is not None]
+    cmap = plt.get_cmap("viridis")
+    n = max(len(theory) - 1, 1)
+    lo, hi = 1.0, 1.0
+    for i, f in flows:
+        colour = cmap(i / n)
+        ax.plot(f.t[1:].numpy(), f.ratio[1:].numpy(), color=colour, lw=1.2)   # t = 0 has no place on a log axis
+        if f.blowup_time is not None:
+            ax.plot([f.t[-1]], [f.ratio[-1]], marker="X", ms=8, color=colour, ls="")
+        lo, hi = min(lo, float(f.ratio.min())), max(hi, float(f.ratio.max()))
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_ylim(lo / 1.05, hi * 1.05)          # room for the blow-up crosses
+    t_end = max((f.t_end for _, f in flows), default=1.0)
+    ax.set_xlim(t_end * 1e-3, t_end)
+    ax.set_xlabel("flow time t (log)")
+    ax.set_ylabel("|u_l(t)| / |u_l(0)| (geometric mean over tokens)")
+    tokens = flows[0][1].tokens if flows else 0
+    ax.set_title(f"idealised flow on each layer's parameters,\nfrom its first {tokens} real tokens", fontsize=10)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n))
+    cb = fig.colorbar(sm, ax=ax, label="layer index")
+    cb.locator = MaxNLocator(integer=True)
+    cb.update_ticks()
+    ax.legend(handles=[Line2D([], [], ls="", marker="X", color="k", label="blow-up (curve ends)")],
+              fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -175,13 +240,35 @@ def save(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
 
 
 def _layer_table(layers: list[dict]) -> str:
-    columns = ["layer", "M_s > 0", "M_s < 0", "M_s = 0", "largest", "smallest", "predicted regime", "verdict",
-               "mean Δ(0)", "median a", "measured growth"]
+    columns = ["layer", "M_s > 0", "M_s < 0", "M_s = 0", "largest", "smallest", "predicted regime",
+               "radial velocity (median)", "share > 0", "idealised flow", "mean Δ(0)", "median a",
+               "residual growth"]
     rows = [[r["index"], r["io_eigs_positive"], r["io_eigs_negative"], r["io_eigs_zero"],
-             f"{r['io_sym_largest']:.3g}", f"{r['io_sym_smallest']:.3g}", r["predicted_regime"], r["verdict"],
-             f"{r['delta_at_zero']['mean']:.3g}", f"{r['decay']['median']:.3g}", f"{r['norm_growth']:.4g}"]
+             f"{r['io_sym_largest']:.3g}", f"{r['io_sym_smallest']:.3g}", r["predicted_regime"],
+             f"{r['radial_velocity']['median']:+.3g}", f"{r['radial_velocity']['positive_share']:.2f}",
+             flow_cell(r["flow"]), f"{r['delta_at_zero']['mean']:.3g}", f"{r['decay']['median']:.3g}",
+             f"{r['norm_growth']:.4g}"]
             for r in layers]
-    return table(columns, rows, numeric=(0, 1, 2, 3, 4, 5, 8, 9, 10))
+    return table(columns, rows, numeric=(0, 1, 2, 3, 4, 5, 7, 8, 10, 11, 12))
+
+
+def flow_cell(flow: dict | None) -> str:
+    """One layer's flow outcome in a few words: "blows up at t = 2.1", "decays: 0.81 at t = 5"."""
+    if flow is None:
+        return "not run"
+    if flow["verdict"] == "blows up":
+        return f"blows up at t = {flow['blowup_time']:.3g}"
+    if flow["verdict"] == "undetermined":
+        return f"undetermined ({flow['stop_reason']})"
+    return f"{flow['verdict']}: {flow['ratio_at_t_end']:.3g} at t = {flow['t_end']:g}"
+
+
+def flow_counts(verdicts: list) -> str:
+    """"blows up in 3, decays in 1" from the per-layer flow verdicts (None: not run)."""
+    counts = {}
+    for v in verdicts:
+        counts[v or "not run"] = counts.get(v or "not run", 0) + 1
+    return ", ".join(f"{v} in {k} layer{'s' if k > 1 else ''}" for v, k in counts.items()) or "no layer"
 
 
 def _attention_note(maps: list[dict]) -> str:
@@ -202,11 +289,18 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
     trend = data["growth_by_position"]
     captions = {
         "spectra": "Eigenvalues of the symmetric part M_s per layer, and of M itself.",
+        "radial_velocity": "The theory's own quantity inside each layer: the radial velocity ⟨u_l, y_l⟩/|u_l|² of "
+                           "the scan input u under the layer's scan without D and gate (the idealised flow's "
+                           "d ln|u_l|/dt at the real tokens). Its sign should follow the predicted regime.",
+        "flow": "The idealised flow of THEORY.md section 2 run on each layer's own S_B, S_C, S_Δ, b_Δ and A from "
+                "its real scan input (no norm, gate, conv or D): norms blow up or grow in a divergent layer "
+                "and decay in a convergent one.",
         "token_norms": "Token norms through the layers (residual stream) and at each scan's input.",
         "growth": "Measured norm growth per layer and by token position.",
         "hidden_attention": _attention_note(data.get("hidden_attention", [])),
     }
-    titles = {"spectra": "Spectra", "token_norms": "Token norms", "growth": "Growth",
+    titles = {"spectra": "Spectra", "radial_velocity": "Radial velocity", "flow": "Idealised flow",
+              "token_norms": "Token norms", "growth": "Growth",
               "hidden_attention": "Hidden attention"}
     figs = "".join(f'<section id="{k}"><h2>{titles.get(k, k)}</h2>{embed_image(p, titles.get(k, k), captions.get(k))}'
                    "</section>" for k, p in figures.items())
@@ -225,8 +319,13 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
     main = f"""<section id="summary"><h2>Summary</h2>
 <p class="summary"><strong>{summary['divergent_prone_layers']}</strong> of {summary['n_layers']} layers are
 divergent-prone (M_s has a positive eigenvalue), <strong>{summary['convergent_prone_layers']}</strong>
-convergent-prone. Measured: token norms grow by a factor {summary['total_growth']:.4g} from the embedding to the
-last layer (geometric mean over tokens); Spearman correlation of position with growth {trend['spearman']:.3f}.</p>
+convergent-prone. Inside the layers, the median radial velocity of the scan input is positive in
+<strong>{summary['radial_velocity_positive_layers']}</strong> and negative in
+<strong>{summary['radial_velocity_negative_layers']}</strong> layers; the idealised flow on each layer's own
+parameters: {esc(flow_counts(summary['flow_verdicts']))}. The residual stream grows by a factor
+{summary['total_growth']:.4g} from the embedding to the last layer (geometric mean over tokens; Spearman correlation
+of position with growth {trend['spearman']:.3f}): in a pre-norm model it grows whatever the sign of M, so it is
+no test of the theory (docs/THEORY.md section 4).</p>
 </section>
 <section id="layers"><h2>Layers</h2>{_layer_table(data['layers'])}</section>
 {figs}"""

@@ -48,6 +48,11 @@ def analyze(
     json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default: OUT/analysis.json)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random token ids used when there is no tokenizer."),
+    flow_time: float = typer.Option(
+        5.0, "--flow-time", help="Stated time of the idealised flow run on each layer's parameters from its "
+        "real tokens (its norm ratio is reported there); 0 leaves the flow out."),
+    flow_tokens: int = typer.Option(
+        256, "--flow-tokens", help="The flow runs from this many first tokens (exact for them: the flow is causal)."),
 ) -> None:
     """Analyse a checkpoint: spectrum of S_Cᵀ S_B per layer, predicted regimes, measured token norms,
     hidden attention."""
@@ -65,7 +70,8 @@ def analyze(
     layer_list = parse_indices(layers, "--layers") or None
     channel_list = parse_indices(channels, "--channels") or None
     result = analyze_checkpoint(path, text=text, tokenizer=tokenizer, max_tokens=max_tokens, truncate=truncate,
-                                layers=layer_list, channels=channel_list, device=device, seed=seed)
+                                layers=layer_list, channels=channel_list, device=device, seed=seed,
+                                flow_time=flow_time, flow_tokens=flow_tokens)
     with staged_outputs() as staging:
         staged_out = staging.dir(out)
         staged_json = staging.path(json_path) if json_path is not None else None
@@ -80,11 +86,13 @@ def _print_summary(result, paths: dict) -> None:
 
     console = Console()
     table = Table(title=f"{result.checkpoint} ({result.layout} layout): {result.input.description}")
-    for col in ("layer", "M_s >0", "M_s <0", "M_s =0", "regime", "verdict", "growth"):
+    from ..analysis.report import flow_cell
+
+    for col in ("layer", "M_s >0", "M_s <0", "M_s =0", "regime", "radial velocity", "idealised flow"):
         table.add_column(col, justify="right")
-    growth = result.dynamics.layer_growth()
-    for s, g in zip(result.spectra, growth):
+    for s, th in zip(result.spectra, result.theory):
+        flow = flow_cell(th.flow.as_dict() if th.flow is not None else None)
         table.add_row(str(s.index), str(s.positive), str(s.negative), str(s.zero),
-                      s.predicted_regime, s.verdict, f"{float(g):.4g}")
+                      s.predicted_regime, f"{float(th.radial_velocity.median()):+.3g}", flow)
     console.print(table)
     console.print(f"report: {paths['html']}\njson:   {paths['json']}")

@@ -80,7 +80,7 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     callbacks = []
     monitor = None
     if monitor_every:
-        monitor = RegimeMonitor(task.probe_input(), every=monitor_every, log=log)
+        monitor = RegimeMonitor(task.probe_input(), every=monitor_every, log=log, final_step=cfg.steps)
         callbacks.append(monitor)
     identity = {"model": model_identity(config), "data": data.describe(), "monitor_every": monitor_every,
                 "eval_batch": eval_batch}

@@ -1,14 +1,25 @@
 """The regime monitor: a training callback that watches each layer's dynamical regime.
 
-Every ``every`` steps it records, for each layer, the eigen-signature of the symmetric part
-of M = S_Cᵀ S_B (through the 2N×2N path of :mod:`tokendyn.dynamics.spectrum`, from
-``mixer.io_parameters()``, so a variant that reparametrises S_B and S_C needs no special
-case) with the idealised regime of that signature (THEORY.md section 4,
-:func:`tokendyn.dynamics.regimes.regime_from_signature`), and the measured token-norm growth
-through each layer on one fixed held-out input (the task's ``probe_input``). It warns once
-per layer when that layer is first seen in the convergent regime (no positive eigenvalue),
-the scenario THEORY.md section 5 sets out to exclude (one warning per call, naming every layer
-that entered it).
+Every ``every`` steps it records, for each layer:
+
+- the eigen-signature of the symmetric part of M = S_Cᵀ S_B (through the 2N×2N path of
+  :mod:`tokendyn.dynamics.spectrum`, from ``mixer.io_parameters()``, so a variant that
+  reparametrises S_B and S_C needs no special case) with the idealised regime of that signature
+  (THEORY.md section 4, :func:`tokendyn.dynamics.regimes.regime_from_signature`);
+- the theory's own quantity inside the layer, on one fixed held-out input (the task's
+  ``probe_input``): the radial velocity of the scan input under the layer's own scan
+  (:mod:`tokendyn.analysis.layer_flow`), its median over tokens and the share of positive tokens.
+  A median that falls towards or below zero shows the layer drifting to the convergent side;
+- at step 0 and at the run's last step (``final_step``), the idealised flow on the
+  layer's parameters from the probe's first ``flow_tokens`` tokens: its verdict, its norm ratio
+  at ``flow_time`` and its blow-up time (the flow costs a few hundred scans, so it is not run at
+  every call);
+- the residual-stream norm growth through the layer (no test of the theory: it grows whatever
+  the sign of M; kept for comparison).
+
+It warns once per layer when that layer is first seen in the convergent regime (no positive
+eigenvalue), the scenario THEORY.md section 5 sets out to exclude (one warning per call, naming
+every layer that entered it).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import warnings
 
 import torch
 
+from ..analysis.layer_flow import layer_theory
 from ..analysis.layers import model_io_parameters
 from ..analysis.trajectories import dynamics_from_outputs
 from ..dynamics.regimes import regime_from_signature
@@ -27,6 +39,9 @@ from ..dynamics.spectrum import eigen_signature
 # 2 % of the training time as long as a call costs less than two training steps.
 # benchmarks/train_gpu.py measures the share at the GPU benchmark configuration.
 DEFAULT_EVERY = 100
+# the monitor's flow: fewer tokens and evaluations than the analysis (a verdict is all it needs)
+MONITOR_FLOW_TOKENS = 32
+MONITOR_FLOW_EVALS = 800
 
 
 class ConvergentRegimeWarning(UserWarning):
@@ -41,22 +56,30 @@ class RegimeMonitor:
         every: interval in optimiser steps.
         log: where the warning goes as a line (a print function); without one it is a
             :class:`ConvergentRegimeWarning` through ``warnings.warn``.
+        final_step: the run's last step, where the flow runs again (None: only at step 0).
+        flow_time, flow_tokens: the flow's stated time and its number of first probe tokens
+            (flow_time 0: no flow).
 
     Each call appends one record ``{"kind": "monitor", "step", "layers": [{"layer",
-    "positive", "negative", "zero", "regime", "growth"}, ...]}`` and keeps it in
-    :attr:`history`.
+    "positive", "negative", "zero", "regime", "radial_velocity", "radial_velocity_share",
+    "growth", and where the flow ran "flow", "flow_ratio", "flow_blowup"}, ...]}`` and keeps it
+    in :attr:`history`.
     """
 
-    def __init__(self, probe: torch.Tensor, every: int = DEFAULT_EVERY, log=None):
+    def __init__(self, probe: torch.Tensor, every: int = DEFAULT_EVERY, log=None, final_step: int | None = None,
+                 flow_time: float = 5.0, flow_tokens: int = MONITOR_FLOW_TOKENS):
         self.probe = probe
         self.every = every
         self.log = log
+        self.final_step = final_step
+        self.flow_time, self.flow_tokens = flow_time, flow_tokens
         self.warned: set[int] = set()
         self.history: list[dict] = []
 
     @torch.no_grad()
-    def measure(self, model) -> list[dict]:
-        """One row per layer: signature, regime, norm growth on the probe input."""
+    def measure(self, model, flow: bool = False) -> list[dict]:
+        """One row per layer: signature, regime, radial velocity, norm growth on the probe input,
+        and with ``flow`` the idealised flow's verdict."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -64,16 +87,26 @@ class RegimeMonitor:
         model.train(was_training)
         growth = dynamics_from_outputs(out.hidden_states, out.internals).layer_growth()
         rows = []
-        for i, params in enumerate(model_io_parameters(model)):
+        flow = flow and self.flow_time > 0
+        for i, (params, m) in enumerate(zip(model_io_parameters(model), out.internals)):
             # the 2N×2N problem is tiny: solved on the CPU, not as many small GPU launches
             sig = eigen_signature(params["S_B"].cpu(), params["S_C"].cpu())
-            rows.append({"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
-                         "regime": regime_from_signature(sig.positive, sig.negative),
-                         "growth": float(growth[i])})
+            th = layer_theory(params, m.x[0].transpose(0, 1), i, flow=flow, t_end=self.flow_time,
+                              tokens=self.flow_tokens, max_evals=MONITOR_FLOW_EVALS)
+            rv = th.radial_velocity
+            row = {"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
+                   "regime": regime_from_signature(sig.positive, sig.negative),
+                   "radial_velocity": float(rv.median()), "radial_velocity_share": float((rv > 0).double().mean()),
+                   "growth": float(growth[i])}
+            if th.flow is not None:
+                f = th.flow.as_dict()
+                row.update({"flow": f["verdict"], "flow_ratio": f["ratio_at_t_end"], "flow_blowup": f["blowup_time"],
+                            "flow_time": f["t_end"]})
+            rows.append(row)
         return rows
 
     def __call__(self, step: int, model, record) -> None:
-        rows = self.measure(model)
+        rows = self.measure(model, flow=step in (0, self.final_step))
         entry = {"kind": "monitor", "step": step, "layers": rows}
         self.history.append(entry)
         record(entry)
@@ -97,44 +130,58 @@ def monitor_records(records: list[dict]) -> list[dict]:
     return sorted((r for r in records if r.get("kind") == "monitor"), key=lambda r: r["step"])
 
 
+def _flow_label(entries: list[dict], layer: int) -> str:
+    """"blows up → decays": the flow verdicts of one layer at the monitor calls that ran it."""
+    verdicts = [e["layers"][layer]["flow"] for e in entries if "flow" in e["layers"][layer]]
+    return " → ".join(verdicts)
+
+
 def plot_monitor(records: list[dict], title: str = ""):
-    """Signature counts per layer over steps: positive (left) and negative (right) eigenvalue
-    counts of M_s, layers on the y axis, monitor steps on the x axis. Returns a Figure."""
+    """The monitor's records of one run. Top: the positive (left) and negative (right) eigenvalue
+    counts of M_s per layer over the steps. Bottom: each layer's median radial velocity on the
+    probe input over the steps (below zero: the convergent side), its legend giving the flow's
+    verdicts where it ran. Returns a Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    entries = monitor_records(records)
-    steps = [e["step"] for e in entries]
-    n_layer = max((len(e["layers"]) for e in entries), default=0)
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    entries = monitor_records(records)
+    steps = np.array([e["step"] for e in entries], dtype=float)
+    n_layer = max((len(e["layers"]) for e in entries), default=0)
+    fig = plt.figure(figsize=(10, 7.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.3))
+    half = (steps[1] - steps[0]) / 2 if steps.size > 1 else 0.5
+    extent = (steps[0] - half if steps.size else -0.5, steps[-1] + half if steps.size else 0.5, -0.5, n_layer - 0.5)
     mats = {key: (np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T
                   if entries else np.zeros((1, 1))) for key in ("positive", "negative")}
     top = max(1.0, max(float(m.max()) for m in mats.values()))     # one colour scale for both counts
-    for ax, key, cmap in ((axes[0], "positive", "Reds"), (axes[1], "negative", "Blues")):
+    for col, key, cmap in ((0, "positive", "Reds"), (1, "negative", "Blues")):
+        ax = fig.add_subplot(grid[0, col])
         im = ax.imshow(mats[key], aspect="auto", origin="lower", cmap=cmap, interpolation="nearest", vmin=0,
-                       vmax=top, extent=(-0.5, len(steps) - 0.5, -0.5, n_layer - 0.5))
+                       vmax=top, extent=extent)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xticks(range(len(steps)))
-        ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
-        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.set_xlabel("optimiser step")
         ax.set_ylabel("layer")
-        ax.set_title(f"{key} eigenvalues of M_s")
+        ax.set_title(f"{key} eigenvalues of M_s (count)")
         fig.colorbar(im, ax=ax)
-    ax = axes[2]
+    ax = fig.add_subplot(grid[1, :])
+    cmap = plt.get_cmap("viridis")
     for layer in range(n_layer):
-        ax.plot(steps, [e["layers"][layer]["growth"] for e in entries], lw=1, label=f"layer {layer}")
-    ax.axhline(1.0, color="k", lw=0.6)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("token-norm growth")
-    ax.set_title("growth per layer on the probe input")
-    if n_layer <= 8:
-        ax.legend(fontsize=7)
+        rv = [e["layers"][layer].get("radial_velocity", np.nan) for e in entries]
+        flow = _flow_label(entries, layer)
+        ax.plot(steps, rv, lw=1.2, marker="o", ms=3, color=cmap(layer / max(n_layer - 1, 1)),
+                label=f"layer {layer}" + (f" (flow: {flow})" if flow else ""))
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("median ⟨u_l, y_l⟩ / |u_l|²")
+    ax.set_title("radial velocity of the scan input on the probe (below 0: the convergent side)")
+    if n_layer <= 12:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
