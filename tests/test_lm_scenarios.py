@@ -29,12 +29,19 @@ def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: 
         assert len(v["test_ppl"]) == 1 and v["test_ppl"][0] > 1
         assert [p[0] for p in v["val_curve"]] == [15, 30, 45, 60]
     assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
-    assert (a / "lm_scenarios.md").read_text().count("| none |") == 1
+    assert (a / "lm_scenarios.md").read_text().split("In-layer")[0].count("| none |") == 1   # one perplexity row
     assert (a / "lm_scenarios_val.png").stat().st_size > 1000
     assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
-    final = doc["settings"]["negative"]["monitor_final"]
+    final = doc["settings"]["negative"]["monitor_final"][0]
     assert final and all(row["positive"] == 0 and row["regime"] == "convergence" for row in final)
-    assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"])
+    assert all(row["negative"] == 0 for row in doc["settings"]["positive"]["monitor_final"][0])
+    # the end-of-training in-layer quantities of every run, and the study built from them
+    for v in doc["settings"].values():
+        for row in v["monitor_final"][0]:
+            assert row["flow"] in ("blows up", "grows", "decays", "stays", "undetermined")
+            assert isinstance(row["radial_velocity"], float)
+    assert "radial velocity" in (a / "lm_scenarios.md").read_text()
+    assert (a / "lm_scenarios_inlayer.png").stat().st_size > 1000
     # a second call with another seed, in another directory; then merge the two
     b = tmp_path / "b"
     assert run_cli(_args(text, b, "none", "1"), capsys)[0] == 0

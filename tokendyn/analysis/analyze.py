@@ -140,6 +140,7 @@ class Analysis:
             row["mean_token_norm"] = float(self.dynamics.token_norms[s.index].mean())
             row["mean_scan_input_norm"] = float(self.dynamics.scan_input_norms[s.index].mean())
             row["mean_delta"] = float(self.dynamics.delta_mean[s.index].mean())
+            row["residual_update_cosine"] = float(self.dynamics.update_cosine[s.index].mean())
             layers.append(row)
         total = self.dynamics.position_growth().log().mean().exp()
         return {

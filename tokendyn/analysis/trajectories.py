@@ -23,13 +23,17 @@ class TokenDynamics:
     embedding_norms: (L,) ‖x_l‖ entering layer 0;
     token_norms: (n_layer, L) ‖x_l‖ after each layer (residual + mixer output);
     scan_input_norms: (n_layer, L) ‖u_l‖ of the scan input inside each mixer (after conv, SiLU);
-    delta_mean: (n_layer, L) mean over channels of Δ_l in each mixer.
+    delta_mean: (n_layer, L) mean over channels of Δ_l in each mixer;
+    update_cosine: (n_layer, L) cosine between layer i's residual update x(i+1) − x(i) and the
+        stream x(i) it is added to (near 0: the update turns the stream more than it stretches it,
+        so the stream's norm grows whatever the sign of M; THEORY.md section 4).
     """
 
     embedding_norms: torch.Tensor
     token_norms: torch.Tensor
     scan_input_norms: torch.Tensor
     delta_mean: torch.Tensor
+    update_cosine: torch.Tensor | None = None
 
     @property
     def all_norms(self) -> torch.Tensor:
@@ -108,10 +112,13 @@ def dynamics_from_outputs(hidden_states, internals) -> TokenDynamics:
         )
     # reduce on the model's device, keep only the small (n, L) results, on the CPU
     norms = torch.stack([h[0].detach().to(torch.float64).norm(dim=-1) for h in hidden_states]).cpu()
+    cosine = torch.stack([torch.nn.functional.cosine_similarity(
+        (b[0] - a[0]).detach().to(torch.float64), a[0].detach().to(torch.float64), dim=-1)
+        for a, b in zip(hidden_states[:-1], hidden_states[1:])]).cpu()
     x_norms = torch.stack([m.x[0].detach().to(torch.float64).norm(dim=0) for m in internals]).cpu()
     delta = torch.stack([m.delta[0].detach().to(torch.float64).mean(dim=0) for m in internals]).cpu()
     return TokenDynamics(embedding_norms=norms[0], token_norms=norms[1:],
-                         scan_input_norms=x_norms, delta_mean=delta)
+                         scan_input_norms=x_norms, delta_mean=delta, update_cosine=cosine)
 
 
 def run_with_internals(model, input_ids: torch.Tensor):

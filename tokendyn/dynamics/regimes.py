@@ -107,6 +107,28 @@ def convergence_constants(mu: float, a: float, x0: list[float], b: float = 0.0) 
     return out
 
 
+def relaxation_exponents(mu: float, a: float, x0: list[float], b: float = 0.0) -> list[float | None]:
+    """[derived] κ_l with |x_l(t)|·√t − c_l shrinking like t^(−κ_l) (D = 1, μ < 0); None for a zero token.
+
+    With y_l = x_l² t and τ = ln t the system reads dy_l/dτ = y_l (1 − Σ_{j≤l} y_j w_lj / K),
+    w_lj = e^{−a δ0 (l−j)}: linearised at the fixed point y = c², token l relaxes at rate c_l²/K =
+    1 − e^{−a δ0 (l−m)} (1 for the first nonzero token), and Δ(x) = δ0 + O(x) adds corrections of
+    order x ~ t^(−1/2). A token is also driven by the deviations of the tokens before it, so its
+    exponent is the smallest of min(c_j²/K, 1/2) over the nonzero tokens j ≤ l. Small a δ0 makes
+    it small: such a token reaches its constant only after an astronomically long time.
+    """
+    d0 = softplus(b)
+    K = 1.0 / (2.0 * abs(mu) * d0)
+    out, slowest = [], math.inf
+    for c in convergence_constants(mu, a, x0, b):
+        if c == 0:
+            out.append(None)
+            continue
+        slowest = min(slowest, c * c / K, 0.5)
+        out.append(slowest)
+    return out
+
+
 def predict_regime_1d(mu: float, s: float, x0, a: float = 1.0, b: float = 0.0) -> RegimePrediction:
     """THEORY.md section 3 table. x0: (L,) initial tokens."""
     xs = [float(v) for v in torch.as_tensor(x0, dtype=torch.float64).flatten()]

@@ -3,10 +3,12 @@
 A small byte-level MambaLM (random initialisation, mamba_ssm's init) is analysed
 beside two models of the same configuration and seed built with the sign constraint of
 THEORY.md section 5 (``io_constraint="positive"``: M = S_Cᵀ S_B positive on its
-N-dimensional range; ``"negative"``). The spectrum predicts the regime of each layer (THEORY.md section 4);
-one forward pass on held-out Bible verses measures what the tokens do. Training
-is left out: a few CPU training steps cost minutes here, which the quick scale
-cannot spend. The unconstrained model's report (HTML, PNGs, JSON) goes to ``OUT/analysis/``.
+N-dimensional range; ``"negative"``). The spectrum predicts the regime of each layer (THEORY.md
+section 4); one forward pass on held-out Bible verses gives each layer's real scan input, on
+which the theory's own quantities are measured: the radial velocity under the layer's scan and
+the idealised flow on the layer's parameters (:mod:`tokendyn.analysis.layer_flow`). The same
+checks on trained models belong to the lm section, which has them. The unconstrained model's
+report (HTML, PNGs, JSON) goes to ``OUT/analysis/``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import torch
 
 from ..analysis.analyze import InputTokens, analyze_model, write_analysis
+from ..analysis.report import flow_cell
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from ..provenance import provenance
@@ -45,24 +48,37 @@ def _model(config: MambaConfig, device) -> MambaLM:
     return MambaLM(config).to(device).eval()
 
 
+LABELS = {"init": "unconstrained", "positive": "positive", "negative": "negative"}
+
+
 def _table(results: dict) -> str:
-    head = "| layer | " + " | ".join(f"M_s +/−/0 ({v}) | regime ({v}) | growth ({v})" for v in VARIANTS) + " |"
-    rows = [head, "|" + "---|" * (1 + 3 * len(VARIANTS))]
-    for i in range(len(results["init"]["layers"])):
-        cells = [str(i)]
-        for v in VARIANTS:
-            r = results[v]["layers"][i]
-            cells += [f"{r['io_eigs_positive']}/{r['io_eigs_negative']}/{r['io_eigs_zero']}",
-                      r["predicted_regime"], f"{r['norm_growth']:.3f}"]
-        rows.append("| " + " | ".join(cells) + " |")
+    rows = ["| model | layer | M_s +/−/0 | predicted regime | radial velocity: median (share > 0) | idealised flow "
+            "| residual growth |", "|---|---|---|---|---|---|---|"]
+    for v in VARIANTS:
+        for r in results[v]["layers"]:
+            rv = r["radial_velocity"]
+            rows.append(f"| {LABELS[v]} | {r['index']} | {r['io_eigs_positive']}/{r['io_eigs_negative']}/"
+                        f"{r['io_eigs_zero']} | {r['predicted_regime']} | {rv['median']:+.4f} "
+                        f"({rv['positive_share']:.2f}) | {flow_cell(r['flow'])} | {r['norm_growth']:.3f} |")
     return "\n".join(rows)
 
 
 def _brief(data: dict) -> dict:
+    """The section's summary of one model: its analysis summary and per layer the signature, the
+    regime, the residual growth, and the in-layer rows :func:`inlayer_checks` reads."""
     keys = ("index", "io_eigs_positive", "io_eigs_negative", "io_eigs_zero", "predicted_regime", "verdict",
             "norm_growth")
+    layers = []
+    for r in data["layers"]:
+        row = {k: r[k] for k in keys}
+        flow = r["flow"] or {}
+        row.update({"layer": r["index"], "radial_velocity": r["radial_velocity"]["median"],
+                    "radial_velocity_share": r["radial_velocity"]["positive_share"],
+                    "flow": flow.get("verdict"), "flow_ratio": flow.get("ratio_at_t_end"),
+                    "flow_blowup": flow.get("blowup_time"), "flow_time": flow.get("t_end")})
+        layers.append(row)
     return {"summary": data["summary"], "position_spearman": data["growth_by_position"]["spearman"],
-            "layers": [{k: r[k] for k in keys} for r in data["layers"]]}
+            "layers": layers}
 
 
 def run(ctx: Context) -> SectionResult:
@@ -91,24 +107,29 @@ def run(ctx: Context) -> SectionResult:
         "files": {k: str(p.relative_to(ctx.out)) for k, p in paths.items()},
     }
     rel = {k: p.relative_to(ctx.out) for k, p in paths.items()}
-    total = {v: results[v]["summary"]["total_growth"] for v in VARIANTS}
+    t_end = results["init"]["layers"][0]["flow"]["t_end"]
+    flow_tokens = results["init"]["layers"][0]["flow"]["tokens"]
     md = f"""A byte-level MambaLM (d_model {s['d_model']}, {s['n_layer']} layers, d_state 16, random
 initialisation) and the same model built with the sign constraint of THEORY.md section 5
 (S_C = U, S_B = diag(λ) U, so M = Uᵀ diag(λ) U): "positive" (`io_constraint="positive"`, every λ_i > 0:
-M positive on its 16-dimensional range) and "negative" (every λ_i < 0). Input for the measured
-dynamics: {inputs.description}.
+M positive on its 16-dimensional range) and "negative" (every λ_i < 0). Input: {inputs.description}.
 
 {_table(results)}
 
 "M_s +/−/0" counts the positive, negative and zero eigenvalues of the symmetric part of M = S_Cᵀ S_B
-(from the 2N×2N problem); "regime" is the idealised prediction from that signature; "growth" is the
-measured norm growth factor of the residual stream through the layer (geometric mean over tokens).
-Total growth from the embedding to the last layer: init {total['init']:.3f}, positive {total['positive']:.3f},
-negative {total['negative']:.3f}. The real model has residual connections, normalisation, a gate and the
-skip term D, none of which the idealised system keeps, so the measured growth need not follow the
-prediction; this table shows how far it does.
+(from the 2N×2N problem); "predicted regime" is the idealised prediction from that signature. The next two
+columns are the theory's own quantities inside each layer (docs/THEORY.md section 4): the radial velocity
+⟨u_l, y_l⟩/|u_l|² of the layer's scan input u under its own scan without D and gate (the median over the tokens,
+and the share of tokens where it is positive), and the idealised flow of section 2 run on the layer's own
+S_B, S_C, S_Δ, b_Δ and A from its first {flow_tokens} real tokens, to t = {t_end:g}. "Residual growth" is the norm
+growth of the residual stream through the layer: in a pre-norm model the residual update is nearly orthogonal
+to the stream, so the stream grows whatever the sign of M, and this column is no test of the theory.
 
 ![Spectra (unedited model): eigenvalues of M_s per layer, red > 0, blue < 0; of M in the plane]({rel['spectra']})
+
+![Radial velocity of the scan input per layer (unedited model)]({rel['radial_velocity']})
+
+![The idealised flow on each layer's parameters from its real tokens (unedited model)]({rel['flow']})
 
 ![Token norms of the unedited model through the layers (residual stream) and at each scan's input]({rel['token_norms']})
 

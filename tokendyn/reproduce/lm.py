@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..train.scenarios import load_committed, markdown_table, run_grid
+from ..train.scenarios import inlayer_table, load_committed, markdown_table, run_grid
 from . import Context, SectionResult, provenance, training_scale
-from .verdicts import experiment_source, separated_check
+from .verdicts import experiment_source, inlayer_checks, separated_check
 
 TITLE = "Language models with a sign-constrained S_Cᵀ S_B"
 
@@ -26,7 +26,9 @@ def run(ctx: Context) -> SectionResult:
                    log=lambda line: print(f"  {line}", flush=True), provenance=provenance(ctx.command))
     committed = load_committed(COMMITTED)
     parts = [f"**This run** ({scale} scale, {doc['device']}; files in `lm/`):", "", markdown_table(doc),
+             inlayer_table(doc),
              "![validation curves](lm/lm_scenarios_val.png)",
+             "![radial velocity per layer after training](lm/lm_scenarios_inlayer.png)",
              "![spectra](lm/lm_scenarios_spectra.png)",
              "![token norms](lm/lm_scenarios_token_norms.png)", ""]
     if committed is not None:
@@ -51,4 +53,24 @@ def run(ctx: Context) -> SectionResult:
         separated_check("Paper (section 5): the positive setting gives the best perplexity.",
                         source, label, "test_ppl", "positive", "none", how, higher_is_better=False),
     ]
+    checks += trained_inlayer_checks(doc, f"after training (this run's grid, {scale} scale, all seeds)")
+    if scale != "full":
+        label = (f"after training (committed full-scale grid results/lm_scenarios.json, {committed.get('device')})"
+                 if committed is not None else "after training (committed full-scale grid)")
+        checks += trained_inlayer_checks(committed, label, how)
+    summary["inlayer_final"] = {s: v.get("monitor_final") for s, v in doc["settings"].items()}
     return SectionResult(markdown="\n".join(parts), summary=summary, checks=checks)
+
+
+def trained_inlayer_checks(doc: dict | None, when: str, how: str = "") -> list:
+    """:func:`inlayer_checks` on the regime monitor's last records of a grid's positive and negative
+    runs; "not run" where the grid is absent or older than those records."""
+    from ..report import Check
+
+    finals = {s: (doc or {}).get("settings", {}).get(s, {}).get("monitor_final") for s in ("positive", "negative")}
+    if all(f and isinstance(f[0], list) and f[0] and "radial_velocity" in f[0][0] for f in finals.values()):
+        return inlayer_checks(finals, when)
+    return [Check.not_run(f"Positive and negative S_Cᵀ S_B, {when}: the radial velocity and the idealised flow "
+                          "of every layer follow the sign of M.",
+                          "every layer of every seed",
+                          "the grid holds no end-of-training in-layer records (it predates them); " + how)]

@@ -51,7 +51,7 @@ SCALES = {
 }
 DEFAULT_SEEDS = (0, 1, 2)
 RESULT_FILES = ("lm_scenarios.json", "lm_scenarios.md", "lm_scenarios_val.png", "lm_scenarios_spectra.png",
-                "lm_scenarios_token_norms.png")
+                "lm_scenarios_token_norms.png", "lm_scenarios_inlayer.png")
 
 
 def check_settings(settings) -> list[str]:
@@ -124,7 +124,6 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
         mean_curve = [[s, statistics.fmean(c[i][1] for c in curves)] for i, s in enumerate(steps)
                       if all(len(c) > i and c[i][0] == s for c in curves)]
         mean, std = _mean_std(test_ppl)
-        monitor = _final_monitor(rows[0][3])
         settings[setting] = {
             "test_ppl": test_ppl, "test_loss": [r[2]["test"]["loss"] for r in rows],
             "val_curve": mean_curve, "val_curves": curves, "seeds": [r[0] for r in rows],
@@ -133,7 +132,9 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "train_s": [round(r[2]["train_s"], 2) for r in rows],
             "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
             "tokens_per_s": [round(r[2]["tokens_seen"] / r[2]["train_s"]) for r in rows if r[2]["train_s"] > 0],
-            "monitor_final": monitor,
+            # per seed, the monitor's last record: per layer the signature, the radial velocity and
+            # the idealised flow's verdict at the end of training (THEORY.md section 4)
+            "monitor_final": [_final_monitor(r[3]) for r in rows],
         }
     first = next(iter(runs.values()))[0]
     model = {k: v for k, v in first[1]["model"].items() if k != "io_constraint"}
@@ -151,8 +152,9 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
     }
     doc["device"] = (provenance or {}).get("device", device)
     runstate.atomic_write_text(out / "lm_scenarios.json", json.dumps(doc, indent=1) + "\n")
-    runstate.atomic_write_text(out / "lm_scenarios.md", markdown_table(doc))
+    runstate.atomic_write_text(out / "lm_scenarios.md", markdown_table(doc) + "\n" + inlayer_table(doc))
     save_figure(plot_curves(doc), out / "lm_scenarios_val.png")
+    save_figure(plot_inlayer(doc), out / "lm_scenarios_inlayer.png")
     if analyse:
         _analysis_figures(out, runs, log, probe)
     return doc
@@ -212,10 +214,83 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SETTING_COLOURS = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green"}
+
+
+def _verdict_counts(verdicts) -> str:
+    counts = {}
+    for v in verdicts:
+        counts[v or "not run"] = counts.get(v or "not run", 0) + 1
+    return ", ".join(f"{v} ×{k}" if k > 1 else v for v, k in counts.items())
+
+
+def inlayer_table(doc: dict) -> str:
+    """The study of the trained models (THEORY.md section 4): per setting and layer, at the end of
+    training, the signature of M_s, the median radial velocity of the scan input on the probe
+    (mean over seeds, with the range), and the idealised flow's verdicts over the seeds."""
+    lines = ["In-layer quantities at the end of training (the regime monitor's last record of every run, on the "
+             "probe: the first tokens of the test split). Radial velocity: median over tokens of ⟨u_l, y_l⟩/|u_l|², "
+             "mean over seeds [range]; flow: the idealised flow on the layer's parameters from its real tokens.", "",
+             "| setting | layer | M_s +/−/0 (per seed) | radial velocity | share > 0 | idealised flow (per seed) |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for s, v in doc["settings"].items():
+        finals = [f for f in v.get("monitor_final", []) if f]
+        if not finals:
+            continue
+        conv = sum(row["regime"] == "convergence" for f in finals for row in f)
+        rv_neg = sum(row.get("radial_velocity", 0.0) < 0 for f in finals for row in f)
+        total = sum(len(f) for f in finals)
+        notes.append(f"{s}: {conv} of {total} layers (all seeds) convergent-prone by the signature, "
+                     f"{rv_neg} with a negative median radial velocity")
+        for i in range(len(finals[0])):
+            rows = [f[i] for f in finals if len(f) > i]
+            sig = ", ".join(sorted({f"{r['positive']}/{r['negative']}/{r['zero']}" for r in rows}))
+            rv = [r.get("radial_velocity") for r in rows if r.get("radial_velocity") is not None]
+            share = [r.get("radial_velocity_share") for r in rows if r.get("radial_velocity_share") is not None]
+            rv_cell = (f"{statistics.fmean(rv):+.4f} [{min(rv):+.4f}, {max(rv):+.4f}]" if rv else "n/a")
+            share_cell = f"{statistics.fmean(share):.2f}" if share else "n/a"
+            lines.append(f"| {s} | {i} | {sig} | {rv_cell} | {share_cell} | "
+                         f"{_verdict_counts(r.get('flow') for r in rows)} |")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def plot_inlayer(doc: dict):
+    """Median radial velocity of the scan input per layer at the end of training: a dot per seed,
+    a line through the mean over seeds, one colour per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    settings = [s for s, v in doc["settings"].items() if any(v.get("monitor_final", []))]
+    width = 0.6 / max(len(settings), 1)
+    for k, s in enumerate(settings):
+        finals = [f for f in doc["settings"][s]["monitor_final"] if f]
+        n_layer = len(finals[0])
+        shift = (k - (len(settings) - 1) / 2) * width          # settings side by side at each layer
+        means = []
+        for i in range(n_layer):
+            rv = [f[i].get("radial_velocity", float("nan")) for f in finals if len(f) > i]
+            ax.plot([i + shift] * len(rv), rv, ls="", marker="o", ms=4, alpha=0.6, color=SETTING_COLOURS.get(s))
+            means.append(statistics.fmean(rv))
+        ax.plot([i + shift for i in range(n_layer)], means, lw=1.2, color=SETTING_COLOURS.get(s), label=s)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer index")
+    ax.set_ylabel("median ⟨u_l, y_l⟩ / |u_l|²")
+    ax.set_title("radial velocity of each layer's scan input after training\n(dots: seeds; below 0: convergent side)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(doc: dict):
     """Validation perplexity per step: thin lines per seed, a thick line for the mean."""
-    colours = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green"}
-    return plot_seed_curves({s: v["val_curves"] for s, v in doc["settings"].items()}, colours,
+    return plot_seed_curves({s: v["val_curves"] for s, v in doc["settings"].items()}, SETTING_COLOURS,
                             xlabel="optimiser step", ylabel="validation perplexity",
                             title="validation perplexity by S_Cᵀ S_B setting", log_y=True)
 
@@ -260,7 +335,7 @@ def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
                                  f"the first {probe.numel()} tokens of the test split")
         else:
             inputs = choose_input(ckpt, model.config.vocab_size, max_tokens=ident["task"]["context"])
-        a = analyze_model(model, inputs, layers=[0], checkpoint=str(ckpt))
+        a = analyze_model(model, inputs, layers=[0], checkpoint=str(ckpt), flow_time=0)   # figures only
         label = f"{s} (seed {seed})"
         spectra[label] = report.plot_spectra(a.spectra)
         norms[label] = report.plot_token_norms(a.dynamics)
