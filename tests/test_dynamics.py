@@ -276,3 +276,27 @@ def test_stiff_solver_failure_ends_the_simulation_cleanly():
     got = classify_trajectory(sim)
     blew_up = any(b is not None for b in got.blowup_times)
     assert got.regime == ("fast_divergence" if blew_up else "undetermined")
+
+
+def test_convergence_constants_relax_at_the_derived_exponents():
+    """[derived] relaxation_exponents: |x_l|·√t/c_l − 1 shrinks like t^(−κ_l). Where a·softplus(b) is
+    large, every token has κ = 1/2 and sits on its constant at t = 10⁶; where it is small (a = 0.1),
+    the tokens after the first have κ ≈ 0.067 and are still far from theirs at t = 10⁶, as the
+    exponent says, while the first token (κ = 1/2) has arrived."""
+    from tokendyn.dynamics.regimes import convergence_constants, relaxation_exponents
+
+    for mu, s, a, x0, slow in ((-2.0, 0.5, 3.0, [1.0, 1.0, 1.0, 1.0], False), (-1.0, 1.0, 0.1, [1.0, 0.8, -0.5], True)):
+        sim = simulate(TokenSystem.one_dim(mu, s, a), torch.tensor(x0, dtype=torch.float64), 1e6, n_points=40,
+                       rtol=1e-9, atol=1e-14)
+        c = torch.tensor(convergence_constants(mu, a, x0), dtype=torch.float64)
+        kappa = relaxation_exponents(mu, a, x0)
+        dev = (sim.norms[:, 0] * sim.t.sqrt()[:, None] / c - 1).abs()       # (T, L)
+        i = int((sim.t >= 1e4).nonzero()[0])
+        slope = (dev[-1].log() - dev[i].log()) / math.log(float(sim.t[-1] / sim.t[i]))
+        assert kappa[0] == 0.5 and abs(float(slope[0]) + 0.5) < 0.05 and float(dev[-1, 0]) < 1e-2
+        for l in range(1, len(x0)):
+            if slow:
+                assert kappa[l] == pytest.approx(1 - math.exp(-a * math.log(2)), rel=1e-12)
+                assert float(dev[-1, l]) > 0.05 and 1e6 ** -kappa[l] > 0.3       # far, as predicted
+            else:
+                assert kappa[l] == 0.5 and float(dev[-1, l]) < 1e-2

@@ -99,7 +99,12 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
     ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
     res = section.run(ctx)
     assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
-    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive |") == 2
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive | 2 |") == 2   # both tables, 2 seeds
+    # the in-layer checks on this run's trained models are judged; the committed grid predates them
+    inlayer = [c for c in res.checks if "radial velocity" in c.claim or "idealised flow" in c.claim]
+    judged = [c for c in inlayer if "this run's grid" in c.claim]
+    assert len(judged) == 4 and all(c.outcome in ("pass", "fail") for c in judged)
+    assert [c.outcome for c in inlayer if "committed" in c.claim] == ["not run"]
     assert set(res.summary["test_ppl"]) == {"none", "positive", "negative", "mixed"}
     assert all(len(v) == 2 for v in res.summary["test_ppl"].values())
     assert res.summary["committed"]["test_ppl"]["none"] == [10.0, 11.0]

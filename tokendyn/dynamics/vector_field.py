@@ -182,11 +182,13 @@ def vector_field(system: TokenSystem, x: torch.Tensor, backend: str = "auto") ->
     _check_tokens(system, x)
     p = _align(system, x)
     u = x.transpose(1, 2)                                             # (batch, D, L)
-    delta = F.softplus(torch.einsum("ed,bdl->bel", p.S_Delta, u) + p.b_Delta[:, None])
-    B = torch.einsum("nd,bdl->bnl", p.S_B, u)                         # (batch, N, L)
-    C = torch.einsum("nd,bdl->bnl", p.S_C, u)
-    y = selective_scan(u.contiguous(), delta, p.A, B, C, delta_softplus=False,
-                       backend=backend)      # the ops dispatcher decides what "auto" means
+    # products on the (batch, L, D) side: plain matmuls, about twice as fast as the einsums over
+    # (batch, D, L) on the CPU, where the flow of a real layer spends most of its time
+    delta = F.softplus(x @ p.S_Delta.T + p.b_Delta).transpose(1, 2)   # (batch, D, L)
+    B = (x @ p.S_B.T).transpose(1, 2)                                 # (batch, N, L)
+    C = (x @ p.S_C.T).transpose(1, 2)
+    y = selective_scan(u.contiguous(), delta.contiguous(), p.A, B.contiguous(), C.contiguous(),
+                       delta_softplus=False, backend=backend)   # the ops dispatcher decides what "auto" means
     return y.transpose(1, 2)
 
 
