@@ -70,7 +70,8 @@ def test_analyze_page_in_chromium(tmp_path, browser):
     MambaLM(MambaConfig(d_model=16, n_layer=3, vocab_size=60, d_state=4)).save(ckpt)
     run_cli(["analyze", str(ckpt), "--out", str(tmp_path / "a"), "--max-tokens", "64"])
     seen = browser.open(tmp_path / "a" / "report.html")
-    assert_page_sound(seen, ["summary", "layers", "spectra", "token_norms", "growth", "hidden_attention"],
+    assert_page_sound(seen, ["summary", "layers", "spectra", "radial_velocity", "flow", "token_norms", "growth",
+                                "hidden_attention"],
                       min_images=4)
     phone = browser.open(tmp_path / "a" / "report.html", width=390, height=800)
     assert phone["errors"] == [] and phone["scrollWidth"] <= phone["innerWidth"]

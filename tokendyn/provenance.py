@@ -30,7 +30,14 @@ def git_commit() -> str | None:
     # outside a checkout git fails (or echoes the ref): only a full hash is a commit
     if res.returncode != 0 or len(commit) != 40:
         return None
-    return commit
+    # a tree whose tracked files differ from that commit (a copy sent to another machine over an
+    # older checkout, uncommitted edits) did not run the commit's code: say so
+    try:
+        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return commit + "+modified" if st.returncode == 0 and st.stdout.strip() else commit
 
 
 def provenance(command: str | None = None) -> dict:

@@ -47,12 +47,13 @@ def radial_velocity(system: TokenSystem, u: torch.Tensor) -> torch.Tensor:
     """⟨u_l, y_l⟩ / |u_l|² per token, y = the layer's scan of u without D and gate (THEORY.md
     section 4), which is the idealised flow's vector field at u (section 2).
 
-    u: (L, D) the scan input of one sequence -> (L,) float64; 0 for a zero token.
+    u: (L, D) the scan input of one sequence -> (L,) float64 on the CPU; 0 for a zero token. The scan
+    runs in float64 on u's device (one scan: cheap on a GPU, where the regime monitor calls it).
     """
-    u = u.detach().to("cpu", torch.float64)
+    u = u.detach().to(torch.float64)
     y = vector_field(system, u[None])[0]
     sq = (u * u).sum(-1)
-    return torch.where(sq > 0, (u * y).sum(-1) / sq.clamp_min(1e-300), torch.zeros_like(sq))
+    return torch.where(sq > 0, (u * y).sum(-1) / sq.clamp_min(1e-300), torch.zeros_like(sq)).cpu()
 
 
 def distribution(values: torch.Tensor) -> dict:
