@@ -113,12 +113,16 @@ def theory_checks(data: dict) -> list[Check]:
     nd = data.get("random_nd")
     if nd and nd.get("draws"):
         k, n = nd["agree_converge_vs_diverge"], nd["draws"]
+        u = nd.get("undetermined", 0)
+        note = (f"{u} of {n} draws stopped at the simulator's evaluation budget before the simulation decided "
+                f"(undetermined) and count as disagreeing; the rule agrees with {k} of the {n - u} decided draws."
+                if u else "")
         checks.append(Check.judged(
             f"D = {nd.get('dim', 2)}: the eigen-signature of M_s tells convergence from divergence "
             "(the paper's empirical rule).",
             f"right in ≥ {ND_AGREEMENT:.0%} of random draws",
             f"{_share(k, n)} draws; fast vs slow (a heuristic, not claimed): {nd['agree_exact']}/{n}",
-            k >= ND_AGREEMENT * n))
+            k >= ND_AGREEMENT * n, note))
     pos = data.get("position_dependence")
     if pos:
         checks += position_checks(pos)
