@@ -32,7 +32,8 @@ STATES = (1, 3, 5, 16)
 
 def expected_signature(setting: str, n: int) -> tuple[int, int]:
     """(positive, negative) nonzero eigenvalues of S_Cᵀ S_B the setting prescribes."""
-    return {"positive": (n, 0), "negative": (0, n), "mixed": ((n + 1) // 2, n // 2)}[setting]
+    mixed = (n // 2, n - n // 2)          # the authors' order: ⌊N/2⌋ positive first
+    return {"positive": (n, 0), "negative": (0, n), "mixed": mixed, "mixed_margin": mixed}[setting]
 
 
 def signatures(model) -> list[tuple[int, int, int]]:
@@ -54,16 +55,19 @@ def test_signature_at_initialisation(setting, n):
 
 
 def test_signs_of_lambda():
-    assert io_signs("mixed", 5).tolist() == [1, 1, 1, -1, -1]
+    assert io_signs("mixed", 5).tolist() == [1, 1, -1, -1, -1]
     assert io_signs("mixed", 4).tolist() == [1, 1, -1, -1]
+    assert io_signs("mixed_margin", 5).tolist() == [1, 1, -1, -1, -1]
     assert io_signs("negative", 3).tolist() == [-1, -1, -1]
 
 
+@pytest.mark.parametrize("constraint,eps", [("mixed", 0.0), ("mixed_margin", 0.3)])
 @pytest.mark.parametrize("n,d", [(1, 1), (1, 4), (3, 3), (4, 9), (6, 7)])
-def test_factor_is_the_construction(n, d):
+def test_factor_is_the_construction(n, d, constraint, eps):
     """S_C = U with U upper-triangular, unit diagonal, the free entries where the parameters
-    say; S_B = diag(λ) S_C with λ_i = s_i (softplus(θ_i) + ε); checked entry by entry in float64."""
-    f = IOFactor(n, d, "mixed", 0.3).double()
+    say; S_B = diag(λ) S_C with λ_i = s_i (softplus(θ_i) + ε); checked entry by entry in float64.
+    The authors' mixed has no ε whatever the margin asked for; mixed_margin has it."""
+    f = IOFactor(n, d, constraint, 0.3).double()
     g = torch.Generator().manual_seed(n * 10 + d)
     with torch.no_grad():
         for p in f.parameters():
@@ -82,8 +86,8 @@ def test_factor_is_the_construction(n, d):
             else:
                 want = float(f.U_right.detach()[i, j - n])
             assert float(S_C[i, j]) == want
-    sign = torch.tensor([1.0] * ((n + 1) // 2) + [-1.0] * (n // 2), dtype=torch.float64)
-    lam = sign * (torch.log1p(torch.exp(f.theta)) + 0.3)
+    sign = torch.tensor([1.0] * (n // 2) + [-1.0] * (n - n // 2), dtype=torch.float64)
+    lam = sign * (torch.log1p(torch.exp(f.theta)) + eps)
     torch.testing.assert_close(S_B, lam[:, None] * S_C, rtol=1e-12, atol=0)
 
 
@@ -258,7 +262,7 @@ def test_info_and_analyze_on_a_constrained_checkpoint(tmp_path):
     res = runner.invoke(app, ["analyze", str(tmp_path / "m"), "--out", str(tmp_path / "a"), "--max-tokens", "64"])
     assert res.exit_code == 0, res.output
     layers = json.loads((tmp_path / "a" / "analysis.json").read_text())["layers"]
-    assert [(r["io_eigs_positive"], r["io_eigs_negative"]) for r in layers] == [(3, 2)] * 2
+    assert [(r["io_eigs_positive"], r["io_eigs_negative"]) for r in layers] == [(2, 3)] * 2
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -334,7 +338,7 @@ def test_lower_precision_and_autocast(tmp_path):
             auto = model(ids).float()
     assert torch.isfinite(low).all() and torch.isfinite(auto).all()
     assert (low - ref).abs().max() < 0.1 * ref.abs().max() and (auto - ref).abs().max() < 0.1 * ref.abs().max()
-    assert signatures(load_model(tmp_path / "m")) == [(3, 2, 11)] * 2
+    assert signatures(load_model(tmp_path / "m")) == [(2, 3, 11)] * 2
 
 
 # mamba_ssm 2.x MambaConfig fields and Mamba(...) keyword arguments (from its source), for the export
@@ -408,3 +412,34 @@ def test_signature_for_any_parameters(d, data, setting, margin, scale, seed):
     if top.abs().min() > rtol * by_size[0].abs():
         sig = eigen_signature(S_B, S_C, rtol=rtol)
         assert (sig.positive, sig.negative, sig.zero) == (*expected_signature(setting, n), d - n)
+
+
+def test_one_decay_rule_for_every_setting():
+    """Every parameter that builds S_B and S_C decays in every setting (x_proj's matrix when
+    unconstrained; U and θ when constrained), under either rule; "all" decays every parameter."""
+    from tokendyn.train.loop import param_groups
+
+    for setting in ("none", "positive", "mixed", "mixed_margin"):
+        model = MambaLM(small(setting, 4))
+        decayed = {id(p) for p in param_groups(model, 0.1)[0]["params"]}
+        for name, p in model.named_parameters():
+            if "io_factor" in name or "x_proj" in name:
+                assert id(p) in decayed, (setting, name)
+            if name.endswith(("A_log", "mixer.D", "norm.weight")):
+                assert id(p) not in decayed, (setting, name)
+        groups = param_groups(model, 0.25, "all")
+        assert not groups[1]["params"] and len(groups[0]["params"]) == len(list(model.parameters()))
+
+
+def test_final_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=32, final_dropout=0.3))
+    ids = torch.randint(0, 32, (2, 5))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(ids))
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(ids), model(ids))
+    with pytest.raises(ConfigError):
+        MambaConfig(d_model=8, n_layer=1, vocab_size=32, final_dropout=1.0)

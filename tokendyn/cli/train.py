@@ -66,8 +66,10 @@ def lm(
     d_state: int = typer.Option(16, "--d-state"),
     expand: int = typer.Option(2, "--expand"),
     io_constraint: str = typer.Option("none", "--io-constraint", help="Sign of S_Cᵀ S_B: none, positive, negative, "
-                                      "mixed."),
-    io_margin: float = typer.Option(0.7, "--io-margin", help="ε of the constraint (> 0)."),
+                                      "mixed (the authors': no ε) or mixed_margin."),
+    io_margin: float = typer.Option(0.7, "--io-margin", help="ε of the constraint (> 0; not used by mixed)."),
+    final_dropout: float = typer.Option(0.0, "--final-dropout", help="Dropout on the final hidden states "
+                                        "(the authors' language models: 0.3)."),
     context: int = typer.Option(256, "--context", help="Tokens per training sequence."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per optimiser step (all processes)."),
     micro_batch: int = typer.Option(0, "--micro-batch", help="Sequences per forward pass and process "
@@ -76,7 +78,9 @@ def lm(
     lr: float = typer.Option(1.5e-3, "--lr", help="Peak learning rate."),
     warmup: float = typer.Option(0.01, "--warmup", help="Fraction of the steps with linear warm-up."),
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine floor as a fraction of --lr."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay on matrices."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay."),
+    decay_rule: str = typer.Option("matrices", "--decay-rule", help="Which parameters decay: matrices (and a "
+                                   "constraint's whole S_B/S_C parametrisation) or all (the authors')."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0: off)."),
     eval_every: int = typer.Option(50, "--eval-every", help="Validation interval in steps."),
     eval_tokens: int = typer.Option(65536, "--eval-tokens", help="Tokens per evaluation (0: whole split)."),
@@ -103,9 +107,9 @@ def lm(
     if run_dir is None:
         raise ConfigError("pass --out DIR for a new run or --resume DIR to continue one.")
     spec = LMModelSpec(d_model=d_model, n_layer=n_layer, d_state=d_state, expand=expand, io_constraint=io_constraint,
-                       io_margin=io_margin)
+                       io_margin=io_margin, final_dropout=final_dropout)
     cfg = TrainConfig(steps=steps, micro_batch=micro_batch, lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio,
-                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
+                      weight_decay=weight_decay, decay_rule=decay_rule, grad_clip=grad_clip, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast)
     data = prepare_data(text_files=text or None, wikitext=wikitext, tokenizer=tokenizer, vocab_size=vocab_size,
                         cache_dir=cache_dir if cache_dir is not None else default_cache_dir())

@@ -22,7 +22,9 @@ MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "d
 POOLINGS = ("mean", "last")
 
 # Refinement 1 (THEORY.md section 5): the sign of the nonzero eigenvalues of M = S_Cᵀ S_B.
-IO_CONSTRAINTS = ("none", "positive", "negative", "mixed")
+# "mixed" is the authors' mixed setting (no margin ε); "mixed_margin" is the same signs with ε
+# (the project's variant, THEORY.md section 5)
+IO_CONSTRAINTS = ("none", "positive", "negative", "mixed", "mixed_margin")
 
 
 def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
@@ -163,9 +165,15 @@ class MambaConfig(_MixerSettings):
     _: KW_ONLY
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
+    # dropout on the final hidden states before the head (the authors' language models: 0.3);
+    # active in training only
+    final_dropout: float = 0.0
 
     def __post_init__(self):
         _check_mixer_fields(self)
+        p = self.final_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ConfigError(f"final_dropout must be a number in [0, 1), got {p!r}.")
         if self.reorder != "none":
             raise ConfigError(f"reorder={self.reorder!r} breaks causality, so a causal language model cannot use "
                               "it; token reordering is for non-causal models such as the classifier.")

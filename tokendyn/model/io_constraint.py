@@ -4,7 +4,8 @@ Per layer (N = d_state, D = d_inner, N ≤ D):
 
     U ∈ R^{N×D}, row i: zeros before column i, 1 at column i, free entries after it
     λ_i = s_i · (softplus(θ_i) + ε),   s_i = +1 (positive), −1 (negative),
-                                       mixed: +1 for the first ⌈N/2⌉ rows, −1 for the rest
+                                       mixed, mixed_margin: +1 for the first ⌊N/2⌋ rows, −1 for
+                                       the rest; ε = 0 for mixed (the authors' code has none)
     S_C = U,  S_B = diag(λ) U,  so  M = Uᵀ diag(λ) U.
 
 U has rank N (its first N columns form a unit upper-triangular matrix), so by Sylvester's
@@ -37,13 +38,13 @@ from .variants import register_variant
 
 
 def io_signs(constraint: str, n: int) -> torch.Tensor:
-    """The signs s (n,) of λ for ``constraint`` (positive | negative | mixed), float32."""
+    """The signs s (n,) of λ for ``constraint`` (positive | negative | mixed | mixed_margin), float32."""
     if constraint == "positive":
         return torch.ones(n)
     if constraint == "negative":
         return -torch.ones(n)
-    if constraint == "mixed":
-        pos = (n + 1) // 2          # ⌈N/2⌉ positive first, then ⌊N/2⌋ negative
+    if constraint in ("mixed", "mixed_margin"):
+        pos = n // 2                # ⌊N/2⌋ positive first, then ⌈N/2⌉ negative, as the authors' code
         return torch.cat([torch.ones(pos), -torch.ones(n - pos)])
     raise ValueError(f"no signs for io_constraint {constraint!r}")
 
@@ -52,17 +53,23 @@ class IOFactor(nn.Module):
     """The factorisation S_C = U, S_B = diag(λ) U of THEORY.md section 5 for one layer.
 
     ``IOFactor(n, d, constraint, margin)``; ``forward()`` -> (S_B (N, D), S_C (N, D)).
-    The signs (a non-persistent buffer) follow from ``constraint``; ``margin`` is ε > 0.
+    The signs (a non-persistent buffer) follow from ``constraint``; ``margin`` is ε > 0, used by
+    positive, negative and mixed_margin; the authors' mixed has none (ε = 0 whatever ``margin``).
+    Every parameter here builds S_B and S_C, so every one is under weight decay (marked
+    ``_weight_decay``), as x_proj's whole matrix is in an unconstrained mixer.
     """
 
     def __init__(self, n: int, d: int, constraint: str, margin: float):
         super().__init__()
         if not 1 <= n <= d:
             raise ValueError(f"the io constraint needs 1 <= d_state <= d_inner, got {n} and {d}")
-        self.n, self.d, self.constraint, self.margin = n, d, constraint, float(margin)
+        self.n, self.d, self.constraint = n, d, constraint
+        self.margin = 0.0 if constraint == "mixed" else float(margin)
         self.U_upper = nn.Parameter(torch.zeros(n * (n - 1) // 2))
         self.U_right = nn.Parameter(torch.zeros(n, d - n))
         self.theta = nn.Parameter(torch.zeros(n))
+        for p in (self.U_upper, self.U_right, self.theta):
+            p._weight_decay = True     # one decay rule for S_B, S_C in every setting (train.loop.param_groups)
         rows, cols = torch.triu_indices(n, n, offset=1)
         # derived from n and the config, so not stored in checkpoints
         self.register_buffer("upper_rows", rows, persistent=False)

@@ -35,6 +35,7 @@ class MambaLM(BackboneModel):
         self.config = config
         V = config.padded_vocab_size
         self.backbone = MambaBackbone(config, nn.Embedding(V, config.d_model))
+        self.final_dropout = nn.Dropout(config.final_dropout)    # identity in eval mode
         self.lm_head = nn.Linear(config.d_model, V, bias=False)
         apply_init(self, config.n_layer)
         self.tie_weights()
@@ -68,9 +69,9 @@ class MambaLM(BackboneModel):
         self._check_ids(input_ids, 2)
         res = self.backbone(input_ids, output_internals=output_internals, cache=cache)
         if isinstance(res, MambaOutput):
-            res.logits = self.lm_head(res.last_hidden_state)
+            res.logits = self.lm_head(self.final_dropout(res.last_hidden_state))
             return res
-        return self.lm_head(res)
+        return self.lm_head(self.final_dropout(res))
 
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One new token per sequence: input_ids (batch,) -> logits (batch, padded_vocab_size)."""

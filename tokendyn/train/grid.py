@@ -16,10 +16,10 @@ from ..errors import ConfigError
 from . import state as runstate
 
 
-def choose_settings(asked, known) -> list[str]:
-    """The settings asked for (all of ``known`` when none), in ``known``'s order;
+def choose_settings(asked, known, default=None) -> list[str]:
+    """The settings asked for (``default``, or all of ``known``, when none), in ``known``'s order;
     :class:`ConfigError` for an unknown one."""
-    asked = list(asked) or list(known)
+    asked = list(asked) or list(default or known)
     unknown = [s for s in asked if s not in known]
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}.")

@@ -22,15 +22,18 @@ from .loop import TrainConfig, TrainResult, check_model_fits, is_main_process, t
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
-IO_SETTINGS = IO_CONSTRAINTS      # the settings the experiment compares: every io_constraint
+IO_SETTINGS = IO_CONSTRAINTS      # the settings the experiment can compare: every io_constraint
+# the paper's settings and the unconstrained baseline: what the experiment runs unless told otherwise
+DEFAULT_SETTINGS = ("none", "positive", "negative", "mixed")
 
 
 @dataclass
 class LMModelSpec:
     """The model of a run (a MambaLM; the vocabulary comes from the tokenizer).
 
-    io_constraint: the sign of S_Cᵀ S_B (THEORY.md section 5): none, positive, negative
-    or mixed; io_margin: its ε.
+    io_constraint: the sign of S_Cᵀ S_B (THEORY.md section 5): none, positive, negative,
+    mixed (the authors', no ε) or mixed_margin; io_margin: its ε; final_dropout: dropout on
+    the final hidden states (the authors': 0.3).
     """
 
     d_model: int = 128
@@ -39,6 +42,7 @@ class LMModelSpec:
     expand: int = 2
     io_constraint: str = "none"
     io_margin: float = 0.7
+    final_dropout: float = 0.0
 
     def config(self, vocab_size: int, scan_backend: str = "auto") -> MambaConfig:
         if self.io_constraint not in IO_SETTINGS:
@@ -46,7 +50,7 @@ class LMModelSpec:
                               f"{', '.join(IO_SETTINGS)}.")
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
                            expand=self.expand, scan_backend=scan_backend, io_constraint=self.io_constraint,
-                           io_margin=self.io_margin)
+                           io_margin=self.io_margin, final_dropout=self.final_dropout)
 
 
 def model_identity(config: MambaConfig) -> dict:

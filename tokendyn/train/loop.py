@@ -27,6 +27,11 @@ from ..resources import resolve_device as check_device
 from . import state as runstate
 from .task import Task
 
+# "matrices": mamba_ssm's rule (matrices, no biases, norms, A_log or D) with the S_B/S_C
+# parametrisation of a sign constraint decayed whole, as x_proj is; "all": every parameter (the
+# authors' language models, weight decay 0.25)
+DECAY_RULES = ("matrices", "all")
+
 
 @dataclass
 class TrainConfig:
@@ -35,8 +40,8 @@ class TrainConfig:
     steps: optimiser steps; micro_batch: examples per forward pass in each process
     (0: the whole per-process share of the global batch, no accumulation); lr: peak
     learning rate; warmup: fraction of the steps with a linear warm-up; min_lr_ratio:
-    the cosine decays to lr·min_lr_ratio at the last step; weight_decay: AdamW's, on
-    matrices only (:func:`param_groups`); grad_clip: max global gradient norm (0: off);
+    the cosine decays to lr·min_lr_ratio at the last step; weight_decay: AdamW's, on the
+    parameters ``decay_rule`` picks (:func:`param_groups`); grad_clip: max global gradient norm (0: off);
     eval_every / checkpoint_every / log_every: intervals in steps (0: only at the end);
     autocast: bf16 autocast on CUDA.
     """
@@ -47,6 +52,7 @@ class TrainConfig:
     warmup: float = 0.01
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
+    decay_rule: str = "matrices"
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     eval_every: int = 50
@@ -67,6 +73,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}.")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("weight_decay and grad_clip must be >= 0.")
+        if self.decay_rule not in DECAY_RULES:
+            raise ConfigError(f"decay_rule must be one of {', '.join(DECAY_RULES)}, got {self.decay_rule!r}.")
         self.betas = tuple(self.betas)
 
     def identity(self) -> dict:
@@ -84,14 +92,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices; none on biases, norm weights, and parameters
-    marked ``_no_weight_decay`` (the mixer's A_log and D), as in mamba_ssm."""
+def param_groups(model: torch.nn.Module, weight_decay: float, rule: str = "matrices") -> list[dict]:
+    """AdamW groups. rule "matrices": weight decay on matrices and on parameters marked
+    ``_weight_decay`` (a sign constraint's U and θ, which build S_B and S_C as x_proj's matrix
+    does), none on biases, norm weights, and parameters marked ``_no_weight_decay`` (the mixer's
+    A_log and D), as in mamba_ssm. rule "all": every parameter."""
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+        decayed = rule == "all" or getattr(p, "_weight_decay", False) or (
+            p.ndim >= 2 and not getattr(p, "_no_weight_decay", False))
+        (decay if decayed else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -228,7 +240,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
 
     model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_rule), lr=cfg.lr, betas=cfg.betas,
                                   fused=device.type == "cuda")
     start, tokens_seen, prior_wall, prior_train, prior_cb = 0, 0, 0.0, 0.0, 0.0
     if resume and out is not None:

@@ -32,7 +32,7 @@ from . import grid
 from . import state as runstate
 from .figures import plot_seed_curves, save_figure
 from .grid import collect, run_name
-from .lm import IO_SETTINGS, LMModelSpec, prepare_data, train_lm
+from .lm import DEFAULT_SETTINGS, IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from .loop import TrainConfig
 from .seeds import seed_comparison
 
@@ -56,7 +56,7 @@ RESULT_FILES = ("lm_scenarios.json", "lm_scenarios.md", "lm_scenarios_val.png", 
 
 def check_settings(settings) -> list[str]:
     """The settings asked for, in canonical order; :class:`ConfigError` for an unknown one."""
-    return grid.choose_settings(settings, IO_SETTINGS)
+    return grid.choose_settings(settings, IO_SETTINGS, DEFAULT_SETTINGS)
 
 
 def scale_params(scale: str) -> dict:
@@ -182,7 +182,7 @@ def _final_monitor(run_dir: Path) -> list[dict]:
 def _comparisons(settings: dict) -> dict:
     """Each constrained setting against none, and positive against negative: difference of mean
     test perplexity, the seed spread sqrt(s1²/n1 + s2²/n2), and their ratio (Welch's t)."""
-    pairs = [(s, "none") for s in ("positive", "negative", "mixed")] + [("positive", "negative")]
+    pairs = [(s, "none") for s in ("positive", "negative", "mixed", "mixed_margin")] + [("positive", "negative")]
     out = {}
     for a, b in pairs:
         if a not in settings or b not in settings:
@@ -214,7 +214,8 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SETTING_COLOURS = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green"}
+SETTING_COLOURS = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "mixed": "tab:green",
+                   "mixed_margin": "tab:olive"}
 
 
 def _verdict_counts(verdicts) -> str:
