@@ -180,6 +180,14 @@ def model_theory(io_params: list[dict], internals, flow: bool = True, **flow_kw)
             for i, (p, m) in enumerate(zip(io_params, internals))]
 
 
+def count_verdicts(verdicts) -> dict[str, int]:
+    """{verdict: count} in first-seen order; None (a flow not run) counts as "not run"."""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v or "not run"] = counts.get(v or "not run", 0) + 1
+    return counts
+
+
 def expected_sign(predicted_regime: str) -> int:
     """The sign the radial velocity should have in a predicted regime (THEORY.md section 4):
     +1 for divergence, −1 for convergence, 0 for a static layer (M = 0)."""

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after ma
 
 from ..report.axes import symlog_axis  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
 from ..report.page import embed_image, esc, page, table  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
+from .layer_flow import count_verdicts  # noqa: E402 -- with the matplotlib imports, after matplotlib.use
 
 FIGURES = {
     "spectra": "analysis_spectra.png",
@@ -265,9 +266,7 @@ def flow_cell(flow: dict | None) -> str:
 
 def flow_counts(verdicts: list) -> str:
     """"blows up in 3, decays in 1" from the per-layer flow verdicts (None: not run)."""
-    counts = {}
-    for v in verdicts:
-        counts[v or "not run"] = counts.get(v or "not run", 0) + 1
+    counts = count_verdicts(verdicts)
     return ", ".join(f"{v} in {k} layer{'s' if k > 1 else ''}" for v, k in counts.items()) or "no layer"
 
 

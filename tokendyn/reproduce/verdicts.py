@@ -8,6 +8,7 @@ leaves its check out rather than guessing.
 
 from __future__ import annotations
 
+from ..analysis.layer_flow import count_verdicts
 from ..dynamics.experiments import RELAXED
 from ..report import Check
 from ..train.seeds import seed_comparison
@@ -237,9 +238,7 @@ def inlayer_checks(models: dict[str, list[list[dict]]], when: str) -> list[Check
             continue
         k_f, n_f, bad_f = _layer_share([[r for r in m if r.get("flow")] for m in rows],
                                        lambda r, verdicts=verdicts: r["flow"] in verdicts)
-        counts = {}
-        for r in flows:
-            counts[r["flow"]] = counts.get(r["flow"], 0) + 1
+        counts = count_verdicts(r["flow"] for r in flows)
         t_end = flows[0].get("flow_time", 5.0)
         checks.append(Check.judged(
             f"{setting.capitalize()} S_Cᵀ S_B, {when}: the idealised flow on each layer's own parameters, from "

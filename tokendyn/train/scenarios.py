@@ -219,9 +219,9 @@ SETTING_COLOURS = {"none": "k", "positive": "tab:red", "negative": "tab:blue", "
 
 
 def _verdict_counts(verdicts) -> str:
-    counts = {}
-    for v in verdicts:
-        counts[v or "not run"] = counts.get(v or "not run", 0) + 1
+    from ..analysis.layer_flow import count_verdicts
+
+    counts = count_verdicts(verdicts)
     return ", ".join(f"{v} ×{k}" if k > 1 else v for v, k in counts.items())
 
 
