@@ -109,3 +109,22 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
     assert all(len(v) == 2 for v in res.summary["test_ppl"].values())
     assert res.summary["committed"]["test_ppl"]["none"] == [10.0, 11.0]
     assert (tmp_path / "rep" / "lm" / "lm_scenarios_spectra.png").is_file()
+
+
+def test_the_papers_comparisons():
+    """Negative worst against every other setting; positive best against mixed and negative (the
+    paper's) and against none (labelled as the project's addition); an absent setting is not run."""
+    from tokendyn.reproduce.lm import paper_comparisons
+
+    ppl = {"none": [34.0, 34.5, 33.9], "positive": [33.0, 33.1, 32.9], "negative": [39.0, 38.5, 39.4],
+           "mixed_margin": [34.1, 34.3, 33.8]}
+    doc = {"settings": {s: {"test_ppl": v} for s, v in ppl.items()}}
+    checks = paper_comparisons(doc, "test grid", "run it")
+    outcome = {c.claim: c.outcome for c in checks}
+    assert len(checks) == 7
+    assert [o for c, o in outcome.items() if "worse perplexity than" in c] == ["pass", "pass", "not run", "pass"]
+    assert outcome["Paper (section 5): the positive setting gives the best perplexity: better than mixed."] == "not run"
+    assert outcome["Paper (section 5): the positive setting gives the best perplexity: better than negative."] == "pass"
+    addition = [c for c in checks if c.claim.startswith("Project's addition")]
+    assert len(addition) == 1 and addition[0].outcome == "pass"
+    assert any(c.claim.startswith("Project's variant mixed_margin") for c in checks)
