@@ -55,45 +55,53 @@ def _share(k: int, n: int) -> str:
     return f"{k}/{n}"
 
 
+def one_dim_checks(d1: dict) -> list[Check]:
+    """The 1-D random draws (theory.json's draws_1d): regimes, the convergence rate and constants,
+    the blow-up bounds."""
+    checks = []
+    n = d1["draws"]
+    agree = sum(r["agree"] for r in d1["table"].values())
+    checks.append(Check.judged(
+        "D = 1: the regime the theorems predict (convergence, slow or fast divergence) is the one simulated.",
+        "every random draw (a disagreement would contradict a theorem)",
+        f"{_share(agree, n)} draws agree", agree == n))
+    s = d1.get("convergence_loglog_slope", {})
+    if s.get("n"):
+        ok = (abs(s["median"] + 0.5) <= SLOPE_MEDIAN_TOL
+              and SLOPE_RANGE[0] <= s["min"] and s["max"] <= SLOPE_RANGE[1])
+        checks.append(Check.judged(
+            "D = 1, convergence: |x_l(t)| decays like t^(−1/2).",
+            f"median log-log slope within {SLOPE_MEDIAN_TOL} of −0.5, every token in "
+            f"[{SLOPE_RANGE[0]}, {SLOPE_RANGE[1]}]",
+            f"median {s['median']:.4f}, range {s['min']:.3f} to {s['max']:.3f} ({s['n']} tokens)", ok))
+    c, r, w = (d1.get(k, {}) for k in ("convergence_constant_ratio", "convergence_constant_relaxed",
+                                         "convergence_constant_slow"))
+    if r.get("n"):
+        worst = max(abs(r["max"] - 1), abs(r["min"] - 1))
+        note = (f"{w['n']} of {c['n']} tokens are excluded: by the derived relaxation exponent κ_l their "
+                f"deviation decays like t^(−κ_l) and is above {RELAXED:.0%} at the end of the run (they lie "
+                f"from {w['min']:.3f} to {w['max']:.3f}); docs/regimes.md.") if w.get("n") else ""
+        checks.append(Check.judged(
+            "D = 1, convergence: every token's |x_l(t)|·√t tends to its derived constant c_l (docs/regimes.md).",
+            f"|measured/derived − 1| ≤ {CONSTANT_TOKEN_TOL} for every token whose derived remaining deviation "
+            f"t_end^(−κ_l) is ≤ {RELAXED:.0%}",
+            f"{r['n']} tokens from {r['min']:.4f} to {r['max']:.4f} (worst {worst:.2e})",
+            worst <= CONSTANT_TOKEN_TOL, note))
+    b = d1.get("blowup_time_over_bound", {})
+    if b.get("n"):
+        checks.append(Check.judged(
+            "D = 1, fast divergence: every blow-up comes no later than its derived bound.",
+            f"blow-up time / bound ≤ 1 (+{BLOWUP_SLACK:g} for locating the event)",
+            f"largest {b['max']:.4f}, median {b['median']:.3f} ({b['n']} tokens)", b["max"] <= 1 + BLOWUP_SLACK))
+    return checks
+
+
 def theory_checks(data: dict) -> list[Check]:
     """data: the section's theory.json (draws_1d, figure6, random_nd, position_dependence, figure_regimes_1d)."""
     checks = []
     d1 = data.get("draws_1d")
     if d1:
-        n = d1["draws"]
-        agree = sum(r["agree"] for r in d1["table"].values())
-        checks.append(Check.judged(
-            "D = 1: the regime the theorems predict (convergence, slow or fast divergence) is the one simulated.",
-            "every random draw (a disagreement would contradict a theorem)",
-            f"{_share(agree, n)} draws agree", agree == n))
-        s = d1.get("convergence_loglog_slope", {})
-        if s.get("n"):
-            ok = (abs(s["median"] + 0.5) <= SLOPE_MEDIAN_TOL
-                  and SLOPE_RANGE[0] <= s["min"] and s["max"] <= SLOPE_RANGE[1])
-            checks.append(Check.judged(
-                "D = 1, convergence: |x_l(t)| decays like t^(−1/2).",
-                f"median log-log slope within {SLOPE_MEDIAN_TOL} of −0.5, every token in "
-                f"[{SLOPE_RANGE[0]}, {SLOPE_RANGE[1]}]",
-                f"median {s['median']:.4f}, range {s['min']:.3f} to {s['max']:.3f} ({s['n']} tokens)", ok))
-        c, r, w = (d1.get(k, {}) for k in ("convergence_constant_ratio", "convergence_constant_relaxed",
-                                             "convergence_constant_slow"))
-        if r.get("n"):
-            worst = max(abs(r["max"] - 1), abs(r["min"] - 1))
-            note = (f"{w['n']} of {c['n']} tokens are excluded: by the derived relaxation exponent κ_l their "
-                    f"deviation decays like t^(−κ_l) and is above {RELAXED:.0%} at the end of the run (they lie "
-                    f"from {w['min']:.3f} to {w['max']:.3f}); docs/regimes.md.") if w.get("n") else ""
-            checks.append(Check.judged(
-                "D = 1, convergence: every token's |x_l(t)|·√t tends to its derived constant c_l (docs/regimes.md).",
-                f"|measured/derived − 1| ≤ {CONSTANT_TOKEN_TOL} for every token whose derived remaining deviation "
-                f"t_end^(−κ_l) is ≤ {RELAXED:.0%}",
-                f"{r['n']} tokens from {r['min']:.4f} to {r['max']:.4f} (worst {worst:.2e})",
-                worst <= CONSTANT_TOKEN_TOL, note))
-        b = d1.get("blowup_time_over_bound", {})
-        if b.get("n"):
-            checks.append(Check.judged(
-                "D = 1, fast divergence: every blow-up comes no later than its derived bound.",
-                f"blow-up time / bound ≤ 1 (+{BLOWUP_SLACK:g} for locating the event)",
-                f"largest {b['max']:.4f}, median {b['median']:.3f} ({b['n']} tokens)", b["max"] <= 1 + BLOWUP_SLACK))
+        checks += one_dim_checks(d1)
     fig1 = data.get("figure_regimes_1d")
     if fig1:
         right = sum(name == got for name, got in fig1.items())
