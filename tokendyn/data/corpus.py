@@ -130,15 +130,21 @@ def wikitext_corpus(directory) -> TextCorpus:
     return TextCorpus(f"WikiText ({directory.name}: wiki.train/valid/test.tokens)", splits)
 
 
-def load_corpus(text_files=None, wikitext=None) -> TextCorpus:
-    """The corpus a command asked for: text files, a WikiText directory, or the built-in one."""
+BUILTIN_CORPORA = {"bible": builtin_corpus}
+
+
+def load_corpus(text_files=None, wikitext=None, builtin: str = "bible") -> TextCorpus:
+    """The corpus a command asked for: text files, a WikiText directory, or the built-in corpus
+    named ``builtin`` (a key of :data:`BUILTIN_CORPORA`)."""
     if text_files and wikitext:
         raise ConfigError("pass either text files or a WikiText directory, not both.")
     if wikitext:
         return wikitext_corpus(wikitext)
     if text_files:
         return text_files_corpus(text_files)
-    return builtin_corpus()
+    if builtin not in BUILTIN_CORPORA:
+        raise ConfigError(f"unknown built-in corpus {builtin!r}; choose one of {', '.join(BUILTIN_CORPORA)}.")
+    return BUILTIN_CORPORA[builtin]()
 
 
 # ---- tokenizer -----------------------------------------------------------------------

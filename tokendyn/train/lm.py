@@ -59,9 +59,10 @@ def model_identity(config: MambaConfig) -> dict:
 
 
 def prepare_data(text_files=None, wikitext=None, tokenizer=None, vocab_size: int = 4096,
-                 cache_dir: Path | None = None) -> corpora.TokenizedCorpus:
-    """The tokenised corpus a run trains on (see :mod:`tokendyn.data.corpus`)."""
-    corpus = corpora.load_corpus(text_files=text_files, wikitext=wikitext)
+                 cache_dir: Path | None = None, builtin: str = "bible") -> corpora.TokenizedCorpus:
+    """The tokenised corpus a run trains on (see :mod:`tokendyn.data.corpus`); ``builtin`` names
+    the built-in corpus used when neither text files nor WikiText are given."""
+    corpus = corpora.load_corpus(text_files=text_files, wikitext=wikitext, builtin=builtin)
     return corpora.tokenize_corpus(corpus, tokenizer=tokenizer, vocab_size=vocab_size, cache_dir=cache_dir)
 
 
