@@ -1,38 +1,68 @@
 #!/usr/bin/env bash
-# The lm-scenarios experiment at full scale on one GPU, then the training-throughput benchmark
-# with and without an io_constraint (and the regime monitor's cost).
+# The lm-scenarios grid at full scale on one GPU, run by run, within a wall-time budget, so
+# that a time-limited job (a batch-system slot, a lent machine) finishes whole runs and a later
+# call continues where it stopped.
 #
-#   bash scripts/lm_scenarios_gpu.sh OUT [--skip-bench] [more lm-scenarios options, e.g. --seeds 0,1,2]
+#   bash scripts/lm_scenarios_gpu.sh OUT BUDGET_S [RUN ...]
 #
-# Writes OUT/lm/ (runs and lm_scenarios.*), copies OUT/lm/lm_scenarios.* and the benchmark's
-# OUT/train_gpu_constraint.json to OUT, and prints the wall time of each part. Where the
-# `bible` program is missing (a machine with no Debian packages installed) it uses a stand-in
-# at .gpudata/bin/bible (a script printing the text captured with `bible -f -m 8192
-# Gen1:1-Rev22:21`) if there is one, else unpacks .debs/*.deb (bible-kjv, bible-kjv-text; fetch
-# them once with `mkdir -p .debs && (cd .debs && apt-get download bible-kjv bible-kjv-text)`).
+# RUN: SETTING-seedK (default: none, positive, negative, mixed × seeds 0, 1, 2, seed by seed, so
+# that a partial grid has every setting). A run whose result.json is in OUT/lm/runs is skipped. A
+# run starts only when the longest run of this call so far (the first: FIRST_RUN_S, default
+# 240) still fits in the budget. At the end, OUT holds lm_scenarios.json/.md of every complete
+# run in OUT/lm, runs.tgz (each complete run's files less its checkpoint) and call.json (the
+# device, date, commit, command and the runs this call finished, with their wall times).
+#
+# The full scale trains on the built-in english corpus (tokendyn.data.debian_text). Where its
+# Debian packages are not installed, .gpudata/pkgroot.tar.xz (their files, packed once with
+# tar -C ROOT) is unpacked and read through TOKENDYN_PACKAGE_ROOT; where the `bible` program is
+# missing, .gpudata/bin/bible (a script printing `bible -f -m 8192 Gen1:1-Rev22:21`) stands in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash scripts/lm_scenarios_gpu.sh OUT [--skip-bench] [lm-scenarios options]}
-shift
-bench=1
-if [ "${1:-}" = "--skip-bench" ]; then bench=0; shift; fi
-if ! command -v bible >/dev/null 2>&1; then
-    if [ -x .gpudata/bin/bible ]; then
-        export PATH="$PWD/.gpudata/bin:$PATH"
-    elif ls .debs/*.deb >/dev/null 2>&1; then
-        for f in .debs/*.deb; do dpkg -x "$f" /; done
-    fi
+out=${1:?usage: bash scripts/lm_scenarios_gpu.sh OUT BUDGET_S [RUN ...]}
+budget=${2:?usage: bash scripts/lm_scenarios_gpu.sh OUT BUDGET_S [RUN ...]}
+shift 2
+runs=("$@")
+if [ ${#runs[@]} -eq 0 ]; then
+    for seed in 0 1 2; do for s in none positive negative mixed; do runs+=("$s-seed$seed"); done; done
+fi
+if ! command -v bible >/dev/null 2>&1 && [ -x .gpudata/bin/bible ]; then
+    export PATH="$PWD/.gpudata/bin:$PATH"
+fi
+if [ ! -e /usr/share/dictd/gcide.dict.dz ] && [ -z "${TOKENDYN_PACKAGE_ROOT:-}" ] && [ -f .gpudata/pkgroot.tar.xz ]; then
+    mkdir -p /tmp/pkgroot && tar -C /tmp/pkgroot -xJf .gpudata/pkgroot.tar.xz
+    export TOKENDYN_PACKAGE_ROOT=/tmp/pkgroot
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TOKENDYN_CACHE=${TOKENDYN_CACHE:-/tmp/tokendyn-cache}
 PY=${PYTHON:-python3}
-mkdir -p "$out"
+mkdir -p "$out/lm"
 start=$(date +%s)
-"$PY" -m tokendyn train lm-scenarios --scale full --device cuda --no-progress --out "$out/lm" "$@"
-echo "lm-scenarios wall time: $(( $(date +%s) - start )) s"
-cp "$out"/lm/lm_scenarios* "$out"/
-if [ "$bench" = 1 ]; then
-    start=$(date +%s)
-    "$PY" benchmarks/train_gpu.py --io-constraint positive --skip-peer --skip-chunked --steps 20 \
-        --out "$out/train_gpu_constraint.json"
-    echo "train_gpu benchmark wall time: $(( $(date +%s) - start )) s"
-fi
+longest=${FIRST_RUN_S:-240}
+done_runs=()
+for run in "${runs[@]}"; do
+    setting=${run%-seed*}; seed=${run##*-seed}
+    if [ -f "$out/lm/runs/$run/result.json" ]; then continue; fi
+    elapsed=$(( $(date +%s) - start ))
+    if [ $(( elapsed + longest )) -gt "$budget" ]; then
+        echo "stopping before $run: $elapsed s used, the longest run took $longest s, budget $budget s"
+        break
+    fi
+    t=$(date +%s)
+    "$PY" -m tokendyn train lm-scenarios --scale full --device cuda --no-progress --out "$out/lm" \
+        --settings "$setting" --seeds "$seed"
+    took=$(( $(date +%s) - t ))
+    echo "$run: $took s"
+    done_runs+=("\"$run\": $took")
+    if [ "$took" -gt "$longest" ] || [ ${#done_runs[@]} -eq 1 ]; then longest=$took; fi
+done
+cp "$out"/lm/lm_scenarios.json "$out"/lm/lm_scenarios.md "$out"/ 2>/dev/null || true
+(cd "$out/lm" && find runs -mindepth 2 -maxdepth 2 -type f ! -name tokenizer.json -print0 \
+    | tar -czf ../runs.tgz --null -T -)
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
+joined=$(IFS=,; echo "${done_runs[*]:-}")
+cat > "$out/call.json" <<EOF
+{"device": "$device", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
+ "command": "bash scripts/lm_scenarios_gpu.sh $out $budget ${runs[*]}", "budget_s": $budget,
+ "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
+EOF
+cat "$out/call.json"

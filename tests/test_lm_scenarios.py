@@ -72,6 +72,8 @@ def test_scenario_runs_differ_only_in_setting_and_seed(tmp_path, capsys, cache):
     a = json.loads((out / "runs" / "none-seed0" / "run.json").read_text())
     b = json.loads((out / "runs" / "mixed-seed0" / "run.json").read_text())
     assert a["model"].pop("io_constraint") == "none" and b["model"].pop("io_constraint") == "mixed"
+    # the parameter counts differ by the constraint's parameterisation only
+    assert a.pop("params") > 0 and b.pop("params") > 0
     assert a == b
 
 

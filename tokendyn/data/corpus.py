@@ -3,7 +3,9 @@ token ids (cached on disk).
 
 Sources:
 
-- the built-in corpus, the King James Bible (:func:`builtin_corpus`);
+- the built-in corpora: ``bible``, the King James Bible (:func:`builtin_corpus`), for the smoke
+  and quick scales, and ``english``, about 80 MB of English from five Debian packages
+  (:func:`english_corpus`, :mod:`tokendyn.data.debian_text`), for the full scale;
 - any UTF-8 text files (:func:`text_files_corpus`), concatenated in the order given;
 - WikiText-103 / WikiText-2 from a directory holding the raw ``wiki.train.tokens``,
   ``wiki.valid.tokens`` and ``wiki.test.tokens`` (:func:`wikitext_corpus`): their own splits.
@@ -60,6 +62,8 @@ class TextCorpus:
 
     name: str
     splits: dict[str, str]
+    # where the text came from, source by source (package, version, files, chars, sha256)
+    composition: list[dict] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -67,8 +71,10 @@ class TextCorpus:
         return _sha(*(self.splits[s] for s in SPLITS))
 
     def describe(self) -> dict:
-        return {"name": self.name, "sha256": self.fingerprint,
-                "chars": {s: len(self.splits[s]) for s in SPLITS}}
+        out = {"name": self.name, "sha256": self.fingerprint, "chars": {s: len(self.splits[s]) for s in SPLITS}}
+        if self.composition is not None:
+            out["composition"] = self.composition
+        return out
 
 
 def split_blocks(text: str, source: str = "the text") -> dict[str, str]:
@@ -130,7 +136,25 @@ def wikitext_corpus(directory) -> TextCorpus:
     return TextCorpus(f"WikiText ({directory.name}: wiki.train/valid/test.tokens)", splits)
 
 
-BUILTIN_CORPORA = {"bible": builtin_corpus}
+def english_corpus(sources=None) -> TextCorpus:
+    """English text from Debian packages (:mod:`tokendyn.data.debian_text`): each source split
+    by blocks on its own, the splits joined source by source, so every split has the same
+    composition. Records each source's package, version, files, characters per split and hash."""
+    from . import debian_text
+
+    parts = {s: [] for s in SPLITS}
+    composition = []
+    for src, text, record in debian_text.read_sources(sources or debian_text.SOURCES):
+        split = split_blocks(text, f"the {src.package} text")
+        for s in SPLITS:
+            parts[s].append(split[s])
+        composition.append({**record, "chars_per_split": {s: len(split[s]) for s in SPLITS}})
+    keys = "+".join(r["key"] for r in composition)
+    return TextCorpus(f"English from Debian packages ({keys}), each split by contiguous blocks 90/5/5",
+                      {s: "".join(p) for s, p in parts.items()}, composition)
+
+
+BUILTIN_CORPORA = {"bible": builtin_corpus, "english": english_corpus}
 
 
 def load_corpus(text_files=None, wikitext=None, builtin: str = "bible") -> TextCorpus:

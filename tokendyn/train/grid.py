@@ -76,6 +76,7 @@ def shared_identity(ident: dict, setting_keys: tuple[str, ...]) -> dict:
     """What every run of one comparison shares: run.json less the seeds and the model fields
     ``setting_keys`` that the settings vary."""
     ident = json.loads(json.dumps(ident))
+    ident.pop("params", None)          # a constraint's parameterisation has its own count
     for key in setting_keys:
         ident["model"].pop(key, None)
     ident["train"].pop("seed", None)

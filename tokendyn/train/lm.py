@@ -70,11 +70,13 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
              batch_size: int = 32, out: Path | None = None, resume: bool = False, device="auto",
              eval_tokens: int = 65536, eval_batch: int = 16, monitor_every: int = DEFAULT_EVERY,
              stop_after_steps: int | None = None, progress: bool = True, scan_backend: str = "auto",
-             log=None) -> tuple[TrainResult, MambaLM]:
+             analysis_figures: bool = False, log=None) -> tuple[TrainResult, MambaLM]:
     """Build a MambaLM (seeded by ``cfg.seed``) and train it on ``data``; returns (result, model).
 
     With ``out``: OUT/tokenizer.json, the run files of :mod:`tokendyn.train.state`, and
-    OUT/monitor.png (the regime monitor's figure) at the end.
+    OUT/monitor.png (the regime monitor's figure) at the end; with ``analysis_figures`` also the
+    analyser's figures of the trained model (:func:`write_analysis_figures`), so that a summary
+    can show them without the checkpoint.
     """
     config = spec.config(data.vocab_size, scan_backend=scan_backend)
     check_model_fits(MambaLM, config, device)
@@ -87,8 +89,8 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     if monitor_every:
         monitor = RegimeMonitor(task.probe_input(), every=monitor_every, log=log, final_step=cfg.steps)
         callbacks.append(monitor)
-    identity = {"model": model_identity(config), "data": data.describe(), "monitor_every": monitor_every,
-                "eval_batch": eval_batch}
+    identity = {"model": model_identity(config), "params": sum(p.numel() for p in model.parameters()),
+                "data": data.describe(), "monitor_every": monitor_every, "eval_batch": eval_batch}
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=device, callbacks=callbacks,
                    stop_after_steps=stop_after_steps, progress=progress, tokenizer_json=data.tokenizer_json,
                    log=log)
@@ -98,6 +100,32 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
             fig = plot_monitor(runstate.read_metrics(Path(out)),
                                title=f"regime monitor ({spec.io_constraint}, seed {cfg.seed})")
             save_figure(fig, Path(out) / "monitor.png", dpi=100)
+        if analysis_figures and not result.stopped_early:
+            write_analysis_figures(model, data.ids["test"][:context].long(), Path(out))
     return result, model
+
+
+ANALYSIS_FIGURES = {"spectra": "analysis_spectra.png", "token_norms": "analysis_token_norms.png"}
+
+
+def write_analysis_figures(model: MambaLM, probe: torch.Tensor, out: Path) -> dict:
+    """The analyser's spectrum of S_Cᵀ S_B per layer and the token-norm heatmaps of ``model`` on
+    ``probe`` ((L,) token ids: the first ``context`` tokens of the test split), written to
+    OUT/analysis_spectra.png and OUT/analysis_token_norms.png. Returns {name: path}."""
+    from ..analysis import report
+    from ..analysis.analyze import InputTokens, analyze_model
+
+    inputs = InputTokens(probe, "test-split", None, False, f"the first {probe.numel()} tokens of the test split")
+    was_training = model.training
+    model.eval()
+    try:
+        a = analyze_model(model, inputs, layers=[0], checkpoint=str(out), flow_time=0)   # figures only
+    finally:
+        model.train(was_training)
+    paths = {"spectra": Path(out) / ANALYSIS_FIGURES["spectra"],
+             "token_norms": Path(out) / ANALYSIS_FIGURES["token_norms"]}
+    save_figure(report.plot_spectra(a.spectra), paths["spectra"], dpi=90)
+    save_figure(report.plot_token_norms(a.dynamics), paths["token_norms"], dpi=90)
+    return paths
 
 

@@ -21,7 +21,6 @@ their ``runs/*`` into one OUT and calling again.
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 import time
@@ -45,9 +44,13 @@ SCALES = {
     "quick": {"model": {"d_model": 64, "n_layer": 2, "d_state": 8}, "vocab_size": 1024, "context": 128,
               "batch_size": 16, "steps": 150, "lr": 3e-3, "eval_every": 25, "eval_tokens": 16384,
               "monitor_every": 25},
-    "full": {"model": {"d_model": 384, "n_layer": 8, "d_state": 16}, "vocab_size": 4096, "context": 512,
-             "batch_size": 32, "steps": 200, "lr": 2e-3, "warmup": 0.05, "eval_every": 25, "eval_tokens": 0,
-             "monitor_every": 50},
+    # the authors' width, context, lr, schedule, weight decay (0.25 on every parameter) and
+    # final dropout (0.3), at 36.5M parameters and 41M tokens per run (1.8 epochs of the
+    # english corpus's 23M training tokens)
+    "full": {"model": {"d_model": 768, "n_layer": 8, "d_state": 16, "final_dropout": 0.3}, "corpus": "english",
+             "vocab_size": 8192, "context": 1024, "batch_size": 32, "steps": 1250, "lr": 1.5e-3, "warmup": 0.01,
+             "weight_decay": 0.25, "decay_rule": "all", "eval_every": 125, "eval_tokens": 0,
+             "monitor_every": 250},
 }
 DEFAULT_SEEDS = (0, 1, 2)
 RESULT_FILES = ("lm_scenarios.json", "lm_scenarios.md", "lm_scenarios_val.png", "lm_scenarios_spectra.png",
@@ -75,19 +78,21 @@ def run_grid(out: Path, scale: str = "quick", settings=(), seeds=DEFAULT_SEEDS, 
     p = scale_params(scale)
     out = Path(out)
     t0 = time.perf_counter()
-    data = prepare_data(text_files=text_files, wikitext=wikitext, vocab_size=p["vocab_size"], cache_dir=cache_dir)
+    data = prepare_data(text_files=text_files, wikitext=wikitext, vocab_size=p["vocab_size"], cache_dir=cache_dir,
+                        builtin=p.get("corpus", "bible"))
     log(f"data: {data.describe()['name']}; tokens {data.describe()['tokens']}; prepared in "
         f"{time.perf_counter() - t0:.1f} s")
     for setting, seed, run_dir, resume in grid.pending_runs(out, settings, seeds, log):
         cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
-                          checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed)
+                          checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed,
+                          weight_decay=p.get("weight_decay", 0.1), decay_rule=p.get("decay_rule", "matrices"))
         t = time.perf_counter()
         res, _ = train_lm(data, LMModelSpec(**p["model"], io_constraint=setting), cfg, context=p["context"],
                           batch_size=p["batch_size"], out=run_dir, resume=resume, device=device,
-                          eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"], progress=progress, log=log)
+                          eval_tokens=p["eval_tokens"], monitor_every=p["monitor_every"], progress=progress,
+                          analysis_figures=analyse, log=log)
         log(f"{run_name(setting, seed)}: test ppl {res.test['ppl']:.3f} in {time.perf_counter() - t:.1f} s")
-    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log,
-                    probe=data.ids["test"][:p["context"]].long())
+    doc = summarise(out, scale, device=str(device), provenance=provenance, analyse=analyse, log=log)
     # this call's wall time, data preparation and figures included (runs it skipped cost nothing)
     doc["call_wall_s"] = round(time.perf_counter() - t0, 2)
     doc["call_runs"] = [run_name(s, k) for s in settings for k in seeds]
@@ -100,12 +105,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(out: Path, scale: str, device: str = "", provenance: dict | None = None, analyse: bool = True,
-              log=print, probe=None) -> dict:
-    """Write lm_scenarios.json / .md / figures from the complete runs in OUT.
-
-    probe: (L,) token ids the analysis figures run the models on (the run_grid call passes the
-    first ``context`` tokens of the test split); None: the first tokens of the built-in corpus.
-    """
+              log=print) -> dict:
+    """Write lm_scenarios.json / .md / figures from the complete runs in OUT."""
     out = Path(out)
     runs = collect(out)
     if not runs:
@@ -128,7 +129,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
             "test_ppl": test_ppl, "test_loss": [r[2]["test"]["loss"] for r in rows],
             "val_curve": mean_curve, "val_curves": curves, "seeds": [r[0] for r in rows],
             "test_ppl_mean": mean, "test_ppl_std": std,
-            "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
+            "params": rows[0][1].get("params"), "tokens_seen": rows[0][2]["tokens_seen"], "wall_s": [round(r[2]["wall_s"], 2) for r in rows],
             "train_s": [round(r[2]["train_s"], 2) for r in rows],
             "monitor_s": [round(r[2]["callback_s"], 3) for r in rows],
             "tokens_per_s": [round(r[2]["tokens_seen"] / r[2]["train_s"]) for r in rows if r[2]["train_s"] > 0],
@@ -142,7 +143,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
         "settings": settings,
         "comparisons": _comparisons(settings),
         "config": {"scale": scale, "model": model, "train": first[1]["train"], "task": first[1]["task"],
-                   "params": _n_params(first[3])},
+                   "params": first[1].get("params") or _n_params(first[3])},
         "data": first[1]["data"]["name"],
         "data_details": first[1]["data"],
         "seeds": sorted({s for v in settings.values() for s in v["seeds"]}),
@@ -156,7 +157,7 @@ def summarise(out: Path, scale: str, device: str = "", provenance: dict | None =
     save_figure(plot_curves(doc), out / "lm_scenarios_val.png")
     save_figure(plot_inlayer(doc), out / "lm_scenarios_inlayer.png")
     if analyse:
-        _analysis_figures(out, runs, log, probe)
+        _analysis_figures(out, runs, log)
     return doc
 
 
@@ -296,21 +297,17 @@ def plot_curves(doc: dict):
                             title="validation perplexity by S_Cᵀ S_B setting", log_y=True)
 
 
-def _side_by_side(figs: dict, title: str):
-    """One figure showing the given figures (rendered to images) side by side, labelled."""
+def _side_by_side(images: dict, title: str):
+    """One figure showing the given PNG files side by side, each titled by its key."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(figs), figsize=(9 * len(figs), 3.8))
-    for ax, (label, f) in zip(axes if len(figs) > 1 else [axes], figs.items()):
-        buf = io.BytesIO()
-        f.savefig(buf, format="png", dpi=90)
-        plt.close(f)
-        buf.seek(0)
-        ax.imshow(mpimg.imread(buf))
+    fig, axes = plt.subplots(1, len(images), figsize=(9 * len(images), 3.8))
+    for ax, (label, path) in zip(axes if len(images) > 1 else [axes], images.items()):
+        ax.imshow(mpimg.imread(path))
         ax.set_title(label)
         ax.axis("off")
     fig.suptitle(title)
@@ -318,33 +315,25 @@ def _side_by_side(figs: dict, title: str):
     return fig
 
 
-def _analysis_figures(out: Path, runs: dict, log, probe=None) -> None:
-    """The analyser's spectra and token-norm heatmaps of the first positive and negative run."""
-    from ..analysis import report
-    from ..analysis.analyze import InputTokens, analyze_model, choose_input
-    from ..model import load_model
+def _analysis_figures(out: Path, runs: dict, log) -> None:
+    """The analyser's spectra and token-norm heatmaps of the first positive and negative run that
+    has them (each run writes its own at the end of training, on the first tokens of the test
+    split), side by side."""
+    from .lm import ANALYSIS_FIGURES
 
-    chosen = {s: runs[s][0] for s in ("positive", "negative") if s in runs}
+    chosen = {}
+    for s in ("positive", "negative"):
+        for seed, _, _, run_dir in runs.get(s, []):
+            if all((run_dir / f).is_file() for f in ANALYSIS_FIGURES.values()):
+                chosen[f"{s} (seed {seed})"] = run_dir
+                break
     if not chosen:
         return
-    spectra, norms = {}, {}
-    for s, (seed, ident, _, run_dir) in chosen.items():
-        ckpt = run_dir / runstate.CHECKPOINT
-        model = load_model(ckpt)
-        if probe is not None:
-            inputs = InputTokens(probe, "test-split", str(ckpt / "tokenizer.json"), False,
-                                 f"the first {probe.numel()} tokens of the test split")
-        else:
-            inputs = choose_input(ckpt, model.config.vocab_size, max_tokens=ident["task"]["context"])
-        a = analyze_model(model, inputs, layers=[0], checkpoint=str(ckpt), flow_time=0)   # figures only
-        label = f"{s} (seed {seed})"
-        spectra[label] = report.plot_spectra(a.spectra)
-        norms[label] = report.plot_token_norms(a.dynamics)
-    where = "test-split text" if probe is not None else "the first tokens of the built-in corpus"
-    save_figure(_side_by_side(spectra, "spectrum of S_Cᵀ S_B per layer after training"),
-                out / "lm_scenarios_spectra.png")
-    save_figure(_side_by_side(norms, f"token norms through the layers after training ({where})"),
-                out / "lm_scenarios_token_norms.png")
+    for key, name, title in (("spectra", "lm_scenarios_spectra.png", "spectrum of S_Cᵀ S_B per layer after training"),
+                             ("token_norms", "lm_scenarios_token_norms.png",
+                              "token norms through the layers after training (first tokens of the test split)")):
+        fig = _side_by_side({label: d / ANALYSIS_FIGURES[key] for label, d in chosen.items()}, title)
+        save_figure(fig, out / name)
     log(f"analysis figures of {', '.join(chosen)} written")
 
 
