@@ -229,8 +229,8 @@ def test_markdown_of_an_older_summary_shape(tmp_path):
     assert doc["settings"]["up"]["val_curve"] == [[2, pytest.approx(0.15)], [10, pytest.approx(0.8)]]
     assert doc["settings"]["up"]["seeds"] == [0, 1]
     md = markdown(TOY, doc)
-    assert "| up | 2 | 0.80 ± 0.14 | 0.70, 0.90 | +0.25 (± 0.11; t +2.24) | n/a | 4.0 |" in md
-    assert "| down − none | down better than none (the project's addition) | n/a | n/a | n/a |" in md
+    assert "| up | 2 | 0.80 ± 0.14 | 0.70, 0.90 | +0.25 (± 0.11; t +2.24) | +600.0%, +350.0% | 4.0 |" in md
+    assert "| down − none | down better than none (the project's own) | n/a | n/a | n/a |" in md
     assert load_summary(tmp_path / "absent.json") is None
 
 

@@ -35,7 +35,8 @@ def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: 
         gain = (curve[2][1] - curve[3][1]) / curve[2][1]
         assert v["val_gain_last20"] == [pytest.approx(gain)] and v["val_flat"] == [gain < 0.02]
     assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
-    assert doc["config"]["params"] > 1000 and doc["config"]["setting_fields"]["positive"] == {"io_constraint": "positive"}
+    assert doc["config"]["params"] > 1000
+    assert doc["config"]["setting_fields"]["positive"] == {"io_constraint": "positive"}
     assert "io_constraint" not in doc["config"]["model"]
     assert doc["comparisons"]["negative_minus_none"]["outcome"] == "fail"      # one seed: no spread
     assert (a / "lm_scenarios.md").read_text().split("In-layer")[0].count("| none |") == 1   # one perplexity row

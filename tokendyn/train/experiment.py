@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from .seeds import seed_comparison
 
-ORIGINS = {"paper": "the paper's claim", "project": "the project's addition"}
+ORIGINS = {"paper": "the paper's claim", "project": "the project's own"}
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def markdown(exp: Experiment, doc: dict) -> str:
         if base:
             cells.append("" if v is base else _against(values, base[m.key], d))
         if flat:
-            gains = v.get(flat.gain_key) or []
+            # a summary written before the rule: the rule on its per-seed curves
+            gains = v.get(flat.gain_key) or [flat.gain(c, m) for c in v.get("val_curves", [])]
             cells.append(", ".join("n/a" if g is None else f"{g:+.1%}" + (" flat" if flat.flat(g) else "")
                                    for g in gains) or "n/a")
         cells += [c.cell(doc, v) for c in exp.columns]
