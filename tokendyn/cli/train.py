@@ -12,30 +12,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from .options import (
-    Backend,
-    BatchSize,
-    CacheDir,
-    Device,
-    DModel,
-    DState,
-    Expand,
-    Lr,
-    NLayer,
-    NoAutocast,
-    Progress,
-    Resume,
-    RunOut,
-    Seed,
-    StopAfterSteps,
-    Text,
-    Warmup,
-    WeightDecay,
-    Wikitext,
-)
-from .options import (
-    cache_dir as resolve_cache_dir,
-)
+from . import options as opt
 
 train_app = typer.Typer(help="Train models (language models, image classifiers) and run the experiments.",
                         no_args_is_help=True)
@@ -72,32 +49,32 @@ def report_run(result, run_dir: Path, scores: str) -> None:
 
 @train_app.command("lm")
 def lm(
-    out: RunOut = None,
-    resume: Resume = None,
-    text: Text = None,
-    wikitext: Wikitext = None,
+    out: opt.RunOut = None,
+    resume: opt.Resume = None,
+    text: opt.Text = None,
+    wikitext: opt.Wikitext = None,
     tokenizer: Path = typer.Option(None, "--tokenizer", help="A tokenizer.json to use instead of training a "
                                    "byte-level BPE."),
     vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokens of the byte-level BPE trained on the "
                                    "training split (>= 256)."),
-    d_model: DModel = 128,
-    n_layer: NLayer = 4,
-    d_state: DState = 16,
-    expand: Expand = 2,
+    d_model: opt.DModel = 128,
+    n_layer: opt.NLayer = 4,
+    d_state: opt.DState = 16,
+    expand: opt.Expand = 2,
     io_constraint: str = typer.Option("none", "--io-constraint", help="Sign of S_Cᵀ S_B: none, positive, negative, "
                                       "mixed (the authors': no ε) or mixed_margin."),
     io_margin: float = typer.Option(0.7, "--io-margin", help="ε of the constraint (> 0; not used by mixed)."),
     final_dropout: float = typer.Option(0.0, "--final-dropout", help="Dropout on the final hidden states "
                                         "(the authors' language models: 0.3)."),
     context: int = typer.Option(256, "--context", help="Tokens per training sequence."),
-    batch_size: BatchSize = 32,
+    batch_size: opt.BatchSize = 32,
     micro_batch: int = typer.Option(0, "--micro-batch", help="Sequences per forward pass and process "
                                     "(0: no gradient accumulation)."),
     steps: int = typer.Option(200, "--steps", help="Optimiser steps."),
-    lr: Lr = 1.5e-3,
-    warmup: Warmup = 0.01,
+    lr: opt.Lr = 1.5e-3,
+    warmup: opt.Warmup = 0.01,
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine floor as a fraction of --lr."),
-    weight_decay: WeightDecay = 0.1,
+    weight_decay: opt.WeightDecay = 0.1,
     decay_rule: str = typer.Option("matrices", "--decay-rule", help="Which parameters decay: matrices (and a "
                                    "constraint's whole S_B/S_C parametrisation) or all (the authors')."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0: off)."),
@@ -105,13 +82,13 @@ def lm(
     eval_tokens: int = typer.Option(65536, "--eval-tokens", help="Tokens per evaluation (0: whole split)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint interval in steps."),
     monitor_every: int = typer.Option(100, "--monitor-every", help="Regime-monitor interval in steps (0: off)."),
-    seed: Seed = 0,
-    no_autocast: NoAutocast = False,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    cache_dir: CacheDir = None,
-    stop_after_steps: StopAfterSteps = None,
-    progress: Progress = True,
+    seed: opt.Seed = 0,
+    no_autocast: opt.NoAutocast = False,
+    device: opt.Device = "auto",
+    backend: opt.Backend = "auto",
+    cache_dir: opt.CacheDir = None,
+    stop_after_steps: opt.StopAfterSteps = None,
+    progress: opt.Progress = True,
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
     from ..train.lm import LMModelSpec, prepare_data, train_lm
@@ -124,7 +101,7 @@ def lm(
                       weight_decay=weight_decay, decay_rule=decay_rule, grad_clip=grad_clip, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast)
     data = prepare_data(text_files=text or None, wikitext=wikitext, tokenizer=tokenizer, vocab_size=vocab_size,
-                        cache_dir=resolve_cache_dir(cache_dir))
+                        cache_dir=opt.cache_dir(cache_dir))
     spec.config(data.vocab_size, scan_backend=backend)   # refuse a bad model before touching the directory
     result, _ = train_lm(data, spec, cfg, context=context, batch_size=batch_size, out=run_dir,
                          resume=resume is not None, device=device, eval_tokens=eval_tokens,

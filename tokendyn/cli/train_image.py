@@ -7,26 +7,7 @@ from __future__ import annotations
 import typer
 
 from ..errors import ConfigError
-from .options import (
-    Backend,
-    BatchSize,
-    DataDir,
-    Device,
-    DModel,
-    DState,
-    Expand,
-    ImageData,
-    Lr,
-    NLayer,
-    NoAutocast,
-    Progress,
-    Resume,
-    RunOut,
-    Seed,
-    StopAfterSteps,
-    Warmup,
-    WeightDecay,
-)
+from . import options as opt
 from .train import _echo, report_run, run_directory, train_app
 
 
@@ -39,19 +20,19 @@ def _layers(text: str) -> list[int]:
 
 @train_app.command("image")
 def image(
-    out: RunOut = None,
-    resume: Resume = None,
-    data: ImageData = "fashion-mnist",
-    data_dir: DataDir = None,
+    out: opt.RunOut = None,
+    resume: opt.Resume = None,
+    data: opt.ImageData = "fashion-mnist",
+    data_dir: opt.DataDir = None,
     download: bool = typer.Option(False, "--download", help="Fetch Fashion-MNIST with torchvision when the IDX "
                                   "files are missing (needs torchvision and a network)."),
     image_size: int = typer.Option(32, "--image-size", help="Image-folder images are resized to this square size."),
     channels: int = typer.Option(3, "--channels", help="Image-folder images as 1 (grey) or 3 (RGB) channels."),
     patch_size: int = typer.Option(4, "--patch-size", help="Patch side; each patch is one token."),
-    d_model: DModel = 64,
-    n_layer: NLayer = 4,
-    d_state: DState = 16,
-    expand: Expand = 2,
+    d_model: opt.DModel = 64,
+    n_layer: opt.NLayer = 4,
+    d_state: opt.DState = 16,
+    expand: opt.Expand = 2,
     bidirectional: bool = typer.Option(True, "--bidirectional/--unidirectional", help="Odd layers scan in reverse."),
     pooling: str = typer.Option("mean", "--pooling", help="mean or last."),
     positions: bool = typer.Option(True, "--positions/--no-positions", help="Learned position embedding."),
@@ -63,20 +44,20 @@ def image(
     reorder_branches: str = typer.Option("xz", "--reorder-branches", help="xz (x and gate z) or x (the authors' "
                                          "x-only ablation)."),
     epochs: int = typer.Option(5, "--epochs"),
-    batch_size: BatchSize = 256,
-    lr: Lr = 3e-3,
-    warmup: Warmup = 0.05,
-    weight_decay: WeightDecay = 0.05,
+    batch_size: opt.BatchSize = 256,
+    lr: opt.Lr = 3e-3,
+    warmup: opt.Warmup = 0.05,
+    weight_decay: opt.WeightDecay = 0.05,
     crop_padding: int = typer.Option(0, "--crop-padding", help="Random-crop augmentation with this zero padding."),
     flip: bool = typer.Option(False, "--flip", help="Random left-right flips."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Per-channel mean/std normalisation."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Training images held out for validation."),
-    seed: Seed = 0,
-    no_autocast: NoAutocast = False,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    stop_after_steps: StopAfterSteps = None,
-    progress: Progress = True,
+    seed: opt.Seed = 0,
+    no_autocast: opt.NoAutocast = False,
+    device: opt.Device = "auto",
+    backend: opt.Backend = "auto",
+    stop_after_steps: opt.StopAfterSteps = None,
+    progress: opt.Progress = True,
 ) -> None:
     """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints and result.json \
 in the run directory."""
