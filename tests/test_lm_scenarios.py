@@ -1,5 +1,6 @@
-"""`tokendyn train lm-scenarios`: the JSON shape, the table, the figures, skipping complete runs,
-merging runs from partial result directories."""
+"""`tokendyn train lm-scenarios` (tokendyn.experiments.lm_scenarios): the JSON shape, the table, the
+figures, skipping complete runs, merging runs from partial result directories; the lm section of
+the report and the paper's comparisons. The generic runner and writer: tests/test_experiment.py."""
 
 from __future__ import annotations
 
@@ -27,8 +28,17 @@ def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: 
     for s in settings.split(","):
         v = doc["settings"][s]
         assert len(v["test_ppl"]) == 1 and v["test_ppl"][0] > 1
-        assert [p[0] for p in v["val_curve"]] == [15, 30, 45, 60]
+        assert v["test_ppl_mean"] == v["test_ppl"][0] and v["test_ppl_std"] is None      # one seed: no std
+        assert [p[0] for p in v["val_curve"]] == [15, 30, 45, 60] and v["val_curves"] == [v["val_curve"]]
+        # the flatness rule: the point at 45 (the last at or before 80 % of 60 steps) against the last
+        curve = v["val_curves"][0]
+        gain = (curve[2][1] - curve[3][1]) / curve[2][1]
+        assert v["val_gain_last20"] == [pytest.approx(gain)] and v["val_flat"] == [gain < 0.02]
     assert "t.txt" in doc["data"] and doc["config"]["model"]["d_model"] == 32
+    assert doc["config"]["params"] > 1000
+    assert doc["config"]["setting_fields"]["positive"] == {"io_constraint": "positive"}
+    assert "io_constraint" not in doc["config"]["model"]
+    assert doc["comparisons"]["negative_minus_none"]["outcome"] == "fail"      # one seed: no spread
     assert (a / "lm_scenarios.md").read_text().split("In-layer")[0].count("| none |") == 1   # one perplexity row
     assert (a / "lm_scenarios_val.png").stat().st_size > 1000
     assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
@@ -84,12 +94,12 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
     the committed full table, each labelled."""
     import torch
 
+    from tokendyn.experiments.lm_scenarios import EXPERIMENT
     from tokendyn.reproduce import Context
-    from tokendyn.reproduce import lm as section
-    from tokendyn.train import scenarios
+    from tokendyn.reproduce.experiment import run_section
 
-    monkeypatch.setitem(scenarios.SCALES, "smoke", {**scenarios.SCALES["smoke"], "steps": 4, "eval_every": 2,
-                                                    "monitor_every": 2})
+    monkeypatch.setitem(EXPERIMENT.scales, "smoke", {**EXPERIMENT.scales["smoke"], "steps": 4, "eval_every": 2,
+                                                     "monitor_every": 2})
     committed = tmp_path / "lm_scenarios.json"
     committed.write_text(json.dumps({
         "settings": {s: {"test_ppl": [10.0 + i, 11.0 + i], "val_curve": [[2, 12.0]], "test_ppl_mean": 10.5 + i,
@@ -97,9 +107,8 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
         "comparisons": {}, "config": {"scale": "full", "model": {"d_model": 384, "n_layer": 8, "d_state": 16,
                                                                  "vocab_size": 4096}, "task": {"context": 512}},
         "data": "King James Bible", "device": "NVIDIA H200", "commit": "abc", "tokens_seen": 1}))
-    monkeypatch.setattr(section, "COMMITTED", committed)
     ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
-    res = section.run(ctx)
+    res = run_section(EXPERIMENT, ctx, committed)
     assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
     assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive | 2 |") == 2   # both tables, 2 seeds
     # the in-layer checks on this run's trained models are judged; the committed grid predates them
@@ -116,12 +125,13 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
 def test_the_papers_comparisons():
     """Negative worst against every other setting; positive best against mixed and negative (the
     paper's) and against none (labelled as the project's addition); an absent setting is not run."""
-    from tokendyn.reproduce.lm import paper_comparisons
+    from tokendyn.experiments.lm_scenarios import EXPERIMENT
+    from tokendyn.reproduce.experiment import comparison_checks
 
     ppl = {"none": [34.0, 34.5, 33.9], "positive": [33.0, 33.1, 32.9], "negative": [39.0, 38.5, 39.4],
            "mixed_margin": [34.1, 34.3, 33.8]}
     doc = {"settings": {s: {"test_ppl": v} for s, v in ppl.items()}}
-    checks = paper_comparisons(doc, "test grid", "run it")
+    checks = comparison_checks(EXPERIMENT, doc, "test grid", "run it")
     outcome = {c.claim: c.outcome for c in checks}
     assert len(checks) == 7
     assert [o for c, o in outcome.items() if "worse perplexity than" in c] == ["pass", "pass", "not run", "pass"]
@@ -130,3 +140,19 @@ def test_the_papers_comparisons():
     addition = [c for c in checks if c.claim.startswith("Project's addition")]
     assert len(addition) == 1 and addition[0].outcome == "pass"
     assert any(c.claim.startswith("Project's variant mixed_margin") for c in checks)
+    # without mixed_margin in the grid its comparison is left out; without a grid every check is not run
+    del doc["settings"]["mixed_margin"]
+    assert len(comparison_checks(EXPERIMENT, doc, "test grid", "run it")) == 6
+    assert {c.outcome for c in comparison_checks(EXPERIMENT, None, "", "run it")} == {"not run"}
+
+
+def test_scales_pass_their_corpus(monkeypatch):
+    """A scale's "corpus" names the built-in corpus the grid trains on (default: the Bible)."""
+    from tokendyn.experiments import lm_scenarios
+
+    seen = []
+    monkeypatch.setattr(lm_scenarios, "prepare_data", lambda **kw: seen.append(kw))
+    lm_scenarios.prepare({**lm_scenarios.SCALES["smoke"], "corpus": "other"}, {})
+    lm_scenarios.prepare(lm_scenarios.SCALES["smoke"], {"text": [], "cache_dir": "c"})
+    assert [kw["builtin"] for kw in seen] == ["other", "bible"]
+    assert seen[1]["text_files"] is None and seen[1]["cache_dir"] == "c" and seen[1]["vocab_size"] == 512

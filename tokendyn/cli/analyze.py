@@ -8,6 +8,7 @@ import typer
 
 from ..errors import DataError
 from . import app
+from .options import Device
 
 
 def parse_indices(values: list[str], what: str) -> list[int]:
@@ -46,7 +47,7 @@ def analyze(
     out: Path = typer.Option(
         Path("analysis-out"), "--out", help="Directory for report.html, the PNGs and analysis.json."),
     json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default: OUT/analysis.json)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: Device = "cpu",
     seed: int = typer.Option(0, "--seed", help="Seed of the random token ids used when there is no tokenizer."),
     flow_time: float = typer.Option(
         5.0, "--flow-time", help="Stated time of the idealised flow run on each layer's parameters from its "

@@ -8,12 +8,13 @@ from pathlib import Path
 import typer
 
 from . import app
+from .options import Json
 
 
 @app.command()
 def info(
     path: Path = typer.Argument(..., help="Checkpoint directory (tokendyn, state-spaces or HF-transformers layout)."),
-    json_out: Path = typer.Option(None, "--json", help="Also write layout, config, n_params and files as JSON here."),
+    json_out: Json = None,
 ) -> None:
     """Check a checkpoint and print its layout, configuration and parameter count."""
     from rich.console import Console

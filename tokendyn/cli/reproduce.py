@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
+from .options import Device
 
 # Exit status of --strict when a check fails; 2 stays reserved for errors a user can cause.
 STRICT_FAILURE = 1
@@ -17,7 +18,7 @@ def reproduce(
     out: Path = typer.Option(Path("reproduce-out"), "--out", help="Directory for the report, figures and JSON."),
     scale: str = typer.Option("quick", "--scale", help="quick (minutes on a CPU) or full."),
     only: list[str] = typer.Option([], "--only", help="Run only these sections (repeatable)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: Device = "auto",
     strict: bool = typer.Option(False, "--strict", help=f"Exit with status {STRICT_FAILURE} when a check fails."),
     rerender: bool = typer.Option(False, "--rerender", help="Run nothing: write index.html, report.md and "
                                   "report.json of the earlier run in --out again from its report.json."),

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import ConfigError, DataError
 from . import app
+from .options import Backend, Json
 
 
 def _parse_x0(text: str) -> list[float]:
@@ -107,7 +108,7 @@ def simulate(
     method: str = typer.Option("auto", "--method", help="scipy solver: auto (LSODA, or RK45 when the stiff "
                                "solver's Jacobian exceeds --memory-limit), LSODA, RK45, DOP853, RK23, BDF, Radau."),
     points: int = typer.Option(200, "--points", help="Output grid points (log-spaced)."),
-    backend: str = typer.Option("auto", "--backend", help="Scan backend for the vector field."),
+    backend: Backend = "auto",
     max_evals: int | None = typer.Option(None, "--max-evals", help="Stop after this many field evaluations "
                                             "(default 200,000)."),
     time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds of wall "
@@ -116,7 +117,7 @@ def simulate(
                                        "or the stiff solver, is refused."),
     show_all: bool = typer.Option(False, "--show-all", help="Print every token's row (else a summary past 15)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a figure here (.png, .pdf, .svg, ...)."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Json = None,
 ) -> None:
     """Simulate the continuous-time token dynamics and report predicted vs simulated regime.
 

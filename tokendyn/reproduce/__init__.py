@@ -4,7 +4,8 @@ directory and returning a markdown fragment and a JSON-able summary.
 A section is a module in this package with
     TITLE: str
     def run(ctx: Context) -> SectionResult
-and is listed in :data:`SECTIONS`. Its checks (claim, tolerance, measured, outcome)
+listed in :data:`SECTIONS`, or an experiment of :mod:`tokendyn.experiments` with a ``section``
+name (its section is built by :mod:`.experiment`). Its checks (claim, tolerance, measured, outcome)
 and figures go into the report's checks table and index.html (docs/report.md).
 """
 
@@ -18,16 +19,19 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
+from ..experiments import EXPERIMENTS
 from ..outputs import check_output_dir, staged_outputs
 from ..provenance import provenance
 from ..resources import resolve_device
+
+# the experiments' sections, by section name
+EXPERIMENT_SECTIONS = {e.section: e for e in EXPERIMENTS.values() if e.section}
 
 SECTIONS: list[str] = [
     "core",
     "theory",
     "analysis",
-    "lm",
-    "reorder",
+    *EXPERIMENT_SECTIONS,
 ]
 
 SCALES = ("quick", "full")
@@ -120,6 +124,7 @@ def rerender(out: Path) -> dict:
 def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str) -> dict:
     from . import document
     from .committed import committed_results
+    from .experiment import ExperimentSection
 
     ctx = Context(out=out, scale=scale, device=torch.device(device), command=command)
     report = {"provenance": provenance(command),
@@ -127,7 +132,8 @@ def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, co
     for name in SECTIONS:
         if only and name not in only:
             continue
-        module = importlib.import_module(f"{__name__}.{name}")
+        module = (ExperimentSection(EXPERIMENT_SECTIONS[name]) if name in EXPERIMENT_SECTIONS
+                  else importlib.import_module(f"{__name__}.{name}"))
         print(f"== {module.TITLE}", flush=True)
         t0 = time.perf_counter()
         res: SectionResult = module.run(ctx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from ..analysis.layer_flow import count_verdicts
 from ..dynamics.experiments import RELAXED
 from ..report import Check
-from ..train.seeds import seed_comparison
 
 # float32 logits of a model against the reference scan, relative to the largest |logit|
 LOGIT_RTOL = 1e-5
@@ -257,28 +256,14 @@ def inlayer_checks(models: dict[str, list[list[dict]]], when: str) -> list[Check
     return checks
 
 
-def experiment_source(doc: dict, scale: str, committed: dict | None, name: str):
-    """The full-scale grid a paper-claim check reads: this run's when it ran at full scale,
-    else the committed one (results/NAME.json), else None. Returns (doc, label)."""
-    if scale == "full":
-        return doc, f"this run ({doc.get('device')})"
-    if committed is not None:
-        return committed, (f"committed full-scale run results/{name}.json ({committed.get('device')}, commit "
-                           f"{str(committed.get('commit'))[:7]})")
-    return None, ""
-
-
-def separated_check(claim: str, source, label: str, key: str, better: str, worse: str, how: str,
-                    higher_is_better: bool) -> Check:
-    """A check that ``better`` beats ``worse`` by at least two seed spreads on metric ``key``."""
-    tolerance = f"{better} better than {worse} by ≥ 2 seed spreads (Welch t ≥ 2), full scale, ≥ 3 seeds"
-    if source is None or better not in source["settings"] or worse not in source["settings"]:
-        return Check.not_run(claim, tolerance, how)
-    a, b = source["settings"][better][key], source["settings"][worse][key]
-    diff, spread, t = seed_comparison(a, b)
-    if t is None:
-        return Check.judged(claim, tolerance, f"{better} − {worse}: {diff:+.4g}, no seed spread ({label})", False,
-                            "fewer than two seeds per setting, or identical results: no spread to compare with")
-    t = t if higher_is_better else -t
-    return Check.judged(claim, tolerance, f"{better} − {worse}: {diff:+.4g} ± {spread:.2g} (t = {t:+.2f}; {label})",
-                        t >= 2 and min(len(a), len(b)) >= 3)
+def trained_inlayer_checks(doc: dict | None, when: str, how: str = "") -> list[Check]:
+    """:func:`inlayer_checks` on the regime monitor's last records of a grid's positive and negative
+    runs (lm_scenarios.json's ``settings.<s>.monitor_final``); "not run" where the grid is absent or
+    older than those records."""
+    finals = {s: (doc or {}).get("settings", {}).get(s, {}).get("monitor_final") for s in ("positive", "negative")}
+    if all(f and isinstance(f[0], list) and f[0] and "radial_velocity" in f[0][0] for f in finals.values()):
+        return inlayer_checks(finals, when)
+    return [Check.not_run(f"Positive and negative S_Cᵀ S_B, {when}: the radial velocity and the idealised flow "
+                          "of every layer follow the sign of M.",
+                          "every layer of every seed",
+                          "the grid holds no end-of-training in-layer records (it predates them); " + how)]

@@ -19,12 +19,13 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s, seeds in curves.items():
+    for k, (s, seeds) in enumerate(curves.items()):
+        colour = colours.get(s, f"C{k}")
         for curve in seeds:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colours[s], alpha=0.3, lw=0.8)
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colour, alpha=0.3, lw=0.8)
         n = min(len(c) for c in seeds)
         mean = [statistics.fmean(c[i][1] for c in seeds) for i in range(n)]
-        ax.plot([p[0] for p in seeds[0][:n]], mean, color=colours[s], lw=2, label=f"{s} (mean of {len(seeds)})")
+        ax.plot([p[0] for p in seeds[0][:n]], mean, color=colour, lw=2, label=f"{s} (mean of {len(seeds)})")
     if target is not None:
         ax.axhline(target, color="grey", ls=":", lw=1)
     if log_y:
@@ -45,3 +46,14 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_val_curves(exp, doc: dict, *, xlabel: str, title: str, log_y: bool = False, target_key: str | None = None):
+    """An experiment's validation curves (:func:`plot_seed_curves` of every setting's per-seed curves).
+
+    title: may hold ``{scale}``; target_key: a ``config`` entry drawn as a dotted line.
+    """
+    return plot_seed_curves({s: v["val_curves"] for s, v in doc["settings"].items()}, exp.colours,
+                            xlabel=xlabel, ylabel=exp.metric.curve_label,
+                            title=title.format(scale=doc["config"]["scale"]), log_y=log_y,
+                            target=doc["config"].get(target_key) if target_key else None)

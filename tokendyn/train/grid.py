@@ -1,45 +1,36 @@
-"""What the seed-grid experiments share (``train lm-scenarios`` in :mod:`.scenarios`, ``train
-reorder`` in :mod:`.reordering`): checking the settings and scale asked for, naming runs,
-collecting the complete runs of an output folder, the identity every run of one comparison
-must share, and reading a committed summary.
+"""The one runner of the seed-grid experiments (:class:`~tokendyn.train.experiment.Experiment`):
+every (setting, seed) of a grid trained into its own run directory, then the summary written.
 
-An experiment's output folder holds ``runs/<setting>-seed<k>/`` (run.json, result.json when
-complete, checkpoints while running).
+Layout of an experiment's OUT:
+
+    runs/<setting>-seed<k>/   one training run each (tokendyn.train.state's layout); a run with
+                              result.json is complete and skipped by later calls, an incomplete
+                              one (run.json, no result.json) is resumed from its checkpoint
+    STEM.json, STEM.md, ...   the summary (:mod:`.summary`) of every complete run found there
+
+Calls with different settings / seeds fill the same OUT; every call rewrites the summary from all
+complete runs found there, so partial result directories merge by copying their ``runs/*`` into
+one OUT and calling again (or calling :func:`tokendyn.train.summary.summarise`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import NamedTuple
 
-from ..errors import ConfigError
 from . import state as runstate
+from .experiment import Experiment, choose_seeds
 
 
-def choose_settings(asked, known, default=None) -> list[str]:
-    """The settings asked for (``default``, or all of ``known``, when none), in ``known``'s order;
-    :class:`ConfigError` for an unknown one."""
-    asked = list(asked) or list(default or known)
-    unknown = [s for s in asked if s not in known]
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}.")
-    return [s for s in known if s in asked]
+class Run(NamedTuple):
+    """A complete run: its seed, run.json, result.json and directory."""
 
-
-def choose_scale(scale: str, scales: dict) -> dict:
-    """The parameters of ``scale``; :class:`ConfigError` for an unknown one."""
-    if scale not in scales:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(scales)}.")
-    return scales[scale]
-
-
-def choose_seeds(seeds) -> list[int]:
-    """The distinct seeds, sorted; :class:`ConfigError` unless there is at least one and none is
-    negative."""
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds or min(seeds) < 0:
-        raise ConfigError("seeds must be non-negative integers, at least one.")
-    return seeds
+    seed: int
+    ident: dict
+    result: dict
+    dir: Path
 
 
 def run_name(setting: str, seed: int) -> str:
@@ -59,37 +50,55 @@ def pending_runs(out: Path, settings, seeds, log):
             yield setting, seed, run_dir, (run_dir / runstate.RUN).is_file()
 
 
-def collect(out: Path) -> dict:
-    """Complete runs under OUT/runs: {setting: [(seed, run.json, result.json, run_dir), ...]} by seed."""
-    found: dict[str, list] = {}
+def collect(out: Path) -> dict[str, list[Run]]:
+    """Complete runs under OUT/runs: {setting: [Run, ...] by seed}."""
+    found: dict[str, list[Run]] = {}
     for run_dir in sorted((Path(out) / "runs").glob("*-seed*")):
         result = run_dir / runstate.RESULT
         if not result.is_file():
             continue
         setting, seed = run_dir.name.rsplit("-seed", 1)
-        found.setdefault(setting, []).append((int(seed), json.loads((run_dir / runstate.RUN).read_text()),
-                                              json.loads(result.read_text()), run_dir))
-    return {s: sorted(v, key=lambda r: r[0]) for s, v in found.items()}
+        found.setdefault(setting, []).append(Run(int(seed), json.loads((run_dir / runstate.RUN).read_text()),
+                                                 json.loads(result.read_text()), run_dir))
+    return {s: sorted(v, key=lambda r: r.seed) for s, v in found.items()}
 
 
-def shared_identity(ident: dict, setting_keys: tuple[str, ...]) -> dict:
+def shared_identity(ident: dict, setting_keys) -> dict:
     """What every run of one comparison shares: run.json less the seeds and the model fields
     ``setting_keys`` that the settings vary."""
     ident = json.loads(json.dumps(ident))
     ident.pop("params", None)          # a constraint's parameterisation has its own count
     for key in setting_keys:
-        ident["model"].pop(key, None)
-    ident["train"].pop("seed", None)
-    ident["task"].pop("seed", None)
+        ident.get("model", {}).pop(key, None)
+    for part in ("train", "task"):
+        ident.get(part, {}).pop("seed", None)
     return ident
 
 
-def load_summary(path: Path) -> dict | None:
-    """A committed summary JSON (e.g. results/lm_scenarios.json), or None when absent or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seeds=None, device="auto",
+             options: dict | None = None, progress: bool = True, log=print, provenance: dict | None = None,
+             analyse: bool = True) -> dict:
+    """Train every (setting, seed) of ``exp`` not yet complete in OUT, then write the summary files.
+
+    settings: names (default: the description's defaults); seeds: default the description's;
+    options: the experiment's data options (the command's --text, --data-dir, ...); provenance:
+    merged whole into the summary; analyse: draw the figures made from the trained runs.
+    Returns the summary (STEM.json's document).
+    """
+    from .summary import summarise
+
+    settings = exp.choose_settings(settings)
+    seeds = choose_seeds(exp.default_seeds if seeds is None else seeds)
+    p = exp.scale(scale)
+    out = Path(out)
+    t0 = time.perf_counter()
+    data = exp.prepare(p, dict(options or {}))
+    log(f"data: {exp.data_label(data)}; prepared in {time.perf_counter() - t0:.1f} s")
+    for setting, seed, run_dir, resume in pending_runs(out, settings, seeds, log):
+        t = time.perf_counter()
+        res = exp.train(data, p, exp.settings[setting], seed, run_dir, resume=resume, device=device,
+                        progress=progress, log=log)
+        log(f"{run_name(setting, seed)}: {exp.metric.label} {res.test[exp.metric.result]:.{exp.metric.digits}f} in "
+            f"{time.perf_counter() - t:.1f} s")
+    return summarise(exp, out, scale, device=str(device), provenance=provenance, log=log, data=data,
+                     analyse=analyse, call_runs=[run_name(s, k) for s in settings for k in seeds], started=t0)

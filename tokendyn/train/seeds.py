@@ -1,14 +1,25 @@
 """Comparing settings across seeds: the one place the experiments' statistics live.
 
-A setting is trained with several seeds; two settings are compared by the difference of their
-means against the seed spread √(s_a²/n_a + s_b²/n_b) (the standard error of the difference, as in
-Welch's t test), and their ratio t.
+A setting is trained with several seeds; its metric is reported as mean ± std (the sample
+standard deviation, None for fewer than two seeds), and two settings are compared by the
+difference of their means against the seed spread √(s_a²/n_a + s_b²/n_b) (the standard error of
+the difference, as in Welch's t test), and their ratio t.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation) of per-seed values; the std is None for fewer than two."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_mean_std(mean: float, std: float | None, digits: int) -> str:
+    """``mean ± std`` with ``digits`` decimals; ``n/a`` for a missing std."""
+    return f"{mean:.{digits}f} ± " + ("n/a" if std is None else f"{std:.{digits}f}")
 
 
 def seed_comparison(a: list[float], b: list[float]) -> tuple[float, float | None, float | None]:
@@ -22,3 +33,12 @@ def seed_comparison(a: list[float], b: list[float]) -> tuple[float, float | None
         return diff, None, None
     spread = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
     return diff, spread, (diff / spread if spread > 0 else None)
+
+
+def mean_curve(curves: list[list]) -> list[list]:
+    """[[x, mean of y over the curves], ...] at the points every curve has (the same x, in order)."""
+    if not curves:
+        return []
+    xs = [p[0] for p in curves[0]]
+    return [[x, statistics.fmean(c[i][1] for c in curves)] for i, x in enumerate(xs)
+            if all(len(c) > i and c[i][0] == x for c in curves)]

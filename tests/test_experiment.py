@@ -1,0 +1,276 @@
+"""The generic pieces of the seed-grid experiments (tokendyn.train.experiment, .grid, .summary,
+tokendyn.cli.experiments, tokendyn.reproduce.experiment), on a third experiment written here in a
+few lines with a trivial run: the grid's resume and merge, the summary JSON and markdown, the
+mean ± std rule, the flatness rule, the comparisons, the generated command and report section."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from tokendyn.errors import ConfigError
+from tokendyn.train import state as runstate
+from tokendyn.train.experiment import Comparison, Experiment, FigureSpec, Flatness, Metric
+from tokendyn.train.figures import plot_val_curves
+from tokendyn.train.grid import run_grid
+from tokendyn.train.seeds import format_mean_std, mean_std
+from tokendyn.train.summary import load_summary, markdown, summarise
+
+CALLS: list[tuple] = []          # (setting, seed, resume) of every run the toy experiment trained
+INTERRUPT: set[tuple] = set()    # (setting, seed) runs that stop after writing run.json, as if killed
+
+
+def toy_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log):
+    """A run in a millisecond: score = the setting's shift + seed / 10, a curve rising to it."""
+    CALLS.append((run_dir.name.rsplit("-seed", 1)[0], seed, resume))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ident = {"model": {"width": p["width"], **overrides}, "train": {"steps": 10, "seed": seed},
+             "task": {"seed": seed}, "data": {"name": data}}
+    runstate.atomic_write_text(run_dir / runstate.RUN, json.dumps(ident))
+    if (run_dir.name.rsplit("-seed", 1)[0], seed) in INTERRUPT:
+        raise KeyboardInterrupt
+    score = 0.5 + overrides["shift"] + seed / 10
+    result = {"test": {"score": score, "loss": 1 - score}, "tokens_seen": 40, "wall_s": 0.5, "train_s": 0.25,
+              "callback_s": 0.0, "val_curve": [[s, score * s / 10] for s in (2, 4, 6, 8, 10)]}
+    runstate.atomic_write_text(run_dir / runstate.RESULT, json.dumps(result))
+    return SimpleNamespace(test=result["test"])
+
+
+TOY = Experiment(
+    name="toy", stem="toy", title="A toy experiment", section="toy", help="Settings that shift a score.",
+    settings={"none": {"shift": 0.0}, "up": {"shift": 0.2}, "down": {"shift": -0.2}},
+    default_settings=("none", "up", "down"),
+    scales={"smoke": {"width": 2}, "quick": {"width": 4}},
+    metric=Metric(key="test_score", result="score", label="test score", curve_label="validation score",
+                  higher_is_better=True, digits=2),
+    comparisons=(Comparison("up", "none", "better", "Shifting up raises the score."),
+                 Comparison("down", "none", "better", "Shifting down raises the score.", origin="project")),
+    flatness=Flatness(last=0.2, min_gain=0.02),
+    figures=(FigureSpec("toy.png", "validation score", partial(plot_val_curves, xlabel="step", title="toy")),),
+    prepare=lambda p, options: options.get("data") or "toy data", data_label=str,
+    train=toy_train, describe=lambda doc: f"width {doc['config']['model']['width']}", options=("data",),
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_calls():
+    CALLS.clear()
+    INTERRUPT.clear()
+
+
+def _grid(out, seeds, settings=(), **kw):
+    return run_grid(TOY, out, scale="smoke", settings=settings, seeds=seeds, device="cpu", progress=False,
+                    log=kw.pop("log", lambda line: None), **kw)
+
+
+def test_a_third_experiment_is_one_description(tmp_path):
+    prov = {"device": "toy device", "date": "today", "commit": "c" * 40, "command": "pytest", "torch": "t",
+            "python": "p"}
+    doc = _grid(tmp_path, (0, 1, 2), provenance=prov)
+    assert [f.name for f in sorted(tmp_path.iterdir())] == ["runs", "toy.json", "toy.md", "toy.png"]
+    assert json.loads((tmp_path / "toy.json").read_text()) == doc
+    assert list(doc["settings"]) == ["none", "up", "down"] and doc["seeds"] == [0, 1, 2]
+    up = doc["settings"]["up"]
+    assert up["test_score"] == pytest.approx([0.7, 0.8, 0.9]) and up["test_score_mean"] == pytest.approx(0.8)
+    assert up["test_score_std"] == pytest.approx(0.1) and len(up["val_curves"]) == 3
+    assert up["val_curve"] == [[s, pytest.approx(0.8 * s / 10)] for s in (2, 4, 6, 8, 10)]   # mean over seeds
+    # the whole provenance, merged the same way into every summary
+    assert {k: doc[k] for k in prov} == prov
+    assert doc["config"]["model"] == {"width": 2} and doc["config"]["setting_fields"]["up"] == {"shift": 0.2}
+    assert doc["config"]["params"] is None and doc["data"] == doc["data_details"]["name"] == "toy data"
+    assert doc["call_runs"] == [f"{s}-seed{k}" for s in ("none", "up", "down") for k in (0, 1, 2)]
+    # each setting against the baseline, and the description's comparisons with their outcome
+    assert set(doc["comparisons"]) == {"up_minus_none", "down_minus_none"}
+    up_none = doc["comparisons"]["up_minus_none"]         # 0.2 against a spread of 0.1·√(2/3): t = 2.45
+    assert up_none["outcome"] == "pass" and up_none["t"] == pytest.approx(0.2 / (0.1 * (2 / 3) ** 0.5))
+    assert doc["comparisons"]["down_minus_none"]["outcome"] == "fail"       # the claim's direction matters
+    assert doc["comparisons"]["down_minus_none"]["origin"] == "project"
+    md = (tmp_path / "toy.md").read_text()
+    assert md.startswith("Test score, smoke scale: width 2; data: toy data; device: toy device.")
+    assert "| up | 3 | 0.80 ± 0.10 | 0.70, 0.80, 0.90 | +0.20 (± 0.08; t +2.45) |" in md
+    assert "| up − none | up better than none (the paper's claim) | +0.20 | 0.08 | +2.45 |" in md
+
+
+def test_resume_skips_complete_runs_and_continues_an_interrupted_one(tmp_path):
+    INTERRUPT.add(("up", 1))
+    with pytest.raises(KeyboardInterrupt):
+        _grid(tmp_path, (0, 1), settings=["up", "none"])
+    assert CALLS == [("none", 0, False), ("none", 1, False), ("up", 0, False), ("up", 1, False)]
+    assert not (tmp_path / "toy.json").exists()           # an interrupted grid leaves no summary
+    INTERRUPT.clear()
+    CALLS.clear()
+    lines = []
+    doc = _grid(tmp_path, (0, 1), settings=["up", "none"], log=lines.append)
+    assert CALLS == [("up", 1, True)]                     # started before: resumed, the others skipped
+    assert sum("complete, skipped" in line for line in lines) == 3
+    assert doc["settings"]["up"]["seeds"] == [0, 1]
+
+
+def test_partial_result_directories_merge(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _grid(a, (0,), settings=["none", "up"])
+    _grid(b, (1, 2), settings=["up"])
+    for run in (b / "runs").iterdir():
+        shutil.copytree(run, a / "runs" / run.name)
+    doc = summarise(TOY, a, "smoke", analyse=False)
+    assert doc["settings"]["up"]["seeds"] == [0, 1, 2] and doc["settings"]["none"]["seeds"] == [0]
+    assert json.loads((a / "toy.json").read_text())["settings"]["up"]["test_score"] == pytest.approx([0.7, 0.8, 0.9])
+    # runs of another scale cannot share the table
+    _grid(tmp_path / "c", (3,), settings=["up"])
+    run_grid(TOY, tmp_path / "d", scale="quick", settings=["up"], seeds=(4,), device="cpu", progress=False,
+             log=lambda line: None)
+    shutil.copytree(tmp_path / "d" / "runs" / "up-seed4", a / "runs" / "up-seed4")
+    with pytest.raises(ConfigError, match="differ in data, model size or budget"):
+        summarise(TOY, a, "smoke")
+    with pytest.raises(ConfigError, match="holds no complete toy run"):
+        summarise(TOY, tmp_path / "empty", "smoke")
+
+
+def test_mean_std_rule():
+    """One rule: the sample std, None for fewer than two seeds; 'n/a' in every table."""
+    assert mean_std([2.0]) == (2.0, None)
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert format_mean_std(2.0, None, 2) == "2.00 ± n/a" and format_mean_std(2.0, 1.0, 1) == "2.0 ± 1.0"
+
+
+def test_one_seed_has_no_std_in_json_or_markdown(tmp_path):
+    doc = _grid(tmp_path, (0,))
+    assert all(v["test_score_std"] is None for v in doc["settings"].values())
+    md = (tmp_path / "toy.md").read_text()
+    assert "| up | 1 | 0.70 ± n/a | 0.70 | +0.20 (± n/a; t n/a) |" in md
+    assert "fail (fewer than two seeds per setting, or identical results: no spread to compare with)" in md
+
+
+@pytest.mark.parametrize("higher, curve, gain", [
+    (False, [[10, 20.0], [40, 12.0], [80, 10.0], [100, 9.9]], 0.01),        # the point at 80 % against the last
+    (False, [[10, 20.0], [75, 10.0], [85, 9.0], [100, 9.5]], 0.05),         # at or just before 80 %: step 75
+    (False, [[50, 10.0], [100, 12.0]], -0.2),                               # worse at the end: a negative gain
+    (True, [[1, 0.5], [4, 0.80], [5, 0.84]], 0.05),                         # accuracy: higher is better
+    (True, [[5, 0.84]], None),                                              # no point before the cut
+])
+def test_flatness_rule(higher, curve, gain):
+    metric = Metric("m", "m", "m", "m", higher_is_better=higher)
+    rule = Flatness(last=0.2, min_gain=0.02)
+    got = rule.gain(curve, metric)
+    assert got == pytest.approx(gain) if gain is not None else got is None
+    assert rule.flat(got) == (None if gain is None else gain < 0.02)
+    assert rule.gain_key == "val_gain_last20"
+
+
+def test_flat_curves_in_the_summary(tmp_path):
+    """The toy curves rise linearly: 8 → 10 is a 25 % gain, not flat; the markdown says so per seed."""
+    doc = _grid(tmp_path, (0, 1))
+    v = doc["settings"]["none"]
+    assert v["val_gain_last20"] == [pytest.approx(0.25)] * 2 and v["val_flat"] == [False, False]
+    assert "| +25.0%, +25.0% |" in (tmp_path / "toy.md").read_text()
+
+
+values = st.lists(st.floats(-100, 100, allow_nan=False), min_size=2, max_size=5)
+
+
+@given(a=values, b=values)
+@settings(max_examples=40, deadline=None)
+def test_comparison_is_welch_t_in_the_claims_direction(a, b):
+    for higher in (True, False):
+        metric = Metric("m", "m", "m", "m", higher_is_better=higher)
+        for expect in ("better", "worse"):
+            c = Comparison("a", "b", expect, "a claim", min_t=2.0, min_seeds=2)
+            got = c.judge({"a": {"m": a}, "b": {"m": b}}, metric)
+            assert got["diff"] == pytest.approx(sum(a) / len(a) - sum(b) / len(b), abs=1e-9)
+            if got["t"] is None or got["spread"] < 1e-6:
+                continue
+            t = stats.ttest_ind(a, b, equal_var=False).statistic
+            assert got["t"] == pytest.approx(t, rel=1e-6, abs=1e-9)
+            toward = t if (expect == "better") == higher else -t
+            assert got["outcome"] == ("pass" if toward >= 2 else "fail")
+
+
+def test_comparison_tolerance_seeds_and_absent_settings():
+    acc = Metric("acc", "accuracy", "accuracy", "accuracy", higher_is_better=True)
+    ppl = Metric("ppl", "ppl", "perplexity", "perplexity", higher_is_better=False)
+    low, high = [1.0, 1.1, 0.9], [2.0, 2.1, 1.9]
+    s = {"low": {"acc": low, "ppl": low}, "high": {"acc": high, "ppl": high}}
+    better = Comparison("high", "low", "better", "high is better")
+    assert better.judge(s, acc)["outcome"] == "pass" and better.judge(s, ppl)["outcome"] == "fail"
+    worse = Comparison("high", "low", "worse", "high is worse")
+    assert worse.judge(s, ppl)["outcome"] == "pass" and worse.judge(s, acc)["outcome"] == "fail"
+    strict = Comparison("high", "low", "better", "high is better", min_t=100)
+    assert strict.judge(s, acc)["outcome"] == "fail"
+    four = Comparison("high", "low", "better", "high is better", min_seeds=4)
+    assert four.judge(s, acc) == {**better.judge(s, acc), "outcome": "fail", "note": "fewer than 4 seeds per setting"}
+    assert better.judge({"high": s["high"]}, acc)["outcome"] == "not run"
+    check = better.check({"settings": s}, "a grid", acc, "run it")
+    assert check.outcome == "pass" and "t = +" in check.measured and "a grid" in check.measured
+    assert better.check(None, "", acc, "run it").outcome == "not run"
+    assert better.name == "high_minus_low" and "≥ 3 seeds" in better.tolerance()
+    with pytest.raises(ConfigError):
+        Comparison("a", "b", "same", "?")
+
+
+def test_markdown_of_an_older_summary_shape(tmp_path):
+    """A committed summary keeps being read: per-seed curves under val_curve, seeds and wall times
+    under config (reorder.json before the one writer) give the table of today's shape."""
+    old = {"settings": {"none": {"test_score": [0.5, 0.6], "val_curve": [[[2, 0.1], [10, 0.5]], [[2, 0.2], [10, 0.6]]]},
+                        "up": {"test_score": [0.7, 0.9], "val_curve": [[[2, 0.1], [10, 0.7]], [[2, 0.2], [10, 0.9]]]}},
+           "config": {"scale": "quick", "model": {"width": 4}, "seeds": {"none": [0, 1], "up": [0, 1]},
+                      "wall_s": {"none": [1.0, 2.0], "up": [3.0, 5.0]}}, "data": "d", "device": "gpu"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    doc = load_summary(path)
+    assert doc["settings"]["up"]["val_curves"][1] == [[2, 0.2], [10, 0.9]]
+    assert doc["settings"]["up"]["val_curve"] == [[2, pytest.approx(0.15)], [10, pytest.approx(0.8)]]
+    assert doc["settings"]["up"]["seeds"] == [0, 1]
+    md = markdown(TOY, doc)
+    assert "| up | 2 | 0.80 ± 0.14 | 0.70, 0.90 | +0.25 (± 0.11; t +2.24) | +600.0%, +350.0% | 4.0 |" in md
+    assert "| down − none | down better than none (the project's own) | n/a | n/a | n/a |" in md
+    assert load_summary(tmp_path / "absent.json") is None
+
+
+def test_the_generated_command(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tokendyn.cli.experiments import register
+
+    app = typer.Typer()
+    register(app, [TOY])
+    app.command("other")(lambda: None)          # a group of two, as `tokendyn train` is
+    runner = CliRunner()
+    res = runner.invoke(app, ["toy", "--out", str(tmp_path / "o"), "--scale", "smoke", "--settings", "up",
+                              "--settings", "none", "--seeds", "2,0", "--data", "other data", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "| up | 2 | 0.80 ± 0.14 |" in res.output and "written: " in res.output
+    assert sorted(CALLS) == [("none", 0, False), ("none", 2, False), ("up", 0, False), ("up", 2, False)]
+    doc = json.loads((tmp_path / "o" / "toy.json").read_text())
+    assert doc["data"] == "other data" and doc["command"].startswith("tokendyn")
+    helptext = runner.invoke(app, ["toy", "--help"]).output
+    assert "Settings that shift a score." in helptext and "--data" in helptext and "--text" not in helptext
+    for args, words in ((["--scale", "huge"], "unknown scale"), (["--seeds", "a"], "--seeds"),
+                        (["--settings", "sideways"], "sideways")):
+        res = runner.invoke(app, ["toy", "--out", str(tmp_path / "bad"), *args])
+        assert res.exit_code != 0 and words in str(res.exception)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_report_section(tmp_path):
+    from tokendyn.reproduce import Context
+    from tokendyn.reproduce.experiment import run_section
+
+    ctx = Context(out=tmp_path, scale="quick", device=torch.device("cpu"), command="test")
+    res = run_section(TOY, ctx, tmp_path / "no-committed.json")
+    assert "**This run** (smoke scale" in res.markdown and "![validation score](toy/toy.png)" in res.markdown
+    assert "No committed full-scale table (results/toy.json)" in res.markdown
+    assert res.summary["test_score"] == {"none": [0.5, 0.6], "up": pytest.approx([0.7, 0.8]),
+                                         "down": pytest.approx([0.3, 0.4])}
+    # the claims are for the full-scale grid: none here, so not run, saying how
+    assert [(c.claim, c.outcome) for c in res.checks] == [("Shifting up raises the score.", "not run"),
+                                                          ("Shifting down raises the score.", "not run")]
+    assert "tokendyn train toy --scale full" in res.checks[0].note

@@ -1,0 +1,81 @@
+"""``tokendyn train EXPERIMENT``: one command per experiment of :mod:`tokendyn.experiments`, made
+from its description (:func:`grid_command`): --out, --scale, --settings, --seeds, --device,
+--progress, and the description's data options (:data:`tokendyn.cli.options.DATA`)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import typer
+
+from ..errors import ConfigError
+from ..train.experiment import Experiment, choose_seeds
+from . import options as opt
+
+
+def grid_choices(exp: Experiment, settings, seeds: str, scale: str) -> tuple[list[str], list[int]]:
+    """The settings (repeatable or comma-separated) and seeds (comma-separated) of a grid command,
+    checked against ``exp`` together with the scale, before any work."""
+    names = exp.choose_settings([s.strip() for v in settings or () for s in v.split(",") if s.strip()])
+    exp.scale(scale)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    return names, choose_seeds(seed_list)
+
+
+def _parameters(exp: Experiment) -> list[inspect.Parameter]:
+    scales = ", ".join(exp.scales)
+    common = [
+        ("out", opt.option(Path, "--out", help=f"Directory for runs/ and the {exp.stem}.* files; complete runs found "
+                           "there are skipped, incomplete ones resumed."), Path(f"{exp.name}-out")),
+        ("scale", opt.option(str, "--scale", help=f"One of {scales} (smoke: seconds per run on a CPU; quick: a CPU; "
+                             "full: one GPU)."), "quick" if "quick" in exp.scales else next(iter(exp.scales))),
+        ("settings", opt.option(list[str] | None, "--settings", help="Settings to run (repeatable or comma-separated; "
+                                f"of {', '.join(exp.settings)}; default: {', '.join(exp.default_settings)})."), None),
+        ("seeds", opt.option(str, "--seeds", help="Comma-separated seeds."), ",".join(map(str, exp.default_seeds))),
+        ("device", opt.Device, "auto"),
+        ("progress", opt.Progress, True),
+    ]
+    data = [(name, opt.DATA[name][0], opt.DATA[name][1]) for name in exp.options]
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+            for name, kind, default in common + data]
+
+
+def grid_command(exp: Experiment):
+    """The command function of ``exp``'s grid (for ``typer.Typer.command``): train every
+    (setting, seed) not yet complete in --out, write the summary, print its table."""
+
+    def command(**values) -> None:
+        from ..provenance import provenance
+        from ..train.grid import run_grid
+        from ..train.loop import resolve_device
+        from .train import _echo, command_line
+
+        out = values["out"]
+        names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
+        device = resolve_device(values["device"])
+        data = {}
+        for name in exp.options:
+            resolve = opt.DATA[name][2]
+            data[name] = resolve(values[name]) if resolve is not None else values[name]
+        doc = run_grid(exp, out, scale=values["scale"], settings=names, seeds=seeds, device=device, options=data,
+                       progress=values["progress"], log=_echo, provenance=provenance(command_line()))
+        typer.echo((out / f"{exp.stem}.md").read_text())
+        written = [str(out / f) for f in exp.result_files if (out / f).is_file()]
+        typer.echo(f"written: {', '.join(written)} ({len(doc['settings'])} settings)")
+
+    params = _parameters(exp)
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = exp.help
+    command.__name__ = exp.name.replace("-", "_")
+    return command
+
+
+def register(app: typer.Typer, experiments) -> None:
+    """Add one command per experiment to ``app`` (the ``train`` group)."""
+    for exp in experiments:
+        app.command(exp.name, help=exp.help)(grid_command(exp))

@@ -1,0 +1,77 @@
+"""The command-line options several ``tokendyn`` commands share, each declared once as a typer
+``Annotated`` alias; a command gives the default (``device: Device = "auto"``). :func:`option`
+makes one where a command's help must say more.
+
+:data:`DATA`: the data options an experiment description may name (``Experiment.options``): the
+generated ``tokendyn train EXPERIMENT`` command declares them from here and hands their values,
+resolved, to the experiment's ``prepare``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def option(kind: Any, *flags: str, help: str | None = None) -> Any:
+    """``Annotated[kind, typer.Option(*flags, help=help)]``."""
+    return Annotated[kind, typer.Option(*flags, help=help)]
+
+
+# what a run writes, where, on which device, and how
+RunOut = option(Path | None, "--out", help="Run directory (metrics.jsonl, checkpoint/, result.json).")
+Resume = option(Path | None, "--resume", help="Continue the run in this directory from its last checkpoint (the "
+                "settings must be the run's).")
+Device = option(str, "--device", help="cpu, cuda, cuda:N or auto.")
+Backend = option(str, "--backend", help="Selective-scan backend (auto, triton, chunked, reference).")
+Progress = option(bool, "--progress/--no-progress", help="Show a progress bar.")
+Seed = option(int, "--seed", help="Seed of the initialisation, the batch order and the augmentation.")
+NoAutocast = option(bool, "--no-autocast", help="Train in float32 on CUDA too.")
+StopAfterSteps = option(int | None, "--stop-after-steps", help="Stop after this many steps (with a checkpoint), as "
+                        "if interrupted; --resume continues.")
+
+# the model
+DModel = option(int, "--d-model", help="Model width.")
+NLayer = option(int, "--n-layer", help="Number of layers.")
+DState = option(int, "--d-state", help="State size N of each channel.")
+Expand = option(int, "--expand", help="Inner width as a multiple of --d-model.")
+
+# the optimiser
+BatchSize = option(int, "--batch-size", help="Examples (sequences or images) per optimiser step, all processes "
+                   "together.")
+Lr = option(float, "--lr", help="Peak learning rate.")
+Warmup = option(float, "--warmup", help="Fraction of the steps with linear warm-up.")
+WeightDecay = option(float, "--weight-decay", help="AdamW weight decay.")
+
+# the data
+Text = option(list[Path] | None, "--text", help="UTF-8 text file(s) to train on instead of the built-in corpus "
+              "(the King James Bible); split 90/5/5 by contiguous blocks.")
+Wikitext = option(Path | None, "--wikitext", help="Directory with wiki.{train,valid,test}.tokens (WikiText-103 or "
+                  "WikiText-2) instead of the built-in corpus.")
+CacheDir = option(Path | None, "--cache-dir", help="Cache for tokenizers and token ids (default: $TOKENDYN_CACHE or "
+                  "~/.cache/tokendyn).")
+ImageData = option(str, "--data", help="fashion-mnist or folder (ImageFolder layout).")
+DataDir = option(Path | None, "--data-dir", help="Directory of the data: Fashion-MNIST's IDX files (default: the "
+                 "Debian package's), or the image folder.")
+
+# results
+Json = option(Path | None, "--json", help="Also write the results as JSON here.")
+
+
+def cache_dir(value: Path | None) -> Path:
+    """--cache-dir, or the default cache."""
+    from ..data.corpus import default_cache_dir
+
+    return value if value is not None else default_cache_dir()
+
+
+# name -> (alias, default, resolve: the value the experiment receives)
+DATA: dict[str, tuple[Any, Any, Any]] = {
+    "text": (Text, None, lambda v: list(v) if v else None),
+    "wikitext": (Wikitext, None, None),
+    "cache_dir": (CacheDir, None, cache_dir),
+    "data": (ImageData, "fashion-mnist", None),
+    "data_dir": (DataDir, None, None),
+}
