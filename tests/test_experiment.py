@@ -274,3 +274,38 @@ def test_the_report_section(tmp_path):
     assert [(c.claim, c.outcome) for c in res.checks] == [("Shifting up raises the score.", "not run"),
                                                           ("Shifting down raises the score.", "not run")]
     assert "tokendyn train toy --scale full" in res.checks[0].note
+
+
+def test_runs_record_where_they_were_trained_and_a_merged_summary_names_those_machines(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _grid(a, (0,), settings=["none"], provenance={"device": "GPU-A", "commit": "c1", "date": "d1", "command": "x"})
+    _grid(b, (1,), settings=["none"], provenance={"device": "GPU-B", "commit": "c2", "date": "d2", "command": "y"})
+    rec = json.loads((a / "runs" / "none-seed0" / "provenance.json").read_text())
+    assert rec["device"] == "GPU-A" and rec["commit"] == "c1" and rec["wall_s"] >= 0
+    shutil.copytree(b / "runs" / "none-seed1", a / "runs" / "none-seed1")
+    # summarised on another machine: the summary names the runs' machines, not its own
+    doc = summarise(TOY, a, "smoke", provenance={"device": "laptop", "commit": "c3"}, analyse=False)
+    assert doc["device"] == "GPU-A, GPU-B" and doc["runs_commits"] == ["c1", "c2"]
+    assert doc["runs_provenance"]["none-seed1"]["command"] == "y"
+    # a run without its record: the summary keeps the summarising call's device
+    (a / "runs" / "none-seed1" / "provenance.json").unlink()
+    assert summarise(TOY, a, "smoke", provenance={"device": "laptop"}, analyse=False)["device"] == "laptop"
+
+
+def test_summarise_only_trains_nothing(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tokendyn.cli.experiments import register
+
+    app = typer.Typer()
+    register(app, [TOY])
+    app.command("other")(lambda: None)
+    _grid(tmp_path / "o", (0, 1), settings=["up"])
+    CALLS.clear()
+    (tmp_path / "o" / "toy.json").unlink()
+    res = CliRunner().invoke(app, ["toy", "--out", str(tmp_path / "o"), "--scale", "smoke", "--summarise-only"])
+    assert res.exit_code == 0, res.output
+    assert CALLS == [] and json.loads((tmp_path / "o" / "toy.json").read_text())["settings"]["up"]["seeds"] == [0, 1]
+    res = CliRunner().invoke(app, ["toy", "--out", str(tmp_path / "none"), "--summarise-only"])
+    assert res.exit_code != 0 and "holds no runs/ folder" in str(res.exception)

@@ -38,10 +38,19 @@ def _parameters(exp: Experiment) -> list[inspect.Parameter]:
         ("seeds", opt.option(str, "--seeds", help="Comma-separated seeds."), ",".join(map(str, exp.default_seeds))),
         ("device", opt.Device, "auto"),
         ("progress", opt.Progress, True),
+        ("summarise_only", opt.option(bool, "--summarise-only", help="Train nothing: write the summary of the "
+                                      "complete runs in --out (e.g. after copying the runs/* of several result "
+                                      "folders into one)."), False),
     ]
     data = [(name, opt.DATA[name][0], opt.DATA[name][1]) for name in exp.options]
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
             for name, kind, default in common + data]
+
+
+def _print_written(exp: Experiment, out: Path, doc: dict) -> None:
+    typer.echo((out / f"{exp.stem}.md").read_text())
+    written = [str(out / f) for f in exp.result_files if (out / f).is_file()]
+    typer.echo(f"written: {', '.join(written)} ({len(doc['settings'])} settings)")
 
 
 def grid_command(exp: Experiment):
@@ -56,6 +65,14 @@ def grid_command(exp: Experiment):
 
         out = values["out"]
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
+        if values["summarise_only"]:
+            from ..train.summary import summarise
+
+            if not (out / "runs").is_dir():
+                raise ConfigError(f"{out} holds no runs/ folder to summarise.")
+            doc = summarise(exp, out, values["scale"], provenance=provenance(command_line()), log=_echo)
+            _print_written(exp, out, doc)
+            return
         device = resolve_device(values["device"])
         data = {}
         for name in exp.options:
@@ -63,9 +80,7 @@ def grid_command(exp: Experiment):
             data[name] = resolve(values[name]) if resolve is not None else values[name]
         doc = run_grid(exp, out, scale=values["scale"], settings=names, seeds=seeds, device=device, options=data,
                        progress=values["progress"], log=_echo, provenance=provenance(command_line()))
-        typer.echo((out / f"{exp.stem}.md").read_text())
-        written = [str(out / f) for f in exp.result_files if (out / f).is_file()]
-        typer.echo(f"written: {', '.join(written)} ({len(doc['settings'])} settings)")
+        _print_written(exp, out, doc)
 
     params = _parameters(exp)
     command.__signature__ = inspect.Signature(params)

@@ -75,6 +75,29 @@ def shared_identity(ident: dict, setting_keys) -> dict:
     return ident
 
 
+RUN_PROVENANCE = "provenance.json"
+PROVENANCE_KEYS = ("device", "date", "commit", "command")
+
+
+def record_provenance(run_dir: Path, provenance: dict | None, device, wall_s: float) -> None:
+    """RUN_DIR/provenance.json: the device, date, commit and command of the call that finished the
+    run, and its wall time. It travels with the run when result folders are merged, so a summary
+    of runs from several calls or machines says where each came from."""
+    prov = provenance or {}
+    record = {k: prov.get(k) for k in PROVENANCE_KEYS}
+    record["device"] = record["device"] or str(device)
+    record["wall_s"] = round(wall_s, 2)
+    runstate.atomic_write_text(Path(run_dir) / RUN_PROVENANCE, json.dumps(record, indent=1) + "\n")
+
+
+def read_provenance(run_dir: Path) -> dict | None:
+    """A run's provenance.json (:func:`record_provenance`), or None (absent or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / RUN_PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seeds=None, device="auto",
              options: dict | None = None, progress: bool = True, log=print, provenance: dict | None = None,
              analyse: bool = True) -> dict:
@@ -98,7 +121,10 @@ def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seed
         t = time.perf_counter()
         res = exp.train(data, p, exp.settings[setting], seed, run_dir, resume=resume, device=device,
                         progress=progress, log=log)
+        wall = time.perf_counter() - t
+        if not getattr(res, "stopped_early", False):
+            record_provenance(run_dir, provenance, device, wall)
         log(f"{run_name(setting, seed)}: {exp.metric.label} {res.test[exp.metric.result]:.{exp.metric.digits}f} in "
-            f"{time.perf_counter() - t:.1f} s")
+            f"{wall:.1f} s")
     return summarise(exp, out, scale, device=str(device), provenance=provenance, log=log, data=data,
                      analyse=analyse, call_runs=[run_name(s, k) for s in settings for k in seeds], started=t0)

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from . import state as runstate
 from .experiment import ORIGINS, Experiment
 from .figures import save_figure
-from .grid import Run, collect, shared_identity
+from .grid import Run, collect, read_provenance, run_name, shared_identity
 from .seeds import format_mean_std, mean_curve, mean_std, seed_comparison
 
 
@@ -84,6 +84,13 @@ def summary_doc(exp: Experiment, runs: dict[str, list[Run]], scale: str, device:
     }
     if not doc.get("device"):
         doc["device"] = device
+    # where each run was trained: a summary written elsewhere (merged folders, --summarise-only)
+    # names the machines of the runs, not its own
+    trained = {run_name(s, r.seed): read_provenance(r.dir) for s in settings for r in runs[s]}
+    if trained and all(trained.values()):
+        doc["runs_provenance"] = trained
+        doc["device"] = ", ".join(sorted({t["device"] for t in trained.values()}))
+        doc["runs_commits"] = sorted({str(t.get("commit")) for t in trained.values()})
     return doc
 
 
