@@ -6,13 +6,19 @@
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# chromium: the headless browser tests/test_report_browser.py opens the report pages in
+# chromium: the headless browser tests/test_report_browser.py opens the report pages in;
+# dict-gcide, python3.11-doc, linux-doc-6.1, perl-doc: the english corpus beside the Bible
+# (tokendyn/data/debian_text.py), which the full scale of lm-scenarios trains on
+PACKAGES="bible-kjv dataset-fashion-mnist chromium dict-gcide python3.11-doc linux-doc-6.1 perl-doc"
 if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2>&1 \
-        || ! command -v chromium >/dev/null 2>&1; then
-    echo "setup: installing Debian packages bible-kjv, dataset-fashion-mnist and chromium"
+        || ! command -v chromium >/dev/null 2>&1 || [ ! -e /usr/share/dictd/gcide.dict.dz ] \
+        || [ ! -d /usr/share/doc/python3.11/html/_sources ] || [ ! -d /usr/share/doc/linux-doc-6.1/Documentation ] \
+        || [ ! -d /usr/share/perl/5.36.0/pod ]; then
+    echo "setup: installing Debian packages $PACKAGES"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv dataset-fashion-mnist chromium >/dev/null
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PACKAGES >/dev/null
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -53,6 +53,7 @@ def lm(
     resume: opt.Resume = None,
     text: opt.Text = None,
     wikitext: opt.Wikitext = None,
+    corpus: opt.Corpus = None,
     tokenizer: Path = typer.Option(None, "--tokenizer", help="A tokenizer.json to use instead of training a "
                                    "byte-level BPE."),
     vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokens of the byte-level BPE trained on the "
@@ -101,7 +102,7 @@ def lm(
                       weight_decay=weight_decay, decay_rule=decay_rule, grad_clip=grad_clip, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast)
     data = prepare_data(text_files=text or None, wikitext=wikitext, tokenizer=tokenizer, vocab_size=vocab_size,
-                        cache_dir=opt.cache_dir(cache_dir))
+                        cache_dir=opt.cache_dir(cache_dir), builtin=corpus)
     spec.config(data.vocab_size, scan_backend=backend)   # refuse a bad model before touching the directory
     result, _ = train_lm(data, spec, cfg, context=context, batch_size=batch_size, out=run_dir,
                          resume=resume is not None, device=device, eval_tokens=eval_tokens,

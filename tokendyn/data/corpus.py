@@ -157,15 +157,16 @@ def english_corpus(sources=None) -> TextCorpus:
 BUILTIN_CORPORA = {"bible": builtin_corpus, "english": english_corpus}
 
 
-def load_corpus(text_files=None, wikitext=None, builtin: str = "bible") -> TextCorpus:
+def load_corpus(text_files=None, wikitext=None, builtin: str | None = None) -> TextCorpus:
     """The corpus a command asked for: text files, a WikiText directory, or the built-in corpus
-    named ``builtin`` (a key of :data:`BUILTIN_CORPORA`)."""
-    if text_files and wikitext:
-        raise ConfigError("pass either text files or a WikiText directory, not both.")
+    named ``builtin`` (a key of :data:`BUILTIN_CORPORA`; None: the Bible)."""
+    if sum(bool(x) for x in (text_files, wikitext, builtin)) > 1:
+        raise ConfigError("pass one of text files, a WikiText directory or a built-in corpus, not several.")
     if wikitext:
         return wikitext_corpus(wikitext)
     if text_files:
         return text_files_corpus(text_files)
+    builtin = builtin or "bible"
     if builtin not in BUILTIN_CORPORA:
         raise ConfigError(f"unknown built-in corpus {builtin!r}; choose one of {', '.join(BUILTIN_CORPORA)}.")
     return BUILTIN_CORPORA[builtin]()

@@ -51,11 +51,12 @@ COMPARISONS = (
 
 
 def prepare(p: dict, options: dict):
-    """The tokenised corpus of scale ``p``: --text files, a --wikitext directory, or the scale's
-    built-in corpus (``p["corpus"]``, default the Bible)."""
-    return prepare_data(text_files=options.get("text") or None, wikitext=options.get("wikitext"),
-                        vocab_size=p["vocab_size"], cache_dir=options.get("cache_dir"),
-                        builtin=p.get("corpus", "bible"))
+    """The tokenised corpus of scale ``p``: --text files, a --wikitext directory, or a built-in
+    corpus: --corpus, else the scale's (``p["corpus"]``, default the Bible)."""
+    text, wikitext = options.get("text") or None, options.get("wikitext")
+    builtin = options.get("corpus") or (None if text or wikitext else p.get("corpus"))
+    return prepare_data(text_files=text, wikitext=wikitext, vocab_size=p["vocab_size"],
+                        cache_dir=options.get("cache_dir"), builtin=builtin)
 
 
 def data_label(data) -> str:
@@ -126,7 +127,7 @@ EXPERIMENT = Experiment(
         FigureSpec("lm_scenarios_token_norms.png", "token norms"),
     ),
     colours=SETTING_COLOURS,
-    options=("text", "wikitext", "cache_dir"),
+    options=("text", "wikitext", "corpus", "cache_dir"),
     prepare=prepare,
     data_label=data_label,
     train=train,

@@ -59,7 +59,7 @@ def model_identity(config: MambaConfig) -> dict:
 
 
 def prepare_data(text_files=None, wikitext=None, tokenizer=None, vocab_size: int = 4096,
-                 cache_dir: Path | None = None, builtin: str = "bible") -> corpora.TokenizedCorpus:
+                 cache_dir: Path | None = None, builtin: str | None = None) -> corpora.TokenizedCorpus:
     """The tokenised corpus a run trains on (see :mod:`tokendyn.data.corpus`); ``builtin`` names
     the built-in corpus used when neither text files nor WikiText are given."""
     corpus = corpora.load_corpus(text_files=text_files, wikitext=wikitext, builtin=builtin)
