@@ -18,7 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from tokendyn.model import MambaConfig, MambaLM  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
 from tokendyn.model.checkpoint import export_hf, inspect_checkpoint, load_model, save_model  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
-from tokendyn.model.checkpoint_layouts import config_kwargs_hf, config_to_hf, expected_shapes  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
+from tokendyn.model.checkpoint_layouts import config_kwargs_hf, config_to_hf  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
+from tokendyn.model.mamba1 import expected_shapes  # noqa: E402 -- after HF_HUB_OFFLINE and importorskip
 
 TOL = 1e-4
 L = 13

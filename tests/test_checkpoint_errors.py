@@ -19,7 +19,7 @@ from tokendyn.cli import main
 from tokendyn.errors import CheckpointError, ConfigError
 from tokendyn.model import MambaConfig
 from tokendyn.model.checkpoint import export_hf, inspect_checkpoint, load_model
-from tokendyn.model.checkpoint_layouts import expected_shapes
+from tokendyn.model.mamba1 import expected_shapes
 
 SMALL = dict(d_model=16, n_layer=2, vocab_size=30, d_state=4, d_conv=3, expand=2)
 
@@ -94,7 +94,7 @@ def _case_mamba2_state_spaces(tmp):
 
 def _case_mamba2_hf(tmp):
     cfg = {"model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "hidden_size": 16}
-    return _write(tmp / "c", cfg, {}), "Mamba-2"
+    return _write(tmp / "c", cfg, {}), "model_type 'mamba2'"
 
 
 def _case_hybrid(tmp):

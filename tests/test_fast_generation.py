@@ -40,13 +40,13 @@ def test_in_place_step_equals_step_and_full_forward(io_constraint):
     with torch.no_grad():
         full = model(ids)
         copied, in_place = model.allocate_cache(3), model.allocate_cache(3)
-        ptrs = [t.data_ptr() for t in in_place.conv_states + in_place.ssm_states]
+        ptrs = [t.data_ptr() for t in in_place.tensors()]
         a = torch.stack([model.step(ids[:, t], copied) for t in range(9)], dim=1)
         b = torch.stack([model.step_(ids[:, t], in_place) for t in range(9)], dim=1)
-    assert [t.data_ptr() for t in in_place.conv_states + in_place.ssm_states] == ptrs
+    assert [t.data_ptr() for t in in_place.tensors()] == ptrs
     assert torch.equal(a, b)
     torch.testing.assert_close(b, full, rtol=1e-10, atol=1e-10)
-    for x, y in zip(copied.conv_states + copied.ssm_states, in_place.conv_states + in_place.ssm_states):
+    for x, y in zip(copied.tensors(), in_place.tensors()):
         assert torch.equal(x, y)
 
 
@@ -113,7 +113,7 @@ def test_fused_in_place_step_matches_the_plain_step(dtype, io_constraint, monkey
 
     if dtype == torch.float32:
         assert rel(got, want) <= 1e-5
-        assert all(rel(a, b) <= 1e-5 for a, b in zip(fused.ssm_states, plain.ssm_states))
+        assert all(rel(a, b) <= 1e-5 for a, b in zip(fused.tensors()[1::2], plain.tensors()[1::2]))
     else:
         # bfloat16 roundings differ between the paths, so compare each with float64. Triton's
         # interpreter rounds float32 -> bfloat16 by truncation (CUDA: to nearest), hence the wider bound.

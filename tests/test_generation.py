@@ -55,9 +55,10 @@ def test_prefill_state_equals_stepped_state():
     filled = model.allocate_cache(2)
     with torch.no_grad():
         model(ids, cache=filled)
-    for a, b in zip(stepped.conv_states + stepped.ssm_states, filled.conv_states + filled.ssm_states):
+    for a, b in zip(stepped.tensors(), filled.tensors()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert stepped.ssm_states[0].shape == (2, 32, 4) and stepped.conv_states[0].shape == (2, 32, 4)
+    conv, ssm = stepped.states[0]
+    assert ssm.shape == (2, 32, 4) and conv.shape == (2, 32, 4)
 
 
 @settings(max_examples=6, deadline=None)
@@ -78,7 +79,7 @@ def test_bfloat16_step_close_to_forward():
     with torch.no_grad():
         full = model(ids).float()
     stepped = stepped_logits(model, ids)[0].float()
-    assert model.allocate_cache(1).ssm_states[0].dtype == torch.float32
+    assert model.allocate_cache(1).states[0][1].dtype == torch.float32
     assert ((stepped - full).abs().max() / full.abs().max()).item() < 0.05
 
 

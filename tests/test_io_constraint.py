@@ -192,7 +192,8 @@ def test_save_load_round_trip(setting, tmp_path):
     model = _perturbed(MambaLM(small(setting, 5))).eval()
     model.save(tmp_path / "m")
     raw = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert raw["kind"] == "lm" and raw["io_constraint"] == setting and raw["layer"] == "mamba1"
+    assert raw["kind"] == "lm" and raw["format_version"] == 3 and raw["layer"] == "mamba1"
+    assert raw["variants"]["io_constraint"] == {"io_constraint": setting, "io_margin": 0.7}
     again = load_model(tmp_path / "m")
     assert type(again.backbone.layers[1].mixer) is type(model.backbone.layers[1].mixer)
     assert again.config == model.config
@@ -257,7 +258,8 @@ def test_info_and_analyze_on_a_constrained_checkpoint(tmp_path):
     res = runner.invoke(app, ["info", str(tmp_path / "m"), "--json", str(tmp_path / "info.json")])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "info.json").read_text())
-    assert data["kind"] == "lm" and data["config"]["io_constraint"] == "mixed"
+    assert data["kind"] == "lm" and data["config"]["variants"]["io_constraint"]["io_constraint"] == "mixed"
+    assert data["family"] == "mamba1" and data["variants"] == ["io_constraint"]
     assert data["n_params"] == model.num_parameters()
     res = runner.invoke(app, ["analyze", str(tmp_path / "m"), "--out", str(tmp_path / "a"), "--max-tokens", "64"])
     assert res.exit_code == 0, res.output

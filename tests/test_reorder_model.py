@@ -121,7 +121,8 @@ def test_reordering_model_saves_loads_and_analyses(tmp_path, capsys):
     code, err = run_cli(["info", tmp_path / "m", "--json", tmp_path / "info.json"], capsys)
     assert code == 0, err
     info = json.loads((tmp_path / "info.json").read_text())
-    assert info["config"]["reorder"] == "soft" and info["config"]["reorder_layers"] == [0, 1]
+    reorder = info["config"]["variants"]["reorder"]
+    assert reorder["reorder"] == "soft" and reorder["reorder_layers"] == [0, 1] and info["variants"] == ["reorder"]
     code, err = run_cli(["analyze", tmp_path / "m", "--out", tmp_path / "an", "--max-tokens", "49"], capsys)
     assert code == 0, err
     an = json.loads((tmp_path / "an" / "analysis.json").read_text())

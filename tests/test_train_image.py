@@ -65,7 +65,7 @@ def test_train_image_resumes_exactly(tmp_path, capsys, fashion, reorder):
     code, err = run_cli(["info", a / "checkpoint", "--json", tmp_path / "info.json"], capsys)
     assert code == 0, err
     info = json.loads((tmp_path / "info.json").read_text())
-    assert info["config"]["reorder"] == reorder and info["config"]["patch_size"] == 7
+    assert info["config"]["variants"]["reorder"]["reorder"] == reorder and info["config"]["patch_size"] == 7
 
 
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, fashion):

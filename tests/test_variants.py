@@ -1,39 +1,40 @@
-"""The mixer registry (tokendyn.model.variants): families, variants, hooks, and checkpoints that
-identify a model by kind + config."""
+"""The mixer registry (tokendyn.model.families): families, variants and their settings, hooks, and
+checkpoints that identify a model by kind + config (this version's nested config.json and the
+flat ones of versions 1 and 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tokendyn.errors import ConfigError
 from tokendyn.model import (
     ClassifierConfig,
+    Mamba1Settings,
     MambaClassifier,
     MambaConfig,
     MambaLM,
     MambaMixer,
+    families,
     load_model,
-    variants,
 )
 from tokendyn.model.checkpoint import _expected, inspect_checkpoint, save_model
-from tokendyn.model.io_constraint import IOConstrained
-from tokendyn.model.variants import (
-    build_mixer,
-    mixer_class,
-    mixer_families,
-    register_variant,
-    variant_names,
-)
+from tokendyn.model.families import build_mixer, family_names, mixer_class, register_variant, variant_names
+from tokendyn.model.io_constraint import IOConstrained, IOConstraintSettings
 
 CFG = dict(d_model=8, n_layer=2, vocab_size=30, d_state=3)
+FORMAT_V2 = Path(__file__).parent / "data" / "format_v2"
 
 
 def test_builtin_family_and_variant():
-    assert "mamba1" in mixer_families()
-    assert "io_constraint" in variant_names()
+    assert "mamba1" in family_names()
+    assert variant_names()[:2] == ("io_constraint", "reorder")
     cfg = MambaConfig(**CFG)
     assert mixer_class(cfg) is MambaMixer and type(build_mixer(cfg, 0)) is MambaMixer
     constrained = MambaConfig(**CFG, io_constraint="positive")
@@ -48,12 +49,45 @@ def test_unknown_layer_is_a_config_error():
         MambaConfig(**CFG, layer="mamba9")
 
 
+def test_flat_and_nested_options_make_the_same_config():
+    flat = MambaConfig(**CFG, io_constraint="positive", dt_rank=2)
+    nested = MambaConfig(d_model=8, n_layer=2, vocab_size=30, mixer=Mamba1Settings(d_state=3, dt_rank=2),
+                         variants={"io_constraint": IOConstraintSettings("positive")})
+    as_dicts = MambaConfig(d_model=8, n_layer=2, vocab_size=30, mixer={"d_state": 3, "dt_rank": 2},
+                           variants={"io_constraint": {"io_constraint": "positive"}})
+    assert flat == nested == as_dicts == MambaConfig.from_dict(flat.to_dict())
+    assert MambaConfig.from_dict(flat.flat_dict()) == flat
+    assert (flat.d_state, flat.dt_rank_value, flat.d_inner, flat.io_constraint) == (3, 2, 16, "positive")
+    assert flat.active_variants() == ["io_constraint"] and flat.label() == "mamba1, io_constraint=positive"
+    assert dataclasses.replace(flat, io_constraint="none", d_state=4) == MambaConfig(**{**CFG, "d_state": 4},
+                                                                                      dt_rank=2)
+    with pytest.raises(ConfigError, match="an option of the mixer's settings"):
+        flat.d_state = 5
+    with pytest.raises(ConfigError, match="unknown MambaConfig field"):
+        MambaConfig(**CFG, d_staet=3)
+    with pytest.raises(ConfigError, match="unknown layer 'mamba1' setting"):
+        MambaConfig(d_model=8, n_layer=2, vocab_size=30, mixer={"io_constraint": "positive"})
+    with pytest.raises(ConfigError, match="no variant 'sideways'"):
+        MambaConfig(**CFG, variants={"sideways": {}})
+
+
+@dataclass(frozen=True)
+class _ReverseSettings:
+    reverse_test_layers: tuple = ()
+
+    def applies(self, layer_idx):
+        return layer_idx in self.reverse_test_layers
+
+    def check(self, config):
+        pass
+
+
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Register test variants without leaving them behind."""
-    monkeypatch.setattr(variants, "_VARIANTS", list(variants._VARIANTS))
-    monkeypatch.setattr(variants, "_COMPOSED", {})
-    return variants
+    monkeypatch.setattr(families, "_VARIANTS", dict(families._VARIANTS))
+    monkeypatch.setattr(families, "_COMPOSED", {})
+    return families
 
 
 class _Reversed:
@@ -72,9 +106,10 @@ class _Reversed:
 
 
 def test_token_hooks_are_called_around_the_scan(scratch_registry):
-    register_variant("reverse_test", applies=lambda cfg, i: i == 1)(_Reversed)
+    register_variant("reverse_test", _ReverseSettings, _Reversed, families=("mamba1",))
     torch.manual_seed(0)
-    cfg = MambaConfig(**CFG, io_constraint="mixed")
+    cfg = MambaConfig(**CFG, io_constraint="mixed", reverse_test_layers=(1,))
+    assert cfg.active_variants(1) == ["io_constraint", "reverse_test"]
     model = MambaLM(cfg).double()
     mixers = [layer.mixer for layer in model.backbone.layers]
     assert not isinstance(mixers[0], _Reversed) and isinstance(mixers[1], _Reversed)
@@ -121,15 +156,32 @@ def test_checkpoints_of_the_first_writer_still_load(tmp_path, legacy, kind):
         model = MambaClassifier(ClassifierConfig(input_dim=2, n_classes=3, d_model=8, n_layer=2, d_state=3)).eval()
         x = torch.randn(2, 5, 2)
     save_model(model, tmp_path / "m")
-    raw = json.loads((tmp_path / "m" / "config.json").read_text())
-    for key in ("kind", "layer", "io_constraint", "io_margin"):
+    raw = {"format": "tokendyn", "format_version": 1, "architecture": legacy, **model.config.flat_dict()}
+    for key in ("layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_power", "reorder_layers",
+                "reorder_branches"):
         raw.pop(key)
-    raw.update(format_version=1, architecture=legacy)
     (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
     again = load_model(tmp_path / "m")
     assert inspect_checkpoint(tmp_path / "m").kind == kind and again.config == model.config
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["lm_io_positive", "classifier_reorder"])
+def test_checkpoints_of_format_2_still_load(tmp_path, name):
+    """Written by the version before families had their own settings (format_version 2, every option
+    flat): the same config and the same outputs, and saved again in this version's nested form."""
+    model = load_model(FORMAT_V2 / name)
+    raw = json.loads((FORMAT_V2 / name / "config.json").read_text())
+    assert raw["format_version"] == 2 and "mixer" not in raw
+    assert model.config.flat_dict() == {k: v for k, v in raw.items() if k not in ("format", "format_version", "kind")}
+    expected = load_file(str(FORMAT_V2 / name / "expected.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(model(expected["input"]), expected["logits"])
+    model.save(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["format_version"] == 3 and again["mixer"]["d_state"] == 3 and "io_constraint" not in again
+    assert load_model(tmp_path / "again").config == model.config
 
 
 def test_unknown_kind_is_refused(tmp_path):

@@ -174,11 +174,8 @@ class Analysis:
 
 
 def config_summary(model) -> dict:
-    cfg = model.config
-    keys = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank_value", "d_inner",
-            "layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_layers",
-            "reorder_branches", "n_classes", "patch_size", "bidirectional")
-    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+    """The model's config, options flat, with the family's derived sizes (``config.summary()``)."""
+    return model.config.summary()
 
 
 def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = None,

@@ -308,7 +308,7 @@ def render_html(data: dict, figures: dict[str, Path]) -> str:
     header = (f"<h1>tokendyn analysis</h1><dl><dt>checkpoint</dt><dd><code>{esc(data['checkpoint'])}</code> "
               f"({esc(data['layout'])} layout)</dd><dt>model</dt><dd>{cfg.get('n_layer')} layers, d_model "
               f"{cfg.get('d_model')}, d_inner {cfg.get('d_inner')}, d_state {cfg.get('d_state')}, mixer "
-              f"{esc(cfg.get('layer', 'mamba1'))}, io_constraint {esc(cfg.get('io_constraint', 'none'))}</dd>"
+              f"{esc(cfg.get('label') or cfg.get('layer', 'mamba1'))}</dd>"
               f"<dt>input</dt><dd>{esc(inp['description'])}</dd>"
               + "".join(f"<dt>{k}</dt><dd>{esc(prov.get(k))}</dd>" for k in ("device", "commit", "date") if prov.get(k))
               + "</dl>")

@@ -33,13 +33,24 @@ def info(
     console.print(f"[bold]{escape(found.path)}[/bold]")
     console.print(f"layout: [bold]{found.layout}[/bold]")
     console.print(f"kind: {found.kind}")
+    family = found.config.family
+    console.print(f"mixer family: {family.name} ({escape(family.title)})")
+    console.print(f"variants in use: {', '.join(data['variants']) or 'none'}")
     console.print(f"parameters: {found.n_params:,}")
     console.print(f"files: {escape(', '.join(found.files))}")
     table = Table(title="config", show_header=True)
     table.add_column("field")
     table.add_column("value")
-    for key, value in data["config"].items():
-        table.add_row(key, escape(str(value)))
+    table.add_column("of")
+    config = data["config"]
+    for key, value in config.items():
+        if key not in ("mixer", "variants"):
+            table.add_row(key, escape(str(value)), "model")
+    for key, value in config["mixer"].items():
+        table.add_row(key, escape(str(value)), f"layer {family.name}")
+    for name, settings in config["variants"].items():
+        for key, value in settings.items():
+            table.add_row(key, escape(str(value)), f"variant {name}")
     console.print(table)
 
     if json_out is not None:

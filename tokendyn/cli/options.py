@@ -14,6 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import ConfigError
+from ..model.families import parse_option
+
 
 def option(kind: Any, *flags: str, help: str | None = None) -> Any:
     """``Annotated[kind, typer.Option(*flags, help=help)]``."""
@@ -35,8 +38,29 @@ StopAfterSteps = option(int | None, "--stop-after-steps", help="Stop after this 
 # the model
 DModel = option(int, "--d-model", help="Model width.")
 NLayer = option(int, "--n-layer", help="Number of layers.")
-DState = option(int, "--d-state", help="State size N of each channel.")
-Expand = option(int, "--expand", help="Inner width as a multiple of --d-model.")
+# the mixer: its family and the options of the family and its variants (tokendyn.model.families);
+# a command's own flags for options (--d-state, --io-constraint, ...) default to None, "not given",
+# so that the family's settings keep their defaults
+Layer = option(str, "--layer", help="Mixer family (docs/models.md, \"Families and variants\").")
+MixerOption = option(list[str] | None, "--mixer-option", help="An option of the mixer family or of one of its "
+                     "variants as NAME=VALUE, read as JSON where it is JSON (repeatable; e.g. d_conv=3, "
+                     "io_constraint=positive, reorder_layers=[0,1]).")
+DState = option(int | None, "--d-state", help="State size N of each channel (Mamba-1; default 16).")
+Expand = option(int | None, "--expand", help="Inner width as a multiple of --d-model (Mamba-1; default 2).")
+
+
+def mixer_options(texts: list[str] | None, **flags: Any) -> dict[str, Any]:
+    """The mixer options of a command: its own flags for options (``flags``: option name -> value,
+    None where the flag was not given) and each ``--mixer-option NAME=VALUE``. Whose options they
+    are the config decides; a name given twice is refused."""
+    out = {name: value for name, value in flags.items() if value is not None}
+    for text in texts or []:
+        name, value = parse_option(text)
+        if name in out:
+            raise ConfigError(f"the mixer option {name} is given twice (a flag and --mixer-option, or two "
+                              "--mixer-option).")
+        out[name] = value
+    return out
 
 # the optimiser
 BatchSize = option(int, "--batch-size", help="Examples (sequences or images) per optimiser step, all processes "

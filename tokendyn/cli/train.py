@@ -60,11 +60,15 @@ def lm(
                                    "training split (>= 256)."),
     d_model: opt.DModel = 128,
     n_layer: opt.NLayer = 4,
-    d_state: opt.DState = 16,
-    expand: opt.Expand = 2,
-    io_constraint: str = typer.Option("none", "--io-constraint", help="Sign of S_Cᵀ S_B: none, positive, negative, "
-                                      "mixed (the authors': no ε) or mixed_margin."),
-    io_margin: float = typer.Option(0.7, "--io-margin", help="ε of the constraint (> 0; not used by mixed)."),
+    layer: opt.Layer = "mamba1",
+    mixer_option: opt.MixerOption = None,
+    d_state: opt.DState = None,
+    expand: opt.Expand = None,
+    io_constraint: str = typer.Option(None, "--io-constraint", help="Sign of S_Cᵀ S_B (Mamba-1's io_constraint "
+                                      "variant): none (default), positive, negative, mixed (the authors': no ε) or "
+                                      "mixed_margin."),
+    io_margin: float = typer.Option(None, "--io-margin", help="ε of the constraint (> 0, default 0.7; not used by "
+                                    "mixed)."),
     final_dropout: float = typer.Option(0.0, "--final-dropout", help="Dropout on the final hidden states "
                                         "(the authors' language models: 0.3)."),
     context: int = typer.Option(256, "--context", help="Tokens per training sequence."),
@@ -96,8 +100,9 @@ def lm(
     from ..train.loop import TrainConfig, is_main_process
 
     run_dir = run_directory(out, resume)
-    spec = LMModelSpec(d_model=d_model, n_layer=n_layer, d_state=d_state, expand=expand, io_constraint=io_constraint,
-                       io_margin=io_margin, final_dropout=final_dropout)
+    options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, io_constraint=io_constraint,
+                                io_margin=io_margin)
+    spec = LMModelSpec(d_model=d_model, n_layer=n_layer, layer=layer, mixer=options, final_dropout=final_dropout)
     cfg = TrainConfig(steps=steps, micro_batch=micro_batch, lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio,
                       weight_decay=weight_decay, decay_rule=decay_rule, grad_clip=grad_clip, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast)

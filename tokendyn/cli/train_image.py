@@ -31,18 +31,21 @@ def image(
     patch_size: int = typer.Option(4, "--patch-size", help="Patch side; each patch is one token."),
     d_model: opt.DModel = 64,
     n_layer: opt.NLayer = 4,
-    d_state: opt.DState = 16,
-    expand: opt.Expand = 2,
+    layer: opt.Layer = "mamba1",
+    mixer_option: opt.MixerOption = None,
+    d_state: opt.DState = None,
+    expand: opt.Expand = None,
     bidirectional: bool = typer.Option(True, "--bidirectional/--unidirectional", help="Odd layers scan in reverse."),
     pooling: str = typer.Option("mean", "--pooling", help="mean or last."),
     positions: bool = typer.Option(True, "--positions/--no-positions", help="Learned position embedding."),
-    reorder: str = typer.Option("none", "--reorder",
-                                help="Token reordering: none, soft (SoftSort) or hard (exact sort)."),
-    reorder_tau: float = typer.Option(1.0, "--reorder-tau", help="SoftSort temperature τ (> 0)."),
-    reorder_power: float = typer.Option(1.0, "--reorder-power", help="SoftSort power p (> 0)."),
-    reorder_layers: str = typer.Option("0", "--reorder-layers", help="Comma-separated layers that reorder."),
-    reorder_branches: str = typer.Option("xz", "--reorder-branches", help="xz (x and gate z) or x (the authors' "
-                                         "x-only ablation)."),
+    reorder: str = typer.Option(None, "--reorder", help="Token reordering (Mamba-1's reorder variant): none "
+                                "(default), soft (SoftSort) or hard (exact sort)."),
+    reorder_tau: float = typer.Option(None, "--reorder-tau", help="SoftSort temperature τ (> 0, default 1)."),
+    reorder_power: float = typer.Option(None, "--reorder-power", help="SoftSort power p (> 0, default 1)."),
+    reorder_layers: str = typer.Option(None, "--reorder-layers", help="Comma-separated layers that reorder "
+                                       "(default 0)."),
+    reorder_branches: str = typer.Option(None, "--reorder-branches", help="xz (x and gate z; default) or x (the "
+                                         "authors' x-only ablation)."),
     epochs: int = typer.Option(5, "--epochs"),
     batch_size: opt.BatchSize = 256,
     lr: opt.Lr = 3e-3,
@@ -66,10 +69,11 @@ in the run directory."""
     from ..train.loop import TrainConfig, is_main_process
 
     run_dir = run_directory(out, resume)
-    spec = ImageModelSpec(d_model=d_model, n_layer=n_layer, d_state=d_state, expand=expand, patch_size=patch_size,
-                          bidirectional=bidirectional, pooling=pooling, positions=positions, reorder=reorder,
-                          reorder_tau=reorder_tau, reorder_power=reorder_power,
-                          reorder_layers=_layers(reorder_layers), reorder_branches=reorder_branches)
+    options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, reorder=reorder, reorder_tau=reorder_tau,
+                                reorder_power=reorder_power, reorder_branches=reorder_branches,
+                                reorder_layers=None if reorder_layers is None else _layers(reorder_layers))
+    spec = ImageModelSpec(d_model=d_model, n_layer=n_layer, patch_size=patch_size, bidirectional=bidirectional,
+                          pooling=pooling, positions=positions, layer=layer, mixer=options)
     cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, autocast=not no_autocast)
     dataset = load_images(data, data_dir, size=image_size, channels=channels, download=download)
     spec.config(dataset.image_shape, dataset.n_classes, scan_backend=backend)   # refuse a bad model first

@@ -1,19 +1,41 @@
-"""Mamba-1 models: config, S6 mixer, blocks, language model, sequence classifier,
-recurrent inference and generation. Parameter names follow state-spaces mamba_ssm."""
+"""Models: config, mixer families and their registry, the mixer contract, blocks, language
+model, sequence classifier, recurrent inference, generation and checkpoints. Parameter names
+follow state-spaces mamba_ssm.
 
+The built-in mixer family (Mamba-1) and its variants register themselves when their modules are
+imported, which this package does first (docs/models.md, "Families and variants").
+"""
+
+# the built-in family and variants, registered in this order (the variants' composition order)
+from . import io_constraint as _io_constraint  # noqa: F401 -- registers the variant "io_constraint"
+from . import mixer as _mamba1  # noqa: F401 -- registers the family "mamba1"
+from . import reorder_mixer as _reorder  # noqa: F401 -- registers the variant "reorder"
 from .blocks import Block, MambaBackbone, RMSNorm
+from .cache import InferenceCache
+from .checkpoint import load_model, save_model
 from .classifier import MambaClassifier
 from .config import ClassifierConfig, MambaConfig
-from .generation import InferenceCache, generate, sample_next
+from .contract import IOParameters, Mixer, MixerBase, MixerRun
+from .families import build_mixer, get_family, register_family, register_variant
+from .generation import generate, sample_next
 from .lm import MambaLM
-from .mixer import MambaMixer, MixerRun
+from .mamba1 import Mamba1Settings
+from .mixer import MambaMixer
 from .outputs import MambaOutput, MixerInternals
 
 __all__ = [
     "MambaConfig",
     "ClassifierConfig",
+    "Mamba1Settings",
     "MambaMixer",
+    "Mixer",
+    "MixerBase",
     "MixerRun",
+    "IOParameters",
+    "register_family",
+    "register_variant",
+    "get_family",
+    "build_mixer",
     "Block",
     "MambaBackbone",
     "RMSNorm",
@@ -27,13 +49,3 @@ __all__ = [
     "load_model",
     "save_model",
 ]
-
-
-def __getattr__(name):
-    # Checkpoint I/O lives in .checkpoint, which imports the model classes above;
-    # resolving it lazily keeps that import one-way.
-    if name in ("load_model", "save_model"):
-        from . import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,6 @@ which is the pre-norm residual network  r_{i+1} = r_i + mixer_i(norm_i(r_i)).
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -18,9 +17,10 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype
 from ..ops.step import add_rms_norm
-from .mixer import MambaMixer
+from .checkpoint import save_model
+from .contract import Mixer
+from .families import build_mixer
 from .outputs import MambaOutput
-from .variants import build_mixer
 
 
 class RMSNorm(nn.Module):
@@ -53,13 +53,13 @@ def _promote_residual(residual: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One residual layer: ``norm`` then ``mixer`` (a :class:`MambaMixer`).
+    """One residual layer: ``norm`` then ``mixer`` (any :class:`~tokendyn.model.contract.Mixer`).
 
     ``reverse``: the mixer sees the sequence back to front (its output is flipped back), for
     bidirectional classifiers; the recurrent :meth:`step` has no reverse.
     """
 
-    def __init__(self, mixer: MambaMixer, norm: nn.Module, residual_in_fp32: bool = True,
+    def __init__(self, mixer: Mixer, norm: nn.Module, residual_in_fp32: bool = True,
                  reverse: bool = False):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
@@ -103,32 +103,32 @@ class Block(nn.Module):
             dtype = dtype if dtype == torch.float64 else torch.float32
         return dtype == self.norm.weight.dtype and dtype in (torch.float32, torch.float64)
 
-    def step(self, hidden_states, residual, conv_state, ssm_state):
-        """One token: hidden_states, residual (batch, d_model). Returns (out, residual,
-        conv_state, ssm_state); the given states are not modified."""
-        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
-        out, residual = self.step_(hidden_states, residual, conv_state, ssm_state)
-        return out, residual, conv_state, ssm_state
+    def step(self, hidden_states, residual, *state):
+        """One token: hidden_states, residual (batch, d_model), the mixer's state tuple. Returns
+        (out, residual, *new state); the given state is not modified."""
+        state = tuple(t.clone() for t in state)
+        out, residual = self.step_(hidden_states, residual, *state)
+        return (out, residual, *state)
 
-    def step_(self, hidden_states, residual, conv_state, ssm_state):
-        """One token, updating conv_state (batch, D, d_conv) and ssm_state (batch, D, N) in
-        place: hidden_states, residual (batch, d_model). Returns (out, residual)."""
+    def step_(self, hidden_states, residual, *state):
+        """One token, updating the mixer's state tensors (Mamba-1: conv (batch, D, d_conv), ssm
+        (batch, D, N)) in place: hidden_states, residual (batch, d_model). Returns (out, residual)."""
         if self.reverse:
             raise ConfigError("a layer that scans in reverse has no one-token step; run the full sequence.")
         if self.residual_in_fp32 and isinstance(self.norm, RMSNorm):
             # the same Add -> Norm in one kernel where the mixer's step is fused
             normed, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps,
-                                            fused=self.mixer._fused(hidden_states))
+                                            fused=self.mixer.fuses_kernels(hidden_states))
         else:
             normed, residual = self._add_norm(hidden_states, residual)
-        return self.mixer.step_(normed, conv_state, ssm_state), residual
+        return self.mixer.step_(normed, *state), residual
 
 
 class MambaBackbone(nn.Module):
     """``embedding`` -> n_layer :class:`Block` -> ``norm_f`` (mamba_ssm's ``MixerModel``).
 
-    Each block's mixer comes from :func:`~tokendyn.model.variants.build_mixer`: the
-    family ``config.layer`` with the refinements the config selects.
+    Each block's mixer comes from :func:`~tokendyn.model.families.build_mixer`: the
+    family ``config.layer`` with the variants the config selects.
 
     ``embedding`` maps the model's inputs to (batch, L, d_model): an ``nn.Embedding``
     for token ids, an ``nn.Linear`` for continuous vectors.
@@ -179,7 +179,7 @@ class MambaBackbone(nn.Module):
             hidden, residual, run = layer(hidden, residual, return_internals=output_internals,
                                           return_state=keep_state)
             if keep_state:
-                cache.conv_states[i], cache.ssm_states[i] = run.conv_state, run.ssm_state
+                cache.states[i] = run.state
             if record is not None:
                 record.hidden_states.append(hidden + residual)
                 record.internals.append(run.internals)
@@ -203,12 +203,12 @@ class MambaBackbone(nn.Module):
         residual = None
         for i, layer in enumerate(self.layers):
             if not in_place:
-                cache.conv_states[i], cache.ssm_states[i] = cache.conv_states[i].clone(), cache.ssm_states[i].clone()
-            hidden, residual = layer.step_(hidden, residual, cache.conv_states[i], cache.ssm_states[i])
+                cache.states[i] = tuple(t.clone() for t in cache.states[i])
+            hidden, residual = layer.step_(hidden, residual, *cache.states[i])
         cache.seqlen_offset += 1
         if isinstance(self.norm_f, RMSNorm):   # _final's Add -> Norm, fused with the layers' step
             return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
-                                fused=self.layers[-1].mixer._fused(hidden))[0]
+                                fused=self.layers[-1].mixer.fuses_kernels(hidden))[0]
         return self._final(hidden, residual)
 
 
@@ -216,19 +216,19 @@ def init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.0
                  rescale_prenorm_residual: bool = True) -> None:
     """mamba_ssm's ``_init_weights`` with one residual per layer; apply with ``model.apply``.
 
-    Linear biases -> 0 (except dt_proj's, marked ``_no_reinit``); embeddings ~ N(0, 0.02²);
-    every mixer's out_proj.weight re-drawn with PyTorch's Linear init and divided by
-    sqrt(n_layer), so the residual stream's variance does not grow with depth.
+    Linear biases -> 0 (except those marked ``_no_reinit``, e.g. Mamba-1's dt_proj bias);
+    embeddings ~ N(0, 0.02²); then each block's mixer does its own part
+    (``mixer.init_weights_(n_layer)``: Mamba-1 re-draws out_proj.weight with PyTorch's Linear
+    init and divides it by sqrt(n_layer), so the residual stream's variance does not grow with
+    depth). ``model.apply`` visits a block after its mixer's submodules.
     """
     if isinstance(module, nn.Linear):
         if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=initializer_range)
-    if rescale_prenorm_residual and isinstance(module, MambaMixer):
-        with torch.no_grad():
-            nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-            module.out_proj.weight /= math.sqrt(n_layer)
+    if rescale_prenorm_residual and isinstance(module, Block):
+        module.mixer.init_weights_(n_layer)
 
 
 def apply_init(model: nn.Module, n_layer: int) -> None:
@@ -251,6 +251,4 @@ class BackboneModel(nn.Module):
 
     def save(self, path) -> None:
         """Write ``path``/config.json and ``path``/model.safetensors (tokendyn layout)."""
-        from .checkpoint import save_model  # imported here: checkpoint imports the models
-
         save_model(self, path)

@@ -1,4 +1,4 @@
-"""Load, save, inspect and export Mamba-1 language-model checkpoints.
+"""Load, save, inspect and export checkpoints of tokendyn's models.
 
 A checkpoint is a directory with ``config.json`` and weights. Three layouts are read
 (see :mod:`tokendyn.model.checkpoint_layouts`): tokendyn's own, state-spaces
@@ -11,7 +11,6 @@ one sentence that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ class CheckpointInfo:
     """What a checkpoint directory holds.
 
     layout: one of ``"tokendyn"``, ``"state-spaces"``, ``"hf-transformers"``.
-    config: the :class:`~tokendyn.model.MambaConfig` it describes.
+    config: the :class:`~tokendyn.model.MambaConfig` (or ClassifierConfig) it describes; its
+    ``layer`` names the mixer family.
     n_params: number of parameters, tied embedding/lm_head counted once.
     files: file names inside the directory that were read (config first).
     path: the directory. kind: ``"lm"`` (language model) or ``"classifier"``; with the
@@ -53,11 +53,15 @@ class CheckpointInfo:
     kind: str = "lm"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: layout, kind, config (every config field), n_params, files, path."""
+        """A JSON-ready dict: layout, kind, family (the mixer family's name), variants (those that
+        modify some layer), config (as config.json records it: the family's and the variants'
+        settings nested), n_params, files, path."""
         return {
             "layout": self.layout,
             "kind": self.kind,
-            "config": dataclasses.asdict(self.config),
+            "family": self.config.layer,
+            "variants": self.config.active_variants(),
+            "config": self.config.to_dict(),
             "n_params": self.n_params,
             "files": list(self.files),
             "path": self.path,
@@ -65,23 +69,25 @@ class CheckpointInfo:
 
 
 # tokendyn's layout holds either kind of model; config.json's "kind" says which, and the
-# config's fields (layer, io_constraint, ...) say how its mixers are built.
+# config (layer, mixer, variants) says how its mixers are built.
 LM, CLASSIFIER = "lm", "classifier"
-KINDS = (LM, CLASSIFIER)
 # what the first writer stored instead of "kind": the Python class name
 _LEGACY_ARCHITECTURES = {"MambaLM": LM, "MambaClassifier": CLASSIFIER}
+# kind -> (config class, model class); the model modules register themselves
+_KINDS: dict[str, tuple[type, type]] = {}
+
+
+def register_model_kind(model_cls: type, config_cls: type) -> None:
+    """Let checkpoints of ``model_cls.kind`` ("lm", "classifier") be saved and loaded."""
+    _KINDS[model_cls.kind] = (config_cls, model_cls)
 
 
 def _config_cls(kind: str = LM):
-    from . import ClassifierConfig, MambaConfig  # imported late: the model package imports this module lazily
-
-    return {LM: MambaConfig, CLASSIFIER: ClassifierConfig}[kind]
+    return _KINDS[kind][0]
 
 
 def _model_cls(kind: str = LM):
-    from . import MambaClassifier, MambaLM
-
-    return {LM: MambaLM, CLASSIFIER: MambaClassifier}[kind]
+    return _KINDS[kind][1]
 
 
 @dataclass
@@ -119,8 +125,9 @@ def _make_config(config_cls, kwargs: dict[str, Any], source: Path):
 def _kind(raw: dict[str, Any], directory: Path) -> str:
     if "kind" in raw:
         kind = raw["kind"]
-        if kind not in KINDS:
-            raise CheckpointError(f"config.json in {directory} names kind {kind!r}; tokendyn knows {', '.join(KINDS)}.")
+        if kind not in _KINDS:
+            raise CheckpointError(f"config.json in {directory} names kind {kind!r}; tokendyn knows "
+                                  f"{', '.join(_KINDS)}.")
         return kind
     arch = raw.get("architecture", "MambaLM")
     if arch not in _LEGACY_ARCHITECTURES:
@@ -160,7 +167,7 @@ def _read(path) -> _Checked:
     elif layout == layouts.STATE_SPACES:
         kwargs = layouts.config_kwargs_state_spaces(raw, str(directory))
     else:
-        kwargs = layouts.config_kwargs_tokendyn(raw, config_cls, str(directory))
+        kwargs = layouts.config_kwargs_tokendyn(raw, str(directory))
     config = _make_config(config_cls, kwargs, directory)
     tied = bool(getattr(config, "tie_embeddings", False))
     tensors = _check_tensors(tensors, _expected(kind, config), tied, directory)
@@ -278,32 +285,33 @@ def _state_for_saving(model) -> dict[str, torch.Tensor]:
 
 def _kind_of(model) -> str:
     kind = getattr(model, "kind", None)
-    if kind not in KINDS:
+    if kind not in _KINDS:
         raise CheckpointError(
-            f"save_model writes tokendyn's models ({', '.join(KINDS)}), not a {type(model).__name__}."
+            f"save_model writes tokendyn's models ({', '.join(_KINDS)}), not a {type(model).__name__}."
         )
     return kind
 
 
 def _plain_state(model) -> dict[str, torch.Tensor]:
-    """The state dict of the plain Mamba-1 model that computes what ``model`` computes:
-    every mixer's entries replaced by its ``plain_state_dict()`` (for a variant: the
-    effective x_proj weight, and none of its own parameters). A tied head is left out."""
+    """The state dict of the plain model (no variant) that computes what ``model`` computes:
+    every mixer's entries replaced by its ``plain_state_dict()`` (the mixer contract; for
+    Mamba-1's variants: the effective x_proj weight, and none of the variant's own parameters).
+    A tied head is left out."""
     state = _state_for_saving(model)
-    for name, module in model.named_modules():
-        if hasattr(module, "plain_state_dict"):
-            prefix = name + "."
-            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-            state.update({prefix + k: v for k, v in module.plain_state_dict().items()})
+    for i, layer in enumerate(model.backbone.layers):
+        prefix = f"backbone.layers.{i}.mixer."
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        state.update({prefix + k: v for k, v in layer.mixer.plain_state_dict().items()})
     return state
 
 
 def save_model(model, path) -> Path:
     """Write ``model`` in tokendyn's layout: ``path/config.json`` + ``path/model.safetensors``.
 
-    config.json holds every config field (the mixer family ``layer`` and its variants'
-    fields included) plus ``"format": "tokendyn"``, ``"format_version"`` and ``"kind"``
-    (``"lm"`` or ``"classifier"``); a tied lm_head is stored once, as the embedding.
+    config.json holds ``"format": "tokendyn"``, ``"format_version"`` (3), ``"kind"`` (``"lm"`` or
+    ``"classifier"``) and every config field, the mixer family's settings nested under ``mixer``
+    beside its name ``layer``, and each variant's under ``variants`` (:meth:`MambaConfig.to_dict`);
+    a tied lm_head is stored once, as the embedding.
     Returns the directory.
     """
     kind = _kind_of(model)
@@ -315,7 +323,7 @@ def save_model(model, path) -> Path:
         "format": layouts.TOKENDYN,
         "format_version": layouts.FORMAT_VERSION,
         "kind": kind,
-        **dataclasses.asdict(model.config),
+        **model.config.to_dict(),
         # the scan backend is a choice of the machine that runs the model, not a
         # property of the weights: a checkpoint saved on a GPU must load anywhere
         "scan_backend": "auto",
@@ -325,7 +333,8 @@ def save_model(model, path) -> Path:
 
 
 def export_hf(model, path) -> Path:
-    """Write a :class:`~tokendyn.model.MambaLM` as a transformers ``MambaForCausalLM`` directory.
+    """Write a :class:`~tokendyn.model.MambaLM` in transformers' layout (Mamba-1: a ``MambaForCausalLM``
+    directory; the family's interop writes its part of the config).
 
     ``transformers.MambaForCausalLM.from_pretrained(path)`` then computes the same
     logits (batch, L, padded_vocab_size). The vocabulary is written padded, since

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..errors import DataError
 from .blocks import BackboneModel, MambaBackbone, apply_init
+from .checkpoint import register_model_kind
 from .config import ClassifierConfig
 from .outputs import MambaOutput
 
@@ -114,3 +115,6 @@ class MambaClassifier(BackboneModel):
             res.logits = self.head(self.pool(res.last_hidden_state))
             return res
         return self.head(self.pool(res))
+
+
+register_model_kind(MambaClassifier, ClassifierConfig)

@@ -1,162 +1,204 @@
-"""Configuration dataclasses for the Mamba-1 language model and sequence classifier.
+"""Configuration of the language model and the sequence classifier.
 
-Field names and defaults follow state-spaces ``mamba_ssm`` (``MambaConfig`` plus the
-``Mamba`` mixer's keyword arguments, flattened), so a mamba_ssm ``config.json`` maps
-onto :class:`MambaConfig` field by field (its ``ssm_cfg`` entries become top-level
-fields here).
+A config has the model's own fields (d_model, n_layer, the norms, the vocabulary or the classes),
+the name of its mixer family in ``layer`` (default ``"mamba1"``), that family's settings in
+``mixer`` and the settings of each of the family's variants in ``variants`` (docs/models.md,
+"Families and variants"). Which fields ``mixer`` and ``variants`` have is the registry's business
+(:mod:`tokendyn.model.families`), not this module's.
+
+Options may also be given flat, by name, which is how mamba_ssm's ``ssm_cfg`` and older
+tokendyn config.json files spell them::
+
+    MambaConfig(d_model=64, n_layer=2, vocab_size=256, d_state=8, io_constraint="positive")
+    MambaConfig(d_model=64, n_layer=2, vocab_size=256, mixer=Mamba1Settings(d_state=8),
+                variants={"io_constraint": {"io_constraint": "positive"}})     # the same config
+
+and read flat too (``config.d_state``, ``config.d_inner``, ``config.io_constraint``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import KW_ONLY, asdict, dataclass, field, fields
+import dataclasses
+import functools
+from dataclasses import KW_ONLY, InitVar, dataclass, field, fields
+from typing import Any
 
 from ..errors import ConfigError
 from ..ops import check_backend_name
-from .reorder import check_reorder_settings
-
-# Keyword arguments of the mixer, shared by both configs (mamba_ssm's ``ssm_cfg``).
-MIXER_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init",
-                "dt_scale", "dt_init_floor", "conv_bias", "bias", "scan_backend")
+from .families import Family, get_family
 
 POOLINGS = ("mean", "last")
 
-# Refinement 1 (THEORY.md section 5): the sign of the nonzero eigenvalues of M = S_Cᵀ S_B.
-# "mixed" is the authors' mixed setting (no margin ε); "mixed_margin" is the same signs with ε
-# (the project's variant, THEORY.md section 5)
-IO_CONSTRAINTS = ("none", "positive", "negative", "mixed", "mixed_margin")
+# the fields of the config itself that hold the family's and the variants' settings
+_NESTED = ("mixer", "variants")
 
 
-def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
-    """The rank R of the Δ projection: mamba_ssm's ceil(d_model/16) for ``"auto"``, else dt_rank."""
-    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _check_mixer_fields(cfg) -> None:
-    """Raise :class:`ConfigError` for mixer settings that cannot build a model."""
-    for name in ("d_model", "n_layer", "d_state", "d_conv"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    if not (isinstance(cfg.expand, (int, float)) and cfg.expand > 0) or int(cfg.expand * cfg.d_model) < 1:
-        raise ConfigError(f"expand must be positive and give d_inner >= 1, got expand={cfg.expand!r}.")
-    if cfg.dt_rank != "auto" and not (isinstance(cfg.dt_rank, int) and cfg.dt_rank >= 1):
-        raise ConfigError(f"dt_rank must be 'auto' or a positive integer, got {cfg.dt_rank!r}.")
-    if not 0 < cfg.dt_min <= cfg.dt_max:
-        raise ConfigError(f"need 0 < dt_min <= dt_max, got dt_min={cfg.dt_min}, dt_max={cfg.dt_max}.")
-    if cfg.dt_init not in ("random", "constant"):
-        raise ConfigError(f"dt_init must be 'random' or 'constant', got {cfg.dt_init!r}.")
-    if cfg.dt_init_floor < 0:
-        raise ConfigError(f"dt_init_floor must be >= 0, got {cfg.dt_init_floor}.")
-    check_backend_name(getattr(cfg, "scan_backend", "auto"))
-    _check_variant_fields(cfg)
+def takes_flat_options(into: str):
+    """Class decorator for a dataclass: ``cls(...)`` takes the family's and the variants' options
+    as keywords. Every keyword that is not a field of ``cls`` is merged into the mapping passed
+    as ``into`` (a dict field or an InitVar), so ``cls(d_state=8)`` means ``cls(**{into: {"d_state":
+    8}})``, and ``dataclasses.replace(obj, d_state=8)`` works too. Which names are options, and
+    whose, the registry decides when the options are used."""
+    def decorate(cls):
+        init = cls.__init__
+        own = {f.name for f in fields(cls)} | {into}
 
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            flat = {k: kwargs.pop(k) for k in [k for k in kwargs if k not in own]}
+            if flat:
+                kwargs[into] = {**(kwargs.get(into) or {}), **flat}
+            init(self, *args, **kwargs)
 
-def _check_variant_fields(cfg) -> None:
-    """The fields that choose the mixer family and its refinements (docs/models.md, "Variants")."""
-    from .variants import mixer_families  # imported late: the registry imports the mixers, which import this
-
-    layer = getattr(cfg, "layer", "mamba1")
-    if layer not in mixer_families():
-        raise ConfigError(f"unknown layer {layer!r}; choose one of {', '.join(mixer_families())}.")
-    constraint = getattr(cfg, "io_constraint", "none")
-    if constraint not in IO_CONSTRAINTS:
-        raise ConfigError(f"unknown io_constraint {constraint!r}; choose one of {', '.join(IO_CONSTRAINTS)}.")
-    margin = getattr(cfg, "io_margin", 0.7)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
-        raise ConfigError(f"io_margin must be a positive finite number, got {margin!r}.")
-    d_inner = int(cfg.expand * cfg.d_model)
-    if constraint != "none" and cfg.d_state > d_inner:
-        raise ConfigError(f"io_constraint {constraint!r} needs d_state <= d_inner, got d_state {cfg.d_state} "
-                          f"and d_inner {d_inner} (S_Cᵀ S_B has rank at most d_inner).")
-    if hasattr(cfg, "reorder"):
-        _check_reorder_fields(cfg)
-
-
-def _check_reorder_fields(cfg) -> None:
-    """The token-reordering fields (THEORY.md section 6)."""
-    check_reorder_settings(cfg.reorder, cfg.reorder_tau, cfg.reorder_power, cfg.reorder_branches)
-    layers = cfg.reorder_layers
-    if not isinstance(layers, (list, tuple)) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in layers):
-        raise ConfigError(f"reorder_layers must be a list of layer indices, got {layers!r}.")
-    bad = [i for i in layers if not 0 <= i < cfg.n_layer]
-    if bad:
-        raise ConfigError(f"reorder_layers {bad} do not exist; the model has layers 0..{cfg.n_layer - 1}.")
-    if cfg.reorder != "none" and not layers:
-        raise ConfigError(f"reorder={cfg.reorder!r} needs at least one layer in reorder_layers.")
+        cls.__init__ = __init__
+        return cls
+    return decorate
 
 
 @dataclass(kw_only=True)
-class _MixerSettings:
-    """Fields and derived sizes shared by both configs (keyword-only: each config's
-    own required fields come first, positionally)."""
+class _BackboneSettings:
+    """Fields shared by both configs (keyword-only: each config's own required fields come first,
+    positionally): the norms, the scan backend, and the mixer family with its settings."""
 
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init: str = "random"
-    dt_scale: float = 1.0
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
     rms_norm: bool = True
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     scan_backend: str = "auto"
-    # the mixer family and its refinements, resolved by tokendyn.model.variants
+    # the mixer family (tokendyn.model.families), its settings, and its variants' settings
     layer: str = "mamba1"
-    io_constraint: str = "none"
-    io_margin: float = 0.7
-    # token reordering, THEORY.md section 6 (non-causal models only)
-    reorder: str = "none"
-    reorder_tau: float = 1.0
-    reorder_power: float = 1.0
-    reorder_layers: list[int] = field(default_factory=lambda: [0])
-    reorder_branches: str = "xz"
+    mixer: Any = None
+    variants: dict = field(default_factory=dict)
+    options: InitVar[dict | None] = None
 
-    def reorders(self, layer_idx: int) -> bool:
-        """Whether layer ``layer_idx`` reorders its tokens."""
-        return self.reorder != "none" and layer_idx in self.reorder_layers
+    def __post_init__(self, options: dict | None = None):
+        family = get_family(self.layer)
+        family_kw, variant_kw = family.split_options(options or {}, type(self).__name__)
+        if self.mixer is not None and not isinstance(self.mixer, (family.settings_cls, dict)):
+            raise ConfigError(f"layer {self.layer!r} takes {family.settings_cls.__name__} settings, got "
+                              f"{type(self.mixer).__name__}.")
+        mixer = family.settings(self.mixer, family_kw)
+        given = dict(self.variants or {})
+        unknown = sorted(set(given) - {v.name for v in family.variants()})
+        if unknown:
+            raise ConfigError(f"layer {self.layer!r} has no variant {', '.join(map(repr, unknown))}.")
+        variants = {v.name: v.settings(given.get(v.name), variant_kw.get(v.name)) for v in family.variants()}
+        # set directly: __setattr__ refuses option names, and these two hold them
+        object.__setattr__(self, "mixer", mixer)
+        object.__setattr__(self, "variants", variants)
+        object.__setattr__(self, "_settled", True)      # options readable (and no longer settable) by name
+        for name in ("d_model", "n_layer"):
+            _positive_int(name, getattr(self, name))
+        check_backend_name(self.scan_backend)
+        self.mixer.check(self)
+        for settings in self.variants.values():
+            settings.check(self)
+
+    # ---- the family's options, read flat -------------------------------------------------------
 
     @property
-    def d_inner(self) -> int:
-        """D in THEORY.md: the inner width expand·d_model."""
-        return int(self.expand * self.d_model)
+    def family(self) -> Family:
+        """The registered family named by ``layer``."""
+        return get_family(self.layer)
 
-    @property
-    def dt_rank_value(self) -> int:
-        """The rank of the Δ projection (:func:`resolve_dt_rank`)."""
-        return resolve_dt_rank(self.dt_rank, self.d_model)
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: the family's and the variants' options, and the
+        # family's derived sizes (d_inner, ...), by name
+        d = self.__dict__
+        if name.startswith("__") or not d.get("_settled"):
+            raise AttributeError(name)
+        mixer = d["mixer"]
+        if name in _option_names(mixer):
+            return getattr(mixer, name)
+        for settings in d["variants"].values():
+            if name in _option_names(settings):
+                return getattr(settings, name)
+        sizes = mixer.sizes(d["d_model"])
+        if name in sizes:
+            return sizes[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def mixer_kwargs(self) -> dict:
-        """The mixer's keyword arguments (mamba_ssm's ``ssm_cfg`` plus the backend)."""
-        return {name: getattr(self, name) for name in MIXER_FIELDS}
+    def __setattr__(self, name: str, value) -> None:
+        d = self.__dict__
+        if d.get("_settled") and name not in d and (name in _option_names(d["mixer"]) or any(
+                name in _option_names(s) for s in d["variants"].values())):
+            raise ConfigError(f"{name} is an option of the mixer's settings; make a new config with "
+                              f"dataclasses.replace(config, {name}=...).")
+        super().__setattr__(name, value)
+
+    def label(self) -> str:
+        """The family and the options of the variants in use, e.g. ``"mamba1, io_constraint=positive"``."""
+        parts = [self.layer]
+        for name in self.active_variants():
+            settings = self.variants[name]
+            default = type(settings)()
+            parts += [f"{f.name}={getattr(settings, f.name)}" for f in fields(settings)
+                      if getattr(settings, f.name) != getattr(default, f.name)]
+        return ", ".join(parts)
+
+    def active_variants(self, layer_idx: int | None = None) -> list[str]:
+        """Names of the variants that modify layer ``layer_idx`` (None: any layer)."""
+        layers = range(self.n_layer) if layer_idx is None else (layer_idx,)
+        return [name for name, s in self.variants.items() if any(s.applies(i) for i in layers)]
+
+    # ---- serialisation ----------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        """A JSON-able dict of every field (round-trips through ``from_dict``)."""
-        return asdict(self)
+        """A JSON-able dict of every field, the settings nested: ``mixer`` the family's,
+        ``variants`` {name: settings} (what checkpoints record; round-trips through ``from_dict``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layer", *_NESTED)}
+        out["layer"] = self.layer
+        out["mixer"] = dataclasses.asdict(self.mixer)
+        out["variants"] = {name: dataclasses.asdict(s) for name, s in self.variants.items()}
+        return out
+
+    def flat_dict(self) -> dict:
+        """Every field with the settings flattened to their options by name, in the order a config
+        without families had them: the family's options, the shared fields, ``layer``, the
+        variants' options, then the config's own fields (run identities, core.json)."""
+        out = dataclasses.asdict(self.mixer)
+        for f in fields(self):
+            if f.name in _NESTED:
+                continue
+            out[f.name] = getattr(self, f.name)
+            if f.name == "layer":
+                for settings in self.variants.values():
+                    out.update(dataclasses.asdict(settings))
+        return out
+
+    def summary(self) -> dict:
+        """:meth:`flat_dict` with the family's derived sizes (d_inner, ...) and :meth:`label` as
+        ``label``, without the scan backend (a choice of the machine, not of the model): what
+        ``analyze`` reports."""
+        out = {k: v for k, v in self.flat_dict().items() if k != "scan_backend"}
+        out.update({k: v for k, v in self.mixer.sizes(self.d_model).items() if k not in out})
+        out["label"] = self.label()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict):
-        """Build from a dict; unknown keys raise :class:`ConfigError` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}.")
+        """Build from a dict (nested as :meth:`to_dict` writes it, or flat); an unknown key raises
+        :class:`ConfigError` naming it."""
         return cls(**data)
 
 
+def _option_names(settings) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(settings))
+
+
+@takes_flat_options("options")
 @dataclass
-class MambaConfig(_MixerSettings):
-    """A Mamba-1 language model (mamba_ssm ``MambaLMHeadModel`` with ``d_intermediate=0``).
+class MambaConfig(_BackboneSettings):
+    """A language model (mamba_ssm ``MambaLMHeadModel`` with ``d_intermediate=0``).
 
     ``vocab_size`` is the tokenizer's size; the embedding and head have
     ``padded_vocab_size`` rows (rounded up to ``pad_vocab_size_multiple``).
     ``scan_backend`` names the ``tokendyn.ops.selective_scan`` backend the mixers use.
+    A causal model: a variant that breaks causality (token reordering) is refused.
     """
 
     d_model: int
@@ -169,19 +211,17 @@ class MambaConfig(_MixerSettings):
     # active in training only
     final_dropout: float = 0.0
 
-    def __post_init__(self):
-        _check_mixer_fields(self)
+    def __post_init__(self, options: dict | None = None):
+        super().__post_init__(options)
         p = self.final_dropout
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ConfigError(f"final_dropout must be a number in [0, 1), got {p!r}.")
-        if self.reorder != "none":
-            raise ConfigError(f"reorder={self.reorder!r} breaks causality, so a causal language model cannot use "
-                              "it; token reordering is for non-causal models such as the classifier.")
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
-            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r}.")
-        if not isinstance(self.pad_vocab_size_multiple, int) or self.pad_vocab_size_multiple < 1:
-            raise ConfigError(
-                f"pad_vocab_size_multiple must be a positive integer, got {self.pad_vocab_size_multiple!r}.")
+        for v in self.family.variants():
+            if not v.causal and v.name in self.active_variants():
+                raise ConfigError(f"the {v.name} variant breaks causality, so a causal language model cannot use "
+                                  "it; it is for non-causal models such as the classifier.")
+        _positive_int("vocab_size", self.vocab_size)
+        _positive_int("pad_vocab_size_multiple", self.pad_vocab_size_multiple)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -190,9 +230,10 @@ class MambaConfig(_MixerSettings):
         return -(-self.vocab_size // m) * m
 
 
+@takes_flat_options("options")
 @dataclass
-class ClassifierConfig(_MixerSettings):
-    """A Mamba-1 classifier for sequences of continuous vectors (batch, L, input_dim), or for
+class ClassifierConfig(_BackboneSettings):
+    """A classifier for sequences of continuous vectors (batch, L, input_dim), or for
     images cut into patches.
 
     ``pooling``: ``"mean"`` averages the final-normalised tokens over the sequence,
@@ -215,12 +256,10 @@ class ClassifierConfig(_MixerSettings):
     bidirectional: bool = False
     n_positions: int = 0
 
-    def __post_init__(self):
-        _check_mixer_fields(self)
+    def __post_init__(self, options: dict | None = None):
+        super().__post_init__(options)
         for name in ("input_dim", "n_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+            _positive_int(name, getattr(self, name))
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
         for name in ("patch_size", "n_positions"):

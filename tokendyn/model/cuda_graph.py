@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .generation import InferenceCache
+from .cache import InferenceCache
 
 # warm-up steps on a side stream before the capture (Triton compiles its kernels there)
 WARMUP_STEPS = 2
@@ -33,9 +33,10 @@ _REGISTRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class GraphDecoder:
     """A captured decoding step for ``batch`` sequences.
 
-    cache: the static states (conv (batch, D, d_conv), ssm (batch, D, N) per layer) the graph
-    updates in place (load a prefilled cache with ``cache.copy_from``); ids: (batch,) int64,
-    the graph's input; logits: (batch, padded_vocab_size), its output, overwritten by every replay.
+    cache: the static states (each layer's mixer state tuple, e.g. Mamba-1's conv (batch, D, d_conv)
+    and ssm (batch, D, N)) the graph updates in place (load a prefilled cache with
+    ``cache.copy_from``); ids: (batch,) int64, the graph's input; logits: (batch,
+    padded_vocab_size), its output, overwritten by every replay.
     """
 
     graph: torch.cuda.CUDAGraph

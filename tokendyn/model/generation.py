@@ -1,48 +1,14 @@
-"""Recurrent inference: the per-layer state cache and token generation."""
+"""Token generation through the recurrent state (:class:`~tokendyn.model.cache.InferenceCache`)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ConfigError
+from .cache import InferenceCache
+from .cuda_graph import graph_decoder
 
-
-@dataclass
-class InferenceCache:
-    """Each layer's recurrent state after ``seqlen_offset`` tokens.
-
-    conv_states[i]: (batch, D, d_conv) — the last d_conv inputs of layer i's causal conv;
-    ssm_states[i]: (batch, D, N) — the scan state h of layer i (float32, or float64 for a
-    float64 model). A cache at offset 0 is empty: the next forward runs the whole prompt
-    in parallel and fills it; afterwards every forward advances it token by token.
-    """
-
-    conv_states: list[torch.Tensor] = field(default_factory=list)
-    ssm_states: list[torch.Tensor] = field(default_factory=list)
-    seqlen_offset: int = 0
-
-    @classmethod
-    def allocate(cls, model, batch_size: int) -> InferenceCache:
-        """Zero states for every layer of ``model`` (a MambaLM or MambaClassifier)."""
-        conv, ssm = [], []
-        for layer in model.backbone.layers:
-            c, s = layer.mixer.allocate_state(batch_size)
-            conv.append(c)
-            ssm.append(s)
-        return cls(conv, ssm, 0)
-
-    def copy_from(self, other: InferenceCache) -> None:
-        """Copy the states and offset of ``other`` into this cache's own tensors (their storage
-        and layout stay as allocated)."""
-        for dst, src in zip(self.conv_states + self.ssm_states, other.conv_states + other.ssm_states):
-            dst.copy_(src)
-        self.seqlen_offset = other.seqlen_offset
-
-    @property
-    def batch_size(self) -> int:
-        return self.conv_states[0].shape[0] if self.conv_states else 0
+__all__ = ["InferenceCache", "generate", "sample_next"]
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -98,8 +64,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     prefilled = InferenceCache.allocate(model, batch)
     logits = model(input_ids, cache=prefilled)[:, -1, :vocab]     # checks the ids; fills the cache
     if use_graph and max_new_tokens > 1:
-        from .cuda_graph import graph_decoder  # imported here: cuda_graph builds on this module
-
         decoder = graph_decoder(model, batch)
         decoder.cache.copy_from(prefilled)
         step = decoder.step

@@ -30,11 +30,46 @@ of the constraint; tests compare the two in float64 (values and gradients, gradc
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .variants import register_variant
+from ..errors import ConfigError
+from .families import register_variant
+
+# The sign of the nonzero eigenvalues of M = S_Cᵀ S_B. "mixed" is the authors' mixed setting (no
+# margin ε); "mixed_margin" is the same signs with ε (the project's variant, THEORY.md section 5)
+IO_CONSTRAINTS = ("none", "positive", "negative", "mixed", "mixed_margin")
+
+
+@dataclass(frozen=True)
+class IOConstraintSettings:
+    """The variant's settings: io_constraint (one of :data:`IO_CONSTRAINTS`; ``"none"``: off) and
+    io_margin, ε > 0 (not used by the authors' ``mixed``)."""
+
+    io_constraint: str = "none"
+    io_margin: float = 0.7
+
+    def __post_init__(self):
+        if self.io_constraint not in IO_CONSTRAINTS:
+            raise ConfigError(f"unknown io_constraint {self.io_constraint!r}; choose one of "
+                              f"{', '.join(IO_CONSTRAINTS)}.")
+        m = self.io_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < math.inf:
+            raise ConfigError(f"io_margin must be a positive finite number, got {m!r}.")
+
+    def applies(self, layer_idx: int | None) -> bool:
+        """Every layer is constrained unless io_constraint is "none"."""
+        return self.io_constraint != "none"
+
+    def check(self, config) -> None:
+        """U (N, D) has rank N only for N <= D."""
+        if self.io_constraint != "none" and config.d_state > config.d_inner:
+            raise ConfigError(f"io_constraint {self.io_constraint!r} needs d_state <= d_inner, got d_state "
+                              f"{config.d_state} and d_inner {config.d_inner} (S_Cᵀ S_B has rank at most d_inner).")
 
 
 def io_signs(constraint: str, n: int) -> torch.Tensor:
@@ -151,7 +186,6 @@ def effective_weight(dt_rows: torch.Tensor, factor: IOFactor) -> torch.Tensor:
                                   factor.signs.to(factor.theta.dtype), factor.upper_flat, factor.margin)
 
 
-@register_variant("io_constraint", applies=lambda cfg, layer_idx: getattr(cfg, "io_constraint", "none") != "none")
 class IOConstrained:
     """Mixin for a mixer family with ``x_proj`` rows [dt; S_B; S_C]: S_B and S_C come from an
     :class:`IOFactor` (``io_factor``), and ``x_proj`` keeps the R dt rows only.
@@ -164,12 +198,13 @@ class IOConstrained:
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__(config, layer_idx=layer_idx)
         R, N, D = self.dt_rank, self.d_state, self.d_inner
+        settings = config.variants["io_constraint"]
         full = self.x_proj.weight
         # The unconstrained init drew x_proj already: keep its dt rows and take U's free
         # entries from its C rows (same distribution and random stream as an
         # unconstrained model of the same seed).
         self.x_proj = nn.Linear(D, R, bias=False, device=full.device, dtype=full.dtype)
-        self.io_factor = IOFactor(N, D, config.io_constraint, config.io_margin).to(device=full.device,
+        self.io_factor = IOFactor(N, D, settings.io_constraint, settings.io_margin).to(device=full.device,
                                                                                    dtype=full.dtype)
         with torch.no_grad():
             self.x_proj.weight.copy_(full[:R])
@@ -177,3 +212,6 @@ class IOConstrained:
 
     def effective_x_proj_weight(self) -> torch.Tensor:
         return effective_weight(self.x_proj.weight, self.io_factor)
+
+
+register_variant("io_constraint", IOConstraintSettings, IOConstrained, families=("mamba1",))

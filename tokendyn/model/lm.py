@@ -15,8 +15,9 @@ import torch.nn as nn
 
 from ..errors import DataError
 from .blocks import BackboneModel, MambaBackbone, apply_init
+from .cache import InferenceCache
+from .checkpoint import register_model_kind
 from .config import MambaConfig
-from .generation import InferenceCache
 from .outputs import MambaOutput
 
 
@@ -90,3 +91,6 @@ class MambaLM(BackboneModel):
     def allocate_cache(self, batch_size: int) -> InferenceCache:
         """An empty :class:`InferenceCache` for ``batch_size`` sequences."""
         return InferenceCache.allocate(self, batch_size)
+
+
+register_model_kind(MambaLM, MambaConfig)

@@ -12,21 +12,22 @@ Per token x_l (THEORY.md section 1, D = d_inner, N = d_state, R = dt_rank):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import compute_dtype, resolve_backend, selective_scan
+from ..errors import ConfigError
+from ..ops import check_backend_name, compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
 from ..ops.norm_linear import rms_norm_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
-from .config import _check_mixer_fields, resolve_dt_rank
+from .contract import IOParameters, MixerBase, MixerRun
+from .families import register_family
+from .mamba1 import INTEROP, Mamba1Settings, resolve_dt_rank
 from .outputs import MixerInternals
-from .variants import register_mixer
 
 # The parameters of a plain Mamba-1 mixer, by state_dict name (mamba_ssm's): what the
 # exporters write for any variant (see MambaMixer.plain_state_dict).
@@ -60,40 +61,27 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-@dataclass
-class MixerRun:
-    """Result of :meth:`MambaMixer.run`.
-
-    out: (batch, L, d_model); internals: :class:`MixerInternals` or None;
-    conv_state: (batch, D, d_conv) and ssm_state: (batch, D, N) after the last token, or None.
-    """
-
-    out: torch.Tensor
-    internals: MixerInternals | None = None
-    conv_state: torch.Tensor | None = None
-    ssm_state: torch.Tensor | None = None
-
-
-@register_mixer("mamba1")
-class MambaMixer(nn.Module):
+class MambaMixer(MixerBase):
     """Mamba-1 mixer; parameters in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj.
 
-    Build it from a config (``MambaMixer(config)``, any object with the mixer fields
-    of :class:`~tokendyn.model.MambaConfig`) or from keywords like mamba_ssm's
-    ``Mamba(d_model, d_state=16, ...)``. Shapes: in_proj (2D, d_model), conv1d (D, 1,
+    Build it from a model config (``MambaMixer(config)``: ``config.d_model``, ``config.mixer`` a
+    :class:`~tokendyn.model.mamba1.Mamba1Settings`, ``config.scan_backend``) or from keywords like
+    mamba_ssm's ``Mamba(d_model, d_state=16, ...)``. Shapes: in_proj (2D, d_model), conv1d (D, 1,
     d_conv), x_proj (R + 2N, D), dt_proj (D, R) with bias (D,), A_log (D, N), D (D,),
     out_proj (d_model, D).
 
     Initialisation is mamba_ssm's: dt_proj.weight uniform in ±R^-1/2·dt_scale (or that
     constant), dt_proj.bias = softplus⁻¹(Δ₀) with Δ₀ log-uniform in [dt_min, dt_max]
     (floored at dt_init_floor), A_log[d, n] = log(n + 1) (S4D-real), D = 1, other
-    layers PyTorch's default. The depth rescaling of out_proj happens in the model.
+    layers PyTorch's default; the model-wide init then redraws out_proj and divides it by
+    √n_layer (:meth:`init_weights_`).
 
-    This is the ``"mamba1"`` family of :mod:`tokendyn.model.variants`; models build
-    their mixers with ``build_mixer(config, layer_idx)``, which mixes in the
-    refinements the config selects. A refinement overrides only the extension points
-    :meth:`effective_x_proj_weight`, :meth:`selective_inputs`, :meth:`arrange_tokens`
-    and :meth:`restore_order` (docs/models.md, "Variants").
+    This is the family ``"mamba1"`` of :mod:`tokendyn.model.families`, and it satisfies the mixer
+    contract (:class:`tokendyn.model.contract.Mixer`); models build their mixers with
+    ``build_mixer(config, layer_idx)``, which mixes in the variants the config selects. A variant
+    overrides only the extension points :meth:`effective_x_proj_weight`, :meth:`selective_inputs`,
+    :meth:`arrange_tokens` and :meth:`restore_order` (and refuses what it cannot do:
+    :meth:`step_`, :meth:`plain_state_dict`) (docs/models.md, "Families and variants").
     """
 
     def __init__(self, d_model, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -102,40 +90,43 @@ class MambaMixer(nn.Module):
                  conv_bias: bool = True, bias: bool = False, scan_backend: str = "auto",
                  layer_idx: int | None = None):
         super().__init__()
-        if hasattr(d_model, "mixer_kwargs"):  # a config object
-            cfg = d_model
-            kwargs = cfg.mixer_kwargs()
-            d_model = cfg.d_model
-            d_state, d_conv, expand = kwargs["d_state"], kwargs["d_conv"], kwargs["expand"]
-            dt_rank, dt_min, dt_max = kwargs["dt_rank"], kwargs["dt_min"], kwargs["dt_max"]
-            dt_init, dt_scale, dt_init_floor = kwargs["dt_init"], kwargs["dt_scale"], kwargs["dt_init_floor"]
-            conv_bias, bias, scan_backend = kwargs["conv_bias"], kwargs["bias"], kwargs["scan_backend"]
+        if hasattr(d_model, "mixer"):  # a model config
+            settings = d_model.mixer
+            if not isinstance(settings, Mamba1Settings):
+                raise ConfigError(f"MambaMixer needs a config of layer 'mamba1', got layer "
+                                  f"{getattr(d_model, 'layer', None)!r}.")
+            d_model, scan_backend = d_model.d_model, d_model.scan_backend
         else:
-            _check_mixer_fields(SimpleNamespace(
-                d_model=d_model, n_layer=1, d_state=d_state, d_conv=d_conv, expand=expand,
-                dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max, dt_init=dt_init,
-                dt_init_floor=dt_init_floor, scan_backend=scan_backend))
+            if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
+                raise ConfigError(f"d_model must be a positive integer, got {d_model!r}.")
+            settings = Mamba1Settings(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min,
+                                      dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor,
+                                      conv_bias=conv_bias, bias=bias)
+            check_backend_name(scan_backend)
+            settings.check(SimpleNamespace(d_model=d_model, n_layer=1))
+        s = settings
+        d_state, d_conv, expand = s.d_state, s.d_conv, s.expand
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
         self.expand = expand
         self.d_inner = int(expand * d_model)
-        self.dt_rank = resolve_dt_rank(dt_rank, d_model)
+        self.dt_rank = resolve_dt_rank(s.dt_rank, d_model)
         self.scan_backend = scan_backend
         self.layer_idx = layer_idx
         D, N, R = self.d_inner, d_state, self.dt_rank
 
-        self.in_proj = nn.Linear(d_model, 2 * D, bias=bias)
-        self.conv1d = nn.Conv1d(D, D, kernel_size=d_conv, groups=D, padding=d_conv - 1, bias=conv_bias)
+        self.in_proj = nn.Linear(d_model, 2 * D, bias=s.bias)
+        self.conv1d = nn.Conv1d(D, D, kernel_size=d_conv, groups=D, padding=d_conv - 1, bias=s.conv_bias)
         self.x_proj = nn.Linear(D, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, D, bias=True)
         self.A_log = nn.Parameter(torch.empty(D, N))
         self.D = nn.Parameter(torch.empty(D))
-        self.out_proj = nn.Linear(D, d_model, bias=bias)
+        self.out_proj = nn.Linear(D, d_model, bias=s.bias)
         # Excluded from weight decay by the training code, as in mamba_ssm.
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+        self.reset_ssm_parameters(s.dt_min, s.dt_max, s.dt_init, s.dt_scale, s.dt_init_floor)
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min=0.001, dt_max=0.1, dt_init="random", dt_scale=1.0,
@@ -179,24 +170,19 @@ class MambaMixer(nn.Module):
         state["x_proj.weight"] = self.effective_x_proj_weight().detach()
         return state
 
-    def io_parameters(self, detach: bool = True) -> dict[str, torch.Tensor]:
+    def io_parameters(self, detach: bool = True) -> IOParameters:
         """The layer's parameters in THEORY.md's symbols (glossary, section 7).
 
-        Returns S_B (N, D), S_C (N, D), S_Delta (D, D) = dt_proj.weight @ x_proj.weight[:R],
-        b_Delta (D,), A (D, N) = −exp(A_log), all read through
+        S_B (N, D), S_C (N, D), S_Delta (D, D) = dt_proj.weight @ x_proj.weight[:R],
+        b_Delta (D,), A (D, N) = −exp(A_log), D (D,), all read through
         :meth:`effective_x_proj_weight` (so a variant that reparametrises x_proj is
         analysed with no special case). With ``detach=False`` they stay in the autograd
         graph (for losses on them).
         """
         W_dt, S_B, S_C = split_x_proj(self.effective_x_proj_weight(), self.dt_rank, self.d_state, dim=0)
-        out = {
-            "S_B": S_B,
-            "S_C": S_C,
-            "S_Delta": self.dt_proj.weight @ W_dt,
-            "b_Delta": self.dt_proj.bias,
-            "A": -torch.exp(self.A_log),
-        }
-        return {k: v.detach() for k, v in out.items()} if detach else out
+        out = IOParameters(S_B=S_B, S_C=S_C, S_Delta=self.dt_proj.weight @ W_dt, b_Delta=self.dt_proj.bias,
+                           A=-torch.exp(self.A_log), D=self.D)
+        return out.detach() if detach else out
 
     def selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The input-dependent scan parameters from the tokens (THEORY.md section 1).
@@ -234,14 +220,10 @@ class MambaMixer(nn.Module):
                 and cls.restore_order is MambaMixer.restore_order
                 and cls.selective_inputs is MambaMixer.selective_inputs)
 
-    def _fused(self, x: torch.Tensor) -> bool:
+    def fuses_kernels(self, x: torch.Tensor) -> bool:
         """Whether the conv (and the one-token step) of ``x`` run in the fused Triton kernels:
         wherever the scan itself runs in Triton."""
         return x.is_cuda and resolve_backend(self.scan_backend, x.device, x.dtype) == "triton"
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""
-        return self.run(hidden_states).out
 
     def takes_residual(self) -> bool:
         """Whether :meth:`run` can take the residual stream with the block's RMSNorm
@@ -252,9 +234,9 @@ class MambaMixer(nn.Module):
             return_state: bool = False, norm: nn.Module | None = None) -> MixerRun:
         """The full-sequence forward, optionally keeping the scan inputs and the final state.
 
-        hidden_states: (batch, L, d_model). ``return_state`` gives the conv state (the last
-        d_conv pre-conv inputs, zero-padded on the left) and the ssm state h_L, ready for
-        :meth:`step`. ``norm``: the block's RMSNorm (weight, eps), where hidden_states is the
+        hidden_states: (batch, L, d_model). ``return_state`` gives the state (conv, ssm): the conv
+        state (the last d_conv pre-conv inputs, zero-padded on the left) and the ssm state h_L,
+        ready for :meth:`step`. ``norm``: the block's RMSNorm (weight, eps), where hidden_states is the
         residual stream before it (float32 or float64; only where :meth:`takes_residual`): the
         norm and in_proj then run as one node that keeps only the residual stream for the
         backward (ops/norm_linear.py).
@@ -269,7 +251,7 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton
-        fused = self._fused(x)
+        fused = self.fuses_kernels(x)
         acc = compute_dtype(self.A_log.dtype)
         A = -torch.exp(self.A_log.to(acc))
         delta_bias = self.dt_proj.bias.to(acc)
@@ -299,7 +281,7 @@ class MambaMixer(nn.Module):
         if return_internals:
             delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
             internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
-        return MixerRun(out, internals, conv_state, ssm_state)
+        return MixerRun(out, internals, (conv_state, ssm_state) if return_state else None)
 
     # ---- one token --------------------------------------------------------------------
 
@@ -313,19 +295,10 @@ class MambaMixer(nn.Module):
                           dtype=compute_dtype(self.A_log.dtype))
         return conv, ssm
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
-        """One recurrent step (the scan's recurrence for a single token).
-
-        hidden_states: (batch, d_model); conv_state: (batch, D, d_conv); ssm_state:
-        (batch, D, N). Returns (out (batch, d_model), new conv_state, new ssm_state);
-        the inputs are not modified (see :meth:`step_` for the in-place step).
-        """
-        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
-        return self.step_(hidden_states, conv_state, ssm_state), conv_state, ssm_state
-
     def step_(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         """One recurrent step that updates ``conv_state`` and ``ssm_state`` in their own storage
-        (what a decoding loop or a captured CUDA graph needs). THEORY.md section 1, one token.
+        (what a decoding loop or a captured CUDA graph needs; :meth:`step` is the same on copies,
+        returning (out, conv_state, ssm_state)). THEORY.md section 1, one token.
 
         hidden_states: (batch, d_model); conv_state: (batch, D, d_conv) in the weights' dtype;
         ssm_state: (batch, D, N) float32 (float64 for a float64 model). Returns out
@@ -335,10 +308,20 @@ class MambaMixer(nn.Module):
         calls (A = −exp(A_log) is computed at every step), so weights may change between steps.
         """
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)         # (b, D) each, strided views
-        fused = self._fused(x)
+        fused = self.fuses_kernels(x)
         x = causal_conv1d_update(conv_state, x, self.conv1d.weight[:, 0, :], self.conv1d.bias, fused=fused)
         dt, B, C = (t[..., 0] for t in self.selective_inputs(x[:, :, None]))  # (b, D), (b, N), (b, N)
         # A = −exp(A_log) (D, N), computed inside the update
         y = selective_state_update(ssm_state, x, dt, self.dt_proj.bias, self.A_log, B, C, self.D, z, fused=fused,
                                    a_log=True)
         return self.out_proj(y)
+
+    def init_weights_(self, n_layer: int) -> None:
+        """mamba_ssm's depth rescaling: out_proj.weight re-drawn with PyTorch's Linear init and
+        divided by sqrt(n_layer), so the residual stream's variance does not grow with depth."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+            self.out_proj.weight /= math.sqrt(n_layer)
+
+
+register_family("mamba1", Mamba1Settings, MambaMixer, interop=INTEROP, title="Mamba-1")

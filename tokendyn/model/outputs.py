@@ -10,21 +10,22 @@ import torch
 
 @dataclass
 class MixerInternals:
-    """The selective scan's inputs in one mixer, as the scan saw them.
+    """The selective scan's inputs in one mixer, as the scan saw them (part of the mixer contract,
+    :mod:`tokendyn.model.contract`: every family fills them in this form).
 
     Shapes (D = d_inner, N = d_state, L = sequence length):
-        x:     (batch, D, L)  scan input u: in_proj's x half after the causal conv and SiLU
-        delta: (batch, D, L)  Δ after dt_proj's bias and softplus (accumulation dtype)
+        x:     (batch, D, L)  scan input u (Mamba-1: in_proj's x half after the causal conv and SiLU)
+        delta: (batch, D, L)  Δ after its bias and softplus (accumulation dtype)
         B:     (batch, N, L)  B_l = S_B x_l
         C:     (batch, N, L)  C_l = S_C x_l
-        z:     (batch, D, L)  gate branch (before SiLU)
+        z:     (batch, D, L)  gate branch (before SiLU), or None for a family without a gate
     """
 
     x: torch.Tensor
     delta: torch.Tensor
     B: torch.Tensor
     C: torch.Tensor
-    z: torch.Tensor
+    z: torch.Tensor | None = None
 
 
 @dataclass

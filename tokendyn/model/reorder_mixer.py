@@ -1,7 +1,7 @@
 """Token reordering as a mixer variant (THEORY.md section 6).
 
 :class:`ReorderingMixin` is composed onto a mixer family's class (the variant registry does
-this when ``config.reorder != "none"`` and the layer is in ``config.reorder_layers``). It adds
+this when ``reorder != "none"`` and the layer is in ``reorder_layers``: :class:`ReorderSettings`). It adds
 one parameter, ``importance_weight`` = k ∈ R^D, and overrides the two hooks the mixer calls
 around the scan:
 
@@ -21,11 +21,13 @@ ablation: the gate then multiplies the scan output of another token).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
+from .families import register_variant
 from .reorder import (
     DEFAULT_WINDOW,
     check_reorder_settings,
@@ -36,26 +38,53 @@ from .reorder import (
     soft_restore,
     softsort_matrix,
 )
-from .variants import register_variant
 
 
-def reorders(config, layer_idx: int | None) -> bool:
-    """Whether layer ``layer_idx`` of a model with ``config`` reorders its tokens."""
-    return getattr(config, "reorder", "none") != "none" and layer_idx in getattr(config, "reorder_layers", ())
+@dataclass(frozen=True)
+class ReorderSettings:
+    """The variant's settings (THEORY.md section 6): reorder (``none`` | ``soft`` | ``hard``;
+    ``none``: off), reorder_tau τ > 0 and reorder_power p > 0 (SoftSort's), reorder_layers (the
+    layers that reorder) and reorder_branches (``xz``, or ``x``: the authors' x-only ablation)."""
+
+    reorder: str = "none"
+    reorder_tau: float = 1.0
+    reorder_power: float = 1.0
+    reorder_layers: list[int] = field(default_factory=lambda: [0])
+    reorder_branches: str = "xz"
+
+    def __post_init__(self):
+        check_reorder_settings(self.reorder, self.reorder_tau, self.reorder_power, self.reorder_branches)
+        layers = self.reorder_layers
+        if not isinstance(layers, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise ConfigError(f"reorder_layers must be a list of layer indices, got {layers!r}.")
+        object.__setattr__(self, "reorder_layers", list(layers))
+        if self.reorder != "none" and not layers:
+            raise ConfigError(f"reorder={self.reorder!r} needs at least one layer in reorder_layers.")
+
+    def applies(self, layer_idx: int | None) -> bool:
+        """Whether layer ``layer_idx`` reorders its tokens."""
+        return self.reorder != "none" and layer_idx in self.reorder_layers
+
+    def check(self, config) -> None:
+        """Every layer in reorder_layers exists."""
+        bad = [i for i in self.reorder_layers if not 0 <= i < config.n_layer]
+        if bad:
+            raise ConfigError(f"reorder_layers {bad} do not exist; the model has layers 0..{config.n_layer - 1}.")
 
 
-@register_variant("reorder", applies=reorders)
 class ReorderingMixin:
     """Reorders the tokens of a Mamba mixer by a learned importance score (module docstring).
 
-    Built from the config's ``reorder``, ``reorder_tau``, ``reorder_power`` and
-    ``reorder_branches`` fields; ``importance_weight`` (D,) starts uniform in ±D^-1/2 (not 0:
+    Built from the config's :class:`ReorderSettings` (``config.variants["reorder"]``);
+    ``importance_weight`` (D,) starts uniform in ±D^-1/2 (not 0:
     equal scores would make SoftSort's rows uniform and the sort an identity with no gradient).
     """
 
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__(config, layer_idx=layer_idx)
-        self.setup_reordering(config.reorder, config.reorder_tau, config.reorder_power, config.reorder_branches)
+        s = config.variants["reorder"]
+        self.setup_reordering(s.reorder, s.reorder_tau, s.reorder_power, s.reorder_branches)
 
     def setup_reordering(self, mode: str, tau: float = 1.0, power: float = 1.0, branches: str = "xz",
                          window: int = DEFAULT_WINDOW) -> None:
@@ -102,3 +131,6 @@ class ReorderingMixin:
             return y
         kind, value = ctx
         return soft_restore(value, y) if kind == "soft" else inverse_permute(y, value)
+
+
+register_variant("reorder", ReorderSettings, ReorderingMixin, families=("mamba1",), causal=False)

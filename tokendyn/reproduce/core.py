@@ -121,7 +121,7 @@ def run(ctx: Context) -> SectionResult:
 
     record = {
         "provenance": provenance(ctx.command),
-        "model": {**config.to_dict(), "parameters": model.num_parameters()},
+        "model": {**config.flat_dict(), "parameters": model.num_parameters()},
         "input": {"batch": s["batch"], "length": s["length"], "dtype": "float32", "device": str(device),
                   "torch_threads": torch.get_num_threads()},
         "repeats": s["repeats"],

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..data.images import ImageDataset, ImageSplit, ImageTransform
 from ..errors import ConfigError
 from ..model import ClassifierConfig, MambaClassifier
-from .loop import TrainConfig, TrainResult, check_model_fits, resolve_device, train
+from ..model.config import takes_flat_options
+from .loop import TrainConfig, TrainResult, check_model_fits, model_identity, resolve_device, train
 from .task import Task, autocast_context, batch_generator, slice_rows
 
 
@@ -126,27 +127,25 @@ class ImageClassificationTask(Task):
 
 # ---- one image-classification run -------------------------------------------------------------
 
+@takes_flat_options("mixer")
 @dataclass
 class ImageModelSpec:
     """The classifier of a run: a :class:`MambaClassifier` over patch_size × patch_size patches.
 
-    positions: a learned position embedding over the patches; reorder*: THEORY.md section 6
-    (see :class:`~tokendyn.model.ClassifierConfig`).
+    positions: a learned position embedding over the patches; layer: the mixer family; mixer: the
+    options of the family and of its variants by name (for Mamba-1 e.g. ``{"d_state": 16,
+    "reorder": "soft"}``: token reordering, THEORY.md section 6), checked by the config through the
+    registry; an option may also be given as a keyword (``ImageModelSpec(reorder="hard")``).
     """
 
     d_model: int = 64
     n_layer: int = 4
-    d_state: int = 16
-    expand: int = 2
     patch_size: int = 4
     bidirectional: bool = True
     pooling: str = "mean"
     positions: bool = True
-    reorder: str = "none"
-    reorder_tau: float = 1.0
-    reorder_power: float = 1.0
-    reorder_layers: list = field(default_factory=lambda: [0])
-    reorder_branches: str = "xz"
+    layer: str = "mamba1"
+    mixer: dict = field(default_factory=dict)
 
     def config(self, image_shape, n_classes: int, scan_backend: str = "auto") -> ClassifierConfig:
         c, h, w = image_shape
@@ -155,11 +154,9 @@ class ImageModelSpec:
             raise ConfigError(f"the patch size {p} must divide the image size {h} x {w}.")
         n_tokens = (h // p) * (w // p)
         return ClassifierConfig(
-            input_dim=c * p * p, n_classes=n_classes, d_model=self.d_model, n_layer=self.n_layer,
-            d_state=self.d_state, expand=self.expand, patch_size=p, bidirectional=self.bidirectional,
-            pooling=self.pooling, n_positions=n_tokens if self.positions else 0, scan_backend=scan_backend,
-            reorder=self.reorder, reorder_tau=self.reorder_tau, reorder_power=self.reorder_power,
-            reorder_layers=list(self.reorder_layers), reorder_branches=self.reorder_branches)
+            input_dim=c * p * p, n_classes=n_classes, d_model=self.d_model, n_layer=self.n_layer, patch_size=p,
+            bidirectional=self.bidirectional, pooling=self.pooling, n_positions=n_tokens if self.positions else 0,
+            scan_backend=scan_backend, layer=self.layer, options=dict(self.mixer))
 
 
 def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, batch_size: int = 256,
@@ -188,7 +185,7 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
         spe = task.steps_per_epoch
         cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=spe,
                                   log_every=min(cfg.log_every or spe, spe))
-    identity = {"model": {k: v for k, v in dataclasses.asdict(config).items() if k != "scan_backend"},
+    identity = {"model": model_identity(config),
                 "data": data.source, "epochs": epochs}
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=dev,
                    stop_after_steps=stop_after_steps, progress=progress, log=log)

@@ -6,19 +6,18 @@ runs once per (setting, seed).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..data import corpus as corpora
-from ..errors import ConfigError
 from ..model import MambaConfig, MambaLM
-from ..model.config import IO_CONSTRAINTS
+from ..model.config import takes_flat_options
+from ..model.io_constraint import IO_CONSTRAINTS
 from . import state as runstate
 from .figures import save_figure
-from .loop import TrainConfig, TrainResult, check_model_fits, is_main_process, train
+from .loop import TrainConfig, TrainResult, check_model_fits, is_main_process, model_identity, train
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
@@ -27,35 +26,27 @@ IO_SETTINGS = IO_CONSTRAINTS      # the settings the experiment can compare: eve
 DEFAULT_SETTINGS = ("none", "positive", "negative", "mixed")
 
 
+@takes_flat_options("mixer")
 @dataclass
 class LMModelSpec:
     """The model of a run (a MambaLM; the vocabulary comes from the tokenizer).
 
-    io_constraint: the sign of S_Cᵀ S_B (THEORY.md section 5): none, positive, negative,
-    mixed (the authors', no ε) or mixed_margin; io_margin: its ε; final_dropout: dropout on
-    the final hidden states (the authors': 0.3).
+    layer: the mixer family; mixer: the options of the family and of its variants by name (for
+    Mamba-1 e.g. ``{"d_state": 16, "io_constraint": "positive"}``: the sign of S_Cᵀ S_B, THEORY.md
+    section 5), checked by the config through the registry; an option may also be given as a
+    keyword (``LMModelSpec(d_state=8)``). final_dropout: dropout on the final hidden states (the
+    authors': 0.3).
     """
 
     d_model: int = 128
     n_layer: int = 4
-    d_state: int = 16
-    expand: int = 2
-    io_constraint: str = "none"
-    io_margin: float = 0.7
+    layer: str = "mamba1"
+    mixer: dict = field(default_factory=dict)
     final_dropout: float = 0.0
 
     def config(self, vocab_size: int, scan_backend: str = "auto") -> MambaConfig:
-        if self.io_constraint not in IO_SETTINGS:
-            raise ConfigError(f"unknown io_constraint setting {self.io_constraint!r}; choose one of "
-                              f"{', '.join(IO_SETTINGS)}.")
-        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, d_state=self.d_state,
-                           expand=self.expand, scan_backend=scan_backend, io_constraint=self.io_constraint,
-                           io_margin=self.io_margin, final_dropout=self.final_dropout)
-
-
-def model_identity(config: MambaConfig) -> dict:
-    """The config fields that define the model (the scan backend is the machine's choice)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k != "scan_backend"}
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=vocab_size, layer=self.layer,
+                           scan_backend=scan_backend, final_dropout=self.final_dropout, options=dict(self.mixer))
 
 
 def prepare_data(text_files=None, wikitext=None, tokenizer=None, vocab_size: int = 4096,
@@ -98,7 +89,7 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
         data.save_tokenizer(Path(out))
         if monitor is not None and not result.stopped_early:
             fig = plot_monitor(runstate.read_metrics(Path(out)),
-                               title=f"regime monitor ({spec.io_constraint}, seed {cfg.seed})")
+                               title=f"regime monitor ({config.label()}, seed {cfg.seed})")
             save_figure(fig, Path(out) / "monitor.png", dpi=100)
         if analysis_figures and not result.stopped_early:
             write_analysis_figures(model, data.ids["test"][:context].long(), Path(out))

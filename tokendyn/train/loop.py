@@ -148,6 +148,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
 TRAINING_BYTES_PER_PARAMETER = 16
 
 
+def model_identity(config) -> dict:
+    """The config fields that define the model, the mixer's options flat (the scan backend is the
+    machine's choice): what a run directory records and a resumed run must match."""
+    return {k: v for k, v in config.flat_dict().items() if k != "scan_backend"}
+
+
 def check_model_fits(model_class, config, device) -> None:
     """Refuse a model whose weights, gradients and AdamW moments alone exceed the memory free on
     ``device`` (a lower bound of what training needs), before any weight is allocated: the
