@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from ..dynamics.regimes import regime_from_signature
 from ..dynamics.spectrum import eigen_signature, io_eigvals, symmetric_io_eigvals
 from ..errors import CheckpointError
+from ..model.contract import IOParameters, Mixer
 
-IO_KEYS = ("S_B", "S_C", "S_Delta", "b_Delta", "A")
+IO_KEYS = IOParameters.THEORY_KEYS
 
 
 def verdict(positive: int, negative: int) -> str:
@@ -100,7 +101,8 @@ def check_io_parameters(params: dict, index: int = 0) -> None:
 def layer_spectrum(params: dict, index: int = 0, rtol: float = 1e-8) -> LayerSpectrum:
     """Spectrum and parameter statistics of one layer.
 
-    params: ``MambaMixer.io_parameters()``: S_B, S_C (N, D), S_Delta (D, D), b_Delta (D,), A (D, N).
+    params: a mixer's ``io_parameters()`` (:class:`~tokendyn.model.contract.IOParameters`, or a dict
+    with its keys): S_B, S_C (N, D), S_Delta (D, D), b_Delta (D,), A (D, N).
     """
     check_io_parameters(params, index)
     S_B, S_C = params["S_B"], params["S_C"]
@@ -124,16 +126,18 @@ def layer_spectrum(params: dict, index: int = 0, rtol: float = 1e-8) -> LayerSpe
     )
 
 
-def model_io_parameters(model) -> list[dict]:
-    """``io_parameters()`` of every mixer of a MambaLM-like model (``backbone.layers[i].mixer``)."""
+def model_io_parameters(model) -> list[IOParameters]:
+    """``io_parameters()`` of every mixer of a MambaLM-like model (``backbone.layers[i].mixer``, each
+    satisfying the mixer contract, :class:`~tokendyn.model.contract.Mixer`)."""
     layers = getattr(getattr(model, "backbone", None), "layers", None)
     if layers is None:
         raise CheckpointError("the model has no backbone.layers; it is not a Mamba language model.")
     out = []
     for i, layer in enumerate(layers):
         mixer = getattr(layer, "mixer", None)
-        if mixer is None or not hasattr(mixer, "io_parameters"):
-            raise CheckpointError(f"layer {i} has no Mamba mixer (no x_proj / dt_proj); it is not a Mamba model.")
+        if not isinstance(mixer, Mixer):
+            raise CheckpointError(f"layer {i} has no mixer that satisfies tokendyn's mixer contract; it is not a "
+                                  "model tokendyn can analyse.")
         with torch.no_grad():
             out.append(mixer.io_parameters())
     return out
