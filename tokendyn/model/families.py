@@ -84,42 +84,59 @@ def _settings(settings_cls: type, value, overrides: Mapping[str, Any], whose: st
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A registered variant: its settings class, the mixin, the families it applies to, and
-    whether it keeps the model causal (a causal language model refuses one that does not)."""
+class _Entry:
+    """What families and variants share: a name and a settings dataclass whose fields are options."""
 
     name: str
     settings_cls: type
+
+    KIND = ""       # "family" | "variant"
+
+    @property
+    def cls(self) -> type:
+        """The class the entry contributes (the family's mixer, the variant's mixin)."""
+        raise NotImplementedError
+
+    def options(self) -> tuple[str, ...]:
+        """The option names (the settings' fields)."""
+        return _field_names(self.settings_cls)
+
+    def settings(self, value=None, overrides: Mapping[str, Any] | None = None):
+        """The settings from ``value`` (None: the defaults; an instance; a dict of fields) with
+        ``overrides`` applied; the settings' own checks run."""
+        whose = f"layer {self.name!r}" if self.KIND == "family" else f"variant {self.name!r}"
+        return _settings(self.settings_cls, value, overrides or {}, whose)
+
+
+@dataclass(frozen=True)
+class Variant(_Entry):
+    """A registered variant: its settings class, the mixin, the families it applies to, and
+    whether it keeps the model causal (a causal language model refuses one that does not)."""
+
     mixin: type
     families: tuple[str, ...]
     causal: bool = True
 
-    def options(self) -> tuple[str, ...]:
-        """The variant's option names (its settings' fields)."""
-        return _field_names(self.settings_cls)
+    KIND = "variant"
 
-    def settings(self, value=None, overrides: Mapping[str, Any] | None = None):
-        """The variant's settings from ``value`` (None, an instance or a dict) and ``overrides``."""
-        return _settings(self.settings_cls, value, overrides or {}, f"variant {self.name!r}")
+    @property
+    def cls(self) -> type:
+        return self.mixin
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(_Entry):
     """A registered family: name, settings class, mixer class, interop, and a title for people."""
 
-    name: str
-    settings_cls: type
     mixer_cls: type
     interop: Interop = Interop()
     title: str = ""
 
-    def options(self) -> tuple[str, ...]:
-        """The family's own option names (its settings' fields)."""
-        return _field_names(self.settings_cls)
+    KIND = "family"
 
-    def settings(self, value=None, overrides: Mapping[str, Any] | None = None):
-        """The family's settings from ``value`` (None, an instance or a dict) and ``overrides``."""
-        return _settings(self.settings_cls, value, overrides or {}, f"layer {self.name!r}")
+    @property
+    def cls(self) -> type:
+        return self.mixer_cls
 
     def variants(self) -> tuple[Variant, ...]:
         """The registered variants of this family, in registration (composition) order."""
@@ -161,15 +178,24 @@ _VARIANTS: dict[str, Variant] = {}
 _COMPOSED: dict[tuple[type, ...], type] = {}
 
 
-def _check_unique(owner: str, names: tuple[str, ...]) -> None:
-    taken = {}
-    for f in _FAMILIES.values():
-        taken.update(dict.fromkeys(f.options(), f"family {f.name!r}"))
-    for v in _VARIANTS.values():
-        taken.update(dict.fromkeys(v.options(), f"variant {v.name!r}"))
-    clash = [n for n in names if n in taken and taken[n] != owner]
+def _add(table: dict, entry: _Entry):
+    """Put ``entry`` into ``table``, unless the same classes are registered under its name already;
+    refuse another entry of that name, settings that are no dataclass, and an option name another
+    family or variant owns."""
+    owner = f"{entry.KIND} {entry.name!r}"
+    old = table.get(entry.name)
+    if old is not None:
+        if (old.settings_cls, old.cls) != (entry.settings_cls, entry.cls):
+            raise ValueError(f"{owner} is registered twice")
+        return old
+    if not dataclasses.is_dataclass(entry.settings_cls):
+        raise TypeError(f"the settings of {owner} must be a dataclass")
+    taken = option_names()
+    clash = [n for n in entry.options() if n in taken and taken[n] != owner]
     if clash:
         raise ValueError(f"{owner}: option {clash[0]!r} is already an option of {taken[clash[0]]}")
+    table[entry.name] = entry
+    return entry
 
 
 def register_family(name: str, settings_cls: type, mixer_cls: type, *, interop: Interop | None = None,
@@ -177,17 +203,7 @@ def register_family(name: str, settings_cls: type, mixer_cls: type, *, interop: 
     """Register a mixer family under ``name`` (the config's ``layer``): ``settings_cls`` a dataclass
     (:class:`~tokendyn.model.contract.FamilySettings`), ``mixer_cls`` a module satisfying
     :class:`~tokendyn.model.contract.Mixer`. Registering the same classes again is a no-op."""
-    family = Family(name, settings_cls, mixer_cls, interop or Interop(), title or name)
-    old = _FAMILIES.get(name)
-    if old is not None:
-        if (old.settings_cls, old.mixer_cls) != (settings_cls, mixer_cls):
-            raise ValueError(f"mixer family {name!r} is registered twice")
-        return old
-    if not dataclasses.is_dataclass(settings_cls):
-        raise TypeError(f"the settings of family {name!r} must be a dataclass")
-    _check_unique(f"family {name!r}", _field_names(settings_cls))
-    _FAMILIES[name] = family
-    return family
+    return _add(_FAMILIES, Family(name, settings_cls, mixer_cls, interop or Interop(), title or name))
 
 
 def register_variant(name: str, settings_cls: type, mixin: type, *, families: tuple[str, ...],
@@ -196,17 +212,7 @@ def register_variant(name: str, settings_cls: type, mixin: type, *, families: tu
     is the family) for every layer whose settings say ``applies(layer_idx)``. Variants compose
     in registration order (the first registered is first in the method resolution order).
     ``causal=False``: the variant breaks causality (a causal language model refuses it)."""
-    variant = Variant(name, settings_cls, mixin, tuple(families), causal)
-    old = _VARIANTS.get(name)
-    if old is not None:
-        if (old.settings_cls, old.mixin) != (settings_cls, mixin):
-            raise ValueError(f"variant {name!r} is registered twice")
-        return old
-    if not dataclasses.is_dataclass(settings_cls):
-        raise TypeError(f"the settings of variant {name!r} must be a dataclass")
-    _check_unique(f"variant {name!r}", _field_names(settings_cls))
-    _VARIANTS[name] = variant
-    return variant
+    return _add(_VARIANTS, Variant(name, settings_cls, mixin, tuple(families), causal))
 
 
 def family_names() -> tuple[str, ...]:
@@ -244,12 +250,7 @@ def family_for_hf(model_type: str | None = None, architectures=()) -> Family | N
 
 def option_names() -> dict[str, str]:
     """Every option name of the registry -> its owner ("family 'mamba1'", "variant 'reorder'")."""
-    out = {}
-    for f in _FAMILIES.values():
-        out.update(dict.fromkeys(f.options(), f"family {f.name!r}"))
-    for v in _VARIANTS.values():
-        out.update(dict.fromkeys(v.options(), f"variant {v.name!r}"))
-    return out
+    return {name: f"{e.KIND} {e.name!r}" for e in (*_FAMILIES.values(), *_VARIANTS.values()) for name in e.options()}
 
 
 def parse_option(text: str) -> tuple[str, Any]:
