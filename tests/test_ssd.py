@@ -8,9 +8,8 @@ against a closed form, neither of which uses the recurrence.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -416,23 +415,44 @@ def test_step_and_matrix_wrong_shapes():
 
 # ----------------------------------------------------------------------------- the benchmark
 
-def test_gpu_benchmark_cpu_smoke(tmp_path):
-    """benchmarks/ssd_gpu.py --cpu-smoke: a tiny shape on the CPU, no peer; it checks agreement first
-    and writes its JSON."""
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("ssd_gpu", ROOT / "benchmarks" / "ssd_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_cpu_smoke(bench, tmp_path):
+    """benchmarks/ssd_gpu.py --cpu-smoke: tiny shapes on the CPU, no peer; it checks agreement with
+    the float64 run first and writes its JSON."""
     out = tmp_path / "ssd.json"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ssd_gpu.py"), "--cpu-smoke", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert bench.main(["--cpu-smoke", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["complete"] is True and data["peer"] is None
     for key in ("device", "date", "commit", "command"):
         assert key in data["provenance"], key
     assert "--cpu-smoke" in data["provenance"]["command"]
     rows = data["rows"]
-    assert rows and all(r["check"]["ok"] for r in rows)
+    assert len(rows) == len(bench.SMOKE_SHAPES) and all(r["check"]["ok"] for r in rows)
     for r in rows:
         assert r["chunked"]["fwd_ms"] > 0 and r["chunked"]["fwdbwd_ms"] > 0
         assert r["ratio_fwd"] is None and r["ratio_fwdbwd"] is None   # no peer on the CPU
+    for bad in (["--rounds", "0"], ["--chunk-size", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_gpu_benchmark_row_with_a_peer(bench):
+    """One row's bookkeeping with a stand-in peer (the chunked backend at another chunk size)."""
+    args = bench.parse_args(["--rounds", "2", "--round-ms", "1"])
+    impls = bench.contenders(args, lambda x, dt, A, B, C, chunk_size, D: ssd_chunked(x, dt, A, B, C, D=D,
+                                                                                      chunk_size=7))
+    row = bench.run_row((1, 30, 2, 4, 4, 1), torch.float32, impls, args, torch.device("cpu"), print)
+    assert row["check"]["ok"] and row["check"]["y_chunked_vs_mamba_ssm"] < 1e-6
+    assert set(row["check"]["mamba_ssm_vs_float64"]) == {"y", "dx", "ddt", "dA", "dB", "dC", "dD"}
+    assert row["ratio_fwdbwd"] == pytest.approx(row["chunked"]["fwdbwd_ms"] / row["mamba_ssm"]["fwdbwd_ms"])
+    assert len(row["mamba_ssm"]["fwd_rounds_ms"]) == 2
 
 
 # ----------------------------------------------------------------------------- GPU
