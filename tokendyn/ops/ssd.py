@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ..errors import UnknownBackendError
 from ._ssd_checks import check_ssd_inputs
+from .ssd_chunked import DEFAULT_CHUNK
 
 # name -> "module:function", imported when used (as the Mamba-1 registry in scan.py)
 _SSD_BACKENDS: dict[str, str] = {
@@ -45,7 +46,7 @@ def _load(name: str) -> Callable:
 
 
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, return_final_state=False,
-             backend: str = "auto", chunk_size: int = 64):
+             backend: str = "auto", chunk_size: int = DEFAULT_CHUNK):
     """The Mamba-2 selective scan (SSD), docs/scan.md "The Mamba-2 (SSD) scan".
 
     Per batch and head h: S_t = exp(Δ_t A_h) S_{t-1} + Δ_t x_t ⊗ B_t,  y_t = S_t C_t + D_h x_t.
