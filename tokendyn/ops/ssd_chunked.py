@@ -40,11 +40,13 @@ def _chunk_states_scan(S: torch.Tensor, chunk_decay: torch.Tensor, h0: torch.Ten
 
     A sequential loop over chunks: linear in their number (a c×c matrix form would cost
     O(chunks²·head_dim·state)), and with T = 64 a 8,192-step sequence is 128 small steps.
+    The per-chunk slices come from ``unbind``: indexing S[:, c] instead would make autograd
+    write each slice's gradient into a fresh zero tensor of S's full size, quadratic in chunks.
     """
     h, entering = h0, []
-    for c in range(S.shape[1]):
+    for S_c, d_c in zip(S.unbind(1), chunk_decay.unbind(-1)):
         entering.append(h)
-        h = chunk_decay[..., c, None, None] * h + S[:, c]
+        h = torch.addcmul(S_c, d_c[..., None, None], h)
     return torch.stack(entering, dim=1), h
 
 
