@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.profiler import ProfilerActivity, profile
 
 from tokendyn.errors import ConfigError, ScanInputError, TokendynError, UnknownBackendError
 from tokendyn.ops import (
@@ -217,6 +218,23 @@ def test_strong_decay_stays_finite():
     (y.square().mean() + last.sum()).backward()
     for name, t in leaves.items():
         assert torch.isfinite(t.grad).all(), name
+
+
+def _backward_bytes(length):
+    """Bytes the backward of a chunked scan (chunk 4) allocates in all, at ``length``."""
+    ins = make_inputs(1, length, 2, 8, 1, 8)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    y, last = ssd_chunked(**leaves, return_final_state=True, chunk_size=4)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        (y.sum() + last.sum()).backward()
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+
+
+def test_chunked_backward_is_linear_in_length():
+    """Four times the chunks, about four times the memory traffic of the backward (the scan over
+    chunks once wrote every chunk's gradient into a zero tensor of all chunks: quadratic, 14×)."""
+    ratio = _backward_bytes(1024) / _backward_bytes(256)
+    assert 3 < ratio < 6, ratio
 
 
 # ----------------------------------------------------------------------------- gradients
