@@ -102,8 +102,10 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, return_final_state=F
     y = torch.einsum("bgjcts,bcsgjp->bctgjp", W, xk)
 
     # 2. each chunk's state from a zero start; seg's last row is the decay from s to the chunk end
+    # (weights first, as one x-sized tensor: contracting x with B first would form (…, p, n) per step)
     to_end = torch.exp(seg[..., -1, :]) * dtk                                 # (b, g, j, c, s)
-    S = torch.einsum("bgjcs,bcsgjp,bcsgn->bcgjpn", to_end, xk, Bk)            # (b, c, g, j, p, n)
+    xw = xk * to_end.permute(0, 3, 4, 1, 2)[..., None]                        # (b, c, s, g, j, p)
+    S = torch.einsum("bcsgjp,bcsgn->bcgjpn", xw, Bk)                          # (b, c, g, j, p, n)
 
     # 3. the state entering each chunk; the chunk's whole decay is its cumulative sum's last entry
     cum = a.cumsum(-1)                                                        # Σ_{r≤t} a_r, (b, g, j, c, t)
