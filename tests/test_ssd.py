@@ -106,7 +106,7 @@ def closed_form_final_state(x, dt, A, B, C, D=None, initial_state=None):
 
 # ----------------------------------------------------------------------------- oracle checks
 
-@settings(max_examples=15)
+@settings(max_examples=20)
 @given(shape=shapes(), use_D=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_reference_matches_matrix_and_closed_forms(shape, use_D, seed):
     batch, length, heads, hdim, groups, state, _ = shape
@@ -131,7 +131,7 @@ def test_segsum_is_the_causal_segment_sum():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@settings(max_examples=12)
+@settings(max_examples=20)
 @given(shape=shapes(), flags=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**31 - 1))
 def test_forward_matches_float64_oracle(backend, dtype, shape, flags, seed):
     batch, length, heads, hdim, groups, state, chunk = shape
@@ -188,7 +188,7 @@ def test_length_zero(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=10)
+@settings(max_examples=15)
 @given(shape=shapes(), cut=st.floats(0, 1), seed=st.integers(0, 2**31 - 1))
 def test_split_sequence_through_the_final_state(backend, shape, cut, seed):
     """Scanning a prefix, then the rest from the prefix's final state, is the whole scan."""
@@ -249,7 +249,7 @@ def grads(fn, ins, weights, **kw):
     return dict(zip(leaves, gs))
 
 
-@settings(max_examples=10)
+@settings(max_examples=25)
 @given(shape=shapes(), flags=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**31 - 1))
 def test_chunked_gradients_match_float64_reference(shape, flags, seed):
     """Gradients of all of x, Δ, A, B, C, D and the initial state, for a loss on y and S_L."""
@@ -292,7 +292,7 @@ def test_bfloat16_gradients_flow():
 # ----------------------------------------------------------------------------- step and matrix
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@settings(max_examples=8)
+@settings(max_examples=12)
 @given(shape=shapes(), use_D=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_step_by_step_equals_the_scan(dtype, shape, use_D, seed):
     batch, length, heads, hdim, groups, state, chunk = shape
@@ -322,7 +322,7 @@ def test_step_keeps_the_state_dtype():
     assert rel_err(y, want[:, 0]) < FWD_TOL[torch.bfloat16] and rel_err(new, want_s) < FWD_TOL[torch.bfloat16]
 
 
-@settings(max_examples=10)
+@settings(max_examples=15)
 @given(shape=shapes(), seed=st.integers(0, 2**31 - 1))
 def test_matrix_reproduces_the_chunked_scan(shape, seed):
     batch, length, heads, hdim, groups, state, chunk = shape
