@@ -108,6 +108,32 @@ def test_flow_of_the_first_tokens_is_exact_for_them():
     torch.testing.assert_close(first.token_ratio, whole.token_ratio[: int(keep[:16].sum())], rtol=1e-5, atol=0)
 
 
+def _flow_on(device):
+    model = _model("positive")
+    params = model_io_parameters(model)[0]
+    u = _internals(model)[0].x[0].T
+    return idealised_flow(layer_system(params), u.to(device), tokens=24, t_end=5.0)
+
+
+def test_flow_on_the_cpu_by_name_is_the_flow():
+    """The flow's device option changes where the scans run, nothing else."""
+    a, b = _flow_on("cpu"), idealised_flow(layer_system(model_io_parameters(_model("positive"))[0]),
+                                           _internals(_model("positive"))[0].x[0].T, tokens=24, t_end=5.0,
+                                           device=None)
+    assert a.verdict == b.verdict and a.n_evals == b.n_evals
+    torch.testing.assert_close(a.ratio, b.ratio, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_flow_on_the_gpu_matches_the_cpu():
+    """u on a CUDA device: the vector field runs there (float64, the chunked scan), the solver on the
+    CPU; the verdict, the evaluations and the norm ratios agree with the CPU's."""
+    cpu, gpu = _flow_on("cpu"), _flow_on("cuda")
+    assert gpu.verdict == cpu.verdict and abs(gpu.n_evals - cpu.n_evals) <= 2
+    n = min(len(cpu.ratio), len(gpu.ratio))
+    torch.testing.assert_close(gpu.ratio[:n], cpu.ratio[:n], rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sign_constrained_layers_at_initialisation(seed):
     """The prediction of THEORY.md section 4, inside real layers of random models. These layers are

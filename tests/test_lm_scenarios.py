@@ -147,12 +147,17 @@ def test_the_papers_comparisons():
 
 
 def test_scales_pass_their_corpus(monkeypatch):
-    """A scale's "corpus" names the built-in corpus the grid trains on (default: the Bible)."""
+    """A scale's "corpus" names the built-in corpus the grid trains on (None: the Bible); --corpus
+    overrides it, and --text or --wikitext replace it."""
     from tokendyn.experiments import lm_scenarios
 
     seen = []
     monkeypatch.setattr(lm_scenarios, "prepare_data", lambda **kw: seen.append(kw))
     lm_scenarios.prepare({**lm_scenarios.SCALES["smoke"], "corpus": "other"}, {})
     lm_scenarios.prepare(lm_scenarios.SCALES["smoke"], {"text": [], "cache_dir": "c"})
-    assert [kw["builtin"] for kw in seen] == ["other", "bible"]
+    lm_scenarios.prepare({**lm_scenarios.SCALES["smoke"], "corpus": "other"}, {"corpus": "mine"})
+    lm_scenarios.prepare({**lm_scenarios.SCALES["smoke"], "corpus": "other"}, {"text": ["a.txt"]})
+    assert [kw["builtin"] for kw in seen] == ["other", None, "mine", None]
     assert seen[1]["text_files"] is None and seen[1]["cache_dir"] == "c" and seen[1]["vocab_size"] == 512
+    assert seen[3]["text_files"] == ["a.txt"]
+    assert lm_scenarios.SCALES["full"]["corpus"] == "english"

@@ -164,8 +164,12 @@ class Integrator:
     def __init__(self, system: TokenSystem, x0: torch.Tensor, grid: torch.Tensor, *, method: str,
                  rtol: float, atol: float, dtype: torch.dtype, backend: str, blowup_rtol: float,
                  blowup_norm: float, max_evals: int | None, time_limit: float | None,
-                 stiff_note: str | None = None, progress=None, stop_at_blowup: bool = False):
+                 stiff_note: str | None = None, progress=None, stop_at_blowup: bool = False,
+                 device: torch.device | str | None = None):
         self.system = system.to(dtype=dtype)
+        # where the vector field is evaluated; the solver's state stays on the CPU (scipy)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.field_system = self.system.to(device=self.device) if self.device.type != "cpu" else self.system
         self.dtype, self.backend = dtype, backend
         self.shape = tuple(x0.shape)                           # (batch, L, D)
         self.grid = grid.tolist()
@@ -195,11 +199,12 @@ class Integrator:
         (k > 1 stacks k copies of the batch, as the Jacobian does.)"""
         self.n_evals += 1
         batch, L, D = y.shape
+        y = y.to(self.device, self.dtype)
         if batch * L * L * D * self.system.state <= SMALL_SYSTEM_TERMS:
-            dy = vector_field_naive(self.system, y.to(self.dtype))
+            dy = vector_field_naive(self.field_system, y)
         else:
-            dy = vector_field(self.system, y.to(self.dtype), self.backend)
-        dy = dy.to(torch.float64)
+            dy = vector_field(self.field_system, y, self.backend)
+        dy = dy.to("cpu", torch.float64)
         dy = (dy.reshape(-1, *self.shape) * self.alive[None, ..., None]).reshape(y.shape)
         # A trial step that overshoots a singularity yields inf/NaN; a huge finite value
         # makes the solver reject the step and shrink it instead.
@@ -404,7 +409,8 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
              atol: float = 1e-10, dtype: torch.dtype = torch.float64, backend: str = "auto",
              blowup_rtol: float = 1e-6, blowup_norm: float | None = None,
              max_evals: int | None = None, time_limit: float | None = None,
-             memory_limit: float = DEFAULT_MEMORY_LIMIT, progress=None, stop_at_blowup: bool = False) -> Simulation:
+             memory_limit: float = DEFAULT_MEMORY_LIMIT, progress=None, stop_at_blowup: bool = False,
+             device: torch.device | str | None = None) -> Simulation:
     """Integrate dx/dt = vector_field(x) from x0 over a log-spaced grid to ``t_end``.
 
     Arguments:
@@ -418,6 +424,8 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
         stop_at_blowup: end the run at the first blow-up (the tokens still alive are then cut
             short there, ``info["stop_reason"]`` says so): enough to tell a blow-up and its time,
             and far cheaper than following the earlier tokens, which turn stiff afterwards.
+        device: where the vector field (one selective scan) is evaluated, e.g. the GPU a model
+            sits on; the solver and the returned trajectory stay on the CPU. None: the CPU.
     Returns a :class:`Simulation`.
     """
     for name, v in (("max_evals", max_evals), ("time_limit", time_limit), ("memory_limit", memory_limit)):
@@ -436,4 +444,4 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     return Integrator(system, x0, grid, method=chosen, rtol=rtol, atol=atol, dtype=dtype, backend=backend,
                       blowup_rtol=blowup_rtol, blowup_norm=blowup_norm, max_evals=max_evals,
                       time_limit=time_limit, stiff_note=note, progress=progress,
-                      stop_at_blowup=stop_at_blowup).run()
+                      stop_at_blowup=stop_at_blowup, device=device).run()

@@ -1,4 +1,5 @@
-"""Selective scan backends behind one dispatcher, and the scan's compute-dtype rule.
+"""Selective scan backends behind one dispatcher, and the scan's compute-dtype rule; the
+Mamba-2 (SSD) scan's backends behind its own (``ssd_scan``), with its step and matrix form.
 
 Imports nothing of tokendyn's beyond :mod:`tokendyn.errors`, so that the model, the dynamics and
 the analysis can all build on it. :func:`resolve_backend` is the one place that decides what
@@ -16,6 +17,9 @@ from .scan import (
     resolve_backend,
     selective_scan,
 )
+from .ssd import resolve_ssd_backend, ssd_backend_names, ssd_scan
+from .ssd_chunked import ssd_chunked
+from .ssd_reference import ssd_matrix, ssd_reference, ssd_step
 
 __all__ = [
     "selective_scan",
@@ -27,4 +31,11 @@ __all__ = [
     "check_scan_inputs",
     "get_backend",
     "resolve_backend",
+    "ssd_scan",
+    "ssd_reference",
+    "ssd_chunked",
+    "ssd_step",
+    "ssd_matrix",
+    "ssd_backend_names",
+    "resolve_ssd_backend",
 ]

@@ -27,8 +27,9 @@ def experiment_source(doc: dict, scale: str, committed: dict | None, stem: str):
     if scale == "full":
         return doc, f"this run ({doc.get('device')})"
     if committed is not None:
+        commits = committed.get("runs_commits") or [committed.get("commit")]      # where the runs were trained
         return committed, (f"committed full-scale run results/{stem}.json ({committed.get('device')}, commit "
-                           f"{str(committed.get('commit'))[:7]})")
+                           f"{', '.join(str(c)[:7] for c in commits)})")
     return None, ""
 
 
@@ -48,8 +49,9 @@ def run_section(exp: Experiment, ctx: Context, committed_path: Path | None = Non
     parts = [f"**This run** ({scale} scale, {doc['device']}; files in `{folder}/`):", "", markdown(exp, doc),
              *(f"![{f.caption}]({folder}/{f.file})" for f in exp.figures), ""]
     if committed is not None:
+        commits = committed.get("runs_commits") or [committed.get("commit")]
         parts += [f"**Committed full-scale run** (results/{exp.stem}.json: {committed.get('device')}, commit "
-                  f"{str(committed.get('commit'))[:10]}, {committed.get('date', 'date not recorded')}):", "",
+                  f"{', '.join(str(c)[:10] for c in commits)}, {committed.get('date', 'date not recorded')}):", "",
                   markdown(exp, committed)]
     else:
         parts += [f"No committed full-scale table (results/{exp.stem}.json) is present in this tree."]

@@ -76,7 +76,8 @@ class Comparison:
 
     def tolerance(self) -> str:
         return (f"{self.setting} {self.expect} than {self.other} by ≥ {self.min_t:g} seed spreads "
-                f"(Welch t ≥ {self.min_t:g}), full scale, ≥ {self.min_seeds} seeds")
+                f"(Welch t ≥ {self.min_t:g}), full scale, ≥ {self.min_seeds} seeds, every validation curve flat "
+                "where the experiment has a flatness rule")
 
     def judge(self, settings: dict, metric: Metric) -> dict:
         """The comparison on a summary's ``settings``: {"diff", "spread", "t", "outcome", "note"};
@@ -91,9 +92,14 @@ class Comparison:
             return {"diff": diff, "spread": spread, "t": None, "outcome": "fail",
                     "note": "fewer than two seeds per setting, or identical results: no spread to compare with"}
         sign = 1 if (self.expect == "better") == metric.higher_is_better else -1
-        ok = sign * t >= self.min_t and min(len(a), len(b)) >= self.min_seeds
-        note = "" if min(len(a), len(b)) >= self.min_seeds else f"fewer than {self.min_seeds} seeds per setting"
-        return {"diff": diff, "spread": spread, "t": t, "outcome": "pass" if ok else "fail", "note": note}
+        # runs whose validation curve is still falling are not trained models yet: their order may change
+        flat = [f for s in (self.setting, self.other) for f in settings[s].get("val_flat") or ()]
+        falling = sum(not f for f in flat)
+        ok = sign * t >= self.min_t and min(len(a), len(b)) >= self.min_seeds and not falling
+        notes = [f"fewer than {self.min_seeds} seeds per setting"] if min(len(a), len(b)) < self.min_seeds else []
+        if falling:
+            notes.append(f"{falling} of {len(flat)} runs' validation curves still falling at the end (not flat)")
+        return {"diff": diff, "spread": spread, "t": t, "outcome": "pass" if ok else "fail", "note": "; ".join(notes)}
 
     def check(self, source: dict | None, label: str, metric: Metric, how: str):
         """The comparison as a report check on ``source`` (a summary, or None: not run, ``how`` says

@@ -1,0 +1,303 @@
+"""The Mamba-2 (SSD) scan on one GPU: tokendyn's ``chunked`` backend (plain PyTorch) vs mamba_ssm's
+fused Triton ``mamba_chunk_scan_combined``, in one run.
+
+    python benchmarks/ssd_gpu.py --out results/ssd_gpu.json
+    python benchmarks/ssd_gpu.py --cpu-smoke --out /tmp/ssd_smoke.json     # tiny, CPU, no peer
+
+Inputs (Mamba-2's initialisation): x, B, C ~ N(0, 1) and Δ = exp(U(log 0.001, log 0.1)) in the
+row's dtype; A = -U(1, 16) and D ~ N(0, 1) in float32 (parameters stay float32 in a bf16 model).
+Δ is passed already positive (the peer with dt_softplus=False, no dt_bias), no initial state, no
+z gate: both compute y = SSD(x, Δ, A, B, C) + D x. Every input requires grad, in the forward too
+(as in training: the forward then records what the backward needs).
+
+Per row, first the check: y and the gradients of every input (for the upstream gradient used in
+the timing) of each contender against ``ssd_chunked`` run in float64 on the same rounded inputs
+(tests/test_ssd.py ties that to the plain recurrence), as relative norm errors; ``check.ok`` says
+whether both are within the dtype's tolerance. Then the timing: the contenders are timed in turn
+within each of ``--rounds`` rounds (interleaved, so that clock and thermal drift hit both alike),
+each by CUDA events around back-to-back calls (about ``--round-ms`` per contender per round); a
+contender's time is the median over rounds of the mean per call. ``ratio_fwd``/``ratio_fwdbwd``
+= chunked ms / mamba_ssm ms (above 1: the chunked backend is slower). Peak memory is the extra
+allocation of one forward+backward. The JSON is rewritten after every row ("complete": false until
+the last), so a run cut short keeps what it measured; the exit status is 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tokendyn.ops import ssd_chunked  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
+
+BF16, FP32 = torch.bfloat16, torch.float32
+DTYPE_NAMES = {BF16: "bfloat16", FP32: "float32"}
+# (batch, length, heads, head_dim, state, n_groups): Mamba-2 130M-2.7B-like widths (heads·64 =
+# d_inner), the long sequence, and one with 8 groups
+SHAPES = [
+    ((8, 2048, 24, 64, 64, 1), BF16), ((8, 2048, 24, 64, 64, 1), FP32),
+    ((8, 2048, 48, 64, 128, 1), BF16), ((8, 2048, 48, 64, 128, 1), FP32),
+    ((4, 8192, 24, 64, 128, 1), BF16), ((4, 8192, 24, 64, 128, 1), FP32),
+    ((8, 2048, 32, 64, 128, 8), BF16),
+]
+SMOKE_SHAPES = [((2, 100, 4, 8, 8, 2), FP32), ((1, 70, 2, 4, 4, 1), BF16)]
+# relative norm error allowed against the float64 run: bfloat16 rounds every input and output to
+# 8 bits; the peer's float32 matmuls may run in TF32 (10-bit mantissa)
+CHECK_TOL = {BF16: 3e-2, FP32: 5e-3}
+SHAPE_KEYS = ("batch", "length", "heads", "head_dim", "state", "groups")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="results/ssd_gpu.json")
+    ap.add_argument("--commit", default=None, help="commit to record (default: git's HEAD)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds per row (median reported)")
+    ap.add_argument("--round-ms", type=float, default=100.0, help="time per contender per round")
+    ap.add_argument("--chunk-size", type=int, default=64, help="chunk of tokendyn's chunked backend")
+    ap.add_argument("--peer-chunk-size", type=int, default=256, help="chunk of mamba_ssm (Mamba2's default)")
+    ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="tiny shapes on the CPU, no peer, two short rounds: checks that the script runs")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.round_ms <= 0 or args.chunk_size < 1 or args.peer_chunk_size < 1:
+        ap.error("--rounds, --round-ms, --chunk-size and --peer-chunk-size must be positive")
+    if args.cpu_smoke:
+        args.rounds, args.round_ms, args.skip_peer = 2, 5.0, True
+    return args
+
+
+def load_peer():
+    """(mamba_chunk_scan_combined wrapped to our call, its description) or (None, why not)."""
+    try:
+        import mamba_ssm
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError as exc:
+        return None, f"mamba_ssm not importable: {exc}"
+    return mamba_chunk_scan_combined, f"mamba_ssm {getattr(mamba_ssm, '__version__', '?')}"
+
+
+def make_inputs(shape, dtype, device, seed=0):
+    b, l, h, p, n, g = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rn(*s):
+        return torch.randn(*s, generator=gen, device=device)
+
+    def un(lo, hi, *s):
+        return torch.rand(*s, generator=gen, device=device) * (hi - lo) + lo
+
+    return {
+        "x": rn(b, l, h, p).to(dtype),
+        "dt": torch.exp(un(math.log(1e-3), math.log(1e-1), b, l, h)).to(dtype),
+        "A": -un(1.0, 16.0, h),
+        "B": rn(b, l, g, n).to(dtype),
+        "C": rn(b, l, g, n).to(dtype),
+        "D": rn(h),
+    }
+
+
+class Contender:
+    """One implementation on one row's leaves (shared by the contenders; each forward+backward
+    first clears their gradients)."""
+
+    def __init__(self, fn, leaves: dict, g: torch.Tensor):
+        self.fn, self.leaves, self.g = fn, leaves, g
+
+    def fwd(self):
+        return self.fn(**self.leaves)
+
+    def fwdbwd(self):
+        for v in self.leaves.values():
+            v.grad = None
+        self.fn(**self.leaves).backward(self.g)
+
+    def out_and_grads(self):
+        self.fwdbwd()
+        with torch.no_grad():
+            y = self.fn(**self.leaves)
+        return y, {k: v.grad.detach().clone() for k, v in self.leaves.items()}
+
+
+def contenders(args, peer):
+    def ours(x, dt, A, B, C, D):
+        return ssd_chunked(x, dt, A, B, C, D=D, chunk_size=args.chunk_size)
+
+    out = {"chunked": ours}
+    if peer is not None:
+        def theirs(x, dt, A, B, C, D):
+            return peer(x, dt, A, B, C, chunk_size=args.peer_chunk_size, D=D)
+
+        out["mamba_ssm"] = theirs
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(call, reps: int, device) -> float:
+    """Mean milliseconds per call over ``reps`` back-to-back calls (CUDA events on a GPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        call()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def interleaved(cases: dict, mode: str, args, device) -> dict:
+    """name -> {"ms": median over rounds, "rounds_ms": [...], "reps": calls per round}."""
+    reps = {}
+    for name, case in cases.items():
+        call = getattr(case, mode)
+        call()                                            # compile, allocator warm-up
+        sync(device)
+        est = time_ms(call, 2, device)
+        reps[name] = max(1, min(2000, round(args.round_ms / max(est, 1e-3))))
+    samples = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, case in cases.items():
+            samples[name].append(time_ms(getattr(case, mode), reps[name], device))
+    return {name: {"ms": statistics.median(v), "rounds_ms": v, "reps": reps[name]} for name, v in samples.items()}
+
+
+def rel(x, ref) -> float:
+    x, ref = x.detach().double(), ref.detach().double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def check_row(cases: dict, data: dict, g: torch.Tensor, dtype) -> dict:
+    """Each contender's y and gradients against ssd_chunked in float64 on the same rounded inputs."""
+    leaves64 = {k: v.detach().double().requires_grad_() for k, v in data.items()}
+    y64 = ssd_chunked(**leaves64)
+    y64.backward(g.double())
+    ref = {"y": y64.detach(), **{f"d{k}": v.grad for k, v in leaves64.items()}}
+    res = {"tolerance": CHECK_TOL[dtype], "reference": "ssd_chunked in float64"}
+    ok, ys = True, {}
+    for name, case in cases.items():
+        ys[name], grads = case.out_and_grads()
+        errs = {"y": rel(ys[name], ref["y"]), **{f"d{k}": rel(v, ref[f"d{k}"]) for k, v in grads.items()}}
+        res[f"{name}_vs_float64"] = errs
+        ok = ok and all(e < CHECK_TOL[dtype] for e in errs.values())
+    if "mamba_ssm" in ys:
+        res["y_chunked_vs_mamba_ssm"] = rel(ys["chunked"], ys["mamba_ssm"])
+    res["ok"] = bool(ok)
+    return res
+
+
+def peak_gib(case, device):
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    case.fwdbwd()
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def run_row(shape, dtype, impls, args, device, log) -> dict:
+    data = make_inputs(shape, dtype, device)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in data.items()}
+    b, l, h, p, _, _ = shape
+    g = torch.randn(b, l, h, p, generator=torch.Generator(device=device).manual_seed(1), device=device).to(dtype)
+    cases = {name: Contender(fn, leaves, g) for name, fn in impls.items()}
+    row = {"shape": dict(zip(SHAPE_KEYS, shape)), "dtype": DTYPE_NAMES[dtype]}
+    row["check"] = check_row(cases, data, g, dtype)
+    if not row["check"]["ok"]:
+        log(f"CHECK FAILED {shape} {DTYPE_NAMES[dtype]}: {json.dumps(row['check'])}")
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    for name in cases:
+        row[name] = {"peak_mem_fwdbwd_gib": peak_gib(cases[name], device)}
+    for mode in ("fwd", "fwdbwd"):
+        for name, r in interleaved(cases, mode, args, device).items():
+            row[name].update({f"{mode}_ms": r["ms"], f"{mode}_rounds_ms": r["rounds_ms"], f"{mode}_reps": r["reps"]})
+    peer = row.get("mamba_ssm")
+    for mode in ("fwd", "fwdbwd"):
+        row[f"ratio_{mode}"] = row["chunked"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
+    del cases, leaves, data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+
+    if args.cpu_smoke:
+        device, shapes = torch.device("cpu"), SMOKE_SHAPES
+    elif torch.cuda.is_available():
+        device, shapes = torch.device("cuda"), SHAPES
+    else:
+        print("ssd_gpu: no CUDA device here; run with --cpu-smoke to check the script on the CPU.", file=sys.stderr)
+        return 2
+    prov = provenance(" ".join(["python", *(sys.argv if argv is None else ["benchmarks/ssd_gpu.py", *argv])]))
+    if args.cpu_smoke:
+        prov["device"] = f"cpu smoke ({prov['device']})"
+    if args.commit:
+        prov["commit"] = args.commit
+    peer, peer_desc = (None, "left out (--skip-peer or --cpu-smoke)") if args.skip_peer else load_peer()
+    log(f"device {prov['device']}; peer: {peer_desc}")
+    impls = contenders(args, peer)
+    rows = []
+
+    def save(complete: bool):
+        result = {"provenance": prov, "complete": complete, "peer": peer_desc if peer else None,
+                  "peer_status": peer_desc,
+                  "config": {"chunk_size": args.chunk_size, "peer_chunk_size": args.peer_chunk_size,
+                             "rounds": args.rounds, "round_ms": args.round_ms, "cpu_smoke": args.cpu_smoke,
+                             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32},
+                  "rows": rows, "wall_s": time.perf_counter() - t0,
+                  "notes": "y = SSD(x, dt, A, B, C) + D x, dt positive (no softplus, no bias), no z, no "
+                           "initial state; every input requires grad, forward included; contenders "
+                           "interleaved within rounds, each timed over back-to-back calls, median over "
+                           "rounds; ratio = chunked ms / mamba_ssm ms; check: relative norm errors of y "
+                           "and every gradient against ssd_chunked in float64."}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+
+    for shape, dtype in shapes:
+        try:
+            row = run_row(shape, dtype, impls, args, device, log)
+        except torch.cuda.OutOfMemoryError as exc:
+            row = {"shape": dict(zip(SHAPE_KEYS, shape)), "dtype": DTYPE_NAMES[dtype],
+                   "error": f"out of memory: {str(exc)[:200]}"}
+            torch.cuda.empty_cache()
+        rows.append(row)
+        log(json.dumps({k: v for k, v in row.items() if k not in ("chunked", "mamba_ssm")})
+            + " " + " ".join(f"{n} fwd {row[n]['fwd_ms']:.3f} ms f+b {row[n]['fwdbwd_ms']:.3f} ms"
+                             for n in ("chunked", "mamba_ssm") if n in row))
+        save(False)
+    save(True)
+    failed = [r for r in rows if not r.get("check", {}).get("ok", False)]
+    log(f"wrote {args.out}; {len(rows)} rows, {len(failed)} failed or not checked")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
