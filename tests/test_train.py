@@ -173,6 +173,28 @@ def test_constraint_needs_d_state_at_most_d_inner(tmp_path, capsys, cache):  # n
     assert not (tmp_path / "o").exists()
 
 
+def test_mixer_options_and_layer(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
+    """--mixer-option NAME=VALUE sets any option of the family or its variants (the same as the old
+    flags); a bad one, one given twice and an unknown family end in one sentence."""
+    import json
+
+    text = write_text(tmp_path / "t.txt")
+    run = tmp_path / "o"
+    code, err = run_cli(tiny_args(text, run, "--steps", "4", "--mixer-option", "d_conv=3", "--mixer-option",
+                                  "io_constraint=negative", "--io-margin", "0.5", "--monitor-every", "0"), capsys)
+    assert code == 0, err
+    raw = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert raw["layer"] == "mamba1" and raw["mixer"]["d_conv"] == 3 and raw["mixer"]["d_state"] == 4
+    assert raw["variants"]["io_constraint"] == {"io_constraint": "negative", "io_margin": 0.5}
+    for extra, words in ((("--mixer-option", "d_conv"), "NAME=VALUE"),
+                         (("--mixer-option", "d_state=5"), "given twice"),
+                         (("--mixer-option", "colour=red"), "unknown MambaConfig field(s): colour"),
+                         (("--layer", "mamba9"), "unknown layer 'mamba9'")):
+        code, err = run_cli(tiny_args(text, tmp_path / "bad", *extra), capsys)
+        assert code == 2 and words in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()
+
+
 def _snapshot(directory):
     return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
