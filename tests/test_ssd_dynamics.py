@@ -156,6 +156,25 @@ def test_radial_velocity_of_the_first_token_is_the_derived_formula(d, H, P, G, N
     assert torch.allclose(got, first_token_radial_velocity(system, h[:, 0]), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_aligned_heads_move_every_token_monotonically(sign):
+    """[derived] V_k = c_k M_g(k) with every c_k of one sign: each term of ⟨h_l, dh_l/dt⟩ is
+    c_k · weight · (h_lᵀ M h_j)² ≥ 0 (times the sign), so every token's norm is monotone, even with
+    rank M = N < d; the same Gaussian layer without the alignment moves tokens both ways."""
+    base = SSDSystem.random(5, 4, 2, 2, 2, seed=21, bias=True)
+    c = sign * (0.5 + torch.rand(4, generator=torch.Generator().manual_seed(22), dtype=torch.float64))
+    groups = [base.group_of(k) for k in range(4)]
+    W_x = base.W_B[groups]                                             # (H, P = N, d)
+    W_out = torch.stack([c[k] * base.W_C[g].T for k, g in enumerate(groups)], dim=1)   # (d, H, N)
+    aligned = SSDSystem(W_x, base.W_B, base.W_C, base.W_dt, base.b_dt, base.a, W_out)
+    assert torch.allclose(aligned.head_matrices, c[:, None, None] * aligned.io_matrices[groups])
+    h = torch.randn(64, 7, 5, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    v = radial_velocity(aligned, h)
+    assert (sign * v >= -1e-12).all() and (sign * v > 0).float().mean() > 0.99
+    w = radial_velocity(base, h)
+    assert (w > 0).any() and (w < 0).any()
+
+
 @pytest.mark.parametrize("d, H, P, G, N", [(6, 4, 2, 2, 2), (3, 2, 3, 1, 3), (8, 2, 3, 2, 1)])
 def test_signatures_count_the_dense_eigenvalues(d, H, P, G, N):
     # d > 2N and d > 2P: the counts come from the 2N×2N and 2P×2P problems

@@ -13,13 +13,14 @@ two heads of a layer pushing opposite ways (``mixed_heads``); and plain Gaussian
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
 from ..errors import ConfigError
 from .integrate import simulate
 from .regimes import UNDETERMINED, classify_trajectory
-from .ssd_regimes import ssd_signatures
+from .ssd_regimes import SSD_PREDICTIONS, ssd_signatures
 from .ssd_system import SSDSystem
 
 # the regimes classify_trajectory reports, as the rule names them
@@ -122,8 +123,11 @@ def check_ssd_rule(n: int = 5, seed: int = 0, tokens: int = 5, t_end: float = 1e
 
     Each draw: a layer, tokens x0 ~ N(0, I)^{tokens×d}, the flow simulated to ``t_end`` (stopped
     at the first blow-up). ``agree`` is prediction == measured for a convergence or divergence
-    prediction and None for an indefinite one (no claim). Returns per draw the prediction, the
-    per-head predictions, the measurement and the agreement, and a summary per prediction.
+    prediction, None for an indefinite one (no claim) and for a run cut short by ``max_evals``
+    (``undetermined``). Returns per draw the prediction, the per-head predictions, the measurement
+    and the agreement; per prediction a summary (draws, outcomes, agree / disagree / undetermined,
+    tokens that grew or decayed); and the first token's log-log slope over the last decade in the
+    convergent draws ([derived]: |h_1| = Θ(t^(−1/2))).
     """
     cases = rule_cases() if cases is None else cases
     g = torch.Generator().manual_seed(seed)
@@ -137,27 +141,30 @@ def check_ssd_rule(n: int = 5, seed: int = 0, tokens: int = 5, t_end: float = 1e
             row = {"case": case, "dim": d, "heads": H, "groups": G, "seed": draw_seed,
                    "prediction": sig.prediction, "head_predictions": sig.head_predictions,
                    **measure_draw(system, x0, t_end, max_evals)}
-            row["agree"] = row["measured"] == row["prediction"] if row["prediction"] != "indefinite" else None
+            # no claim for an indefinite layer; a run cut short decides nothing
+            decided = row["prediction"] != "indefinite" and row["measured"] != UNDETERMINED
+            row["agree"] = row["measured"] == row["prediction"] if decided else None
             rows.append(row)
     summary = {}
-    for pred in ("convergence", "divergence", "indefinite"):
+    for pred in SSD_PREDICTIONS:
         sel = [r for r in rows if r["prediction"] == pred]
         outcomes = {}
         for r in sel:
             outcomes[r["measured"]] = outcomes.get(r["measured"], 0) + 1
-        entry = {"draws": len(sel), "measured": outcomes,
-                 "tokens": sum(tokens for _ in sel),
+        entry = {"draws": len(sel), "measured": outcomes, "tokens": tokens * len(sel),
                  "tokens_grew": sum(r["tokens_grew"] for r in sel),
                  "tokens_decayed": sum(r["tokens_decayed"] for r in sel)}
         if pred != "indefinite":
-            entry["agree"] = sum(bool(r["agree"]) for r in sel)
+            entry.update(agree=sum(r["agree"] is True for r in sel), disagree=sum(r["agree"] is False for r in sel),
+                         undetermined=sum(r["measured"] == UNDETERMINED for r in sel))
         summary[pred] = entry
     slopes = [r["first_token_loglog_slope"] for r in rows
               if r["prediction"] == "convergence" and r["measured"] == "convergence"
               and r["first_token_loglog_slope"] is not None]
-    return {"draws": len(rows), "per_case": n, "tokens": tokens, "t_end": t_end,
-            "undetermined": sum(r["simulated"] == UNDETERMINED for r in rows),
+    return {"draws": len(rows), "per_case": n, "tokens": tokens, "t_end": t_end, "seed": seed,
+            "max_evals": max_evals, "undetermined": sum(r["simulated"] == UNDETERMINED for r in rows),
             "summary": summary,
-            "convergence_first_token_loglog_slope": ({"n": len(slopes), "min": min(slopes), "max": max(slopes)}
-                                                     if slopes else {"n": 0}),
+            "convergence_first_token_loglog_slope": (
+                {"n": len(slopes), "min": min(slopes), "median": statistics.median(slopes), "max": max(slopes)}
+                if slopes else {"n": 0}),
             "rows": rows}
