@@ -1,6 +1,6 @@
-"""Continuous-time token dynamics (THEORY.md sections 2-4)."""
+"""Continuous-time token dynamics (THEORY.md sections 2-4, and the Mamba-2 (SSD) section)."""
 
-from .integrate import METHODS, Integrator, Simulation, simulate, time_grid
+from .integrate import METHODS, FlowSystem, Integrator, Simulation, simulate, time_grid
 from .regimes import (
                       REGIMES,
                       UNDETERMINED,
@@ -21,6 +21,8 @@ from .spectrum import (
                       io_matrix,
                       symmetric_io_eigvals,
 )
+from .ssd_regimes import SSDSignatures, first_token_radial_velocity, radial_velocity, ssd_signatures
+from .ssd_system import SSDSystem, ssd_vector_field, ssd_vector_field_naive
 from .vector_field import TokenSystem, vector_field, vector_field_naive
 
 __all__ = [
@@ -28,8 +30,11 @@ __all__ = [
                       "REGIMES",
                       "UNDETERMINED",
                       "EigenSignature",
+                      "FlowSystem",
                       "Integrator",
                       "RegimePrediction",
+                      "SSDSignatures",
+                      "SSDSystem",
                       "Simulation",
                       "TokenSystem",
                       "TrajectoryRegime",
@@ -37,13 +42,18 @@ __all__ = [
                       "classify_trajectory",
                       "convergence_constants",
                       "eigen_signature",
+                      "first_token_radial_velocity",
                       "io_eigvals",
                       "io_matrix",
                       "least_squares_slope",
                       "position_growth",
                       "predict_regime",
                       "predict_regime_1d",
+                      "radial_velocity",
                       "simulate",
+                      "ssd_signatures",
+                      "ssd_vector_field",
+                      "ssd_vector_field_naive",
                       "symmetric_io_eigvals",
                       "time_grid",
                       "vector_field",

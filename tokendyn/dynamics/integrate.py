@@ -40,12 +40,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .vector_field import TokenSystem, vector_field, vector_field_naive
 
 # scipy.integrate solvers; "auto" is LSODA when its Jacobian fits in memory, else RK45.
 METHODS = ("auto", "LSODA", "RK45", "DOP853", "RK23", "BDF", "Radau")
@@ -56,6 +56,29 @@ DEFAULT_MEMORY_LIMIT = 2 * 2**30          # bytes
 SMALL_SYSTEM_TERMS = 32_768
 # LSODA keeps n² work space, the Jacobian and its LU factors: about three n × n arrays.
 _JACOBIAN_COPIES = 3
+
+
+class FlowSystem(Protocol):
+    """What the integrator needs of a token system: the Mamba-1 :class:`~.vector_field.TokenSystem`
+    and the Mamba-2 :class:`~.ssd_system.SSDSystem` both provide it.
+
+    dim: the token dimension D; state: the state size N, which scales the working memory and the
+    cost of the explicit sum in the estimates below; ``to`` casts the parameters;
+    ``vector_field(x, backend)`` is dx/dt by one scan and ``vector_field_naive(x)`` by the explicit
+    sum over j ≤ l (cheaper for a handful of tokens), both x: (batch, L, D) -> (batch, L, D).
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def state(self) -> int: ...
+
+    def to(self, dtype=None, device=None) -> FlowSystem: ...
+
+    def vector_field(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor: ...
+
+    def vector_field_naive(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def jacobian_bytes(batch: int, tokens: int, dim: int) -> int:
@@ -92,7 +115,7 @@ class Simulation:
     valid: torch.Tensor
     blowup_times: torch.Tensor
     blowup_states: torch.Tensor
-    system: TokenSystem
+    system: FlowSystem
     t_end: float
     method: str
     n_evals: int = 0
@@ -123,7 +146,7 @@ def time_grid(t_end: float, n_points: int = 200, t_first: float | None = None) -
     return grid
 
 
-def check_x0(system: TokenSystem, x0) -> torch.Tensor:
+def check_x0(system: FlowSystem, x0) -> torch.Tensor:
     """Initial tokens as (batch, L, D) float64; accepts (L, D), and (L,) when D = 1."""
     x0 = torch.as_tensor(x0)
     if x0.dim() == 1 and system.dim == 1:
@@ -161,7 +184,7 @@ class Integrator:
     (and tested) on its own.
     """
 
-    def __init__(self, system: TokenSystem, x0: torch.Tensor, grid: torch.Tensor, *, method: str,
+    def __init__(self, system: FlowSystem, x0: torch.Tensor, grid: torch.Tensor, *, method: str,
                  rtol: float, atol: float, dtype: torch.dtype, backend: str, blowup_rtol: float,
                  blowup_norm: float, max_evals: int | None, time_limit: float | None,
                  stiff_note: str | None = None, progress=None, stop_at_blowup: bool = False,
@@ -201,9 +224,9 @@ class Integrator:
         batch, L, D = y.shape
         y = y.to(self.device, self.dtype)
         if batch * L * L * D * self.system.state <= SMALL_SYSTEM_TERMS:
-            dy = vector_field_naive(self.field_system, y)
+            dy = self.field_system.vector_field_naive(y)
         else:
-            dy = vector_field(self.field_system, y, self.backend)
+            dy = self.field_system.vector_field(y, self.backend)
         dy = dy.to("cpu", torch.float64)
         dy = (dy.reshape(-1, *self.shape) * self.alive[None, ..., None]).reshape(y.shape)
         # A trial step that overshoots a singularity yields inf/NaN; a huge finite value
@@ -404,7 +427,7 @@ class Integrator:
                           n_evals=self.n_evals, info=info)
 
 
-def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 200,
+def simulate(system: FlowSystem, x0, t_end: float = 100.0, *, n_points: int = 200,
              t_first: float | None = None, method: str = "auto", rtol: float = 1e-8,
              atol: float = 1e-10, dtype: torch.dtype = torch.float64, backend: str = "auto",
              blowup_rtol: float = 1e-6, blowup_norm: float | None = None,
@@ -414,6 +437,7 @@ def simulate(system: TokenSystem, x0, t_end: float = 100.0, *, n_points: int = 2
     """Integrate dx/dt = vector_field(x) from x0 over a log-spaced grid to ``t_end``.
 
     Arguments:
+        system: a :class:`FlowSystem` (a Mamba-1 ``TokenSystem`` or a Mamba-2 ``SSDSystem``).
         x0: (batch, L, D), (L, D), or (L,) for D = 1.
         method: one of :data:`METHODS` (scipy.integrate solvers; ``auto`` = LSODA, or RK45
             when the stiff solver's Jacobian would exceed ``memory_limit`` bytes).

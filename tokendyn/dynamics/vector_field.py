@@ -156,6 +156,15 @@ class TokenSystem:
 
         return TokenSystem(conv(self.S_B), conv(self.S_C), conv(self.S_Delta), conv(self.b_Delta), conv(self.A))
 
+    # ----- the flow, as the integrator calls it (tokendyn.dynamics.integrate.FlowSystem) -----
+    def vector_field(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """dx/dt by one selective scan, :func:`vector_field`. x: (batch, L, D) -> (batch, L, D)."""
+        return vector_field(self, x, backend)
+
+    def vector_field_naive(self, x: torch.Tensor) -> torch.Tensor:
+        """dx/dt by the explicit sum, :func:`vector_field_naive`. x: (batch, L, D) -> (batch, L, D)."""
+        return vector_field_naive(self, x)
+
     def as_dict(self) -> dict:
         """Nested lists, readable back by :meth:`from_params`."""
         out = {k: getattr(self, k).tolist() for k in ("S_B", "S_C", "S_Delta", "b_Delta")}
