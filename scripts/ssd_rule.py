@@ -7,9 +7,11 @@ tokendyn.dynamics.ssd_experiments.check_ssd_rule as JSON (docs/THEORY.md, "Mamba
 import argparse
 import json
 import os
+import sys
 import time
 
 from tokendyn.dynamics.ssd_experiments import check_ssd_rule
+from tokendyn.provenance import provenance
 
 
 def main() -> None:
@@ -24,6 +26,7 @@ def main() -> None:
     start = time.perf_counter()
     res = check_ssd_rule(n=args.n, seed=args.seed, tokens=args.tokens, t_end=args.t_end, max_evals=args.max_evals)
     res["wall_s"] = round(time.perf_counter() - start, 1)
+    res.update(provenance("python scripts/ssd_rule.py " + " ".join(sys.argv[1:])))     # device, date, commit, command
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f, indent=1)
