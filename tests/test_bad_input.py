@@ -243,6 +243,13 @@ CASES: dict[str, tuple[list[str], str]] = {
     "simulate-size-points": (["simulate", *ONE_D, "--points", "1000000000", "--json", "{w}/prev.json"], "points"),
     "simulate-size-dim-state": (["simulate", "--random", "--dim", "100000", "--state", "100000",
                                  "--json", "{w}/prev.json"], ""),
+    # --- train: optimiser settings that are not numbers are refused before the run directory -----
+    "train-lm-lr-nan": (["train", "lm", "--out", "{w}/t1", "--lr", "nan"], "lr must be a finite number"),
+    "train-lm-lr-inf": (["train", "lm", "--out", "{w}/t2", "--lr", "inf"], "lr must be a finite number"),
+    "train-lm-weight-decay-nan": (["train", "lm", "--out", "{w}/t3", "--weight-decay", "nan"], "weight_decay"),
+    "train-lm-warmup-nan": (["train", "lm", "--out", "{w}/t4", "--warmup", "nan"], "warmup"),
+    "train-image-lr-inf": (["train", "image", "--out", "{w}/t5", "--lr", "inf"], "lr must be a finite number"),
+    "train-lm-corpus-unknown": (["train", "lm", "--out", "{w}/t6", "--corpus", "latin"], "built-in corpus"),
     # --- reproduce: options, devices, outputs ------------------------------------------------
     "reproduce-scale-unknown": (["reproduce", "--scale", "huge", "--out", "{w}/prev"], "scale"),
     "reproduce-section-unknown": (["reproduce", "--only", "everything", "--out", "{w}/prev"], "section"),

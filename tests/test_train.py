@@ -280,3 +280,12 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating():
     with pytest.raises(ConfigError, match="parameters .* needs about .* more than"):
         check_model_fits(MambaLM, MambaConfig(d_model=1_000_000, n_layer=4, vocab_size=4096), "cpu")
     check_model_fits(MambaLM, MambaConfig(d_model=32, n_layer=2, vocab_size=300), "cpu")   # fits
+
+
+def test_a_diverging_loss_ends_in_one_sentence(tmp_path, capsys, cache):  # noqa: F811 -- `cache` is a fixture
+    """An absurd learning rate makes the loss nan: the command names the step and the remedy,
+    without a traceback, and exits 2."""
+    text = write_text(tmp_path / "t.txt")
+    code, err = run_cli(tiny_args(text, tmp_path / "o", "--lr", "1e30"), capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "the training loss became nan" in err and "lower the learning rate" in err

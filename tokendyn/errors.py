@@ -31,3 +31,7 @@ class UnknownBackendError(BackendUnavailableError, ConfigError):
 
 class DataError(TokendynError):
     """Input data (text, images, parameters, tokens) is missing or malformed."""
+
+
+class TrainingDivergedError(TokendynError, FloatingPointError):
+    """The training loss stopped being a finite number (too high a learning rate, most often)."""

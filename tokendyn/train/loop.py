@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDivergedError
 from ..resources import check_memory
 from ..resources import resolve_device as check_device
 from . import state as runstate
@@ -64,6 +64,9 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {self.steps!r}.")
+        for name in ("lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip"):
+            if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}.")
         if self.lr <= 0 or not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"need lr > 0, 0 <= warmup < 1 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
                               f"warmup={self.warmup}, min_lr_ratio={self.min_lr_ratio}.")
@@ -329,8 +332,8 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
         if (cfg.log_every and done % cfg.log_every == 0) or is_last:
             last_loss = float(step_loss)
             if not math.isfinite(last_loss):
-                raise FloatingPointError(f"the training loss became {last_loss} at step {done}; "
-                                         "lower the learning rate.")
+                raise TrainingDivergedError(f"the training loss became {last_loss} at step {done}; lower the "
+                                            "learning rate.")
             metrics({"kind": "train", "step": done, "loss": last_loss, "lr": lr, "tokens": tokens_seen,
                      "elapsed_s": round(prior_wall + time.perf_counter() - t_start, 3)})
             if bar is not None:
