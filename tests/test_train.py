@@ -288,4 +288,6 @@ def test_a_diverging_loss_ends_in_one_sentence(tmp_path, capsys, cache):  # noqa
     text = write_text(tmp_path / "t.txt")
     code, err = run_cli(tiny_args(text, tmp_path / "o", "--lr", "1e30"), capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "the training loss became nan" in err and "lower the learning rate" in err
+    # the regime monitor (every 4 steps) or the loss check (every 10) meets it first
+    assert ("the training loss became nan" in err or "stopped being finite numbers" in err), err
+    assert "lower the learning rate" in err

@@ -33,6 +33,7 @@ from ..analysis.layers import model_io_parameters
 from ..analysis.trajectories import dynamics_from_outputs
 from ..dynamics.regimes import regime_from_signature
 from ..dynamics.spectrum import eigen_signature
+from ..errors import TrainingDivergedError
 
 # One call is one forward pass of a single probe sequence plus n_layer 2N×2N eigenproblems on
 # the CPU, less than one training step of a batch of sequences; every 100 steps it stays under
@@ -89,7 +90,13 @@ class RegimeMonitor:
         growth = dynamics_from_outputs(out.hidden_states, out.internals).layer_growth()
         rows = []
         flow = flow and self.flow_time > 0
-        for i, (params, m) in enumerate(zip(model_io_parameters(model), out.internals)):
+        io_params = model_io_parameters(model)
+        for i, params in enumerate(io_params):
+            # weights that stopped being numbers (a diverging run) have no spectrum: say so plainly
+            if not all(bool(torch.isfinite(params[k]).all()) for k in ("S_B", "S_C", "S_Delta", "A")):
+                raise TrainingDivergedError(f"layer {i}'s parameters stopped being finite numbers; lower the "
+                                            "learning rate.")
+        for i, (params, m) in enumerate(zip(io_params, out.internals)):
             # the 2N×2N problem is tiny: solved on the CPU, not as many small GPU launches
             sig = eigen_signature(params["S_B"].cpu(), params["S_C"].cpu())
             th = layer_theory(params, m.x[0].transpose(0, 1), i, flow=flow,
