@@ -105,6 +105,7 @@ def world(tmp_path_factory) -> Path:
     (w / "long.txt").write_text("In the beginning " * 200)
     (w / "tok_garbage.json").write_text("{this is not a tokenizer")
     (w / "params_bad.json").write_text("{not json")
+    (w / "params_binary.json").write_bytes(bytes(range(256)) * 4)
     (w / "params_shape.json").write_text(json.dumps({"S_B": [[1, 2]], "S_C": [[1]], "S_Delta": [[1]], "a": [1]}))
     # outputs of an earlier run: every case must leave them exactly as they are
     prev = w / "prev"
@@ -198,6 +199,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "analyze-layer-out-of-range": (["analyze", "{w}/ck", "--out", "{w}/prev", "--layers", "9"], "layer"),
     "analyze-channel-out-of-range": (["analyze", "{w}/ck", "--out", "{w}/prev", "--channels", "100000"],
                                      "channel"),
+    "analyze-channel-negative": (["analyze", "{w}/ck", "--out", "{w}/prev", "--channels", "-1000"],
+                                 "channel -1000 does not exist"),
+    "analyze-text-is-dir": (["analyze", "{w}/ck", "--out", "{w}/prev", "--text", "{w}/empty_dir"], "is a directory"),
     "analyze-text-missing": (["analyze", "{w}/ck", "--out", "{w}/prev", "--text", "{w}/nothing.txt"], "nothing.txt"),
     "analyze-text-empty": (["analyze", "{w}/ck", "--out", "{w}/prev", "--text", "{w}/empty.txt"], "empty.txt"),
     "analyze-text-too-long": (["analyze", "{w}/ck", "--out", "{w}/prev", "--text", "{w}/long.txt",
@@ -224,7 +228,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "simulate-method-unknown": (["simulate", *ONE_D, "--method", "euler-maruyama"], "method"),
     "simulate-tokens-zero": (["simulate", *ONE_D, "--tokens", "0"], "tokens"),
     "simulate-x0-text": (["simulate", *ONE_D, "--x0", "a,b"], "x0"),
-    "simulate-x0-nan": (["simulate", *ONE_D, "--x0", "1,nan"], "x0"),
+    "simulate-x0-nan": (["simulate", *ONE_D, "--x0", "1,nan"], "entry 2 of '1,nan' is nan"),
+    "simulate-x0-empty-entry": (["simulate", *ONE_D, "--x0", "1,,2"], "empty entry at position 2"),
+    "simulate-params-binary": (["simulate", "--params", "{w}/params_binary.json"], "not a text (JSON) file"),
     "simulate-x0-and-tokens": (["simulate", *ONE_D, "--x0", "1,2", "--tokens", "3"], "not both"),
     "simulate-params-missing": (["simulate", "--params", "{w}/none.json"], "none.json"),
     "simulate-params-not-json": (["simulate", "--params", "{w}/params_bad.json"], "JSON"),

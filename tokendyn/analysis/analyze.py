@@ -105,12 +105,13 @@ def default_layers(n_layer: int) -> list[int]:
 
 def check_indices(values: Sequence[int], size: int, what: str) -> list[int]:
     out = []
-    for v in values:
-        v = int(v)
+    for asked in values:
+        v = int(asked)
         if v < 0:
             v += size                 # -1 = last, as in Python indexing
-        if not 0 <= v < size:
-            raise DataError(f"{what} {v} does not exist; the model has {size} (0..{size - 1}).")
+        if not 0 <= v < size:       # name the index as the user wrote it, not after the wrap
+            raise DataError(f"{what} {int(asked)} does not exist; the model has {size} (0..{size - 1}, or "
+                            f"-{size}..-1 from the end).")
         out.append(v)
     return list(dict.fromkeys(out))
 

@@ -14,18 +14,26 @@ from .options import Backend, Json
 
 
 def _parse_x0(text: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    if parts == [""]:
+        raise DataError("--x0 must hold at least one number, got an empty list.")
+    if "" in parts:       # "1,,2" is a typo, never a silent [1, 2]
+        raise DataError(f"--x0 has an empty entry at position {parts.index('') + 1}: {text!r}.")
     try:
-        vals = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+        vals = [float(v) for v in parts]
     except ValueError:
         raise DataError(f"--x0 must be comma-separated numbers, got {text!r}.") from None
-    if not vals or not all(math.isfinite(v) for v in vals):
-        raise DataError(f"--x0 must hold at least one finite number, got {text!r}.")
+    bad = [i + 1 for i, v in enumerate(vals) if not math.isfinite(v)]
+    if bad:
+        raise DataError(f"--x0 must hold finite numbers only; entry {bad[0]} of {text!r} is {parts[bad[0] - 1]}.")
     return vals
 
 
 def _load_params(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"the parameter file {path} is not a text (JSON) file.") from None
     except OSError as exc:
         raise DataError(f"cannot read the parameter file {path}: {exc.strerror or exc}.") from None
     try:

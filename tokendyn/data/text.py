@@ -75,6 +75,8 @@ def bible_text(max_chars: int | None = None, program: str = BIBLE_PROGRAM) -> st
 def read_text_file(path: str | Path) -> str:
     """The UTF-8 text of ``path``; :class:`DataError` when it is missing, unreadable or empty."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"text file {path} is a directory; pass the text files in it.")
     if not path.is_file():
         raise DataError(f"text file {path} does not exist.")
     try:
