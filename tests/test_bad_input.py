@@ -255,6 +255,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train-lm-weight-decay-nan": (["train", "lm", "--out", "{w}/t3", "--weight-decay", "nan"], "weight_decay"),
     "train-lm-warmup-nan": (["train", "lm", "--out", "{w}/t4", "--warmup", "nan"], "warmup"),
     "train-image-lr-inf": (["train", "image", "--out", "{w}/t5", "--lr", "inf"], "lr must be a finite number"),
+    "train-lm-n-layer-huge": (["train", "lm", "--out", "{w}/t7", "--n-layer", "100000000"], "n_layer 100,000,000"),
+    "train-lm-d-model-huge": (["train", "lm", "--out", "{w}/t8", "--d-model", "100000000"], "d_model"),
+    "train-lm-steps-huge": (["train", "lm", "--out", "{w}/t9", "--steps", "1000000000000000000000"], "steps"),
     "train-lm-corpus-unknown": (["train", "lm", "--out", "{w}/t6", "--corpus", "latin"], "built-in corpus"),
     # --- reproduce: options, devices, outputs ------------------------------------------------
     "reproduce-scale-unknown": (["reproduce", "--scale", "huge", "--out", "{w}/prev"], "scale"),

@@ -33,9 +33,16 @@ POOLINGS = ("mean", "last")
 _NESTED = ("mixer", "variants")
 
 
+# Far above any model in use (the largest have a few hundred layers and widths of tens of
+# thousands), and low enough that a typo is refused before anything is built or allocated.
+LIMITS = {"d_model": 1 << 20, "n_layer": 1 << 14, "vocab_size": 1 << 24}
+
+
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if name in LIMITS and value > LIMITS[name]:
+        raise ConfigError(f"{name} {value:,} is above the largest tokendyn accepts ({LIMITS[name]:,}).")
 
 
 def takes_flat_options(into: str):

@@ -33,6 +33,9 @@ from .task import Task
 DECAY_RULES = ("matrices", "all")
 
 
+MAX_STEPS = 10**9        # far beyond any run (a billion optimiser steps), and refuses a typo at once
+
+
 @dataclass
 class TrainConfig:
     """Optimiser and schedule settings.
@@ -64,6 +67,8 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {self.steps!r}.")
+        if self.steps > MAX_STEPS:
+            raise ConfigError(f"steps {self.steps:,} is above the largest tokendyn accepts ({MAX_STEPS:,}).")
         for name in ("lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip"):
             if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}.")
