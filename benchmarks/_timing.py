@@ -34,3 +34,17 @@ def gpu_kernel_ms(fn, iters: int = 20) -> float:
     total_us = sum(ev.device_time for ev in prof.events()
                    if ev.device_type == torch.autograd.DeviceType.CUDA and "#" not in ev.name)
     return total_us / 1e3 / iters
+
+
+def events_ms(call, reps: int) -> float:
+    """Mean milliseconds per call over ``reps`` back-to-back calls, by CUDA events (host and
+    kernels together, as a user waits for them)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps

@@ -36,6 +36,9 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import triton_scan  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
@@ -155,17 +158,6 @@ class Case:
         return peak, {k: v.grad.detach().clone() for k, v in self.leaves.items()}
 
 
-def _events_ms(call, reps: int) -> float:
-    """Mean milliseconds per call over ``reps`` back-to-back calls, by CUDA events."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        call()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
-
-
 def interleaved(cases: dict, mode: str, rounds: int, round_ms: float, log=None) -> dict:
     """Time ``mode`` ("fwd" or "fwdbwd") of every case, in ``rounds`` rounds that each time
     every case once (many calls between two events, about ``round_ms`` per case). Returns
@@ -178,7 +170,7 @@ def interleaved(cases: dict, mode: str, rounds: int, round_ms: float, log=None) 
             with case.context():
                 call()                                   # compile, allocator warm-up
                 torch.cuda.synchronize()
-                est = _events_ms(call, 2)
+                est = events_ms(call, 2)
         except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
             if log:
                 log(f"{mode} {name}: failed {type(exc).__name__}: {str(exc)[:200]}")
@@ -190,7 +182,7 @@ def interleaved(cases: dict, mode: str, rounds: int, round_ms: float, log=None) 
     for _ in range(rounds):
         for name, case in ok.items():
             with case.context():
-                samples[name].append(_events_ms(getattr(case, mode), reps[name]))
+                samples[name].append(events_ms(getattr(case, mode), reps[name]))
     return {name: {"ms": statistics.median(v), "rounds": v, "reps": reps[name]} for name, v in samples.items()}
 
 

@@ -35,6 +35,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import ssd_chunked  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
@@ -148,13 +151,7 @@ def sync(device):
 def time_ms(call, reps: int, device) -> float:
     """Mean milliseconds per call over ``reps`` back-to-back calls (CUDA events on a GPU)."""
     if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            call()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / reps
+        return events_ms(call, reps)
     t0 = time.perf_counter()
     for _ in range(reps):
         call()
