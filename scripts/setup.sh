@@ -16,9 +16,12 @@ if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2
         || [ ! -d /usr/share/perl/5.36.0/pod ]; then
     echo "setup: installing Debian packages $PACKAGES"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
+    # wait up to 10 minutes for another apt or dpkg (e.g. unattended upgrades) to release its lock
+    LOCK="-o DPkg::Lock::Timeout=600"
     # shellcheck disable=SC2086
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PACKAGES >/dev/null
+    $SUDO apt-get $LOCK update -qq
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get $LOCK install -y -qq $PACKAGES >/dev/null
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -107,7 +107,15 @@ def test_image_folder_bad_inputs(tmp_path):
         load_image_folder(tmp_path / "nope")
     with pytest.raises(DataError, match="no class folders"):
         load_image_folder(tmp_path)
+    _write_png(tmp_path / "one" / "only" / "0.png", (6, 6), (1, 2, 3))
+    with pytest.raises(DataError, match="has one class folder \\(only\\); classification needs at least two"):
+        load_image_folder(tmp_path / "one")
+    for f in (tmp_path / "one" / "only").iterdir():
+        f.unlink()
+    (tmp_path / "one" / "only").rmdir()
+    (tmp_path / "one").rmdir()
     (tmp_path / "cls").mkdir()
+    (tmp_path / "cls2").mkdir()
     (tmp_path / "cls" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="no image files"):
         load_image_folder(tmp_path)

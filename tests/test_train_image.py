@@ -82,10 +82,16 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, fashion):
     ]
     folder = tmp_path / "images"
     (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir(parents=True)
     cases.append((image_args(folder, tmp_path / "r8", "--data", "folder"), "no image files"))
     broken = tmp_path / "broken"
     (broken / "a").mkdir(parents=True)
+    (broken / "b").mkdir(parents=True)
     (broken / "a" / "x.png").write_bytes(b"not an image")
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    (one / "a" / "x.png").write_bytes(b"not read: one class is refused first")
+    cases.append((image_args(one, tmp_path / "r12", "--data", "folder"), "needs at least two"))
     cases.append((image_args(broken, tmp_path / "r9", "--data", "folder"), "cannot be read"))
     labels = tmp_path / "labels"
     labels.mkdir()

@@ -346,6 +346,7 @@ def load_image_folder(root: str | Path, size: int = 32, channels: int = 3, test_
         classes = [p.name for p in _class_dirs(train_dir)]
         if not classes:
             raise DataError(f"{train_dir} has no class folders.")
+        _need_two(classes, train_dir)
         extra = sorted({p.name for p in _class_dirs(test_dir)} - set(classes))
         if extra:
             raise DataError(f"{test_dir} has class folder(s) {', '.join(extra)} that {train_dir} lacks.")
@@ -356,6 +357,7 @@ def load_image_folder(root: str | Path, size: int = 32, channels: int = 3, test_
         if not classes:
             raise DataError(f"{directory} has no class folders (expected root/<class>/<image> "
                             "or root/train/<class>/<image> with root/val/).")
+        _need_two(classes, directory)
         everything = _read_folder(directory, classes, size, channels)
         if not 0 < test_fraction < 1:
             raise DataError(f"the test fraction must be in (0, 1), got {test_fraction}.")
@@ -366,6 +368,12 @@ def load_image_folder(root: str | Path, size: int = 32, channels: int = 3, test_
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         train, test = everything.subset(order[n_test:]), everything.subset(order[:n_test])
     return ImageDataset(train, test, classes, f"image folder {directory} ({size}x{size}, {channels} channel(s))")
+
+
+def _need_two(classes: list[str], where: Path) -> None:
+    # one class is no classification: the model reaches loss 0 and accuracy 1 and learns nothing
+    if len(classes) < 2:
+        raise DataError(f"{where} has one class folder ({classes[0]}); classification needs at least two.")
 
 
 def load_images(name: str, root: str | Path | None = None, size: int = 32, channels: int = 3,
