@@ -266,3 +266,17 @@ def test_layernorm_model_round_trips_in_both_mamba_ssm_layouts(tmp_path):
         again = load_model(d)
         assert not again.config.rms_norm
         assert torch.equal(_logits(again, x), _logits(model, x))
+
+
+def test_saved_files_have_a_plain_files_mode(tmp_path):
+    """The safetensors writer makes private files; weights get the mode of any other file (0666
+    less the umask), as config.json does."""
+    import os
+
+    from tokendyn.model import MambaConfig, MambaLM
+
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=64)).save(tmp_path / "ck")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "ck" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

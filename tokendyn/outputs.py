@@ -46,9 +46,9 @@ def _umask() -> int:
     return mask
 
 
-def _ordinary_mode(path: Path, base: int) -> Path:
-    """mkdtemp/mkstemp make private (0700/0600) entries; what lands in place gets the mode a plain
-    mkdir/open would have given it."""
+def ordinary_mode(path: Path, base: int = 0o666) -> Path:
+    """mkdtemp/mkstemp (and safetensors' writer) make private (0700/0600) entries; what lands in
+    place gets the mode a plain mkdir/open would have given it (``base`` less the umask)."""
     path.chmod(base & ~_umask())
     return path
 
@@ -127,7 +127,7 @@ class Staging:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             staged = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP}", dir=target.parent))
-        self._dirs.append((_ordinary_mode(staged, 0o777), target))
+        self._dirs.append((ordinary_mode(staged, 0o777), target))
         return staged
 
     def file(self, target: str | Path) -> Path:
@@ -135,7 +135,7 @@ class Staging:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{target.stem}{_TMP}", suffix=target.suffix, dir=target.parent)
         os.close(fd)
-        self._files.append((_ordinary_mode(Path(name), 0o666), target))
+        self._files.append((ordinary_mode(Path(name), 0o666), target))
         return Path(name)
 
     def path(self, target: str | Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..outputs import ordinary_mode
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -138,3 +139,4 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         seen.add(ptr)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(plain, str(path), metadata={"format": "pt"})
+    ordinary_mode(path)         # the writer makes the file private; weights get a plain file's mode

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..outputs import ordinary_mode
 
 CHECKPOINT = "checkpoint"
 TMP = ".checkpoint-tmp"
@@ -133,10 +134,12 @@ def save_checkpoint(out: Path, model, optimizer, trainer: dict, tokenizer_json: 
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
+    ordinary_mode(tmp / "optimizer.safetensors")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(tmp / "rng.safetensors"))
+    ordinary_mode(tmp / "rng.safetensors")
     (tmp / "trainer.json").write_text(json.dumps({**trainer, "param_groups": groups}, indent=1), encoding="utf-8")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
