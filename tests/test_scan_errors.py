@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from error_helpers import one_sentence
 
 from tokendyn.errors import BackendUnavailableError, ScanInputError, TokendynError
 from tokendyn.ops import selective_scan
@@ -23,12 +24,6 @@ def good(batch=2, dim=3, state=4, length=5, **over):
     }
     t.update(over)
     return t
-
-
-def one_sentence(exc: Exception) -> str:
-    msg = str(exc)
-    assert "\n" not in msg and msg.endswith(".") and msg.count(". ") == 0, msg
-    return msg
 
 
 def test_good_inputs_pass():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from error_helpers import one_sentence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
@@ -352,12 +353,6 @@ def good(batch=2, length=5, heads=4, hdim=3, groups=2, state=6, **over):
     t = make_inputs(batch, length, heads, hdim, groups, state)
     t.update(over)
     return t
-
-
-def one_sentence(exc: Exception) -> str:
-    msg = str(exc)
-    assert "\n" not in msg and msg.endswith(".") and msg.count(". ") == 0, msg
-    return msg
 
 
 @pytest.mark.parametrize("name,bad,pattern", [

@@ -10,40 +10,18 @@ from __future__ import annotations
 import torch
 
 from ..errors import ScanInputError
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def _check_tensors(where: str, named: dict) -> None:
-    """Every non-None entry is a real floating tensor, all on one device."""
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ScanInputError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}.")
-        if t.dtype not in FLOAT_DTYPES:
-            raise ScanInputError(
-                f"{where}: {name} has dtype {t.dtype}; expected a real floating dtype "
-                "(float16, bfloat16, float32 or float64)."
-            )
-    devices = {t.device for t in named.values() if t is not None}
-    if len(devices) > 1:
-        raise ScanInputError(f"{where}: all tensors must be on one device, got {sorted(str(d) for d in devices)}.")
+from ._checks import check_tensors, shape_str
 
 
 def _check_groups(where: str, heads: int, B: torch.Tensor, group_axis: int, layout: str) -> None:
     """B has as many dims as ``layout`` names, and its group count divides ``heads``."""
     if B.dim() != len(layout.split(",")):
-        raise ScanInputError(f"{where}: B must be ({layout}), got shape {_shape(B)}.")
+        raise ScanInputError(f"{where}: B must be ({layout}), got shape {shape_str(B)}.")
     groups = B.shape[group_axis]
     if groups == 0 or heads % groups != 0:
         raise ScanInputError(
             f"{where}: the head count {heads} is not divisible by n_groups {groups} "
-            f"(B has shape {_shape(B)}, n_groups is its axis {group_axis})."
+            f"(B has shape {shape_str(B)}, n_groups is its axis {group_axis})."
         )
 
 
@@ -51,7 +29,7 @@ def _check_expected(where: str, named: dict, expect: dict, context: str) -> None
     for name, shape in expect.items():
         t = named.get(name)
         if t is not None and tuple(t.shape) != shape:
-            raise ScanInputError(f"{where}: {name} must have shape {shape}, got {_shape(t)} ({context}).")
+            raise ScanInputError(f"{where}: {name} must have shape {shape}, got {shape_str(t)} ({context}).")
 
 
 def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None, where: str = "ssd_scan") -> None:
@@ -63,14 +41,14 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None, where: str = "s
     then dt gives batch, length and heads.
     """
     named = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "initial_state": initial_state}
-    _check_tensors(where, {k: v for k, v in named.items() if k != "x" or v is not None})
+    check_tensors(where, {k: v for k, v in named.items() if k != "x" or v is not None})
     if x is not None:
         if x.dim() != 4:
-            raise ScanInputError(f"{where}: x must be (batch, length, heads, head_dim), got shape {_shape(x)}.")
+            raise ScanInputError(f"{where}: x must be (batch, length, heads, head_dim), got shape {shape_str(x)}.")
         batch, length, heads, hdim = x.shape
     else:
         if dt.dim() != 3:
-            raise ScanInputError(f"{where}: dt must be (batch, length, heads), got shape {_shape(dt)}.")
+            raise ScanInputError(f"{where}: dt must be (batch, length, heads), got shape {shape_str(dt)}.")
         batch, length, heads = dt.shape
         hdim = None
     _check_groups(where, heads, B, 2, "batch, length, n_groups, state")
@@ -93,9 +71,9 @@ def check_step_inputs(state, x, dt, A, B, C, D=None, where: str = "ssd_step") ->
     """The one-token step's tensors: state (batch, heads, head_dim, state_size);
     x (batch, heads, head_dim); dt (batch, heads); A, D (heads,); B, C (batch, n_groups, state_size)."""
     named = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D}
-    _check_tensors(where, named)
+    check_tensors(where, named)
     if state.dim() != 4:
-        raise ScanInputError(f"{where}: state must be (batch, heads, head_dim, state), got shape {_shape(state)}.")
+        raise ScanInputError(f"{where}: state must be (batch, heads, head_dim, state), got shape {shape_str(state)}.")
     batch, heads, hdim, size = state.shape
     _check_groups(where, heads, B, 1, "batch, n_groups, state")
     groups = B.shape[1]

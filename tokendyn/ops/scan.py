@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import BackendUnavailableError, ScanInputError, UnknownBackendError
+from ._checks import check_tensors, shape_str
 
 # name -> "module:function"; imported lazily so that a backend's dependencies
 # (triton) are needed only when it is used.
@@ -23,7 +24,6 @@ _BACKENDS: dict[str, str] = {
     "triton": "tokendyn.ops.triton_scan:selective_scan_triton",
 }
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Where the Triton backend sends what its float32 kernels cannot compute (float64, length 0):
 # the parallel PyTorch scan, exact in float64.
@@ -106,28 +106,15 @@ def get_backend(name: str, device: torch.device | str = "cpu", dtype: torch.dtyp
         raise BackendUnavailableError(f"the {name} scan backend cannot be imported here: {exc}.") from exc
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
 def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
     """Raise :class:`ScanInputError` with one sentence if the tensors break the contract."""
     named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ScanInputError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}.")
-        if t.dtype not in FLOAT_DTYPES:
-            raise ScanInputError(
-                f"selective_scan: {name} has dtype {t.dtype}; expected a real floating dtype "
-                "(float16, bfloat16, float32 or float64)."
-            )
+    check_tensors("selective_scan", named, one_device=False)     # devices: checked below, against u's
     if u.dim() != 3:
-        raise ScanInputError(f"selective_scan: u must be (batch, dim, length), got shape {_shape(u)}.")
+        raise ScanInputError(f"selective_scan: u must be (batch, dim, length), got shape {shape_str(u)}.")
     batch, dim, length = u.shape
     if A.dim() != 2 or A.shape[0] != dim:
-        raise ScanInputError(f"selective_scan: A must be (dim={dim}, state), got shape {_shape(A)}.")
+        raise ScanInputError(f"selective_scan: A must be (dim={dim}, state), got shape {shape_str(A)}.")
     state = A.shape[1]
     expect = {
         "delta": (batch, dim, length),
@@ -141,7 +128,7 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> Non
         t = named[name]
         if t is not None and tuple(t.shape) != shape:
             raise ScanInputError(
-                f"selective_scan: {name} must have shape {shape}, got {_shape(t)} "
+                f"selective_scan: {name} must have shape {shape}, got {shape_str(t)} "
                 f"(u is (batch={batch}, dim={dim}, length={length}), A has state={state})."
             )
     devices = {t.device for t in named.values() if t is not None}
