@@ -105,7 +105,7 @@ def test_fused_in_place_step_matches_the_plain_step(dtype, io_constraint, monkey
 
     truth, _ = stepped(oracle)
     want, plain = stepped(model)
-    monkeypatch.setattr(MambaMixer, "_fused", lambda self, x: True)
+    monkeypatch.setattr(MambaMixer, "fuses_kernels", lambda self, x: True)
     got, fused = stepped(model)
 
     def rel(a, b):
