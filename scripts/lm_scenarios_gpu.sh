@@ -8,7 +8,7 @@
 # RUN: SETTING-seedK (default: none, positive, negative, mixed × seeds 0, 1, 2, seed by seed, so
 # that a partial grid has every setting). A run whose result.json is in OUT/lm/runs is skipped. A
 # run starts only when the longest run of this call so far (the first: FIRST_RUN_S, default
-# 240) still fits in the budget. At the end, OUT holds lm_scenarios.json/.md of every complete
+# 480, about one full-scale run on an H100) still fits in the budget. At the end, OUT holds lm_scenarios.json/.md of every complete
 # run in OUT/lm, runs.tgz (each complete run's files less its checkpoint) and call.json (the
 # device, date, commit, command and the runs this call finished, with their wall times).
 #
@@ -37,7 +37,7 @@ export TOKENDYN_CACHE=${TOKENDYN_CACHE:-/tmp/tokendyn-cache}
 PY=${PYTHON:-python3}
 mkdir -p "$out/lm"
 start=$(date +%s)
-longest=${FIRST_RUN_S:-240}
+longest=${FIRST_RUN_S:-480}
 done_runs=()
 for run in "${runs[@]}"; do
     setting=${run%-seed*}; seed=${run##*-seed}

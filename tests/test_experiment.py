@@ -18,7 +18,7 @@ from scipy import stats
 
 from tokendyn.errors import ConfigError
 from tokendyn.train import state as runstate
-from tokendyn.train.experiment import Comparison, Experiment, FigureSpec, Flatness, Metric
+from tokendyn.train.experiment import Comparison, EarlyStopping, Experiment, FigureSpec, Flatness, Metric
 from tokendyn.train.figures import plot_val_curves
 from tokendyn.train.grid import run_grid
 from tokendyn.train.seeds import format_mean_std, mean_std
@@ -317,3 +317,56 @@ def test_summarise_only_trains_nothing(tmp_path):
     assert CALLS == [] and json.loads((tmp_path / "o" / "toy.json").read_text())["settings"]["up"]["seeds"] == [0, 1]
     res = CliRunner().invoke(app, ["toy", "--out", str(tmp_path / "none"), "--summarise-only"])
     assert res.exit_code != 0 and "holds no runs/ folder" in str(res.exception)
+
+
+def _metrics(run_dir, records):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_early_stopping_reads_the_test_metric_at_the_best_validation_step(tmp_path):
+    """A run that overfits after step 4: its best validation point is step 4, where the test curve
+    is read; the last step's test record serves when the best is last; no test there: None."""
+    ppl = Metric(key="test_ppl", result="ppl", label="test perplexity", curve_label="validation perplexity",
+                 higher_is_better=False)
+    val = [{"kind": "validation", "step": s, "ppl": p} for s, p in ((2, 30.0), (4, 20.0), (6, 22.0))]
+    _metrics(tmp_path / "a", [*val, {"kind": "test_curve", "step": 2, "ppl": 31.0},
+                              {"kind": "test_curve", "step": 4, "ppl": 19.5}, {"kind": "test", "step": 6, "ppl": 23.0}])
+    assert EarlyStopping.read(tmp_path / "a", ppl) == (4, 19.5)
+    _metrics(tmp_path / "b", [*val[:2], {"kind": "test", "step": 4, "ppl": 21.0}])
+    assert EarlyStopping.read(tmp_path / "b", ppl) == (4, 21.0)
+    _metrics(tmp_path / "c", [*val, {"kind": "test", "step": 6, "ppl": 23.0}])       # no test curve
+    assert EarlyStopping.read(tmp_path / "c", ppl) == (4, None)
+    assert EarlyStopping.read(tmp_path / "missing", ppl) == (None, None)
+    score = TOY.metric                                                                 # higher is better
+    _metrics(tmp_path / "d", [{"kind": "validation", "step": s, "score": v} for s, v in ((1, 0.5), (2, 0.9), (3, 0.7))]
+             + [{"kind": "test_curve", "step": 2, "score": 0.88}])
+    assert EarlyStopping.read(tmp_path / "d", score) == (2, 0.88)
+
+
+def early_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log):
+    """toy_train, plus metrics whose validation peaks at step 6: the test there is the score + 0.05."""
+    out = toy_train(data, p, overrides, seed, run_dir, resume=resume, device=device, progress=progress, log=log)
+    score = out.test["score"]
+    _metrics(run_dir, [{"kind": "validation", "step": s, "score": v} for s, v in ((2, 0.1), (6, score), (10, 0.0))]
+             + [{"kind": "test_curve", "step": 6, "score": score + 0.05}] * (seed != 2))
+    return out
+
+
+def test_early_stopping_in_the_summary_markdown_and_report(tmp_path):
+    from tokendyn.reproduce.experiment import comparison_checks
+
+    exp = TOY.__class__(**{**TOY.__dict__, "train": early_train, "early_stopping": EarlyStopping()})
+    doc = run_grid(exp, tmp_path, scale="smoke", seeds=(0, 1, 2), device="cpu", progress=False, log=lambda _: None)
+    up = doc["settings"]["up"]
+    assert up["best_val_step"] == [6, 6, 6]
+    assert up["test_at_best_val"] == [pytest.approx(0.75), pytest.approx(0.85), None]     # seed 2: no test curve
+    both = doc["comparisons"]["up_minus_none_test_at_best_val"]
+    assert both["diff"] == pytest.approx(0.2) and both["origin"] == "project"
+    assert both["outcome"] == "fail" and "fewer than 3 seeds" in both["note"]                # None is left out
+    md = (tmp_path / "toy.md").read_text()
+    assert "Test score at each run's best validation step (early stopping; the project's addition):" in md
+    assert "| up | 2 | 0.80 ± 0.07 | 0.75, 0.85, n/a | 6, 6, 6 |" in md
+    checks = comparison_checks(exp, doc, "this run", "how")
+    read = [c for c in checks if "best validation step" in c.claim]
+    assert len(read) == 2 and all("the project's addition" in c.claim for c in read)

@@ -39,7 +39,7 @@ def test_scenarios_json_table_skip_and_merge(tmp_path, capsys, cache):  # noqa: 
     assert doc["config"]["setting_fields"]["positive"] == {"io_constraint": "positive"}
     assert "io_constraint" not in doc["config"]["model"]
     assert doc["comparisons"]["negative_minus_none"]["outcome"] == "fail"      # one seed: no spread
-    assert (a / "lm_scenarios.md").read_text().split("In-layer")[0].count("| none |") == 1   # one perplexity row
+    assert (a / "lm_scenarios.md").read_text().split("at each run's best")[0].count("| none |") == 1   # one row
     assert (a / "lm_scenarios_val.png").stat().st_size > 1000
     assert (a / "lm_scenarios_spectra.png").is_file() and (a / "lm_scenarios_token_norms.png").is_file()
     final = doc["settings"]["negative"]["monitor_final"][0]
@@ -110,7 +110,8 @@ def test_reproduce_lm_section(tmp_path, monkeypatch):
     ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
     res = run_section(EXPERIMENT, ctx, committed)
     assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
-    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive | 2 |") == 2   # both tables, 2 seeds
+    # this run's two tables (at the last and the best validation step) and the committed one, 2 seeds
+    assert "NVIDIA H200" in res.markdown and res.markdown.count("| positive | 2 |") == 3
     # the in-layer checks on this run's trained models are judged; the committed grid predates them
     inlayer = [c for c in res.checks if "radial velocity" in c.claim or "idealised flow" in c.claim]
     judged = [c for c in inlayer if "this run's grid" in c.claim]

@@ -108,6 +108,28 @@ def test_gradient_accumulation_matches_one_pass(tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
 
 
+
+def test_eval_test_records_a_test_curve_and_changes_no_training_number(tmp_path):
+    """eval_test: a test record at every evaluation but the last (whose test record follows the
+    loop); the trained weights are those of a run without it; identity names it only when on."""
+    ids = {s: torch.randint(0, 40, (600,), generator=torch.Generator().manual_seed(i))
+           for i, s in enumerate(("train", "validation", "test"))}
+    from tokendyn.train import train
+
+    weights, kinds = [], []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=40, d_state=4, final_dropout=0.3))
+        task = LanguageModelTask(ids, 40, context=16, batch_size=4, eval_tokens=64)
+        out = tmp_path / str(on)
+        train(model, task, TrainConfig(steps=6, eval_every=2, eval_test=on), out, device="cpu", progress=False)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        kinds.append([(r["kind"], r["step"]) for r in records if r["kind"] in ("test", "test_curve")])
+    assert torch.equal(weights[0], weights[1])
+    assert kinds == [[("test", 6)], [("test_curve", 2), ("test_curve", 4), ("test", 6)]]
+    assert "eval_test" not in TrainConfig().identity() and TrainConfig(eval_test=True).identity()["eval_test"]
+
 def _oracle_signature(S_B, S_C):
     M = S_C.double().T @ S_B.double()
     ev = torch.linalg.eigvalsh(0.5 * (M + M.T))

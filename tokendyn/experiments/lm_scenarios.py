@@ -12,29 +12,33 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..train.experiment import Comparison, Experiment, FigureSpec, Flatness, Metric
+from ..train.experiment import Comparison, EarlyStopping, Experiment, FigureSpec, Flatness, Metric
 from ..train.figures import plot_val_curves
 from ..train.lm import DEFAULT_SETTINGS, IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from ..train.loop import TrainConfig
 from .lm_figures import SETTING_COLOURS, analysis_figures, final_monitor, inlayer_table, plot_inlayer
 
-# Model, data and budget of each scale. full: one GPU, about 2.5 minutes a run on an H100
+# Model, data and budget of each scale. full: one GPU, about 7.5 minutes a run on an H100
 # (docs/training.md has the measured times); quick: a CPU; smoke: the CPU in seconds per run
 # (the lm section of tokendyn reproduce). "corpus": the built-in corpus (default bible).
 SCALES = {
     "smoke": {"model": {"d_model": 32, "n_layer": 2, "d_state": 8}, "vocab_size": 512, "context": 64,
-              "batch_size": 8, "steps": 60, "lr": 3e-3, "eval_every": 15, "eval_tokens": 4096, "monitor_every": 15},
+              "batch_size": 8, "steps": 60, "lr": 3e-3, "eval_every": 15, "eval_tokens": 4096, "eval_test": True,
+              "monitor_every": 15},
     "quick": {"model": {"d_model": 64, "n_layer": 2, "d_state": 8}, "vocab_size": 1024, "context": 128,
               "batch_size": 16, "steps": 150, "lr": 3e-3, "eval_every": 25, "eval_tokens": 16384,
-              "monitor_every": 25},
+              "eval_test": True, "monitor_every": 25},
     # the authors' width, context, lr, schedule, weight decay (0.25 on every parameter) and
     # final dropout (0.3), at 36.5M parameters and 164M tokens per run (7.1 epochs of the
     # english corpus's 23M training tokens). Shorter runs were not flat: validation perplexity fell
     # 5.5-8.3 % over the last 20 % of 1250 steps (results/lm_scenarios_41m/) and 2.8 % over the
-    # last 20 % of 2500 (results/lm_scenarios_calibration/).
+    # last 20 % of 2500 (results/lm_scenarios_calibration/). At 5000 the calibration run's curve
+    # bottoms out at step 4000 and rises 2.4 % by the end (overfitting), hence eval_test: the test
+    # split is read at every evaluation, and the comparisons are read at each run's best
+    # validation step too (EarlyStopping).
     "full": {"model": {"d_model": 768, "n_layer": 8, "d_state": 16, "final_dropout": 0.3}, "corpus": "english",
              "vocab_size": 8192, "context": 1024, "batch_size": 32, "steps": 5000, "lr": 1.5e-3, "warmup": 0.01,
-             "weight_decay": 0.25, "decay_rule": "all", "eval_every": 250, "eval_tokens": 0,
+             "weight_decay": 0.25, "decay_rule": "all", "eval_every": 250, "eval_tokens": 0, "eval_test": True,
              "monitor_every": 1000},
 }
 
@@ -70,7 +74,8 @@ def train(data, p: dict, overrides: dict, seed: int, run_dir, *, resume, device,
     """One run of the grid: a MambaLM of the scale with the setting's io_constraint."""
     cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
                       checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed,
-                      weight_decay=p.get("weight_decay", 0.1), decay_rule=p.get("decay_rule", "matrices"))
+                      weight_decay=p.get("weight_decay", 0.1), decay_rule=p.get("decay_rule", "matrices"),
+                      eval_test=p.get("eval_test", False))
     # every run draws its own analysis figures, so that a summary needs no checkpoint
     result, _ = train_lm(data, LMModelSpec(**p["model"], **overrides), cfg, context=p["context"],
                          batch_size=p["batch_size"], out=run_dir, resume=resume, device=device,
@@ -119,6 +124,7 @@ EXPERIMENT = Experiment(
                   higher_is_better=False, digits=3),
     comparisons=COMPARISONS,
     flatness=Flatness(last=0.2, min_gain=0.02),
+    early_stopping=EarlyStopping(key="test_ppl_at_best_val"),
     figures=(
         FigureSpec("lm_scenarios_val.png", "validation curves",
                    partial(plot_val_curves, xlabel="optimiser step", title="validation perplexity by S_Cᵀ S_B setting",

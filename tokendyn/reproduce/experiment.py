@@ -34,8 +34,16 @@ def experiment_source(doc: dict, scale: str, committed: dict | None, stem: str):
 
 
 def comparison_checks(exp: Experiment, source: dict | None, label: str, how: str) -> list:
-    """The description's comparisons as checks on ``source`` (None: not run)."""
-    return [c.check(source, label, exp.metric, how) for c in exp.comparisons_for((source or {}).get("settings", {}))]
+    """The description's comparisons as checks on ``source`` (None: not run), and where the
+    experiment reads them at the best validation step too, those readings (the project's)."""
+    tested = exp.comparisons_for((source or {}).get("settings", {}))
+    checks = [c.check(source, label, exp.metric, how) for c in tested]
+    es = exp.early_stopping
+    if es is not None and source is not None:
+        read = es.metric(exp.metric)
+        checks += [es.comparison(c).check(source, label, read, how) for c in tested
+                   if c.judge(source.get("settings", {}), read)["outcome"] != "not run"]
+    return checks
 
 
 def run_section(exp: Experiment, ctx: Context, committed_path: Path | None = None) -> SectionResult:

@@ -11,8 +11,10 @@ of the table); everything else is data.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -82,11 +84,14 @@ class Comparison:
     def judge(self, settings: dict, metric: Metric) -> dict:
         """The comparison on a summary's ``settings``: {"diff", "spread", "t", "outcome", "note"};
         diff and t are ``setting`` − ``other``; outcome "pass", "fail", or "not run" where either
-        setting is absent."""
+        setting is absent. Seeds without a value (None) are left out."""
         if self.setting not in settings or self.other not in settings:
             return {"diff": None, "spread": None, "t": None, "outcome": "not run",
                     "note": f"the grid has no {self.setting if self.setting not in settings else self.other} runs"}
-        a, b = settings[self.setting][metric.key], settings[self.other][metric.key]
+        a, b = ([x for x in settings[s].get(metric.key) or () if x is not None] for s in (self.setting, self.other))
+        if not a or not b:
+            return {"diff": None, "spread": None, "t": None, "outcome": "not run",
+                    "note": f"no run has a value of {metric.label}"}
         diff, spread, t = seed_comparison(a, b)
         if t is None:
             return {"diff": diff, "spread": spread, "t": None, "outcome": "fail",
@@ -146,6 +151,42 @@ class Flatness:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    """The test metric at each run's best validation point, as early stopping would keep the model:
+    a second reading of the comparisons (the project's addition), for runs that overfit before
+    their last step. It reads the runs' ``test_curve`` records (``TrainConfig.eval_test``); a run
+    without them has no value.
+
+    key: the per-setting key in the summary (the best steps go under ``best_val_step``).
+    """
+
+    key: str = "test_at_best_val"
+    words: str = "at each run's best validation step (early stopping; the project's addition)"
+
+    def metric(self, metric: Metric) -> Metric:
+        """``metric`` read at the best validation step: its key and label."""
+        return replace(metric, key=self.key, label=f"{metric.label} at the best validation step")
+
+    def comparison(self, c: Comparison) -> Comparison:
+        """``c`` read at the best validation step: the project's own reading of the claim."""
+        return replace(c, claim=f"{c.claim} Read {self.words}.", origin="project")
+
+    @staticmethod
+    def read(run_dir: Path, metric: Metric) -> tuple[int | None, float | None]:
+        """(best validation step, the test metric there) from ``run_dir``/metrics.jsonl; (step, None)
+        where the test split was not evaluated at that step; (None, None) with no validation."""
+        path = Path(run_dir) / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        val = [(r["step"], r[metric.result]) for r in records if r.get("kind") == "validation"]
+        if not val:
+            return None, None
+        pick = max if metric.higher_is_better else min
+        step = pick(val, key=lambda p: p[1])[0]
+        test = {r["step"]: r[metric.result] for r in records if r.get("kind") in ("test_curve", "test")}
+        return step, test.get(step)
+
+
+@dataclass(frozen=True)
 class FigureSpec:
     """A figure of the experiment's output folder. draw: (experiment, summary) -> matplotlib
     figure, drawn by the summary writer; None: drawn from the runs by the experiment's ``analyse``."""
@@ -176,6 +217,7 @@ class Experiment:
         baseline: the setting every other one is set against in the table (None: no column).
         scales: scale -> its model, data and budget (the hooks read them).
         metric, comparisons, flatness: what is measured, the claims checked, when a curve is flat.
+        early_stopping: also read the metric and the comparisons at each run's best validation step.
         figures: the figures of the output folder; colours: setting -> colour in them.
         default_seeds: the seeds run unless told.
         options: names of the command's data options (``tokendyn.cli.options.DATA``) that reach
@@ -215,6 +257,7 @@ class Experiment:
     section: str | None = None
     options: tuple[str, ...] = ()
     flatness: Flatness | None = None
+    early_stopping: EarlyStopping | None = None
     curve: Callable | None = None
     run_fields: Callable | None = None
     config_fields: Callable | None = None

@@ -46,7 +46,9 @@ class TrainConfig:
     the cosine decays to lr·min_lr_ratio at the last step; weight_decay: AdamW's, on the
     parameters ``decay_rule`` picks (:func:`param_groups`); grad_clip: max global gradient norm (0: off);
     eval_every / checkpoint_every / log_every: intervals in steps (0: only at the end);
-    autocast: bf16 autocast on CUDA.
+    autocast: bf16 autocast on CUDA; eval_test: evaluate the test split at every evaluation too
+    (``test_curve`` records), so that the test metric at the best validation step can be read
+    afterwards (early stopping), at the cost of a second evaluation.
     """
 
     steps: int = 200
@@ -63,6 +65,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     autocast: bool = True
+    eval_test: bool = False
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -86,8 +89,12 @@ class TrainConfig:
         self.betas = tuple(self.betas)
 
     def identity(self) -> dict:
-        """The fields that decide the run's numbers (all of them)."""
-        return asdict(self)
+        """The fields that decide the run's numbers (all of them; eval_test only where on, so that
+        runs recorded before it existed still resume)."""
+        fields = asdict(self)
+        if not fields["eval_test"]:
+            del fields["eval_test"]
+        return fields
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -349,6 +356,8 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
         if ddp.main and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             val = task.evaluate(model, "validation")
             metrics({"kind": "validation", "step": done, **val})
+            if cfg.eval_test and done != cfg.steps:     # the last step's test record follows the loop
+                metrics({"kind": "test_curve", "step": done, **task.evaluate(model, "test")})
         cb_s += run_callbacks(done, done == cfg.steps)
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or is_last:
             checkpoint(done)

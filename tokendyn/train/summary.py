@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import state as runstate
-from .experiment import ORIGINS, Experiment
+from .experiment import ORIGINS, Experiment, Metric
 from .figures import save_figure
 from .grid import Run, collect, read_provenance, run_name, shared_identity
 from .seeds import format_mean_std, mean_curve, mean_std, seed_comparison
@@ -114,6 +114,10 @@ def setting_summary(exp: Experiment, rows: list[Run]) -> dict:
         gains = [exp.flatness.gain(c, m) for c in curves]
         entry[exp.flatness.gain_key] = gains
         entry["val_flat"] = [exp.flatness.flat(g) for g in gains]
+    if exp.early_stopping is not None:
+        read = [exp.early_stopping.read(r.dir, m) for r in rows]
+        entry["best_val_step"] = [step for step, _ in read]
+        entry[exp.early_stopping.key] = [value for _, value in read]
     for r in rows if exp.run_fields is not None else ():
         for key, value in exp.run_fields(r).items():
             entry.setdefault(key, []).append(value)
@@ -143,6 +147,12 @@ def comparisons(exp: Experiment, settings: dict) -> dict:
         v = c.judge(settings, exp.metric)
         if v["outcome"] != "not run":
             out[c.name] = {**v, "claim": c.claim, "origin": c.origin, "expect": c.expect}
+    es = exp.early_stopping
+    for c in exp.comparisons if es is not None else ():
+        c = es.comparison(c)
+        v = c.judge(settings, es.metric(exp.metric))
+        if v["outcome"] != "not run":
+            out[f"{c.name}_{es.key}"] = {**v, "claim": c.claim, "origin": c.origin, "expect": c.expect}
     return out
 
 
@@ -178,20 +188,39 @@ def markdown(exp: Experiment, doc: dict) -> str:
         cells += [c.cell(doc, v) for c in exp.columns]
         cells.append(f"{statistics.fmean(v['wall_s']):.1f}" if v.get("wall_s") else "n/a")
         lines.append(_row(cells))
-    tested = exp.comparisons_for(settings)
-    if tested:
-        lines += ["", "Comparisons the experiment tests (difference of means against the seed spread "
-                  "√(s₁²/n₁+s₂²/n₂); their ratio is Welch's t):", "",
-                  _row(["comparison", "claim", "difference of means", "seed spread", "Welch t", "tolerance",
-                        "outcome"]), _row(["---"] * 7)]
-        for c in tested:
-            r = c.judge(settings, m)
-            outcome = r["outcome"] + (f" ({r['note']})" if r["note"] else "")
-            lines.append(_row([f"{c.setting} − {c.other}", f"{c.short} ({ORIGINS[c.origin]})",
-                               _num(r["diff"], f"+.{d}f"), _num(r["spread"], f".{d}f"), _num(r["t"], "+.2f"),
-                               f"t ≥ {c.min_t:g} in its direction, ≥ {c.min_seeds} seeds", outcome]))
+    lines += comparison_table(exp.comparisons_for(settings), settings, m)
+    es = exp.early_stopping
+    read = es.metric(m) if es is not None else None
+    if read is not None and any(x is not None for v in settings.values() for x in v.get(es.key) or ()):
+        lines += ["", f"{m.label.capitalize()} {es.words}:", "",
+                  _row(["setting", "seeds", f"{m.label} (mean ± std)", "per seed", "best validation step per seed"]),
+                  _row(["---"] * 5)]
+        for s, v in settings.items():
+            values = [x for x in v.get(es.key) or () if x is not None]
+            lines.append(_row([s, str(len(values)), format_mean_std(*mean_std(values), d) if values else "n/a",
+                               ", ".join("n/a" if x is None else f"{x:.{d}f}" for x in v.get(es.key) or ()),
+                               ", ".join(str(x) for x in v.get("best_val_step") or ())]))
+        lines += comparison_table([es.comparison(c) for c in exp.comparisons_for(settings)], settings, read)
     text = "\n".join(lines) + "\n"
     return text + ("\n" + exp.sections(doc) if exp.sections is not None else "")
+
+
+def comparison_table(tested: list, settings: dict, m: Metric) -> list[str]:
+    """Markdown lines: each comparison of ``tested`` judged on ``settings`` by metric ``m``."""
+    if not tested:
+        return []
+    d = m.digits
+    lines = ["", f"Comparisons the experiment tests on {m.label} (difference of means against the seed spread "
+             "√(s₁²/n₁+s₂²/n₂); their ratio is Welch's t):", "",
+             _row(["comparison", "claim", "difference of means", "seed spread", "Welch t", "tolerance", "outcome"]),
+             _row(["---"] * 7)]
+    for c in tested:
+        r = c.judge(settings, m)
+        outcome = r["outcome"] + (f" ({r['note']})" if r["note"] else "")
+        lines.append(_row([f"{c.setting} − {c.other}", f"{c.short} ({ORIGINS[c.origin]})",
+                           _num(r["diff"], f"+.{d}f"), _num(r["spread"], f".{d}f"), _num(r["t"], "+.2f"),
+                           f"t ≥ {c.min_t:g} in its direction, ≥ {c.min_seeds} seeds", outcome]))
+    return lines
 
 
 def _row(cells: list[str]) -> str:
