@@ -104,6 +104,11 @@ class IOParameters(Mapping):
     def __len__(self) -> int:
         return len(self._field_keys()) + len(self.extra)
 
+    def to(self, device) -> IOParameters:
+        """The same parameters on ``device``."""
+        return replace(self, **{k: getattr(self, k).to(device) for k in self._field_keys()},
+                       extra={k: v.to(device) for k, v in self.extra.items()})
+
     def detach(self) -> IOParameters:
         """The same parameters, detached from the autograd graph."""
         return replace(self, **{k: getattr(self, k).detach() for k in self._field_keys()},
