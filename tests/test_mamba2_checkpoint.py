@@ -192,3 +192,31 @@ def test_a_broken_checkpoint_ends_in_one_sentence(hf, tmp_path, capsys, case):
     code, _, err = run_cli(["info", d], capsys)
     assert code == 2 and err.startswith("tokendyn: error: ") and err.count("\n") == 1, err
     assert fragment in err and "Traceback" not in err, err
+
+
+def test_settings_round_trip_through_both_interops():
+    from tokendyn.model.mamba2 import Mamba2Settings, read_hf, read_ssm_cfg, write_hf, write_ssm_cfg
+
+    config = MambaConfig(d_model=16, n_layer=1, vocab_size=10, layer="mamba2", head_dim=8, d_state=4, n_groups=2,
+                         chunk_size=8, dt_limit_min=0.01, dt_limit_max=0.5, bias=True, conv_bias=False)
+    s = config.mixer
+    assert Mamba2Settings(**read_ssm_cfg(json.loads(json.dumps(write_ssm_cfg(s, config))), "x")) == s
+    hf_cfg = {"hidden_size": 16, **json.loads(json.dumps(write_hf(s, config)))}
+    assert Mamba2Settings(**read_hf(hf_cfg, "x")) == s
+    # no upper limit: mamba_ssm's inf, transformers' {"__float__": "Infinity"}, or null
+    for high in (float("inf"), {"__float__": "Infinity"}, None):
+        assert read_ssm_cfg({"dt_limit": [0.0, high]}, "x")["dt_limit_max"] is None
+
+
+@pytest.mark.parametrize("ssm_cfg,fragment", [
+    ({"d_ssm": 8}, "d_ssm 8"),
+    ({"D_has_hdim": True}, "D_has_hdim"),
+    ({"dt_limit": [0.0]}, "dt_limit"),
+    ({"headdim": 8, "colour": 1}, "colour"),
+])
+def test_state_spaces_fields_tokendyn_cannot_compute_are_refused(ssm_cfg, fragment):
+    from tokendyn.errors import CheckpointError
+    from tokendyn.model.mamba2 import read_ssm_cfg
+
+    with pytest.raises(CheckpointError, match=fragment):
+        read_ssm_cfg(ssm_cfg, "x")
