@@ -173,8 +173,11 @@ def _not_of(family: str, names) -> str:
     """' (... an option of another family)' when a name is another family's option."""
     others = [f.name for f in _FAMILIES.values() if f.name != family
               and any(n in f.options() or any(n in v.options() for v in f.variants()) for n in names)]
-    return f" (option{'s' if len(names) > 1 else ''} of layer {', '.join(map(repr, others))}, not of {family!r})" \
-        if others else ""
+    if not others:
+        return ""
+    owners = " and ".join((", ".join(map(repr, others[:-1])), repr(others[-1]))) if len(others) > 1 else repr(others[0])
+    plural = "s" if len(others) > 1 else ""
+    return f" (option{'s' if len(names) > 1 else ''} of layer{plural} {owners}, not of {family!r})"
 
 
 _FAMILIES: dict[str, Family] = {}
