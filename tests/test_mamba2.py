@@ -94,7 +94,8 @@ def test_mixer_matches_the_oracle(name, backend):
     h = torch.randn(2, 11, D_MODEL, dtype=torch.float64)      # 11: not a multiple of the chunk (4)
     with torch.no_grad():
         torch.testing.assert_close(m(h), oracle(m, h), rtol=1e-10, atol=1e-12)
-    check_mixer_contract(m, D_MODEL)
+    if backend == "chunked":       # the contract's step and state checks, once per setting
+        check_mixer_contract(m, D_MODEL)
 
 
 @settings(max_examples=12, deadline=None)
@@ -123,7 +124,7 @@ def test_gradients_of_the_backends_agree():
 
 def test_gradcheck_of_the_mixer():
     m = _mixer(n_groups=2, d_state=2)
-    h = torch.randn(1, 5, D_MODEL, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(1, 3, D_MODEL, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: m(x), (h,))
 
 
