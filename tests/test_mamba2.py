@@ -217,3 +217,39 @@ def test_config_reads_the_family_options_and_sizes():
     config = MambaConfig(d_model=D_MODEL, n_layer=1, vocab_size=10, layer="mamba2", head_dim=4, n_groups=2)
     assert (config.d_inner, config.n_heads, config.d_state, config.head_dim) == (16, 4, 128, 4)
     assert MambaConfig.from_dict(config.to_dict()) == config
+
+
+def test_io_parameters_give_the_layers_own_ssd_flow_and_attention():
+    """The analysis' view of a Mamba-2 layer: the SSDSystem from io_parameters is the layer's scan
+    of its own projections of h (conv, gate, norm and D dropped), and each channel's hidden
+    attention times its scan input is the scan's output on that channel (without D)."""
+    from tokendyn.analysis.forms import form_of
+    from tokendyn.ops import ssd_scan
+
+    model = _lm(4)
+    m = model.backbone.layers[1].mixer
+    params = m.io_parameters()
+    assert params.form == "ssd" and params.sizes == (m.n_groups * m.d_state, m.d_inner)
+    D, H, P, G, N = m.d_inner, m.n_heads, m.head_dim, m.n_groups, m.d_state
+    h = torch.randn(2, 7, D_MODEL, dtype=torch.float64)
+    W = m.in_proj.weight.detach()
+    x, B, C, dt = (h @ W[D:2 * D].T, h @ W[2 * D:2 * D + G * N].T, h @ W[2 * D + G * N:2 * D + 2 * G * N].T,
+                   h @ W[-H:].T)
+    y = ssd_scan(x.reshape(2, 7, H, P), F.softplus(dt + m.dt_bias.detach()), -m.A_log.detach().exp(),
+                 B.reshape(2, 7, G, N), C.reshape(2, 7, G, N))
+    expected = y.reshape(2, 7, D) @ m.out_proj.weight.detach().T
+    system = form_of(params).system(params)
+    torch.testing.assert_close(system.vector_field(h), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(system.vector_field_naive(h), expected, rtol=1e-10, atol=1e-12)
+
+    ids = torch.randint(0, 30, (1, 9))
+    with torch.no_grad():
+        inner = model(ids, output_internals=True).internals[1]
+    assert inner.h.shape == (1, 9, D_MODEL)
+    chans = [0, 5, 13, 15, 14]
+    maps = form_of(params).attention(params, inner, chans)                              # (5, L, L)
+    xs = inner.x.transpose(1, 2).reshape(1, 9, H, P)
+    ys = ssd_scan(xs, inner.delta[:, ::P].transpose(1, 2), params["A"], inner.B.transpose(1, 2).reshape(1, 9, G, N),
+                  inner.C.transpose(1, 2).reshape(1, 9, G, N)).reshape(1, 9, D)
+    for k, c in enumerate(chans):
+        torch.testing.assert_close(maps[k] @ inner.x[0, c], ys[0, :, c], rtol=1e-10, atol=1e-12)

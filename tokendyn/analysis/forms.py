@@ -163,17 +163,22 @@ def _ssd_signature(params, rtol: float) -> Signature:
 
 
 def _ssd_attention(params, internals, channels: Sequence[int]) -> torch.Tensor:
-    """The SSD matrix of the head of each channel (every channel of a head shares it): (c, L, L)."""
+    """The SSD matrix of the head of each channel (every channel of a head shares it): (c, L, L).
+    Only the heads asked for are formed (each is L×L float64), each with its own group's B and C."""
     m = internals
     heads, d = params["A"].shape[0], m.delta.shape[1]
     P = d // heads
     groups, n = params["S_B"].shape[:2]
-    b, _, L = m.B.shape
-    dt = m.delta[:1, ::P].detach().transpose(1, 2).to(torch.float64)                  # (1, L, H)
-    B = m.B[:1].detach().transpose(1, 2).reshape(1, L, groups, n).to(torch.float64)
-    C = m.C[:1].detach().transpose(1, 2).reshape(1, L, groups, n).to(torch.float64)
-    M = ssd_matrix(dt, params["A"].detach().to(dt), B, C)[0]                           # (H, L, L)
-    return M[torch.as_tensor([c // P for c in channels], dtype=torch.long, device=M.device)].cpu()
+    L = m.B.shape[-1]
+    wanted = sorted({c // P for c in channels})
+    idx = torch.as_tensor(wanted, dtype=torch.long, device=m.delta.device)
+    group_idx = torch.as_tensor([h // (heads // groups) for h in wanted], dtype=torch.long, device=m.B.device)
+    dt = m.delta[:1, ::P].detach().transpose(1, 2).to(torch.float64)[..., idx]          # (1, L, k)
+    B = m.B[:1].detach().transpose(1, 2).reshape(1, L, groups, n).to(torch.float64)[:, :, group_idx]
+    C = m.C[:1].detach().transpose(1, 2).reshape(1, L, groups, n).to(torch.float64)[:, :, group_idx]
+    A = params["A"].detach().to(dt)[idx]
+    M = ssd_matrix(dt, A, B, C)[0]                                                      # (k, L, L)
+    return M[[wanted.index(c // P) for c in channels]].cpu()
 
 
 SSD = register_form(LayerForm(
