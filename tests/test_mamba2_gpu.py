@@ -52,7 +52,7 @@ def test_gradients_on_cuda_match_the_cpu_float64_oracle(dtype):
     ids = torch.randint(0, VOCAB, (2, 40))
     for m, x in ((cpu, ids), (gpu, ids.cuda())):
         logits = m(x[:, :-1])
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1)).backward()
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)).backward()
     for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
         assert _rel(b.grad, a.grad) <= (1e-9 if dtype == torch.float64 else 1e-3), name
 
