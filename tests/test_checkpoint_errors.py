@@ -86,15 +86,28 @@ def _case_other_model_type(tmp):
     return _write(tmp / "c", {"model_type": "llama", "hidden_size": 8}, {}), "'llama'"
 
 
-def _case_mamba2_state_spaces(tmp):
+def _case_mamba2_state_spaces_with_mamba1_fields(tmp):
     cfg = _state_spaces_config(SMALL)
-    cfg["ssm_cfg"]["layer"] = "Mamba2"
-    return _write(tmp / "c", cfg, _tensors(MambaConfig(**SMALL))), "Mamba-1"
+    cfg["ssm_cfg"].update(layer="Mamba2", dt_rank=2)
+    return _write(tmp / "c", cfg, _tensors(MambaConfig(**SMALL))), "does not know for Mamba-2: dt_rank"
 
 
-def _case_mamba2_hf(tmp):
+def _case_mamba2_state_spaces_with_mamba1_tensors(tmp):
+    cfg = _state_spaces_config(SMALL)
+    cfg["ssm_cfg"].update(layer="Mamba2", headdim=4)
+    return _write(tmp / "c", cfg, _tensors(MambaConfig(**SMALL))), "missing weight tensors"
+
+
+def _case_mamba2_state_spaces_other_layer(tmp):
+    cfg = _state_spaces_config(SMALL)
+    cfg["ssm_cfg"] = {"layer": "Mamba3"}
+    return _write(tmp / "c", cfg, _tensors(MambaConfig(**SMALL))), "ssm_cfg.layer 'Mamba3'"
+
+
+def _case_mamba2_hf_heads_do_not_fit(tmp):
+    # transformers' default head_dim 64 does not divide d_inner = 2 x 16
     cfg = {"model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "hidden_size": 16}
-    return _write(tmp / "c", cfg, {}), "model_type 'mamba2'"
+    return _write(tmp / "c", cfg, {}), "head_dim 64 does not divide d_inner 32"
 
 
 def _case_hybrid(tmp):

@@ -16,11 +16,12 @@ D_MODEL = 8
 
 @pytest.mark.parametrize("layer", family_names())
 def test_every_family_with_its_default_settings(layer):
-    config = MambaConfig(d_model=D_MODEL, n_layer=2, vocab_size=10, layer=layer)
+    # width 32: Mamba-2's default head_dim 64 needs d_inner = 2 x 32 to hold a head
+    config = MambaConfig(d_model=32, n_layer=2, vocab_size=10, layer=layer)
     torch.manual_seed(0)
     mixer = build_mixer(config, 1)
     assert type(mixer) is get_family(layer).mixer_cls and mixer.layer_idx == 1
-    check_mixer_contract(mixer, D_MODEL)
+    check_mixer_contract(mixer, 32)
 
 
 # one config per variant of Mamba-1 that turns it on (and one with two at once); reordering has no step

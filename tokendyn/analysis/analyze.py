@@ -17,7 +17,8 @@ import torch
 
 from ..data import text as textdata
 from ..errors import DataError
-from .hidden_attention import attention_summary, hidden_attention
+from .forms import form_named, form_of
+from .hidden_attention import attention_summary
 from .layer_flow import FLOW_T_END, FLOW_TOKENS, LayerTheory, model_theory
 from .layers import LayerSpectrum, model_io_parameters, model_spectra
 from .trajectories import TokenDynamics, measure_dynamics
@@ -151,14 +152,17 @@ class Analysis:
             "input": self.input.as_dict(),
             "summary": {
                 "n_layers": len(self.spectra),
-                "divergent_prone_layers": sum(s.positive > 0 for s in self.spectra),
-                "convergent_prone_layers": sum(s.positive == 0 and s.negative > 0 for s in self.spectra),
+                "divergent_prone_layers": sum(s.predicted_regime == "divergence" for s in self.spectra),
+                "convergent_prone_layers": sum(s.predicted_regime == "convergence" for s in self.spectra),
+                "indefinite_layers": sum(s.predicted_regime == "indefinite" for s in self.spectra),
                 "radial_velocity_positive_layers": sum(bool(th.radial_velocity.median() > 0) for th in self.theory),
                 "radial_velocity_negative_layers": sum(bool(th.radial_velocity.median() < 0) for th in self.theory),
                 "flow_verdicts": [th.flow.verdict if th.flow is not None else None for th in self.theory],
                 "total_growth": float(total),
             },
             "layers": layers,
+            # where the theory stops, for each form of layer in the model (docs/analysis.md)
+            "theory_scope": {f: form_named(f).scope for f in dict.fromkeys(s.form for s in self.spectra)},
             "embedding_norms": self.dynamics.embedding_norms.tolist(),
             "token_norms": self.dynamics.token_norms.tolist(),
             "scan_input_norms": self.dynamics.scan_input_norms.tolist(),
@@ -213,22 +217,23 @@ def analyze_model(model, inputs: InputTokens, layers: Sequence[int] | None = Non
     timings["forward"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    theory = model_theory(model_io_parameters(model), out.internals, flow=flow_time > 0,
+    io_params = model_io_parameters(model)
+    theory = model_theory(io_params, out.internals, flow=flow_time > 0,
                           **({"t_end": flow_time, "tokens": flow_tokens} if flow_time > 0 else {}))
     timings["layer_flow"] = time.perf_counter() - t
 
     t = time.perf_counter()
     attention = []
-    A_all = [m.io_parameters()["A"] for m in (model.backbone.layers[i].mixer for i in layers)]
-    for i, A in zip(layers, A_all):
+    for i in layers:
         internals = out.internals[i]
-        delta, B, C = internals.delta[:1], internals.B[:1], internals.C[:1]
+        delta = internals.delta[:1]
         if channels:
             chans, chan_why = channels, dict.fromkeys(channels, "--channels")
         else:  # channel 0, and the channel whose step size Δ is largest on average (the most input-driven)
             top = int(delta[0].mean(-1).argmax())
             chans, chan_why = sorted({0, top}), {0: "channel 0", top: "largest mean Δ"}
-        P = hidden_attention(delta.detach(), A.detach(), B.detach(), C.detach(), channels=chans)[0].cpu()
+        # the layer's exact (L, L) map per channel, as its form defines it (a Mamba-2 channel: its head's)
+        P = form_of(io_params[i]).attention(io_params[i], internals, chans)
         for ci, d in enumerate(chans):
             attention.append({"layer": i, "channel": d, "P": P[ci], "summary": attention_summary(P[ci]),
                               "layer_choice": layer_why[i], "channel_choice": chan_why[d]})

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..dynamics.integrate import simulate
-from ..dynamics.vector_field import TokenSystem, vector_field
+from ..dynamics.integrate import FlowSystem, simulate
+from .forms import form_of
 
 FLOW_T_END = 5.0          # the stated time of the flow's norm ratio (units of the flow's time)
 FLOW_TOKENS = 256         # the flow runs on the first tokens only (exact for them: the flow is causal)
@@ -36,14 +36,20 @@ FLOW_BLOWUP_RTOL = 1e-3
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def layer_system(params: dict) -> TokenSystem:
-    """The idealised system of one layer (float64, CPU) from ``mixer.io_parameters()``:
-    S_B, S_C (N, D), S_Delta (D, D), b_Delta (D,), A (D, N)."""
-    return TokenSystem(*(params[k].detach().to("cpu", torch.float64) for k in ("S_B", "S_C", "S_Delta",
-                                                                                 "b_Delta", "A")))
+def layer_system(params: dict) -> FlowSystem:
+    """The idealised system of one layer (float64, CPU) from ``mixer.io_parameters()``, as the
+    parameters' form defines it (:mod:`tokendyn.analysis.forms`): a ``TokenSystem`` from S_B, S_C
+    (N, D), S_Delta (D, D), b_Delta (D,), A (D, N) for ``s6``, an ``SSDSystem`` for ``ssd``."""
+    return form_of(params).system(params)
 
 
-def radial_velocity(system: TokenSystem, u: torch.Tensor) -> torch.Tensor:
+def layer_tokens(params: dict, internals) -> torch.Tensor:
+    """The tokens the layer's flow moves, batch element 0: (L, dim) — the scan input x (``s6``) or
+    the mixer's input h (``ssd``)."""
+    return form_of(params).tokens(internals)
+
+
+def radial_velocity(system: FlowSystem, u: torch.Tensor) -> torch.Tensor:
     """⟨u_l, y_l⟩ / |u_l|² per token, y = the layer's scan of u without D and gate (THEORY.md
     section 4), which is the idealised flow's vector field at u (section 2).
 
@@ -51,7 +57,7 @@ def radial_velocity(system: TokenSystem, u: torch.Tensor) -> torch.Tensor:
     runs in float64 on u's device (one scan: cheap on a GPU, where the regime monitor calls it).
     """
     u = u.detach().to(torch.float64)
-    y = vector_field(system, u[None])[0]
+    y = system.vector_field(u[None])[0]
     sq = (u * u).sum(-1)
     return torch.where(sq > 0, (u * y).sum(-1) / sq.clamp_min(1e-300), torch.zeros_like(sq)).cpu()
 
@@ -118,7 +124,7 @@ class LayerFlow:
                 "t": [float(x) for x in self.t], "ratio": [float(x) for x in self.ratio]}
 
 
-def idealised_flow(system: TokenSystem, u: torch.Tensor, t_end: float = FLOW_T_END, tokens: int = FLOW_TOKENS,
+def idealised_flow(system: FlowSystem, u: torch.Tensor, t_end: float = FLOW_T_END, tokens: int = FLOW_TOKENS,
                    max_evals: int = FLOW_MAX_EVALS, n_points: int = FLOW_POINTS,
                    time_limit: float | None = None, rtol: float = 1e-6,
                    blowup_rtol: float = FLOW_BLOWUP_RTOL, device: torch.device | str | None = None) -> LayerFlow:
@@ -175,10 +181,11 @@ def layer_theory(params: dict, u: torch.Tensor, index: int = 0, flow: bool = Tru
 def model_theory(io_params: list[dict], internals, flow: bool = True, **flow_kw) -> list[LayerTheory]:
     """:func:`layer_theory` of every layer, on batch element 0 of one forward pass.
 
-    io_params: ``io_parameters()`` of each mixer; internals: the forward's MixerInternals, whose
-    ``x`` (batch, D, L) is the scan input u.
+    io_params: ``io_parameters()`` of each mixer; internals: the forward's MixerInternals, from
+    which each layer's form takes its tokens (:func:`layer_tokens`: the scan input x of a Mamba-1
+    layer, the mixer input h of a Mamba-2 one).
     """
-    return [layer_theory(p, m.x[0].transpose(0, 1), i, flow=flow, **flow_kw)
+    return [layer_theory(p, layer_tokens(p, m), i, flow=flow, **flow_kw)
             for i, (p, m) in enumerate(zip(io_params, internals))]
 
 

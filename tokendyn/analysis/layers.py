@@ -3,7 +3,9 @@
 THEORY.md sections 2 and 4: the symmetric part M_s = (M + Mᵀ)/2 decides the
 idealised regime. Its eigen-signature comes from the 2N×2N problem in
 :mod:`tokendyn.dynamics.spectrum` (never the D×D one); the nonzero eigenvalues of M
-itself are those of S_B S_Cᵀ (N×N, complex in general).
+itself are those of S_B S_Cᵀ (N×N, complex in general). A Mamba-2 layer (parameters of form
+``"ssd"``) has one M_g per group and one V_k per head instead (docs/THEORY.md section 4a); which
+picture a layer gets is its form's business (:mod:`tokendyn.analysis.forms`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..dynamics.regimes import regime_from_signature
-from ..dynamics.spectrum import eigen_signature, io_eigvals, symmetric_io_eigvals
+from ..dynamics.regimes import regime_from_signature  # noqa: F401 -- re-exported (tokendyn.analysis)
 from ..errors import CheckpointError
 from ..model.contract import IOParameters, Mixer
+from .forms import form_of
+from .forms import s6_verdict as verdict  # noqa: F401 -- re-exported (tokendyn.analysis)
 
 IO_KEYS = IOParameters.THEORY_KEYS
-
-
-def verdict(positive: int, negative: int) -> str:
-    """Plain-language verdict: "convergent-prone" when M_s has no positive eigenvalue."""
-    if positive > 0:
-        return "divergent-prone" if negative == 0 else "divergent-prone (mixed signature)"
-    return "convergent-prone" if negative > 0 else "static (M = 0)"
 
 
 def _stats(t: torch.Tensor) -> dict:
@@ -42,6 +38,9 @@ class LayerSpectrum:
 
     sym_eigvals: (min(2N, D),) the eigenvalues of M_s that can be nonzero, ascending;
     io_eigvals: (min(N, D),) complex nonzero eigenvalues of M, by real part.
+    form: the form of the layer's parameters (``s6``, ``ssd``); for ``ssd`` the counts and
+    eigenvalues pool every group's M_g (d_inner is H·P, d_state is N), and ``extra["ssd"]`` holds
+    the groups' and heads' signatures with the rule's per-head predictions.
     """
 
     index: int
@@ -60,11 +59,14 @@ class LayerSpectrum:
     b_Delta: dict = field(default_factory=dict)
     delta_at_zero: dict = field(default_factory=dict)
     decay: dict = field(default_factory=dict)
+    form: str = "s6"
+    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """JSON-able fields (see docs/analysis.md)."""
         return {
             "index": self.index,
+            "form": self.form,
             "io_eigs_positive": self.positive,
             "io_eigs_negative": self.negative,
             "io_eigs_zero": self.zero,
@@ -79,6 +81,7 @@ class LayerSpectrum:
             "b_Delta": self.b_Delta,
             "delta_at_zero": self.delta_at_zero,
             "decay": self.decay,
+            **self.extra,
         }
 
 
@@ -87,11 +90,14 @@ def check_io_parameters(params: dict, index: int = 0) -> None:
     missing = [k for k in IO_KEYS if k not in params]
     if missing:
         raise CheckpointError(f"layer {index} lacks the S6 parameters {', '.join(missing)}.")
-    S_B, S_C, S_Delta, b_Delta, A = (params[k] for k in IO_KEYS)
-    n, d = S_B.shape
-    shapes = {"S_C": (S_C, (n, d)), "S_Delta": (S_Delta, (d, d)), "b_Delta": (b_Delta, (d,)), "A": (A, (d, n))}
-    for name, (t, shape) in shapes.items():
-        if tuple(t.shape) != shape:
+    if isinstance(params, IOParameters):
+        expected = params.expected_shapes()
+    else:
+        n, d = params["S_B"].shape
+        expected = {"S_C": (n, d), "S_Delta": (d, d), "b_Delta": (d,), "A": (d, n)}
+    for name, shape in expected.items():
+        t = params[name] if name in params else None
+        if t is not None and tuple(t.shape) != shape:
             raise CheckpointError(f"layer {index}: {name} has shape {tuple(t.shape)}, expected {shape}.")
     for name in IO_KEYS:
         if not torch.isfinite(params[name]).all():
@@ -102,24 +108,24 @@ def layer_spectrum(params: dict, index: int = 0, rtol: float = 1e-8) -> LayerSpe
     """Spectrum and parameter statistics of one layer.
 
     params: a mixer's ``io_parameters()`` (:class:`~tokendyn.model.contract.IOParameters`, or a dict
-    with its keys): S_B, S_C (N, D), S_Delta (D, D), b_Delta (D,), A (D, N).
+    with its keys): S_B, S_C (N, D), S_Delta (D, D), b_Delta (D,), A (D, N) — or the ``ssd`` form's
+    per-group and per-head shapes, whose signatures come from :mod:`tokendyn.analysis.forms`.
     """
     check_io_parameters(params, index)
-    S_B, S_C = params["S_B"], params["S_C"]
-    n, d = S_B.shape
-    sig = eigen_signature(S_B, S_C, rtol=rtol)
-    regime = regime_from_signature(sig.positive, sig.negative)
+    form = form_of(params)
+    sig = form.signature(params, rtol)
+    n = params["S_B"].shape[-2]
+    d = params.sizes[1] if isinstance(params, IOParameters) else params["S_B"].shape[1]
     b = params["b_Delta"].detach().to(torch.float64)
     S_Delta = params["S_Delta"].detach().to(torch.float64)
     return LayerSpectrum(
         index=index, d_inner=d, d_state=n,
         positive=sig.positive, negative=sig.negative, zero=sig.zero,
         largest=sig.largest, smallest=sig.smallest,
-        sym_eigvals=symmetric_io_eigvals(S_B, S_C).cpu(),
-        io_eigvals=io_eigvals(S_B, S_C).cpu(),
-        predicted_regime=regime, verdict=verdict(sig.positive, sig.negative),
+        sym_eigvals=sig.sym_eigvals, io_eigvals=sig.io_eigvals,
+        predicted_regime=sig.predicted_regime, verdict=sig.verdict, form=form.name, extra=sig.extra,
         S_Delta={"frobenius": float(torch.linalg.matrix_norm(S_Delta)), "abs_max": float(S_Delta.abs().max()),
-                 "diag_mean": float(S_Delta.diagonal().mean())},
+                 "diag_mean": float(S_Delta.diagonal().mean())},     # ssd: W_dt (H, d), its leading diagonal
         b_Delta=_stats(b),
         delta_at_zero=_stats(F.softplus(b)),     # Δ for a zero input: the layer's resting step size
         decay=_stats(-params["A"]),

@@ -325,12 +325,26 @@ parameters: {esc(flow_counts(summary['flow_verdicts']))}. The residual stream gr
 {summary['total_growth']:.4g} from the embedding to the last layer (geometric mean over tokens; Spearman correlation
 of position with growth {trend['spearman']:.3f}): in a pre-norm model it grows whatever the sign of M, so it is
 no test of the theory (docs/THEORY.md section 4).</p>
+{_scope(data)}
 </section>
 <section id="layers"><h2>Layers</h2>{_layer_table(data['layers'])}</section>
 {figs}"""
     footer = (f"<p>Written by <code>{esc(prov.get('command'))}</code> on {esc(prov.get('device'))}, "
               f"{esc(prov.get('date'))}; the numbers are in the JSON beside this page.</p>")
     return page(f"tokendyn analysis: {data['checkpoint']}", main, header, nav, footer)
+
+
+def _scope(data: dict) -> str:
+    """Where the theory stops, for each form of layer in the model (and how many layers it leaves
+    outside its rule)."""
+    scopes = data.get("theory_scope") or {}
+    parts = [f"<p class=\"scope\"><strong>Where the theory stops ({esc(form)}).</strong> {esc(text)}</p>"
+             for form, text in scopes.items()]
+    outside = data["summary"].get("indefinite_layers", 0)
+    if outside:
+        parts.append(f"<p class=\"scope\"><strong>{outside}</strong> of {data['summary']['n_layers']} layers are "
+                     "indefinite: their signatures are shown, and no regime is predicted for them.</p>")
+    return "".join(parts)
 
 
 def write_report(data: dict, figs: dict[str, plt.Figure], out: Path, json_path: Path | None = None) -> dict:

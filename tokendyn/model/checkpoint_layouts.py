@@ -167,9 +167,10 @@ def config_kwargs_hf(cfg: dict[str, Any], embedding_rows: int | None, source: st
     if family is None or family.interop.read_hf is None:
         raise CheckpointError(f"{_where(source)} names no model_type tokendyn reads.")
     kwargs: dict[str, Any] = {"layer": family.name, "mixer": family.interop.read_hf(cfg, source)}
+    defaults = family.interop.hf_defaults
     for hf_name, (name, default) in _HF_FIELDS.items():
-        kwargs[name] = cfg.get(hf_name, default)
-    vocab = cfg.get("vocab_size", 50280)
+        kwargs[name] = cfg.get(hf_name, defaults.get(hf_name, default))
+    vocab = cfg.get("vocab_size", defaults.get("vocab_size", 50280))
     if embedding_rows is not None and vocab != embedding_rows:
         raise CheckpointError(
             f"{_where(source)} says vocab_size {vocab!r} but backbone.embeddings.weight has {embedding_rows} rows."

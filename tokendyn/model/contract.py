@@ -58,9 +58,20 @@ class IOParameters(Mapping):
         D: (D,) or None  the skip term y_l += D ⊙ x_l, where the family has one
         extra: further family-specific tensors, by name (none for Mamba-1)
 
-    A family whose parameters have another layout (e.g. one Δ or one A per head) writes them in
-    this form, so that the spectrum of S_Cᵀ S_B, the in-layer flow and the monitor need no case
-    for it. It reads like a dict too: ``params["S_B"]``, ``params.keys()`` (the fields that are
+    ``form`` names the layout of the fields, and so the token flow they define (the analysis picks
+    the dynamics system, the spectrum and the hidden attention by form, never by family):
+
+    - ``"s6"`` (Mamba-1, and any family with one Δ per channel): the shapes above; the tokens are
+      the scan input x (D channels), the flow is THEORY.md section 2's.
+    - ``"ssd"`` (Mamba-2, docs/THEORY.md section 4a; H heads of P channels, G groups of N, d =
+      d_model): S_B, S_C: (G, N, d), the B and C rows of in_proj per group (W_B, W_C);
+      S_Delta: (H, d), the dt rows (W_dt); b_Delta: (H,); A: (H,), one decay per head (−a);
+      D: (H,); extra ``W_x``: (H, P, d), the x rows of in_proj per head, and ``W_out``: (d, H, P),
+      out_proj. The tokens are the mixer's input h (d channels, the residual stream's width),
+      the flow is section 4a's.
+
+    A family with yet another layout adds a form (and the analysis its handlers) rather than a
+    case for itself. It reads like a dict too: ``params["S_B"]``, ``params.keys()`` (the fields that are
     set, then ``extra``'s names).
     """
 
@@ -71,8 +82,10 @@ class IOParameters(Mapping):
     A: torch.Tensor
     D: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    form: str = "s6"
 
     THEORY_KEYS = ("S_B", "S_C", "S_Delta", "b_Delta", "A")
+    FORMS = ("s6", "ssd")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self.extra:
@@ -82,13 +95,19 @@ class IOParameters(Mapping):
         raise KeyError(key)
 
     def _field_keys(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None)
+        return tuple(f.name for f in fields(self) if f.name not in ("extra", "form")
+                     and getattr(self, f.name) is not None)
 
     def __iter__(self) -> Iterator[str]:
         return iter((*self._field_keys(), *self.extra))
 
     def __len__(self) -> int:
         return len(self._field_keys()) + len(self.extra)
+
+    def to(self, device) -> IOParameters:
+        """The same parameters on ``device``."""
+        return replace(self, **{k: getattr(self, k).to(device) for k in self._field_keys()},
+                       extra={k: v.to(device) for k, v in self.extra.items()})
 
     def detach(self) -> IOParameters:
         """The same parameters, detached from the autograd graph."""
@@ -97,12 +116,23 @@ class IOParameters(Mapping):
 
     @property
     def sizes(self) -> tuple[int, int]:
-        """(N, D) of the layer."""
+        """(N, D) of the layer's scan: the rows of B and C and the channels the scan runs over
+        (the shapes of its :class:`MixerInternals`); for ``ssd``, (G·N, H·P)."""
+        if self.form == "ssd":
+            g, n, _ = self.S_B.shape
+            h, p, _ = self.extra["W_x"].shape
+            return int(g * n), int(h * p)
         n, d = self.S_B.shape
         return int(n), int(d)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape each field must have, from S_B's (N, D)."""
+        """The shape each field must have, from S_B's (N, D) (``ssd``: S_B's (G, N, d) and W_x's
+        (H, P, d))."""
+        if self.form == "ssd":
+            g, n, d = self.S_B.shape
+            h, p, _ = self.extra["W_x"].shape
+            return {"S_B": (g, n, d), "S_C": (g, n, d), "S_Delta": (h, d), "b_Delta": (h,), "A": (h,), "D": (h,),
+                    "W_x": (h, p, d), "W_out": (d, h, p)}
         n, d = self.sizes
         return {"S_B": (n, d), "S_C": (n, d), "S_Delta": (d, d), "b_Delta": (d,), "A": (d, n), "D": (d,)}
 
@@ -237,7 +267,8 @@ class FamilySettings(Protocol):
     """A family's settings: a dataclass (frozen: configs may share it) whose ``__post_init__``
     checks the fields on their own, raising :class:`~tokendyn.errors.ConfigError` with one
     sentence. Its field names are the family's option names (``--mixer-option NAME=VALUE``,
-    the flat keys of older config.json files) and must not clash with another registered name."""
+    the flat keys of older config.json files); another family may use the same name, but none of
+    the family's own variants may."""
 
     def check(self, config: Any) -> None:
         """Checks that need the rest of the model's config (``d_model``, ``n_layer``)."""

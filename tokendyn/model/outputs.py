@@ -19,6 +19,12 @@ class MixerInternals:
         B:     (batch, N, L)  B_l = S_B x_l
         C:     (batch, N, L)  C_l = S_C x_l
         z:     (batch, D, L)  gate branch (before SiLU), or None for a family without a gate
+        h:     (batch, L, d_model) the mixer's input, filled by families whose token flow moves it
+               (io_parameters form ``"ssd"``, Mamba-2), else None
+
+    Mamba-2 (form ``"ssd"``, H heads of P channels, G groups of N) fills them as an S6 scan over
+    D = H·P channels would see them: ``delta`` is each head's Δ repeated over its P channels, and
+    B, C (batch, G·N, L) hold the groups one after another (channel d reads group g(head(d))).
     """
 
     x: torch.Tensor
@@ -26,6 +32,7 @@ class MixerInternals:
     B: torch.Tensor
     C: torch.Tensor
     z: torch.Tensor | None = None
+    h: torch.Tensor | None = None
 
 
 @dataclass

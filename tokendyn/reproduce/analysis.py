@@ -23,6 +23,7 @@ from ..analysis.report import flow_cell
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from ..provenance import provenance
+from ..report import Check
 from . import Context, SectionResult
 from .verdicts import analysis_checks
 
@@ -33,6 +34,12 @@ SETTINGS = {
     "full": {"d_model": 256, "n_layer": 12, "tokens": 1024},
 }
 VARIANTS = ("init", "positive", "negative")
+# the Mamba-2 item: a small SSD model beside the Mamba-1 ones (its flow from fewer tokens: the SSD flow
+# moves d_model-wide tokens and costs more per evaluation)
+MAMBA2 = {"quick": {"d_model": 32, "n_layer": 2, "head_dim": 16, "d_state": 8, "n_groups": 2, "tokens": 256,
+                    "flow_tokens": 64},
+          "full": {"d_model": 256, "n_layer": 4, "head_dim": 64, "d_state": 64, "n_groups": 2, "tokens": 1024,
+                   "flow_tokens": 128}}
 
 
 def held_out_bytes(n: int) -> torch.Tensor:
@@ -81,6 +88,41 @@ def _brief(data: dict) -> dict:
             "layers": layers}
 
 
+def _mamba2(ctx: Context, out) -> tuple[dict, str, list[Check]]:
+    """Analyse a small random Mamba-2 model: (its brief, the section's paragraph, its check)."""
+    s = MAMBA2["quick" if ctx.quick else "full"]
+    torch.manual_seed(0)
+    config = MambaConfig(d_model=s["d_model"], n_layer=s["n_layer"], vocab_size=256, layer="mamba2",
+                         head_dim=s["head_dim"], d_state=s["d_state"], n_groups=s["n_groups"])
+    model = MambaLM(config).to(ctx.device).eval()
+    inputs = InputTokens(held_out_bytes(s["tokens"]), "builtin-corpus", "bytes", False,
+                         f"the first {s['tokens']} held-out bytes")
+    data = analyze_model(model, inputs, layout="in memory", checkpoint="random initialisation (mamba2)",
+                         flow_tokens=s["flow_tokens"]).to_json()
+    (out / "mamba2.json").write_text(json.dumps(data, indent=1))
+    rows = ["| layer | heads: predictions | groups: M_s +/−/0 | radial velocity: median (share > 0) | idealised flow |",
+            "|---|---|---|---|---|"]
+    for r in data["layers"]:
+        rv, ssd = r["radial_velocity"], r["ssd"]
+        groups = ", ".join(f"{g['positive']}/{g['negative']}/{g['zero']}" for g in ssd["groups"])
+        rows.append(f"| {r['index']} | {', '.join(ssd['head_predictions'])} | {groups} | {rv['median']:+.2e} "
+                    f"({rv['positive_share']:.2f}) | {flow_cell(r['flow'])} |")
+    md = (f"\n\nA Mamba-2 (SSD) model beside them (d_model {s['d_model']}, {s['n_layer']} layers, head_dim "
+          f"{s['head_dim']}, d_state {s['d_state']}, n_groups {s['n_groups']}, random initialisation), analysed the "
+          f"same way on {inputs.description}: per group the signature of M_g = W_Cᵀ W_B, per head the prediction of "
+          "the [derived] rule of docs/THEORY.md section 4a, the radial velocity of the mixer's input h under the "
+          f"layer's own SSD flow, and that flow from the first {s['flow_tokens']} tokens (`analysis/mamba2.json`).\n\n"
+          + "\n".join(rows) + "\n\n" + data["theory_scope"]["ssd"] + "\n")
+    n_indef = data["summary"]["indefinite_layers"]
+    check = Check.judged(
+        "A Mamba-2 layer with d_state and head_dim below d_model is outside the SSD rule (indefinite), as "
+        "docs/THEORY.md section 4a says of every real layer.",
+        "every layer indefinite", f"{n_indef}/{len(data['layers'])}", n_indef == len(data["layers"]))
+    brief = {"model": {k: s[k] for k in ("d_model", "n_layer", "head_dim", "d_state", "n_groups")},
+             "summary": data["summary"], "predictions": [r["ssd"]["head_predictions"] for r in data["layers"]]}
+    return brief, md, [check]
+
+
 def run(ctx: Context) -> SectionResult:
     s = SETTINGS["quick" if ctx.quick else "full"]
     out = ctx.out / "analysis"
@@ -100,7 +142,9 @@ def run(ctx: Context) -> SectionResult:
             results[name] = analysis.to_json()
             (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
 
+    mamba2, mamba2_md, mamba2_checks = _mamba2(ctx, out)
     summary = {
+        "mamba2": mamba2,
         "model": {"d_model": s["d_model"], "n_layer": s["n_layer"], "vocab": "bytes (256)", "d_state": 16},
         "tokens": s["tokens"],
         **{v: _brief(results[v]) for v in VARIANTS},
@@ -138,6 +182,6 @@ to the stream, so the stream grows whatever the sign of M, and this column is no
 ![Hidden attention (unedited model): first, middle, last layer; channel 0 and largest mean Δ]({rel['hidden_attention']})
 
 Full report of the unconstrained model: `{rel['html']}`. Analyse your own checkpoint (tokendyn, state-spaces
-or HF-transformers layout) with `tokendyn analyze PATH --out DIR`; see docs/analysis.md.
-"""
-    return SectionResult(markdown=md, summary=summary, checks=analysis_checks(summary))
+or HF-transformers layout, Mamba-1 or Mamba-2) with `tokendyn analyze PATH --out DIR`; see docs/analysis.md.
+""" + mamba2_md
+    return SectionResult(markdown=md, summary=summary, checks=analysis_checks(summary) + mamba2_checks)

@@ -18,6 +18,8 @@ from ..model import MambaConfig, MambaLM, generate
 from ..ops import available_backends
 from ..provenance import provenance
 from . import Context, SectionResult
+from .core_mamba2 import markdown as mamba2_markdown
+from .core_mamba2 import run_mamba2
 from .verdicts import core_checks
 
 TITLE = "Mamba model and scan backends"
@@ -119,6 +121,9 @@ def run(ctx: Context) -> SectionResult:
         "generated": out[0, s["prompt"]:].tolist(),
     }
 
+    # a small Mamba-2 model beside it: both SSD scans against float64, generation through its state
+    mamba2, mamba2_checks = run_mamba2(ctx.quick, device)
+
     record = {
         "provenance": provenance(ctx.command),
         "model": {**config.flat_dict(), "parameters": model.num_parameters()},
@@ -127,6 +132,7 @@ def run(ctx: Context) -> SectionResult:
         "repeats": s["repeats"],
         "backends": results,
         "generation": generation,
+        "mamba2": mamba2,
     }
     (ctx.out / "core.json").write_text(json.dumps(record, indent=2))
 
@@ -148,6 +154,7 @@ def run(ctx: Context) -> SectionResult:
         f"Greedy generation ({fastest} prefill, then recurrent steps): {s['new_tokens']} tokens after a "
         f"{s['prompt']}-token prompt in {gen_s:.2f} s ({generation['tokens_per_second']:.1f} tokens/s); "
         f"identical to argmax over full forwards: {'yes' if consistent else '**no**'}.",
+        *mamba2_markdown(mamba2),
         "",
         "Data: `core.json`.",
     ]
@@ -157,7 +164,8 @@ def run(ctx: Context) -> SectionResult:
                          "forward_ms_median": r["forward_ms_median"]} for n, r in results.items()},
         "generation_tokens_per_second": generation["tokens_per_second"],
         "generation_matches_full_forward": consistent,
+        "mamba2": {n: r["max_rel_diff_vs_float64"] for n, r in mamba2["backends"].items()},
         "json": "core.json",
     }
     return SectionResult(markdown="\n".join(lines), summary=summary,
-                         checks=core_checks(results, consistent, str(device)))
+                         checks=core_checks(results, consistent, str(device)) + mamba2_checks)

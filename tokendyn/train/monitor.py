@@ -28,11 +28,9 @@ import warnings
 
 import torch
 
-from ..analysis.layer_flow import layer_theory
-from ..analysis.layers import model_io_parameters
+from ..analysis.layer_flow import layer_theory, layer_tokens
+from ..analysis.layers import layer_spectrum, model_io_parameters
 from ..analysis.trajectories import dynamics_from_outputs
-from ..dynamics.regimes import regime_from_signature
-from ..dynamics.spectrum import eigen_signature
 from ..errors import TrainingDivergedError
 
 # One call is one forward pass of a single probe sequence plus n_layer 2N×2N eigenproblems on
@@ -97,13 +95,14 @@ class RegimeMonitor:
                 raise TrainingDivergedError(f"layer {i}'s parameters stopped being finite numbers; lower the "
                                             "learning rate.")
         for i, (params, m) in enumerate(zip(io_params, out.internals)):
-            # the 2N×2N problem is tiny: solved on the CPU, not as many small GPU launches
-            sig = eigen_signature(params["S_B"].cpu(), params["S_C"].cpu())
-            th = layer_theory(params, m.x[0].transpose(0, 1), i, flow=flow,
+            # the 2N×2N problems are tiny: solved on the CPU, not as many small GPU launches; the
+            # signature and the regime are those of the parameters' form (Mamba-1's M, Mamba-2's M_g, V_k)
+            sig = layer_spectrum(params.to("cpu"), i)
+            th = layer_theory(params, layer_tokens(params, m), i, flow=flow,
                               **{**MONITOR_FLOW, "t_end": self.flow_time, "tokens": self.flow_tokens})
             rv = th.radial_velocity
             row = {"layer": i, "positive": sig.positive, "negative": sig.negative, "zero": sig.zero,
-                   "regime": regime_from_signature(sig.positive, sig.negative),
+                   "regime": sig.predicted_regime,
                    "radial_velocity": float(rv.median()), "radial_velocity_share": float((rv > 0).double().mean()),
                    "growth": float(growth[i])}
             if th.flow is not None:
