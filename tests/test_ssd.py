@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from error_helpers import one_sentence
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
@@ -252,6 +252,7 @@ def grads(fn, ins, weights, **kw):
 
 @settings(max_examples=25)
 @given(shape=shapes(), flags=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**31 - 1))
+@example(shape=(1, 11, 1, 1, 1, 2, 4), flags=(True, True), seed=237)     # A's gradient cancels to -4e-4
 def test_chunked_gradients_match_float64_reference(shape, flags, seed):
     """Gradients of all of x, Δ, A, B, C, D and the initial state, for a loss on y and S_L."""
     batch, length, heads, hdim, groups, state, chunk = shape
@@ -262,10 +263,15 @@ def test_chunked_gradients_match_float64_reference(shape, flags, seed):
                torch.randn(batch, heads, hdim, state, generator=g, dtype=torch.float64))
     got = grads(ssd_chunked, ins, weights, chunk_size=chunk)
     want = grads(ssd_reference, as64(ins), weights)
+    # a gradient that is a sum over many positions (A's, D's) can cancel to a small value, whose
+    # float32 relative error is then large in any float32 computation: the bound is the tolerance or
+    # a few times the float32 recurrence's own error, whichever is larger
+    plain = grads(ssd_reference, ins, weights)
     assert set(got) == set(want)
     for name in want:
         assert got[name].dtype == ins[name].dtype, name
-        assert rel_err(got[name], want[name]) < GRAD_TOL[torch.float32], name
+        bound = max(GRAD_TOL[torch.float32], 4 * rel_err(plain[name], want[name]))
+        assert rel_err(got[name], want[name]) < bound, name
 
 
 @pytest.mark.parametrize("length,chunk,groups", [(1, 4, 1), (7, 3, 2), (20, 4, 1), (13, 16, 2)])
