@@ -24,8 +24,29 @@ def _colors(n: int):
     return [cmap(i / max(1, n - 1)) for i in range(n)]
 
 
+# a token that blew up ends in a cross, one stopped with a blow-up in an open square
+BLOWUP_MARK = {"marker": "x", "ms": 7}
+STOPPED_MARK = {"marker": "s", "ms": 5, "mfc": "none"}
+
+
+def _end_mark(sim: Simulation, index: int, l: int) -> dict:
+    return BLOWUP_MARK if bool(sim.blew_up[index, l]) else STOPPED_MARK
+
+
+def _end_handles(sim: Simulation, index: int) -> list:
+    """Legend entries for the ends of trajectories that occur in ``sim``."""
+    ended = torch.isfinite(sim.blowup_times[index])
+    out = []
+    if bool((ended & sim.blew_up[index]).any()):
+        out.append(Line2D([], [], ls="", color="k", label="blew up", **BLOWUP_MARK))
+    if bool((ended & ~sim.blew_up[index]).any()):
+        out.append(Line2D([], [], ls="", color="k", label="stopped with a blow-up", **STOPPED_MARK))
+    return out
+
+
 def plot_trajectories(sim: Simulation, ax, index: int = 0, title: str | None = None) -> None:
-    """x_l(t) for D = 1, |x_l(t)| otherwise, against log t; a cross marks each blow-up."""
+    """x_l(t) for D = 1, |x_l(t)| otherwise, against log t; a cross marks each token that blew up,
+    an open square each token stopped with a blow-up."""
     t = sim.t[1:].numpy()
     vals = sim.x[1:, index, :, 0] if sim.system.dim == 1 else sim.norms[1:, index]
     valid = sim.valid[1:, index]
@@ -43,7 +64,7 @@ def plot_trajectories(sim: Simulation, ax, index: int = 0, title: str | None = N
             last = int(torch.nonzero(sim.valid[:, index, l]).max())
             y0 = float(sim.x[last, index, l, 0] if sim.system.dim == 1 else sim.norms[last, index, l])
             ax.plot([float(sim.t[last]), bt], [y0, y], color=c, lw=1.2)
-            ax.plot([bt], [y], "x", color=c, ms=7)
+            ax.plot([bt], [y], ls="", color=c, **_end_mark(sim, index, l))
             shown.append(np.array([y]))
             blowups = True
     ax.set_xscale("log")
@@ -56,7 +77,7 @@ def plot_trajectories(sim: Simulation, ax, index: int = 0, title: str | None = N
     if L <= 10:
         handles = [Line2D([], [], color=c, lw=1.2, label=f"token {l + 1}") for l, c in zip(range(L), _colors(L))]
         if blowups:
-            handles.append(Line2D([], [], ls="", marker="x", color="k", ms=6, label="blow-up"))
+            handles += _end_handles(sim, index)
         ax.legend(handles=handles, fontsize=6, loc="best")
 
 
