@@ -47,9 +47,7 @@ _HEAD_ROWS, _TAIL_ROWS = 10, 5
 
 
 def _console_table(report: dict, prediction, show_all: bool):
-    from rich.table import Table
-
-    from rich.table import Column
+    from rich.table import Column, Table
 
     table = Table("token", "|x(0)|", "final |x|", Column("ended at t", no_wrap=True), "bound", "log-log slope",
                   "growth exp.")

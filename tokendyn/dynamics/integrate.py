@@ -425,9 +425,10 @@ class Integrator:
         not be left alive at the singularity. When the root sits within the solver tolerance of
         the test and no token is that close, the token nearest to it is frozen.
 
-        Of the tokens frozen in a row, those that meet a blow-up test at t (margin ≤ 0, or the
-        row's smallest margin when none does: the root sits within the root finder's tolerance
-        of the test) are marked ``blew_up``; the others were stopped with them."""
+        Of the tokens frozen in a row, those that meet a blow-up test at t (margin ≤ 0; or the
+        row's smallest margin when none does, since the root sits within the root finder's
+        tolerance of the test) are marked ``blew_up``: they stopped the run. The others were
+        stopped with them: tokens after them (no solution past t) or close to a test."""
         m = self.margins(t, y)
         hit = m <= math.log(1e3)
         if not hit.any():
@@ -442,8 +443,8 @@ class Integrator:
                 self.blowup_times[b][newly] = t
                 self.blowup_states[b][newly] = y[b][newly]
                 self.alive[b][newly] = False
-                edge = max(0.0, float(m[b][newly].min()))
-                self.blew_up[b] |= newly & (m[b] <= edge)
+                edge = max(0.0, float(m[b][newly].min()))       # the root sits within a tolerance of 0
+                self.blew_up[b] |= newly & (m[b] <= edge + 1e-9)
 
     def out_of_budget(self) -> str | None:
         """Why the run must stop now (evaluation budget or wall clock), or None."""
