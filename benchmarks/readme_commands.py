@@ -10,7 +10,7 @@ exists; a fresh one is minutes of downloads). The machine is shared, so the load
 after each command is recorded.
 
 Writes results/readme_commands.json (provenance: device, date, commit, command; the CPU model and
-cores). Run from the repository root: python benchmarks/readme_commands.py [--skip-tests]
+cores). Run from the repository root: python benchmarks/readme_commands.py [--skip-tests | --skip-reproduce]
 """
 
 from __future__ import annotations
@@ -42,17 +42,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/readme_commands.json"))
     ap.add_argument("--skip-tests", action="store_true", help="time the main job only")
+    ap.add_argument("--skip-reproduce", action="store_true", help="time ruff and the test suite only")
     args = ap.parse_args()
     root = Path(__file__).resolve().parent.parent
     venv = root / ".venv" / "bin"
     result: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        run = timed([str(venv / "tokendyn"), "reproduce", "--scale", "quick", "--out", f"{tmp}/reproduce-out"], root)
-        report = Path(tmp, "reproduce-out", "report.json")
-        if report.is_file():
-            d = json.loads(report.read_text())
-            run["sections_s"] = {k: s["seconds"] for k, s in d["sections"].items()}
-            run["outcomes"] = d["outcomes"]
+    if not args.skip_reproduce:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = timed([str(venv / "tokendyn"), "reproduce", "--scale", "quick", "--out", f"{tmp}/reproduce-out"],
+                        root)
+            report = Path(tmp, "reproduce-out", "report.json")
+            if report.is_file():
+                d = json.loads(report.read_text())
+                run["sections_s"] = {k: s["seconds"] for k, s in d["sections"].items()}
+                run["outcomes"] = d["outcomes"]
         result["reproduce_quick"] = run
         print(f"reproduce --scale quick: {run['wall_s']} s", flush=True)
     if not args.skip_tests:

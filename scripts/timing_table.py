@@ -47,7 +47,12 @@ def _s(v: float) -> str:
 def rows() -> list[tuple[str, str, str, str]]:
     """(what, time, measured on, source) for every measurement found."""
     out = []
-    if d := _load("results/readme_commands.json"):
+    d = _load("results/readme_commands.json") or {}
+    if not d.get("reproduce_quick"):
+        out.append(("`tokendyn reproduce --scale quick` (the first command)", "not measured yet (on the loaded "
+                    "machine a run did not finish in 30 minutes and was stopped)", "-",
+                    "`python benchmarks/readme_commands.py` writes it"))
+    if d:
         if r := d.get("reproduce_quick"):
             parts = ", ".join(f"{k} {_s(v)}" for k, v in r.get("sections_s", {}).items())
             out.append(("`tokendyn reproduce --scale quick` (the first command, environment in place)",
@@ -85,7 +90,7 @@ def rows() -> list[tuple[str, str, str, str]]:
 
 def table() -> str:
     lines = [START, "", "| what | time | measured on (device; commit, date) | source |", "|---|---|---|---|"]
-    lines += [f"| {w} | {t} | {m} | `{s}` |" for w, t, m, s in rows()]
+    lines += [f"| {w} | {t} | {m} | {s if s.startswith('`') else f'`{s}`'} |" for w, t, m, s in rows()]
     return "\n".join(lines + ["", END])
 
 
