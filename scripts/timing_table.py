@@ -49,8 +49,8 @@ def rows() -> list[tuple[str, str, str, str]]:
     out = []
     d = _load("results/readme_commands.json") or {}
     if not d.get("reproduce_quick"):
-        out.append(("`tokendyn reproduce --scale quick` (the first command)", "not measured yet (on the loaded "
-                    "machine a run did not finish in 30 minutes and was stopped)", "-",
+        out.append(("`tokendyn reproduce --scale quick` (the first command)", "not measured at this commit (a "
+                    "run was stopped after 32 minutes, the 2-core machine at a load average of 17-20)", "-",
                     "`python benchmarks/readme_commands.py` writes it"))
     if d:
         if r := d.get("reproduce_quick"):
