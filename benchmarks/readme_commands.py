@@ -9,8 +9,9 @@
 exists; a fresh one is minutes of downloads). The machine is shared, so the load average before and
 after each command is recorded.
 
-Writes results/readme_commands.json (provenance: device, date, commit, command; the CPU model and
-cores). Run from the repository root: python benchmarks/readme_commands.py [--skip-tests | --skip-reproduce]
+Writes results/readme_commands.json: one entry per command, each with its own provenance (device,
+date, commit, command; the CPU model and cores); a part skipped keeps the entry already there.
+Run from the repository root: python benchmarks/readme_commands.py [--skip-tests | --skip-reproduce]
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def main() -> None:
         print(f"ruff + pytest: {result['tests']['wall_s']} s ({tests['last_line']})", flush=True)
     prov = provenance(" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     prov.update({"cpu_model": cpu_model(), "cores": os.cpu_count()})
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    merged = {k: v for k, v in old.items() if k in ("reproduce_quick", "tests")}
+    merged.update({k: {**v, "provenance": prov} for k, v in result.items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"provenance": prov, **result}, indent=2) + "\n")
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"written {args.out}")
 
 

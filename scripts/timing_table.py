@@ -48,18 +48,16 @@ def rows() -> list[tuple[str, str, str, str]]:
     """(what, time, measured on, source) for every measurement found."""
     out = []
     d = _load("results/readme_commands.json") or {}
-    if not d.get("reproduce_quick"):
-        out.append(("`tokendyn reproduce --scale quick` (the first command)", "not measured at this commit (a "
-                    "run was stopped after 32 minutes, the 2-core machine at a load average of 17-20)", "-",
-                    "`python benchmarks/readme_commands.py` writes it"))
-    if d:
-        if r := d.get("reproduce_quick"):
-            parts = ", ".join(f"{k} {_s(v)}" for k, v in r.get("sections_s", {}).items())
-            out.append(("`tokendyn reproduce --scale quick` (the first command, environment in place)",
-                        f"{_s(r['wall_s'])} (sections: {parts})", _where(d), "results/readme_commands.json"))
-        if t := d.get("tests"):
-            out.append(("`ruff check . && pytest -q -n 2` (the second command, environment in place)",
-                        f"{_s(t['wall_s'])} ({t['pytest']['last_line']})", _where(d), "results/readme_commands.json"))
+    if r := d.get("reproduce_quick"):
+        parts = ", ".join(f"{k} {_s(v)}" for k, v in r.get("sections_s", {}).items())
+        out.append(("`tokendyn reproduce --scale quick` (the first command, environment in place)",
+                    f"{_s(r['wall_s'])} (sections: {parts})", _where(r), "results/readme_commands.json"))
+    else:
+        out.append(("`tokendyn reproduce --scale quick` (the first command)", "not measured at this commit",
+                    "-", "`python benchmarks/readme_commands.py` writes it"))
+    if t := d.get("tests"):
+        out.append(("`ruff check . && pytest -q -n 2` (the second command, environment in place)",
+                    f"{_s(t['wall_s'])} ({t['pytest']['last_line']})", _where(t), "results/readme_commands.json"))
     if d := _load("results/reproduce_full_cpu/report.json"):
         secs = {k: s["seconds"] for k, s in d["sections"].items()}
         parts = ", ".join(f"{k} {_s(v)}" for k, v in secs.items())
