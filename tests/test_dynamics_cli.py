@@ -170,3 +170,48 @@ def test_cli_and_python_api_give_the_same_report(tmp_path, capsys):
     skip = {"wall_s", "n_evals"}
     assert {k: v for k, v in d.items() if k not in skip} == json.loads(json.dumps({k: v for k, v in api.items()
                                                                                    if k not in skip}))
+
+
+def test_blown_up_tokens_told_apart_from_those_stopped_with_them(tmp_path, capsys):
+    # D = 16 (seed 0), 10 tokens: token 7 blows up at t ≈ 0.102; tokens 8-10, which depend on it, stop there
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    code, stdout, err = run_cli(["simulate", "--random", "--dim", "16", "--state", "16", "--tokens", "10",
+                                 "--t-end", "0.2", "--points", "20", "--json", str(out), "--plot", str(png)], capsys)
+    assert code in (0, None), err
+    d = json.loads(out.read_text())
+    assert d["token_status"] == ["ran_on"] * 6 + ["blew_up"] + ["stopped"] * 3
+    t = d["blowup_times"][6]
+    assert 0.1 < t < 0.11 and all(v is None for i, v in enumerate(d["blowup_times"]) if i != 6)
+    assert d["stopped_times"] == [None] * 7 + [t] * 3
+    rows = {line.split("│")[1].strip(): line for line in stdout.splitlines() if line.startswith("│ ")}
+    assert "blew up" in rows["7"] and "stopped" in rows["8"] and "blew up" not in rows["10"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_only_on_a_terminal(monkeypatch):
+    import io
+
+    from tokendyn.cli.simulate import _progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, show in ((io.StringIO(), True), (Tty(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        update, close = _progress_bar(show)
+        for i in range(50):
+            update(float(i), i, 0)
+        close()
+        assert stream.getvalue() == ""
+
+
+def test_no_progress_in_a_pipe_and_the_flag(capsys):
+    # stderr is a pipe here, not a terminal: no progress bar (no carriage return) in a run of a few seconds
+    res = subprocess.run([sys.executable, "-m", "tokendyn", "simulate", "--random", "--dim", "16", "--state", "16",
+                          "--tokens", "10", "--t-end", "0.3", "--points", "12"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "\r" not in res.stdout
+    code, _, err = run_cli([*CONVERGENT, "--t-end", "2", "--points", "5", "--no-progress"], capsys)
+    assert code in (0, None) and err == ""

@@ -166,6 +166,61 @@ def test_jacobian_matches_autograd_of_the_explicit_sum():
     assert it.stiff_from == 0.0
 
 
+@pytest.mark.parametrize("batch,L,D,N", [(2, 4, 3, 2), (1, 80, 3, 2)])   # the explicit sum; the scan (L²DN > 32,768)
+def test_autograd_jacobian_equals_float64_finite_differences(batch, L, D, N):
+    system = TokenSystem.random(D, N, seed=4)
+    x0 = torch.randn(batch, L, D, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
+    it = _integrator(system, x0)
+    it.alive[-1, L // 2:] = False                    # frozen tokens have zero rows
+    J = it.jacobian(0.0, x0)
+    ref = it.jacobian_fd(0.0, x0)
+    assert J.shape == (batch * L * D, batch * L * D)
+    scale = float(ref.abs().max())
+    assert float((J - ref).abs().max()) <= 1e-6 * scale
+    rows = J.view(batch, L, D, batch, L, D)
+    assert float(rows[-1, L // 2:].abs().max()) == 0.0
+    if batch > 1:                                    # batch rows are independent
+        assert float(rows[0, :, :, 1].abs().max()) == 0.0
+    # causal: no token depends on a later one
+    assert float(rows[0, 0, :, 0, 1:].abs().max()) == 0.0
+    # on a live prefix (what the solver integrates after a blow-up) it is the prefix's block
+    k = L // 2
+    it.live_shape = (batch, k, D)
+    Jk = it.jacobian(0.0, x0[:, :k])
+    assert torch.allclose(Jk.view(batch, k, D, batch, k, D), rows[:, :k, :, :, :k], rtol=1e-12, atol=1e-12)
+
+
+def test_solver_integrates_only_the_live_prefix_after_a_blowup():
+    mu, s, a, x0 = CASES_1D["fast_divergence"]
+    system = TokenSystem.one_dim(mu, s, a)
+    x0 = torch.tensor(x0, dtype=torch.float64)[:, None]
+    grid = time_grid(5.0, 25)
+    opts = dict(method="LSODA", rtol=RTOL, atol=ATOL, dtype=torch.float64, backend="auto", blowup_rtol=1e-6,
+                blowup_norm=1e12, max_evals=None, time_limit=None)
+    it = Integrator(system, x0[None], grid, **opts)
+    sim = it.run()
+    assert it.live_shape == (1, 1, 1)                # token 2 blew up: token 1 alone goes on
+    assert torch.isfinite(sim.blowup_times[0]).tolist() == [False, True, True, True]
+    assert sim.blew_up[0, :2].tolist() == [False, True]   # token 2 met the test; 3 and 4 ended with it
+    assert not bool((sim.blew_up & ~torch.isfinite(sim.blowup_times)).any())
+    assert_matches_oracle(system, x0, sim)
+
+
+@pytest.mark.parametrize("method", ["BDF", "Radau", "LSODA"])
+def test_stiff_solvers_with_the_exact_jacobian_match_the_oracle(method):
+    # every stiff method calls the Jacobian; a blow-up in the 1-D case, and a random D = 3 system
+    mu, s, a, x0 = CASES_1D["fast_divergence"]
+    system = TokenSystem.one_dim(mu, s, a)
+    x0 = torch.tensor(x0, dtype=torch.float64)[:, None]
+    sim = simulate(system, x0, 5.0, n_points=25, rtol=RTOL, atol=ATOL, method=method)
+    assert sim.info["stiff_fallback_from"] is not None or method == "LSODA"
+    assert_matches_oracle(system, x0, sim)
+    system = TokenSystem.random(3, 2, seed=1)
+    x0 = torch.randn(3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sim = simulate(system, x0, 1.85, n_points=25, rtol=RTOL, atol=ATOL, method=method)
+    assert_matches_oracle(system, x0, sim)
+
+
 def test_freeze_takes_the_first_hit_and_all_later_tokens():
     system = TokenSystem.one_dim(1.0, 1.0, 1.0)
     x0 = torch.tensor([[[0.1], [0.2], [0.3]], [[0.1], [0.2], [0.3]]], dtype=torch.float64)

@@ -231,3 +231,69 @@ def test_rerender_completes_a_report_written_before_checks(tmp_path):
     assert [c["outcome"] for c in report["checks"]] == ["pass", "not run", "pass"]
     assert "The old text, 4.00e-07." in (old / "index.html").read_text()
     assert (old / "report.md").read_text().count("_Section time") == 1
+
+
+def test_failed_claims_are_findings_apart_from_software_failures(tmp_path):
+    from tokendyn.report import count_failures, shown_outcome
+
+    checks = [Check.judged("the scan agrees", "≤ 1e-5", "0.3", False),                       # the software's
+              Check.judged("Paper: positive is best", "t ≥ 2", "t = 0.4", False, kind="claim"),  # the paper's
+              Check.judged("Paper: negative is worst", "t ≥ 2", "t = 6", True, kind="claim")]
+    with pytest.raises(ValueError):
+        Check("c", "t", "m", "pass", kind="opinion")
+    assert count_failures(checks) == {"software failure": 1, "finding": 1}
+    assert [shown_outcome(c.to_json()) for c in checks] == ["fail", "finding", "pass"]
+    assert Check.from_json(checks[1].to_json()).kind == "claim"
+    report = _report(tmp_path, checks)
+    paths = document.write(report, tmp_path)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert "1 pass, 1 software failure(s), 1 finding(s), 0 not run" in md
+    assert "**finding**" in md and "**fail**" in md
+    soft, found = page.index("Software failures:"), page.index("Findings (the paper")
+    assert soft < page.index("the scan agrees") < found < page.index("Paper: positive is best")
+    assert 'outcome-finding">finding<' in page
+    # a report written before checks had a kind: the core section's checks are the software's, others claims
+    data = json.loads(paths["json"].read_text())
+    for c in data["checks"]:
+        del c["kind"]
+    data["checks"][0]["section"] = "core"
+    for s in data["sections"].values():
+        s["checks"] = []
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    loaded = document.load(tmp_path)
+    assert [c["kind"] for c in loaded["checks"]] == ["software", "claim", "claim"]
+
+
+def test_the_paper_claims_are_marked_claims_and_the_contracts_software():
+    core = verdicts.core_checks({"reference": {"max_rel_diff_vs_reference": 0.0, "max_rel_diff_vs_float64": 1e-7},
+                                 "chunked": {"max_rel_diff_vs_reference": 1.0, "max_rel_diff_vs_float64": 1.0}},
+                                True, "cpu")
+    assert {c.kind for c in core} == {"software"} and any(c.outcome == "fail" for c in core)
+    inlayer = verdicts.inlayer_checks({"positive": [[{"layer": 0, "radial_velocity": -1.0, "flow": "decays"}]],
+                                       "negative": [[{"layer": 0, "radial_velocity": -1.0, "flow": "decays"}]]},
+                                      "at a test")
+    assert {c.kind for c in inlayer} == {"claim"} and any(c.outcome == "fail" for c in inlayer)
+
+
+def test_committed_results_leave_out_superseded_tables_and_experiment_summaries(tmp_path):
+    prov = {"device": "NVIDIA H100", "date": "2026-01-01", "commit": "abc", "command": "bench"}
+    rows = [{"shape": [1, 2, 3, 4], "dtype": "bf16", "tokendyn_fwd_ms": 1.0, "tokendyn_fwdbwd_ms": 2.0}]
+    (tmp_path / "scan_gpu.json").write_text(json.dumps({"provenance": prov, "rows": rows}))
+    (tmp_path / "scan_gpu_recheck.json").write_text(json.dumps({"provenance": prov, "rows": rows}))
+    (tmp_path / "lm_scenarios.json").write_text(json.dumps({"provenance": prov, "settings": {}, "comparisons": []}))
+    tables = committed_results(folder=tmp_path)
+    assert [(t["file"], t["superseded_by"]) for t in tables] == [
+        ("results/scan_gpu.json", None), ("results/scan_gpu_recheck.json", "results/scan_gpu.json")]
+    page = document._committed_html(tables)
+    assert page.count("<table") == 1 and "superseded by <code>results/scan_gpu.json</code>" in page
+
+
+def test_no_unmeasured_run_time_on_the_page(tmp_path):
+    report = _report(tmp_path, [Check.judged("c", "t", "m", True)])
+    how = next(n["how"] for n in report["not_run"] if n["what"].startswith("the full scale"))
+    assert "about" not in how
+    committed = committed_results.__globals__["results_dir"]()
+    full = committed / "reproduce_full_cpu" / "report.json" if committed else None
+    if full is not None and full.is_file():      # in a checkout: the committed run's own measured time
+        seconds = sum(s["seconds"] for s in json.loads(full.read_text())["sections"].values())
+        assert f"{seconds / 60:.1f} minutes" in how

@@ -288,3 +288,15 @@ def test_bad_tokens_and_impossible_constructions():
         definite_ssd_system(3, state=2)
     with pytest.raises(ConfigError, match="sign"):
         definite_ssd_system(2, 2, m_signs=(1,), v_signs=(1,))
+
+
+@pytest.mark.parametrize("L", [4, 40])          # the explicit sum; the SSD scan
+def test_exact_jacobian_of_the_ssd_flow_equals_finite_differences(L):
+    from tokendyn.dynamics.integrate import Integrator, time_grid
+
+    system = SSDSystem.random(6, 4, 3, 2, 5, seed=3, bias=True)
+    h0 = torch.randn(1, L, 6, generator=torch.Generator().manual_seed(L), dtype=torch.float64)
+    it = Integrator(system, h0, time_grid(1.0, 5), method="LSODA", rtol=1e-8, atol=1e-10, dtype=torch.float64,
+                    backend="auto", blowup_rtol=1e-6, blowup_norm=1e12, max_evals=None, time_limit=None)
+    J, ref = it.jacobian(0.0, h0), it.jacobian_fd(0.0, h0)
+    assert float((J - ref).abs().max()) <= 1e-6 * float(ref.abs().max())

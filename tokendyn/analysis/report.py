@@ -39,9 +39,10 @@ FIGURES = {
 
 
 def plot_spectra(spectra: Sequence) -> plt.Figure:
-    """Left: the nonzero eigenvalues of M_s per layer (red > 0, blue < 0, symlog axis).
-    Right: the nonzero eigenvalues of M = S_Cᵀ S_B in the complex plane, coloured by layer."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Top: the nonzero eigenvalues of M_s per layer (red > 0, blue < 0, symlog axis).
+    Bottom: the nonzero eigenvalues of M = S_Cᵀ S_B in the complex plane, coloured by layer.
+    One panel under the other, so that the figure reads at a phone's width."""
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.4, 8.4), layout="constrained")
     all_abs = [float(s.sym_eigvals.abs().max()) for s in spectra if s.sym_eigvals.numel()]
     floor = max(max(all_abs, default=1.0) * 1e-6, 1e-15)   # below this an eigenvalue counts as zero here
     kept = [s.sym_eigvals.numpy()[np.abs(s.sym_eigvals.numpy()) > floor] for s in spectra]
@@ -61,7 +62,7 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
     ax1.set_title("symmetric part M_s per layer")
     ax1.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:red", label="positive eigenvalue"),
                         Line2D([], [], ls="", marker="o", color="tab:blue", label="negative eigenvalue")],
-               fontsize=8, loc="best")
+               fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=2, frameon=False)
     ax2.axvline(0, color="k", lw=0.6)
     ax2.axhline(0, color="k", lw=0.6)
     ax2.set_xlabel("Re λ(M) (dimensionless)")
@@ -71,7 +72,6 @@ def plot_spectra(spectra: Sequence) -> plt.Figure:
     cb = fig.colorbar(sm, ax=ax2, label="layer index")
     cb.locator = MaxNLocator(integer=True)
     cb.update_ticks()
-    fig.tight_layout()
     return fig
 
 
@@ -82,7 +82,7 @@ def plot_radial_velocity(theory: Sequence, spectra: Sequence) -> plt.Figure:
     """Per layer, the distribution over tokens of the radial velocity ⟨u_l, y_l⟩/|u_l|² of the scan
     input under the layer's own scan without D and gate: box = quartiles, whiskers = 10th and 90th
     percentiles, line = median; coloured by the regime the layer's signature predicts."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(theory) + 3), 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     data = [th.radial_velocity.numpy() for th in theory]
     positions = [th.index for th in theory]
     box = ax.boxplot(data, positions=positions, whis=(10, 90), showfliers=False, patch_artist=True, widths=0.6)
@@ -99,15 +99,15 @@ def plot_radial_velocity(theory: Sequence, spectra: Sequence) -> plt.Figure:
     ax.set_title("radial velocity of the scan input\n(the layer's own scan, without D and gate)", fontsize=10)
     present = dict.fromkeys(s.predicted_regime for s in spectra)
     ax.legend(handles=[Line2D([], [], ls="", marker="s", color=REGIME_COLOURS.get(r, "tab:gray"), alpha=0.55,
-                              label=f"predicted {r}") for r in present], fontsize=8, loc="best")
-    fig.tight_layout()
+                              label=f"predicted {r}") for r in present], fontsize=9, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=len(present), frameon=False)   # outside: it never covers data
     return fig
 
 
 def plot_flow(theory: Sequence) -> plt.Figure:
     """The idealised flow of each layer from its real tokens: geometric mean over tokens of
     |u_l(t)|/|u_l(0)| against t (log y); a cross marks a blow-up, where the curve ends."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     flows = [(th.index, th.flow) for th in theory if th.flow is not None]
     cmap = plt.get_cmap("viridis")
     n = max(len(theory) - 1, 1)
@@ -133,8 +133,7 @@ def plot_flow(theory: Sequence) -> plt.Figure:
     cb.locator = MaxNLocator(integer=True)
     cb.update_ticks()
     ax.legend(handles=[Line2D([], [], ls="", marker="X", color="k", label="blow-up (curve ends)")],
-              fontsize=8, loc="upper left")
-    fig.tight_layout()
+              fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return fig
 
 
@@ -151,20 +150,19 @@ def _heat(ax, mat: np.ndarray, title: str, ylabel: str, fig, label: str) -> None
 
 
 def plot_token_norms(dyn) -> plt.Figure:
-    """Left: ‖x_l‖ of the residual stream, row 0 = embeddings, row i+1 = after layer i.
-    Right: ‖u_l‖ of the scan input inside each mixer."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Top: ‖x_l‖ of the residual stream, row 0 = embeddings, row i+1 = after layer i.
+    Bottom: ‖u_l‖ of the scan input inside each mixer."""
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.4, 8.4), layout="constrained")
     _heat(ax1, dyn.all_norms.numpy(), "residual-stream norm", "depth (0 = embedding, i+1 = after layer i)", fig,
           "‖x_l‖ (Euclidean norm, log colour)")
     _heat(ax2, dyn.scan_input_norms.numpy(), "norm of the scan input u inside each mixer", "layer index", fig,
           "‖u_l‖ (Euclidean norm, log colour)")
-    fig.tight_layout()
     return fig
 
 
 def plot_growth(dyn) -> plt.Figure:
-    """Left: per-layer growth factor (geometric mean over tokens). Right: total growth by position."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    """Top: per-layer growth factor (geometric mean over tokens). Bottom: total growth by position."""
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.4, 8.0), layout="constrained")
     g = dyn.layer_growth().numpy()
     ax1.bar(np.arange(g.size), g, color=np.where(g >= 1, "tab:red", "tab:blue"))
     ax1.axhline(1.0, color="k", lw=0.6)
@@ -179,7 +177,6 @@ def plot_growth(dyn) -> plt.Figure:
     ax2.set_ylabel("‖after last layer‖ / ‖embedding‖ (ratio)")
     trend = dyn.position_trend()
     ax2.set_title(f"growth by position (Spearman ρ = {trend['spearman']:.2f})")
-    fig.tight_layout()
     return fig
 
 
@@ -194,7 +191,7 @@ def block_mean(mat: torch.Tensor, max_size: int) -> torch.Tensor:
     return F.avg_pool2d(m, k)[0, 0]
 
 
-def grid_shape(k: int, max_cols: int = 4) -> tuple[int, int]:
+def grid_shape(k: int, max_cols: int = 2) -> tuple[int, int]:
     """(rows, cols) for k panels: as few rows as ``max_cols`` allows, spread evenly over them."""
     rows = max(1, math.ceil(k / max_cols))
     return rows, max(1, math.ceil(k / rows))

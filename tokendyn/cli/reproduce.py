@@ -35,6 +35,9 @@ def reproduce(
         report = run_all(out=out, scale=scale, only=only, device=device)
     failed = report["outcomes"]["fail"]
     if strict and failed:
-        typer.echo(f"tokendyn: {failed} check(s) failed (--strict); see the checks table in {out / 'index.html'}.",
-                   err=True)
+        from ..report import count_failures
+
+        f = count_failures(report["checks"])
+        typer.echo(f"tokendyn: {failed} check(s) failed (--strict): {f['software failure']} software failure(s), "
+                   f"{f['finding']} finding(s); see the checks table in {out / 'index.html'}.", err=True)
         raise typer.Exit(STRICT_FAILURE)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ConfigError, DataError
 from . import app
-from .options import Backend, Json
+from .options import Backend, Json, Progress
 
 
 def _parse_x0(text: str) -> list[float]:
@@ -47,12 +47,20 @@ _HEAD_ROWS, _TAIL_ROWS = 10, 5
 
 
 def _console_table(report: dict, prediction, show_all: bool):
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("token", "|x(0)|", "final |x|", "blow-up t", "bound", "log-log slope", "growth exp.")
+    table = Table("token", "|x(0)|", "final |x|", Column("ended at t", no_wrap=True), "bound", "log-log slope",
+                  "growth exp.")
 
     def fmt(v):
         return "-" if v is None else f"{v:.4g}"
+
+    def ended(l):   # a token that blew up, or one stopped with a blow-up
+        if report["blowup_times"][l] is not None:
+            return f"{report['blowup_times'][l]:.4g} blew up"
+        if report["stopped_times"][l] is not None:
+            return f"{report['stopped_times'][l]:.4g} stopped"
+        return "-"
 
     L = len(report["x0"])
     rows = range(L) if show_all or L <= _HEAD_ROWS + _TAIL_ROWS else \
@@ -64,7 +72,7 @@ def _console_table(report: dict, prediction, show_all: bool):
             table.add_row(*["…"] * 7)
             continue
         table.add_row(str(l + 1), fmt(math.hypot(*report["x0"][l])), fmt(report["final_norms"][l]),
-                      fmt(report["blowup_times"][l]), fmt(bounds[l]),
+                      ended(l), fmt(bounds[l]),
                       fmt(rates["loglog_slope"][l]), fmt(rates["growth_exponent"][l]))
     return table
 
@@ -72,21 +80,24 @@ def _console_table(report: dict, prediction, show_all: bool):
 def _summary(report: dict) -> str:
     """One line over all tokens, for long runs."""
     blown = [t for t in report["blowup_times"] if t is not None]
+    stopped = sum(t is not None for t in report["stopped_times"])
     norms = report["final_norms"]
     first = f", first at t={min(blown):.4g}" if blown else ""
-    return (f"{len(norms):,} tokens: {len(blown):,} blew up{first}; final |x| from {min(norms):.4g} "
+    with_them = f", {stopped:,} stopped with them" if stopped else ""
+    return (f"{len(norms):,} tokens: {len(blown):,} blew up{first}{with_them}; final |x| from {min(norms):.4g} "
             f"to {max(norms):.4g}")
 
 
-def _progress_bar(n_points: int):
-    """A tqdm bar on stderr, shown only once a run has lasted a second: simulated time
-    reached, evaluations, tokens blown up. Returns (callback, close)."""
+def _progress_bar(show: bool):
+    """A tqdm bar on stderr, shown only when ``show`` and stderr is a terminal, and only once a run
+    has lasted a second: simulated time reached, evaluations, tokens ended. Returns (callback, close)."""
     import sys
     import time
 
     from tqdm import tqdm
 
-    bar = tqdm(total=None, file=sys.stderr, delay=1.0, unit=" steps", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=None, file=sys.stderr, delay=1.0, unit=" steps", leave=False, dynamic_ncols=True,
+               disable=not (show and sys.stderr.isatty()))
     last = [0.0]
 
     def update(t: float, n_evals: int, n_blown: int) -> None:
@@ -94,7 +105,8 @@ def _progress_bar(n_points: int):
         now = time.perf_counter()
         if now - last[0] > 0.2:
             last[0] = now
-            bar.set_postfix_str(f"t={t:.4g}, {n_evals:,} evaluations, {n_blown:,} tokens blown up", refresh=False)
+            bar.set_postfix_str(f"t={t:.4g}, {n_evals:,} evaluations, {n_blown:,} tokens ended by blow-ups",
+                                refresh=False)
 
     return update, bar.close
 
@@ -126,6 +138,7 @@ def simulate(
     show_all: bool = typer.Option(False, "--show-all", help="Print every token's row (else a summary past 15)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a figure here (.png, .pdf, .svg, ...)."),
     json_path: Json = None,
+    progress: Progress = True,
 ) -> None:
     """Simulate the continuous-time token dynamics and report predicted vs simulated regime.
 
@@ -193,7 +206,7 @@ def simulate(
         g = torch.Generator().manual_seed(seed + 1)
         init = torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
 
-    update, close = _progress_bar(points)
+    update, close = _progress_bar(progress)
     try:
         done = simulate_and_report(system, init, t_end, points=points, method=method, backend=backend,
                                    max_evals=max_evals, time_limit=time_limit, memory_limit=limit,

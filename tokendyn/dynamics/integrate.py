@@ -24,14 +24,18 @@ never trigger it. It also stops well before float64 can no longer resolve T − 
 The system is causal (dx_l/dt depends on x_1..x_l only), so when token k blows up the
 tokens before it keep a well-defined solution and are integrated further; token k and
 every token after it (whose vector field contains x_k) have no solution past that time:
-they are frozen and all get that blow-up time.
+they are frozen and all get that time. Those that met a blow-up test themselves are marked
+``blew_up``; the others were stopped with them. The frozen tokens form a suffix of each
+batch row, so after a freeze the solver integrates only the longest live prefix.
 
 Stiffness: once a token is large, its step size Δ saturates and some channels relax on a
 time scale far below t, so explicit solvers crawl. The default ``auto`` method is LSODA,
 which switches between Adams (non-stiff) and BDF (stiff) by itself; in stiff mode it
-needs the Jacobian, computed here by reverse-mode autodiff of the vector field. That
-Jacobian is dense, (batch·L·D)² entries, so its memory is estimated first: beyond
-``memory_limit`` the stiff solver is refused and ``auto`` runs the explicit RK45 instead.
+needs the Jacobian, computed exactly by reverse-mode autodiff of the vector field
+(:meth:`Integrator.jacobian`; the finite-difference :meth:`Integrator.jacobian_fd` is its
+plain reference). That Jacobian is dense, (batch·L·D)² entries, so its memory is estimated
+first: beyond ``memory_limit`` the stiff solver is refused and ``auto`` runs the explicit
+RK45 instead.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ DEFAULT_MEMORY_LIMIT = 2 * 2**30          # bytes
 # Below this many terms (batch·L²·D·N) the explicit sum over P_lj is cheaper than one scan,
 # whose fixed cost dominates for a handful of tokens (measured on CPU; see benchmarks/dynamics.py).
 SMALL_SYSTEM_TERMS = 32_768
+# Up to this many elements per field evaluation (batch·L·D·N) the run uses one torch thread: on such
+# small tensors intra-op threads only add synchronisation, and on a loaded machine far more (the
+# D = 16, L = 10 case of benchmarks/simulate_d16.py ran 10× slower with 2 threads beside other jobs).
+SINGLE_THREAD_ELEMENTS = 65_536
 # LSODA keeps n² work space, the Jacobian and its LU factors: about three n × n arrays.
 _JACOBIAN_COPIES = 3
 
@@ -102,8 +110,11 @@ class Simulation:
 
     t: (T,) output times (float64), t[0] = 0, t[-1] = t_end; x: (T, batch, L, D) tokens;
     valid: (T, batch, L) True where the token still exists (before its blow-up);
-    blowup_times: (batch, L) float64, ``inf`` where the token did not blow up by t_end;
-    blowup_states: (batch, L, D) the token when its blow-up was detected (x(0) where none).
+    blowup_times: (batch, L) float64, the time the token's trajectory ended at a blow-up (its own,
+    or one it was stopped with), ``inf`` where it ran on;
+    blowup_states: (batch, L, D) the token at that time (x(0) where none);
+    blew_up: (batch, L) bool, True for the tokens that met a blow-up test themselves; the other
+    tokens with a finite ``blowup_times`` were stopped with them (see :meth:`Integrator.freeze`).
     Entries of x where ``valid`` is False hold the token at its blow-up time.
     A run cut short (budget, wall clock, solver failure) ends at ``t_end`` = the time it
     reached, and its last sample is the state at that time (``info["truncated_at"]``,
@@ -120,6 +131,16 @@ class Simulation:
     method: str
     n_evals: int = 0
     info: dict = field(default_factory=dict)
+    blew_up: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.blew_up is None:
+            self.blew_up = torch.isfinite(self.blowup_times)
+
+    @property
+    def stopped(self) -> torch.Tensor:
+        """(batch, L) True for the tokens stopped with a blow-up without meeting a test themselves."""
+        return torch.isfinite(self.blowup_times) & ~self.blew_up
 
     @property
     def norms(self) -> torch.Tensor:
@@ -195,6 +216,7 @@ class Integrator:
         self.field_system = self.system.to(device=self.device) if self.device.type != "cpu" else self.system
         self.dtype, self.backend = dtype, backend
         self.shape = tuple(x0.shape)                           # (batch, L, D)
+        self.live_shape = self.shape      # (batch, k, D): the tokens the solver integrates (start_solver)
         self.grid = grid.tolist()
         self.method, self.rtol, self.atol = method, rtol, atol
         self.log_norm_cap = math.log(blowup_norm)
@@ -206,6 +228,7 @@ class Integrator:
         self.alive = torch.ones(batch, L, dtype=torch.bool)
         self.blowup_times = torch.full((batch, L), math.inf, dtype=torch.float64)
         self.blowup_states = x0.clone()
+        self.blew_up = torch.zeros(batch, L, dtype=torch.bool)
         self.t, self.y = 0.0, x0.clone()
         self.samples, self.sample_valid = [x0.clone()], [self.alive.clone()]
         self.n_evals = 0
@@ -218,54 +241,108 @@ class Integrator:
 
     # ----- the vector field, as the solver sees it ---------------------------------------
     def field(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        """dx/dt with frozen tokens held still: (k·batch, L, D) -> same shape; one counted evaluation.
-        (k > 1 stacks k copies of the batch, as the Jacobian does.)"""
+        """dx/dt with frozen tokens held still: (c·batch, k, D) -> same shape, k ≤ L the first k tokens
+        (the field is causal: those of a prefix are the prefix of the field); one counted evaluation.
+        (c > 1 stacks c copies of the batch, as the finite-difference Jacobian does.)"""
         self.n_evals += 1
-        batch, L, D = y.shape
-        y = y.to(self.device, self.dtype)
-        if batch * L * L * D * self.system.state <= SMALL_SYSTEM_TERMS:
-            dy = self.field_system.vector_field_naive(y)
-        else:
-            dy = self.field_system.vector_field(y, self.backend)
-        dy = dy.to("cpu", torch.float64)
-        dy = (dy.reshape(-1, *self.shape) * self.alive[None, ..., None]).reshape(y.shape)
+        batch, _, D = self.shape
+        k = y.shape[1]
+        dy = self._raw_field(y.to(self.device, self.dtype), rows=batch).to("cpu", torch.float64)
+        dy = (dy.reshape(-1, batch, k, D) * self.alive[None, :, :k, None]).reshape(y.shape)
         # A trial step that overshoots a singularity yields inf/NaN; a huge finite value
         # makes the solver reject the step and shrink it instead.
         return torch.nan_to_num(dy, nan=1e150, posinf=1e150, neginf=-1e150)
 
+    def _raw_field(self, y: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """dx/dt of every token, frozen or not, on the field's device and dtype: (k, L, D) -> same;
+        the explicit sum for a handful of tokens, else one scan (see SMALL_SYSTEM_TERMS). rows: the
+        batch rows the choice is made for (the Jacobian's copies of one state count once)."""
+        batch, L, D = y.shape
+        rows = batch if rows is None else rows
+        if rows * L * L * D * self.system.state <= SMALL_SYSTEM_TERMS:
+            return self.field_system.vector_field_naive(y)
+        return self.field_system.vector_field(y, self.backend)
+
     def _fun(self, t: float, y: np.ndarray) -> np.ndarray:
-        return self.field(t, torch.from_numpy(y).view(self.shape)).reshape(-1).numpy()
+        return self.field(t, torch.from_numpy(y).view(self.live_shape)).reshape(-1).numpy()
 
     def _jac(self, t: float, y: np.ndarray) -> np.ndarray:
-        """Dense Jacobian of the (masked) field by forward differences: (n, n), n = batch·L·D.
-
-        All perturbed states go through the vector field as one batch (in chunks that bound
-        the memory), so a Jacobian costs a few scans rather than n separate evaluations; the
-        batch rows are independent, so one perturbation per unknown of a row serves all rows.
-        """
+        """The solver's Jacobian: :meth:`jacobian` as an (n, n) array, n = batch·L·D."""
         if self.stiff_from is None:
             self.stiff_from = float(t)
-        batch, L, D = self.shape
+        return self.jacobian(t, torch.from_numpy(y).view(self.live_shape)).numpy()
+
+    def _chunk(self, L: int) -> int:
+        """Copies of the state of L tokens per batched call of a Jacobian, bounding its working memory
+        to 256 MiB."""
+        batch, _, D = self.shape
+        return max(1, (256 * 2**20) // (8 * batch * L * D * (4 * self.system.state + 8)))
+
+    def jacobian(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """Exact dense Jacobian of the masked field by reverse-mode autodiff: (n, n) float64,
+        n = batch·k·D; y: (batch, k, D), the first k ≤ L tokens.
+
+        Row i of a batch row's Jacobian is the gradient of output i; the state is copied once
+        per output (in chunks that bound the memory) and one backward pass with the unit
+        cotangents gives every row of the chunk, as ``torch.func.jacrev`` does with vmap (which
+        the scan's own autograd Function does not support). Frozen tokens have zero rows; the
+        batch rows are independent, so the matrix is block-diagonal over them.
+        :meth:`jacobian_fd` is the plain finite-difference reference it is tested against.
+        """
+        batch, L, D = y.shape
         m = L * D
-        y0 = torch.from_numpy(y).view(batch, m)
-        f0 = self.field(t, y0.view(self.shape)).view(batch, m)
+        y = y.reshape(batch, m).to(self.device, self.dtype)
+        rows = torch.zeros(batch, m, m, dtype=torch.float64)                # [b, output i, input j]
+        live_out = self.alive[:, :L, None].expand(batch, L, D).reshape(batch, m)
+        live_idx = torch.nonzero(live_out.any(0)).flatten().tolist()        # outputs that can be nonzero
+        chunk = self._chunk(L)
+        for lo in range(0, len(live_idx), chunk):
+            outs = torch.tensor(live_idx[lo:lo + chunk])
+            c = len(outs)
+            Y = y.expand(c, batch, m).clone().requires_grad_(True)          # (c, batch, m)
+            with torch.enable_grad():
+                F_ = self._raw_field(Y.view(c * batch, L, D), rows=batch).reshape(c, batch, m)
+                seed = torch.zeros(c, batch, m, dtype=F_.dtype, device=F_.device)
+                seed[torch.arange(c), :, outs] = 1.0
+                (grad,) = torch.autograd.grad(F_, Y, seed)
+            self.n_evals += 1
+            rows[:, outs, :] = grad.detach().to("cpu", torch.float64).transpose(0, 1)
+        rows *= live_out[..., None]
+        rows = torch.nan_to_num(rows, nan=0.0, posinf=1e150, neginf=-1e150)
+        J = torch.zeros(batch, m, batch, m, dtype=torch.float64)
+        for b in range(batch):
+            J[b, :, b, :] = rows[b]
+        return J.reshape(batch * m, batch * m)
+
+    def jacobian_fd(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """Dense Jacobian of the masked field by forward differences, the plain reference of
+        :meth:`jacobian`: (n, n) float64, y: (batch, k, D). All perturbed states go through the
+        vector field as one batch (in chunks that bound the memory); the batch rows are
+        independent, so one perturbation per unknown of a row serves all rows."""
+        batch, L, D = y.shape
+        m = L * D
+        y0 = y.reshape(batch, m).to(torch.float64)
+        f0 = self.field(t, y0.view(batch, L, D)).view(batch, m)
         step = 1.4901161193847656e-08 * y0.abs().clamp_min(1.0)        # √eps · max(1, |y_i|)
-        J = np.zeros((batch, m, batch, m))
-        chunk = max(1, (256 * 2**20) // (8 * batch * m * (4 * self.system.state + 8)))
+        J = torch.zeros(batch, m, batch, m, dtype=torch.float64)
+        chunk = self._chunk(L)
         for lo in range(0, m, chunk):
             cols = torch.arange(lo, min(m, lo + chunk))
             pert = y0.expand(len(cols), batch, m).clone()              # (c, batch, m)
             pert[torch.arange(len(cols)), :, cols] += step[:, cols].T
             f = self.field(t, pert.view(len(cols) * batch, L, D)).reshape(len(cols), batch, m)
             h = step[:, cols].T[..., None]                               # (c, batch, 1)
-            d = ((f - f0) / h).numpy()                                   # (c, batch, m): column c of row b
+            d = (f - f0) / h                                             # (c, batch, m): column c of row b
             for b in range(batch):
                 J[b, :, b, lo:lo + len(cols)] = d[:, b, :].T
         return J.reshape(batch * m, batch * m)
 
     def margins(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        """Per token (batch, L): log distance to the blow-up tests (≤ 0: blowing up; inf when frozen)."""
-        dy = self.field(t, y)
+        """Per token (batch, L): log distance to the blow-up tests (≤ 0: blowing up; inf when frozen).
+        y: (batch, L, D); the field is evaluated on the live prefix only."""
+        k = self.live_shape[1]
+        dy = torch.zeros_like(y)
+        dy[:, :k] = self.field(t, y[:, :k])
         norm = y.norm(dim=-1)
         growth = (y * dy).sum(-1)                                # ½ d|x|²/dt
         cap = self.log_norm_cap - torch.log(norm.clamp_min(1e-300))
@@ -282,7 +359,12 @@ class Integrator:
 
         cls = getattr(integrate, self.method)
         kw = {"jac": self._jac} if self.method in STIFF_METHODS else {}
-        self.solver = cls(self._fun, self.t, self.y.reshape(-1).numpy().copy(), self.grid[-1],
+        # Frozen tokens form a suffix of every batch row, and no earlier token depends on them: the
+        # solver integrates only the first k tokens, k the longest live prefix, and the rest stay put.
+        batch, _, D = self.shape
+        k = int(self.alive.sum(dim=1).max())
+        self.live_shape = (batch, k, D)
+        self.solver = cls(self._fun, self.t, self.y[:, :k].reshape(-1).numpy().copy(), self.grid[-1],
                           rtol=self.rtol, atol=self.atol, **kw)
 
     def advance(self) -> bool:
@@ -298,10 +380,11 @@ class Integrator:
         return True
 
     def state_at(self, t: float, dense) -> torch.Tensor:
-        """The tokens at time t inside the last step: (batch, L, D)."""
-        if t == self.solver.t:
-            return torch.from_numpy(self.solver.y.copy()).view(self.shape)
-        return torch.from_numpy(np.asarray(dense(t))).view(self.shape)
+        """The tokens at time t inside the last step: (batch, L, D) (the frozen ones where they stopped)."""
+        y = self.y.clone()
+        live = self.solver.y if t == self.solver.t else np.asarray(dense(t))
+        y[:, :self.live_shape[1]] = torch.from_numpy(live.copy()).view(self.live_shape)
+        return y
 
     def record(self, t_stop: float, dense) -> None:
         """Append the samples at the output grid points in (self.t, t_stop]."""
@@ -340,7 +423,12 @@ class Integrator:
         token after it. "Close" is an e-folding time within 10³ of the test: a blow-up drags the
         later tokens along and theirs may reach the test first, and the token driving them must
         not be left alive at the singularity. When the root sits within the solver tolerance of
-        the test and no token is that close, the token nearest to it is frozen."""
+        the test and no token is that close, the token nearest to it is frozen.
+
+        Of the tokens frozen in a row, those that meet a blow-up test at t (margin ≤ 0; or the
+        row's smallest margin when none does, since the root sits within the root finder's
+        tolerance of the test) are marked ``blew_up``: they stopped the run. The others were
+        stopped with them: tokens after them (no solution past t) or close to a test."""
         m = self.margins(t, y)
         hit = m <= math.log(1e3)
         if not hit.any():
@@ -355,6 +443,8 @@ class Integrator:
                 self.blowup_times[b][newly] = t
                 self.blowup_states[b][newly] = y[b][newly]
                 self.alive[b][newly] = False
+                edge = max(0.0, float(m[b][newly].min()))       # the root sits within a tolerance of 0
+                self.blew_up[b] |= newly & (m[b] <= edge + 1e-9)
 
     def out_of_budget(self) -> str | None:
         """Why the run must stop now (evaluation budget or wall clock), or None."""
@@ -367,6 +457,16 @@ class Integrator:
 
     # ----- the loop ------------------------------------------------------------------------
     def run(self) -> Simulation:
+        batch, L, D = self.shape
+        threads = torch.get_num_threads()
+        if batch * L * D * self.system.state <= SINGLE_THREAD_ELEMENTS and self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> Simulation:
         t_end = self.grid[-1]
         self.start_solver()
         while self.t < t_end and self.alive.any():
@@ -424,7 +524,7 @@ class Integrator:
                           valid=torch.stack(self.sample_valid),
                           blowup_times=self.blowup_times, blowup_states=self.blowup_states.to(self.dtype),
                           system=self.system, t_end=float(grid[-1]), method=self.method,
-                          n_evals=self.n_evals, info=info)
+                          n_evals=self.n_evals, info=info, blew_up=self.blew_up.clone())
 
 
 def simulate(system: FlowSystem, x0, t_end: float = 100.0, *, n_points: int = 200,

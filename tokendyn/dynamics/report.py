@@ -74,8 +74,12 @@ def check_request(*, t_end: float, points: int, tokens: int | None = None, dim: 
                               f"{gib(memory_limit)} (--memory-limit).")
 
 
-def _nullable(v: float):
-    return v if math.isfinite(v) else None
+def token_status(sim: Simulation, l: int, index: int = 0) -> str:
+    """``blew_up`` (the token met a blow-up test), ``stopped`` (its trajectory ended with another
+    token's blow-up, without meeting a test itself) or ``ran_on`` (it was integrated to the end)."""
+    if bool(sim.blew_up[index, l]):
+        return "blew_up"
+    return "stopped" if math.isfinite(float(sim.blowup_times[index, l])) else "ran_on"
 
 
 def build_report(system: TokenSystem, sim: Simulation, prediction: RegimePrediction,
@@ -97,7 +101,9 @@ def build_report(system: TokenSystem, sim: Simulation, prediction: RegimePredict
         "predicted_regime": prediction.regime,
         "simulated_regime": measured.regime,
         "prediction_rule": prediction.rule,
-        "blowup_times": [_nullable(float(v)) for v in sim.blowup_times[0]],
+        "blowup_times": [float(v) if bool(hit) else None for v, hit in zip(sim.blowup_times[0], sim.blew_up[0])],
+        "stopped_times": [float(v) if bool(hit) else None for v, hit in zip(sim.blowup_times[0], sim.stopped[0])],
+        "token_status": [token_status(sim, l) for l in range(sim.blowup_times.shape[1])],
         "blowup_bounds": prediction.effective_blowup_bounds,
         "token_blowup_bounds": prediction.blowup_bounds,
         "convergence_constants": prediction.convergence_constants,

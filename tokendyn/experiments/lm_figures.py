@@ -69,7 +69,7 @@ def plot_inlayer(doc: dict):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     settings = [s for s, v in doc["settings"].items() if any(v.get("monitor_final", []))]
     width = 0.6 / max(len(settings), 1)
     for k, s in enumerate(settings):
@@ -88,25 +88,35 @@ def plot_inlayer(doc: dict):
     ax.set_ylabel("median ⟨u_l, y_l⟩ / |u_l|²")
     ax.set_title("radial velocity of each layer's scan input after training\n(dots: seeds; below 0: convergent side)",
                  fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(4, max(len(settings), 1)),
+              frameon=False)
     return fig
 
 
-def _side_by_side(images: dict, title: str):
-    """One figure showing the given PNG files side by side, each titled by its key."""
+def _side_by_side(images: dict, title: str, dpi: int = 110):
+    """One figure of the given PNG files, each titled by its key, at their own pixel size (saved at
+    ``dpi``): wide images (each a row of panels) one under the other, tall ones side by side, so that
+    two two-panel figures make a 2 × 2 grid rather than a strip of four."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(images), figsize=(9 * len(images), 3.8))
-    for ax, (label, path) in zip(axes if len(images) > 1 else [axes], images.items()):
-        ax.imshow(mpimg.imread(path))
-        ax.set_title(label)
+    pics = {label: mpimg.imread(path) for label, path in images.items()}
+    h = max(p.shape[0] for p in pics.values())
+    w = max(p.shape[1] for p in pics.values())
+    n = len(pics)
+    stack = w > 1.5 * h
+    rows, cols = (n, 1) if stack else (1, n)
+    head = 0.45                                                   # inches per title line
+    fig, axes = plt.subplots(rows, cols, squeeze=False,
+                             figsize=(cols * w / dpi, rows * (h / dpi + head) + head))
+    for ax, (label, pic) in zip(axes.flat, pics.items()):
+        ax.imshow(pic, interpolation="none")
+        ax.set_title(label, fontsize=12)
         ax.axis("off")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return fig
 

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from .checks import shown_outcome
+
 NUM = ' class="num"'
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -89,7 +91,7 @@ def checks_table(checks: Sequence[dict], with_section: bool = True, section_titl
         note = f'<div class="note">{markdown_inline(c["note"])}</div>' if c.get("note") else ""
         cells = [Raw(f'<a href="#sec-{esc(c["section"])}">{esc(titles.get(c["section"], c["section"]))}</a>')] \
             if with_section else []
-        cells += [c["claim"], c["tolerance"], Raw(esc(c["measured"]) + note), outcome_badge(c["outcome"])]
+        cells += [c["claim"], c["tolerance"], Raw(esc(c["measured"]) + note), outcome_badge(shown_outcome(c))]
         rows.append(cells)
     return table(columns, rows, cls="cards")
 

@@ -22,6 +22,7 @@ from ..errors import ConfigError, DataError
 from ..experiments import EXPERIMENTS
 from ..outputs import check_output_dir, staged_outputs
 from ..provenance import provenance
+from ..report import count_failures
 from ..resources import resolve_device
 
 # the experiments' sections, by section name
@@ -93,7 +94,9 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     with staged_outputs() as staging:
         report = _run_sections(staging.dir(out), scale, only, device, command)
     o = report["outcomes"]
-    print(f"checks: {o['pass']} pass, {o['fail']} fail, {o['not run']} not run")
+    f = count_failures(report["checks"])
+    print(f"checks: {o['pass']} pass, {f['software failure']} software failure(s), {f['finding']} finding(s) (a "
+          f"claim of the paper did not hold here), {o['not run']} not run")
     print(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
     return report
 

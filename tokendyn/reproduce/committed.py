@@ -25,6 +25,15 @@ TITLES = {
     "analyze_cuda": "tokendyn analyze on a 129M model",
     "core_h100_quick": "Main job, section core (quick scale)",
     "core_h100_full": "Main job, section core (full scale)",
+    "train_gpu_constraint": "Training MambaLM with io_constraint against without",
+}
+# Earlier measurements of what a newer file measures again: kept in results/ for the record, listed on
+# the page in one line each rather than as tables.
+SUPERSEDED = {
+    "scan_gpu_recheck": "scan_gpu",
+    "scan_gpu_abf7e00": "scan_gpu",
+    "scan_gpu_6c1fac1": "scan_gpu",
+    "train_gpu_recheck": "train_gpu",
 }
 
 
@@ -136,7 +145,9 @@ def _table_for(d: dict):
 
 
 def committed_results(this: dict | None = None, folder: Path | None = None) -> list[dict]:
-    """One table per committed GPU result: {file, title, device, commit, date, command, columns, rows}.
+    """One table per committed GPU result: {file, title, device, commit, date, command, columns, rows,
+    superseded_by}; ``superseded_by`` names the newer file of an earlier measurement (else None).
+    An experiment's summary (lm_scenarios.json, reorder.json) is left out: its section shows it.
 
     this: what this run measured that a committed table can stand beside
     ({"scale", "device", "core_backends"}).
@@ -156,8 +167,12 @@ def committed_results(this: dict | None = None, folder: Path | None = None) -> l
         device = prov.get("device")
         if not isinstance(device, str) or device.lower().startswith("cpu"):
             continue
+        if "settings" in d and "comparisons" in d:          # an experiment's summary: shown in its section
+            continue
         columns, rows = _table_for(d)(d, this or {})
+        newer = SUPERSEDED.get(path.stem)
         out.append({"file": f"results/{path.name}", "title": TITLES.get(path.stem, path.stem), "device": device,
                     "commit": prov.get("commit"), "date": prov.get("date"), "command": prov.get("command"),
-                    "commit_note": prov.get("commit_note"), "columns": columns, "rows": rows})
+                    "commit_note": prov.get("commit_note"), "columns": columns, "rows": rows,
+                    "superseded_by": f"results/{newer}.json" if newer else None})
     return out

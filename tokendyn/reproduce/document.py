@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ..report import Check, Figure, count_outcomes
+from ..report import Check, Figure, count_failures, count_outcomes, is_finding, shown_outcome
 from ..report.page import checks_table, esc, markdown_inline, markdown_to_html, page, table
 
 
@@ -43,13 +43,38 @@ def finish(report: dict, skipped: list[str], committed: list[dict]) -> dict:
     if report["scale"] == "quick":
         not_run.append({"what": "the full scale: larger models, longer inputs and more random draws in every "
                                 "section",
-                        "how": "`tokendyn reproduce --scale full` (about 2 minutes measured on a busy 2-core CPU)"})
+                        "how": "`tokendyn reproduce --scale full`" + _full_run_time()})
     report["not_run"] = not_run
     return report
 
 
-def _outcome_line(outcomes: dict) -> str:
-    return ", ".join(f"{outcomes[k]} {k}" for k in ("pass", "fail", "not run"))
+def _full_run_time() -> str:
+    """The measured time of the committed full-scale run, from its report.json (results/reproduce_full_cpu/),
+    as a parenthesis; nothing where there is none (an installed copy)."""
+    from .committed import results_dir
+
+    folder = results_dir()
+    path = folder / "reproduce_full_cpu" / "report.json" if folder is not None else None
+    try:
+        d = json.loads(path.read_text()) if path is not None and path.is_file() else None
+        seconds = sum(float(s["seconds"]) for s in d["sections"].values()) if d else None
+    except (OSError, ValueError, KeyError, TypeError):
+        seconds = None
+    if not seconds:
+        return ""
+    p = d.get("provenance", {})
+    return (f" (the committed full run, results/reproduce_full_cpu/, spent {seconds / 60:.1f} minutes in its "
+            f"sections on {p.get('device', 'an unrecorded device')} at commit {p.get('commit') or 'unknown'})")
+
+
+FINDING_NOTE = ("the software worked and measured a claim of the paper (or of its theory) that did not hold "
+                "here")
+
+
+def _outcome_line(outcomes: dict, checks: list[dict]) -> str:
+    f = count_failures(checks)
+    return (f"{outcomes['pass']} pass, {f['software failure']} software failure(s), {f['finding']} finding(s), "
+            f"{outcomes['not run']} not run. A finding: {FINDING_NOTE}; a fail: a fault of the software")
 
 
 def _md_cell(text) -> str:
@@ -65,7 +90,7 @@ def _md_checks(checks: list[dict], with_section: bool) -> list[str]:
     cols = (["section"] if with_section else []) + ["claim", "tolerance", "measured", "outcome"]
     rows = [([c["section"]] if with_section else []) +
             [c["claim"], c["tolerance"], c["measured"] + (f" — {c['note']}" if c.get("note") else ""),
-             f"**{c['outcome']}**"] for c in checks]
+             f"**{shown_outcome(c)}**"] for c in checks]
     return _md_table(cols, rows)
 
 
@@ -90,7 +115,7 @@ def to_markdown(report: dict) -> str:
     """report.md."""
     lines = [f"# tokendyn reproduce ({report['scale']})", ""]
     lines += [f"- {k}: {v}" for k, v in _header_fields(report)]
-    lines += ["", "## Checks", "", f"{_outcome_line(report['outcomes'])}.", ""]
+    lines += ["", "## Checks", "", f"{_outcome_line(report['outcomes'], report['checks'])}.", ""]
     lines += _md_checks(report["checks"], True) if report["checks"] else ["No checks in the sections run."]
     for s in report["sections"].values():
         lines += ["", f"## {s['title']}", ""]
@@ -111,7 +136,11 @@ COMMITTED_INTRO = ("Measured earlier on a GPU and committed under results/ (each
 def _committed_md(tables: list[dict]) -> list[str]:
     if not tables:
         return ["No committed GPU results found (results/ is part of a checkout, not of an installed copy)."]
+    tables, older = _superseded(tables)
     lines = [COMMITTED_INTRO]
+    if older:
+        lines += ["", "Earlier measurements kept in results/ for the record: " + "; ".join(
+            f"`{t['file']}` ({t['date']}), superseded by `{t['superseded_by']}`" for t in older) + "."]
     for t in tables:
         lines += ["", f"### {t['title']}", "",
                   f"`{t['file']}`: device {t['device']}, commit {t['commit'] or 'not recorded'}, date {t['date']}; "
@@ -137,9 +166,13 @@ def to_html(report: dict, base: Path) -> str:
           [("committed", "Committed GPU results"), ("not-run", "Not run at this scale")]
     nav = ('<nav class="toc" aria-label="contents"><strong>Contents</strong><ol>'
            + "".join(f'<li><a href="#{i}">{esc(t)}</a></li>' for i, t in toc) + "</ol></nav>")
+    f = count_failures(report["checks"])
     main = [f'<section id="checks"><h2>Checks</h2><p class="summary">'
-            f'{"".join(f"<strong>{o[k]}</strong> {esc(k)}, " for k in ("pass", "fail"))}'
-            f'<strong>{o["not run"]}</strong> not run.</p>' + _failed_html(report["checks"], titles)
+            f'<strong>{o["pass"]}</strong> pass, <strong>{f["software failure"]}</strong> software failure(s), '
+            f'<strong>{f["finding"]}</strong> finding(s), <strong>{o["not run"]}</strong> not run. '
+            f'A <span class="outcome outcome-finding">finding</span> is {esc(FINDING_NOTE)}; a '
+            f'<span class="outcome outcome-fail">fail</span> is a fault of the software.</p>'
+            + _failed_html(report["checks"], titles)
             + (checks_table(report["checks"], True, titles) if report["checks"]
                else "<p>No checks in the sections run.</p>")
             + "</section>"]
@@ -159,18 +192,27 @@ def to_html(report: dict, base: Path) -> str:
 
 
 def _failed_html(checks: list[dict], titles: dict) -> str:
-    """The failed checks named right under the counts, each linked to its section."""
-    failed = [c for c in checks if c["outcome"] == "fail"]
-    if not failed:
-        return ""
-    items = "".join(f'<li><a href="#sec-{esc(c["section"])}">{esc(titles.get(c["section"], c["section"]))}</a>: '
-                    f'{esc(c["claim"])}</li>' for c in failed)
-    return f'<p>Failed:</p><ul class="failed-list">{items}</ul>'
+    """The failed checks named right under the counts, each linked to its section: the software's
+    failures first, then the findings."""
+    out = []
+    for head, group in (("Software failures:", [c for c in checks if c["outcome"] == "fail" and not is_finding(c)]),
+                        ("Findings (the paper's claim did not hold here):", [c for c in checks if is_finding(c)])):
+        if group:
+            items = "".join(f'<li><a href="#sec-{esc(c["section"])}">{esc(titles.get(c["section"], c["section"]))}'
+                            f'</a>: {esc(c["claim"])}</li>' for c in group)
+            out.append(f'<p>{esc(head)}</p><ul class="failed-list">{items}</ul>')
+    return "".join(out)
+
+
+def _superseded(tables: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the current tables, the earlier measurements that a newer file supersedes)."""
+    return [t for t in tables if not t.get("superseded_by")], [t for t in tables if t.get("superseded_by")]
 
 
 def _committed_html(tables: list[dict]) -> str:
     if not tables:
         return "<p>No committed GPU results found (results/ is part of a checkout, not of an installed copy).</p>"
+    tables, older = _superseded(tables)
     out = [f"<p>{esc(COMMITTED_INTRO)}</p>"]
     for t in tables:
         note = f" Note: {esc(t['commit_note'])}." if t.get("commit_note") else ""
@@ -179,6 +221,10 @@ def _committed_html(tables: list[dict]) -> str:
                    f'<strong>{esc(t["device"])}</strong>, commit <code>{esc(t["commit"] or "not recorded")}</code>, '
                    f'date {esc(t["date"])}; command <code>{esc(t["command"])}</code>.{note}</p>'
                    f'{table(t["columns"], t["rows"], numeric=range(2, len(t["columns"])))}</div>')
+    if older:
+        items = "".join(f'<li><code>{esc(t["file"])}</code> ({esc(t["date"])}), superseded by '
+                        f'<code>{esc(t["superseded_by"])}</code></li>' for t in older)
+        out.append(f'<p>Earlier measurements kept in results/ for the record:</p><ul>{items}</ul>')
     return "".join(out)
 
 
@@ -217,6 +263,16 @@ def _legacy_checks(name: str, section: dict, out: Path) -> list[Check]:
     return []
 
 
+# Checks of the software's own contract, in reports written before checks had a kind: the core section's,
+# and the io_constraint construction's; every other check there tested a claim of the paper or its theory.
+_LEGACY_SOFTWARE = ("io_constraint=", "From the signature")
+
+
+def _legacy_kind(check: dict) -> str:
+    software = check.get("section") == "core" or check.get("claim", "").startswith(_LEGACY_SOFTWARE)
+    return "software" if software else "claim"
+
+
 def load(out: Path) -> dict:
     """The report structure of the run in ``out`` (its report.json).
 
@@ -228,6 +284,8 @@ def load(out: Path) -> dict:
 
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     sections = report.get("sections", {})
+    for c in [*report.get("checks", []), *(c for s in sections.values() for c in s.get("checks", []))]:
+        c.setdefault("kind", _legacy_kind(c))
     if "checks" in report and all("markdown" in s for s in sections.values()):
         return report
     parts = re.split(r"^## (.+)$", (out / "report.md").read_text(encoding="utf-8"), flags=re.M)

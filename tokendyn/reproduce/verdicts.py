@@ -50,6 +50,15 @@ def core_checks(backends: dict, generation_matches: bool | None, device: str) ->
     return checks
 
 
+def _claim(*args, **kw) -> Check:
+    """A check of a claim of the paper or of THEORY.md (a failure is a finding, not a fault of the code)."""
+    return Check.judged(*args, **kw, kind="claim")
+
+
+def _claim_not_run(*args, **kw) -> Check:
+    return Check.not_run(*args, **kw, kind="claim")
+
+
 def _share(k: int, n: int) -> str:
     return f"{k}/{n}"
 
@@ -60,7 +69,7 @@ def one_dim_checks(d1: dict) -> list[Check]:
     checks = []
     n = d1["draws"]
     agree = sum(r["agree"] for r in d1["table"].values())
-    checks.append(Check.judged(
+    checks.append(_claim(
         "D = 1: the regime the theorems predict (convergence, slow or fast divergence) is the one simulated.",
         "every random draw (a disagreement would contradict a theorem)",
         f"{_share(agree, n)} draws agree", agree == n))
@@ -68,7 +77,7 @@ def one_dim_checks(d1: dict) -> list[Check]:
     if s.get("n"):
         ok = (abs(s["median"] + 0.5) <= SLOPE_MEDIAN_TOL
               and SLOPE_RANGE[0] <= s["min"] and s["max"] <= SLOPE_RANGE[1])
-        checks.append(Check.judged(
+        checks.append(_claim(
             "D = 1, convergence: |x_l(t)| decays like t^(−1/2).",
             f"median log-log slope within {SLOPE_MEDIAN_TOL} of −0.5, every token in "
             f"[{SLOPE_RANGE[0]}, {SLOPE_RANGE[1]}]",
@@ -80,7 +89,7 @@ def one_dim_checks(d1: dict) -> list[Check]:
         note = (f"{w['n']} of {c['n']} tokens are excluded: by the derived relaxation exponent κ_l their "
                 f"deviation decays like t^(−κ_l) and is above {RELAXED:.0%} at the end of the run (they lie "
                 f"from {w['min']:.3f} to {w['max']:.3f}); docs/regimes.md.") if w.get("n") else ""
-        checks.append(Check.judged(
+        checks.append(_claim(
             "D = 1, convergence: every token's |x_l(t)|·√t tends to its derived constant c_l (docs/regimes.md).",
             f"|measured/derived − 1| ≤ {CONSTANT_TOKEN_TOL} for every token whose derived remaining deviation "
             f"t_end^(−κ_l) is ≤ {RELAXED:.0%}",
@@ -88,7 +97,7 @@ def one_dim_checks(d1: dict) -> list[Check]:
             worst <= CONSTANT_TOKEN_TOL, note))
     b = d1.get("blowup_time_over_bound", {})
     if b.get("n"):
-        checks.append(Check.judged(
+        checks.append(_claim(
             "D = 1, fast divergence: every blow-up comes no later than its derived bound.",
             f"blow-up time / bound ≤ 1 (+{BLOWUP_SLACK:g} for locating the event)",
             f"largest {b['max']:.4f}, median {b['median']:.3f} ({b['n']} tokens)", b["max"] <= 1 + BLOWUP_SLACK))
@@ -104,7 +113,7 @@ def theory_checks(data: dict) -> list[Check]:
     fig1 = data.get("figure_regimes_1d")
     if fig1:
         right = sum(name == got for name, got in fig1.items())
-        checks.append(Check.judged(
+        checks.append(_claim(
             "The 1-D figure's three examples are in the regimes they illustrate.",
             "all three", ", ".join(f"{k}: {v}" for k, v in fig1.items()), right == len(fig1)))
     fig6 = data.get("figure6")
@@ -113,7 +122,7 @@ def theory_checks(data: dict) -> list[Check]:
             return "divergence" if max(eigs) > 0 else "convergence"
 
         right = [expected(r["eigenvalues"]) in r["simulated"] for r in fig6.values()]
-        checks.append(Check.judged(
+        checks.append(_claim(
             "D = 2 (the paper's Figure 6): M with two or one positive eigenvalues → tokens diverge; "
             "both negative → tokens converge to the origin.",
             "all three cases, by simulation",
@@ -125,7 +134,7 @@ def theory_checks(data: dict) -> list[Check]:
         note = (f"{u} of {n} draws stopped at the simulator's evaluation budget before the simulation decided "
                 f"(undetermined) and count as disagreeing; the rule agrees with {k} of the {n - u} decided draws."
                 if u else "")
-        checks.append(Check.judged(
+        checks.append(_claim(
             f"D = {nd.get('dim', 2)}: the eigen-signature of M_s tells convergence from divergence "
             "(the paper's empirical rule).",
             f"right in ≥ {ND_AGREEMENT:.0%} of random draws",
@@ -153,7 +162,7 @@ def position_checks(pos: list[dict]) -> list[Check]:
                     f"|x_l|/|x_1| = " + ", ".join(f"{r:.2f}" for r in c["ratio_to_first"]))
     if not fits:
         return []
-    checks = [Check.judged(
+    checks = [_claim(
         "D = 1, slow divergence: every position grows with one exponent of ln t; the paper's O((ln t)^l) is an "
         "upper bound, not a rate (THEORY.md section 3).",
         f"within each configuration the fitted exponents p_l of ln t differ by ≤ {POSITION_SPREAD_TOL}",
@@ -161,7 +170,7 @@ def position_checks(pos: list[dict]) -> list[Check]:
     equal = [c for c in fits if len(set(c["x0"])) == 1]
     if equal:
         ok = all(all(b > a for a, b in zip(c["ratio_to_first"], c["ratio_to_first"][1:])) for c in equal)
-        checks.append(Check.judged(
+        checks.append(_claim(
             "D = 1, slow divergence from equal starts: the position sets the prefactor, later tokens larger.",
             "|x_l|/|x_1| strictly increasing in l at t_end",
             "; ".join(f"μ={c['mu']}, s={c['s']}, a={c['a']}: " + ", ".join(f"{r:.2f}" for r in c["ratio_to_first"])
@@ -235,7 +244,7 @@ def inlayer_checks(models: dict[str, list[list[dict]]], when: str) -> list[Check
             continue
         k_rv, n, bad_rv = _layer_share(rows, lambda r, sign=sign: r["radial_velocity"] * sign > 0)
         rvs = [r["radial_velocity"] for m in rows for r in m]
-        checks.append(Check.judged(
+        checks.append(_claim(
             f"{setting.capitalize()} S_Cᵀ S_B, {when}: the radial velocity of each layer's scan input under its own "
             f"scan (no D, no gate) is {rv_words}, as the flow of THEORY.md section 2 predicts.",
             f"median over tokens {rv_words} in every layer",
@@ -247,7 +256,7 @@ def inlayer_checks(models: dict[str, list[list[dict]]], when: str) -> list[Check
                                        lambda r, verdicts=verdicts: r["flow"] in verdicts)
         counts = count_verdicts(r["flow"] for r in flows)
         t_end = flows[0].get("flow_time", 5.0)
-        checks.append(Check.judged(
+        checks.append(_claim(
             f"{setting.capitalize()} S_Cᵀ S_B, {when}: the idealised flow on each layer's own parameters, from "
             f"its real tokens, {flow_words} (THEORY.md sections 2-4).",
             f"every layer, by t = {t_end:g}",
@@ -263,7 +272,7 @@ def trained_inlayer_checks(doc: dict | None, when: str, how: str = "") -> list[C
     finals = {s: (doc or {}).get("settings", {}).get(s, {}).get("monitor_final") for s in ("positive", "negative")}
     if all(f and isinstance(f[0], list) and f[0] and "radial_velocity" in f[0][0] for f in finals.values()):
         return inlayer_checks(finals, when)
-    return [Check.not_run(f"Positive and negative S_Cᵀ S_B, {when}: the radial velocity and the idealised flow "
+    return [_claim_not_run(f"Positive and negative S_Cᵀ S_B, {when}: the radial velocity and the idealised flow "
                           "of every layer follow the sign of M.",
                           "every layer of every seed",
                           "the grid holds no end-of-training in-layer records (it predates them); " + how)]

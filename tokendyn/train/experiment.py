@@ -111,17 +111,19 @@ class Comparison:
         what would run it); ``label`` names the grid in the measurement."""
         from ..report import Check
 
+        # a claim about models (the paper's, or the project's own): a failure is a finding, not a fault
         if source is None:
-            return Check.not_run(self.claim, self.tolerance(), how)
+            return Check.not_run(self.claim, self.tolerance(), how, kind="claim")
         v = self.judge(source.get("settings", {}), metric)
         if v["outcome"] == "not run":
-            return Check.not_run(self.claim, self.tolerance(), how)
+            return Check.not_run(self.claim, self.tolerance(), how, kind="claim")
         if v["t"] is None:
             return Check.judged(self.claim, self.tolerance(),
                                 f"{self.setting} − {self.other}: {v['diff']:+.4g}, no seed spread ({label})", False,
-                                v["note"])
+                                v["note"], kind="claim")
         return Check.judged(self.claim, self.tolerance(), f"{self.setting} − {self.other}: {v['diff']:+.4g} ± "
-                            f"{v['spread']:.2g} (t = {v['t']:+.2f}; {label})", v["outcome"] == "pass", v["note"])
+                            f"{v['spread']:.2g} (t = {v['t']:+.2f}; {label})", v["outcome"] == "pass", v["note"],
+                            kind="claim")
 
 
 @dataclass(frozen=True)

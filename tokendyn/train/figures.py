@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+# line style and marker of the k-th setting's mean curve (beside its colour)
+SETTING_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 2)), "P"))
+
 
 def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, xlabel: str, ylabel: str,
                      title: str, log_y: bool = False, target: float | None = None):
@@ -18,23 +21,24 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     for k, (s, seeds) in enumerate(curves.items()):
         colour = colours.get(s, f"C{k}")
+        style = SETTING_STYLES[k % len(SETTING_STYLES)]      # close curves stay told apart
         for curve in seeds:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colour, alpha=0.3, lw=0.8)
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colour, alpha=0.3, lw=0.8, ls=style[0])
         n = min(len(c) for c in seeds)
         mean = [statistics.fmean(c[i][1] for c in seeds) for i in range(n)]
-        ax.plot([p[0] for p in seeds[0][:n]], mean, color=colour, lw=2, label=f"{s} (mean of {len(seeds)})")
+        ax.plot([p[0] for p in seeds[0][:n]], mean, color=colour, lw=1.8, ls=style[0], marker=style[1], ms=6,
+                mfc="none" if k % 2 else colour, label=f"{s} (mean of {len(seeds)})")
     if target is not None:
         ax.axhline(target, color="grey", ls=":", lw=1)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     return fig
 
 

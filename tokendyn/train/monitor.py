@@ -158,8 +158,9 @@ def plot_monitor(records: list[dict], title: str = ""):
     entries = monitor_records(records)
     steps = np.array([e["step"] for e in entries], dtype=float)
     n_layer = max((len(e["layers"]) for e in entries), default=0)
-    fig = plt.figure(figsize=(10, 7.5))
-    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.3))
+    # sized for a phone's width as well as a page: 7 inches wide, fonts at 9-11 points, nothing rotated
+    fig = plt.figure(figsize=(7, 9), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.6))
     half = (steps[1] - steps[0]) / 2 if steps.size > 1 else 0.5
     extent = (steps[0] - half if steps.size else -0.5, steps[-1] + half if steps.size else 0.5, -0.5, n_layer - 0.5)
     mats = {key: (np.array([[row[key] for row in e["layers"]] for e in entries], dtype=float).T
@@ -170,26 +171,25 @@ def plot_monitor(records: list[dict], title: str = ""):
         im = ax.imshow(mats[key], aspect="auto", origin="lower", cmap=cmap, interpolation="nearest", vmin=0,
                        vmax=top, extent=extent)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("layer")
-        ax.set_title(f"{key} eigenvalues of M_s (count)")
-        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{key} eigenvalues\nof M_s (count)", fontsize=10)
+        fig.colorbar(im, ax=ax, shrink=0.9)
     ax = fig.add_subplot(grid[1, :])
     cmap = plt.get_cmap("viridis")
     for layer in range(n_layer):
         rv = [e["layers"][layer].get("radial_velocity", np.nan) for e in entries]
         flow = _flow_label(entries, layer)
         ax.plot(steps, rv, lw=1.2, marker="o", ms=3, color=cmap(layer / max(n_layer - 1, 1)),
-                label=f"layer {layer}" + (f" (flow: {flow})" if flow else ""))
+                label=f"layer {layer}" + (f": flow {flow}" if flow else ""))
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("median ⟨u_l, y_l⟩ / |u_l|²")
-    ax.set_title("radial velocity of the scan input on the probe (below 0: the convergent side)")
+    ax.set_title("radial velocity of the scan input on the probe\n(below 0: the convergent side)", fontsize=10)
     if n_layer <= 12:
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
     return fig
