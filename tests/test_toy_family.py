@@ -136,12 +136,23 @@ def test_toy_options_are_checked_and_kept_apart(toy, tmp_path):
         export_hf(MambaLM(MambaConfig(**CFG, layer="toy")), tmp_path / "hf")
 
 
-def test_an_option_name_is_owned_once(monkeypatch):
+def test_an_option_name_is_owned_once_within_a_family(monkeypatch):
     monkeypatch.setattr(families, "_FAMILIES", dict(families._FAMILIES))
+    monkeypatch.setattr(families, "_VARIANTS", dict(families._VARIANTS))
 
     @dataclass(frozen=True)
     class Clashing:
         d_state: int = 4
 
+        def check(self, config) -> None:
+            pass
+
+        def sizes(self, d_model: int) -> dict[str, int]:
+            return {"d_inner": d_model, "d_state": self.d_state}
+
+    # a variant of Mamba-1 cannot take Mamba-1's name (a flat d_state would have two owners) ...
     with pytest.raises(ValueError, match="'d_state' is already an option of family 'mamba1'"):
-        families.register_family("clash", Clashing, ToyMixer)
+        families.register_variant("clash", Clashing, object, families=("mamba1",))
+    # ... another family can: the config's layer says whose d_state it is
+    families.register_family("clash", Clashing, ToyMixer)
+    assert MambaConfig(**CFG, layer="clash", d_state=7).mixer.d_state == 7

@@ -2,12 +2,13 @@
 model, sequence classifier, recurrent inference, generation and checkpoints. Parameter names
 follow state-spaces mamba_ssm.
 
-The built-in mixer family (Mamba-1) and its variants register themselves when their modules are
+The built-in mixer families (Mamba-1, MambaVision) and their variants register themselves when their modules are
 imported, which this package does first (docs/models.md, "Families and variants").
 """
 
 # the built-in family and variants, registered in this order (the variants' composition order)
 from . import io_constraint as _io_constraint  # noqa: F401 -- registers the variant "io_constraint"
+from . import mambavision as _mambavision  # noqa: F401 -- registers the family "mambavision"
 from . import mixer as _mamba1  # noqa: F401 -- registers the family "mamba1"
 from . import reorder_mixer as _reorder  # noqa: F401 -- registers the variant "reorder"
 from .blocks import Block, MambaBackbone, RMSNorm
@@ -18,6 +19,7 @@ from .config import ClassifierConfig, MambaConfig
 from .contract import IOParameters, Mixer, MixerBase, MixerRun
 from .families import build_mixer, get_family, register_family, register_variant
 from .generation import generate, sample_next
+from .hybrid import HybridClassifier, HybridConfig
 from .lm import MambaLM
 from .mamba1 import Mamba1Settings
 from .mixer import MambaMixer
@@ -41,6 +43,8 @@ __all__ = [
     "RMSNorm",
     "MambaLM",
     "MambaClassifier",
+    "HybridConfig",
+    "HybridClassifier",
     "MambaOutput",
     "MixerInternals",
     "InferenceCache",

@@ -17,8 +17,9 @@ ones, so they are registered before any config is made)::
 What a family must implement: the mixer contract (:class:`tokendyn.model.contract.Mixer`, built
 as ``cls(config, layer_idx=i)``) and the settings contract
 (:class:`tokendyn.model.contract.FamilySettings`). Every option name (a field of a family's or a
-variant's settings) is unique across the registry, so a flat ``{"d_state": 8, "io_constraint":
-"positive"}`` (older checkpoints, ``--mixer-option``) says unambiguously whose option it is.
+variant's settings) is unique within a family and its variants, so a flat ``{"d_state": 8,
+"io_constraint": "positive"}`` (older checkpoints, ``--mixer-option``) says unambiguously whose
+option it is once the config's ``layer`` names the family; two families may share a name.
 
 :func:`build_mixer` is the only way a backbone creates mixers, so a checkpoint's config alone says
 which classes to rebuild: the loader, ``info``, ``analyze``, the exporters, the training specs and
@@ -50,8 +51,10 @@ class Interop:
     read_ssm_cfg(ssm_cfg, source) -> settings keywords; write_ssm_cfg(settings, config) -> ssm_cfg.
     hf_model_type: transformers' ``model_type`` (``"mamba"``), hf_architecture its class name;
     read_hf(hf_config, source) -> settings keywords; write_hf(settings, config) -> the family's
-    fields of transformers' config.json. The readers raise CheckpointError, naming ``source``,
-    for fields they cannot represent; the writers for settings the other library cannot hold.
+    fields of transformers' config.json; hf_defaults: transformers' defaults of the model-wide fields
+    (hidden_size, tie_word_embeddings, ...) where this family's transformers config has its own.
+    The readers raise CheckpointError, naming ``source``, for fields they cannot represent; the
+    writers for settings the other library cannot hold.
     """
 
     state_spaces_layer: str | None = None
@@ -61,6 +64,7 @@ class Interop:
     hf_architecture: str | None = None
     read_hf: Callable[[dict, str], dict] | None = None
     write_hf: Callable[[Any, Any], dict] | None = None
+    hf_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _field_names(settings_cls: type) -> tuple[str, ...]:
@@ -126,11 +130,13 @@ class Variant(_Entry):
 
 @dataclass(frozen=True)
 class Family(_Entry):
-    """A registered family: name, settings class, mixer class, interop, and a title for people."""
+    """A registered family: name, settings class, mixer class, interop, a title for people, and
+    whether its mixer is causal (a causal language model refuses a family that is not)."""
 
     mixer_cls: type
     interop: Interop = Interop()
     title: str = ""
+    causal: bool = True
 
     KIND = "family"
 
@@ -190,20 +196,39 @@ def _add(table: dict, entry: _Entry):
         return old
     if not dataclasses.is_dataclass(entry.settings_cls):
         raise TypeError(f"the settings of {owner} must be a dataclass")
-    taken = option_names()
-    clash = [n for n in entry.options() if n in taken and taken[n] != owner]
-    if clash:
-        raise ValueError(f"{owner}: option {clash[0]!r} is already an option of {taken[clash[0]]}")
+    # a flat option is read against the config's family, so two families may share a name (both
+    # Mamba-1 and Mamba-2 have d_state); within a family and its variants every name has one owner
+    for name in entry.options():
+        others = [o for o in _owners(name) if o is not entry and o.name != entry.name and _related(o, entry)]
+        if others:
+            raise ValueError(f"{owner}: option {name!r} is already an option of {others[0].KIND} {others[0].name!r}")
     table[entry.name] = entry
     return entry
 
 
+def _owners(name: str) -> list[_Entry]:
+    return [e for e in (*_FAMILIES.values(), *_VARIANTS.values()) if name in e.options()]
+
+
+def _families_of(entry: _Entry) -> set[str]:
+    return set(entry.families) if isinstance(entry, Variant) else {entry.name}
+
+
+def _related(a: _Entry, b: _Entry) -> bool:
+    """Whether a config can hold both entries' options at once: they share a family (a family is
+    related to itself and to its variants; two families never are)."""
+    if isinstance(a, Family) and isinstance(b, Family):
+        return False
+    return bool(_families_of(a) & _families_of(b))
+
+
 def register_family(name: str, settings_cls: type, mixer_cls: type, *, interop: Interop | None = None,
-                    title: str = "") -> Family:
+                    title: str = "", causal: bool = True) -> Family:
     """Register a mixer family under ``name`` (the config's ``layer``): ``settings_cls`` a dataclass
     (:class:`~tokendyn.model.contract.FamilySettings`), ``mixer_cls`` a module satisfying
-    :class:`~tokendyn.model.contract.Mixer`. Registering the same classes again is a no-op."""
-    return _add(_FAMILIES, Family(name, settings_cls, mixer_cls, interop or Interop(), title or name))
+    :class:`~tokendyn.model.contract.Mixer`. Registering the same classes again is a no-op.
+    ``causal=False``: the mixer looks at later tokens (a causal language model refuses it)."""
+    return _add(_FAMILIES, Family(name, settings_cls, mixer_cls, interop or Interop(), title or name, causal))
 
 
 def register_variant(name: str, settings_cls: type, mixin: type, *, families: tuple[str, ...],
@@ -248,9 +273,14 @@ def family_for_hf(model_type: str | None = None, architectures=()) -> Family | N
     return None
 
 
-def option_names() -> dict[str, str]:
-    """Every option name of the registry -> its owner ("family 'mamba1'", "variant 'reorder'")."""
-    return {name: f"{e.KIND} {e.name!r}" for e in (*_FAMILIES.values(), *_VARIANTS.values()) for name in e.options()}
+def option_names() -> dict[str, tuple[str, ...]]:
+    """Every option name of the registry -> its owners ("family 'mamba1'", "variant 'reorder'"): one
+    within a family and its variants, several where families share a name (d_state)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for e in (*_FAMILIES.values(), *_VARIANTS.values()):
+        for name in e.options():
+            out[name] = (*out.get(name, ()), f"{e.KIND} {e.name!r}")
+    return out
 
 
 def parse_option(text: str) -> tuple[str, Any]:
