@@ -41,6 +41,22 @@ def _int_list(name: str, value, minimum: int) -> list[int]:
     return list(value)
 
 
+def mamba_blocks(depth: int, attention: bool) -> int:
+    """Mamba blocks of a Mamba stage of ``depth`` blocks: all, or with ``attention`` all but the
+    last depth // 2 (which are self-attention, as in MambaVision)."""
+    return depth - (depth // 2 if attention else 0)
+
+
+def stage_first_layers(depths, attention: bool) -> list[int]:
+    """The layer index of block 0 of each Mamba stage (depths: the Mamba stages' depths), with the
+    Mamba mixers numbered 0, 1, ... across the stages: the authors' reordering layers."""
+    firsts, n = [], 0
+    for depth in depths:
+        firsts.append(n)
+        n += mamba_blocks(depth, attention)
+    return firsts
+
+
 @takes_flat_options("options")
 @dataclass
 class HybridConfig(_BackboneSettings):
@@ -92,16 +108,11 @@ class HybridConfig(_BackboneSettings):
 
     def mamba_blocks(self, stage: int) -> int:
         """Mamba blocks of Mamba stage ``stage`` (≥ 1): its depth less the attention blocks."""
-        depth = self.depths[stage]
-        return depth - (depth // 2 if self.attention else 0)
+        return mamba_blocks(self.depths[stage], self.attention)
 
     def stage_first_layers(self) -> list[int]:
         """The layer index of block 0 of each Mamba stage (the authors' reordering layers)."""
-        firsts, n = [], 0
-        for k in range(1, len(self.dims)):
-            firsts.append(n)
-            n += self.mamba_blocks(k)
-        return firsts
+        return stage_first_layers(self.depths[1:], self.attention)
 
     @property
     def n_layer(self) -> int:

@@ -241,7 +241,7 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
                 epochs: int | None = None, out: Path | None = None, resume: bool = False, device="auto",
                 crop_padding: int = 0, flip: bool = False, normalize: bool = True, val_fraction: float = 0.1,
                 data_on_device: bool = True, stop_after_steps: int | None = None, progress: bool = True,
-                scan_backend: str = "auto", sharpness_images: int = 0,
+                scan_backend: str = "auto", sharpness_images: int = 0, identity: dict | None = None,
                 log=None) -> tuple[TrainResult, MambaClassifier | HybridClassifier]:
     """Build a classifier (``spec.model_class``, seeded by ``cfg.seed``) and train it on ``data``
     through :func:`tokendyn.train.loop.train`; returns (result, model).
@@ -250,7 +250,7 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
     then Mamba stages). epochs: when given, ``cfg.steps`` becomes epochs × steps per epoch and
     validation (and a checkpoint) come once per epoch, so the validation curve is per epoch.
     sharpness_images > 0: a :class:`SharpnessProbe` on that many validation images at every
-    validation (or every epoch).
+    validation (or every epoch). identity: more entries for run.json (a resumed run must match).
     """
     dev = resolve_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
@@ -272,7 +272,7 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
         probe = task.transform(task.splits["validation"].images[:sharpness_images]).cpu()
         callbacks.append(SharpnessProbe(probe, cfg.eval_every or task.steps_per_epoch))
     identity = {"model": model_identity(config),
-                "data": data.source, "epochs": epochs}
+                "data": data.source, "epochs": epochs, **(identity or {})}
     if model.kind != "classifier":      # a patch classifier's run.json stays as it was
         identity["model_kind"] = model.kind
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=dev, callbacks=callbacks,
