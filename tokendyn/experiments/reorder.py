@@ -186,6 +186,8 @@ def _sharp(doc: dict, v: dict) -> str:
 def describe(doc: dict) -> str:
     cfg = doc["config"]
     m = cfg["model"]
+    if "dims" not in m:        # a summary of the earlier patch classifier (results/reorder_patch49)
+        return f"patch classifier {m}, {cfg.get('epochs')} epochs"
     attention = ", self-attention in the second half of each Mamba stage" if m.get("attention") else ""
     return (f"HybridClassifier dims {m['dims']}, depths {m['depths']}, strides {m['strides']}{attention}, "
             f"d_state {m['d_state']}, d_conv {m['d_conv']}, expand {m['expand']}, {cfg['epochs']} epochs of "
