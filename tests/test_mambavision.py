@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import run_cli
 
 from tokendyn.errors import CheckpointError, ConfigError
 from tokendyn.model import ClassifierConfig, HybridClassifier, HybridConfig, MambaClassifier, MambaConfig, load_model
@@ -128,7 +129,7 @@ def test_gradients_reach_the_importance_direction(mode):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
-def test_hybrid_classifier_shapes_layers_and_round_trip(tmp_path):
+def test_hybrid_classifier_shapes_layers_and_round_trip(tmp_path, capsys):
     config = HybridConfig(in_channels=1, n_classes=10, dims=[4, 8, 8], depths=[1, 3, 2], strides=[1, 2],
                           attention=True, n_heads=2, reorder_layers=[0, 2], **AUTHORS)
     # Mamba blocks: stage 1 has 3 − 1 (one attention block), stage 2 has 2 − 1
@@ -151,6 +152,8 @@ def test_hybrid_classifier_shapes_layers_and_round_trip(tmp_path):
         torch.testing.assert_close(again(x), logits, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="no plain mixer computes the sort"):
         model.mixers()[0].plain_state_dict()
+    code, err = run_cli(["analyze", str(tmp_path / "hybrid"), "--out", str(tmp_path / "an")], capsys)
+    assert code == 2 and "holds a hybrid model" in err and err.count("\n") == 1
 
 
 def test_mambavision_family_in_the_patch_classifier_round_trips(tmp_path):
