@@ -10,8 +10,8 @@
 # GPU trains PARALLEL runs at once (default 4), each as its own process with its own folder
 # OUT/work/RUN; a complete run moves to OUT/reorder/runs/RUN, and one found there is skipped. A group
 # of runs starts only when the longest group of this call so far (the first: FIRST_RUN_S, default
-# 300) still fits in the budget; an interrupted run resumes from its last epoch's checkpoint at the
-# next call. At the end, OUT holds reorder.json, reorder.md and the figures of every complete run in
+# 300) still fits in the budget, and a run still going when the budget is spent is stopped; a
+# stopped or interrupted run resumes from its last epoch's checkpoint at the next call. At the end, OUT holds reorder.json, reorder.md and the figures of every complete run in
 # OUT/reorder, runs.tgz (each complete run's files less its checkpoint) and call.json (the device,
 # date, commit, command and the runs this call finished, with their wall times). Merge the runs.tgz
 # of several calls into one folder's runs/ and run
@@ -58,9 +58,10 @@ while [ $i -lt ${#runs[@]} ]; do
     fi
     t=$(date +%s)
     pids=()
+    left=$(( budget - elapsed ))        # a run still going then is stopped; the next call resumes it
     for run in "${group[@]}"; do
         setting=${run%-seed*}; seed=${run##*-seed}
-        "$PY" -m tokendyn train reorder --scale "$SCALE" --device "$DEVICE" --no-progress --out "$out/work/$run" \
+        timeout "$left" "$PY" -m tokendyn train reorder --scale "$SCALE" --device "$DEVICE" --no-progress --out "$out/work/$run" \
             --settings "$setting" --seeds "$seed" > "$out/work/$run.log" 2>&1 &
         pids+=($!)
     done
