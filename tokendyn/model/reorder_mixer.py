@@ -25,6 +25,7 @@ project's own variant (the gate z follows its token).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -152,23 +153,17 @@ class ReorderingMixin:
         return soft_restore(value, y) if kind == "soft" else inverse_permute(y, value)
 
 
+@contextmanager
 def recorded_orders(model: nn.Module):
-    """Context manager: while open, every reordering mixer of ``model`` keeps the ordering of each
-    forward; yields {layer name: [("soft", P̂ (batch, L, L)) or ("hard", perm (batch, L)), ...]}."""
-    return _Recording(model)
-
-
-class _Recording:
-    def __init__(self, model: nn.Module):
-        self.mixers = {name: m for name, m in model.named_modules() if isinstance(m, ReorderingMixin)}
-
-    def __enter__(self) -> dict[str, list]:
-        for m in self.mixers.values():
-            m.order_record = []
-        return {name: m.order_record for name, m in self.mixers.items()}
-
-    def __exit__(self, *exc):
-        for m in self.mixers.values():
+    """While open, every reordering mixer of ``model`` keeps the ordering of each forward; yields
+    {layer name: [("soft", P̂ (batch, L, L)) or ("hard", perm (batch, L)), ...]}."""
+    mixers = {name: m for name, m in model.named_modules() if isinstance(m, ReorderingMixin)}
+    for m in mixers.values():
+        m.order_record = []
+    try:
+        yield {name: m.order_record for name, m in mixers.items()}
+    finally:
+        for m in mixers.values():
             m.order_record = None
 
 
