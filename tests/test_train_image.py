@@ -202,6 +202,7 @@ def test_reproduce_reorder_section(tmp_path, monkeypatch, fashion):
     assert "NVIDIA H100" in res.markdown and res.markdown.count("| authors |") >= 2
     assert "| 315 ± 148; 2/3 |" in res.markdown          # steps to 0.85 in the committed table
     assert set(res.summary["test_acc"]) == {"none", "authors", "hard"}
+    assert len(res.summary["val_auc"]["authors"]) == 2 and len(res.summary["steps_to_target"]["none"]) == 2
     assert all(len(v) == 2 for v in res.summary["test_acc"].values())
     outcomes = {c.claim: c.outcome for c in res.checks}
     # both of the paper's claims are checks on the committed grid (accuracy: t = +2.1; the area: t < 1);

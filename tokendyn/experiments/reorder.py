@@ -231,6 +231,13 @@ def config_fields(run, p: dict) -> dict:
             "reorder_layers": stage_first_layers(p["model"]["depths"][1:], p["model"].get("attention", False))}
 
 
+def report_extras(doc: dict, committed: dict | None, scale: str, how: str) -> tuple[list, dict]:
+    """No checks beyond the comparisons; the report's summary gets this run's convergence and
+    sharpness per setting and seed."""
+    keys = ("steps_to_target", "val_auc", "sharpness_final")
+    return [], {key: {s: v.get(key) for s, v in doc["settings"].items()} for key in keys}
+
+
 AUC = Metric(key="val_auc", result="val_auc", label="area under the validation curve",
              curve_label="validation accuracy", higher_is_better=True, digits=4)
 SHARPNESS = Metric(key="sharpness_final", result="sharpness_final", label="sharpness of P̂ after training",
@@ -285,6 +292,7 @@ EXPERIMENT = Experiment(
              Column(lambda doc: "area under the validation curve (mean ± std)", _auc),
              Column(lambda doc: "sharpness of P̂ after training (mean ± std)", _sharp)),
     sections=sections,
+    report_extras=report_extras,
     report_note="The smoke scale trains tiny classifiers on 1,200 images for two epochs: its numbers show that the "
                 "pipeline runs, not how the settings compare. Differences are read against the seed spread.",
     full_run="run `bash scripts/reorder_gpu.sh OUT BUDGET_S` (or `tokendyn train reorder --scale full --device cuda "
