@@ -11,17 +11,18 @@ from mixer_contract import check_mixer_contract
 from tokendyn.model import ClassifierConfig, MambaConfig, MambaMixer, build_mixer
 from tokendyn.model.families import family_names, get_family, variant_names
 
-D_MODEL = 8
+D_MODEL = 32     # Mamba-2's default head_dim 64 needs d_inner = 2 x 32 to hold a head
 
 
 @pytest.mark.parametrize("layer", family_names())
 def test_every_family_with_its_default_settings(layer):
-    # width 32: Mamba-2's default head_dim 64 needs d_inner = 2 x 32 to hold a head
-    config = MambaConfig(d_model=32, n_layer=2, vocab_size=10, layer=layer)
+    causal = get_family(layer).causal
+    config = (MambaConfig(d_model=D_MODEL, n_layer=2, vocab_size=10, layer=layer) if causal else
+              ClassifierConfig(input_dim=2, n_classes=2, d_model=D_MODEL, n_layer=2, layer=layer))
     torch.manual_seed(0)
     mixer = build_mixer(config, 1)
     assert type(mixer) is get_family(layer).mixer_cls and mixer.layer_idx == 1
-    check_mixer_contract(mixer, 32)
+    check_mixer_contract(mixer, D_MODEL, steps=causal)     # a non-causal mixer has no one-token step
 
 
 # one config per variant of Mamba-1 that turns it on (and one with two at once); reordering has no step
@@ -29,6 +30,15 @@ VARIANT_CASES = {
     "io_constraint": (dict(io_constraint="positive", d_state=3), True),
     "reorder": (dict(reorder="soft", reorder_layers=[1], d_state=3), False),
 }
+
+
+def test_the_reorder_variant_of_mambavision():
+    config = ClassifierConfig(input_dim=2, n_classes=2, d_model=D_MODEL, n_layer=2, layer="mambavision", d_state=3,
+                              reorder="hard", reorder_branches="x", reorder_restore=False, reorder_layers=[1])
+    torch.manual_seed(0)
+    mixer = build_mixer(config, 1)
+    assert type(mixer) is not get_family("mambavision").mixer_cls
+    check_mixer_contract(mixer, D_MODEL, steps=False)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_CASES))

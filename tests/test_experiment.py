@@ -219,6 +219,10 @@ def test_comparison_tolerance_seeds_and_absent_settings():
     assert check.outcome == "pass" and "t = +" in check.measured and "a grid" in check.measured
     assert better.check(None, "", acc, "run it").outcome == "not run"
     assert better.name == "high_minus_low" and "≥ 3 seeds" in better.tolerance()
+    # a comparison with its own metric judges that per-seed value, whatever the experiment's metric
+    on_ppl = Comparison("high", "low", "better", "high has the better perplexity", metric=ppl)
+    assert on_ppl.judge(s, acc) == better.judge(s, ppl) and on_ppl.name == "high_minus_low_ppl"
+    assert on_ppl.check({"settings": s}, "a grid", acc, "run it").outcome == "fail"
     with pytest.raises(ConfigError):
         Comparison("a", "b", "same", "?")
 

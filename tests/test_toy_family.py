@@ -126,7 +126,7 @@ def test_toy_lm_runs_generates_saves_loads_and_info_names_it(toy, tmp_path):
 def test_toy_options_are_checked_and_kept_apart(toy, tmp_path):
     with pytest.raises(ConfigError, match=r"decay must lie in \(0, 1\)"):
         MambaConfig(**CFG, layer="toy", decay=2.0)
-    with pytest.raises(ConfigError, match="d_state.*layers 'mamba1' and 'mamba2', not of 'toy'"):
+    with pytest.raises(ConfigError, match="d_state.*layers? .*'mamba1'.*, not of 'toy'"):
         MambaConfig(**CFG, layer="toy", d_state=4)
     with pytest.raises(ConfigError, match="decay.*layer 'toy', not of 'mamba1'"):
         MambaConfig(**CFG, decay=0.5)

@@ -108,42 +108,68 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, fashion):
         assert code == 2 and match in err and err.count("\n") == 1, (args, err)
 
 
+TINY = {"train_images": 0, "test_images": 0, "batch_size": 9, "epochs": 2, "lr": 3e-3, "crop_padding": 0,
+        "target_acc": 0.1, "sharpness_images": 4,
+        "model": {"dims": [2, 4, 4], "depths": [0, 2, 1], "strides": [2, 2], "d_state": 2, "d_conv": 3, "expand": 1,
+                  "mlp_ratio": 1.0}}
+
+
 @pytest.mark.slow
 def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeypatch, fashion):
     from tokendyn.experiments.reorder import EXPERIMENT
     from tokendyn.train.grid import run_grid
 
-    monkeypatch.setitem(EXPERIMENT.scales, "tiny", {
-        "train_images": 0, "test_images": 0, "model": {"d_model": 8, "n_layer": 2, "d_state": 4, "patch_size": 7},
-        "batch_size": 9, "epochs": 2, "lr": 3e-3, "crop_padding": 0, "target_acc": 0.1})
+    monkeypatch.setitem(EXPERIMENT.scales, "tiny", TINY)
+    settings = ("none", "authors", "hard", "gated_soft")
     lines = []
     prov = {"device": "cpu (test)", "commit": "0" * 40, "command": "pytest", "date": "today", "torch": "x"}
-    doc = run_grid(EXPERIMENT, tmp_path / "out", scale="tiny", seeds=(0, 1), device="cpu",
+    doc = run_grid(EXPERIMENT, tmp_path / "out", scale="tiny", settings=settings, seeds=(0, 1), device="cpu",
                    options={"data_dir": fashion}, progress=False, log=lines.append, provenance=prov)
     assert set(doc) >= {"settings", "comparisons", "config", "data", "data_details", "seeds", "tokens_seen",
                         "device", "commit", "command", "date", "torch"}          # the whole provenance
-    assert list(doc["settings"]) == ["none", "soft", "hard", "x_only"]
-    for v in doc["settings"].values():
+    assert list(doc["settings"]) == list(settings)
+    for s, v in doc["settings"].items():
         assert len(v["test_acc"]) == 2 and v["seeds"] == [0, 1] and len(v["wall_s"]) == 2
         assert v["test_acc_std"] is not None and "val_flat" not in v           # no flatness rule here
         assert [[e for e, _ in c] for c in v["val_curves"]] == [[1.0, 2.0]] * 2
         assert [e for e, _ in v["val_curve"]] == [1.0, 2.0]                   # the mean over the seeds
+        # steps to the target: a step of the curve or None; the area: the mean of the two epochs' accuracy
+        spe = doc["config"]["task"]["steps_per_epoch"]
+        assert all(t in (None, spe, 2 * spe) for t in v["steps_to_target"])
+        assert v["val_auc"] == [pytest.approx((c[0][1] + c[1][1]) / 2) for c in v["val_curves"]]
+        reorders = s != "none"
+        # sharpness per seed at step 0 and after each epoch, between 1/L and 1 (1 for the exact sort)
+        assert [[e for e, _ in c] for c in v["sharpness"]] == ([[0.0, 1.0, 2.0]] * 2 if reorders else [[], []])
+        if reorders:
+            assert all(u <= x <= 1 for c, u in zip(v["sharpness"], v["sharpness_uniform"]) for _, x in c)
+            assert (v["sharpness_final"] == [1.0, 1.0]) == (s == "hard")
+            # block 0 of each Mamba stage (layers 0 and 2): 7 × 7 and 4 × 4 tokens of 28 × 28 images
+            assert sorted(v["sharpness_layers"][0]) == ["stages.1.blocks.0.mixer", "stages.2.blocks.0.mixer"]
+            assert v["sharpness_uniform"][0] == pytest.approx((1 / 49 + 1 / 16) / 2)
     assert doc["commit"] == "0" * 40 and doc["device"] == "cpu (test)"
     assert doc["config"]["epochs"] == 2 and doc["config"]["target_acc"] == 0.1 and doc["config"]["params"] > 0
-    assert doc["config"]["setting_fields"]["x_only"] == {"reorder": "soft", "reorder_branches": "x"}
-    assert set(doc["comparisons"]) == {"soft_minus_none", "hard_minus_none", "x_only_minus_none"}
+    assert doc["config"]["reorder_layers"] == [0, 2]
+    assert doc["config"]["setting_fields"]["authors"]["reorder_restore"] is False
+    assert {"authors_minus_none", "authors_minus_none_val_auc", "hard_minus_none"} <= set(doc["comparisons"])
+    assert "gated_soft_minus_gated_none" not in doc["comparisons"]        # gated_none did not run
+    assert doc["comparisons"]["authors_minus_none"]["origin"] == "paper"
+    assert doc["comparisons"]["hard_minus_none"]["origin"] == "project"
     assert doc["comparisons"]["hard_minus_none"]["outcome"] == "fail"       # two seeds are fewer than three
     md = (tmp_path / "out" / "reorder.md").read_text()
-    assert "| hard | 2 |" in md and "epochs to validation accuracy ≥ 0.1" in md
-    assert (tmp_path / "out" / "reorder.png").stat().st_size > 0
-    # the models really differ by setting
+    assert "| hard | 2 |" in md and "steps to validation accuracy ≥ 0.1" in md and "(the paper's claim)" in md
+    assert "Sharpness of the ordering per epoch" in md
+    for figure in ("reorder.png", "reorder_sharpness.png"):
+        assert (tmp_path / "out" / figure).stat().st_size > 0
+    # the models really differ by setting: the authors' block, and Mamba-1's gated block
     cfgs = {s: json.loads((tmp_path / "out" / "runs" / f"{s}-seed0" / "run.json").read_text())["model"]
             for s in doc["settings"]}
-    assert (cfgs["x_only"]["reorder"], cfgs["x_only"]["reorder_branches"]) == ("soft", "x")
+    assert (cfgs["authors"]["layer"], cfgs["authors"]["reorder_branches"], cfgs["authors"]["reorder_restore"],
+            cfgs["authors"]["reorder_layers"]) == ("mambavision", "x", False, [0, 2])
+    assert (cfgs["gated_soft"]["layer"], cfgs["gated_soft"]["reorder_branches"]) == ("mamba1", "xz")
     assert cfgs["hard"]["reorder"] == "hard" and cfgs["none"]["reorder"] == "none"
     # a second call trains nothing and rewrites the same table
     lines.clear()
-    again = run_grid(EXPERIMENT, tmp_path / "out", scale="tiny", seeds=(0, 1), device="cpu",
+    again = run_grid(EXPERIMENT, tmp_path / "out", scale="tiny", settings=settings, seeds=(0, 1), device="cpu",
                      options={"data_dir": fashion}, progress=False, log=lines.append, provenance=prov)
     assert sum("complete, skipped" in line for line in lines) == 8
     assert again["settings"] == doc["settings"]
@@ -151,37 +177,41 @@ def test_reorder_grid_writes_the_table_and_skips_complete_runs(tmp_path, monkeyp
 
 def test_reproduce_reorder_section(tmp_path, monkeypatch, fashion):
     """The reorder section of `tokendyn reproduce` at quick scale (shrunk here): this run's table
-    and the committed full table (in the shape reorder.json had before the one summary writer),
-    each labelled."""
+    (the default settings) and the committed full table, each labelled; the paper's two claims
+    (accuracy, convergence speed) are checks."""
     from tokendyn.experiments.reorder import EXPERIMENT
     from tokendyn.reproduce import Context
     from tokendyn.reproduce.experiment import run_section
 
     monkeypatch.setenv("TOKENDYN_FASHION_MNIST", str(fashion))
-    monkeypatch.setitem(EXPERIMENT.scales, "smoke", {**EXPERIMENT.scales["smoke"], "train_images": 40,
-                                                     "test_images": 10, "batch_size": 12, "epochs": 1,
-                                                     "model": {"d_model": 8, "n_layer": 2, "d_state": 4}})
+    monkeypatch.setitem(EXPERIMENT.scales, "smoke", {**TINY, "epochs": 1, "train_images": 40, "test_images": 10,
+                                                     "batch_size": 12})
     committed = tmp_path / "reorder.json"
     committed.write_text(json.dumps({
-        "settings": {s: {"test_acc": [0.9 + i / 100, 0.91], "val_curve": [[[1.0, 0.8], [2.0, 0.88]]] * 2}
-                     for i, s in enumerate(("none", "hard"))},
-        "config": {"scale": "full", "model": {"d_model": 128, "n_layer": 4, "d_state": 16, "patch_size": 4},
-                   "epochs": 2, "target_acc": 0.85, "task": {"steps_per_epoch": 105, "examples_per_step": 512},
-                   "seeds": {"none": [0, 1], "hard": [0, 1]}, "wall_s": {"none": [9.0, 9.5], "hard": [9.9, 10.0]}},
-        "data": "Fashion-MNIST", "device": "NVIDIA H200", "commit": "abc", "command": "x"}))
+        "settings": {s: {"test_acc": [0.9 + i / 100, 0.91, 0.9 + i / 50], "val_auc": [0.8, 0.81 + i / 100, 0.8],
+                         "val_curves": [[[1.0, 0.8], [2.0, 0.88]]] * 3, "seeds": [0, 1, 2],
+                         "steps_to_target": [210, 420, None], "wall_s": [9.0, 9.5, 9.9]}
+                     for i, s in enumerate(("none", "authors"))},
+        "config": {"scale": "full", "model": {"dims": [32, 64, 128], "depths": [2, 4, 4], "strides": [1, 2],
+                                              "attention": True, "d_state": 8, "d_conv": 3, "expand": 1},
+                   "epochs": 2, "target_acc": 0.85, "task": {"steps_per_epoch": 210, "examples_per_step": 256}},
+        "data": "Fashion-MNIST", "device": "NVIDIA H100", "commit": "abc", "command": "x"}))
     ctx = Context(out=tmp_path / "rep", scale="quick", device=torch.device("cpu"), command="test")
     res = run_section(EXPERIMENT, ctx, committed)
     assert "**This run** (smoke scale" in res.markdown and "**Committed full-scale run**" in res.markdown
-    assert "NVIDIA H200" in res.markdown and res.markdown.count("| hard |") == 2
-    # the committed table from its older shape: epochs to 0.85 per seed, seconds per run
-    assert "| 2.0 ± 0.0; 2/2 | 9.9 |" in res.markdown and "| 9.2 |" in res.markdown
-    assert set(res.summary["test_acc"]) == {"none", "soft", "hard", "x_only"}
+    assert "NVIDIA H100" in res.markdown and res.markdown.count("| authors |") >= 2
+    assert "| 315 ± 148; 2/3 |" in res.markdown          # steps to 0.85 in the committed table
+    assert set(res.summary["test_acc"]) == {"none", "authors", "hard"}
+    assert len(res.summary["val_auc"]["authors"]) == 2 and len(res.summary["steps_to_target"]["none"]) == 2
     assert all(len(v) == 2 for v in res.summary["test_acc"].values())
-    assert res.summary["committed"]["test_acc"]["none"] == [0.9, 0.91]
-    # the paper's claims are judged on the committed grid (two seeds: fail), soft is not in it
-    assert {c.claim.split("(")[-1]: c.outcome for c in res.checks} == {"hard) improves test accuracy.": "fail",
-                                                                       "soft, SoftSort) improves test accuracy.":
-                                                                       "not run"}
+    outcomes = {c.claim: c.outcome for c in res.checks}
+    # both of the paper's claims are checks on the committed grid (accuracy: t = +2.1; the area: t < 1);
+    # hard is not in it
+    assert outcomes["Paper (section 6, MambaVision block): reordering tokens by importance improves test "
+                    "accuracy."] == "pass"
+    assert any("converge faster" in c and o == "fail" for c, o in outcomes.items())
+    assert any(c.startswith("Project's variant") and "exact sort" in c and o == "not run"
+               for c, o in outcomes.items())
     assert (tmp_path / "rep" / "reorder" / "reorder.png").is_file()
 
 

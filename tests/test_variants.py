@@ -158,7 +158,7 @@ def test_checkpoints_of_the_first_writer_still_load(tmp_path, legacy, kind):
     save_model(model, tmp_path / "m")
     raw = {"format": "tokendyn", "format_version": 1, "architecture": legacy, **model.config.flat_dict()}
     for key in ("layer", "io_constraint", "io_margin", "reorder", "reorder_tau", "reorder_power", "reorder_layers",
-                "reorder_branches"):
+                "reorder_branches", "reorder_restore"):
         raw.pop(key)
     (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
     again = load_model(tmp_path / "m")
@@ -174,7 +174,9 @@ def test_checkpoints_of_format_2_still_load(tmp_path, name):
     model = load_model(FORMAT_V2 / name)
     raw = json.loads((FORMAT_V2 / name / "config.json").read_text())
     assert raw["format_version"] == 2 and "mixer" not in raw
-    assert model.config.flat_dict() == {k: v for k, v in raw.items() if k not in ("format", "format_version", "kind")}
+    newer = {"reorder_restore": True}      # options added since format 2, at their defaults
+    written = {k: v for k, v in raw.items() if k not in ("format", "format_version", "kind")}
+    assert model.config.flat_dict() == {**written, **newer}
     expected = load_file(str(FORMAT_V2 / name / "expected.safetensors"))
     with torch.no_grad():
         assert torch.equal(model(expected["input"]), expected["logits"])

@@ -281,6 +281,9 @@ def analyze_checkpoint(path: str | Path, text: str | Path | None = None, tokeniz
     t = time.perf_counter()
     model = load_model(path, device=device)
     timings = {"load": time.perf_counter() - t}
+    if not hasattr(model, "backbone"):
+        raise DataError(f"{path} holds a {getattr(model, 'kind', type(model).__name__)} model; tokendyn analyze reads "
+                        "models of one stack of Mamba layers (language models and patch classifiers).")
     if max_tokens < 1:
         raise DataError(f"--max-tokens must be at least 1, got {max_tokens}.")
     check_size(model, max_tokens, layers, channels, device)

@@ -44,8 +44,8 @@ def image(
     reorder_power: float = typer.Option(None, "--reorder-power", help="SoftSort power p (> 0, default 1)."),
     reorder_layers: str = typer.Option(None, "--reorder-layers", help="Comma-separated layers that reorder "
                                        "(default 0)."),
-    reorder_branches: str = typer.Option(None, "--reorder-branches", help="xz (x and gate z; default) or x (the "
-                                         "authors' x-only ablation)."),
+    reorder_branches: str = typer.Option(None, "--reorder-branches", help="xz (x and z sorted alike; default) or x "
+                                         "(x only, as in the authors' block)."),
     epochs: int = typer.Option(5, "--epochs"),
     batch_size: opt.BatchSize = 256,
     lr: opt.Lr = 3e-3,

@@ -2,13 +2,14 @@
 model, sequence classifier, recurrent inference, generation and checkpoints. Parameter names
 follow state-spaces mamba_ssm.
 
-The built-in mixer families (Mamba-1, Mamba-2) and Mamba-1's variants register themselves when their modules are
-imported, which this package does first (docs/models.md, "Families and variants").
+The built-in mixer families (Mamba-1, Mamba-2, MambaVision) and their variants register themselves
+when their modules are imported, which this package does first (docs/models.md, "Families and variants").
 """
 
 # the built-in family and variants, registered in this order (the variants' composition order)
 from . import io_constraint as _io_constraint  # noqa: F401 -- registers the variant "io_constraint"
 from . import mamba2_mixer as _mamba2  # noqa: F401 -- registers the family "mamba2"
+from . import mambavision as _mambavision  # noqa: F401 -- registers the family "mambavision"
 from . import mixer as _mamba1  # noqa: F401 -- registers the family "mamba1"
 from . import reorder_mixer as _reorder  # noqa: F401 -- registers the variant "reorder"
 from .blocks import Block, MambaBackbone, RMSNorm
@@ -19,6 +20,7 @@ from .config import ClassifierConfig, MambaConfig
 from .contract import IOParameters, Mixer, MixerBase, MixerRun
 from .families import build_mixer, get_family, register_family, register_variant
 from .generation import generate, sample_next
+from .hybrid import HybridClassifier, HybridConfig
 from .lm import MambaLM
 from .mamba1 import Mamba1Settings
 from .mamba2 import Mamba2Settings
@@ -46,6 +48,8 @@ __all__ = [
     "RMSNorm",
     "MambaLM",
     "MambaClassifier",
+    "HybridConfig",
+    "HybridClassifier",
     "MambaOutput",
     "MixerInternals",
     "InferenceCache",

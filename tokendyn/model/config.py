@@ -124,7 +124,7 @@ class _BackboneSettings:
         for settings in d["variants"].values():
             if name in _option_names(settings):
                 return getattr(settings, name)
-        sizes = mixer.sizes(d["d_model"])
+        sizes = mixer.sizes(self.d_model)   # a field, or a property (HybridConfig)
         if name in sizes:
             return sizes[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -223,6 +223,9 @@ class MambaConfig(_BackboneSettings):
         p = self.final_dropout
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ConfigError(f"final_dropout must be a number in [0, 1), got {p!r}.")
+        if not self.family.causal:
+            raise ConfigError(f"the mixer family {self.layer!r} looks at later tokens, so a causal language model "
+                              "cannot use it; it is for non-causal models such as the classifier.")
         for v in self.family.variants():
             if not v.causal and v.name in self.active_variants():
                 raise ConfigError(f"the {v.name} variant breaks causality, so a causal language model cannot use "

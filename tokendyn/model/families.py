@@ -130,11 +130,13 @@ class Variant(_Entry):
 
 @dataclass(frozen=True)
 class Family(_Entry):
-    """A registered family: name, settings class, mixer class, interop, and a title for people."""
+    """A registered family: name, settings class, mixer class, interop, a title for people, and
+    whether its mixer is causal (a causal language model refuses a family that is not)."""
 
     mixer_cls: type
     interop: Interop = Interop()
     title: str = ""
+    causal: bool = True
 
     KIND = "family"
 
@@ -224,11 +226,12 @@ def _related(a: _Entry, b: _Entry) -> bool:
 
 
 def register_family(name: str, settings_cls: type, mixer_cls: type, *, interop: Interop | None = None,
-                    title: str = "") -> Family:
+                    title: str = "", causal: bool = True) -> Family:
     """Register a mixer family under ``name`` (the config's ``layer``): ``settings_cls`` a dataclass
     (:class:`~tokendyn.model.contract.FamilySettings`), ``mixer_cls`` a module satisfying
-    :class:`~tokendyn.model.contract.Mixer`. Registering the same classes again is a no-op."""
-    return _add(_FAMILIES, Family(name, settings_cls, mixer_cls, interop or Interop(), title or name))
+    :class:`~tokendyn.model.contract.Mixer`. Registering the same classes again is a no-op.
+    ``causal=False``: the mixer looks at later tokens (a causal language model refuses it)."""
+    return _add(_FAMILIES, Family(name, settings_cls, mixer_cls, interop or Interop(), title or name, causal))
 
 
 def register_variant(name: str, settings_cls: type, mixin: type, *, families: tuple[str, ...],

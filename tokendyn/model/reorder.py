@@ -37,7 +37,7 @@ def check_reorder_settings(mode: str, tau: float, power: float, branches: str = 
         raise ConfigError(f"reorder_power must be a number > 0, got {power!r}.")
     if branches not in REORDER_BRANCHES:
         raise ConfigError(f"reorder_branches must be one of {', '.join(REORDER_BRANCHES)} "
-                          f"('x' is the x-only ablation), got {branches!r}.")
+                          f"('x': x only, as in the authors' block), got {branches!r}.")
 
 
 def importance_scores(dt: torch.Tensor, b_delta: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -79,6 +79,15 @@ def softsort_matrix(s: torch.Tensor, tau: float = 1.0, power: float = 1.0) -> to
     s_sorted = torch.sort(s, dim=-1).values                     # s_(i), ascending
     logits = -_abs_pow(s_sorted[:, :, None] - s[:, None, :], power) / tau
     return torch.softmax(logits, dim=-1)
+
+
+def sharpness(P: torch.Tensor) -> float:
+    """How far SoftSort's P̂ is from averaging: the mean over rows (and the batch) of the largest
+    weight in a row. 1/L for uniform rows, 1 for a permutation matrix (THEORY.md section 6).
+
+    P: (batch, L, L) -> a number in [1/L, 1].
+    """
+    return float(P.detach().amax(dim=-1).mean())
 
 
 def soft_permute(P: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

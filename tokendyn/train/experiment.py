@@ -51,7 +51,9 @@ class Comparison:
 
     The claim holds when the difference of means is at least ``min_t`` seed spreads in the
     claimed direction (Welch's t) with at least ``min_seeds`` seeds on each side. origin: "paper"
-    (the paper's claim) or "project" (the project's addition, or a variant of its own).
+    (the paper's claim) or "project" (the project's addition, or a variant of its own). metric:
+    the per-seed value compared, when it is not the experiment's metric (e.g. the area under the
+    validation curve for a claim about convergence speed).
     """
 
     setting: str
@@ -61,6 +63,7 @@ class Comparison:
     origin: str = "paper"
     min_t: float = 2.0
     min_seeds: int = 3
+    metric: Metric | None = None
 
     def __post_init__(self):
         if self.expect not in ("better", "worse"):
@@ -70,11 +73,11 @@ class Comparison:
 
     @property
     def name(self) -> str:
-        return f"{self.setting}_minus_{self.other}"
+        return f"{self.setting}_minus_{self.other}" + (f"_{self.metric.key}" if self.metric else "")
 
     @property
     def short(self) -> str:
-        return f"{self.setting} {self.expect} than {self.other}"
+        return f"{self.setting} {self.expect} than {self.other}" + (f" ({self.metric.label})" if self.metric else "")
 
     def tolerance(self) -> str:
         return (f"{self.setting} {self.expect} than {self.other} by ≥ {self.min_t:g} seed spreads "
@@ -84,7 +87,9 @@ class Comparison:
     def judge(self, settings: dict, metric: Metric) -> dict:
         """The comparison on a summary's ``settings``: {"diff", "spread", "t", "outcome", "note"};
         diff and t are ``setting`` − ``other``; outcome "pass", "fail", or "not run" where either
-        setting is absent. Seeds without a value (None) are left out."""
+        setting is absent. ``metric``: the experiment's, used unless the comparison has its own.
+        Seeds without a value (None) are left out."""
+        metric = self.metric or metric
         if self.setting not in settings or self.other not in settings:
             return {"diff": None, "spread": None, "t": None, "outcome": "not run",
                     "note": f"the grid has no {self.setting if self.setting not in settings else self.other} runs"}

@@ -12,6 +12,7 @@ augmented there, with no host-to-device copy per step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,10 @@ import torch.nn.functional as F
 
 from ..data.images import ImageDataset, ImageSplit, ImageTransform
 from ..errors import ConfigError
-from ..model import ClassifierConfig, MambaClassifier
+from ..model import ClassifierConfig, HybridClassifier, HybridConfig, MambaClassifier
 from ..model.config import takes_flat_options
+from ..model.reorder import sharpness
+from ..model.reorder_mixer import recorded_orders
 from .loop import TrainConfig, TrainResult, check_model_fits, model_identity, resolve_device, train
 from .task import Task, autocast_context, batch_generator, slice_rows
 
@@ -147,6 +150,12 @@ class ImageModelSpec:
     layer: str = "mamba1"
     mixer: dict = field(default_factory=dict)
 
+    model_class = MambaClassifier
+
+    def n_tokens(self, image_shape) -> int:
+        """Tokens the model makes of one image: its patches."""
+        return (image_shape[1] // self.patch_size) * (image_shape[2] // self.patch_size)
+
     def config(self, image_shape, n_classes: int, scan_backend: str = "auto") -> ClassifierConfig:
         c, h, w = image_shape
         p = self.patch_size
@@ -159,34 +168,113 @@ class ImageModelSpec:
             scan_backend=scan_backend, layer=self.layer, options=dict(self.mixer))
 
 
+@takes_flat_options("mixer")
+@dataclass
+class HybridModelSpec:
+    """The classifier of a run: a :class:`~tokendyn.model.HybridClassifier` (convolutions, then
+    Mamba stages; docs/models.md). dims, depths, strides, attention, n_heads, mlp_ratio: its
+    :class:`~tokendyn.model.HybridConfig` fields; layer: the Mamba blocks' family (default
+    ``"mambavision"``); mixer: the options of the family and of its variants by name (e.g.
+    ``{"reorder": "soft", "reorder_restore": False}``), or as keywords.
+    """
+
+    dims: list[int] = field(default_factory=lambda: [32, 48, 64])
+    depths: list[int] = field(default_factory=lambda: [1, 2, 2])
+    strides: list[int] = field(default_factory=lambda: [1, 2])
+    attention: bool = False
+    n_heads: int = 2
+    mlp_ratio: float = 2.0
+    layer: str = "mambavision"
+    mixer: dict = field(default_factory=dict)
+
+    model_class = HybridClassifier
+
+    def n_tokens(self, image_shape) -> int:
+        """Tokens of one image at the first Mamba stage (after the stride-2 stem and strides[0])."""
+        s = self.strides[0] if isinstance(self.strides, (list, tuple)) and self.strides else 1
+        # a 3 × 3 conv with padding 1 and stride k makes ceil(n / k) of n pixels
+        return math.prod(math.ceil(math.ceil(n / 2) / s) for n in image_shape[1:])
+
+    def config(self, image_shape, n_classes: int, scan_backend: str = "auto") -> HybridConfig:
+        return HybridConfig(in_channels=image_shape[0], n_classes=n_classes, dims=self.dims, depths=self.depths,
+                            strides=self.strides, attention=self.attention, n_heads=self.n_heads,
+                            mlp_ratio=self.mlp_ratio, scan_backend=scan_backend, layer=self.layer,
+                            options=dict(self.mixer))
+
+
+class SharpnessProbe:
+    """A training callback: at step 0 and every ``every`` steps, the sharpness of each reordering
+    layer's ordering on a fixed batch of images (THEORY.md section 6), recorded in metrics.jsonl as
+    ``{"kind": "sharpness", "step", "layers": {layer: {"mode", "sharpness", "uniform", "tokens"}}}``.
+
+    sharpness: the mean largest row weight of SoftSort's P̂ (1 for the exact sort), uniform: 1/L.
+    images: (n, C, H, W) float, already normalised.
+    """
+
+    def __init__(self, images: torch.Tensor, every: int):
+        self.images = images
+        self.every = every
+
+    @torch.no_grad()
+    def measure(self, model) -> dict:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with recorded_orders(model) as orders:
+            model(self.images.to(device))
+        model.train(was_training)
+        out = {}
+        for name, record in orders.items():
+            for kind, value in record:
+                L = value.shape[-1]
+                out[name] = {"mode": kind, "sharpness": sharpness(value) if kind == "soft" else 1.0,
+                             "uniform": 1.0 / L, "tokens": int(L)}
+        return out
+
+    def __call__(self, step: int, model, record) -> None:
+        layers = self.measure(model)
+        if layers:
+            record({"kind": "sharpness", "step": step, "layers": layers})
+
+
 def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, batch_size: int = 256,
                 epochs: int | None = None, out: Path | None = None, resume: bool = False, device="auto",
                 crop_padding: int = 0, flip: bool = False, normalize: bool = True, val_fraction: float = 0.1,
                 data_on_device: bool = True, stop_after_steps: int | None = None, progress: bool = True,
-                scan_backend: str = "auto", log=None) -> tuple[TrainResult, MambaClassifier]:
-    """Build a classifier (seeded by ``cfg.seed``) and train it on ``data`` through
-    :func:`tokendyn.train.loop.train`; returns (result, model).
+                scan_backend: str = "auto", sharpness_images: int = 0, identity: dict | None = None,
+                log=None) -> tuple[TrainResult, MambaClassifier | HybridClassifier]:
+    """Build a classifier (``spec.model_class``, seeded by ``cfg.seed``) and train it on ``data``
+    through :func:`tokendyn.train.loop.train`; returns (result, model).
 
-    epochs: when given, ``cfg.steps`` becomes epochs × steps per epoch and validation (and a
-    checkpoint) come once per epoch, so the validation curve is per epoch.
+    spec: an :class:`ImageModelSpec` (patch tokens) or a :class:`HybridModelSpec` (convolutions,
+    then Mamba stages). epochs: when given, ``cfg.steps`` becomes epochs × steps per epoch and
+    validation (and a checkpoint) come once per epoch, so the validation curve is per epoch.
+    sharpness_images > 0: a :class:`SharpnessProbe` on that many validation images at every
+    validation (or every epoch). identity: more entries for run.json (a resumed run must match).
     """
     dev = resolve_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
-    check_model_fits(MambaClassifier, config, device)
+    check_model_fits(spec.model_class, config, device)
     torch.manual_seed(cfg.seed)
-    model = MambaClassifier(config)
-    n_tokens = (data.image_shape[1] // spec.patch_size) * (data.image_shape[2] // spec.patch_size)
+    model = spec.model_class(config)
     task = ImageClassificationTask(data, batch_size, seed=cfg.seed, val_fraction=val_fraction,
                                    crop_padding=crop_padding, flip=flip, normalize=normalize,
-                                   data_device=dev if data_on_device else "cpu", tokens_per_example=n_tokens)
+                                   data_device=dev if data_on_device else "cpu",
+                                   tokens_per_example=spec.n_tokens(data.image_shape))
     if epochs is not None:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}.")
         spe = task.steps_per_epoch
         cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=spe,
                                   log_every=min(cfg.log_every or spe, spe))
+    callbacks = []
+    if sharpness_images > 0:
+        probe = task.transform(task.splits["validation"].images[:sharpness_images]).cpu()
+        callbacks.append(SharpnessProbe(probe, cfg.eval_every or task.steps_per_epoch))
     identity = {"model": model_identity(config),
-                "data": data.source, "epochs": epochs}
-    result = train(model, task, cfg, out, identity=identity, resume=resume, device=dev,
+                "data": data.source, "epochs": epochs, **(identity or {})}
+    if model.kind != "classifier":      # a patch classifier's run.json stays as it was
+        identity["model_kind"] = model.kind
+    result = train(model, task, cfg, out, identity=identity, resume=resume, device=dev, callbacks=callbacks,
                    stop_after_steps=stop_after_steps, progress=progress, log=log)
     return result, model
