@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..outputs import write_file
+
 
 def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, xlabel: str, ylabel: str,
                      title: str, log_y: bool = False, target: float | None = None):
@@ -42,10 +44,10 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Save a figure atomically (a temporary file beside ``path``, then a rename) and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def plot_val_curves(exp, doc: dict, *, xlabel: str, title: str, log_y: bool = False, target_key: str | None = None):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from ..outputs import write_file
 from . import state as runstate
 from .experiment import Experiment, choose_seeds
 
@@ -87,7 +88,7 @@ def record_provenance(run_dir: Path, provenance: dict | None, device, wall_s: fl
     record = {k: prov.get(k) for k in PROVENANCE_KEYS}
     record["device"] = record["device"] or str(device)
     record["wall_s"] = round(wall_s, 2)
-    runstate.atomic_write_text(Path(run_dir) / RUN_PROVENANCE, json.dumps(record, indent=1) + "\n")
+    write_file(Path(run_dir) / RUN_PROVENANCE, json.dumps(record, indent=1) + "\n")
 
 
 def read_provenance(run_dir: Path) -> dict | None:

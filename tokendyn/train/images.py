@@ -22,7 +22,16 @@ from ..data.images import ImageDataset, ImageSplit, ImageTransform
 from ..errors import ConfigError
 from ..model import ClassifierConfig, MambaClassifier
 from ..model.config import takes_flat_options
-from .loop import TrainConfig, TrainResult, check_model_fits, model_identity, resolve_device, train
+from .loop import (
+    TrainConfig,
+    TrainResult,
+    check_batch_fits,
+    check_model_fits,
+    model_identity,
+    per_pass,
+    resolve_device,
+    train,
+)
 from .task import Task, autocast_context, batch_generator, slice_rows
 
 
@@ -163,16 +172,24 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
                 epochs: int | None = None, out: Path | None = None, resume: bool = False, device="auto",
                 crop_padding: int = 0, flip: bool = False, normalize: bool = True, val_fraction: float = 0.1,
                 data_on_device: bool = True, stop_after_steps: int | None = None, progress: bool = True,
-                scan_backend: str = "auto", log=None) -> tuple[TrainResult, MambaClassifier]:
+                scan_backend: str = "auto", checkpoint_every: int = 0, log=None) -> tuple[TrainResult, MambaClassifier]:
     """Build a classifier (seeded by ``cfg.seed``) and train it on ``data`` through
     :func:`tokendyn.train.loop.train`; returns (result, model).
 
     epochs: when given, ``cfg.steps`` becomes epochs × steps per epoch and validation (and a
-    checkpoint) come once per epoch, so the validation curve is per epoch.
+    checkpoint) come once per epoch, so the validation curve is per epoch; checkpoint_every:
+    a checkpoint every that many steps instead (0: once per epoch), so that a run stopped
+    mid-epoch loses little (a resumed run makes the batches of an uninterrupted one).
     """
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}.")
     dev = resolve_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
     check_model_fits(MambaClassifier, config, device)
+    n_patches = (data.image_shape[1] // spec.patch_size) * (data.image_shape[2] // spec.patch_size)
+    check_batch_fits(config, per_pass(batch_size, cfg.micro_batch) * n_patches, 0, device,
+                     f"--batch-size {batch_size} of {n_patches:,} patch tokens ({config.n_layer} layers of "
+                     f"{config.d_model})")
     torch.manual_seed(cfg.seed)
     model = MambaClassifier(config)
     n_tokens = (data.image_shape[1] // spec.patch_size) * (data.image_shape[2] // spec.patch_size)
@@ -183,8 +200,10 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}.")
         spe = task.steps_per_epoch
-        cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=spe,
+        cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=checkpoint_every or spe,
                                   log_every=min(cfg.log_every or spe, spe))
+    elif checkpoint_every:
+        cfg = dataclasses.replace(cfg, checkpoint_every=checkpoint_every)
     identity = {"model": model_identity(config),
                 "data": data.source, "epochs": epochs}
     result = train(model, task, cfg, out, identity=identity, resume=resume, device=dev,
