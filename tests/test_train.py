@@ -228,7 +228,7 @@ def test_resume_refuses_other_configuration_and_corrupt_checkpoint(tmp_path, cap
     # a file where the run directory should be
     (tmp_path / "file").write_text("keep")
     code, err = run_cli(tiny_args(text, tmp_path / "file"), capsys)
-    assert code == 2 and "is a file" in err and (tmp_path / "file").read_text() == "keep"
+    assert code == 2 and "is an existing file" in err and (tmp_path / "file").read_text() == "keep"
     # nothing to resume
     code, err = run_cli(tiny_args(text, tmp_path / "none", "--resume", str(tmp_path / "none")), capsys)
     assert code == 2 and "no training run" in err

@@ -44,8 +44,10 @@ def _canonical(obj):
 # identity entries that follow from others (hashes, counts, sizes): named only when nothing a user
 # sets differs; and the option that sets an entry where its name is not the option's
 _DERIVED = {"sha256", "sha256_tokens", "chars", "tokens", "params", "train_images", "validation_images",
-            "test_images", "steps_per_epoch", "log_every", "checkpoint_every", "eval_every", "composition"}
-_OPTION = {"examples_per_step": "--batch-size", "name": "the training data (--text, --corpus or --wikitext)",
+            "test_images", "steps_per_epoch", "log_every", "checkpoint_every", "eval_every", "composition",
+            "tokenizer"}
+_TEXT = "the training data (--text, --corpus or --wikitext)"
+_OPTION = {"examples_per_step": "--batch-size", "name": _TEXT, "sha256": _TEXT, "sha256_tokens": _TEXT, "chars": _TEXT,
            "data": "--data", "tokenizer": "--tokenizer", "autocast": "--no-autocast", "betas": "the AdamW betas",
            "classes": "the data's classes", "image_shape": "--image-size or --channels"}
 
@@ -75,7 +77,7 @@ def describe_difference(a: dict, b: dict) -> str | None:
     diffs = differences(a, b)
     if not diffs:
         return None
-    given = [d for d in diffs if d[0].rsplit(".", 1)[-1] not in _DERIVED] or diffs
+    given = [d for d in diffs if not _DERIVED & set(d[0].split("."))] or diffs
     seen, parts = set(), []
     for key, va, vb in given:
         name = option_name(key)
@@ -107,9 +109,14 @@ def prepare_run_dir(out: Path, identity: dict, resume: bool) -> None:
         if holds_run(out):
             raise ConfigError(f"{out} already holds a training run; pass --resume {out} to continue it "
                               "or choose another --out.")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out / TMP, ignore_errors=True)
-        write_file(run_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        try:
+            write_file(run_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        except BaseException:
+            remove_run(out, created)     # a full disk: no empty directory left for the retry to trip on
+            raise
         return
     if not run_file.is_file():
         raise ConfigError(f"{out} holds no training run (no {RUN}) to resume.")
