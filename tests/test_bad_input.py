@@ -712,3 +712,17 @@ def test_export_writes_both_layouts(world, tmp_path, capsys):
         torch.testing.assert_close(m(x)[..., :60], ref(x)[..., :60])
 
 
+
+
+def test_steps_beyond_memory_are_refused_before_the_run_starts(world, tmp_path, capsys, monkeypatch):
+    """A billion steps keep 120 million metric records in memory: refused against the memory free
+    (here said to be 4 GiB, so that the case does not depend on this machine's)."""
+    import tokendyn.resources as resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 4 * 2**30)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "lm", "--text", world / "long.txt", "--cache-dir", tmp_path / "cache",
+                            "--vocab-size", "260", "--d-model", "8", "--n-layer", "1", "--steps", "1000000000",
+                            "--device", "cpu", "--no-progress", "--out", run], capsys)
+    assert code == 2 and "--steps 1,000,000,000" in err and "4.0 GiB" in err and err.count("\n") == 1, err
+    assert not run.exists()

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, Interrupted
 
 # Moved into an existing directory after every other file, so that a report is never
 # newer than what it describes.
@@ -374,8 +374,12 @@ def staged_outputs():
         where = st.target_of(exc.filename) or (exc.filename if exc.filename and _TMP not in str(exc.filename)
                                                else st.targets())
         raise DataError(f"cannot write {where}: {exc.strerror or exc}; the earlier content is unchanged.") from None
-    except BaseException:
+    except BaseException as exc:
         st.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            # what an interrupted step said remains (a training run's checkpoint) was staged here
+            # and is gone now
+            Interrupted.latest = None
         raise
     st.commit()
 

@@ -329,6 +329,10 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | Non
     task.autocast = cfg.autocast
     log = log or (lambda *_: None)
     full_identity = {**(identity or {}), "train": cfg.identity(), "task": task.describe()}
+    # the records of the metrics log are also kept in memory: a step count in the billions asks
+    # for more memory than there is long before it asks for more time than anyone has
+    records = cfg.steps // max(cfg.log_every, 1) + cfg.steps // max(cfg.eval_every or cfg.steps, 1)
+    check_memory(512 * records, "cpu", f"--steps {cfg.steps:,} (about {records:,} metric records)")
     if out is not None and ddp.main:
         runstate.prepare_run_dir(Path(out), full_identity, resume)
         started.append(True)
