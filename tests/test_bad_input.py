@@ -726,3 +726,12 @@ def test_steps_beyond_memory_are_refused_before_the_run_starts(world, tmp_path, 
                             "--device", "cpu", "--no-progress", "--out", run], capsys)
     assert code == 2 and "--steps 1,000,000,000" in err and "4.0 GiB" in err and err.count("\n") == 1, err
     assert not run.exists()
+
+
+def test_json_to_dev_stdout_through_a_pipe(world):
+    """/dev/stdout links to a pipe whose name in /proc ("pipe:[N]") cannot be opened: the JSON
+    goes through the link itself."""
+    proc = subprocess.run([sys.executable, "-m", "tokendyn", "info", str(world / "ck"), "--json", "/dev/stdout"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert '"layout": "tokendyn"' in proc.stdout

@@ -73,7 +73,11 @@ def ordinary_mode(path: Path, base: int = 0o666) -> Path:
 def resolve_link(path: str | Path) -> Path:
     """Where content given to ``path`` lands: a symlink's target (followed to the end), else the path."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if not path.is_symlink() or is_special(path):
+        # a device or pipe is opened through the link itself (/dev/stdout's target in /proc,
+        # "pipe:[1234]", names nothing that can be opened)
+        return path
+    return Path(os.path.realpath(path))
 
 
 def is_special(path: str | Path) -> bool:
