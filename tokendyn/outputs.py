@@ -297,13 +297,22 @@ class Staging:
         return None
 
     def commit(self) -> None:
-        """Move everything into place; Ctrl-C and SIGTERM wait until the moves are done."""
+        """Move everything into place; Ctrl-C and SIGTERM wait until the moves are done (not
+        while a device or FIFO is written through: opening a FIFO waits for its reader)."""
+        try:
+            for staged, target in self._files:
+                if is_special(target):
+                    write_through(staged, target)
+        except OSError as exc:
+            self.discard()
+            raise DataError(f"cannot write {self.target_of(staged)}: {exc.strerror or exc}.") from None
+        except BaseException:
+            self.discard()
+            raise
         with _signals_deferred():
             try:
                 for staged, target in self._files:
-                    if is_special(target):
-                        write_through(staged, target)
-                    else:
+                    if not is_special(target):
                         os.replace(staged, target)
                 for staged, target in self._dirs:
                     if staged.parent.resolve() == target.resolve() or target.is_dir():
