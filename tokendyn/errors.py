@@ -38,8 +38,8 @@ class TrainingDivergedError(TokendynError, FloatingPointError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM ended a command; the sentence says what remains (e.g. a training run's
-    last checkpoint and how to continue from it).
+    """Ctrl-C or SIGTERM ended a command; the message says what remains (e.g. a training run's
+    last checkpoint and how to continue from it), to follow "interrupted; " or "terminated; ".
 
     The latest one made is kept in ``Interrupted.latest``: the command-line layer turns Ctrl-C
     into an exit status on the way out, and reads what to say from there."""

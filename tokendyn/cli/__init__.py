@@ -105,8 +105,8 @@ def _interrupted(exc: BaseException | None) -> None:
             break
         exc = exc.__cause__ or exc.__context__
     name = _SIGNAL_NAMES.get(_signal_seen, "interrupted")
-    what = what.removeprefix("interrupted; ").removeprefix("interrupted ")
-    _fail(f"{name}; {what}" if not what.startswith("before") else f"{name} {what}", 128 + int(_signal_seen))
+    # "interrupted; the checkpoint of step 8 ... remains", "interrupted before the first checkpoint; ..."
+    _fail(f"{name} {what}" if what.startswith("before") else f"{name}; {what}", 128 + int(_signal_seen))
 
 
 # write errors a user can act on (make room, choose another place): one sentence, not a traceback

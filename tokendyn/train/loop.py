@@ -298,9 +298,9 @@ def _after_failure(out: Path, exc: BaseException, resume: bool, created: bool) -
         step = None
     if isinstance(exc, KeyboardInterrupt):
         if step is None:
-            return Interrupted("interrupted before the run's first checkpoint; nothing of it was kept.")
-        return Interrupted(f"interrupted; the checkpoint of step {step} in {out / runstate.CHECKPOINT} remains and "
-                           f"--resume {out} continues the run.")
+            return Interrupted("before the run's first checkpoint; nothing of it was kept.")
+        return Interrupted(f"the checkpoint of step {step} in {out / runstate.CHECKPOINT} remains and --resume {out} "
+                           "continues the run.")
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         exc = DataError(f"cannot write {exc.filename or out}: {exc.strerror}.")
     if not isinstance(exc, TokendynError):
