@@ -501,7 +501,7 @@ def test_signal_during_train_keeps_the_checkpoint_and_says_so(tmp_path, sig, sta
     proc = subprocess.Popen([sys.executable, "-m", "tokendyn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        for _ in range(1200):                       # until the first checkpoint is in place
+        for _ in range(6000):                       # until the first checkpoint is in place (a loaded machine: minutes)
             if (run / "checkpoint" / "trainer.json").is_file() or proc.poll() is not None:
                 break
             time.sleep(0.05)
