@@ -297,6 +297,8 @@ def _after_failure(out: Path, exc: BaseException, resume: bool, created: bool) -
         runstate.remove_run(out, created)
         step = None
     if isinstance(exc, KeyboardInterrupt):
+        if step is None and resume:
+            return Interrupted(f"before the run's first checkpoint; --resume {out} starts it from step 0 again.")
         if step is None:
             return Interrupted("before the run's first checkpoint; nothing of it was kept.")
         return Interrupted(f"the checkpoint of step {step} in {out / runstate.CHECKPOINT} remains and --resume {out} "
