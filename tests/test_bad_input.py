@@ -14,8 +14,11 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +110,22 @@ def world(tmp_path_factory) -> Path:
     (w / "params_bad.json").write_text("{not json")
     (w / "params_binary.json").write_bytes(bytes(range(256)) * 4)
     (w / "params_shape.json").write_text(json.dumps({"S_B": [[1, 2]], "S_C": [[1]], "S_Delta": [[1]], "a": [1]}))
+    # configs with absurd numbers (the weights are the good checkpoint's): answered at once
+    for name, edit in [("cfg_d_model_huge", {"d_model": 10**12}), ("cfg_n_layer_huge", {"n_layer": 10**9}),
+                       ("cfg_n_layer_deep", {"n_layer": 16384}), ("cfg_vocab_huge", {"vocab_size": 10**30})]:
+        d = w / name
+        shutil.copytree(good, d)
+        (d / "config.json").write_text(json.dumps({**json.loads((good / "config.json").read_text()), **edit}))
+    # an image folder of two classes (tiny PNGs) for `train image --data folder`
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (w / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), color=40 * i).save(w / "imgs" / cls / f"{i}.png")
+    # a report that tokendyn did not write
+    (w / "mine").mkdir()
+    (w / "mine" / "index.html").write_text("<html>my own page</html>\n")
     # outputs of an earlier run: every case must leave them exactly as they are
     prev = w / "prev"
     prev.mkdir()
@@ -259,6 +278,54 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train-lm-d-model-huge": (["train", "lm", "--out", "{w}/t8", "--d-model", "100000000"], "d_model"),
     "train-lm-steps-huge": (["train", "lm", "--out", "{w}/t9", "--steps", "1000000000000000000000"], "steps"),
     "train-lm-corpus-unknown": (["train", "lm", "--out", "{w}/t6", "--corpus", "latin"], "built-in corpus"),
+    "train-lm-lr-huge-diverges": (["train", "lm", "--out", "{w}/t10", "--text", "{w}/long.txt", "--cache-dir", "{c}",
+                                   "--vocab-size", "260", "--d-model", "8", "--n-layer", "1", "--context", "16",
+                                   "--batch-size", "2", "--steps", "3", "--eval-tokens", "32", "--monitor-every", "0",
+                                   "--lr", "1e30", "--device", "cpu", "--no-progress"],
+                                  "nothing of the run"),
+    "train-lm-batch-size-not-integer": (["train", "lm", "--out", "{w}/t11", "--batch-size", "1e30"], "--batch-size"),
+    "train-lm-batch-size-huge": (["train", "lm", "--out", "{w}/t12", "--text", "{w}/long.txt", "--cache-dir", "{c}",
+                                  "--vocab-size", "260", "--batch-size", "1000000000", "--device", "cpu"],
+                                 "--batch-size 1000000000"),
+    "train-lm-context-huge": (["train", "lm", "--out", "{w}/t13", "--text", "{w}/long.txt", "--cache-dir", "{c}",
+                               "--vocab-size", "260", "--context", "100000000", "--device", "cpu"], "--context"),
+    "train-lm-model-huge": (["train", "lm", "--out", "{w}/t14", "--text", "{w}/long.txt", "--cache-dir", "{c}",
+                             "--vocab-size", "260", "--d-model", "1048576", "--n-layer", "16384", "--device", "cpu"],
+                            "parameters"),
+    "train-lm-out-under-file": (["train", "lm", "--out", "{w}/a_file/run"], "not a directory"),
+    "train-lm-out-in-proc": (["train", "lm", "--out", "/proc/tokendyn-run"], "does not accept"),
+    "train-lm-out-name-too-long": (["train", "lm", "--out", "{w}/" + "n" * 300], "bytes long"),
+    "train-lm-resume-nothing": (["train", "lm", "--resume", "{w}/empty_dir"], "no training run"),
+    "train-image-lr-nan": (["train", "image", "--out", "{w}/t15", "--lr", "nan"], "lr must be a finite number"),
+    "train-image-out-under-file": (["train", "image", "--out", "{w}/a_file/run"], "not a directory"),
+    "train-image-checkpoint-every-negative": (["train", "image", "--out", "{w}/t16", "--data", "folder", "--data-dir",
+                                               "{w}/imgs", "--checkpoint-every", "-1", "--device", "cpu"],
+                                              "checkpoint_every"),
+    "train-image-size-huge": (["train", "image", "--out", "{w}/t17", "--data", "folder", "--data-dir", "{w}/imgs",
+                               "--image-size", "1000000", "--device", "cpu"], "--image-size 1000000"),
+    "train-image-batch-huge": (["train", "image", "--out", "{w}/t18", "--data", "folder", "--data-dir", "{w}/imgs",
+                                "--image-size", "8", "--patch-size", "2", "--batch-size", "4",
+                                "--d-model", "1048576", "--n-layer", "1000", "--device", "cpu"], "parameters"),
+    "train-lm-scenarios-out-under-file": (["train", "lm-scenarios", "--out", "{w}/a_file/x"], "not a directory"),
+    "train-lm-scenarios-scale-unknown": (["train", "lm-scenarios", "--out", "{w}/t19", "--scale", "huge"], "scale"),
+    "train-reorder-out-in-proc": (["train", "reorder", "--out", "/proc/tokendyn-reorder"], "does not accept"),
+    "train-reorder-setting-unknown": (["train", "reorder", "--out", "{w}/t20", "--settings", "sideways"], "sideways"),
+    # --- absurd config numbers: refused from config.json at once, before a model is built -------------
+    "info-config-d-model-huge": (["info", "{w}/cfg_d_model_huge"], "d_model"),
+    "info-config-n-layer-huge": (["info", "{w}/cfg_n_layer_huge"], "n_layer"),
+    "info-config-n-layer-deep": (["info", "{w}/cfg_n_layer_deep"], "n_layer 16,384"),
+    "info-config-vocab-huge": (["info", "{w}/cfg_vocab_huge"], "vocab_size"),
+    "analyze-config-n-layer-deep": (["analyze", "{w}/cfg_n_layer_deep", "--out", "{w}/prev"], "n_layer 16,384"),
+    # --- over-long names and /proc as outputs -----------------------------------------------------------
+    "analyze-out-name-too-long": (["analyze", "{w}/ck", "--out", "{w}/" + "n" * 300], "bytes long"),
+    "simulate-json-name-too-long": (["simulate", *ONE_D, "--json", "{w}/" + "n" * 300 + ".json"], "bytes long"),
+    "info-json-in-proc": (["info", "{w}/ck", "--json", "/proc/tokendyn.json"], "does not accept"),
+    # --- export ------------------------------------------------------------------------------------------
+    "export-layout-unknown": (["export", "{w}/ck", "--layout", "onnx", "--out", "{w}/e1"], "--layout"),
+    "export-out-holds-files": (["export", "{w}/ck", "--layout", "hf", "--out", "{w}/prev"], "--force"),
+    "export-checkpoint-missing": (["export", "{w}/nothing", "--layout", "hf", "--out", "{w}/e2"], "does not exist"),
+    "export-checkpoint-nan": (["export", "{w}/ck_nan", "--layout", "state-spaces", "--out", "{w}/e3"], "NaN"),
+    "export-out-under-file": (["export", "{w}/ck", "--layout", "hf", "--out", "{w}/a_file/e"], "not a directory"),
     # --- reproduce: options, devices, outputs ------------------------------------------------
     "reproduce-scale-unknown": (["reproduce", "--scale", "huge", "--out", "{w}/prev"], "scale"),
     "reproduce-section-unknown": (["reproduce", "--only", "everything", "--out", "{w}/prev"], "section"),
@@ -266,6 +333,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "reproduce-out-is-file": (["reproduce", "--out", "{w}/prev.json"], "existing file"),
     "reproduce-out-under-file": (["reproduce", "--out", "{w}/a_file/r"], "not a directory"),
     "reproduce-out-read-only": (["reproduce", "--out", "{ro}/r"], "does not accept"),
+    "reproduce-out-holds-foreign-report": (["reproduce", "--only", "core", "--out", "{w}/mine"], "did not write"),
+    "reproduce-out-holds-broken-report": (["reproduce", "--only", "core", "--out", "{w}/prev"], "did not write"),
 }
 if not torch.cuda.is_available():
     CASES["analyze-device-cuda-absent"] = (["analyze", "{w}/ck", "--out", "{w}/prev", "--device", "cuda"], "CUDA")
@@ -280,7 +349,8 @@ def test_the_catalogue_is_large():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_input_ends_in_one_sentence(case, world, read_only, capsys):
     argv, fragment = CASES[case]
-    argv = [a.replace("{w}", str(world)).replace("{ro}", str(read_only)) for a in argv]
+    cache = world.parent / "cache"            # a tokenizer cache outside the world
+    argv = [a.replace("{w}", str(world)).replace("{ro}", str(read_only)).replace("{c}", str(cache)) for a in argv]
     before = _snapshot(world)
     code, _, err = run_cli(argv, capsys)
     assert code == 2, err
@@ -392,26 +462,276 @@ def test_console_entry_point_one_line(world, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "existing file" in proc.stderr
 
 
-def test_ctrl_c_during_reproduce_leaves_the_old_report(world, tmp_path):
+@pytest.mark.parametrize("sig,status,word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_reproduce_leaves_the_old_report(world, tmp_path, sig, status, word):
     out = tmp_path / "prev"
     shutil.copytree(world / "prev", out)
     before = _snapshot(out)
     # SIGINT at its default in the child even where this test runs with it ignored (a shell's
     # background job), so the child sees Ctrl-C as a user's terminal would deliver it
     proc = subprocess.Popen([sys.executable, "-m", "tokendyn", "reproduce", "--only", "core", "--device", "cpu",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--force", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()          # "== <section title>": the section's work has begun
         assert line.startswith("=="), line + proc.stderr.read()
         # at once: the whole section and its report take ~1.5 s on a CPU, less than a fixed
         # wait would leave under load
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == status, err
+    assert err.strip().count("\n") == 0 and err.startswith(f"tokendyn: {word}") and "Traceback" not in err, err
     assert _snapshot(out) == before
     assert not [p for p in tmp_path.rglob("*") if ".tokendyn-tmp-" in p.name]
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_train_keeps_the_checkpoint_and_says_so(tmp_path, sig, status):
+    from train_helpers import write_text
+
+    text, run = write_text(tmp_path / "t.txt"), tmp_path / "run"
+    args = ["train", "lm", "--text", str(text), "--cache-dir", str(tmp_path / "cache"), "--vocab-size", "260",
+            "--d-model", "8", "--n-layer", "1", "--d-state", "2", "--context", "16", "--batch-size", "2",
+            "--steps", "1000000", "--eval-every", "0", "--checkpoint-every", "2", "--monitor-every", "0",
+            "--device", "cpu", "--no-progress", "--out", str(run)]
+    proc = subprocess.Popen([sys.executable, "-m", "tokendyn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(6000):                       # until the first checkpoint is in place (a loaded machine: minutes)
+            if (run / "checkpoint" / "trainer.json").is_file() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert "the checkpoint of step" in err and f"--resume {run}" in err, err
+    assert (run / "checkpoint" / "trainer.json").is_file() and not (run / ".checkpoint-tmp").exists()
+
+
+# --- special files and symlinks given as outputs -------------------------------------------------
+
+def _fifo_reader(path: Path) -> tuple[threading.Thread, list]:
+    got: list[bytes] = []
+
+    def read():
+        with open(path, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t, got
+
+
+@pytest.mark.parametrize("command", ["info", "simulate"])
+def test_fifo_output_is_written_through(world, tmp_path, capsys, command):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader, got = _fifo_reader(fifo)
+    argv = {"info": ["info", world / "ck", "--json", fifo],
+            "simulate": ["simulate", *ONE_D, "--json", fifo]}
+    code, _, err = run_cli(argv[command], capsys)
+    reader.join(30)
+    assert code == 0, err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced"
+    assert isinstance(json.loads(got[0]), dict)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+@pytest.mark.parametrize("command", ["info", "simulate"])
+def test_full_device_output_is_refused_and_kept(world, tmp_path, capsys, command):
+    """A private copy of /dev/full (so that a regression cannot replace the system's)."""
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    argv = {"info": ["info", world / "ck", "--json", full],
+            "simulate": ["simulate", *ONE_D, "--json", full]}
+    code, _, err = run_cli(argv[command], capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and str(full) in err, err
+    assert stat.S_ISCHR(os.stat(full).st_mode), "the device was replaced by a regular file"
+
+
+def test_symlinked_outputs_write_their_targets(world, tmp_path, capsys):
+    for name in ("j.json", "p.png"):
+        (tmp_path / name).write_text(OLD)
+        (tmp_path / f"link-{name}").symlink_to(tmp_path / name)
+    dangling = tmp_path / "link-new.json"
+    dangling.symlink_to(tmp_path / "new.json")
+    code, _, err = run_cli(["simulate", *ONE_D, "--json", tmp_path / "link-j.json", "--plot", tmp_path / "link-p.png"],
+                           capsys)
+    assert code == 0, err
+    assert (tmp_path / "link-j.json").is_symlink() and (tmp_path / "link-p.png").is_symlink()
+    assert json.loads((tmp_path / "j.json").read_text())["regime"]
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+    code, _, err = run_cli(["info", world / "ck", "--json", dangling], capsys)
+    assert code == 0 and dangling.is_symlink() and json.loads((tmp_path / "new.json").read_text())["layout"]
+
+
+def test_symlinked_out_dir_is_filled_and_stale_staging_removed(world, tmp_path, capsys):
+    """--out a symlink to a directory: the directory receives the report; staging that a killed
+    process left there (its pid is in the name) is removed, a running process's is not."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    outdir = tmp_path / "real-out"
+    outdir.mkdir()
+    (tmp_path / "link-out").symlink_to(outdir)
+    stale = outdir / f".tokendyn-tmp-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "report.html").write_text("half")
+    (tmp_path / f".a.json.tokendyn-tmp-{dead.pid}-x.json").write_text("half")
+    live = outdir / f".tokendyn-tmp-{os.getppid()}-keep"
+    live.mkdir()
+    code, _, err = run_cli(["analyze", world / "ck_notok", "--max-tokens", "8", "--flow-time", "0", "--out",
+                            tmp_path / "link-out", "--json", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "link-out").is_symlink() and (outdir / "report.html").is_file()
+    assert not stale.exists() and live.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tokendyn-tmp-" in p.name] == []
+
+
+# --- a full disk ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 KiB tmpfs (root only); elsewhere the test is skipped, and
+    test_write_file_on_a_full_disk covers the same path with a simulated ENOSPC."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(d)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_full_disk_names_the_path_and_keeps_earlier_output(world, small_disk, tmp_path, capsys):
+    from train_helpers import write_text
+
+    (small_disk / "s.json").write_text(OLD)
+    (small_disk / "filler").write_bytes(bytes(136 * 1024))        # 24 KiB left: less than the JSON needs
+    code, _, err = run_cli(["simulate", *ONE_D, "--json", small_disk / "s.json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert str(small_disk / "s.json") in err and (small_disk / "s.json").read_text() == OLD
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "s.json"]
+    (small_disk / "filler").unlink()                               # room for run.json, not for a checkpoint
+    text = write_text(tmp_path / "t.txt")
+    train = ["train", "lm", "--text", text, "--cache-dir", tmp_path / "cache", "--vocab-size", "260", "--d-model",
+             "96", "--n-layer", "2", "--context", "16", "--batch-size", "2", "--steps", "2", "--eval-tokens", "32",
+             "--monitor-every", "0", "--device", "cpu", "--no-progress", "--out", small_disk / "run"]
+    code, _, err = run_cli(train, capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "checkpoint" in err, err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["s.json"], "a failed run left files behind"
+
+
+def test_write_file_on_a_full_disk(tmp_path, monkeypatch):
+    """ENOSPC half-way through a write: one DataError naming the target, which keeps its content."""
+    import errno
+
+    from tokendyn.errors import DataError
+    from tokendyn.outputs import write_file
+
+    target = tmp_path / "t.json"
+    target.write_text(OLD)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DataError, match=f"cannot write {target}: No space left on device"):
+        write_file(target, b"new")
+    assert target.read_text() == OLD and [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+# --- failed training runs leave nothing that blocks a retry ----------------------------------------
+
+def test_diverged_run_can_be_retried_into_the_same_directory(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "lm", "--text", world / "long.txt", "--cache-dir", tmp_path / "cache", "--vocab-size", "260",
+            "--d-model", "8", "--n-layer", "1", "--context", "16", "--batch-size", "2", "--steps", "3",
+            "--eval-tokens", "32", "--checkpoint-every", "1", "--monitor-every", "0", "--device", "cpu",
+            "--no-progress", "--out", run]
+    code, _, err = run_cli([*args, "--lr", "1e30"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "learning rate" in err, err
+    assert not run.exists()
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (run / "result.json").is_file()
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+def test_reproduce_only_merges_into_an_earlier_report(tmp_path, capsys, monkeypatch):
+    """--only core into a report holding another section: both are on the page (the core section
+    is a stub here: what is tested is the merge, not the section)."""
+    import importlib
+    from types import SimpleNamespace
+
+    from tokendyn.reproduce import SectionResult
+
+    real = importlib.import_module
+    stub = SimpleNamespace(TITLE="The new section", run=lambda ctx: SectionResult(markdown="New text."))
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: stub if name == "tokendyn.reproduce.core" else real(name, *a))
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    earlier = {"provenance": {"device": "cpu", "command": "tokendyn reproduce"}, "scale": "quick", "checks": [],
+               "sections": {"theory": {"title": "An earlier section", "seconds": 1.0, "checks": [],
+                                       "figures": [{"path": "fig.png", "caption": "c"}],
+                                       "markdown": "Kept text.\n\n![a figure](fig.png)"}}}
+    (out / "report.json").write_text(json.dumps(earlier))
+    code, _, err = run_cli(["reproduce", "--only", "core", "--device", "cpu", "--out", out], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["sections"]) == ["core", "theory"]
+    page = (out / "index.html").read_text()
+    assert "The new section" in page and "New text." in page
+    assert "An earlier section" in page and "Kept text." in page and (out / "fig.png").is_file()
+    assert "data:image/png" in page                            # the kept section's figure is on the page
+
+
+def test_export_writes_both_layouts(world, tmp_path, capsys):
+    from tokendyn.model import load_model
+
+    ref = load_model(world / "ck")
+    x = torch.randint(0, 60, (1, 7))
+    for layout, name in (("hf", "hf-transformers"), ("state-spaces", "state-spaces")):
+        out = tmp_path / layout
+        code, _, err = run_cli(["export", world / "ck", "--layout", layout, "--out", out], capsys)
+        assert code == 0, err
+        m = load_model(out)
+        assert m.checkpoint_layout == name and (out / "tokenizer.json").is_file()
+        torch.testing.assert_close(m(x)[..., :60], ref(x)[..., :60])
+
+
+
+
+def test_steps_beyond_memory_are_refused_before_the_run_starts(world, tmp_path, capsys, monkeypatch):
+    """A billion steps keep 120 million metric records in memory: refused against the memory free
+    (here said to be 4 GiB, so that the case does not depend on this machine's)."""
+    import tokendyn.resources as resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 4 * 2**30)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "lm", "--text", world / "long.txt", "--cache-dir", tmp_path / "cache",
+                            "--vocab-size", "260", "--d-model", "8", "--n-layer", "1", "--steps", "1000000000",
+                            "--device", "cpu", "--no-progress", "--out", run], capsys)
+    assert code == 2 and "--steps 1,000,000,000" in err and "4.0 GiB" in err and err.count("\n") == 1, err
+    assert not run.exists()
+
+
+def test_json_to_dev_stdout_through_a_pipe(world):
+    """/dev/stdout links to a pipe whose name in /proc ("pipe:[N]") cannot be opened: the JSON
+    goes through the link itself."""
+    proc = subprocess.run([sys.executable, "-m", "tokendyn", "info", str(world / "ck"), "--json", "/dev/stdout"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert '"layout": "tokendyn"' in proc.stdout

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from tokendyn.errors import ConfigError
+from tokendyn.outputs import write_file
 from tokendyn.train import state as runstate
 from tokendyn.train.experiment import Comparison, EarlyStopping, Experiment, FigureSpec, Flatness, Metric
 from tokendyn.train.figures import plot_val_curves
@@ -34,13 +35,13 @@ def toy_train(data, p, overrides, seed, run_dir, *, resume, device, progress, lo
     run_dir.mkdir(parents=True, exist_ok=True)
     ident = {"model": {"width": p["width"], **overrides}, "train": {"steps": 10, "seed": seed},
              "task": {"seed": seed}, "data": {"name": data}}
-    runstate.atomic_write_text(run_dir / runstate.RUN, json.dumps(ident))
+    write_file(run_dir / runstate.RUN, json.dumps(ident))
     if (run_dir.name.rsplit("-seed", 1)[0], seed) in INTERRUPT:
         raise KeyboardInterrupt
     score = 0.5 + overrides["shift"] + seed / 10
     result = {"test": {"score": score, "loss": 1 - score}, "tokens_seen": 40, "wall_s": 0.5, "train_s": 0.25,
               "callback_s": 0.0, "val_curve": [[s, score * s / 10] for s in (2, 4, 6, 8, 10)]}
-    runstate.atomic_write_text(run_dir / runstate.RESULT, json.dumps(result))
+    write_file(run_dir / runstate.RESULT, json.dumps(result))
     return SimpleNamespace(test=result["test"])
 
 

@@ -180,11 +180,14 @@ def test_an_earlier_page_is_replaced_only_by_a_complete_one(tmp_path, monkeypatc
     with monkeypatch.context() as m:
         m.setattr(document, "to_html", interrupted)
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            main(["reproduce", "--only", "core", "--out", str(out)])
+            main(["reproduce", "--only", "core", "--force", "--out", str(out)])
     assert all((out / n).read_text() == "earlier run" for n in ("index.html", "report.md", "report.json"))
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "mine.txt", "report.json", "report.md"]
 
-    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 0
+    # not tokendyn's report files ("earlier run"): replaced only when asked
+    assert _exit_code(["reproduce", "--only", "core", "--out", str(out)]) == 2
+    assert (out / "index.html").read_text() == "earlier run"
+    assert _exit_code(["reproduce", "--only", "core", "--force", "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and 'id="sec-core"' in page
     assert json.loads((out / "report.json").read_text())["checks"]

@@ -35,3 +35,17 @@ class DataError(TokendynError):
 
 class TrainingDivergedError(TokendynError, FloatingPointError):
     """The training loss stopped being a finite number (too high a learning rate, most often)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a command; the message says what remains (e.g. a training run's
+    last checkpoint and how to continue from it), to follow "interrupted; " or "terminated; ".
+
+    The latest one made is kept in ``Interrupted.latest``: the command-line layer turns Ctrl-C
+    into an exit status on the way out, and reads what to say from there."""
+
+    latest: "Interrupted | None" = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        Interrupted.latest = self

@@ -1,6 +1,7 @@
 """The ``tokendyn`` command. Each subcommand lives in its own module and registers
 itself on :data:`app`; :func:`main` turns user errors into one line and exit 2, and Ctrl-C
-into one line and exit 130.
+(SIGINT) or SIGTERM into one line and exit 130 or 143 (128 + the signal, as a shell reports a
+process the signal ended), after the outputs being written were removed.
 
 Every command follows :mod:`tokendyn.outputs` (paths checked before any work, written in a
 temporary place and moved into place when complete) and :mod:`tokendyn.resources` (devices and
@@ -9,12 +10,15 @@ memory checked before any work).
 
 from __future__ import annotations
 
+import errno
 import shlex
+import signal
 import sys
+import threading
 
 import typer
 
-from ..errors import TokendynError
+from ..errors import Interrupted, TokendynError
 
 # Errors typer/click raise for a bad command line (unknown option, bad value, missing argument).
 # typer >= 0.26 carries its own copy of click and exports the base class; older ones use click's.
@@ -30,6 +34,9 @@ except ImportError:  # pragma: no cover - typer without click
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+_NOTHING_KEPT = "no output was completed (files being written were removed)."
+_SIGNAL_NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+_signal_seen = signal.SIGINT
 
 # the arguments main() was called with (None when a command runs without main, e.g. in tests)
 _ARGS: list[str] | None = None
@@ -60,6 +67,7 @@ def _root(ctx: typer.Context,
 # Subcommand modules: importing one registers its command on `app`.
 # (E402: the modules need `app`, defined above; F401: imported for that side effect only)
 from . import analyze as _analyze  # noqa: E402,F401 -- needs `app`; registers its command
+from . import export as _export  # noqa: E402,F401 -- needs `app`; registers its command
 from . import info as _info  # noqa: E402,F401 -- needs `app`; registers its command
 from . import reproduce as _reproduce  # noqa: E402,F401 -- needs `app`; registers its command
 from . import simulate as _simulate  # noqa: E402,F401 -- needs `app`; registers its command
@@ -80,15 +88,46 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+def _on_sigterm(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C: every `finally` and staging discard runs on the way out
+    global _signal_seen
+    _signal_seen = signum
+    raise KeyboardInterrupt
+
+
+def _interrupted(exc: BaseException | None) -> None:
+    """One line for a stop by signal: what remains (an :class:`Interrupted` anywhere in the
+    chain says it), and 128 + the signal's number."""
+    what = str(Interrupted.latest) if Interrupted.latest is not None else _NOTHING_KEPT
+    while exc is not None:
+        if isinstance(exc, Interrupted):
+            what = str(exc)
+            break
+        exc = exc.__cause__ or exc.__context__
+    name = _SIGNAL_NAMES.get(_signal_seen, "interrupted")
+    # "interrupted; the checkpoint of step 8 ... remains", "interrupted before the first checkpoint; ..."
+    _fail(f"{name} {what}" if what.startswith("before") else f"{name}; {what}", 128 + int(_signal_seen))
+
+
+# write errors a user can act on (make room, choose another place): one sentence, not a traceback
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR,
+                errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tokendyn ARGS``; exits 0, 2 (an error the user can fix, one
-    sentence on stderr) or 130 (interrupted)."""
-    global _ARGS
+    sentence on stderr), 130 (interrupted) or 143 (terminated)."""
+    global _ARGS, _signal_seen
     _ARGS = list(sys.argv[1:] if argv is None else argv)
+    _signal_seen = signal.SIGINT
+    Interrupted.latest = None
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = app(args=_ARGS, prog_name="tokendyn", standalone_mode=False)
-    except _ABORTS:
-        _fail("interrupted; no output was completed (files being written were removed).", EXIT_INTERRUPTED)
+    except _ABORTS as exc:
+        _interrupted(exc)
     except TokendynError as exc:
         _fail(f"error: {exc}", EXIT_USAGE)
     except _USAGE_ERRORS as exc:
@@ -100,13 +139,20 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {exc.format_message().rstrip('. ')}; see '{where} --help'.", EXIT_USAGE)
     except MemoryError:
         _fail("error: out of memory; ask for a smaller size.", EXIT_USAGE)
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        _fail(f"error: cannot write {exc.filename or 'the output'}: {exc.strerror}.", EXIT_USAGE)
     except RuntimeError as exc:
         # a size no check foresaw: torch's allocators raise RuntimeError (CUDA: its subclass
         # OutOfMemoryError); anything else is a bug and keeps its traceback
         if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
             raise
         _fail(f"error: out of memory ({str(exc).splitlines()[0][:200]}); ask for a smaller size.", EXIT_USAGE)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     status = status if isinstance(status, int) else 0
     if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130)
-        _fail("interrupted; no output was completed (files being written were removed).", EXIT_INTERRUPTED)
+        _interrupted(None)
     sys.exit(status)

@@ -58,12 +58,13 @@ def grid_command(exp: Experiment):
     (setting, seed) not yet complete in --out, write the summary, print its table."""
 
     def command(**values) -> None:
+        from ..outputs import check_output_dir
         from ..provenance import provenance
         from ..train.grid import run_grid
         from ..train.loop import resolve_device
         from .train import _echo, command_line
 
-        out = values["out"]
+        out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
         if values["summarise_only"]:
             from ..train.summary import summarise

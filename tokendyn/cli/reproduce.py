@@ -20,6 +20,8 @@ def reproduce(
     only: list[str] = typer.Option([], "--only", help="Run only these sections (repeatable)."),
     device: Device = "auto",
     strict: bool = typer.Option(False, "--strict", help=f"Exit with status {STRICT_FAILURE} when a check fails."),
+    force: bool = typer.Option(False, "--force", help="Replace report files in --out that tokendyn did not write "
+                               "(and a report of another scale)."),
     rerender: bool = typer.Option(False, "--rerender", help="Run nothing: write index.html, report.md and "
                                   "report.json of the earlier run in --out again from its report.json."),
 ) -> None:
@@ -32,7 +34,7 @@ def reproduce(
         report = rerender_run(out)
         typer.echo(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
     else:
-        report = run_all(out=out, scale=scale, only=only, device=device)
+        report = run_all(out=out, scale=scale, only=only, device=device, force=force)
     failed = report["outcomes"]["fail"]
     if strict and failed:
         from ..report import count_failures

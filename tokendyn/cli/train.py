@@ -33,7 +33,10 @@ def run_directory(out: Path | None, resume: Path | None) -> Path:
         raise ConfigError("--out and --resume name different directories; pass one of them.")
     if resume is None and out is None:
         raise ConfigError("pass --out DIR for a new run or --resume DIR to continue one.")
-    return resume or out
+    from ..outputs import check_output_dir
+
+    # before any data is read: under a file, in /proc, a name too long, a read-only place
+    return check_output_dir(resume or out, "--resume" if resume is not None else "--out")
 
 
 def report_run(result, run_dir: Path, scores: str) -> None:

@@ -47,6 +47,9 @@ def image(
     reorder_branches: str = typer.Option(None, "--reorder-branches", help="xz (x and z sorted alike; default) or x "
                                          "(x only, as in the authors' block)."),
     epochs: int = typer.Option(5, "--epochs"),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint interval in steps (0: at the end "
+                                         "of each epoch); a run stopped mid-epoch resumes exactly from its last "
+                                         "checkpoint."),
     batch_size: opt.BatchSize = 256,
     lr: opt.Lr = 3e-3,
     warmup: opt.Warmup = 0.05,
@@ -80,6 +83,7 @@ in the run directory."""
     result, _ = train_image(dataset, spec, cfg, batch_size=batch_size, epochs=epochs, out=run_dir,
                             resume=resume is not None, device=device, crop_padding=crop_padding, flip=flip,
                             normalize=normalize, val_fraction=val_fraction, stop_after_steps=stop_after_steps,
+                            checkpoint_every=checkpoint_every,
                             progress=progress, scan_backend=backend, log=_echo)
     if not is_main_process():  # under torchrun one process reports
         return

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
+from ..outputs import write_file
 from . import text as textdata
 
 SPLITS = ("train", "validation", "test")
@@ -213,13 +214,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "tokendyn"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 @dataclass
 class TokenizedCorpus:
     """Token ids of each split (n,) int32, the tokenizer, and where the data came from."""
@@ -250,7 +244,7 @@ class TokenizedCorpus:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / "tokenizer.json"
-        _atomic_write_bytes(path, self.tokenizer_json.encode("utf-8"))
+        write_file(path, self.tokenizer_json.encode("utf-8"))
         return path
 
 
@@ -284,7 +278,7 @@ def tokenize_corpus(corpus: TextCorpus, tokenizer=None, vocab_size: int = 4096,
         if tok is None:
             tok = train_bpe(corpus.splits["train"], vocab_size)
             if path is not None:
-                _atomic_write_bytes(path, tok.to_str().encode("utf-8"))
+                write_file(path, tok.to_str().encode("utf-8"))
         source = f"byte-level BPE, {vocab_size} tokens, trained on the training split"
     out = TokenizedCorpus(corpus=corpus.describe(), tokenizer=tok, tokenizer_source=source)
     key = out.fingerprint()
@@ -298,7 +292,7 @@ def tokenize_corpus(corpus: TextCorpus, tokenizer=None, vocab_size: int = 4096,
         if ids is None:
             ids = encode_text(tok, corpus.splits[split])
             if path is not None:
-                _atomic_write_bytes(path, ids.numpy().astype("<i4").tobytes())
+                write_file(path, ids.numpy().astype("<i4").tobytes())
         if ids.numel() < 2:
             raise DataError(f"the {split} split of {corpus.name} yields fewer than 2 tokens.")
         out.ids[split] = ids

@@ -312,6 +312,16 @@ def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
     return data.view(size, size, channels).permute(2, 0, 1).contiguous()
 
 
+def _check_decoded_size(directories: list[Path], classes: list[str], size: int, channels: int) -> None:
+    """Refuse, before decoding anything, a folder whose images at ``size`` × ``size`` would not
+    fit in the memory free (each image is decoded, then the whole split stacked: twice)."""
+    from ..resources import check_memory
+
+    n = sum(len(_image_files(d / name)) for d in directories for name in classes if (d / name).is_dir())
+    check_memory(2 * max(n, 1) * channels * size * size, "cpu",
+                 f"--image-size {size} ({max(n, 1):,} images of {channels} channel(s))")
+
+
 def _read_folder(directory: Path, classes: list[str], size: int, channels: int) -> ImageSplit:
     images, labels = [], []
     for label, name in enumerate(classes):
@@ -350,6 +360,7 @@ def load_image_folder(root: str | Path, size: int = 32, channels: int = 3, test_
         extra = sorted({p.name for p in _class_dirs(test_dir)} - set(classes))
         if extra:
             raise DataError(f"{test_dir} has class folder(s) {', '.join(extra)} that {train_dir} lacks.")
+        _check_decoded_size([train_dir, test_dir], classes, size, channels)
         train = _read_folder(train_dir, classes, size, channels)
         test = _read_folder(test_dir, classes, size, channels)
     else:
@@ -358,6 +369,7 @@ def load_image_folder(root: str | Path, size: int = 32, channels: int = 3, test_
             raise DataError(f"{directory} has no class folders (expected root/<class>/<image> "
                             "or root/train/<class>/<image> with root/val/).")
         _need_two(classes, directory)
+        _check_decoded_size([directory], classes, size, channels)
         everything = _read_folder(directory, classes, size, channels)
         if not 0 < test_fraction < 1:
             raise DataError(f"the test fraction must be in (0, 1), got {test_fraction}.")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError, TokendynError
+from ..resources import check_memory
 from . import checkpoint_layouts as layouts
 from .checkpoint_io import SAFETENSORS, TORCH_BIN, read_json, read_tensors, weight_files, write_safetensors
 
@@ -169,9 +170,19 @@ def _read(path) -> _Checked:
     else:
         kwargs = layouts.config_kwargs_tokendyn(raw, str(directory))
     config = _make_config(config_cls, kwargs, directory)
+    _check_depth(tensors, config, directory)
     tied = bool(getattr(config, "tie_embeddings", False))
     tensors = _check_tensors(tensors, _expected(kind, config), tied, directory)
     return _Checked(layout, kind, config, tensors, directory, files)
+
+
+def _check_depth(tensors: dict[str, torch.Tensor], config, directory: Path) -> None:
+    """A config deeper than the weights is refused from the tensor names alone, before the model
+    of that depth is built to list what it expects (n_layer 16,384 would take long)."""
+    present = {name.split(".")[2] for name in tensors if name.startswith("backbone.layers.")}
+    if config.n_layer > len(present):
+        raise CheckpointError(f"config.json in {directory} says n_layer {config.n_layer:,}, but the weights hold "
+                              f"{len(present)} layer(s).")
 
 
 def _check_tensors(
@@ -261,6 +272,8 @@ def load_model(path, device="cpu", dtype=None):
     """
     target_dtype = _resolve_dtype(dtype)
     c = _read(path)
+    # the model is made in float32 beside the tensors read, then moved
+    check_memory(4 * _n_params(c.tensors), "cpu", f"the model in {c.directory} ({_n_params(c.tensors):,} parameters)")
     model = _model_cls(c.kind)(c.config)
     state = model.state_dict()
     tensors = dict(c.tensors)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..outputs import ordinary_mode
+from ..outputs import write_file
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -126,7 +126,7 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``tensors`` (no two sharing storage) to ``path`` with transformers' metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     # safetensors refuses tensors that share memory; the caller drops tied duplicates,
@@ -137,6 +137,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if t.numel() and ptr in seen:
             plain[name] = t.clone()
         seen.add(ptr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(plain, str(path), metadata={"format": "pt"})
-    ordinary_mode(path)         # the writer makes the file private; weights get a plain file's mode
+    # serialised in memory and written by the one file writer: a full disk is an OSError naming
+    # the file (safetensors' own writer reports it as its own error type) and no half file remains
+    write_file(path, save(plain, metadata={"format": "pt"}))

@@ -75,13 +75,16 @@ class SectionResult:
     figures: list = field(default_factory=list)
 
 
-def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto") -> dict:
+def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, device: str = "auto",
+            force: bool = False) -> dict:
     """Run the sections (all, or those named in ``only``) and write index.html, report.md and
     report.json; returns the report (``report["outcomes"]["fail"]``: failed checks).
 
     Everything is written into a temporary directory and moved into ``out`` only when every
     section has finished (:mod:`tokendyn.outputs`): an interrupted or failed run leaves ``out``
-    as it was.
+    as it was. With ``only``, the sections of an earlier report in ``out`` that this run does
+    not redo stay on the page (the report is merged); report files in ``out`` that tokendyn did
+    not write are refused unless ``force``.
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
@@ -90,9 +93,15 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; sections are {', '.join(SECTIONS)}.")
     device = resolve_device(device)
     out = check_output_dir(out, "--out")
+    earlier = _earlier_report(out, force)
+    if earlier is not None and only and earlier.get("scale") != scale and not force:
+        raise DataError(f"{out} holds a report at scale {earlier.get('scale')}; --only {' '.join(only)} at scale "
+                        f"{scale} would mix scales on one page: use --scale {earlier.get('scale')}, another --out, "
+                        "or --force to replace it.")
+    kept = earlier if (earlier is not None and only and earlier.get("scale") == scale) else None
     command = f"tokendyn reproduce --scale {scale} --out {out}" + "".join(f" --only {s}" for s in only or [])
     with staged_outputs() as staging:
-        report = _run_sections(staging.dir(out), scale, only, device, command)
+        report = _run_sections(staging.dir(out), scale, only, device, command, kept=kept, earlier_dir=out)
     o = report["outcomes"]
     f = count_failures(report["checks"])
     print(f"checks: {o['pass']} pass, {f['software failure']} software failure(s), {f['finding']} finding(s) (a "
@@ -124,7 +133,62 @@ def rerender(out: Path) -> dict:
     return report
 
 
-def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str) -> dict:
+REPORT_FILES = ("index.html", "report.md", "report.json")
+
+
+def _earlier_report(out: Path, force: bool) -> dict | None:
+    """The report of an earlier ``tokendyn reproduce`` in ``out`` (None: there is none, or
+    ``force`` and it is not tokendyn's). Report files that tokendyn did not write (a user's own
+    index.html) are refused: they would be replaced."""
+    from . import document
+
+    present = [n for n in REPORT_FILES if (out / n).exists()]
+    if not present:
+        return None
+    try:
+        report = document.load(out)
+        if not isinstance(report.get("sections"), dict) or "provenance" not in report:
+            raise ValueError("not a report")
+        return report
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if force:
+            return None
+        raise DataError(f"{out} holds {', '.join(present)} that tokendyn reproduce did not write; choose another "
+                        "--out, or pass --force to replace them.") from None
+
+
+def _figure_paths(section: dict) -> set[str]:
+    """The figure files (relative paths) a section's entry shows."""
+    import re
+
+    paths = {f["path"] for f in section.get("figures", []) if isinstance(f, dict) and "path" in f}
+    paths |= set(re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", section.get("markdown", "")))
+    return {p for p in paths if "://" not in p and not p.startswith("data:")}
+
+
+def _keep_sections(report: dict, kept: dict, staged: Path, earlier_dir: Path) -> None:
+    """Put the earlier report's sections that this run did not redo into ``report`` (in the
+    order of SECTIONS), their figures copied beside the new ones so the page embeds them."""
+    import shutil
+
+    merged = {}
+    for name in [*SECTIONS, *kept["sections"]]:
+        if name in merged:
+            continue
+        if name in report["sections"]:
+            merged[name] = report["sections"][name]
+        elif name in kept["sections"]:
+            merged[name] = kept["sections"][name]
+            for rel in _figure_paths(merged[name]):
+                src, dst = earlier_dir / rel, staged / rel
+                if src.is_file() and not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+    report["sections"] = merged
+
+
+def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, command: str,
+                  kept: dict | None = None, earlier_dir: Path | None = None) -> dict:
     from . import document
     from .committed import committed_results
     from .experiment import ExperimentSection
@@ -142,6 +206,8 @@ def _run_sections(out: Path, scale: str, only: list[str] | None, device: str, co
         res: SectionResult = module.run(ctx)
         seconds = time.perf_counter() - t0
         report["sections"][name] = document.section_entry(name, module.TITLE, seconds, res)
+    if kept is not None:
+        _keep_sections(report, kept, out, earlier_dir)
     skipped = [n for n in SECTIONS if n not in report["sections"]]
     core = report["sections"].get("core", {})
     this = {"scale": scale, "device": report["provenance"]["device"], "core_backends": core.get("backends")}

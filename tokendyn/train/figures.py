@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..outputs import write_file
+
 # line style and marker of the k-th setting's mean curve (beside its colour)
 SETTING_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 2)), "P"))
 
@@ -46,10 +48,10 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Save a figure atomically (a temporary file beside ``path``, then a rename) and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def plot_val_curves(exp, doc: dict, *, xlabel: str, title: str, log_y: bool = False, target_key: str | None = None):

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import Interrupted
+from ..outputs import write_file
 from . import state as runstate
 from .experiment import Experiment, choose_seeds
 
@@ -87,7 +89,7 @@ def record_provenance(run_dir: Path, provenance: dict | None, device, wall_s: fl
     record = {k: prov.get(k) for k in PROVENANCE_KEYS}
     record["device"] = record["device"] or str(device)
     record["wall_s"] = round(wall_s, 2)
-    runstate.atomic_write_text(Path(run_dir) / RUN_PROVENANCE, json.dumps(record, indent=1) + "\n")
+    write_file(Path(run_dir) / RUN_PROVENANCE, json.dumps(record, indent=1) + "\n")
 
 
 def read_provenance(run_dir: Path) -> dict | None:
@@ -119,8 +121,14 @@ def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seed
     log(f"data: {exp.data_label(data)}; prepared in {time.perf_counter() - t0:.1f} s")
     for setting, seed, run_dir, resume in pending_runs(out, settings, seeds, log):
         t = time.perf_counter()
-        res = exp.train(data, p, exp.settings[setting], seed, run_dir, resume=resume, device=device,
-                        progress=progress, log=log)
+        try:
+            res = exp.train(data, p, exp.settings[setting], seed, run_dir, resume=resume, device=device,
+                            progress=progress, log=log)
+        except Interrupted:
+            # the grid, not `train lm --resume`, is what the user runs again
+            raise Interrupted(f"the complete runs in {out / 'runs'} are kept, and running the same command "
+                              f"again resumes {run_name(setting, seed)} from its last checkpoint and runs the "
+                              "rest.") from None
         wall = time.perf_counter() - t
         if not getattr(res, "stopped_early", False):
             record_provenance(run_dir, provenance, device, wall)

@@ -25,7 +25,16 @@ from ..model import ClassifierConfig, HybridClassifier, HybridConfig, MambaClass
 from ..model.config import takes_flat_options
 from ..model.reorder import sharpness
 from ..model.reorder_mixer import recorded_orders
-from .loop import TrainConfig, TrainResult, check_model_fits, model_identity, resolve_device, train
+from .loop import (
+    TrainConfig,
+    TrainResult,
+    check_batch_fits,
+    check_model_fits,
+    model_identity,
+    per_pass,
+    resolve_device,
+    train,
+)
 from .task import Task, autocast_context, batch_generator, slice_rows
 
 
@@ -242,19 +251,27 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
                 crop_padding: int = 0, flip: bool = False, normalize: bool = True, val_fraction: float = 0.1,
                 data_on_device: bool = True, stop_after_steps: int | None = None, progress: bool = True,
                 scan_backend: str = "auto", sharpness_images: int = 0, identity: dict | None = None,
-                log=None) -> tuple[TrainResult, MambaClassifier | HybridClassifier]:
+                checkpoint_every: int = 0, log=None) -> tuple[TrainResult, MambaClassifier | HybridClassifier]:
     """Build a classifier (``spec.model_class``, seeded by ``cfg.seed``) and train it on ``data``
     through :func:`tokendyn.train.loop.train`; returns (result, model).
 
     spec: an :class:`ImageModelSpec` (patch tokens) or a :class:`HybridModelSpec` (convolutions,
     then Mamba stages). epochs: when given, ``cfg.steps`` becomes epochs × steps per epoch and
-    validation (and a checkpoint) come once per epoch, so the validation curve is per epoch.
+    validation (and a checkpoint) come once per epoch, so the validation curve is per epoch;
+    checkpoint_every: a checkpoint every that many steps instead (0: once per epoch), so that a
+    run stopped mid-epoch loses little (a resumed run makes the batches of an uninterrupted one).
     sharpness_images > 0: a :class:`SharpnessProbe` on that many validation images at every
     validation (or every epoch). identity: more entries for run.json (a resumed run must match).
     """
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}.")
     dev = resolve_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
     check_model_fits(spec.model_class, config, device)
+    n_tokens = spec.n_tokens(data.image_shape)
+    check_batch_fits(config, per_pass(batch_size, cfg.micro_batch) * n_tokens, 0, device,
+                     f"--batch-size {batch_size} of {n_tokens:,} tokens ({config.n_layer} layers of "
+                     f"{config.d_model})")
     torch.manual_seed(cfg.seed)
     model = spec.model_class(config)
     task = ImageClassificationTask(data, batch_size, seed=cfg.seed, val_fraction=val_fraction,
@@ -265,8 +282,10 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}.")
         spe = task.steps_per_epoch
-        cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=spe,
+        cfg = dataclasses.replace(cfg, steps=epochs * spe, eval_every=spe, checkpoint_every=checkpoint_every or spe,
                                   log_every=min(cfg.log_every or spe, spe))
+    elif checkpoint_every:
+        cfg = dataclasses.replace(cfg, checkpoint_every=checkpoint_every)
     callbacks = []
     if sharpness_images > 0:
         probe = task.transform(task.splits["validation"].images[:sharpness_images]).cpu()

@@ -17,7 +17,16 @@ from ..model.config import takes_flat_options
 from ..model.io_constraint import IO_CONSTRAINTS
 from . import state as runstate
 from .figures import save_figure
-from .loop import TrainConfig, TrainResult, check_model_fits, is_main_process, model_identity, train
+from .loop import (
+    TrainConfig,
+    TrainResult,
+    check_batch_fits,
+    check_model_fits,
+    is_main_process,
+    model_identity,
+    per_pass,
+    train,
+)
 from .monitor import DEFAULT_EVERY, RegimeMonitor, plot_monitor
 from .task import LanguageModelTask
 
@@ -71,6 +80,10 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     """
     config = spec.config(data.vocab_size, scan_backend=scan_backend)
     check_model_fits(MambaLM, config, device)
+    # logits, their float32 copy and gradient: 12 bytes per vocabulary entry and token
+    check_batch_fits(config, per_pass(batch_size, cfg.micro_batch) * context, 12 * config.padded_vocab_size, device,
+                     f"--context {context} with --batch-size {batch_size} ({config.n_layer} layers of "
+                     f"{config.d_model}, {config.padded_vocab_size} tokens)")
     torch.manual_seed(cfg.seed)
     model = MambaLM(config)
     task = LanguageModelTask(data.ids, data.vocab_size, context=context, batch_size=batch_size, seed=cfg.seed,

@@ -11,6 +11,7 @@ the callbacks (the regime monitor) at their own interval; at the end the test me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, TrainingDivergedError
+from ..errors import ConfigError, DataError, Interrupted, TokendynError, TrainingDivergedError
+from ..outputs import WRITE_ERRNOS, write_file
 from ..resources import check_memory
 from ..resources import resolve_device as check_device
 from . import state as runstate
@@ -169,14 +171,45 @@ def model_identity(config) -> dict:
     return {k: v for k, v in config.flat_dict().items() if k != "scan_backend"}
 
 
-def check_model_fits(model_class, config, device) -> None:
+def count_parameters(model_class, config) -> int:
+    """Parameters of ``model_class(config)``, counted on the meta device (no memory). Layers are
+    alike, so a deep model is counted from builds of one and two layers: a config of thousands
+    of layers is answered at once."""
+    def count(cfg) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in model_class(cfg).parameters())
+
+    if config.n_layer <= 4:
+        return count(config)
+    try:
+        one, two = (count(dataclasses.replace(config, n_layer=n)) for n in (1, 2))
+    except (TokendynError, TypeError, ValueError):    # a setting tied to the depth (e.g. reorder_layers)
+        return count(config)
+    return one + (config.n_layer - 1) * (two - one)
+
+
+def check_model_fits(model_class, config, device) -> int:
     """Refuse a model whose weights, gradients and AdamW moments alone exceed the memory free on
-    ``device`` (a lower bound of what training needs), before any weight is allocated: the
-    model is built on the meta device to count its parameters. Raises ConfigError."""
-    with torch.device("meta"):
-        n = sum(p.numel() for p in model_class(config).parameters())
+    ``device`` (a lower bound of what training needs), before any weight is allocated. Returns
+    the parameter count; raises ConfigError."""
+    n = count_parameters(model_class, config)
     check_memory(TRAINING_BYTES_PER_PARAMETER * n, str(resolve_device(device)),
                  f"a model of {n:,} parameters (d_model {config.d_model}, {config.n_layer} layers)")
+    return n
+
+
+def check_batch_fits(config, tokens_per_pass: int, bytes_per_token: int, device, what: str) -> None:
+    """Refuse a forward and backward pass whose activations alone exceed the memory free, before
+    any is made: a lower bound of what autograd keeps, float32, per token and layer (the block's
+    input, its norm and the mixer's in_proj output: 8 · d_model) and ``bytes_per_token`` besides
+    (a language model's logits and their gradient). what: the options that ask for it."""
+    per_token = 4 * 8 * config.d_model * config.n_layer + bytes_per_token
+    check_memory(float(tokens_per_pass) * per_token, str(resolve_device(device)), what)
+
+
+def per_pass(batch_size: int, micro_batch: int) -> int:
+    """Examples in one forward pass of one process (torchrun splits the global batch)."""
+    return micro_batch or max(1, batch_size // max(1, int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 class MetricsLog:
@@ -231,6 +264,11 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
           log=None) -> TrainResult:
     """Train ``model`` on ``task`` (module docstring); returns the :class:`TrainResult`.
 
+    A run that fails or is interrupted leaves its directory ready for the next command
+    (:func:`_after_failure`): the last checkpoint stays, and the error or interruption says that
+    ``--resume`` continues from it; a new run that has no checkpoint yet, or that diverged, is
+    removed, so that the same command can be run again into the same directory.
+
     out: the run directory (None: nothing written, no checkpoints); identity: what
     run.json records (the loop adds its own settings and the task's description);
     resume: continue from OUT's latest checkpoint (the identity must match);
@@ -239,6 +277,52 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
     (after writing a checkpoint) once that many steps are done, as if killed;
     tokenizer_json: saved beside each checkpoint's model; log: print function for lines.
     """
+    started: list[bool] = []            # set once this call has written the run directory
+    created = out is not None and not Path(out).exists()
+    try:
+        return _train(model, task, cfg, out, identity=identity, resume=resume, device=device,
+                      callbacks=callbacks, stop_after_steps=stop_after_steps, progress=progress,
+                      tokenizer_json=tokenizer_json, log=log, started=started)
+    except BaseException as exc:
+        if out is None or not started or not is_main_process():
+            raise
+        replacement = _after_failure(Path(out), exc, resume, created)
+        if replacement is None:
+            raise
+        raise replacement from exc
+
+
+def _after_failure(out: Path, exc: BaseException, resume: bool, created: bool) -> BaseException | None:
+    """Tidy the run directory after ``exc`` ended a run, and the exception that tells the user
+    what remains (None: ``exc`` as it is)."""
+    import shutil
+
+    shutil.rmtree(out / runstate.TMP, ignore_errors=True)
+    step = runstate.last_checkpoint_step(out)
+    diverged = isinstance(exc, TrainingDivergedError)
+    if not resume and (step is None or diverged):
+        runstate.remove_run(out, created)
+        step = None
+    if isinstance(exc, KeyboardInterrupt):
+        if step is None and resume:
+            return Interrupted(f"before the run's first checkpoint; --resume {out} starts it from step 0 again.")
+        if step is None:
+            return Interrupted("before the run's first checkpoint; nothing of it was kept.")
+        return Interrupted(f"the checkpoint of step {step} in {out / runstate.CHECKPOINT} remains and --resume {out} "
+                           "continues the run.")
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        exc = DataError(f"cannot write {exc.filename or out}: {exc.strerror}.")
+    if not isinstance(exc, TokendynError):
+        return None
+    message = str(exc).rstrip(".")
+    if step is not None:
+        return type(exc)(f"{message}; the checkpoint of step {step} remains and --resume {out} continues the run.")
+    return type(exc)(f"{message} (nothing of the run in {out} was kept).")
+
+
+def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None, *, identity: dict | None,
+           resume: bool, device, callbacks, stop_after_steps: int | None, progress: bool,
+           tokenizer_json: str | None, log, started: list) -> TrainResult:
     device = resolve_device(device)
     ddp = init_distributed(device)
     if device.type == "cuda":
@@ -254,8 +338,13 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
     task.autocast = cfg.autocast
     log = log or (lambda *_: None)
     full_identity = {**(identity or {}), "train": cfg.identity(), "task": task.describe()}
+    # the records of the metrics log are also kept in memory: a step count in the billions asks
+    # for more memory than there is long before it asks for more time than anyone has
+    records = cfg.steps // max(cfg.log_every, 1) + cfg.steps // max(cfg.eval_every or cfg.steps, 1)
+    check_memory(512 * records, "cpu", f"--steps {cfg.steps:,} (about {records:,} metric records)")
     if out is not None and ddp.main:
         runstate.prepare_run_dir(Path(out), full_identity, resume)
+        started.append(True)
     if ddp.active:
         dist.barrier()
 
@@ -276,6 +365,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
                 log(f"resumed from {ckpt} at step {start}")
         elif ddp.main:
             runstate.truncate_metrics(Path(out), -1)
+            log(f"{out} holds no checkpoint yet; the run starts from step 0")
     elif out is not None and ddp.main:
         runstate.truncate_metrics(Path(out), -1)
     if ddp.active:
@@ -381,7 +471,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None
                          tokens_seen=tokens_seen, wall_s=prior_wall + time.perf_counter() - t_start,
                          train_s=train_s, callback_s=cb_s, stopped_early=stopped)
     if out is not None and ddp.main and not stopped:
-        runstate.atomic_write_text(Path(out) / runstate.RESULT, json.dumps(result.as_dict(), indent=1) + "\n")
+        write_file(Path(out) / runstate.RESULT, json.dumps(result.as_dict(), indent=1) + "\n")
     if ddp.active:
         dist.barrier()
     return result

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
-from ..outputs import ordinary_mode
+from ..errors import CheckpointError, ConfigError, DataError
+from ..outputs import WRITE_ERRNOS, write_file
 
 CHECKPOINT = "checkpoint"
 TMP = ".checkpoint-tmp"
@@ -37,30 +37,61 @@ METRICS = "metrics.jsonl"
 RESULT = "result.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _canonical(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def describe_difference(a: dict, b: dict, prefix: str = "") -> str | None:
-    """The first differing key of two nested dicts, as 'key: a vs b', or None when equal."""
+# identity entries that follow from others (hashes, counts, sizes): named only when nothing a user
+# sets differs; and the option that sets an entry where its name is not the option's
+_DERIVED = {"sha256", "sha256_tokens", "chars", "tokens", "params", "train_images", "validation_images",
+            "test_images", "steps_per_epoch", "log_every", "checkpoint_every", "eval_every", "composition",
+            "tokenizer"}
+_TEXT = "the training data (--text, --corpus or --wikitext)"
+_OPTION = {"examples_per_step": "--batch-size", "name": _TEXT, "sha256": _TEXT, "sha256_tokens": _TEXT, "chars": _TEXT,
+           "data": "--data", "tokenizer": "--tokenizer", "autocast": "--no-autocast", "betas": "the AdamW betas",
+           "classes": "the data's classes", "image_shape": "--image-size or --channels"}
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Every differing leaf of two nested dicts: (dotted key, value in a, value in b)."""
+    out = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
         if isinstance(va, dict) and isinstance(vb, dict):
-            diff = describe_difference(va, vb, f"{prefix}{key}.")
-            if diff:
-                return diff
+            out += differences(va, vb, f"{prefix}{key}.")
         elif va != vb:
-            return f"{prefix}{key}: {va!r} there vs {vb!r} now"
-    return None
+            out.append((f"{prefix}{key}", va, vb))
+    return out
+
+
+def option_name(key: str) -> str:
+    """The command-line option that sets an identity entry (``model.d_model`` -> ``--d-model``)."""
+    leaf = key.rsplit(".", 1)[-1]
+    return _OPTION.get(leaf, "--" + leaf.replace("_", "-"))
+
+
+def describe_difference(a: dict, b: dict) -> str | None:
+    """The options whose values differ between two run identities, as '--opt: a there vs b now'
+    (the settings a user gives first, derived entries such as data hashes only when nothing else
+    differs), or None when equal."""
+    diffs = differences(a, b)
+    if not diffs:
+        return None
+    given = [d for d in diffs if not _DERIVED & set(d[0].split("."))] or diffs
+    seen, parts = set(), []
+    for key, va, vb in given:
+        name = option_name(key)
+        if name not in seen:
+            seen.add(name)
+            parts.append(f"{name}: {va!r} there vs {vb!r} now")
+    return "; ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+
+
+def holds_run(out: Path) -> bool:
+    """True when ``out`` holds a run worth keeping: a checkpoint or a result (a run.json alone,
+    from a run stopped before its first checkpoint, has nothing to resume)."""
+    out = Path(out)
+    return latest_checkpoint(out) is not None or (out / RESULT).exists()
 
 
 def prepare_run_dir(out: Path, identity: dict, resume: bool) -> None:
@@ -75,11 +106,17 @@ def prepare_run_dir(out: Path, identity: dict, resume: bool) -> None:
     identity = _canonical(identity)
     run_file = out / RUN
     if not resume:
-        if run_file.exists() or (out / CHECKPOINT).exists():
+        if holds_run(out):
             raise ConfigError(f"{out} already holds a training run; pass --resume {out} to continue it "
                               "or choose another --out.")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(out / TMP, ignore_errors=True)
+        try:
+            write_file(run_file, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        except BaseException:
+            remove_run(out, created)     # a full disk: no empty directory left for the retry to trip on
+            raise
         return
     if not run_file.is_file():
         raise ConfigError(f"{out} holds no training run (no {RUN}) to resume.")
@@ -89,8 +126,8 @@ def prepare_run_dir(out: Path, identity: dict, resume: bool) -> None:
         raise CheckpointError(f"{run_file} is unreadable or not JSON ({exc}); the run cannot be resumed.") from exc
     diff = describe_difference(saved, identity)
     if diff:
-        raise ConfigError(f"{out} was written by a different configuration ({diff}); resume it with the "
-                          "same settings or start a new run in another directory.")
+        raise ConfigError(f"{out} was written with other settings ({diff}); resume it with the run's "
+                          "settings or start a new run in another directory.")
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -121,32 +158,69 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict
 
 
 def save_checkpoint(out: Path, model, optimizer, trainer: dict, tokenizer_json: str | None = None) -> Path:
-    """Write the latest checkpoint atomically (module docstring). Returns OUT/checkpoint."""
-    from safetensors.torch import save_file
+    """Write the latest checkpoint atomically (module docstring). Returns OUT/checkpoint.
 
+    A write that fails (a full disk) removes the partial OUT/.checkpoint-tmp and raises
+    DataError; the previous checkpoint stays whole."""
     from ..model import save_model
+    from ..model.checkpoint_io import write_safetensors
 
     out = Path(out)
     tmp, final, old = out / TMP, out / CHECKPOINT, out / OLD
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    if tokenizer_json is not None:
-        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    ordinary_mode(tmp / "optimizer.safetensors")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / "rng.safetensors"))
-    ordinary_mode(tmp / "rng.safetensors")
-    (tmp / "trainer.json").write_text(json.dumps({**trainer, "param_groups": groups}, indent=1), encoding="utf-8")
+    try:
+        save_model(model, tmp)
+        if tokenizer_json is not None:
+            write_file(tmp / "tokenizer.json", tokenizer_json)
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        write_safetensors(tensors, tmp / "optimizer.safetensors")
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        write_safetensors(rng, tmp / "rng.safetensors")
+        write_file(tmp / "trainer.json", json.dumps({**trainer, "param_groups": groups}, indent=1))
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = exc.__context__ if isinstance(exc, DataError) else exc     # the writer's DataError wraps it
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS:
+            raise DataError(f"cannot write the checkpoint in {out}: {cause.strerror}") from None
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def last_checkpoint_step(out: Path) -> int | None:
+    """The step of OUT's latest checkpoint (None where there is none)."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    try:
+        return int(json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_run(out: Path, created: bool) -> None:
+    """Remove what a new run wrote in ``out`` (run.json, metrics, checkpoints, the tokenizer and
+    the monitor figure; ``created``: the directory too, when it is then empty), so that the same
+    command can be run again into it."""
+    out = Path(out)
+    for name in (CHECKPOINT, TMP, OLD):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (RUN, METRICS, RESULT, "tokenizer.json", "monitor.png"):
+        try:
+            (out / name).unlink()
+        except OSError:
+            pass
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def load_checkpoint(directory: Path, model, optimizer) -> dict:
@@ -203,4 +277,4 @@ def truncate_metrics(out: Path, step: int) -> None:
     """Keep the records up to ``step`` (those after the checkpoint resumed from are redone;
     the test record, written after the last checkpoint, too)."""
     records = [r for r in read_metrics(out) if r.get("step", 0) <= step and r.get("kind") != "test"]
-    atomic_write_text(Path(out) / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+    write_file(Path(out) / METRICS, "".join(json.dumps(r) + "\n" for r in records))

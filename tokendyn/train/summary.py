@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..outputs import write_file
 from . import state as runstate
 from .experiment import ORIGINS, Experiment, Metric
 from .figures import save_figure
@@ -46,7 +47,7 @@ def summarise(exp: Experiment, out: Path, scale: str, device: str = "", provenan
         raise ConfigError(f"the runs in {out} differ in data, model size or budget; they cannot be compared in "
                           "one table.")
     doc = summary_doc(exp, runs, scale, device, provenance)
-    runstate.atomic_write_text(out / f"{exp.stem}.md", markdown(exp, doc))
+    write_file(out / f"{exp.stem}.md", markdown(exp, doc))
     for fig in exp.figures:
         if fig.draw is not None:
             save_figure(fig.draw(exp, doc), out / fig.file)
@@ -55,7 +56,7 @@ def summarise(exp: Experiment, out: Path, scale: str, device: str = "", provenan
     if started is not None:
         doc["call_wall_s"] = round(time.perf_counter() - started, 2)
         doc["call_runs"] = list(call_runs or [])
-    runstate.atomic_write_text(out / f"{exp.stem}.json", json.dumps(doc, indent=1) + "\n")
+    write_file(out / f"{exp.stem}.json", json.dumps(doc, indent=1) + "\n")
     return doc
 
 
