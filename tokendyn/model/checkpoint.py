@@ -170,7 +170,8 @@ def _read(path) -> _Checked:
     else:
         kwargs = layouts.config_kwargs_tokendyn(raw, str(directory))
     config = _make_config(config_cls, kwargs, directory)
-    _check_depth(tensors, config, directory)
+    if kind != "hybrid":        # the hybrid's Mamba blocks sit in its stages, not in backbone.layers
+        _check_depth(tensors, config, directory)
     tied = bool(getattr(config, "tie_embeddings", False))
     tensors = _check_tensors(tensors, _expected(kind, config), tied, directory)
     return _Checked(layout, kind, config, tensors, directory, files)
