@@ -26,7 +26,8 @@ _BACKENDS: dict[str, str] = {
 
 
 # Where the Triton backend sends what its float32 kernels cannot compute (float64, length 0):
-# the parallel PyTorch scan, exact in float64.
+# the parallel PyTorch scan, exact in float64. (tokendyn.ops.triton_scan calls it directly, so
+# that the backend module does not import this dispatcher, which loads it.)
 EXACT_BACKEND = "chunked"
 
 

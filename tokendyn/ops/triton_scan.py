@@ -34,6 +34,7 @@ import triton
 
 from ..errors import ConfigError
 from . import _triton_kernels as K
+from .chunked import selective_scan_chunked
 
 
 @dataclass(frozen=True)
@@ -329,12 +330,10 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def _fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    # float64 or empty input: the backend the dispatcher's policy names for them
-    from .scan import EXACT_BACKEND, get_backend
-
-    fn = get_backend(EXACT_BACKEND, u.device)
-    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-              delta_softplus=delta_softplus, return_last_state=return_last_state)
+    # float64 or empty input: the parallel PyTorch scan, exact in float64 (the dispatcher's
+    # EXACT_BACKEND, tokendyn.ops.scan)
+    return selective_scan_chunked(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                  delta_softplus=delta_softplus, return_last_state=return_last_state)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
