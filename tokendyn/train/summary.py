@@ -23,7 +23,7 @@ from ..outputs import write_file
 from . import state as runstate
 from .experiment import ORIGINS, Experiment, Metric
 from .figures import save_figure
-from .grid import Run, collect, read_provenance, run_name, shared_identity
+from .runs import Run, collect, read_provenance, run_name, shared_identity
 from .seeds import format_mean_std, mean_curve, mean_std, seed_comparison
 
 
