@@ -24,7 +24,7 @@ from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from ..provenance import provenance
 from ..report import Check
-from . import Context, SectionResult
+from .section import Context, SectionResult
 from .verdicts import analysis_checks
 
 TITLE = "Checkpoint analysis"

@@ -17,9 +17,9 @@ import torch
 from ..model import MambaConfig, MambaLM, generate
 from ..ops import available_backends
 from ..provenance import provenance
-from . import Context, SectionResult
 from .core_mamba2 import markdown as mamba2_markdown
 from .core_mamba2 import run_mamba2
+from .section import Context, SectionResult
 from .verdicts import core_checks
 
 TITLE = "Mamba model and scan backends"

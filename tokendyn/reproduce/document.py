@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..report import Check, Figure, count_failures, count_outcomes, is_finding, shown_outcome
 from ..report.page import checks_table, esc, markdown_inline, markdown_to_html, page, table
+from .section import SECTIONS
 
 
 def section_entry(name: str, title: str, seconds: float, result) -> dict:
@@ -279,7 +280,6 @@ def load(out: Path) -> dict:
     A report.json written before checks existed (no ``markdown`` per section) is completed:
     each section's text is taken from report.md and its checks are judged from the numbers
     that run stored; nothing is measured again."""
-    from . import SECTIONS
     from .committed import committed_results
 
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))

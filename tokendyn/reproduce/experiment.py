@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..provenance import provenance
 from ..train.experiment import Experiment
 from ..train.grid import run_grid
 from ..train.summary import load_summary, markdown
-from . import Context, SectionResult, provenance, training_scale
+from .section import Context, SectionResult, training_scale
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from . import Context, SectionResult
+from .section import Context, SectionResult
 from .verdicts import theory_checks
 
 TITLE = "Continuous-time token dynamics"
