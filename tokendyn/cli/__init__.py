@@ -11,7 +11,6 @@ memory checked before any work).
 from __future__ import annotations
 
 import errno
-import shlex
 import signal
 import sys
 import threading
@@ -19,6 +18,17 @@ import threading
 import typer
 
 from ..errors import Interrupted, TokendynError
+
+# Subcommand modules: importing one registers its command on `app` (tokendyn.cli.root).
+from . import analyze as _analyze  # noqa: F401 -- registers its command
+from . import export as _export  # noqa: F401 -- registers its command
+from . import info as _info  # noqa: F401 -- registers its command
+from . import reproduce as _reproduce  # noqa: F401 -- registers its command
+from . import root
+from . import simulate as _simulate  # noqa: F401 -- registers its command
+from . import train as _train  # noqa: F401 -- registers its command
+from . import train_image as _train_image  # noqa: F401 -- registers its command
+from .root import app, invocation  # noqa: F401 -- the package's names for them
 
 # Errors typer/click raise for a bad command line (unknown option, bad value, missing argument).
 # typer >= 0.26 carries its own copy of click and exports the base class; older ones use click's.
@@ -37,50 +47,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-
 _NOTHING_KEPT = "no output was completed (files being written were removed)."
 _SIGNAL_NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
 _signal_seen = signal.SIGINT
-
-# the arguments main() was called with (None when a command runs without main, e.g. in tests)
-_ARGS: list[str] | None = None
-
-app = typer.Typer(
-    name="tokendyn",
-    help="Token dynamics of deep selective state space models (Mamba).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-@app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context,
-          version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    """Token dynamics of deep selective state space models (Mamba)."""
-    if version:
-        from .. import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        raise typer.Exit(2)
-
-
-# Subcommand modules: importing one registers its command on `app`.
-# (E402: the modules need `app`, defined above; F401: imported for that side effect only)
-from . import analyze as _analyze  # noqa: E402,F401 -- needs `app`; registers its command
-from . import export as _export  # noqa: E402,F401 -- needs `app`; registers its command
-from . import info as _info  # noqa: E402,F401 -- needs `app`; registers its command
-from . import reproduce as _reproduce  # noqa: E402,F401 -- needs `app`; registers its command
-from . import simulate as _simulate  # noqa: E402,F401 -- needs `app`; registers its command
-from . import train as _train  # noqa: E402,F401 -- needs `app`; registers its command
-from . import train_image as _train_image  # noqa: E402,F401 -- needs `app`; registers its command
-
-
-def invocation(command: str) -> str:
-    """The command line being run, for provenance records (``tokendyn COMMAND`` when unknown)."""
-    if not _ARGS:
-        return f"tokendyn {command}"
-    return "tokendyn " + " ".join(shlex.quote(a) for a in _ARGS)
-
 
 def _fail(message: str, status: int) -> None:
     # one line: collapse what click or the OS put on several
@@ -117,15 +83,15 @@ _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAM
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tokendyn ARGS``; exits 0, 2 (an error the user can fix, one
     sentence on stderr), 130 (interrupted) or 143 (terminated)."""
-    global _ARGS, _signal_seen
-    _ARGS = list(sys.argv[1:] if argv is None else argv)
+    global _signal_seen
+    root.ARGS = list(sys.argv[1:] if argv is None else argv)
     _signal_seen = signal.SIGINT
     Interrupted.latest = None
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        status = app(args=_ARGS, prog_name="tokendyn", standalone_mode=False)
+        status = app(args=root.ARGS, prog_name="tokendyn", standalone_mode=False)
     except _ABORTS as exc:
         _interrupted(exc)
     except TokendynError as exc:

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from ..errors import DataError
-from . import app
 from .options import Device
+from .root import app, invocation
 
 
 def parse_indices(values: list[str], what: str) -> list[int]:
@@ -61,7 +61,6 @@ def analyze(
     from ..outputs import check_output_dir, check_output_file, staged_outputs
     from ..provenance import provenance
     from ..resources import resolve_device
-    from . import invocation
 
     # everything a user can get wrong is checked before the model is loaded
     device = resolve_device(device)

@@ -12,6 +12,8 @@ import typer
 from ..errors import ConfigError
 from ..train.experiment import Experiment, choose_seeds
 from . import options as opt
+from .root import command_line
+from .root import echo as _echo
 
 
 def grid_choices(exp: Experiment, settings, seeds: str, scale: str) -> tuple[list[str], list[int]]:
@@ -62,7 +64,6 @@ def grid_command(exp: Experiment):
         from ..provenance import provenance
         from ..train.grid import run_grid
         from ..train.loop import resolve_device
-        from .train import _echo, command_line
 
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError, DataError
-from . import app
+from .root import app
 
 LAYOUTS = ("hf", "state-spaces")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from .options import Json
+from .root import app
 
 
 @app.command()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from .options import Device
+from .root import app
 
 # Exit status of --strict when a check fails; 2 stays reserved for errors a user can cause.
 STRICT_FAILURE = 1

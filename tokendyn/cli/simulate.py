@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError, DataError
-from . import app
 from .options import Backend, Json, Progress
+from .root import app
 
 
 def _parse_x0(text: str) -> list[float]:

@@ -4,27 +4,18 @@ their own subcommands to :data:`train_app`."""
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import typer
 
 from ..errors import ConfigError
-from . import app
 from . import options as opt
+from .root import app
+from .root import echo as _echo
 
 train_app = typer.Typer(help="Train models (language models, image classifiers) and run the experiments.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
-
-
-def command_line() -> str:
-    return "tokendyn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "tokendyn train"
-
-
-def _echo(line: str) -> None:
-    typer.echo(line, err=True)
 
 
 def run_directory(out: Path | None, resume: Path | None) -> Path:
