@@ -63,7 +63,7 @@ def grid_command(exp: Experiment):
         from ..outputs import check_output_dir
         from ..provenance import provenance
         from ..train.grid import run_grid
-        from ..train.loop import resolve_device
+        from ..train.loop import training_device
 
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
@@ -75,7 +75,7 @@ def grid_command(exp: Experiment):
             doc = summarise(exp, out, values["scale"], provenance=provenance(command_line()), log=_echo)
             _print_written(exp, out, doc)
             return
-        device = resolve_device(values["device"])
+        device = training_device(values["device"])
         data = {}
         for name in exp.options:
             resolve = opt.DATA[name][2]

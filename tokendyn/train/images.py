@@ -32,8 +32,8 @@ from .loop import (
     check_model_fits,
     model_identity,
     per_pass,
-    resolve_device,
     train,
+    training_device,
 )
 from .task import Task, autocast_context, batch_generator, slice_rows
 
@@ -265,7 +265,7 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
     """
     if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}.")
-    dev = resolve_device(device)
+    dev = training_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
     check_model_fits(spec.model_class, config, device)
     n_tokens = spec.n_tokens(data.image_shape)

@@ -24,8 +24,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, DataError, Interrupted, TokendynError, TrainingDivergedError
 from ..outputs import WRITE_ERRNOS, write_file
-from ..resources import check_memory
-from ..resources import resolve_device as check_device
+from ..resources import check_memory, resolve_device
 from . import state as runstate
 from .task import Task
 
@@ -152,10 +151,11 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), active=True)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The device a training process uses: checked by :func:`tokendyn.resources.resolve_device`
-    ('auto' -> cuda when available); under torchrun each process takes cuda:LOCAL_RANK."""
-    device = torch.device(check_device(str(device)))
+def training_device(device: str | torch.device) -> torch.device:
+    """The device a training process uses: the name resolved by the one device resolver,
+    :func:`tokendyn.resources.resolve_device` ('auto' -> cuda when available); under torchrun each
+    process takes cuda:LOCAL_RANK."""
+    device = torch.device(resolve_device(str(device)))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
@@ -193,7 +193,7 @@ def check_model_fits(model_class, config, device) -> int:
     ``device`` (a lower bound of what training needs), before any weight is allocated. Returns
     the parameter count; raises ConfigError."""
     n = count_parameters(model_class, config)
-    check_memory(TRAINING_BYTES_PER_PARAMETER * n, str(resolve_device(device)),
+    check_memory(TRAINING_BYTES_PER_PARAMETER * n, str(training_device(device)),
                  f"a model of {n:,} parameters (d_model {config.d_model}, {config.n_layer} layers)")
     return n
 
@@ -204,7 +204,7 @@ def check_batch_fits(config, tokens_per_pass: int, bytes_per_token: int, device,
     input, its norm and the mixer's in_proj output: 8 · d_model) and ``bytes_per_token`` besides
     (a language model's logits and their gradient). what: the options that ask for it."""
     per_token = 4 * 8 * config.d_model * config.n_layer + bytes_per_token
-    check_memory(float(tokens_per_pass) * per_token, str(resolve_device(device)), what)
+    check_memory(float(tokens_per_pass) * per_token, str(training_device(device)), what)
 
 
 def per_pass(batch_size: int, micro_batch: int) -> int:
@@ -323,7 +323,7 @@ def _after_failure(out: Path, exc: BaseException, resume: bool, created: bool) -
 def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None, *, identity: dict | None,
            resume: bool, device, callbacks, stop_after_steps: int | None, progress: bool,
            tokenizer_json: str | None, log, started: list) -> TrainResult:
-    device = resolve_device(device)
+    device = training_device(device)
     ddp = init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
