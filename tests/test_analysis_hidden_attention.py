@@ -84,7 +84,7 @@ def test_summary_on_known_matrices():
 
 
 def test_block_mean_for_display():
-    from tokendyn.analysis.report import block_mean
+    from tokendyn.analysis.render import block_mean
 
     m = torch.arange(100, dtype=torch.float64).reshape(10, 10)
     small = block_mean(m, 4)                       # blocks of 3, zero padding to 12

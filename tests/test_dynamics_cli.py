@@ -99,7 +99,7 @@ CONVERGENT = ["simulate", "--mu", "-1", "--s-delta", "1", "--a", "1", "--x0", "1
 
 
 def test_cut_short_run_is_undetermined_first_line_and_exit_3(tmp_path, capsys, monkeypatch):
-    from tokendyn.dynamics import report
+    from tokendyn.dynamics import simulation as report
 
     monkeypatch.setattr(report, "DEFAULT_MAX_EVALS", 50)       # the default budget, made small
     out = tmp_path / "u.json"
@@ -161,7 +161,7 @@ def test_cli_and_python_api_give_the_same_report(tmp_path, capsys):
     import torch
 
     from tokendyn.dynamics import TokenSystem
-    from tokendyn.dynamics.report import simulate_and_report
+    from tokendyn.dynamics.simulation import simulate_and_report
 
     out = tmp_path / "s.json"
     run_cli([*CONVERGENT, "--t-end", "20", "--points", "10", "--json", str(out)], capsys)

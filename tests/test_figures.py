@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402 -- import block below matplotlib.use
 import torch  # noqa: E402 -- import block below matplotlib.use
 
-from tokendyn.analysis.report import grid_shape, plot_hidden_attention  # noqa: E402 -- import block below matplotlib.use
+from tokendyn.analysis.render import grid_shape, plot_hidden_attention  # noqa: E402 -- import block below matplotlib.use
 
 
 def overlapping_tick_labels(fig) -> list:

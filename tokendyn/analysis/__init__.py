@@ -1,6 +1,6 @@
 """Checkpoint analysis (``tokendyn analyze``): per-layer spectrum of S_Cᵀ S_B and predicted
 regime (``layers``), token norms through the layers (``trajectories``), hidden attention
-(``hidden_attention``), and the HTML/PNG/JSON report (``report``, imported on demand
+(``hidden_attention``), and the HTML/PNG/JSON report (``render``, imported on demand
 because it needs matplotlib)."""
 
 from .analyze import Analysis, InputTokens, analyze_checkpoint, analyze_model, choose_input, write_analysis

@@ -314,27 +314,27 @@ def check_flow_options(flow_time: float, flow_tokens: int) -> None:
 
 
 def build_figures(analysis: Analysis) -> dict:
-    """The report's matplotlib figures, keyed as :data:`report.FIGURES`."""
-    from . import report
+    """The report's matplotlib figures, keyed as :data:`render.FIGURES`."""
+    from . import render
 
-    figs = {"spectra": report.plot_spectra(analysis.spectra),
-            "radial_velocity": report.plot_radial_velocity(analysis.theory, analysis.spectra)}
+    figs = {"spectra": render.plot_spectra(analysis.spectra),
+            "radial_velocity": render.plot_radial_velocity(analysis.theory, analysis.spectra)}
     if any(th.flow is not None for th in analysis.theory):
-        figs["flow"] = report.plot_flow(analysis.theory)
-    figs["token_norms"] = report.plot_token_norms(analysis.dynamics)
-    figs["growth"] = report.plot_growth(analysis.dynamics)
+        figs["flow"] = render.plot_flow(analysis.theory)
+    figs["token_norms"] = render.plot_token_norms(analysis.dynamics)
+    figs["growth"] = render.plot_growth(analysis.dynamics)
     if analysis.attention:
-        figs["hidden_attention"] = report.plot_hidden_attention(analysis.attention)
+        figs["hidden_attention"] = render.plot_hidden_attention(analysis.attention)
     return figs
 
 
 def write_analysis(analysis: Analysis, out: Path, json_path: Path | None = None,
                    provenance: dict | None = None) -> dict:
     """Figures, report.html and the JSON into ``out``; returns the written paths."""
-    from . import report
+    from . import render
 
     t = time.perf_counter()
     figs = build_figures(analysis)
     analysis.timings["figures"] = time.perf_counter() - t
     data = analysis.to_json(provenance)
-    return report.write_report(data, figs, Path(out), json_path)
+    return render.write_report(data, figs, Path(out), json_path)

@@ -86,7 +86,7 @@ def _print_summary(result, paths: dict) -> None:
 
     console = Console()
     table = Table(title=f"{result.checkpoint} ({result.layout} layout): {result.input.description}")
-    from ..analysis.report import flow_cell
+    from ..analysis.render import flow_cell
 
     for col in ("layer", "M_s >0", "M_s <0", "M_s =0", "regime", "radial velocity", "idealised flow"):
         table.add_column(col, justify="right")

@@ -159,7 +159,7 @@ def simulate(
     import torch
 
     from ..dynamics import TokenSystem
-    from ..dynamics.report import (
+    from ..dynamics.simulation import (
         DEFAULT_MAX_EVALS,
         DEFAULT_TIME_LIMIT,
         EXIT_UNDETERMINED,

@@ -19,7 +19,7 @@ import json
 import torch
 
 from ..analysis.analyze import InputTokens, analyze_model, write_analysis
-from ..analysis.report import flow_cell
+from ..analysis.render import flow_cell
 from ..data.text import bible_verses, byte_tokens
 from ..model import MambaConfig, MambaLM
 from ..provenance import provenance

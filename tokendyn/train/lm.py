@@ -116,7 +116,7 @@ def write_analysis_figures(model: MambaLM, probe: torch.Tensor, out: Path) -> di
     """The analyser's spectrum of S_Cᵀ S_B per layer and the token-norm heatmaps of ``model`` on
     ``probe`` ((L,) token ids: the first ``context`` tokens of the test split), written to
     OUT/analysis_spectra.png and OUT/analysis_token_norms.png. Returns {name: path}."""
-    from ..analysis import report
+    from ..analysis import render
     from ..analysis.analyze import InputTokens, analyze_model
 
     inputs = InputTokens(probe, "test-split", None, False, f"the first {probe.numel()} tokens of the test split")
@@ -128,8 +128,8 @@ def write_analysis_figures(model: MambaLM, probe: torch.Tensor, out: Path) -> di
         model.train(was_training)
     paths = {"spectra": Path(out) / ANALYSIS_FIGURES["spectra"],
              "token_norms": Path(out) / ANALYSIS_FIGURES["token_norms"]}
-    save_figure(report.plot_spectra(a.spectra), paths["spectra"], dpi=90)
-    save_figure(report.plot_token_norms(a.dynamics), paths["token_norms"], dpi=90)
+    save_figure(render.plot_spectra(a.spectra), paths["spectra"], dpi=90)
+    save_figure(render.plot_token_norms(a.dynamics), paths["token_norms"], dpi=90)
     return paths
 
 
