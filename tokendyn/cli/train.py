@@ -90,7 +90,7 @@ def lm(
     progress: opt.Progress = True,
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
-    from ..train.lm import LMModelSpec, prepare_data, train_lm
+    from ..train.language import LMModelSpec, prepare_data, train_lm
     from ..train.loop import TrainConfig, is_main_process
 
     run_dir = run_directory(out, resume)

@@ -124,9 +124,9 @@ def _side_by_side(images: dict, title: str, dpi: int = 110):
 def analysis_figures(out: Path, runs: dict, data, log) -> None:
     """The analyser's spectra and token-norm heatmaps of the first positive and negative run that
     has them, side by side. Each run draws its own at the end of training, on the first
-    ``context`` tokens of the test split (:func:`tokendyn.train.lm.write_analysis_figures`), so
+    ``context`` tokens of the test split (:func:`tokendyn.train.language.write_analysis_figures`), so
     the summary needs neither the checkpoints nor the data."""
-    from ..train.lm import ANALYSIS_FIGURES
+    from ..train.language import ANALYSIS_FIGURES
 
     chosen = {}
     for s in ("positive", "negative"):

@@ -14,7 +14,7 @@ from functools import partial
 
 from ..train.experiment import Comparison, EarlyStopping, Experiment, FigureSpec, Flatness, Metric
 from ..train.figures import plot_val_curves
-from ..train.lm import DEFAULT_SETTINGS, IO_SETTINGS, LMModelSpec, prepare_data, train_lm
+from ..train.language import DEFAULT_SETTINGS, IO_SETTINGS, LMModelSpec, prepare_data, train_lm
 from ..train.loop import TrainConfig
 from .lm_figures import SETTING_COLOURS, analysis_figures, final_monitor, inlayer_table, plot_inlayer
 
