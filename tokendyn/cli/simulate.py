@@ -146,7 +146,7 @@ def simulate(
     short without a blow-up, or the solver failed), except for a run stopped by a --max-evals
     or --time-limit the user gave, which exits 0; 2 for a refused request.
     """
-    from ..outputs import check_image_file, check_output_file, staged_outputs
+    from ..outputs import check_image_file, check_output_file
 
     if plot is not None:
         check_image_file(plot, "--plot")
@@ -156,9 +156,6 @@ def simulate(
 
     resolve_backend(backend, "cpu")   # the system is integrated on the CPU: refuse a backend that cannot run there
 
-    import torch
-
-    from ..dynamics import TokenSystem
     from ..dynamics.simulation import (
         DEFAULT_MAX_EVALS,
         DEFAULT_TIME_LIMIT,
@@ -167,18 +164,7 @@ def simulate(
         simulate_and_report,
     )
 
-    one_d = [v is not None for v in (mu, s_delta, a)]
-    sources = sum([any(one_d), params is not None, random])
-    if sources != 1:
-        raise ConfigError("choose exactly one parameter source: --mu/--s-delta/--a, --params FILE or --random.")
-    if any(one_d) and not all(one_d):
-        raise ConfigError("the 1-D system needs all of --mu, --s-delta and --a.")
-    if (dim is not None or state is not None) and not random:
-        raise ConfigError("--dim and --state go with --random only.")
-    if x0 is not None and tokens is not None:
-        raise ConfigError("give --x0 or --tokens, not both.")
-    if random and (dim is None or state is None):
-        raise ConfigError("--random needs --dim D and --state N.")
+    one_d = _check_sources(mu, s_delta, a, params, random, dim, state, x0, tokens)
     budget_given = max_evals is not None or time_limit is not None
     max_evals = DEFAULT_MAX_EVALS if max_evals is None else max_evals
     time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
@@ -187,24 +173,8 @@ def simulate(
                    memory_limit=limit, method=method)
     check_request(**request, dim=dim if random else None, state=state if random else None)
 
-    if any(one_d):
-        if a <= 0:
-            raise DataError(f"decay --a must be positive, got {a}.")
-        system = TokenSystem.one_dim(mu, s_delta, a, b_delta)
-    elif params is not None:
-        system = TokenSystem.from_params(_load_params(params))
-    else:
-        system = TokenSystem.random(dim, state, seed)
-
-    if x0 is not None:
-        vals = _parse_x0(x0)
-        if system.dim != 1:
-            raise DataError(f"--x0 gives 1-D tokens but the system has D={system.dim}; use --tokens L.")
-        init = torch.tensor(vals, dtype=torch.float64)[:, None]
-    else:
-        check_request(**{**request, "tokens": tokens or 8}, dim=system.dim, state=system.state)
-        g = torch.Generator().manual_seed(seed + 1)
-        init = torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
+    system = _build_system(one_d, mu, s_delta, a, b_delta, params, dim, state, seed)
+    init = _initial_tokens(system, x0, tokens, seed, request)
 
     update, close = _progress_bar(progress)
     try:
@@ -218,6 +188,64 @@ def simulate(
     from rich.console import Console
 
     console = Console()
+    _print_result(console, report, sim, prediction, measured, show_all)
+    _write_outputs(sim, report, measured, prediction, plot, json_path, console)
+    stopped_by_user_budget = budget_given and sim.info["solver_failure"] is None
+    if not measured.determined and not stopped_by_user_budget:
+        raise typer.Exit(EXIT_UNDETERMINED)
+
+
+def _check_sources(mu, s_delta, a, params, random, dim, state, x0, tokens) -> list[bool]:
+    """Refuse a command line that names no parameter source, or more than one, or options that
+    do not go with it; returns which of --mu, --s-delta, --a were given."""
+    one_d = [v is not None for v in (mu, s_delta, a)]
+    sources = sum([any(one_d), params is not None, random])
+    if sources != 1:
+        raise ConfigError("choose exactly one parameter source: --mu/--s-delta/--a, --params FILE or --random.")
+    if any(one_d) and not all(one_d):
+        raise ConfigError("the 1-D system needs all of --mu, --s-delta and --a.")
+    if (dim is not None or state is not None) and not random:
+        raise ConfigError("--dim and --state go with --random only.")
+    if x0 is not None and tokens is not None:
+        raise ConfigError("give --x0 or --tokens, not both.")
+    if random and (dim is None or state is None):
+        raise ConfigError("--random needs --dim D and --state N.")
+    return one_d
+
+
+def _build_system(one_d: list[bool], mu, s_delta, a, b_delta, params: Path | None, dim, state, seed: int):
+    """The TokenSystem of the parameter source :func:`_check_sources` accepted: the 1-D system,
+    a --params file or random parameters."""
+    from ..dynamics import TokenSystem
+
+    if any(one_d):
+        if a <= 0:
+            raise DataError(f"decay --a must be positive, got {a}.")
+        return TokenSystem.one_dim(mu, s_delta, a, b_delta)
+    if params is not None:
+        return TokenSystem.from_params(_load_params(params))
+    return TokenSystem.random(dim, state, seed)
+
+
+def _initial_tokens(system, x0: str | None, tokens: int | None, seed: int, request: dict):
+    """The initial tokens x0: (L, D) float64, from --x0 (1-D systems) or --tokens L draws of
+    N(0, 1) (default 8), the size checked before they are drawn."""
+    import torch
+
+    from ..dynamics.simulation import check_request
+
+    if x0 is not None:
+        vals = _parse_x0(x0)
+        if system.dim != 1:
+            raise DataError(f"--x0 gives 1-D tokens but the system has D={system.dim}; use --tokens L.")
+        return torch.tensor(vals, dtype=torch.float64)[:, None]
+    check_request(**{**request, "tokens": tokens or 8}, dim=system.dim, state=system.state)
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
+
+
+def _print_result(console, report: dict, sim, prediction, measured, show_all: bool) -> None:
+    """The simulated and predicted regimes, the eigen-signature and the token table."""
     if measured.determined and sim.complete:
         console.print(f"simulated regime: [bold]{measured.regime}[/bold] (t_end={sim.t_end:g}, {sim.method})")
     elif measured.determined:        # cut short, but a blow-up had already decided it
@@ -236,6 +264,13 @@ def simulate(
     hidden = len(report["x0"]) - _HEAD_ROWS - _TAIL_ROWS
     if hidden > 0 and not show_all:
         console.print(f"{hidden:,} rows not shown (--show-all prints every row)")
+
+
+def _write_outputs(sim, report: dict, measured, prediction, plot: Path | None, json_path: Path | None,
+                   console) -> None:
+    """--plot and --json, written together (staged, moved into place when both are complete)."""
+    from ..outputs import staged_outputs
+
     with staged_outputs() as staging:
         if plot is not None:
             from ..dynamics.plots import save_simulation_plot
@@ -247,6 +282,3 @@ def simulate(
         console.print(f"figure written to {plot}")
     if json_path is not None:
         console.print(f"results written to {json_path}")
-    stopped_by_user_budget = budget_given and sim.info["solver_failure"] is None
-    if not measured.determined and not stopped_by_user_budget:
-        raise typer.Exit(EXIT_UNDETERMINED)
