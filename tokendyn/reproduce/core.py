@@ -64,6 +64,42 @@ def run(ctx: Context) -> SectionResult:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, s["vocab_size"], (s["batch"], s["length"]), generator=gen).to(device)
 
+    results = _compare_backends(model, config, ids, device, s["repeats"])
+    generation = _generation(model, ids, s, device, results, config.vocab_size)
+    consistent = generation["matches_full_forward_argmax"]
+
+    # a small Mamba-2 model beside it: both SSD scans against float64, generation through its state
+    mamba2, mamba2_checks = run_mamba2(ctx.quick, device)
+
+    record = {
+        "provenance": provenance(ctx.command),
+        "model": {**config.flat_dict(), "parameters": model.num_parameters()},
+        "input": {"batch": s["batch"], "length": s["length"], "dtype": "float32", "device": str(device),
+                  "torch_threads": torch.get_num_threads()},
+        "repeats": s["repeats"],
+        "backends": results,
+        "generation": generation,
+        "mamba2": mamba2,
+    }
+    (ctx.out / "core.json").write_text(json.dumps(record, indent=2))
+
+    summary = {
+        "backends": {n: {"max_rel_diff_vs_reference": r["max_rel_diff_vs_reference"],
+                         "max_rel_diff_vs_float64": r["max_rel_diff_vs_float64"],
+                         "forward_ms_median": r["forward_ms_median"]} for n, r in results.items()},
+        "generation_tokens_per_second": generation["tokens_per_second"],
+        "generation_matches_full_forward": consistent,
+        "mamba2": {n: r["max_rel_diff_vs_float64"] for n, r in mamba2["backends"].items()},
+        "json": "core.json",
+    }
+    return SectionResult(markdown=_markdown(config, model, s, device, results, generation, mamba2),
+                         summary=summary,
+                         checks=core_checks(results, consistent, str(device)) + mamba2_checks)
+
+
+def _compare_backends(model, config, ids, device, repeats: int) -> dict:
+    """Each available scan backend's logits on ``ids`` against the reference backend in float32
+    and in float64, and its forward time: {backend: numbers} (core.json's "backends")."""
     with torch.no_grad():
         oracle = MambaLM(config).to(device).eval()
         oracle.load_state_dict(model.state_dict())
@@ -76,7 +112,7 @@ def run(ctx: Context) -> SectionResult:
         ref32 = None
         for name in backends:
             model.set_scan_backend(name)
-            logits, times = _timed(lambda: model(ids), device, s["repeats"])
+            logits, times = _timed(lambda: model(ids), device, repeats)
             if name == "reference":
                 ref32 = logits
             rows[name] = {"logits": logits, "times_ms": times}
@@ -96,8 +132,13 @@ def run(ctx: Context) -> SectionResult:
     ref_ms = results["reference"]["forward_ms_median"]
     for r in results.values():
         r["speedup_vs_reference"] = ref_ms / r["forward_ms_median"]
+    return results
 
-    # Greedy generation through the recurrent cache, with the fastest backend for the prefill.
+
+def _generation(model, ids, s: dict, device, results: dict, vocab_size: int) -> dict:
+    """Greedy generation through the recurrent cache, with the fastest backend for the prefill,
+    timed after one warm-up call and compared with argmax over full forwards (core.json's
+    "generation"). Leaves the model on that backend."""
     fastest = min(results, key=lambda n: results[n]["forward_ms_median"])
     model.set_scan_backend(fastest)
     prompt = ids[:1, :s["prompt"]]
@@ -108,9 +149,9 @@ def run(ctx: Context) -> SectionResult:
     _sync(device)
     gen_s = time.perf_counter() - t0
     with torch.no_grad():  # the same tokens must come out of full forwards
-        full = model(out[:, :-1])[:, s["prompt"] - 1:, :config.vocab_size].argmax(-1)
+        full = model(out[:, :-1])[:, s["prompt"] - 1:, :vocab_size].argmax(-1)
     consistent = bool(torch.equal(full, out[:, s["prompt"]:]))
-    generation = {
+    return {
         "backend": fastest,
         "prompt_tokens": s["prompt"],
         "new_tokens": s["new_tokens"],
@@ -121,21 +162,9 @@ def run(ctx: Context) -> SectionResult:
         "generated": out[0, s["prompt"]:].tolist(),
     }
 
-    # a small Mamba-2 model beside it: both SSD scans against float64, generation through its state
-    mamba2, mamba2_checks = run_mamba2(ctx.quick, device)
 
-    record = {
-        "provenance": provenance(ctx.command),
-        "model": {**config.flat_dict(), "parameters": model.num_parameters()},
-        "input": {"batch": s["batch"], "length": s["length"], "dtype": "float32", "device": str(device),
-                  "torch_threads": torch.get_num_threads()},
-        "repeats": s["repeats"],
-        "backends": results,
-        "generation": generation,
-        "mamba2": mamba2,
-    }
-    (ctx.out / "core.json").write_text(json.dumps(record, indent=2))
-
+def _markdown(config, model, s: dict, device, results: dict, generation: dict, mamba2: dict) -> str:
+    """The section's text: the backends' table, the generation line and the Mamba-2 part."""
     lines = [
         f"A Mamba LM (d_model {config.d_model}, {config.n_layer} layers, vocabulary {config.vocab_size}, "
         f"{model.num_parameters():,} parameters, random init) on a batch of {s['batch']} × {s['length']} "
@@ -151,21 +180,12 @@ def run(ctx: Context) -> SectionResult:
                      f"{r['forward_ms_median']:.1f} | {r['speedup_vs_reference']:.1f}× |")
     lines += [
         "",
-        f"Greedy generation ({fastest} prefill, then recurrent steps): {s['new_tokens']} tokens after a "
-        f"{s['prompt']}-token prompt in {gen_s:.2f} s ({generation['tokens_per_second']:.1f} tokens/s); "
-        f"identical to argmax over full forwards: {'yes' if consistent else '**no**'}.",
+        f"Greedy generation ({generation['backend']} prefill, then recurrent steps): {s['new_tokens']} tokens "
+        f"after a {s['prompt']}-token prompt in {generation['seconds']:.2f} s "
+        f"({generation['tokens_per_second']:.1f} tokens/s); "
+        f"identical to argmax over full forwards: {'yes' if generation['matches_full_forward_argmax'] else '**no**'}.",
         *mamba2_markdown(mamba2),
         "",
         "Data: `core.json`.",
     ]
-    summary = {
-        "backends": {n: {"max_rel_diff_vs_reference": r["max_rel_diff_vs_reference"],
-                         "max_rel_diff_vs_float64": r["max_rel_diff_vs_float64"],
-                         "forward_ms_median": r["forward_ms_median"]} for n, r in results.items()},
-        "generation_tokens_per_second": generation["tokens_per_second"],
-        "generation_matches_full_forward": consistent,
-        "mamba2": {n: r["max_rel_diff_vs_float64"] for n, r in mamba2["backends"].items()},
-        "json": "core.json",
-    }
-    return SectionResult(markdown="\n".join(lines), summary=summary,
-                         checks=core_checks(results, consistent, str(device)) + mamba2_checks)
+    return "\n".join(lines)
