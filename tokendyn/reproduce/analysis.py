@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import torch
 
@@ -123,6 +124,21 @@ def _mamba2(ctx: Context, out) -> tuple[dict, str, list[Check]]:
     return brief, md, [check]
 
 
+def _analyse_models(models: dict, inputs, out: Path, command: str) -> tuple[dict, dict]:
+    """Each model's analysis: the unedited one ("init") written as a full report into ``out``,
+    the others as NAME.json beside it. Returns ({name: analysis JSON}, the report's paths)."""
+    results, paths = {}, None
+    for name, model in models.items():
+        analysis = analyze_model(model, inputs, layout="in memory", checkpoint=f"random initialisation ({name})")
+        if name == "init":
+            paths = write_analysis(analysis, out, provenance=provenance(command))
+            results[name] = json.loads(paths["json"].read_text())
+        else:
+            results[name] = analysis.to_json()
+            (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
+    return results, paths
+
+
 def run(ctx: Context) -> SectionResult:
     s = SETTINGS["quick" if ctx.quick else "full"]
     out = ctx.out / "analysis"
@@ -132,15 +148,7 @@ def run(ctx: Context) -> SectionResult:
                          "(byte tokens)")
     models = {"init": _model(config, ctx.device),
               **{v: _model(dataclasses.replace(config, io_constraint=v), ctx.device) for v in ("positive", "negative")}}
-    results, paths = {}, None
-    for name, model in models.items():
-        analysis = analyze_model(model, inputs, layout="in memory", checkpoint=f"random initialisation ({name})")
-        if name == "init":
-            paths = write_analysis(analysis, out, provenance=provenance(ctx.command))
-            results[name] = json.loads(paths["json"].read_text())
-        else:
-            results[name] = analysis.to_json()
-            (out / f"{name}.json").write_text(json.dumps(results[name], indent=1))
+    results, paths = _analyse_models(models, inputs, out, ctx.command)
 
     mamba2, mamba2_md, mamba2_checks = _mamba2(ctx, out)
     summary = {
