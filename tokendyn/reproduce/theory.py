@@ -18,6 +18,25 @@ def _fmt(summary: dict, digits: int = 3) -> str:
             f"max {summary['max']:.{digits}f}, n = {summary['n']})")
 
 
+def _tables(draws: dict, pos: list, fig_6: dict) -> tuple[list[str], list[str], list[str]]:
+    """The section's three markdown tables, as lines: the 1-D draws, the position dependence in
+    slow divergence, and Figure 6."""
+    rows = ["| regime (predicted) | draws | simulated agrees |", "|---|---|---|"]
+    for name, r in draws["table"].items():
+        rows.append(f"| {name} | {r['predicted']} | {r['agree']} |")
+    pos_rows = ["| config | position | growth exponent p_l of ln t | prefactor \\|x_l\\|/\\|x_1\\| at t_end |",
+                "|---|---|---|---|"]
+    for c in pos:
+        label = f"μ={c['mu']}, s={c['s']}, a={c['a']}"
+        for l, (p, r) in enumerate(zip(c["growth_exponent"], c["ratio_to_first"])):
+            pos_rows.append(f"| {label} | {l + 1} | {p:.3f} | {r:.2f} |" if p is not None else
+                            f"| {label} | {l + 1} | - | {r:.2f} |")
+    fig6_rows = ["| M eigenvalues | predicted | simulated |", "|---|---|---|"]
+    for name, r in fig_6.items():
+        fig6_rows.append(f"| {name} {tuple(r['eigenvalues'])} | {r['predicted']} | {r['simulated']} |")
+    return rows, pos_rows, fig6_rows
+
+
 def run(ctx: Context) -> SectionResult:
     from ..dynamics.experiments import check_1d_draws, fig6_agreement, position_dependence
     from ..dynamics.plots import figure_fig6, figure_regimes_1d
@@ -32,19 +51,7 @@ def run(ctx: Context) -> SectionResult:
     fig_1d = figure_regimes_1d(ctx.out / "dynamics_regimes_1d.png", n_points=60 if quick else 120)
     fig_6 = figure_fig6(ctx.out / "dynamics_fig6_phase.png", n_points=60 if quick else 120)
 
-    rows = ["| regime (predicted) | draws | simulated agrees |", "|---|---|---|"]
-    for name, r in draws["table"].items():
-        rows.append(f"| {name} | {r['predicted']} | {r['agree']} |")
-    pos_rows = ["| config | position | growth exponent p_l of ln t | prefactor \\|x_l\\|/\\|x_1\\| at t_end |",
-                "|---|---|---|---|"]
-    for c in pos:
-        label = f"μ={c['mu']}, s={c['s']}, a={c['a']}"
-        for l, (p, r) in enumerate(zip(c["growth_exponent"], c["ratio_to_first"])):
-            pos_rows.append(f"| {label} | {l + 1} | {p:.3f} | {r:.2f} |" if p is not None else
-                            f"| {label} | {l + 1} | - | {r:.2f} |")
-    fig6_rows = ["| M eigenvalues | predicted | simulated |", "|---|---|---|"]
-    for name, r in fig_6.items():
-        fig6_rows.append(f"| {name} {tuple(r['eigenvalues'])} | {r['predicted']} | {r['simulated']} |")
+    rows, pos_rows, fig6_rows = _tables(draws, pos, fig_6)
 
     md = f"""
 Random 1-D systems (μ, s ∈ ±[0.25, 2], a ∈ [0.1, 3], L ≤ 8): regime predicted by the
