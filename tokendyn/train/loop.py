@@ -320,6 +320,142 @@ def _after_failure(out: Path, exc: BaseException, resume: bool, created: bool) -
     return type(exc)(f"{message} (nothing of the run in {out} was kept).")
 
 
+@dataclass
+class _Progress:
+    """Where a run stands: the next step, the tokens seen, and the seconds of earlier sessions
+    (wall, optimiser steps, callbacks) plus this one's, so that a resumed run's totals go on."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    prior_wall: float = 0.0
+    train_s: float = 0.0
+    callback_s: float = 0.0
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def wall(self) -> float:
+        return self.prior_wall + time.perf_counter() - self.t_start
+
+    def trainer_state(self, step: int) -> dict:
+        return {"step": step, "tokens_seen": self.tokens_seen, "wall_s": self.wall(), "train_s": self.train_s,
+                "callback_s": self.callback_s}
+
+
+def _accumulation(task: Task, cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per optimiser step in each process; ConfigError where the batch does not split."""
+    per_process, rem = divmod(task.examples_per_step, world)
+    if rem:
+        raise ConfigError(f"the global batch of {task.examples_per_step} examples does not split over "
+                          f"{world} processes.")
+    micro = cfg.micro_batch or per_process
+    if micro > per_process or per_process % micro:
+        raise ConfigError(f"the micro-batch {micro} must divide the per-process batch of {per_process} examples.")
+    return per_process // micro
+
+
+def _restore(model, optimizer, out: Path | None, resume: bool, main: bool, log) -> _Progress:
+    """The run's progress: from its last checkpoint when resuming (model and optimiser loaded,
+    metrics cut back to it), else from step 0 (metrics emptied)."""
+    if resume and out is not None:
+        ckpt = runstate.latest_checkpoint(Path(out))
+        if ckpt is not None:
+            trainer = runstate.load_checkpoint(ckpt, model, optimizer)
+            progress = _Progress(int(trainer["step"]), int(trainer["tokens_seen"]), trainer["wall_s"],
+                                 trainer["train_s"], trainer["callback_s"])
+            if main:
+                runstate.truncate_metrics(Path(out), progress.step)
+                log(f"resumed from {ckpt} at step {progress.step}")
+            return progress
+        if main:
+            runstate.truncate_metrics(Path(out), -1)
+            log(f"{out} holds no checkpoint yet; the run starts from step 0")
+    elif out is not None and main:
+        runstate.truncate_metrics(Path(out), -1)
+    return _Progress()
+
+
+def _optimiser_step(net, model, optimizer, task: Task, cfg: TrainConfig, step: int, accumulation: int, ddp,
+                    device) -> tuple[torch.Tensor, float]:
+    """One optimiser step over ``accumulation`` micro-batches: (the step's mean loss over the
+    processes, as a device scalar, and its learning rate)."""
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    step_loss = torch.zeros((), device=device)
+    for i in range(accumulation):
+        x, y = (t.to(device, non_blocking=True) for t in
+                task.train_batch(step, ddp.rank * accumulation + i, ddp.world * accumulation))
+        sync = not ddp.active or i == accumulation - 1
+        with net.no_sync() if not sync else _null():
+            loss = task.loss(net, (x, y)) / accumulation
+            loss.backward()
+        step_loss += loss.detach()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ddp.active:
+        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+        step_loss /= ddp.world
+    return step_loss, lr
+
+
+def _evaluate(task: Task, model, cfg: TrainConfig, done: int, metrics) -> dict:
+    """The validation record of step ``done`` (and with eval_test the test split's, but at the
+    last step, whose test record follows the loop); returns the validation metrics."""
+    val = task.evaluate(model, "validation")
+    metrics({"kind": "validation", "step": done, **val})
+    if cfg.eval_test and done != cfg.steps:
+        metrics({"kind": "test_curve", "step": done, **task.evaluate(model, "test")})
+    return val
+
+
+def _open_run_dir(out: Path | None, identity: dict, cfg: TrainConfig, resume: bool, ddp, started: list) -> None:
+    """Check that the step count's metric records fit in memory, then write (or check, when
+    resuming) the run directory's run.json; ``started`` records that this call wrote it."""
+    # the records of the metrics log are also kept in memory: a step count in the billions asks
+    # for more memory than there is long before it asks for more time than anyone has
+    records = cfg.steps // max(cfg.log_every, 1) + cfg.steps // max(cfg.eval_every or cfg.steps, 1)
+    check_memory(512 * records, "cpu", f"--steps {cfg.steps:,} (about {records:,} metric records)")
+    if out is not None and ddp.main:
+        runstate.prepare_run_dir(Path(out), identity, resume)
+        started.append(True)
+    if ddp.active:
+        dist.barrier()
+
+
+def _prepare_model(model, cfg: TrainConfig, out: Path | None, resume: bool, device, ddp, log):
+    """The model on ``device`` in training mode, its AdamW, restored from the last checkpoint when
+    resuming: (optimizer, the module to run (DDP-wrapped across processes), the run's progress)."""
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_rule), lr=cfg.lr, betas=cfg.betas,
+                                  fused=device.type == "cuda")
+    run = _restore(model, optimizer, out, resume, ddp.main, log)
+    model.to(device)
+    if ddp.active:
+        dist.barrier()
+    net = model
+    if ddp.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.t_start = time.perf_counter()        # this session's clock starts with its first step
+    return optimizer, net, run
+
+
+def _log_step(metrics, bar, run: _Progress, done: int, step_loss: torch.Tensor, lr: float) -> float:
+    """The train record of step ``done`` (its loss read from the device); TrainingDivergedError
+    for a loss that is not finite. Returns the loss."""
+    loss = float(step_loss)
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"the training loss became {loss} at step {done}; lower the learning rate.")
+    metrics({"kind": "train", "step": done, "loss": loss, "lr": lr, "tokens": run.tokens_seen,
+             "elapsed_s": round(run.wall(), 3)})
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return loss
+
+
 def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None, *, identity: dict | None,
            resume: bool, device, callbacks, stop_after_steps: int | None, progress: bool,
            tokenizer_json: str | None, log, started: list) -> TrainResult:
@@ -327,135 +463,65 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | Non
     ddp = init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    per_process, rem = divmod(task.examples_per_step, ddp.world)
-    if rem:
-        raise ConfigError(f"the global batch of {task.examples_per_step} examples does not split over "
-                          f"{ddp.world} processes.")
-    micro = cfg.micro_batch or per_process
-    if micro > per_process or per_process % micro:
-        raise ConfigError(f"the micro-batch {micro} must divide the per-process batch of {per_process} examples.")
-    accumulation = per_process // micro
+    accumulation = _accumulation(task, cfg, ddp.world)
     task.autocast = cfg.autocast
     log = log or (lambda *_: None)
-    full_identity = {**(identity or {}), "train": cfg.identity(), "task": task.describe()}
-    # the records of the metrics log are also kept in memory: a step count in the billions asks
-    # for more memory than there is long before it asks for more time than anyone has
-    records = cfg.steps // max(cfg.log_every, 1) + cfg.steps // max(cfg.eval_every or cfg.steps, 1)
-    check_memory(512 * records, "cpu", f"--steps {cfg.steps:,} (about {records:,} metric records)")
-    if out is not None and ddp.main:
-        runstate.prepare_run_dir(Path(out), full_identity, resume)
-        started.append(True)
-    if ddp.active:
-        dist.barrier()
-
-    model.to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_rule), lr=cfg.lr, betas=cfg.betas,
-                                  fused=device.type == "cuda")
-    start, tokens_seen, prior_wall, prior_train, prior_cb = 0, 0, 0.0, 0.0, 0.0
-    if resume and out is not None:
-        ckpt = runstate.latest_checkpoint(Path(out))
-        if ckpt is not None:
-            trainer = runstate.load_checkpoint(ckpt, model, optimizer)
-            model.to(device)
-            start, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
-            prior_wall, prior_train, prior_cb = trainer["wall_s"], trainer["train_s"], trainer["callback_s"]
-            if ddp.main:
-                runstate.truncate_metrics(Path(out), start)
-                log(f"resumed from {ckpt} at step {start}")
-        elif ddp.main:
-            runstate.truncate_metrics(Path(out), -1)
-            log(f"{out} holds no checkpoint yet; the run starts from step 0")
-    elif out is not None and ddp.main:
-        runstate.truncate_metrics(Path(out), -1)
-    if ddp.active:
-        dist.barrier()
-
-    net = model
-    if ddp.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    _open_run_dir(out, {**(identity or {}), "train": cfg.identity(), "task": task.describe()}, cfg, resume, ddp,
+                  started)
+    optimizer, net, run = _prepare_model(model, cfg, out, resume, device, ddp, log)
     metrics = MetricsLog(out, ddp.main)
     callbacks = list(callbacks)
-    t_start = time.perf_counter()
-    train_s, cb_s = prior_train, prior_cb
+    start = run.step
     end = cfg.steps if stop_after_steps is None else max(start, min(cfg.steps, stop_after_steps))
     bar = _progress(cfg.steps, start, progress and ddp.main)
 
-    def run_callbacks(step: int, final: bool) -> float:
+    def run_callbacks(step: int, final: bool) -> None:
         t = time.perf_counter()
         if ddp.main:
             for cb in callbacks:
                 if final or (cb.every and step % cb.every == 0):
                     cb(step, model, metrics)
-        return time.perf_counter() - t
+        run.callback_s += time.perf_counter() - t
 
     def checkpoint(step: int) -> None:
         if out is None:
             return
         if ddp.main:
-            wall = prior_wall + time.perf_counter() - t_start
-            runstate.save_checkpoint(Path(out), model, optimizer,
-                                     {"step": step, "tokens_seen": tokens_seen, "wall_s": wall,
-                                      "train_s": train_s, "callback_s": cb_s}, tokenizer_json)
+            runstate.save_checkpoint(Path(out), model, optimizer, run.trainer_state(step), tokenizer_json)
         if ddp.active:
             dist.barrier()
 
     val = None
     if start == 0:
-        cb_s += run_callbacks(0, False)
+        run_callbacks(0, False)
     last_loss = float("nan")
     for step in range(start, end):
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for i in range(accumulation):
-            x, y = (t.to(device, non_blocking=True) for t in
-                    task.train_batch(step, ddp.rank * accumulation + i, ddp.world * accumulation))
-            sync = not ddp.active or i == accumulation - 1
-            ctx = net.no_sync() if not sync else _null()
-            with ctx:
-                loss = task.loss(net, (x, y)) / accumulation
-                loss.backward()
-            step_loss += loss.detach()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += task.examples_per_step * task.tokens_per_example
+        step_loss, lr = _optimiser_step(net, model, optimizer, task, cfg, step, accumulation, ddp, device)
+        run.tokens_seen += task.examples_per_step * task.tokens_per_example
         done = step + 1
-        if ddp.active:
-            dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
-            step_loss /= ddp.world
         is_last = done == end
         if (cfg.log_every and done % cfg.log_every == 0) or is_last:
-            last_loss = float(step_loss)
-            if not math.isfinite(last_loss):
-                raise TrainingDivergedError(f"the training loss became {last_loss} at step {done}; lower the "
-                                            "learning rate.")
-            metrics({"kind": "train", "step": done, "loss": last_loss, "lr": lr, "tokens": tokens_seen,
-                     "elapsed_s": round(prior_wall + time.perf_counter() - t_start, 3)})
-            if bar is not None:
-                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+            last_loss = _log_step(metrics, bar, run, done, step_loss, lr)
         if device.type == "cuda" and is_last:
             torch.cuda.synchronize()
-        train_s += time.perf_counter() - t0
+        run.train_s += time.perf_counter() - t0
         if ddp.main and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            val = task.evaluate(model, "validation")
-            metrics({"kind": "validation", "step": done, **val})
-            if cfg.eval_test and done != cfg.steps:     # the last step's test record follows the loop
-                metrics({"kind": "test_curve", "step": done, **task.evaluate(model, "test")})
-        cb_s += run_callbacks(done, done == cfg.steps)
+            val = _evaluate(task, model, cfg, done, metrics)
+        run_callbacks(done, done == cfg.steps)
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or is_last:
             checkpoint(done)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    return _finish(task, model, cfg, out, run, metrics, val, last_loss, end, ddp)
 
+
+def _finish(task: Task, model, cfg: TrainConfig, out: Path | None, run: _Progress, metrics, val, last_loss: float,
+            end: int, ddp) -> TrainResult:
+    """The run's result after its last step (or its stop at ``end``): the test split at the
+    last step, the validation curve, and OUT/result.json for a finished run."""
     stopped = end < cfg.steps
     test = {}
     if not stopped and ddp.main:
@@ -468,8 +534,8 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | Non
     if math.isnan(last_loss):
         last_loss = next((r["loss"] for r in reversed(records) if r.get("kind") == "train"), float("nan"))
     result = TrainResult(steps=end, final_loss=last_loss, validation=val or {}, test=test, val_curve=curve,
-                         tokens_seen=tokens_seen, wall_s=prior_wall + time.perf_counter() - t_start,
-                         train_s=train_s, callback_s=cb_s, stopped_early=stopped)
+                         tokens_seen=run.tokens_seen, wall_s=run.wall(), train_s=run.train_s,
+                         callback_s=run.callback_s, stopped_early=stopped)
     if out is not None and ddp.main and not stopped:
         write_file(Path(out) / runstate.RESULT, json.dumps(result.as_dict(), indent=1) + "\n")
     if ddp.active:
