@@ -93,8 +93,10 @@ def test_a_third_experiment_is_one_description(tmp_path):
     up_none = doc["comparisons"]["up_minus_none"]         # 0.2 against a spread of 0.1·√(2/3): t = 2.45
     assert up_none["t"] == pytest.approx(0.2 / (0.1 * (2 / 3) ** 0.5))
     # ... yet the toy curves still rise at the end (test_flat_curves_in_the_summary): not settled
-    assert up_none["outcome"] == "fail" and "6 of 6 runs' validation curves still falling" in up_none["note"]
-    assert doc["comparisons"]["down_minus_none"]["outcome"] == "fail"       # the claim's direction matters
+    # measured, but not settled: the grid cannot decide the claim (neither pass nor a finding)
+    assert up_none["outcome"] == "not run" and up_none["note"].startswith("not settled: ")
+    assert "6 of 6 runs' validation curves still falling" in up_none["note"]
+    assert doc["comparisons"]["down_minus_none"]["outcome"] == "not run"
     assert doc["comparisons"]["down_minus_none"]["origin"] == "project"
     md = (tmp_path / "toy.md").read_text()
     assert md.startswith("Test score, smoke scale: width 2; data: toy data; device: toy device.")
@@ -149,7 +151,8 @@ def test_one_seed_has_no_std_in_json_or_markdown(tmp_path):
     assert all(v["test_score_std"] is None for v in doc["settings"].values())
     md = (tmp_path / "toy.md").read_text()
     assert "| up | 1 | 0.70 ± n/a | 0.70 | +0.20 (± n/a; t n/a) |" in md
-    assert "fail (fewer than two seeds per setting, or identical results: no spread to compare with)" in md
+    assert "| +0.20 | n/a | n/a | t ≥ 2 in its direction, ≥ 3 seeds | not run (not settled: fewer than 3 seeds per " \
+        "setting" in md
 
 
 @pytest.mark.parametrize("higher, curve, gain", [
@@ -208,12 +211,16 @@ def test_comparison_tolerance_seeds_and_absent_settings():
     strict = Comparison("high", "low", "better", "high is better", min_t=100)
     assert strict.judge(s, acc)["outcome"] == "fail"
     four = Comparison("high", "low", "better", "high is better", min_seeds=4)
-    assert four.judge(s, acc) == {**better.judge(s, acc), "outcome": "fail", "note": "fewer than 4 seeds per setting"}
+    assert four.judge(s, acc) == {**better.judge(s, acc), "outcome": "not run",
+                                  "note": "not settled: fewer than 4 seeds per setting"}
+    # measured but not settled: a check that shows the numbers and says what would settle it
+    unsettled = four.check({"settings": s}, "a grid", acc, "run more seeds")
+    assert unsettled.outcome == "not run" and "t = +" in unsettled.measured and "run more seeds" in unsettled.note
     assert better.judge({"high": s["high"]}, acc)["outcome"] == "not run"
     # runs whose validation curves are still falling settle nothing, however large t is
     falling = {k: {**v, "val_flat": [True, True, False]} for k, v in s.items()}
     v = better.judge(falling, acc)
-    assert v["outcome"] == "fail" and v["t"] == better.judge(s, acc)["t"] and "2 of 6 runs" in v["note"]
+    assert v["outcome"] == "not run" and v["t"] == better.judge(s, acc)["t"] and "2 of 6 runs" in v["note"]
     flat = {k: {**v, "val_flat": [True] * 3} for k, v in s.items()}
     assert better.judge(flat, acc)["outcome"] == "pass"
     check = better.check({"settings": s}, "a grid", acc, "run it")
@@ -368,7 +375,7 @@ def test_early_stopping_in_the_summary_markdown_and_report(tmp_path):
     assert up["test_at_best_val"] == [pytest.approx(0.75), pytest.approx(0.85), None]     # seed 2: no test curve
     both = doc["comparisons"]["up_minus_none_test_at_best_val"]
     assert both["diff"] == pytest.approx(0.2) and both["origin"] == "project"
-    assert both["outcome"] == "fail" and "fewer than 3 seeds" in both["note"]                # None is left out
+    assert both["outcome"] == "not run" and "fewer than 3 seeds" in both["note"]                # None is left out
     md = (tmp_path / "toy.md").read_text()
     assert "Test score at each run's best validation step (early stopping; the project's addition):" in md
     assert "| up | 2 | 0.80 ± 0.07 | 0.75, 0.85, n/a | 6, 6, 6 |" in md

@@ -43,7 +43,7 @@ def comparison_checks(exp: Experiment, source: dict | None, label: str, how: str
     if es is not None and source is not None:
         read = es.metric(exp.metric)
         checks += [es.comparison(c).check(source, label, read, how) for c in tested
-                   if c.judge(source.get("settings", {}), read)["outcome"] != "not run"]
+                   if c.judge(source.get("settings", {}), read)["diff"] is not None]
     return checks
 
 

@@ -87,8 +87,10 @@ class Comparison:
     def judge(self, settings: dict, metric: Metric) -> dict:
         """The comparison on a summary's ``settings``: {"diff", "spread", "t", "outcome", "note"};
         diff and t are ``setting`` − ``other``; outcome "pass", "fail", or "not run" where either
-        setting is absent. ``metric``: the experiment's, used unless the comparison has its own.
-        Seeds without a value (None) are left out."""
+        setting is absent, and, with the numbers measured, where the grid cannot settle the claim
+        (fewer than ``min_seeds`` seeds, or validation curves still falling: the note says which).
+        ``metric``: the experiment's, used unless the comparison has its own. Seeds without a value
+        (None) are left out."""
         metric = self.metric or metric
         if self.setting not in settings or self.other not in settings:
             return {"diff": None, "spread": None, "t": None, "outcome": "not run",
@@ -98,18 +100,22 @@ class Comparison:
             return {"diff": None, "spread": None, "t": None, "outcome": "not run",
                     "note": f"no run has a value of {metric.label}"}
         diff, spread, t = seed_comparison(a, b)
-        if t is None:
-            return {"diff": diff, "spread": spread, "t": None, "outcome": "fail",
-                    "note": "fewer than two seeds per setting, or identical results: no spread to compare with"}
-        sign = 1 if (self.expect == "better") == metric.higher_is_better else -1
-        # runs whose validation curve is still falling are not trained models yet: their order may change
+        # a grid with too few seeds, or whose runs are not trained yet (validation curves still
+        # falling: their order may change), measures the comparison but cannot settle the claim
         flat = [f for s in (self.setting, self.other) for f in settings[s].get("val_flat") or ()]
         falling = sum(not f for f in flat)
-        ok = sign * t >= self.min_t and min(len(a), len(b)) >= self.min_seeds and not falling
         notes = [f"fewer than {self.min_seeds} seeds per setting"] if min(len(a), len(b)) < self.min_seeds else []
         if falling:
             notes.append(f"{falling} of {len(flat)} runs' validation curves still falling at the end (not flat)")
-        return {"diff": diff, "spread": spread, "t": t, "outcome": "pass" if ok else "fail", "note": "; ".join(notes)}
+        unsettled = "not settled: " + "; ".join(notes) if notes else ""
+        if t is None:
+            return {"diff": diff, "spread": spread, "t": None, "outcome": "not run" if notes else "fail",
+                    "note": unsettled or "identical results: no spread to compare with"}
+        if notes:
+            return {"diff": diff, "spread": spread, "t": t, "outcome": "not run", "note": unsettled}
+        sign = 1 if (self.expect == "better") == metric.higher_is_better else -1
+        return {"diff": diff, "spread": spread, "t": t, "outcome": "pass" if sign * t >= self.min_t else "fail",
+                "note": ""}
 
     def check(self, source: dict | None, label: str, metric: Metric, how: str):
         """The comparison as a report check on ``source`` (a summary, or None: not run, ``how`` says
@@ -120,15 +126,16 @@ class Comparison:
         if source is None:
             return Check.not_run(self.claim, self.tolerance(), how, kind="claim")
         v = self.judge(source.get("settings", {}), metric)
-        if v["outcome"] == "not run":
+        if v["diff"] is None:
             return Check.not_run(self.claim, self.tolerance(), how, kind="claim")
+        ok = None if v["outcome"] == "not run" else v["outcome"] == "pass"
+        note = f"{v['note']}; {how}" if ok is None else v["note"]
         if v["t"] is None:
             return Check.judged(self.claim, self.tolerance(),
-                                f"{self.setting} − {self.other}: {v['diff']:+.4g}, no seed spread ({label})", False,
-                                v["note"], kind="claim")
+                                f"{self.setting} − {self.other}: {v['diff']:+.4g}, no seed spread ({label})", ok,
+                                note, kind="claim")
         return Check.judged(self.claim, self.tolerance(), f"{self.setting} − {self.other}: {v['diff']:+.4g} ± "
-                            f"{v['spread']:.2g} (t = {v['t']:+.2f}; {label})", v["outcome"] == "pass", v["note"],
-                            kind="claim")
+                            f"{v['spread']:.2g} (t = {v['t']:+.2f}; {label})", ok, note, kind="claim")
 
 
 @dataclass(frozen=True)

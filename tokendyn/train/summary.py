@@ -146,13 +146,13 @@ def comparisons(exp: Experiment, settings: dict) -> dict:
             out[f"{s}_minus_{base}"] = {"diff": diff, "spread": spread, "t": t}
     for c in exp.comparisons:
         v = c.judge(settings, exp.metric)
-        if v["outcome"] != "not run":
+        if v["diff"] is not None:
             out[c.name] = {**v, "claim": c.claim, "origin": c.origin, "expect": c.expect}
     es = exp.early_stopping
     for c in exp.comparisons if es is not None else ():
         c = es.comparison(c)
         v = c.judge(settings, es.metric(exp.metric))
-        if v["outcome"] != "not run":
+        if v["diff"] is not None:
             out[f"{c.name}_{es.key}"] = {**v, "claim": c.claim, "origin": c.origin, "expect": c.expect}
     return out
 
