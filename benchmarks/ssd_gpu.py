@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--chunk-size", type=int, default=64, help="chunk of tokendyn's chunked backend")
     ap.add_argument("--peer-chunk-size", type=int, default=256, help="chunk of mamba_ssm (Mamba2's default)")
     ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
+    ap.add_argument("--peer-source", default=None,
+                    help="an unpacked mamba_ssm sdist: load its Triton SSD from there, without the "
+                         "package's CUDA extensions (default: import the installed mamba_ssm)")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU, no peer, two short rounds: checks that the script runs")
     args = ap.parse_args(argv)
@@ -78,14 +81,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_peer():
-    """(mamba_chunk_scan_combined wrapped to our call, its description) or (None, why not)."""
+def load_peer(source: str | None = None):
+    """(mamba_chunk_scan_combined, its description) or (None, why not).
+
+    ``source``: an unpacked mamba_ssm source tree (the folder holding ``mamba_ssm/``). The SSD
+    scan is pure Triton, so it runs from the sources without the package's CUDA extensions,
+    which ``import mamba_ssm`` would load (its ``__init__`` imports the Mamba-1 CUDA scan): the
+    package is registered by its path alone and only the Triton modules are imported.
+    """
+    if source is None:
+        try:
+            import mamba_ssm
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        except ImportError as exc:
+            return None, f"mamba_ssm not importable: {exc}"
+        return mamba_chunk_scan_combined, f"mamba_ssm {getattr(mamba_ssm, '__version__', '?')}"
+    import importlib
+    import re
+    import types
+
+    root = Path(source) / "mamba_ssm"
+    init = root / "__init__.py"
+    if not init.is_file():
+        return None, f"{source} holds no mamba_ssm/__init__.py"
+    version = re.search(r'__version__ = "([^"]+)"', init.read_text())
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = [str(root)]
+    package.__version__ = version.group(1) if version else "?"
+    sys.modules["mamba_ssm"] = package
     try:
-        import mamba_ssm
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        module = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
     except ImportError as exc:
-        return None, f"mamba_ssm not importable: {exc}"
-    return mamba_chunk_scan_combined, f"mamba_ssm {getattr(mamba_ssm, '__version__', '?')}"
+        return None, f"mamba_ssm's Triton SSD not importable from {source}: {exc}"
+    return (module.mamba_chunk_scan_combined,
+            f"mamba_ssm {package.__version__} (Triton SSD kernels from its source, CUDA extensions not built)")
 
 
 def make_inputs(shape, dtype, device, seed=0):
@@ -255,7 +284,7 @@ def main(argv=None) -> int:
         prov["device"] = f"cpu smoke ({prov['device']})"
     if args.commit:
         prov["commit"] = args.commit
-    peer, peer_desc = (None, "left out (--skip-peer or --cpu-smoke)") if args.skip_peer else load_peer()
+    peer, peer_desc = (None, "left out (--skip-peer or --cpu-smoke)") if args.skip_peer else load_peer(args.peer_source)
     log(f"device {prov['device']}; peer: {peer_desc}")
     impls = contenders(args, peer)
     rows = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -460,6 +461,31 @@ def test_gpu_benchmark_cpu_smoke(bench, tmp_path):
     for bad in (["--rounds", "0"], ["--chunk-size", "0"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+
+
+def test_gpu_benchmark_loads_the_peer_from_its_source(bench, tmp_path, monkeypatch):
+    """--peer-source: the Triton SSD is imported from a source tree by its path alone, without the
+    package's __init__ (which would load CUDA extensions); a tree without the package says so."""
+    tree = tmp_path / "mamba_ssm-9.9"
+    (tree / "mamba_ssm" / "ops" / "triton").mkdir(parents=True)
+    (tree / "mamba_ssm" / "__init__.py").write_text('__version__ = "9.9"\nraise ImportError("CUDA")\n')
+    for sub in ("ops", "ops/triton"):
+        (tree / "mamba_ssm" / sub / "__init__.py").write_text("")
+    (tree / "mamba_ssm" / "ops" / "triton" / "ssd_combined.py").write_text(
+        "def mamba_chunk_scan_combined(*args, **kwargs):\n    return 'peer'\n")
+    def forget_peer():   # an installed or fake mamba_ssm must not leak into or out of the test
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            monkeypatch.delitem(sys.modules, name)
+
+    forget_peer()
+    try:
+        fn, desc = bench.load_peer(str(tree))
+        assert fn() == "peer" and "9.9" in desc and "CUDA extensions not built" in desc
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+    fn, desc = bench.load_peer(str(tmp_path / "nowhere"))
+    assert fn is None and "no mamba_ssm" in desc
 
 
 def test_gpu_benchmark_row_with_a_peer(bench):
