@@ -253,3 +253,17 @@ def test_io_parameters_give_the_layers_own_ssd_flow_and_attention():
                   inner.C.transpose(1, 2).reshape(1, 9, G, N)).reshape(1, 9, D)
     for k, c in enumerate(chans):
         torch.testing.assert_close(maps[k] @ inner.x[0, c], ys[0, :, c], rtol=1e-10, atol=1e-12)
+
+
+def test_the_analysis_memory_estimate_counts_every_group_of_b_and_c():
+    """B and C are (L, G·N) in Mamba-2: the estimate that refuses a too-large --max-tokens grows with
+    G (at one group it is the Mamba-1 formula's B, C term), by 2·G·N floats per token and layer."""
+    from tokendyn.analysis.analyze import estimate_memory
+
+    one, eight = (MambaConfig(d_model=64, n_layer=3, vocab_size=32, layer="mamba2", head_dim=16,
+                              n_groups=g, d_state=16) for g in (1, 8))
+    L = 1000
+    grown = estimate_memory(eight, L, n_maps=2) - estimate_memory(one, L, n_maps=2)
+    assert grown == 3 * L * 2 * (8 - 1) * 16 * 4
+    plain = MambaConfig(d_model=64, n_layer=3, vocab_size=32)
+    assert estimate_memory(plain, L, n_maps=2) > 0

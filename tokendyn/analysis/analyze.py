@@ -246,12 +246,14 @@ def estimate_memory(config, n_tokens: int, n_maps: int, dtype_bytes: int = 4) ->
     """Bytes an analysis of ``n_tokens`` tokens needs at its peak, roughly (an upper estimate).
 
     Kept through the run: every layer's residual stream (n_layer+1, L, d_model) and scan inputs
-    x, Δ, z (L, d_inner) and B, C (L, N); transient in a layer: about 8 (L, d_inner) tensors plus
-    the chunked scan's bounded working set; hidden attention: each (L, L) float64 map kept, and
-    about 6 more (L, L) float64 tensors while one channel is computed.
+    x, Δ, z (L, d_inner) and B, C (L, G·N) (G: the family's ``n_groups`` where it has groups of B and
+    C, as Mamba-2 does, else 1); transient in a layer: about 8 (L, d_inner) tensors plus the chunked
+    scan's bounded working set; hidden attention: each (L, L) float64 map kept, and about 6 more
+    (L, L) float64 tensors while one channel is computed.
     """
     L, D = int(n_tokens), int(config.d_inner)
-    kept = L * ((config.n_layer + 1) * config.d_model + config.n_layer * (3 * D + 2 * config.d_state))
+    bc_width = int(getattr(config, "n_groups", 1)) * int(config.d_state)
+    kept = L * ((config.n_layer + 1) * config.d_model + config.n_layer * (3 * D + 2 * bc_width))
     transient = 8 * L * D + 4 * (1 << 21)
     return (kept + transient) * dtype_bytes + (n_maps + 6) * L * L * 8
 
