@@ -8,39 +8,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError, DataError
 from .options import Backend, Json, Progress
 from .root import app
-
-
-def _parse_x0(text: str) -> list[float]:
-    parts = text.replace(" ", "").split(",")
-    if parts == [""]:
-        raise DataError("--x0 must hold at least one number, got an empty list.")
-    if "" in parts:       # "1,,2" is a typo, never a silent [1, 2]
-        raise DataError(f"--x0 has an empty entry at position {parts.index('') + 1}: {text!r}.")
-    try:
-        vals = [float(v) for v in parts]
-    except ValueError:
-        raise DataError(f"--x0 must be comma-separated numbers, got {text!r}.") from None
-    bad = [i + 1 for i, v in enumerate(vals) if not math.isfinite(v)]
-    if bad:
-        raise DataError(f"--x0 must hold finite numbers only; entry {bad[0]} of {text!r} is {parts[bad[0] - 1]}.")
-    return vals
-
-
-def _load_params(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"the parameter file {path} is not a text (JSON) file.") from None
-    except OSError as exc:
-        raise DataError(f"cannot read the parameter file {path}: {exc.strerror or exc}.") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"the parameter file {path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
-
 
 # Rows of the console table shown without --show-all: the first and the last tokens.
 _HEAD_ROWS, _TAIL_ROWS = 10, 5
@@ -146,102 +115,53 @@ def simulate(
     short without a blow-up, or the solver failed), except for a run stopped by a --max-evals
     or --time-limit the user gave, which exits 0; 2 for a refused request.
     """
+    from ..dynamics import simulation as simulation_
+    from ..dynamics.sources import SimulationSource
+    from ..ops import resolve_backend
     from ..outputs import check_image_file, check_output_file
 
     if plot is not None:
         check_image_file(plot, "--plot")
     if json_path is not None:
         check_output_file(json_path, "--json")
-    from ..ops import resolve_backend
-
     resolve_backend(backend, "cpu")   # the system is integrated on the CPU: refuse a backend that cannot run there
+    source = SimulationSource(mu=mu, s_delta=s_delta, a=a, b_delta=b_delta, params=params, random=random,
+                              dim=dim, state=state, seed=seed, x0=x0, tokens=tokens)
+    request = dict(t_end=t_end, points=points, tokens=tokens, method=method, memory_limit=memory_limit * 2**30,
+                   max_evals=simulation_.DEFAULT_MAX_EVALS if max_evals is None else max_evals,
+                   time_limit=simulation_.DEFAULT_TIME_LIMIT if time_limit is None else time_limit)
+    simulation_.check_request(**request, dim=dim, state=state)
+    system = source.system()
+    init = source.initial_tokens(system, check=lambda n, d, st: simulation_.check_request(
+        **{**request, "tokens": n}, dim=d, state=st))
 
-    from ..dynamics.simulation import (
-        DEFAULT_MAX_EVALS,
-        DEFAULT_TIME_LIMIT,
-        EXIT_UNDETERMINED,
-        check_request,
-        simulate_and_report,
-    )
-
-    one_d = _check_sources(mu, s_delta, a, params, random, dim, state, x0, tokens)
+    determined, solver_failed = _run(system, init, request, backend, progress, show_all, plot, json_path)
     budget_given = max_evals is not None or time_limit is not None
-    max_evals = DEFAULT_MAX_EVALS if max_evals is None else max_evals
-    time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-    limit = memory_limit * 2**30
-    request = dict(t_end=t_end, points=points, tokens=tokens, max_evals=max_evals, time_limit=time_limit,
-                   memory_limit=limit, method=method)
-    check_request(**request, dim=dim if random else None, state=state if random else None)
+    if not determined and (solver_failed or not budget_given):   # a user's budget may stop a run undecided
+        raise typer.Exit(simulation_.EXIT_UNDETERMINED)
 
-    system = _build_system(one_d, mu, s_delta, a, b_delta, params, dim, state, seed)
-    init = _initial_tokens(system, x0, tokens, seed, request)
+
+def _run(system, init, request: dict, backend: str, progress: bool, show_all: bool, plot: Path | None,
+         json_path: Path | None) -> tuple[bool, bool]:
+    """Simulate, print the regimes and the token table, write --plot and --json. Returns whether
+    the regime was determined and whether the solver failed."""
+    from rich.console import Console
+
+    from ..dynamics import simulation as simulation_
 
     update, close = _progress_bar(progress)
     try:
-        done = simulate_and_report(system, init, t_end, points=points, method=method, backend=backend,
-                                   max_evals=max_evals, time_limit=time_limit, memory_limit=limit,
-                                   progress=update)
+        done = simulation_.simulate_and_report(system, init, request["t_end"], points=request["points"],
+                                               method=request["method"], backend=backend,
+                                               max_evals=request["max_evals"], time_limit=request["time_limit"],
+                                               memory_limit=request["memory_limit"], progress=update)
     finally:
         close()
     report, sim, prediction, measured = done.report, done.simulation, done.prediction, done.measured
-
-    from rich.console import Console
-
     console = Console()
     _print_result(console, report, sim, prediction, measured, show_all)
     _write_outputs(sim, report, measured, prediction, plot, json_path, console)
-    stopped_by_user_budget = budget_given and sim.info["solver_failure"] is None
-    if not measured.determined and not stopped_by_user_budget:
-        raise typer.Exit(EXIT_UNDETERMINED)
-
-
-def _check_sources(mu, s_delta, a, params, random, dim, state, x0, tokens) -> list[bool]:
-    """Refuse a command line that names no parameter source, or more than one, or options that
-    do not go with it; returns which of --mu, --s-delta, --a were given."""
-    one_d = [v is not None for v in (mu, s_delta, a)]
-    sources = sum([any(one_d), params is not None, random])
-    if sources != 1:
-        raise ConfigError("choose exactly one parameter source: --mu/--s-delta/--a, --params FILE or --random.")
-    if any(one_d) and not all(one_d):
-        raise ConfigError("the 1-D system needs all of --mu, --s-delta and --a.")
-    if (dim is not None or state is not None) and not random:
-        raise ConfigError("--dim and --state go with --random only.")
-    if x0 is not None and tokens is not None:
-        raise ConfigError("give --x0 or --tokens, not both.")
-    if random and (dim is None or state is None):
-        raise ConfigError("--random needs --dim D and --state N.")
-    return one_d
-
-
-def _build_system(one_d: list[bool], mu, s_delta, a, b_delta, params: Path | None, dim, state, seed: int):
-    """The TokenSystem of the parameter source :func:`_check_sources` accepted: the 1-D system,
-    a --params file or random parameters."""
-    from ..dynamics import TokenSystem
-
-    if any(one_d):
-        if a <= 0:
-            raise DataError(f"decay --a must be positive, got {a}.")
-        return TokenSystem.one_dim(mu, s_delta, a, b_delta)
-    if params is not None:
-        return TokenSystem.from_params(_load_params(params))
-    return TokenSystem.random(dim, state, seed)
-
-
-def _initial_tokens(system, x0: str | None, tokens: int | None, seed: int, request: dict):
-    """The initial tokens x0: (L, D) float64, from --x0 (1-D systems) or --tokens L draws of
-    N(0, 1) (default 8), the size checked before they are drawn."""
-    import torch
-
-    from ..dynamics.simulation import check_request
-
-    if x0 is not None:
-        vals = _parse_x0(x0)
-        if system.dim != 1:
-            raise DataError(f"--x0 gives 1-D tokens but the system has D={system.dim}; use --tokens L.")
-        return torch.tensor(vals, dtype=torch.float64)[:, None]
-    check_request(**{**request, "tokens": tokens or 8}, dim=system.dim, state=system.state)
-    g = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(tokens or 8, system.dim, generator=g, dtype=torch.float64)
+    return measured.determined, sim.info["solver_failure"] is not None
 
 
 def _print_result(console, report: dict, sim, prediction, measured, show_all: bool) -> None:
