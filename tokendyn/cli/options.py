@@ -49,6 +49,18 @@ DState = option(int | None, "--d-state", help="State size N of each channel (Mam
 Expand = option(int | None, "--expand", help="Inner width as a multiple of --d-model (Mamba-1; default 2).")
 
 
+# Mamba-1's variants by flag (each also reachable as --mixer-option NAME=VALUE)
+IOConstraint = option(str | None, "--io-constraint", help="Sign of S_Cᵀ S_B (Mamba-1's io_constraint variant): "
+                      "none (default), positive, negative, mixed (the authors': no ε) or mixed_margin.")
+IOMargin = option(float | None, "--io-margin", help="ε of the constraint (> 0, default 0.7; not used by mixed).")
+Reorder = option(str | None, "--reorder", help="Token reordering (Mamba-1's reorder variant): none (default), soft "
+                 "(SoftSort) or hard (exact sort).")
+ReorderTau = option(float | None, "--reorder-tau", help="SoftSort temperature τ (> 0, default 1).")
+ReorderPower = option(float | None, "--reorder-power", help="SoftSort power p (> 0, default 1).")
+ReorderLayers = option(str | None, "--reorder-layers", help="Comma-separated layers that reorder (default 0).")
+ReorderBranches = option(str | None, "--reorder-branches", help="xz (x and z sorted alike; default) or x (x only, "
+                         "as in the authors' block).")
+
 def mixer_options(texts: list[str] | None, **flags: Any) -> dict[str, Any]:
     """The mixer options of a command: its own flags for options (``flags``: option name -> value,
     None where the flag was not given) and each ``--mixer-option NAME=VALUE``. Whose options they
@@ -81,6 +93,12 @@ CacheDir = option(Path | None, "--cache-dir", help="Cache for tokenizers and tok
 ImageData = option(str, "--data", help="fashion-mnist or folder (ImageFolder layout).")
 DataDir = option(Path | None, "--data-dir", help="Directory of the data: Fashion-MNIST's IDX files (default: the "
                  "Debian package's), or the image folder.")
+Download = option(bool, "--download", help="Fetch Fashion-MNIST with torchvision when the IDX files are missing "
+                  "(needs torchvision and a network).")
+ImageSize = option(int, "--image-size", help="Image-folder images are resized to this square size.")
+ImageChannels = option(int, "--channels", help="Image-folder images as 1 (grey) or 3 (RGB) channels.")
+Tokenizer = option(Path | None, "--tokenizer", help="A tokenizer.json to use instead of training a byte-level BPE.")
+VocabSize = option(int, "--vocab-size", help="Tokens of the byte-level BPE trained on the training split (>= 256).")
 
 # results
 Json = option(Path | None, "--json", help="Also write the results as JSON here.")

@@ -30,13 +30,23 @@ def run_directory(out: Path | None, resume: Path | None) -> Path:
     return check_output_dir(resume or out, "--resume" if resume is not None else "--out")
 
 
-def report_run(result, run_dir: Path, scores: str) -> None:
-    """The last line of a training command: how to continue a stopped run, or the run's scores
-    (``scores``: the task's validation and test numbers, already formatted)."""
+def report_run(result, run_dir: Path, metric: str, digits: int, tokens: bool = False) -> None:
+    """The last line of a training command: how to continue a stopped run, or the run's scores:
+    ``metric`` (a key of its validation and test records) on both splits with ``digits``
+    decimals, and with ``tokens`` the tokens seen. Under torchrun only the main process reports."""
+    from ..train.loop import is_main_process
+
+    if not is_main_process():
+        return
     if result.stopped_early:
         _echo(f"stopped after step {result.steps} (checkpoint in {run_dir}/checkpoint); continue with "
               f"--resume {run_dir}")
         return
+    nan = float("nan")
+    scores = ", ".join(f"{split} {metric} {getattr(result, split).get(metric, nan):.{digits}f}"
+                       for split in ("validation", "test"))
+    if tokens:
+        scores += f", {result.tokens_seen:,} tokens"
     _echo(f"step {result.steps}: train loss {result.final_loss:.4f}, {scores} in {result.wall_s:.1f} s; "
           f"results in {run_dir}/result.json")
 
@@ -48,27 +58,21 @@ def lm(
     text: opt.Text = None,
     wikitext: opt.Wikitext = None,
     corpus: opt.Corpus = None,
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="A tokenizer.json to use instead of training a "
-                                   "byte-level BPE."),
-    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokens of the byte-level BPE trained on the "
-                                   "training split (>= 256)."),
+    tokenizer: opt.Tokenizer = None,
+    vocab_size: opt.VocabSize = 4096,
     d_model: opt.DModel = 128,
     n_layer: opt.NLayer = 4,
     layer: opt.Layer = "mamba1",
     mixer_option: opt.MixerOption = None,
     d_state: opt.DState = None,
     expand: opt.Expand = None,
-    io_constraint: str = typer.Option(None, "--io-constraint", help="Sign of S_Cᵀ S_B (Mamba-1's io_constraint "
-                                      "variant): none (default), positive, negative, mixed (the authors': no ε) or "
-                                      "mixed_margin."),
-    io_margin: float = typer.Option(None, "--io-margin", help="ε of the constraint (> 0, default 0.7; not used by "
-                                    "mixed)."),
+    io_constraint: opt.IOConstraint = None,
+    io_margin: opt.IOMargin = None,
     final_dropout: float = typer.Option(0.0, "--final-dropout", help="Dropout on the final hidden states "
                                         "(the authors' language models: 0.3)."),
     context: int = typer.Option(256, "--context", help="Tokens per training sequence."),
     batch_size: opt.BatchSize = 32,
-    micro_batch: int = typer.Option(0, "--micro-batch", help="Sequences per forward pass and process "
-                                    "(0: no gradient accumulation)."),
+    micro_batch: int = typer.Option(0, "--micro-batch", help="Sequences per forward and process; 0: no accumulation."),
     steps: int = typer.Option(200, "--steps", help="Optimiser steps."),
     lr: opt.Lr = 1.5e-3,
     warmup: opt.Warmup = 0.01,
@@ -91,7 +95,7 @@ def lm(
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
     from ..train.language import LMModelSpec, prepare_data, train_lm
-    from ..train.loop import TrainConfig, is_main_process
+    from ..train.loop import TrainConfig
 
     run_dir = run_directory(out, resume)
     options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, io_constraint=io_constraint,
@@ -107,10 +111,7 @@ def lm(
                          resume=resume is not None, device=device, eval_tokens=eval_tokens,
                          monitor_every=monitor_every, stop_after_steps=stop_after_steps, progress=progress,
                          scan_backend=backend, log=_echo)
-    if not is_main_process():
-        return
-    report_run(result, run_dir, f"validation ppl {result.validation.get('ppl', float('nan')):.3f}, test ppl "
-                                f"{result.test.get('ppl', float('nan')):.3f}, {result.tokens_seen:,} tokens")
+    report_run(result, run_dir, "ppl", 3, tokens=True)
 
 
 def _register_experiments() -> None:

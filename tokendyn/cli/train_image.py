@@ -24,10 +24,9 @@ def image(
     resume: opt.Resume = None,
     data: opt.ImageData = "fashion-mnist",
     data_dir: opt.DataDir = None,
-    download: bool = typer.Option(False, "--download", help="Fetch Fashion-MNIST with torchvision when the IDX "
-                                  "files are missing (needs torchvision and a network)."),
-    image_size: int = typer.Option(32, "--image-size", help="Image-folder images are resized to this square size."),
-    channels: int = typer.Option(3, "--channels", help="Image-folder images as 1 (grey) or 3 (RGB) channels."),
+    download: opt.Download = False,
+    image_size: opt.ImageSize = 32,
+    channels: opt.ImageChannels = 3,
     patch_size: int = typer.Option(4, "--patch-size", help="Patch side; each patch is one token."),
     d_model: opt.DModel = 64,
     n_layer: opt.NLayer = 4,
@@ -38,18 +37,14 @@ def image(
     bidirectional: bool = typer.Option(True, "--bidirectional/--unidirectional", help="Odd layers scan in reverse."),
     pooling: str = typer.Option("mean", "--pooling", help="mean or last."),
     positions: bool = typer.Option(True, "--positions/--no-positions", help="Learned position embedding."),
-    reorder: str = typer.Option(None, "--reorder", help="Token reordering (Mamba-1's reorder variant): none "
-                                "(default), soft (SoftSort) or hard (exact sort)."),
-    reorder_tau: float = typer.Option(None, "--reorder-tau", help="SoftSort temperature τ (> 0, default 1)."),
-    reorder_power: float = typer.Option(None, "--reorder-power", help="SoftSort power p (> 0, default 1)."),
-    reorder_layers: str = typer.Option(None, "--reorder-layers", help="Comma-separated layers that reorder "
-                                       "(default 0)."),
-    reorder_branches: str = typer.Option(None, "--reorder-branches", help="xz (x and z sorted alike; default) or x "
-                                         "(x only, as in the authors' block)."),
+    reorder: opt.Reorder = None,
+    reorder_tau: opt.ReorderTau = None,
+    reorder_power: opt.ReorderPower = None,
+    reorder_layers: opt.ReorderLayers = None,
+    reorder_branches: opt.ReorderBranches = None,
     epochs: int = typer.Option(5, "--epochs"),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint interval in steps (0: at the end "
-                                         "of each epoch); a run stopped mid-epoch resumes exactly from its last "
-                                         "checkpoint."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint interval in steps (0: at each "
+                                         "epoch's end); a run stopped mid-epoch resumes exactly from the last one."),
     batch_size: opt.BatchSize = 256,
     lr: opt.Lr = 3e-3,
     warmup: opt.Warmup = 0.05,
@@ -65,11 +60,10 @@ def image(
     stop_after_steps: opt.StopAfterSteps = None,
     progress: opt.Progress = True,
 ) -> None:
-    """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints and result.json \
-in the run directory."""
+    """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints, result.json in the run dir."""
     from ..data.images import load_images
     from ..train.images import ImageModelSpec, train_image
-    from ..train.loop import TrainConfig, is_main_process
+    from ..train.loop import TrainConfig
 
     run_dir = run_directory(out, resume)
     options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, reorder=reorder, reorder_tau=reorder_tau,
@@ -83,9 +77,5 @@ in the run directory."""
     result, _ = train_image(dataset, spec, cfg, batch_size=batch_size, epochs=epochs, out=run_dir,
                             resume=resume is not None, device=device, crop_padding=crop_padding, flip=flip,
                             normalize=normalize, val_fraction=val_fraction, stop_after_steps=stop_after_steps,
-                            checkpoint_every=checkpoint_every,
-                            progress=progress, scan_backend=backend, log=_echo)
-    if not is_main_process():  # under torchrun one process reports
-        return
-    report_run(result, run_dir, f"validation accuracy {result.validation.get('accuracy', float('nan')):.4f}, "
-                                f"test accuracy {result.test.get('accuracy', float('nan')):.4f}")
+                            checkpoint_every=checkpoint_every, progress=progress, scan_backend=backend, log=_echo)
+    report_run(result, run_dir, "accuracy", 4)
