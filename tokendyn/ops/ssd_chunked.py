@@ -50,6 +50,25 @@ def _chunk_states_scan(S: torch.Tensor, chunk_decay: torch.Tensor, h0: torch.Ten
     return torch.stack(entering, dim=1), h
 
 
+def _in_chunks(x, dt, B, C, T: int, groups: int):
+    """The inputs padded to whole chunks of T steps and split into them.
+
+    x: (b, L, h, p); dt: (b, L, h); B, C: (b, L, g, n), all in the compute dtype. The padding is
+    Δ = 0 steps (decay 1, no input), which leave the state unchanged. Returns x as (b, c, t, g, j, p)
+    (j: the heads of a group), Δ as (b, g, j, c, t), B and C as (b, c, t, g, n).
+    """
+    batch, length, heads, hdim = x.shape
+    chunks = -(-length // T)
+    pad = chunks * T - length
+    if pad:
+        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    hpg, dstate = heads // groups, B.shape[-1]
+    xk = x.reshape(batch, chunks, T, groups, hpg, hdim)
+    dtk = dt.reshape(batch, chunks, T, groups, hpg).permute(0, 3, 4, 1, 2)
+    return xk, dtk, B.reshape(batch, chunks, T, groups, dstate), C.reshape(batch, chunks, T, groups, dstate)
+
+
 def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, return_final_state=False,
                 chunk_size: int = DEFAULT_CHUNK):
     """Chunk-parallel SSD scan; same contract as :func:`~tokendyn.ops.ssd_reference.ssd_reference`.
@@ -81,18 +100,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, return_final_state=F
 
     T = min(chunk_size, length)
     chunks = -(-length // T)
-    pad = chunks * T - length
-    Bc, Cc = B.to(ct), C.to(ct)
-    if pad:
-        xc_p = F.pad(xc, (0, 0, 0, 0, 0, pad))
-        dtc = F.pad(dtc, (0, 0, 0, pad))
-        Bc, Cc = F.pad(Bc, (0, 0, 0, 0, 0, pad)), F.pad(Cc, (0, 0, 0, 0, 0, pad))
-    else:
-        xc_p = xc
-    xk = xc_p.reshape(batch, chunks, T, groups, hpg, hdim)                   # (b, c, t, g, j, p)
-    Bk = Bc.reshape(batch, chunks, T, groups, dstate)                         # (b, c, s, g, n)
-    Ck = Cc.reshape(batch, chunks, T, groups, dstate)                         # (b, c, t, g, n)
-    dtk = dtc.reshape(batch, chunks, T, groups, hpg).permute(0, 3, 4, 1, 2)   # (b, g, j, c, t)
+    xk, dtk, Bk, Ck = _in_chunks(xc, dtc, B.to(ct), C.to(ct), T, groups)
     a = dtk * Ac.reshape(groups, hpg)[..., None, None]                        # Δ A ≤ 0, (b, g, j, c, t)
     seg = segsum(a)                                                           # (b, g, j, c, t, s)
 
