@@ -77,6 +77,31 @@ def _group_states(delta_t, u_t, B_t, A2T, h0, chunk, bufs=None):
     return linear_scan_(_decay(delta_t, A2T, out=dec_out), H, h0, reverse=False, chunk=chunk)
 
 
+def _adjoint_contractions(B, C, dy, du, Ghat, ghat_next):
+    """The contractions of the adjoint g_l = C_l dy_l + ĝ_{l+1} over one group of steps, the C dy
+    part in closed form:
+
+        q_l[d]  = Σ_n B g    = dy (B·C) + Σ_n B ĝ_{l+1},
+        dB_l[n] = Σ_d g Δu   = C (dy·Δu) + Σ_d ĝ_{l+1} Δu.
+
+    B, C: (l, b, n); dy, du (Δ u): (l, b, d); Ghat: the group's ĝ, (l, b, n, d); ghat_next: ĝ of
+    the step after the group, (b, n, d), or None past the sequence end. Returns q (l, b, d) and
+    dB (l, b, n).
+    """
+    n_l, batch, state = B.shape
+    dim = dy.shape[-1]
+    q = dy * (B * C).sum(-1, keepdim=True)
+    dB = C * (dy * du).sum(-1, keepdim=True)
+    if n_l > 1:
+        m = (n_l - 1) * batch
+        q[:-1] += torch.bmm(B[:-1].reshape(m, 1, state), Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
+        dB[:-1] += torch.linalg.vecdot(Ghat[1:], du[:-1].unsqueeze(-2))
+    if ghat_next is not None:
+        q[-1] += torch.bmm(B[-1].unsqueeze(1), ghat_next).squeeze(1)
+        dB[-1] += torch.linalg.vecdot(ghat_next, du[-1].unsqueeze(-2))
+    return q, dB
+
+
 class ChunkedScanFn(torch.autograd.Function):
     """Core scan y = C·h (no D, no gate) with a group-by-group recomputing backward.
 
@@ -161,19 +186,7 @@ class ChunkedScanFn(torch.autograd.Function):
             Ghat = torch.mul(Cg.unsqueeze(-1), dyg.unsqueeze(-2), out=buf_G[:n_l]).mul_(decay)
             linear_scan_(decay, Ghat, ghat_next, reverse=True, chunk=chunk)
             del decay
-            # Contractions of g_l = C_l dy_l + ĝ_{l+1}; the C dy part in closed form:
-            #   q_l[d] = Σ_n B g = dy (B·C) + Σ_n B ĝ_{l+1};  dB_l[n] = Σ_d g Δu = C (dy·Δu) + Σ_d ĝ_{l+1} Δu
-            q = dyg * (Bg * Cg).sum(-1, keepdim=True)
-            dBg = Cg * (dyg * dug).sum(-1, keepdim=True)
-            if n_l > 1:
-                m = (n_l - 1) * batch
-                q[:-1] += torch.bmm(Bg[:-1].reshape(m, 1, state),
-                                    Ghat[1:].view(m, state, dim)).view(n_l - 1, batch, dim)
-                dBg[:-1] += torch.linalg.vecdot(Ghat[1:], dug[:-1].unsqueeze(-2))
-            if ghat_next is not None:
-                q[-1] += torch.bmm(Bg[-1].unsqueeze(1), ghat_next).squeeze(1)
-                dBg[-1] += torch.linalg.vecdot(ghat_next, dug[-1].unsqueeze(-2))
-            dB[s:e] = dBg
+            q, dB[s:e] = _adjoint_contractions(Bg, Cg, dyg, dug, Ghat, ghat_next)
             torch.mul(dg, q, out=du[s:e])
             dd = ug * q
             ghat_next = Ghat[0].clone()
