@@ -316,3 +316,20 @@ def test_a_diverging_loss_ends_in_one_sentence(tmp_path, capsys, cache):  # noqa
     # the regime monitor (every 4 steps) or the loss check (every 10) meets it first
     assert ("the training loss became nan" in err or "stopped being finite numbers" in err), err
     assert "lower the learning rate" in err
+
+
+def test_a_run_that_could_not_finish_in_a_year_is_refused_before_allocation():
+    """The time floor: 6 FLOP per parameter and token at a rate far above any device's."""
+    from error_helpers import one_sentence
+
+    from tokendyn.errors import ConfigError
+    from tokendyn.train.loop import MAX_RUN_S, PEAK_FLOPS, check_duration
+
+    n_params = 10**7
+    just_within = MAX_RUN_S * PEAK_FLOPS["cpu"] / (6 * n_params)
+    check_duration(n_params, just_within * 0.99, "cpu", "--steps 1")
+    with pytest.raises(ConfigError, match=r"--steps 2 would take at least 2 years on cpu") as info:
+        check_duration(n_params, just_within * 2.01, "cpu", "--steps 2")
+    one_sentence(info.value)
+    with pytest.raises(ConfigError, match="at least 402 days"):
+        check_duration(n_params, just_within * 1.1, "cpu", "--steps 3")

@@ -29,6 +29,7 @@ from .loop import (
     TrainConfig,
     TrainResult,
     check_batch_fits,
+    check_duration,
     check_model_fits,
     model_identity,
     per_pass,
@@ -267,8 +268,14 @@ def train_image(data: ImageDataset, spec: ImageModelSpec, cfg: TrainConfig, *, b
         raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}.")
     dev = training_device(device)
     config = spec.config(data.image_shape, data.n_classes, scan_backend=scan_backend)
-    check_model_fits(spec.model_class, config, device)
+    n_params = check_model_fits(spec.model_class, config, device)
     n_tokens = spec.n_tokens(data.image_shape)
+    if epochs is not None and isinstance(epochs, int):
+        check_duration(n_params, float(epochs) * len(data.train) * (1 - val_fraction) * n_tokens, device,
+                       f"--epochs {epochs:,} of {len(data.train):,} images")
+    else:
+        check_duration(n_params, float(cfg.steps) * batch_size * n_tokens, device,
+                       f"{cfg.steps:,} steps of {batch_size} images")
     check_batch_fits(config, per_pass(batch_size, cfg.micro_batch) * n_tokens, 0, device,
                      f"--batch-size {batch_size} of {n_tokens:,} tokens ({config.n_layer} layers of "
                      f"{config.d_model})")

@@ -21,6 +21,7 @@ from .loop import (
     TrainConfig,
     TrainResult,
     check_batch_fits,
+    check_duration,
     check_model_fits,
     is_main_process,
     model_identity,
@@ -79,7 +80,9 @@ def train_lm(data: corpora.TokenizedCorpus, spec: LMModelSpec, cfg: TrainConfig,
     can show them without the checkpoint.
     """
     config = spec.config(data.vocab_size, scan_backend=scan_backend)
-    check_model_fits(MambaLM, config, device)
+    n_params = check_model_fits(MambaLM, config, device)
+    check_duration(n_params, float(cfg.steps) * batch_size * context, device,
+                   f"--steps {cfg.steps:,} of {batch_size} × {context} tokens")
     # logits, their float32 copy and gradient: 12 bytes per vocabulary entry and token
     check_batch_fits(config, per_pass(batch_size, cfg.micro_batch) * context, 12 * config.padded_vocab_size, device,
                      f"--context {context} with --batch-size {batch_size} ({config.n_layer} layers of "

@@ -207,6 +207,27 @@ def check_batch_fits(config, tokens_per_pass: int, bytes_per_token: int, device,
     check_memory(float(tokens_per_pass) * per_token, str(training_device(device)), what)
 
 
+# FLOP/s far above what any device reaches in training (a CPU: well under 1e12 in practice; one
+# H100: about 1e15 in dense bf16), so that the time floor below is a true lower bound
+PEAK_FLOPS = {"cpu": 1e13, "cuda": 4e15}
+MAX_RUN_S = 365 * 86400       # a run that cannot finish within a year even at that rate is a typo
+
+
+def check_duration(n_params: int, tokens: float, device, what: str) -> None:
+    """Refuse a run whose ``tokens`` (all steps together) could not be trained within a year even
+    at PEAK_FLOPS: 6 FLOP per parameter and token (forward and backward), before anything is
+    allocated. what: the options that ask for it."""
+    dev = training_device(device)
+    rate = PEAK_FLOPS["cuda" if dev.type == "cuda" else "cpu"]
+    floor_s = 6.0 * n_params * float(tokens) / rate
+    if floor_s > MAX_RUN_S:
+        years = floor_s / MAX_RUN_S
+        took = f"{years:,.0f} years" if years >= 2 else f"{floor_s / 86400:,.0f} days"
+        raise ConfigError(f"{what} would take at least {took} on {dev} ({tokens:,.0f} "
+                          f"tokens through {n_params:,} parameters at 6 FLOP each and {rate:.0e} FLOP/s, far "
+                          "above what it reaches).")
+
+
 def per_pass(batch_size: int, micro_batch: int) -> int:
     """Examples in one forward pass of one process (torchrun splits the global batch)."""
     return micro_batch or max(1, batch_size // max(1, int(os.environ.get("WORLD_SIZE", "1"))))
