@@ -30,13 +30,15 @@ def _positive_int(name: str, value) -> None:
 
 
 @dataclass(frozen=True)
-class Mamba1Settings:
-    """The S6 mixer's settings (mamba_ssm ``Mamba``'s keyword arguments and defaults).
+class S6Settings:
+    """The settings every S6 (one Δ per channel) mixer family shares, with their checks; each
+    family derives its own class, with its defaults, its ``check`` and its ``sizes`` (two
+    families' settings never compare equal nor pass for each other).
 
-    d_state: N; d_conv: taps of the causal conv; expand: D = expand·d_model; dt_rank: R, ``"auto"``
-    = ceil(d_model/16); dt_min, dt_max, dt_init (``"random"`` | ``"constant"``), dt_scale,
-    dt_init_floor: the initialisation of Δ (docs/models.md); conv_bias: a bias in the conv;
-    bias: biases in in_proj and out_proj.
+    d_state: N; d_conv: the conv's taps; expand: the inner width as a multiple of d_model;
+    dt_rank: R, ``"auto"`` = ceil(d_model/16); dt_min, dt_max, dt_init (``"random"`` |
+    ``"constant"``), dt_scale, dt_init_floor: the initialisation of Δ (docs/models.md);
+    conv_bias: biases in the conv(s); bias: biases in in_proj and out_proj.
     """
 
     d_state: int = 16
@@ -64,6 +66,12 @@ class Mamba1Settings:
             raise ConfigError(f"dt_init must be 'random' or 'constant', got {self.dt_init!r}.")
         if self.dt_init_floor < 0:
             raise ConfigError(f"dt_init_floor must be >= 0, got {self.dt_init_floor}.")
+
+
+@dataclass(frozen=True)
+class Mamba1Settings(S6Settings):
+    """The S6 mixer's settings (mamba_ssm ``Mamba``'s keyword arguments and defaults): the fields
+    of :class:`S6Settings`; d_conv taps a causal conv and D = expand·d_model."""
 
     def check(self, config) -> None:
         """d_inner = expand·d_model must be at least 1."""

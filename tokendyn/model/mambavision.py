@@ -20,7 +20,6 @@ Mamba-1's (``arrange_tokens`` after the convolutions, ``restore_order`` after th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,36 +31,22 @@ from ..errors import ConfigError
 from ..ops import compute_dtype, selective_scan
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
-from .mamba1 import Mamba1Settings, resolve_dt_rank
+from .mamba1 import S6Settings, resolve_dt_rank
 from .mixer import channel_linear, inverse_softplus, split_x_proj
 from .outputs import MixerInternals
 
 
 @dataclass(frozen=True)
-class MambaVisionSettings:
-    """The MambaVision mixer's settings; the authors' defaults (d_state 8, d_conv 3, expand 1).
-
-    d_state: N; d_conv: taps of each branch's centred depthwise conv; expand: the two branches
-    together are expand·d_model wide (each D = expand·d_model / 2); dt_rank: R, ``"auto"`` =
-    ceil(d_model/16); dt_min, dt_max, dt_init, dt_scale, dt_init_floor: the initialisation of Δ,
-    as Mamba-1's; conv_bias: biases in the convs; bias: biases in in_proj and out_proj.
+class MambaVisionSettings(S6Settings):
+    """The MambaVision mixer's settings: the fields of :class:`~tokendyn.model.mamba1.S6Settings`
+    (meaning what Mamba-1's do) with the authors' defaults, d_state 8, d_conv 3 (the taps of each
+    branch's centred depthwise conv) and expand 1 (the two branches together are expand·d_model
+    wide, each D = expand·d_model / 2).
     """
 
     d_state: int = 8
     d_conv: int = 3
     expand: float = 1
-    dt_rank: int | str = "auto"
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init: str = "random"
-    dt_scale: float = 1.0
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
-
-    def __post_init__(self):
-        # the fields mean what Mamba-1's do, so Mamba-1's checks (and sentences) apply
-        Mamba1Settings(**dataclasses.asdict(self))
 
     def check(self, config) -> None:
         """Each branch, expand·d_model / 2 wide, must have at least one channel."""
