@@ -10,7 +10,7 @@ picture a layer gets is its form's business (:mod:`tokendyn.analysis.forms`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..dynamics.regimes import regime_from_signature  # noqa: F401 -- re-exported (tokendyn.analysis)
 from ..errors import CheckpointError
 from ..model.contract import IOParameters, Mixer
-from .forms import form_of
+from .forms import Signature, form_of
 from .forms import s6_verdict as verdict  # noqa: F401 -- re-exported (tokendyn.analysis)
 
 IO_KEYS = IOParameters.THEORY_KEYS
@@ -32,35 +32,28 @@ def _stats(t: torch.Tensor) -> dict:
             "min": float(t.min()), "median": float(t.median()), "max": float(t.max())}
 
 
-@dataclass
-class LayerSpectrum:
-    """Spectral facts about one mixer (D = d_inner, N = d_state).
+@dataclass(kw_only=True)
+class LayerSpectrum(Signature):
+    """Spectral facts about one mixer (D = d_inner, N = d_state): its form's
+    :class:`~tokendyn.analysis.forms.Signature` and the layer's own statistics.
 
     sym_eigvals: (min(2N, D),) the eigenvalues of M_s that can be nonzero, ascending;
     io_eigvals: (min(N, D),) complex nonzero eigenvalues of M, by real part.
     form: the form of the layer's parameters (``s6``, ``ssd``); for ``ssd`` the counts and
     eigenvalues pool every group's M_g (d_inner is H·P, d_state is N), and ``extra["ssd"]`` holds
     the groups' and heads' signatures with the rule's per-head predictions.
+    S_Delta, b_Delta, delta_at_zero, decay: statistics of the Δ projection, its bias, Δ at a zero
+    input and the decays -A.
     """
 
     index: int
     d_inner: int
     d_state: int
-    positive: int
-    negative: int
-    zero: int
-    largest: float
-    smallest: float
-    sym_eigvals: torch.Tensor
-    io_eigvals: torch.Tensor
-    predicted_regime: str
-    verdict: str
     S_Delta: dict = field(default_factory=dict)
     b_Delta: dict = field(default_factory=dict)
     delta_at_zero: dict = field(default_factory=dict)
     decay: dict = field(default_factory=dict)
     form: str = "s6"
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """JSON-able fields (see docs/analysis.md)."""
@@ -119,11 +112,8 @@ def layer_spectrum(params: dict, index: int = 0, rtol: float = 1e-8) -> LayerSpe
     b = params["b_Delta"].detach().to(torch.float64)
     S_Delta = params["S_Delta"].detach().to(torch.float64)
     return LayerSpectrum(
-        index=index, d_inner=d, d_state=n,
-        positive=sig.positive, negative=sig.negative, zero=sig.zero,
-        largest=sig.largest, smallest=sig.smallest,
-        sym_eigvals=sig.sym_eigvals, io_eigvals=sig.io_eigvals,
-        predicted_regime=sig.predicted_regime, verdict=sig.verdict, form=form.name, extra=sig.extra,
+        **{f.name: getattr(sig, f.name) for f in fields(Signature)}, index=index, d_inner=d, d_state=n,
+        form=form.name,
         S_Delta={"frobenius": float(torch.linalg.matrix_norm(S_Delta)), "abs_max": float(S_Delta.abs().max()),
                  "diag_mean": float(S_Delta.diagonal().mean())},     # ssd: W_dt (H, d), its leading diagonal
         b_Delta=_stats(b),
