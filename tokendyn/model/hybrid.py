@@ -19,7 +19,7 @@ block 0 of each Mamba stage: ``reorder_layers`` = :meth:`HybridConfig.stage_firs
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from types import SimpleNamespace
 
 import torch
@@ -57,9 +57,26 @@ def stage_first_layers(depths, attention: bool) -> list[int]:
     return firsts
 
 
+@dataclass(kw_only=True)
+class HybridStages:
+    """The stages of a hybrid classifier, as :class:`HybridConfig` describes them (dims, depths,
+    strides, attention, n_heads, mlp_ratio), shared by the config and the training spec."""
+
+    dims: list[int] = field(default_factory=lambda: [32, 48, 64])
+    depths: list[int] = field(default_factory=lambda: [1, 2, 2])
+    strides: list[int] = field(default_factory=lambda: [1, 2])
+    attention: bool = False
+    n_heads: int = 2
+    mlp_ratio: float = 2.0
+
+    def stages(self) -> dict:
+        """The stage fields by name."""
+        return {f.name: getattr(self, f.name) for f in fields(HybridStages)}
+
+
 @takes_flat_options("options")
 @dataclass
-class HybridConfig(_BackboneSettings):
+class HybridConfig(_BackboneSettings, HybridStages):
     """The hybrid classifier (module docstring). ``layer`` (default ``"mambavision"``), ``mixer``
     and ``variants`` are the Mamba blocks' family and settings, as in the other configs.
 
@@ -76,12 +93,6 @@ class HybridConfig(_BackboneSettings):
     in_channels: int
     n_classes: int
     _: KW_ONLY
-    dims: list[int] = field(default_factory=lambda: [32, 48, 64])
-    depths: list[int] = field(default_factory=lambda: [1, 2, 2])
-    strides: list[int] = field(default_factory=lambda: [1, 2])
-    attention: bool = False
-    n_heads: int = 2
-    mlp_ratio: float = 2.0
     layer: str = "mambavision"
 
     def __post_init__(self, options: dict | None = None):

@@ -23,6 +23,7 @@ from ..data.images import ImageDataset, ImageSplit, ImageTransform
 from ..errors import ConfigError
 from ..model import ClassifierConfig, HybridClassifier, HybridConfig, MambaClassifier
 from ..model.config import takes_flat_options
+from ..model.hybrid import HybridStages
 from ..model.reorder import sharpness
 from ..model.reorder_mixer import recorded_orders
 from .loop import (
@@ -179,21 +180,15 @@ class ImageModelSpec:
 
 
 @takes_flat_options("mixer")
-@dataclass
-class HybridModelSpec:
+@dataclass(kw_only=True)
+class HybridModelSpec(HybridStages):
     """The classifier of a run: a :class:`~tokendyn.model.HybridClassifier` (convolutions, then
     Mamba stages; docs/models.md). dims, depths, strides, attention, n_heads, mlp_ratio: its
-    :class:`~tokendyn.model.HybridConfig` fields; layer: the Mamba blocks' family (default
-    ``"mambavision"``); mixer: the options of the family and of its variants by name (e.g.
-    ``{"reorder": "soft", "reorder_restore": False}``), or as keywords.
+    stages (:class:`~tokendyn.model.hybrid.HybridStages`); layer: the Mamba blocks' family
+    (default ``"mambavision"``); mixer: the options of the family and of its variants by name
+    (e.g. ``{"reorder": "soft", "reorder_restore": False}``), or as keywords.
     """
 
-    dims: list[int] = field(default_factory=lambda: [32, 48, 64])
-    depths: list[int] = field(default_factory=lambda: [1, 2, 2])
-    strides: list[int] = field(default_factory=lambda: [1, 2])
-    attention: bool = False
-    n_heads: int = 2
-    mlp_ratio: float = 2.0
     layer: str = "mambavision"
     mixer: dict = field(default_factory=dict)
 
@@ -206,10 +201,8 @@ class HybridModelSpec:
         return math.prod(math.ceil(math.ceil(n / 2) / s) for n in image_shape[1:])
 
     def config(self, image_shape, n_classes: int, scan_backend: str = "auto") -> HybridConfig:
-        return HybridConfig(in_channels=image_shape[0], n_classes=n_classes, dims=self.dims, depths=self.depths,
-                            strides=self.strides, attention=self.attention, n_heads=self.n_heads,
-                            mlp_ratio=self.mlp_ratio, scan_backend=scan_backend, layer=self.layer,
-                            options=dict(self.mixer))
+        return HybridConfig(in_channels=image_shape[0], n_classes=n_classes, **self.stages(),
+                            scan_backend=scan_backend, layer=self.layer, options=dict(self.mixer))
 
 
 class SharpnessProbe:
