@@ -16,15 +16,16 @@
 # Debian packages are not installed, .gpudata/pkgroot.tar.xz (their files, packed once with
 # tar -C ROOT) is unpacked and read through TOKENDYN_PACKAGE_ROOT; where the `bible` program is
 # missing, .gpudata/bin/bible (a script printing `bible -f -m 8192 Gen1:1-Rev22:21`) stands in.
+# LM_DEVICE=cpu LM_SCALE=smoke make a dry run on a machine without a GPU. The helpers shared with
+# reorder_gpu.sh are in scripts/_grid_gpu.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/lm_scenarios_gpu.sh OUT BUDGET_S [RUN ...]}
 budget=${2:?usage: bash scripts/lm_scenarios_gpu.sh OUT BUDGET_S [RUN ...]}
 shift 2
 runs=("$@")
-if [ ${#runs[@]} -eq 0 ]; then
-    for seed in 0 1 2; do for s in none positive negative mixed; do runs+=("$s-seed$seed"); done; done
-fi
+source scripts/_grid_gpu.sh
+if [ ${#runs[@]} -eq 0 ]; then default_runs "0 1 2" none positive negative mixed; fi
 if ! command -v bible >/dev/null 2>&1 && [ -x .gpudata/bin/bible ]; then
     export PATH="$PWD/.gpudata/bin:$PATH"
 fi
@@ -35,20 +36,18 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TOKENDYN_CACHE=${TOKENDYN_CACHE:-/tmp/tokendyn-cache}
 PY=${PYTHON:-python3}
-mkdir -p "$out/lm"
+DEVICE=${LM_DEVICE:-cuda}          # LM_DEVICE=cpu LM_SCALE=smoke: a dry run elsewhere
+SCALE=${LM_SCALE:-full}
+mkdir -p "$out/lm/runs"
 start=$(date +%s)
 longest=${FIRST_RUN_S:-480}
 done_runs=()
 for run in "${runs[@]}"; do
     setting=${run%-seed*}; seed=${run##*-seed}
     if [ -f "$out/lm/runs/$run/result.json" ]; then continue; fi
-    elapsed=$(( $(date +%s) - start ))
-    if [ $(( elapsed + longest )) -gt "$budget" ]; then
-        echo "stopping before $run: $elapsed s used, the longest run took $longest s, budget $budget s"
-        break
-    fi
+    if over_budget "$run" "$longest"; then break; fi
     t=$(date +%s)
-    "$PY" -m tokendyn train lm-scenarios --scale full --device cuda --no-progress --out "$out/lm" \
+    "$PY" -m tokendyn train lm-scenarios --scale "$SCALE" --device "$DEVICE" --no-progress --out "$out/lm" \
         --settings "$setting" --seeds "$seed"
     took=$(( $(date +%s) - t ))
     echo "$run: $took s"
@@ -58,11 +57,4 @@ done
 cp "$out"/lm/lm_scenarios.json "$out"/lm/lm_scenarios.md "$out"/ 2>/dev/null || true
 (cd "$out/lm" && find runs -mindepth 2 -maxdepth 2 -type f ! -name tokenizer.json -print0 \
     | tar -czf ../runs.tgz --null -T -)
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
-joined=$(IFS=,; echo "${done_runs[*]:-}")
-cat > "$out/call.json" <<EOF
-{"device": "$device", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
- "command": "bash scripts/lm_scenarios_gpu.sh $out $budget ${runs[*]}", "budget_s": $budget,
- "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
-EOF
-cat "$out/call.json"
+write_call_json scripts/lm_scenarios_gpu.sh

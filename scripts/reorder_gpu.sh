@@ -26,11 +26,8 @@ out=${1:?usage: bash scripts/reorder_gpu.sh OUT BUDGET_S [RUN ...]}
 budget=${2:?usage: bash scripts/reorder_gpu.sh OUT BUDGET_S [RUN ...]}
 shift 2
 runs=("$@")
-if [ ${#runs[@]} -eq 0 ]; then
-    for seed in 0 1 2 3 4; do
-        for s in none authors hard tau0.1 tau0.01 gated_none gated_soft; do runs+=("$s-seed$seed"); done
-    done
-fi
+source scripts/_grid_gpu.sh
+if [ ${#runs[@]} -eq 0 ]; then default_runs "0 1 2 3 4" none authors hard tau0.1 tau0.01 gated_none gated_soft; fi
 if [ -z "${TOKENDYN_FASHION_MNIST:-}" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpudata/fashion-mnist ]; then
     export TOKENDYN_FASHION_MNIST="$PWD/.gpudata/fashion-mnist"
 fi
@@ -51,11 +48,8 @@ while [ $i -lt ${#runs[@]} ]; do
         if [ ! -f "$out/reorder/runs/$run/result.json" ]; then group+=("$run"); fi
     done
     if [ ${#group[@]} -eq 0 ]; then break; fi
+    if over_budget "${group[*]}" "$longest"; then break; fi
     elapsed=$(( $(date +%s) - start ))
-    if [ $(( elapsed + longest )) -gt "$budget" ]; then
-        echo "stopping before ${group[*]}: $elapsed s used, the longest group took $longest s, budget $budget s"
-        break
-    fi
     t=$(date +%s)
     pids=()
     left=$(( budget - elapsed ))        # a run still going then is stopped; the next call resumes it
@@ -87,11 +81,4 @@ for f in reorder.json reorder.md reorder.png reorder_sharpness.png; do
     cp "$out/reorder/$f" "$out/" 2>/dev/null || true
 done
 (cd "$out/reorder" && find runs -mindepth 2 -maxdepth 2 -type f -print0 | tar -czf ../runs.tgz --null -T -)
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo unknown)
-joined=$(IFS=,; echo "${done_runs[*]:-}")
-cat > "$out/call.json" <<EOF
-{"device": "$device", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
- "command": "bash scripts/reorder_gpu.sh $out $budget ${runs[*]}", "budget_s": $budget, "parallel": $PARALLEL,
- "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
-EOF
-cat "$out/call.json"
+write_call_json scripts/reorder_gpu.sh "\"parallel\": $PARALLEL"

@@ -2,12 +2,12 @@
 # The soft/hard reordering benchmark at L = 256..16384 on one CUDA GPU (the experiment itself runs
 # with scripts/reorder_gpu.sh).
 #
-#   bash scripts/gpu_reorder.sh OUT
+#   bash scripts/reorder_bench_gpu.sh OUT
 #
 # OUT/reorder_bench.json  results/reorder_bench.json with its "cuda" entry added
 # OUT/log.txt             everything printed
 set -euo pipefail
-OUT=${1:?usage: bash scripts/gpu_reorder.sh OUT}
+OUT=${1:?usage: bash scripts/reorder_bench_gpu.sh OUT}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 # for a dry run elsewhere: REORDER_DEVICE=cpu REORDER_LENGTHS="256 1024"
