@@ -12,8 +12,8 @@ import typer
 from ..errors import ConfigError
 from ..train.experiment import Experiment, choose_seeds
 from . import options as opt
-from .root import command_line
 from .root import echo as _echo
+from .root import invocation
 
 
 def grid_choices(exp: Experiment, settings, seeds: str, scale: str) -> tuple[list[str], list[int]]:
@@ -66,13 +66,14 @@ def grid_command(exp: Experiment):
         from ..train.loop import training_device
 
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
+        record = provenance(invocation(f"train {exp.name}"))
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
         if values["summarise_only"]:
             from ..train.summary import summarise
 
             if not (out / "runs").is_dir():
                 raise ConfigError(f"{out} holds no runs/ folder to summarise.")
-            doc = summarise(exp, out, values["scale"], provenance=provenance(command_line()), log=_echo)
+            doc = summarise(exp, out, values["scale"], provenance=record, log=_echo)
             _print_written(exp, out, doc)
             return
         device = training_device(values["device"])
@@ -81,7 +82,7 @@ def grid_command(exp: Experiment):
             resolve = opt.DATA[name][2]
             data[name] = resolve(values[name]) if resolve is not None else values[name]
         doc = run_grid(exp, out, scale=values["scale"], settings=names, seeds=seeds, device=device, options=data,
-                       progress=values["progress"], log=_echo, provenance=provenance(command_line()))
+                       progress=values["progress"], log=_echo, provenance=record)
         _print_written(exp, out, doc)
 
     params = _parameters(exp)

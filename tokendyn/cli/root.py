@@ -5,7 +5,6 @@ on, and the command line being run (for provenance records). :func:`tokendyn.cli
 from __future__ import annotations
 
 import shlex
-import sys
 
 import typer
 
@@ -40,11 +39,6 @@ def invocation(command: str) -> str:
     if not ARGS:
         return f"tokendyn {command}"
     return "tokendyn " + " ".join(shlex.quote(a) for a in ARGS)
-
-
-def command_line() -> str:
-    """The command line of this process (``sys.argv``), for a training run's provenance."""
-    return "tokendyn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "tokendyn train"
 
 
 def echo(line: str) -> None:
