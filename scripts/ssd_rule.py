@@ -1,5 +1,5 @@
 """The [derived] Mamba-2 (SSD) rule for d > 1 against simulation: writes the result of
-tokendyn.dynamics.ssd_experiments.check_ssd_rule as JSON (docs/THEORY.md, "Mamba-2 (SSD)").
+tokendyn.dynamics.ssd_trials.check_ssd_rule as JSON (docs/THEORY.md, "Mamba-2 (SSD)").
 
     .venv/bin/python scripts/ssd_rule.py --n 10 --seed 0 --tokens 5 --t-end 1e3 --out results/ssd_rule_seed0.json
 """
@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from tokendyn.dynamics.ssd_experiments import check_ssd_rule
+from tokendyn.dynamics.ssd_trials import check_ssd_rule
 from tokendyn.provenance import provenance
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from tokendyn.errors import CheckpointError, ConfigError
 from tokendyn.model import IOParameters, Mixer, MixerRun, RMSNorm
-from tokendyn.model.outputs import MixerInternals
+from tokendyn.model.internals import MixerInternals
 
 
 def check_mixer_contract(mixer: nn.Module, d_model: int, *, steps: bool = True, batch: int = 2,

@@ -198,7 +198,7 @@ def test_batch_matches_single_runs():
 @pytest.mark.parametrize("eigs,expect", [((1.0, 0.5), "divergence"), ((1.0, -0.5), "divergence"),
                                          ((-1.0, -0.5), "convergence")])
 def test_figure6_rule_d2(eigs, expect):
-    from tokendyn.dynamics.experiments import figure6_system as fig6_system
+    from tokendyn.dynamics.trials import figure6_system as fig6_system
 
     system = fig6_system(eigs, seed=0)
     x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -18,8 +18,8 @@ from tokendyn.dynamics import (
     time_grid,
     vector_field_naive,
 )
-from tokendyn.dynamics.experiments import figure6_system
 from tokendyn.dynamics.integrate import Integrator, choose_method, jacobian_bytes
+from tokendyn.dynamics.trials import figure6_system
 from tokendyn.errors import ConfigError
 
 # t_end on and off the log-spaced grid: 10**linspace(..., log10(t_end)) ends an ulp away from

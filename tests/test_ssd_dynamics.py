@@ -22,16 +22,16 @@ from tokendyn.dynamics import (
     ssd_vector_field_naive,
     vector_field,
 )
-from tokendyn.dynamics.experiments import t_end_for
 from tokendyn.dynamics.integrate import SMALL_SYSTEM_TERMS, Integrator, time_grid
-from tokendyn.dynamics.ssd_experiments import (
+from tokendyn.dynamics.ssd_regimes import head_prediction, layer_prediction
+from tokendyn.dynamics.ssd_trials import (
     case_system,
     check_ssd_rule,
     definite_ssd_system,
     measure_draw,
     rule_cases,
 )
-from tokendyn.dynamics.ssd_regimes import head_prediction, layer_prediction
+from tokendyn.dynamics.trials import t_end_for
 from tokendyn.errors import ConfigError, DataError
 
 BACKENDS = ("reference", "chunked")

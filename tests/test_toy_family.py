@@ -19,7 +19,7 @@ from tokendyn.cli import app
 from tokendyn.errors import CheckpointError, ConfigError
 from tokendyn.model import MambaConfig, MambaLM, MixerBase, MixerRun, families, generate, load_model
 from tokendyn.model.contract import IOParameters
-from tokendyn.model.outputs import MixerInternals
+from tokendyn.model.internals import MixerInternals
 
 # ---- the toy family: h_l = a·h_{l-1} + W_in x_l, out_l = W_out h_l (a decaying running sum) -------
 

@@ -195,8 +195,8 @@ def figure_fig6(path: Path, n_tokens: int = 6, seed: int = 0, t_end: float = 1e3
     """The paper's Figure-6 experiment (D = 2) for three eigen-signatures of M, one row each: the
     phase portrait on linear axes (left) and |x_l(t)| on log-log axes (right), where convergence to
     the origin shows as a steady decline. Returns {case: measured regime}."""
-    from .experiments import figure6_system
     from .regimes import predict_regime
+    from .trials import figure6_system
 
     fig, axes = plt.subplots(3, 2, figsize=(8, 11.5), layout="constrained")
     out = {}

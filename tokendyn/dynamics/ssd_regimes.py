@@ -11,7 +11,7 @@ first token outward when their signs agree and inward when they differ; a layer 
 push one way is predicted to diverge or converge. Anything else (a semi-definite or indefinite
 form, heads pushing opposite ways) is ``indefinite``: the sign then depends on the direction of
 the token, and no prediction is made. Later tokens add cross terms j < l of no fixed sign: for
-them the rule is a prediction, checked by simulation (:mod:`.ssd_experiments`).
+them the rule is a prediction, checked by simulation (:mod:`.ssd_trials`).
 
 The signatures come from small eigenproblems (:func:`tokendyn.dynamics.spectrum.eigen_signature`):
 M_g = W_C^{(g)ᵀ} W_B^{(g)} has rank ≤ N and V_k = W_out^{(k)} W_x^{(k)} rank ≤ P, so their

@@ -21,12 +21,12 @@ from .contract import IOParameters, Mixer, MixerBase, MixerRun
 from .families import build_mixer, get_family, register_family, register_variant
 from .generation import generate, sample_next
 from .hybrid import HybridClassifier, HybridConfig
+from .internals import MambaOutput, MixerInternals
 from .lm import MambaLM
 from .mamba1 import Mamba1Settings
 from .mamba2 import Mamba2Settings
 from .mamba2_mixer import Mamba2Mixer
 from .mixer import MambaMixer
-from .outputs import MambaOutput, MixerInternals
 
 __all__ = [
     "MambaConfig",

@@ -20,7 +20,7 @@ from ..ops.step import add_rms_norm
 from .checkpoint import save_model
 from .contract import Mixer
 from .families import build_mixer
-from .outputs import MambaOutput
+from .internals import MambaOutput
 
 
 class RMSNorm(nn.Module):

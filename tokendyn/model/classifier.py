@@ -19,7 +19,7 @@ from ..errors import DataError
 from .blocks import BackboneModel, MambaBackbone, apply_init
 from .checkpoint import register_model_kind
 from .config import ClassifierConfig
-from .outputs import MambaOutput
+from .internals import MambaOutput
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

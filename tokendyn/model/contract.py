@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from .outputs import MixerInternals
+from .internals import MixerInternals
 
 __all__ = ["Mixer", "MixerBase", "MixerRun", "IOParameters", "FamilySettings", "VariantSettings",
            "MixerInternals"]
@@ -35,7 +35,7 @@ class MixerRun:
     """What :meth:`Mixer.run` returns.
 
     out: (b, L, d_model), the mixer's contribution to the residual stream;
-    internals: the scan's inputs (:class:`~tokendyn.model.outputs.MixerInternals`) when asked for, else None;
+    internals: the scan's inputs (:class:`~tokendyn.model.internals.MixerInternals`) when asked for, else None;
     state: the recurrent state after the last token (the tuple :meth:`Mixer.allocate_state`
     makes, ready for :meth:`Mixer.step_`) when asked for, else None.
     """

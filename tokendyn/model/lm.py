@@ -18,7 +18,7 @@ from .blocks import BackboneModel, MambaBackbone, apply_init
 from .cache import InferenceCache
 from .checkpoint import register_model_kind
 from .config import MambaConfig
-from .outputs import MambaOutput
+from .internals import MambaOutput
 
 
 class MambaLM(BackboneModel):

@@ -28,9 +28,9 @@ from ..ops.ssd_reference import ssd_step
 from ..ops.step import causal_conv1d_update
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
+from .internals import MixerInternals
 from .mamba2 import INTEROP, Mamba2Settings
 from .mixer import inverse_softplus
-from .outputs import MixerInternals
 
 # mamba_ssm's A_init_range: A = −U(1, 16) per head at initialisation
 A_INIT_RANGE = (1.0, 16.0)

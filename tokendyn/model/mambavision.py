@@ -31,9 +31,9 @@ from ..errors import ConfigError
 from ..ops import compute_dtype, selective_scan
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
+from .internals import MixerInternals
 from .mamba1 import S6Settings, resolve_dt_rank
 from .mixer import channel_linear, inverse_softplus, split_x_proj
-from .outputs import MixerInternals
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from ..ops.norm_linear import rms_norm_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
+from .internals import MixerInternals
 from .mamba1 import INTEROP, Mamba1Settings, resolve_dt_rank
-from .outputs import MixerInternals
 
 # The parameters of a plain Mamba-1 mixer, by state_dict name (mamba_ssm's): what the
 # exporters write for any variant (see MambaMixer.plain_state_dict).

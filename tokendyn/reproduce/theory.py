@@ -38,8 +38,8 @@ def _tables(draws: dict, pos: list, fig_6: dict) -> tuple[list[str], list[str], 
 
 
 def run(ctx: Context) -> SectionResult:
-    from ..dynamics.experiments import check_1d_draws, fig6_agreement, position_dependence
     from ..dynamics.plots import figure_fig6, figure_regimes_1d
+    from ..dynamics.trials import check_1d_draws, fig6_agreement, position_dependence
 
     quick = ctx.quick
     n_1d, n_nd = (10, 4) if quick else (200, 40)

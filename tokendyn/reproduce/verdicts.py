@@ -9,7 +9,7 @@ leaves its check out rather than guessing.
 from __future__ import annotations
 
 from ..analysis.layer_flow import count_verdicts
-from ..dynamics.experiments import RELAXED
+from ..dynamics.trials import RELAXED
 from ..report import Check
 
 # float32 logits of a model against the reference scan, relative to the largest |logit|

@@ -1,6 +1,6 @@
 """The [derived] Mamba-2 (SSD) rule for d > 1 against simulation (docs/THEORY.md, "Mamba-2 (SSD)").
 
-As :func:`tokendyn.dynamics.experiments.fig6_agreement` does for Mamba-1: draw layers, predict
+As :func:`tokendyn.dynamics.trials.fig6_agreement` does for Mamba-1: draw layers, predict
 from the signatures of M_s and V_s (:func:`.ssd_regimes.ssd_signatures`), simulate the idealised
 flow from random tokens, measure the growth or decay of the token norms, and compare.
 
