@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The soft/hard reordering benchmark at L = 256..16384 on one CUDA GPU (the experiment itself runs
-# with scripts/reorder_gpu.sh).
+# with scripts/grid_gpu.sh reorder).
 #
 #   bash scripts/reorder_bench_gpu.sh OUT
 #

@@ -1,5 +1,6 @@
-"""The GPU grid scripts (scripts/lm_scenarios_gpu.sh, scripts/reorder_gpu.sh) in their CPU dry run
-at the smoke scale: whole runs within the budget, the summary, runs.tgz and call.json."""
+"""The GPU grid script (scripts/grid_gpu.sh) in its CPU dry run at the smoke scale, for both
+experiments: whole runs within the budget, PARALLEL runs at once, a second call skipping what is
+done, the summary, runs.tgz and call.json."""
 
 from __future__ import annotations
 
@@ -18,37 +19,55 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _run(script: str, out: Path, budget: int, runs: list[str], env: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "TOKENDYN_COMMIT": "abc123", **env}
-    return subprocess.run(["bash", str(ROOT / "scripts" / script), str(out), str(budget), *runs], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+def _grid(exp: str, out: Path, budget: int, runs: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "TOKENDYN_COMMIT": "abc123", "GRID_DEVICE": "cpu",
+           "GRID_SCALE": "smoke", "TOKENDYN_CACHE": str(tmp_path / "cache"), **env}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "grid_gpu.sh"), exp, str(out), str(budget), *runs],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_lm_grid_script_dry_run(tmp_path):
-    env = {"LM_DEVICE": "cpu", "LM_SCALE": "smoke", "TOKENDYN_CACHE": str(tmp_path / "cache")}
+def test_lm_grid_dry_run(tmp_path):
     out = tmp_path / "g"
-    proc = _run("lm_scenarios_gpu.sh", out, 600, ["none-seed0"], env)
+    proc = _grid("lm-scenarios", out, 600, ["none-seed0"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     call = json.loads((out / "call.json").read_text())
-    assert call["commit"] == "abc123" and list(call["runs_wall_s"]) == ["none-seed0"]
-    assert call["command"].startswith("bash scripts/lm_scenarios_gpu.sh")
+    assert call["commit"] == "abc123" and list(call["runs_wall_s"]) == ["none-seed0"] and call["parallel"] == 1
+    assert call["command"].startswith("bash scripts/grid_gpu.sh lm-scenarios") and call["scale"] == "smoke"
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
-    assert "runs/none-seed0/result.json" in names and not any("checkpoint" in n for n in names)
+    assert "runs/none-seed0/result.json" in names
+    assert not any("checkpoint" in n or n.endswith("tokenizer.json") for n in names)
     assert json.loads((out / "lm_scenarios.json").read_text())["settings"]["none"]
     # a second call skips the finished run; one whose longest run cannot fit stops before it
-    again = _run("lm_scenarios_gpu.sh", out, 600, ["none-seed0"], env)
+    again = _grid("lm-scenarios", out, 600, ["none-seed0"], tmp_path)
     assert again.returncode == 0 and json.loads((out / "call.json").read_text())["runs_wall_s"] == {}
-    short = _run("lm_scenarios_gpu.sh", tmp_path / "h", 5, ["none-seed0"], {**env, "FIRST_RUN_S": "100"})
+    short = _grid("lm-scenarios", tmp_path / "h", 5, ["none-seed0"], tmp_path, FIRST_RUN_S="100")
     assert short.returncode == 0 and "stopping before none-seed0" in short.stdout
     assert json.loads((tmp_path / "h" / "call.json").read_text())["runs_wall_s"] == {}
 
 
-def test_reorder_grid_script_dry_run(tmp_path):
-    env = {"REORDER_DEVICE": "cpu", "REORDER_SCALE": "smoke", "PARALLEL": "2"}
+def test_reorder_grid_dry_run_in_parallel(tmp_path):
     out = tmp_path / "r"
-    proc = _run("reorder_gpu.sh", out, 600, ["none-seed0", "authors-seed0"], env)
+    proc = _grid("reorder", out, 600, ["none-seed0", "authors-seed0"], tmp_path, PARALLEL="2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     call = json.loads((out / "call.json").read_text())
     assert call["parallel"] == 2 and sorted(call["runs_wall_s"]) == ["authors-seed0", "none-seed0"]
     assert (out / "reorder.json").is_file() and (out / "runs.tgz").is_file()
+    assert sorted(p.name for p in (out / "reorder" / "runs").iterdir()) == ["authors-seed0", "none-seed0"]
+
+
+def test_an_unknown_experiment_is_one_sentence(tmp_path):
+    proc = _grid("nonsense", tmp_path / "x", 600, [], tmp_path)
+    assert proc.returncode != 0 and "unknown experiment 'nonsense'" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_the_default_runs_come_from_the_description(tmp_path):
+    from tokendyn.experiments import get
+
+    proc = _grid("reorder", tmp_path / "d", 1, [], tmp_path, FIRST_RUN_S="100")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads((tmp_path / "d" / "call.json").read_text())["command"].split()[5:]
+    exp = get("reorder")
+    assert runs == exp.grid_runs
+    assert len(runs) == 35 and runs[:2] == ["none-seed0", "authors-seed0"]

@@ -146,5 +146,6 @@ EXPERIMENT = Experiment(
     report_extras=report_extras,
     report_note="The smoke scale trains tiny models for seconds: its numbers show that the pipeline runs, not how "
                 "the settings compare. Differences are read against the seed spread (Welch's t).",
-    full_run="run `bash scripts/lm_scenarios_gpu.sh OUT` (or `tokendyn reproduce --scale full --device cuda`)",
+    full_run="run `bash scripts/grid_gpu.sh lm-scenarios OUT BUDGET_S` (or `tokendyn reproduce --scale full "
+             "--device cuda`)",
 )

@@ -14,7 +14,7 @@ Measured per run: test accuracy; the validation curve per epoch, the steps to th
 validation accuracy and the area under the validation curve (convergence speed); the sharpness
 of each reordering layer's P̂ per epoch (mean largest row weight against 1/L). Files in OUT
 (beside runs/): reorder.json, reorder.md, reorder.png, reorder_sharpness.png. ``tokendyn train
-reorder``, ``scripts/reorder_gpu.sh`` and the report's section "reorder" run it.
+reorder``, ``scripts/grid_gpu.sh reorder`` and the report's section "reorder" run it.
 """
 
 from __future__ import annotations
@@ -279,6 +279,7 @@ EXPERIMENT = Experiment(
     colours={"none": "k", "authors": "tab:blue", "hard": "tab:red", "tau0.1": "tab:purple", "tau0.01": "tab:pink",
              "gated_none": "tab:grey", "gated_soft": "tab:green"},
     default_seeds=(0, 1, 2, 3, 4),
+    grid_settings=tuple(SETTINGS),
     options=("data", "data_dir"),
     prepare=prepare,
     data_label=lambda data: data.source,
@@ -295,6 +296,6 @@ EXPERIMENT = Experiment(
     report_extras=report_extras,
     report_note="The smoke scale trains tiny classifiers on 1,200 images for two epochs: its numbers show that the "
                 "pipeline runs, not how the settings compare. Differences are read against the seed spread.",
-    full_run="run `bash scripts/reorder_gpu.sh OUT BUDGET_S` (or `tokendyn train reorder --scale full --device cuda "
-             "--settings none,authors,hard,tau0.1,tau0.01,gated_none,gated_soft --seeds 0,1,2,3,4`)",
+    full_run="run `PARALLEL=4 bash scripts/grid_gpu.sh reorder OUT BUDGET_S` (or `tokendyn train reorder --scale "
+             "full --device cuda --settings none,authors,hard,tau0.1,tau0.01,gated_none,gated_soft --seeds 0,1,2,3,4`)",
 )

@@ -234,6 +234,8 @@ class Experiment:
         early_stopping: also read the metric and the comparisons at each run's best validation step.
         figures: the figures of the output folder; colours: setting -> colour in them.
         default_seeds: the seeds run unless told.
+        grid_settings: the settings of the full-scale grid that ``scripts/grid_gpu.sh`` runs unless
+            told (None: default_settings).
         options: names of the command's data options (``tokendyn.cli.options.DATA``) that reach
             ``prepare`` as a dict.
         prepare(params, options) -> data: the data a scale trains on.
@@ -268,6 +270,7 @@ class Experiment:
     colours: dict[str, str] = field(default_factory=dict)
     baseline: str | None = "none"
     default_seeds: tuple[int, ...] = (0, 1, 2)
+    grid_settings: tuple[str, ...] | None = None
     section: str | None = None
     options: tuple[str, ...] = ()
     flatness: Flatness | None = None
@@ -291,6 +294,12 @@ class Experiment:
     def setting_keys(self) -> tuple[str, ...]:
         """The model fields the settings vary (left out of the summary's ``config.model``)."""
         return tuple(sorted({k for fields in self.settings.values() for k in fields}))
+
+    @property
+    def grid_runs(self) -> list[str]:
+        """The full-scale grid's runs, ``SETTING-seedK``, seed by seed (so that a partial grid has
+        every setting)."""
+        return [f"{s}-seed{k}" for k in self.default_seeds for s in (self.grid_settings or self.default_settings)]
 
     def choose_settings(self, asked) -> list[str]:
         """The settings asked for (the defaults when none), in the description's order;

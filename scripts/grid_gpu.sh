@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# An experiment's seed grid (tokendyn.experiments: lm-scenarios, reorder, ...) at full scale on one
+# GPU, run by run within a wall-time budget, so that a time-limited job (a batch-system slot, a
+# lent machine) finishes whole runs and a later call continues where it stopped.
+#
+#   bash scripts/grid_gpu.sh EXPERIMENT OUT BUDGET_S [RUN ...]
+#
+# RUN: SETTING-seedK (default: the experiment's grid_runs, its grid settings for each of its default
+# seeds, seed by seed, so that a partial grid has every setting). PARALLEL runs (default 1) train at once
+# on the GPU, each as its own process in OUT/work/RUN; a complete run moves to
+# OUT/EXPERIMENT/runs/RUN, and one found there is skipped. A group of runs starts only when the
+# longest group of this call so far (the first: FIRST_RUN_S, default 480) still fits in the budget;
+# a run still going when the budget is spent is stopped, and resumes from its last checkpoint at
+# the next call. At the end, OUT holds the experiment's summary of every complete run (its JSON,
+# markdown and figures), runs.tgz (each complete run's files less its checkpoint and tokenizer)
+# and call.json (device, date, commit from $TOKENDYN_COMMIT, command, parallel, the runs this
+# call finished with their wall times). Merge the runs.tgz of several calls into one folder's
+# runs/ and run `tokendyn train EXPERIMENT --scale full --summarise-only --out FOLDER`.
+#
+# GRID_DEVICE=cpu GRID_SCALE=smoke: a dry run on a machine without a GPU.
+#
+# Data on a machine without the Debian packages: the english corpus (lm-scenarios' full scale)
+# reads .gpudata/pkgroot.tar.xz (the packages' files, packed with tar -C ROOT) through
+# TOKENDYN_PACKAGE_ROOT and .gpudata/bin/bible (a script printing `bible -f -m 8192
+# Gen1:1-Rev22:21`) for the KJV; Fashion-MNIST (reorder) is $TOKENDYN_FASHION_MNIST, else
+# .gpudata/fashion-mnist (the four IDX files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage="usage: bash scripts/grid_gpu.sh EXPERIMENT OUT BUDGET_S [RUN ...]"
+exp=${1:?$usage}
+out=${2:?$usage}
+budget=${3:?$usage}
+shift 3
+runs=("$@")
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TOKENDYN_CACHE=${TOKENDYN_CACHE:-/tmp/tokendyn-cache}
+PY=${PYTHON:-python3}
+DEVICE=${GRID_DEVICE:-cuda}
+SCALE=${GRID_SCALE:-full}
+PARALLEL=${PARALLEL:-1}
+if ! command -v bible >/dev/null 2>&1 && [ -x .gpudata/bin/bible ]; then
+    export PATH="$PWD/.gpudata/bin:$PATH"
+fi
+if [ ! -e /usr/share/dictd/gcide.dict.dz ] && [ -z "${TOKENDYN_PACKAGE_ROOT:-}" ] && [ -f .gpudata/pkgroot.tar.xz ]; then
+    mkdir -p /tmp/pkgroot && tar -C /tmp/pkgroot -xJf .gpudata/pkgroot.tar.xz
+    export TOKENDYN_PACKAGE_ROOT=/tmp/pkgroot
+fi
+if [ -z "${TOKENDYN_FASHION_MNIST:-}" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpudata/fashion-mnist ]; then
+    export TOKENDYN_FASHION_MNIST="$PWD/.gpudata/fashion-mnist"
+fi
+# the description's default runs and result files (an unknown experiment stops here, in one sentence)
+described=$("$PY" - "$exp" <<'PY'
+import sys
+from tokendyn.errors import TokendynError
+try:
+    from tokendyn.experiments import get
+    e = get(sys.argv[1])
+except TokendynError as err:
+    sys.exit(f"grid_gpu.sh: {err}")
+print(" ".join(e.grid_runs))
+print(" ".join(e.result_files))
+PY
+)
+if [ ${#runs[@]} -eq 0 ]; then read -r -a runs <<< "$(sed -n 1p <<< "$described")"; fi
+read -r -a result_files <<< "$(sed -n 2p <<< "$described")"
+mkdir -p "$out/$exp/runs" "$out/work"
+start=$(date +%s)
+longest=${FIRST_RUN_S:-480}
+done_runs=()
+first_group=1
+i=0
+while [ $i -lt ${#runs[@]} ]; do
+    group=()
+    while [ ${#group[@]} -lt "$PARALLEL" ] && [ $i -lt ${#runs[@]} ]; do
+        run=${runs[$i]}; i=$((i + 1))
+        if [ ! -f "$out/$exp/runs/$run/result.json" ]; then group+=("$run"); fi
+    done
+    if [ ${#group[@]} -eq 0 ]; then break; fi
+    elapsed=$(( $(date +%s) - start ))
+    if [ $(( elapsed + longest )) -gt "$budget" ]; then
+        echo "stopping before ${group[*]}: $elapsed s used, the longest group took $longest s, budget $budget s"
+        break
+    fi
+    t=$(date +%s)
+    left=$(( budget - elapsed ))        # a run still going then is stopped; the next call resumes it
+    pids=()
+    for run in "${group[@]}"; do
+        setting=${run%-seed*}; seed=${run##*-seed}
+        timeout "$left" "$PY" -m tokendyn train "$exp" --scale "$SCALE" --device "$DEVICE" --no-progress \
+            --out "$out/work/$run" --settings "$setting" --seeds "$seed" > "$out/work/$run.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || true; done
+    took=$(( $(date +%s) - t ))
+    for run in "${group[@]}"; do
+        if [ -f "$out/work/$run/runs/$run/result.json" ]; then
+            rm -rf "$out/$exp/runs/$run"
+            mv "$out/work/$run/runs/$run" "$out/$exp/runs/$run"
+            echo "$run: $took s (group of ${#group[@]})"
+            done_runs+=("\"$run\": $took")
+        else
+            echo "$run did not finish; its log: $out/work/$run.log"; tail -3 "$out/work/$run.log"
+        fi
+    done
+    if [ "$took" -gt "$longest" ] || [ "$first_group" -eq 1 ]; then longest=$took; fi
+    first_group=0
+done
+if compgen -G "$out/$exp/runs/*/result.json" > /dev/null; then
+    "$PY" -m tokendyn train "$exp" --scale "$SCALE" --summarise-only --out "$out/$exp" > "$out/summary.log" 2>&1 \
+        || tail -3 "$out/summary.log"
+fi
+for f in "${result_files[@]}"; do cp "$out/$exp/$f" "$out/" 2>/dev/null || true; done
+(cd "$out/$exp" && find runs -mindepth 2 -maxdepth 2 -type f ! -name tokenizer.json -print0 \
+    | tar -czf ../runs.tgz --null -T -)
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+joined=$(IFS=,; echo "${done_runs[*]:-}")
+cat > "$out/call.json" <<JSON
+{"device": "${device:-unknown}", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
+ "command": "bash scripts/grid_gpu.sh $exp $out $budget ${runs[*]}", "budget_s": $budget, "parallel": $PARALLEL,
+ "scale": "$SCALE", "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
+JSON
+cat "$out/call.json"
