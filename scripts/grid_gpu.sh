@@ -27,9 +27,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: bash scripts/grid_gpu.sh EXPERIMENT OUT BUDGET_S [RUN ...]"
-exp=${1:?$usage}
-out=${2:?$usage}
-budget=${3:?$usage}
+if [ $# -lt 3 ]; then echo "$usage" >&2; exit 2; fi
+exp=$1
+out=$2
+budget=$3
 shift 3
 runs=("$@")
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -38,6 +39,12 @@ PY=${PYTHON:-python3}
 DEVICE=${GRID_DEVICE:-cuda}
 SCALE=${GRID_SCALE:-full}
 PARALLEL=${PARALLEL:-1}
+for v in "BUDGET_S=$budget" "PARALLEL=$PARALLEL" "FIRST_RUN_S=${FIRST_RUN_S:-480}"; do
+    case "${v#*=}" in
+        ''|*[!0-9]*|0) echo "grid_gpu.sh: ${v%%=*} must be a positive whole number, got '${v#*=}'." >&2
+                       exit 2 ;;
+    esac
+done
 if ! command -v bible >/dev/null 2>&1 && [ -x .gpudata/bin/bible ]; then
     export PATH="$PWD/.gpudata/bin:$PATH"
 fi
@@ -56,7 +63,8 @@ try:
     from tokendyn.experiments import get
     e = get(sys.argv[1])
 except TokendynError as err:
-    sys.exit(f"grid_gpu.sh: {err}")
+    print(f"grid_gpu.sh: {err}", file=sys.stderr)
+    sys.exit(2)
 print(" ".join(e.grid_runs))
 print(" ".join(e.result_files))
 PY

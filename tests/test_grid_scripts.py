@@ -58,7 +58,7 @@ def test_reorder_grid_dry_run_in_parallel(tmp_path):
 
 def test_an_unknown_experiment_is_one_sentence(tmp_path):
     proc = _grid("nonsense", tmp_path / "x", 600, [], tmp_path)
-    assert proc.returncode != 0 and "unknown experiment 'nonsense'" in proc.stderr
+    assert proc.returncode == 2 and "unknown experiment 'nonsense'" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
@@ -71,3 +71,17 @@ def test_the_default_runs_come_from_the_description(tmp_path):
     exp = get("reorder")
     assert runs == exp.grid_runs
     assert len(runs) == 35 and runs[:2] == ["none-seed0", "authors-seed0"]
+
+
+@pytest.mark.parametrize("args, env, fragment", [
+    (["reorder", "OUT"], {}, "usage: bash scripts/grid_gpu.sh"),
+    (["reorder", "OUT", "abc"], {}, "BUDGET_S must be a positive whole number, got 'abc'"),
+    (["reorder", "OUT", "60"], {"PARALLEL": "0"}, "PARALLEL must be a positive whole number"),
+    (["reorder", "OUT", "60"], {"FIRST_RUN_S": "-1"}, "FIRST_RUN_S must be a positive whole number"),
+])
+def test_bad_arguments_are_one_sentence(tmp_path, args, env, fragment):
+    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "grid_gpu.sh"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **env})
+    assert proc.returncode == 2 and fragment in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "o").exists()
