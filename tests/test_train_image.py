@@ -282,3 +282,18 @@ def test_without_a_checkpoint_an_interrupted_run_leaves_nothing(tmp_path, capsys
     monkeypatch.setattr(ImageClassificationTask, "train_batch", real)
     code, err = run_cli(image_args(fashion, out, "--stop-after-steps", "1"), capsys)
     assert code == 0, err
+
+
+@pytest.mark.gpu
+def test_train_image_with_cuda_graph(tmp_path, capsys, fashion):
+    """--cuda-graph on the image task (its batches may already be on the device): the run
+    finishes, with the eager run's losses to float32 rounding."""
+    curves = []
+    for name, extra in (("e", []), ("g", ["--cuda-graph"])):
+        args = image_args(fashion, tmp_path / name, "--no-autocast", "--epochs", "3", *extra)
+        args[args.index("--device") + 1] = "cuda"
+        code, err = run_cli(args, capsys)
+        assert code == 0, err
+        curves.append([r["loss"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").open())
+                       if r["kind"] == "train"])
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4, abs=1e-5)

@@ -106,3 +106,11 @@ class SavedForBackward:
     @property
     def nbytes(self) -> int:
         return sum(b for b, _ in self.storages.values())
+
+
+def graph_capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (False without CUDA), where a device
+    sync is an error."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()

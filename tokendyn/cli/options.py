@@ -32,6 +32,8 @@ Backend = option(str, "--backend", help="Selective-scan backend (auto, triton, c
 Progress = option(bool, "--progress/--no-progress", help="Show a progress bar.")
 Seed = option(int, "--seed", help="Seed of the initialisation, the batch order and the augmentation.")
 NoAutocast = option(bool, "--no-autocast", help="Train in float32 on CUDA too.")
+CudaGraph = option(bool, "--cuda-graph", help="Run each optimiser step as CUDA graphs (one CUDA device, no "
+                   "torchrun): the host launches two graphs instead of every kernel.")
 StopAfterSteps = option(int | None, "--stop-after-steps", help="Stop after this many steps (with a checkpoint), as "
                         "if interrupted; --resume continues.")
 

@@ -87,6 +87,7 @@ def lm(
     monitor_every: int = typer.Option(100, "--monitor-every", help="Regime-monitor interval in steps (0: off)."),
     seed: opt.Seed = 0,
     no_autocast: opt.NoAutocast = False,
+    cuda_graph: opt.CudaGraph = False,
     device: opt.Device = "auto",
     backend: opt.Backend = "auto",
     cache_dir: opt.CacheDir = None,
@@ -94,8 +95,7 @@ def lm(
     progress: opt.Progress = True,
 ) -> None:
     """Train a MambaLM on text: metrics.jsonl, checkpoints (resumable) and result.json in the run directory."""
-    from ..train.language import LMModelSpec, prepare_data, train_lm
-    from ..train.loop import TrainConfig
+    from ..train.language import LMModelSpec, TrainConfig, prepare_data, train_lm
 
     run_dir = run_directory(out, resume)
     options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, io_constraint=io_constraint,
@@ -103,7 +103,7 @@ def lm(
     spec = LMModelSpec(d_model=d_model, n_layer=n_layer, layer=layer, mixer=options, final_dropout=final_dropout)
     cfg = TrainConfig(steps=steps, micro_batch=micro_batch, lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio,
                       weight_decay=weight_decay, decay_rule=decay_rule, grad_clip=grad_clip, eval_every=eval_every,
-                      checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast)
+                      checkpoint_every=checkpoint_every, seed=seed, autocast=not no_autocast, cuda_graph=cuda_graph)
     data = prepare_data(text_files=text or None, wikitext=wikitext, tokenizer=tokenizer, vocab_size=vocab_size,
                         cache_dir=opt.cache_dir(cache_dir), builtin=corpus)
     spec.config(data.vocab_size, scan_backend=backend)   # refuse a bad model before touching the directory

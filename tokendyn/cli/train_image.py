@@ -43,8 +43,7 @@ def image(
     reorder_layers: opt.ReorderLayers = None,
     reorder_branches: opt.ReorderBranches = None,
     epochs: int = typer.Option(5, "--epochs"),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint interval in steps (0: at each "
-                                         "epoch's end); a run stopped mid-epoch resumes exactly from the last one."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Steps between checkpoints (0: each epoch)."),
     batch_size: opt.BatchSize = 256,
     lr: opt.Lr = 3e-3,
     warmup: opt.Warmup = 0.05,
@@ -55,6 +54,7 @@ def image(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Training images held out for validation."),
     seed: opt.Seed = 0,
     no_autocast: opt.NoAutocast = False,
+    cuda_graph: opt.CudaGraph = False,
     device: opt.Device = "auto",
     backend: opt.Backend = "auto",
     stop_after_steps: opt.StopAfterSteps = None,
@@ -62,8 +62,7 @@ def image(
 ) -> None:
     """Train a Mamba image classifier (patch tokens): metrics.jsonl, checkpoints, result.json in the run dir."""
     from ..data.images import load_images
-    from ..train.images import ImageModelSpec, train_image
-    from ..train.loop import TrainConfig
+    from ..train.images import ImageModelSpec, TrainConfig, train_image
 
     run_dir = run_directory(out, resume)
     options = opt.mixer_options(mixer_option, d_state=d_state, expand=expand, reorder=reorder, reorder_tau=reorder_tau,
@@ -71,7 +70,8 @@ def image(
                                 reorder_layers=None if reorder_layers is None else _layers(reorder_layers))
     spec = ImageModelSpec(d_model=d_model, n_layer=n_layer, patch_size=patch_size, bidirectional=bidirectional,
                           pooling=pooling, positions=positions, layer=layer, mixer=options)
-    cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, autocast=not no_autocast)
+    cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed, autocast=not no_autocast,
+                      cuda_graph=cuda_graph)
     dataset = load_images(data, data_dir, size=image_size, channels=channels, download=download)
     spec.config(dataset.image_shape, dataset.n_classes, scan_backend=backend)   # refuse a bad model first
     result, _ = train_image(dataset, spec, cfg, batch_size=batch_size, epochs=epochs, out=run_dir,

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError
+from ..resources import graph_capturing
 from .blocks import BackboneModel, MambaBackbone, apply_init
 from .cache import InferenceCache
 from .checkpoint import register_model_kind
@@ -46,28 +47,31 @@ class MambaLM(BackboneModel):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def _check_ids(self, input_ids: torch.Tensor, ndim: int) -> None:
+    def _check_ids(self, input_ids: torch.Tensor, ndim: int, values: bool = True) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise DataError("input_ids must be an int64 or int32 tensor of token ids.")
         if input_ids.dim() != ndim:
             shape = "(batch, length)" if ndim == 2 else "(batch,)"
             raise DataError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}.")
-        if input_ids.numel():
+        if values and input_ids.numel() and not graph_capturing():
             # one device sync for both bounds (an out-of-range id would otherwise end in
-            # an opaque device-side assert on a GPU)
+            # an opaque device-side assert on a GPU); not while a CUDA graph is captured, where
+            # a sync is an error
             lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()
             if lo < 0 or hi >= self.config.padded_vocab_size:
                 raise DataError(f"token ids must lie in [0, {self.config.padded_vocab_size}), got [{lo}, {hi}].")
 
     def forward(self, input_ids: torch.Tensor, output_internals: bool = False,
-                cache: InferenceCache | None = None):
+                cache: InferenceCache | None = None, check_ids: bool = True):
         """input_ids: (batch, L) int64 -> logits (batch, L, padded_vocab_size).
 
         output_internals: return a :class:`MambaOutput` (logits, hidden_states, internals).
         cache: an :class:`InferenceCache`; an empty one is filled from this call's
         sequence (the prompt), a filled one is advanced token by token.
+        check_ids: refuse ids outside the vocabulary (a device sync); the training loop, whose
+        ids come from the run's own tokenizer, leaves it off so that the host can run ahead.
         """
-        self._check_ids(input_ids, 2)
+        self._check_ids(input_ids, 2, values=check_ids)
         res = self.backbone(input_ids, output_internals=output_internals, cache=cache)
         if isinstance(res, MambaOutput):
             res.logits = self.lm_head(self.final_dropout(res.last_hidden_state))

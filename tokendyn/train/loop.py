@@ -49,7 +49,8 @@ class TrainConfig:
     eval_every / checkpoint_every / log_every: intervals in steps (0: only at the end);
     autocast: bf16 autocast on CUDA; eval_test: evaluate the test split at every evaluation too
     (``test_curve`` records), so that the test metric at the best validation step can be read
-    afterwards (early stopping), at the cost of a second evaluation.
+    afterwards (early stopping), at the cost of a second evaluation; cuda_graph: run each
+    optimiser step as CUDA graphs (:class:`GraphedStep`; one CUDA process only).
     """
 
     steps: int = 200
@@ -67,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     autocast: bool = True
     eval_test: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -87,14 +89,18 @@ class TrainConfig:
             raise ConfigError("weight_decay and grad_clip must be >= 0.")
         if self.decay_rule not in DECAY_RULES:
             raise ConfigError(f"decay_rule must be one of {', '.join(DECAY_RULES)}, got {self.decay_rule!r}.")
+        if not isinstance(self.cuda_graph, bool):
+            raise ConfigError(f"cuda_graph must be true or false, got {self.cuda_graph!r}.")
         self.betas = tuple(self.betas)
 
     def identity(self) -> dict:
-        """The fields that decide the run's numbers (all of them; eval_test only where on, so that
-        runs recorded before it existed still resume)."""
+        """The fields that decide the run's numbers (all of them; eval_test and cuda_graph only
+        where on, so that runs recorded before they existed still resume; a graphed step's AdamW
+        keeps its step count on the device, which moves the last digits)."""
         fields = asdict(self)
-        if not fields["eval_test"]:
-            del fields["eval_test"]
+        for name in ("eval_test", "cuda_graph"):
+            if not fields[name]:
+                del fields[name]
         return fields
 
 
@@ -394,20 +400,38 @@ def _restore(model, optimizer, out: Path | None, resume: bool, main: bool, log) 
     return _Progress()
 
 
+def _set_lr(optimizer, step: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``step`` into every group (in place where it is a device tensor, as a
+    graphed step reads it); returns it."""
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    return lr
+
+
+def _micro_batch(task: Task, step: int, i: int, accumulation: int, ddp, device) -> tuple[torch.Tensor, ...]:
+    """Micro-batch ``i`` of ``step`` on ``device``; on CUDA copied from pinned memory, so that the
+    copy does not wait for the GPU to drain."""
+    batch = task.train_batch(step, ddp.rank * accumulation + i, ddp.world * accumulation)
+    if device.type == "cuda":
+        batch = tuple(t.pin_memory() if t.device.type == "cpu" else t for t in batch)
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 def _optimiser_step(net, model, optimizer, task: Task, cfg: TrainConfig, step: int, accumulation: int, ddp,
                     device) -> tuple[torch.Tensor, float]:
     """One optimiser step over ``accumulation`` micro-batches: (the step's mean loss over the
     processes, as a device scalar, and its learning rate)."""
-    lr = lr_at(step, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    lr = _set_lr(optimizer, step, cfg)
     step_loss = torch.zeros((), device=device)
     for i in range(accumulation):
-        x, y = (t.to(device, non_blocking=True) for t in
-                task.train_batch(step, ddp.rank * accumulation + i, ddp.world * accumulation))
+        batch = _micro_batch(task, step, i, accumulation, ddp, device)
         sync = not ddp.active or i == accumulation - 1
         with net.no_sync() if not sync else _null():
-            loss = task.loss(net, (x, y)) / accumulation
+            loss = task.loss(net, batch) / accumulation
             loss.backward()
         step_loss += loss.detach()
     if cfg.grad_clip:
@@ -418,6 +442,89 @@ def _optimiser_step(net, model, optimizer, task: Task, cfg: TrainConfig, step: i
         dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
         step_loss /= ddp.world
     return step_loss, lr
+
+
+GRAPH_WARMUP = 3   # eager steps (each a real one) before the capture: lazy set-up happens outside it
+
+
+class GraphedStep:
+    """An optimiser step as two CUDA graphs (TrainConfig.cuda_graph), captured after
+    GRAPH_WARMUP eager steps of the session, which run on a side stream as the capture needs:
+
+    - ``micro``: the loss and backward of one micro-batch read from static input buffers, its
+      gradients accumulating in place into the parameters' ``.grad`` (kept allocated);
+    - ``update``: gradient clipping, the AdamW step (capturable: step count and learning rate on
+      the device) and zeroing the gradients.
+
+    A step copies each micro-batch into the buffers and replays ``micro``, then sets the learning
+    rate and replays ``update``: the host launches two graphs a micro-batch instead of every
+    kernel, which is what bounds a step when the host is slower than the GPU. Dropout draws new
+    numbers at each replay (the graph advances the generator's offset).
+    """
+
+    def __init__(self, net, model, optimizer, task: Task, cfg: TrainConfig, batch, accumulation: int):
+        self.optimizer, self.accumulation = optimizer, accumulation
+        self.inputs = tuple(t.clone() for t in batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        torch.cuda.synchronize()
+        pool = torch.cuda.graph_pool_handle()
+        self.micro, self.update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.micro, pool=pool):
+                self.loss = task.loss(net, self.inputs) / accumulation
+                self.loss.backward()
+            with torch.cuda.graph(self.update, pool=pool):
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"--cuda-graph: the training step could not be captured as a CUDA graph "
+                              f"({str(exc).splitlines()[0][:200]}); train without --cuda-graph.") from None
+
+    def step(self, task: Task, cfg: TrainConfig, step: int, ddp, device) -> tuple[torch.Tensor, float]:
+        """One optimiser step by replays: (the step's mean loss as a device scalar, its learning rate)."""
+        step_loss = torch.zeros((), device=device)
+        for i in range(self.accumulation):
+            for static, t in zip(self.inputs, _micro_batch(task, step, i, self.accumulation, ddp, device)):
+                static.copy_(t, non_blocking=True)
+            self.micro.replay()
+            step_loss += self.loss.detach()
+        lr = _set_lr(self.optimizer, step, cfg)
+        self.update.replay()
+        return step_loss, lr
+
+
+class _Stepper:
+    """Runs optimiser steps: eagerly, or with cfg.cuda_graph eagerly on a side stream for the
+    session's first GRAPH_WARMUP steps (as a capture needs) and then by replaying a
+    :class:`GraphedStep` captured at the next one. Call with the step; returns (loss, lr)."""
+
+    def __init__(self, net, model, optimizer, task: Task, cfg: TrainConfig, accumulation: int, ddp, device,
+                 start: int):
+        self.args = (net, model, optimizer, task, cfg)
+        self.accumulation, self.ddp, self.device, self.start = accumulation, ddp, device, start
+        self.graphed = None
+        self.side = torch.cuda.Stream(device) if cfg.cuda_graph else None
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, float]:
+        net, model, optimizer, task, cfg = self.args
+        acc, ddp, device = self.accumulation, self.ddp, self.device
+        if self.graphed is None and self.side is not None and step - self.start >= GRAPH_WARMUP:
+            self.graphed = GraphedStep(net, model, optimizer, task, cfg, _micro_batch(task, step, 0, acc, ddp, device),
+                                       acc)
+        if self.graphed is not None:
+            return self.graphed.step(task, cfg, step, ddp, device)
+        if self.side is None:
+            return _optimiser_step(net, model, optimizer, task, cfg, step, acc, ddp, device)
+        self.side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self.side):
+            out = _optimiser_step(net, model, optimizer, task, cfg, step, acc, ddp, device)
+        torch.cuda.current_stream(device).wait_stream(self.side)
+        return out
 
 
 def _evaluate(task: Task, model, cfg: TrainConfig, done: int, metrics) -> dict:
@@ -449,9 +556,13 @@ def _prepare_model(model, cfg: TrainConfig, out: Path | None, resume: bool, devi
     resuming: (optimizer, the module to run (DDP-wrapped across processes), the run's progress)."""
     model.to(device)
     model.train()
+    # a graphed step's AdamW keeps its step count and learning rate on the device (capturable)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_rule), lr=cfg.lr, betas=cfg.betas,
-                                  fused=device.type == "cuda")
+                                  fused=device.type == "cuda", capturable=cfg.cuda_graph)
     run = _restore(model, optimizer, out, resume, ddp.main, log)
+    for group in optimizer.param_groups:      # a checkpoint's groups carry the mode it was saved in
+        group["capturable"] = cfg.cuda_graph
+        group["lr"] = torch.tensor(float(group["lr"]), device=device) if cfg.cuda_graph else float(group["lr"])
     model.to(device)
     if ddp.active:
         dist.barrier()
@@ -477,13 +588,23 @@ def _log_step(metrics, bar, run: _Progress, done: int, step_loss: torch.Tensor, 
     return loss
 
 
+def _devices(device, cfg: TrainConfig) -> tuple[torch.device, Distributed]:
+    """The training device (made current) and this process's place among the processes;
+    ConfigError for cfg.cuda_graph where it cannot run, before anything is written."""
+    device = training_device(device)
+    ddp = init_distributed(device)
+    if cfg.cuda_graph and (device.type != "cuda" or ddp.active):
+        raise ConfigError(f"--cuda-graph needs one CUDA device and one process (no torchrun), not {device} with "
+                          f"{ddp.world} process(es); train without it.")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device, ddp
+
+
 def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | None, *, identity: dict | None,
            resume: bool, device, callbacks, stop_after_steps: int | None, progress: bool,
            tokenizer_json: str | None, log, started: list) -> TrainResult:
-    device = training_device(device)
-    ddp = init_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device, ddp = _devices(device, cfg)
     accumulation = _accumulation(task, cfg, ddp.world)
     task.autocast = cfg.autocast
     log = log or (lambda *_: None)
@@ -512,13 +633,13 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, out: Path | Non
         if ddp.active:
             dist.barrier()
 
-    val = None
+    val, last_loss = None, float("nan")
     if start == 0:
         run_callbacks(0, False)
-    last_loss = float("nan")
+    stepper = _Stepper(net, model, optimizer, task, cfg, accumulation, ddp, device, start)
     for step in range(start, end):
         t0 = time.perf_counter()
-        step_loss, lr = _optimiser_step(net, model, optimizer, task, cfg, step, accumulation, ddp, device)
+        step_loss, lr = stepper(step)
         run.tokens_seen += task.examples_per_step * task.tokens_per_example
         done = step + 1
         is_last = done == end

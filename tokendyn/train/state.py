@@ -146,7 +146,9 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list]:
             if not isinstance(value, torch.Tensor):
                 value = torch.tensor(value)
             tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
-    return tensors, state["param_groups"]
+    # a graphed step's learning rate is a device tensor: trainer.json keeps its value
+    groups = [{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..resources import graph_capturing
 
 
 def batch_generator(seed: int, step: int) -> torch.Generator:
@@ -50,9 +51,11 @@ def slice_rows(n: int, index: int, count: int) -> slice:
 
 
 def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled, else a no-op context."""
+    """bf16 autocast on CUDA when enabled, else a no-op context. While a CUDA graph is captured
+    the cast weights are not cached (the graph records every cast it needs)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              cache_enabled=not graph_capturing())
     return torch.autocast(device.type, enabled=False)
 
 
@@ -145,7 +148,7 @@ class LanguageModelTask(Task):
     def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
         with autocast_context(x.device, self.autocast):
-            logits = model(x)
+            logits = model(x, check_ids=False)    # the run's own token ids: no device sync
         # in float32: a bf16 log-softmax over the vocabulary loses digits that matter here
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
