@@ -1,0 +1,94 @@
+"""Training steps eager against --cuda-graph (tokendyn.train.loop.GraphedStep) on one GPU, through
+``tokendyn.train.train`` on random token ids: the lm-scenarios full-scale model by default
+(d_model 768, 8 layers, vocabulary 8192, context 1024, batch 32, bf16 autocast).
+
+    python benchmarks/train_graph_gpu.py --out results/train_graph_gpu.json [--rounds 2 --steps 40]
+
+Each round trains a fresh model eagerly, then with --cuda-graph, for ``--steps`` steps; a mode's
+time per step is the median over rounds of (optimiser-step seconds after the first
+``--skip`` steps) / steps, read from the run's metrics (``elapsed_s`` of its train records, one every
+10 steps). The graphed run's first three steps are its eager warm-up and the fourth includes the
+capture, so ``--skip`` (default 10) leaves them out. ratio = graph ms / eager ms (below 1: the graph is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tokendyn.model import MambaConfig, MambaLM  # noqa: E402 -- after the sys.path setup
+from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
+from tokendyn.train import LanguageModelTask, TrainConfig, train  # noqa: E402 -- after the sys.path setup
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="results/train_graph_gpu.json")
+    ap.add_argument("--commit", default=None)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--skip", type=int, default=10)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--n-layer", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args(argv)
+    if min(args.rounds, args.steps - args.skip, args.skip) < 1 or args.steps % 10 or args.skip % 10:
+        ap.error("need --rounds >= 1 and --skip < --steps, both multiples of 10 (the train records' interval)")
+    return args
+
+
+def one_run(args, graph: bool, workdir: Path) -> float:
+    """ms per optimiser step after the first ``args.skip`` steps."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    ids = {s: torch.randint(0, args.vocab, (200_000,), generator=g) for s in ("train", "validation", "test")}
+    model = MambaLM(MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab))
+    task = LanguageModelTask(ids, args.vocab, context=args.context, batch_size=args.batch, eval_tokens=args.context)
+    # a train record (and its one device sync) every 10 steps, as the experiments log
+    cfg = TrainConfig(steps=args.steps, log_every=10, eval_every=0, checkpoint_every=0, cuda_graph=graph)
+    out = workdir / ("graph" if graph else "eager")
+    train(model, task, cfg, out=out, device=args.device, progress=False)
+    recs = [r for r in map(json.loads, (out / "metrics.jsonl").open()) if r["kind"] == "train"]
+    t = {r["step"]: r["elapsed_s"] for r in recs}
+    return 1000 * (t[args.steps] - t[args.skip]) / (args.steps - args.skip)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("train_graph_gpu: no CUDA device here.", file=sys.stderr)
+        return 2
+    prov = provenance(" ".join(["python", "benchmarks/train_graph_gpu.py", *(sys.argv[1:] if argv is None else argv)]))
+    if args.commit:
+        prov["commit"] = args.commit
+    times = {"eager": [], "graph": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name in ("eager", "graph"):
+                times[name].append(one_run(args, name == "graph", Path(tmp) / f"r{r}"))
+                print(f"round {r}: {name} {times[name][-1]:.2f} ms/step", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"provenance": prov, "config": {k: getattr(args, k) for k in
+                                            ("d_model", "n_layer", "vocab", "context", "batch", "steps", "skip",
+                                             "rounds")},
+              "ms_per_step": med, "rounds_ms": times, "ratio_graph_over_eager": med["graph"] / med["eager"],
+              "tokens_per_s": {k: args.batch * args.context / (v / 1000) for k, v in med.items()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("ms_per_step", "ratio_graph_over_eager")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
