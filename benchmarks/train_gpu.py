@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 from tokendyn.resources import SavedForBackward  # noqa: E402 -- after the sys.path setup
 from tokendyn.train import Task, TrainConfig, train  # noqa: E402 -- after the sys.path setup
+from tokendyn.train.loop import GRAPH_WARMUP  # noqa: E402 -- after the sys.path setup
 from tokendyn.train.monitor import DEFAULT_EVERY, RegimeMonitor  # noqa: E402 -- after the sys.path setup
 
 D_MODEL, N_LAYER, VOCAB, BATCH, LENGTH = 768, 24, 50280, 8, 1024
@@ -67,7 +68,10 @@ def build_mamba_ssm():
 
 
 def logits_of(model, ids):
-    out = model(ids)
+    from tokendyn.model import MambaLM
+
+    # tokendyn's training loop passes its own token ids unchecked (no device sync), as here
+    out = model(ids, check_ids=False) if isinstance(model, MambaLM) else model(ids)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -122,12 +126,14 @@ class StepTimer:
         return [1e3 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
 
 
-def measure(model, steps, warmup):
+def measure(model, steps, warmup, cuda_graph: bool = False):
     task = FixedBatchTask()
     timer = StepTimer()
     torch.cuda.reset_peak_memory_stats()
+    if cuda_graph:              # three eager warm-up steps, then the step that captures the graphs
+        warmup = max(warmup, GRAPH_WARMUP + 2)
     cfg = TrainConfig(steps=warmup + steps, lr=3e-4, warmup=0.0, min_lr_ratio=1.0, weight_decay=0.1,
-                      grad_clip=1.0, eval_every=0, checkpoint_every=0, log_every=1)
+                      grad_clip=1.0, eval_every=0, checkpoint_every=0, log_every=1, cuda_graph=cuda_graph)
     res = train(model, task, cfg, device="cuda", callbacks=[timer], progress=False)
     times = timer.step_ms()[warmup:]
     ms = statistics.median(times)
@@ -171,6 +177,41 @@ def monitor_cost(model, task, step_ms, repeats=5):
             "probe_tokens": int(task.probe_input().numel())}
 
 
+def graph_ratios(results: dict) -> dict:
+    """With --cuda-graph: the graphed model's tokens/s and peak memory against mamba_ssm's."""
+    g, ref = results.get("tokendyn_triton_graph", {}), results.get("mamba_ssm", {})
+    if "tokens_per_s" not in g or "tokens_per_s" not in ref:
+        return {}
+    return {"graph_tokens_per_s_ratio": g["tokens_per_s"] / ref["tokens_per_s"],
+            "graph_peak_mem_ratio": g["peak_mem_gib"] / ref["peak_mem_gib"]}
+
+
+ROW_KEYS = ("device", "date", "commit", "command", "tokens_per_s_ratio", "peak_mem_ratio",
+            "graph_tokens_per_s_ratio", "graph_peak_mem_ratio", "mamba_ssm_causal_conv1d")
+
+
+def merge_device_row(path: Path, run: dict) -> dict:
+    """The results file with this run as its device's row: ``rows`` (one summary per device, keys
+    ROW_KEYS) and ``runs`` (each row's whole run), a device's earlier run replaced. A file of the
+    earlier one-run layout becomes the first row. Top-level device, date and commit name every
+    row's (devices joined, the latest date)."""
+    runs = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        runs = old.get("runs", [old] if "results" in old else [])
+    runs = [r for r in runs if r.get("device") != run["device"]] + [run]
+    rows = [{k: r.get(k) for k in ROW_KEYS} for r in runs]
+    latest = max(runs, key=lambda r: r.get("date") or "")
+    return {"device": ", ".join(r["device"] for r in rows), "date": latest.get("date"),
+            "commit": latest.get("commit"), "command": latest.get("command"),
+            "note": "one row per device, each measured side by side with mamba_ssm in one run; runs[i] is "
+                    "rows[i]'s run",
+            "rows": rows, "runs": runs}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/train_gpu.json")
@@ -183,6 +224,8 @@ def main():
     ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
     ap.add_argument("--skip-chunked", action="store_true", help="leave out the chunked backend")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of tokendyn and mamba_ssm")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="add tokendyn_triton_graph: the same model trained with --cuda-graph")
     args = ap.parse_args()
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
@@ -194,6 +237,8 @@ def main():
         has_cc = False
     results = {}
     builders = {"tokendyn_triton": lambda: build_tokendyn("triton")}
+    if args.cuda_graph:
+        builders["tokendyn_triton_graph"] = lambda: build_tokendyn("triton")
     if args.io_constraint:
         builders[f"tokendyn_triton_{args.io_constraint}"] = lambda: build_tokendyn("triton", args.io_constraint)
     if not args.skip_peer:
@@ -211,7 +256,8 @@ def main():
         try:
             model = build()
             with triton_scan.scan_config(**launch):
-                r, task = measure(model, steps, args.warmup if name != "tokendyn_chunked" else 1)
+                r, task = measure(model, steps, args.warmup if name != "tokendyn_chunked" else 1,
+                                  cuda_graph=name == "tokendyn_triton_graph")
                 if name == "tokendyn_triton" and name not in per_round:
                     r["monitor"] = monitor_cost(model, task, r["step_ms_median"])
         except Exception as exc:  # record why a contender could not run, keep the others
@@ -246,7 +292,7 @@ def main():
     for name, r in results.items():
         if ref and "tokens_per_s" in r:
             r["throughput_vs_mamba_ssm"] = r["tokens_per_s"] / ref
-        if base and "tokens_per_s" in r and name.startswith("tokendyn_triton_"):
+        if base and "tokens_per_s" in r and name.startswith("tokendyn_triton_") and name != "tokendyn_triton_graph":
             r["throughput_vs_unconstrained"] = r["tokens_per_s"] / base
     out = {**prov, "config": {"d_model": D_MODEL, "n_layer": N_LAYER, "vocab_size": VOCAB, "batch": BATCH,
                               "length": LENGTH, "autocast": "bfloat16", "optimizer": "AdamW",
@@ -255,9 +301,10 @@ def main():
            "tokens_per_s_ratio": base / ref if base and ref else None,
            "peak_mem_ratio": (results["tokendyn_triton"]["peak_mem_gib"] / results["mamba_ssm"]["peak_mem_gib"]
                               if base and ref else None),
+           **graph_ratios(results),
            "rounds": args.rounds, "saved_for_backward": saved, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    Path(args.out).write_text(json.dumps(merge_device_row(Path(args.out), out), indent=2))
     print(f"tokens/s ratio {out['tokens_per_s_ratio']}, peak memory ratio {out['peak_mem_ratio']}")
     for name, r in results.items():
         if "tokens_per_s" in r:

@@ -6,10 +6,10 @@
 #   bash scripts/gpu_peer_bench.sh OUT [--sweep] [--skip-tests] [--skip-scan] [--skip-train] [--skip-generate]
 #
 # mamba_ssm (and causal_conv1d, without which MambaLMHeadModel is not a fair peer) must be
-# importable, or built first from the sdists in .peer/ (fetch them once on a machine with
-# network access: `../shared/tools/mamba_ssm_peer.sh fetch`, or pip download mamba-ssm and
-# causal-conv1d into .peer/ together with a copy of that script); the build takes 2-3 minutes
-# for mamba_ssm and about 6 for causal_conv1d (in the background, while the scan is timed).
+# importable, or built first from the sdists in .peer/ by .peer/mamba_ssm_peer.sh (`build`:
+# mamba_ssm into /tmp/peer-site, causal_conv1d started in the background into /tmp/peer-conv;
+# `wait-conv`: wait for it); the build takes 2-3 minutes for mamba_ssm and about 6 for
+# causal_conv1d (in the background, while the scan is timed).
 # Writes OUT/gpu_tests.txt, OUT/scan_gpu.json, OUT/train_gpu.json, OUT/generate_gpu.json and
 # prints the wall time of each part.
 set -uo pipefail
@@ -59,7 +59,7 @@ if [ "$train" = 1 ] && ! have causal_conv1d && [ -x .peer/mamba_ssm_peer.sh ]; t
 fi
 if [ "$train" = 1 ]; then
     start=$(date +%s)
-    "$PY" benchmarks/train_gpu.py --skip-chunked --commit "$commit" --out "$out/train_gpu.json" 2>&1 | tail -12
+    "$PY" benchmarks/train_gpu.py --skip-chunked --cuda-graph --commit "$commit" --out "$out/train_gpu.json" 2>&1 | tail -12
     echo "train benchmark: $(( $(date +%s) - start )) s"
 fi
 if [ "$gen" = 1 ]; then

@@ -84,6 +84,14 @@ def _train(d: dict, this: dict):
                    _f(r.get("peak_mem_gib"))] for k, r in d["results"].items()]
 
 
+def _train_devices(d: dict, this: dict):
+    cols = ["device", "date", "commit", "tokens/s × mamba_ssm", "peak memory × mamba_ssm",
+            "--cuda-graph: tokens/s ×", "--cuda-graph: peak ×"]
+    return cols, [[r.get("device"), (r.get("date") or "")[:10], (r.get("commit") or "")[:7],
+                   _f(r.get("tokens_per_s_ratio")), _f(r.get("peak_mem_ratio")),
+                   _f(r.get("graph_tokens_per_s_ratio")), _f(r.get("graph_peak_mem_ratio"))] for r in d["rows"]]
+
+
 def _profile(d: dict, this: dict):
     cols = ["model", "GPU kernel ms/step", "host enqueue ms/step", "wall ms/step"]
     return cols, [[k, _f(r.get("kernel_ms_per_step")), _f(r.get("host_enqueue_ms_per_step")),
@@ -128,6 +136,8 @@ def _table_for(d: dict):
         return _conv
     if isinstance(d.get("rows"), list) and d["rows"] and "mamba_ssm_cg_tokens_per_s" in d["rows"][0]:
         return _generate
+    if isinstance(d.get("rows"), list) and d["rows"] and "tokens_per_s_ratio" in d["rows"][0]:
+        return _train_devices
     res = d.get("results")
     if isinstance(res, dict) and res and all(isinstance(v, dict) for v in res.values()):
         first = next(iter(res.values()))

@@ -1,0 +1,44 @@
+"""benchmarks/train_gpu.py's results file: one row per device (its run kept beside it), an
+earlier run of the same device replaced, the one-run layout of older files taken in."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("train_gpu", ROOT / "benchmarks" / "train_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(device, date, ratio):
+    return {"device": device, "date": date, "commit": "abc", "command": "python benchmarks/train_gpu.py",
+            "tokens_per_s_ratio": ratio, "peak_mem_ratio": 0.9, "results": {"tokendyn_triton": {}}}
+
+
+def test_one_row_per_device(tmp_path):
+    bench = _bench()
+    path = tmp_path / "train_gpu.json"
+    path.write_text(json.dumps(_run("H200", "2026-12-01", 1.08)))          # the one-run layout
+    first = bench.merge_device_row(path, _run("H100", "2026-12-05", 0.92))
+    assert [(r["device"], r["tokens_per_s_ratio"]) for r in first["rows"]] == [("H200", 1.08), ("H100", 0.92)]
+    assert first["device"] == "H200, H100" and first["date"] == "2026-12-05"
+    assert set(bench.ROW_KEYS) <= set(first["rows"][0]) and first["runs"][1]["results"]
+    path.write_text(json.dumps(first))
+    again = bench.merge_device_row(path, _run("H100", "2026-12-06", 1.01))
+    assert [(r["device"], r["tokens_per_s_ratio"]) for r in again["rows"]] == [("H200", 1.08), ("H100", 1.01)]
+    assert bench.merge_device_row(tmp_path / "none.json", _run("H100", "d", 1.0))["device"] == "H100"
+
+
+def test_graph_ratios_only_where_both_ran():
+    bench = _bench()
+    assert bench.graph_ratios({"mamba_ssm": {"tokens_per_s": 100.0, "peak_mem_gib": 10.0}}) == {}
+    r = bench.graph_ratios({"mamba_ssm": {"tokens_per_s": 100.0, "peak_mem_gib": 10.0},
+                            "tokendyn_triton_graph": {"tokens_per_s": 125.0, "peak_mem_gib": 9.0}})
+    assert r == {"graph_tokens_per_s_ratio": 1.25, "graph_peak_mem_ratio": 0.9}
