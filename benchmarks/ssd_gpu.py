@@ -17,7 +17,11 @@ whether both are within the dtype's tolerance. Then the timing: the contenders a
 within each of ``--rounds`` rounds (interleaved, so that clock and thermal drift hit both alike),
 each by CUDA events around back-to-back calls (about ``--round-ms`` per contender per round); a
 contender's time is the median over rounds of the mean per call. ``ratio_fwd``/``ratio_fwdbwd``
-= chunked ms / mamba_ssm ms (above 1: the chunked backend is slower). Peak memory is the extra
+= chunked ms / mamba_ssm ms (above 1: the chunked backend is slower). The forward without
+gradients (``fwd_nograd``: inference, prefill, analysis) is timed as well, with tokendyn's
+``triton`` backend beside the others (its fused forward; where gradients are wanted it hands
+over to chunked, so it is timed and checked (y) only there): ``ratio_fwd_nograd_triton`` =
+triton ms / mamba_ssm ms, ``triton_over_chunked_fwd_nograd``. Peak memory is the extra
 allocation of one forward+backward. The JSON is rewritten after every row ("complete": false until
 the last), so a run cut short keeps what it measured; the exit status is 1 if any check failed.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import ssd_chunked  # noqa: E402 -- after the sys.path setup
+from tokendyn.ops.ssd_triton import ssd_triton  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 BF16, FP32 = torch.bfloat16, torch.float32
@@ -68,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--chunk-size", type=int, default=64, help="chunk of tokendyn's chunked backend")
     ap.add_argument("--peer-chunk-size", type=int, default=256, help="chunk of mamba_ssm (Mamba2's default)")
     ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
+    ap.add_argument("--no-triton", dest="triton", action="store_false",
+                    help="leave out tokendyn's fused forward (the triton backend, timed without gradients)")
+    ap.add_argument("--triton-chunk-size", type=int, default=256, help="chunk of tokendyn's triton backend")
     ap.add_argument("--peer-source", default=None,
                     help="an unpacked mamba_ssm sdist: load its Triton SSD from there, without the "
                          "package's CUDA extensions (default: import the installed mamba_ssm)")
@@ -78,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--rounds, --round-ms, --chunk-size and --peer-chunk-size must be positive")
     if args.cpu_smoke:
         args.rounds, args.round_ms, args.skip_peer = 2, 5.0, True
+        args.triton = args.triton and os.environ.get("TRITON_INTERPRET") == "1"
     return args
 
 
@@ -152,6 +162,10 @@ class Contender:
             v.grad = None
         self.fn(**self.leaves).backward(self.g)
 
+    def fwd_nograd(self):
+        with torch.no_grad():
+            return self.fn(**self.leaves)
+
     def out_and_grads(self):
         self.fwdbwd()
         with torch.no_grad():
@@ -164,6 +178,11 @@ def contenders(args, peer):
         return ssd_chunked(x, dt, A, B, C, D=D, chunk_size=args.chunk_size)
 
     out = {"chunked": ours}
+    if args.triton:
+        def fused(x, dt, A, B, C, D):
+            return ssd_triton(x, dt, A, B, C, D=D, chunk_size=args.triton_chunk_size)
+
+        out["triton"] = fused
     if peer is not None:
         def theirs(x, dt, A, B, C, D):
             return peer(x, dt, A, B, C, chunk_size=args.peer_chunk_size, D=D)
@@ -217,6 +236,12 @@ def check_row(cases: dict, data: dict, g: torch.Tensor, dtype) -> dict:
     res = {"tolerance": CHECK_TOL[dtype], "reference": "ssd_chunked in float64"}
     ok, ys = True, {}
     for name, case in cases.items():
+        if name == "triton":                  # a forward without gradients (others go to chunked)
+            ys[name] = case.fwd_nograd()
+            err = rel(ys[name], ref["y"])
+            res[f"{name}_vs_float64"] = {"y": err}
+            ok = ok and err < CHECK_TOL[dtype]
+            continue
         ys[name], grads = case.out_and_grads()
         errs = {"y": rel(ys[name], ref["y"]), **{f"d{k}": rel(v, ref[f"d{k}"]) for k, v in grads.items()}}
         res[f"{name}_vs_float64"] = errs
@@ -251,14 +276,18 @@ def run_row(shape, dtype, impls, args, device, log) -> dict:
     sync(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    trained = {k: v for k, v in cases.items() if k != "triton"}    # the fused path has no backward
     for name in cases:
-        row[name] = {"peak_mem_fwdbwd_gib": peak_gib(cases[name], device)}
-    for mode in ("fwd", "fwdbwd"):
-        for name, r in interleaved(cases, mode, args, device).items():
+        row[name] = {"peak_mem_fwdbwd_gib": peak_gib(cases[name], device)} if name in trained else {}
+    for mode, group in (("fwd", trained), ("fwdbwd", trained), ("fwd_nograd", cases)):
+        for name, r in interleaved(group, mode, args, device).items():
             row[name].update({f"{mode}_ms": r["ms"], f"{mode}_rounds_ms": r["rounds_ms"], f"{mode}_reps": r["reps"]})
     peer = row.get("mamba_ssm")
-    for mode in ("fwd", "fwdbwd"):
+    for mode in ("fwd", "fwdbwd", "fwd_nograd"):
         row[f"ratio_{mode}"] = row["chunked"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
+    if "triton" in row:
+        row["ratio_fwd_nograd_triton"] = row["triton"]["fwd_nograd_ms"] / peer["fwd_nograd_ms"] if peer else None
+        row["triton_over_chunked_fwd_nograd"] = row["triton"]["fwd_nograd_ms"] / row["chunked"]["fwd_nograd_ms"]
     del cases, leaves, data
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -315,9 +344,10 @@ def main(argv=None) -> int:
                    "error": f"out of memory: {str(exc)[:200]}"}
             torch.cuda.empty_cache()
         rows.append(row)
-        log(json.dumps({k: v for k, v in row.items() if k not in ("chunked", "mamba_ssm")})
-            + " " + " ".join(f"{n} fwd {row[n]['fwd_ms']:.3f} ms f+b {row[n]['fwdbwd_ms']:.3f} ms"
-                             for n in ("chunked", "mamba_ssm") if n in row))
+        times = [f"{n} {m} {row[n][m + '_ms']:.3f} ms" for n in ("chunked", "triton", "mamba_ssm") if n in row
+                 for m in ("fwd", "fwdbwd", "fwd_nograd") if m + "_ms" in row[n]]
+        log(json.dumps({k: v for k, v in row.items() if k not in ("chunked", "mamba_ssm", "triton")})
+            + " " + ", ".join(times))
         save(False)
     save(True)
     failed = [r for r in rows if not r.get("check", {}).get("ok", False)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
-from tokendyn.errors import ConfigError, ScanInputError, TokendynError, UnknownBackendError
+from tokendyn.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    ScanInputError,
+    TokendynError,
+    UnknownBackendError,
+)
 from tokendyn.ops import (
     resolve_ssd_backend,
     ssd_backend_names,
@@ -399,11 +406,16 @@ def test_scan_mismatched_devices():
 
 
 def test_backend_names_and_chunk_size():
-    assert ssd_backend_names() == ["reference", "chunked", "auto"] and resolve_ssd_backend("auto") == "chunked"
-    with pytest.raises(UnknownBackendError, match=r"unknown ssd scan backend 'triton'; choose one of "
-                                                  r"reference, chunked, auto") as info:
-        ssd_scan(**good(), backend="triton")
+    assert ssd_backend_names() == ["reference", "chunked", "triton", "auto"]
+    assert resolve_ssd_backend("auto") == "chunked" and resolve_ssd_backend("auto", "cpu") == "chunked"
+    with pytest.raises(UnknownBackendError, match=r"unknown ssd scan backend 'fused'; choose one of "
+                                                  r"reference, chunked, triton, auto") as info:
+        ssd_scan(**good(), backend="fused")
     one_sentence(info.value)
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="the triton ssd backend needs a CUDA device") as info:
+            ssd_scan(**good(), backend="triton")
+        one_sentence(info.value)
     with pytest.raises(ConfigError, match=r"chunk_size must be a positive number of steps, got 0") as info:
         ssd_scan(**good(), chunk_size=0)
     one_sentence(info.value)

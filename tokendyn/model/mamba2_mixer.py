@@ -37,10 +37,10 @@ A_INIT_RANGE = (1.0, 16.0)
 
 
 def ssd_backend(scan_backend: str) -> str:
-    """The SSD backend for the model's ``scan_backend`` (a ``selective_scan`` name): ``reference``
-    keeps the recurrence; every other name (auto, chunked, triton) takes the chunked block
-    decomposition, the fastest SSD path tokendyn has (there is no fused SSD kernel)."""
-    return "reference" if scan_backend == "reference" else "chunked"
+    """The SSD backend for the model's ``scan_backend`` (a ``selective_scan`` name): the SSD
+    backend of that name (``reference``, ``chunked``, ``triton``, ``auto``: triton's fused
+    forward on CUDA without gradients, the chunked block decomposition otherwise)."""
+    return scan_backend
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, groups: int,

@@ -10,9 +10,13 @@ Every backend computes the same function; ``reference`` is the ground truth.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 from collections.abc import Callable
 
-from ..errors import UnknownBackendError
+import torch
+
+from ..errors import BackendUnavailableError, UnknownBackendError
 from ._ssd_checks import check_ssd_inputs
 from .ssd_chunked import DEFAULT_CHUNK
 
@@ -20,6 +24,7 @@ from .ssd_chunked import DEFAULT_CHUNK
 _SSD_BACKENDS: dict[str, str] = {
     "reference": "tokendyn.ops.ssd_reference:ssd_reference",
     "chunked": "tokendyn.ops.ssd_chunked:ssd_chunked",
+    "triton": "tokendyn.ops.ssd_triton:ssd_triton",
 }
 
 
@@ -28,16 +33,26 @@ def ssd_backend_names() -> list[str]:
     return [*_SSD_BACKENDS, "auto"]
 
 
-def resolve_ssd_backend(backend: str) -> str:
-    """The backend ``backend`` names: ``auto`` is ``chunked`` on every device (both backends are
-    plain PyTorch; the chunked one is parallel over the sequence). Raises
-    :class:`UnknownBackendError` for a name that names none."""
+def resolve_ssd_backend(backend: str, device=None) -> str:
+    """The backend ``backend`` names: ``auto`` is ``triton`` on a CUDA ``device`` where Triton is
+    installed (its fused forward, which hands passes that need gradients to ``chunked``), else
+    ``chunked``. Raises :class:`UnknownBackendError` for a name that names none, and
+    :class:`BackendUnavailableError` for ``triton`` on a ``device`` where it cannot run (Triton's
+    interpreter, TRITON_INTERPRET=1, runs it on the CPU)."""
+    cuda = device is not None and torch.device(device).type == "cuda" and _has_triton()
     if backend == "auto":
-        return "chunked"
+        return "triton" if cuda else "chunked"
+    if backend == "triton" and device is not None and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BackendUnavailableError("the triton ssd backend needs a CUDA device and the triton package; use "
+                                      "'chunked' or 'auto'.")
     if backend not in _SSD_BACKENDS:
         raise UnknownBackendError(
             f"unknown ssd scan backend {backend!r}; choose one of {', '.join(ssd_backend_names())}.")
     return backend
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _load(name: str) -> Callable:
@@ -58,15 +73,16 @@ def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fals
         B, C: (batch, length, n_groups, state); n_groups must divide heads.
         D: (heads,) or None. initial_state: (batch, heads, head_dim, state) or None (zeros).
         backend: ``reference`` (the recurrence, exact), ``chunked`` (the SSD block
-            decomposition, parallel) or ``auto`` (``chunked``).
-        chunk_size: steps per chunk of the ``chunked`` backend.
+            decomposition, parallel), ``triton`` (a fused forward on CUDA for passes without
+            gradients; others go to ``chunked``) or ``auto`` (``triton`` on CUDA, else ``chunked``).
+        chunk_size: steps per chunk of the ``chunked`` and ``triton`` backends.
     Returns y: (batch, length, heads, head_dim) in x's dtype; with ``return_final_state`` the
     pair (y, S_L), S_L: (batch, heads, head_dim, state) in float32 (float64 for float64 x).
     Raises :class:`~tokendyn.errors.ScanInputError` (one sentence) for tensors of the wrong
     shape, dtype or device, :class:`~tokendyn.errors.UnknownBackendError` for an unknown backend.
     """
     check_ssd_inputs(x, dt, A, B, C, D, initial_state)
-    name = resolve_ssd_backend(backend)
-    kwargs = {"chunk_size": chunk_size} if name == "chunked" else {}
+    name = resolve_ssd_backend(backend, x.device)
+    kwargs = {"chunk_size": chunk_size} if name in ("chunked", "triton") else {}
     return _load(name)(x, dt, A, B, C, D=D, initial_state=initial_state,
                        return_final_state=return_final_state, **kwargs)

@@ -1,0 +1,105 @@
+"""The ``triton`` SSD backend (tokendyn.ops.ssd_triton): its fused forward against the float64
+recurrence on fresh random inputs, on NaN-poisoned buffers (an element a kernel forgot to write
+fails), across lengths off the chunk, groups, initial states, D, chunk sizes and dtypes; and its
+hand-off to the chunked backend where gradients are wanted. On a GPU, or in Triton's interpreter
+(TRITON_INTERPRET=1 TOKENDYN_TEST_DEVICE=cpu)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+from tokendyn.ops import ssd_scan
+from tokendyn.ops import ssd_triton as st
+from tokendyn.ops.ssd_chunked import ssd_chunked
+from tokendyn.ops.ssd_reference import ssd_reference
+
+pytestmark = [pytest.mark.gpu, pytest.mark.interpretable]
+
+DEV = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
+# ‖y − ref‖/‖ref‖: float32 sums; 16-bit inputs and outputs rounded to 11 (fp16) or 8 (bf16) bits
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    monkeypatch.setattr(st, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                              device=device))
+
+
+def make(b, L, h, p, n, g, dtype, *, D=True, init=True, seed=None):
+    gen = torch.Generator(device=DEV).manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+
+    def rn(*shape):
+        return torch.randn(*shape, generator=gen, device=DEV)
+
+    x = rn(b, L, h, p).to(dtype)
+    dt = torch.exp(torch.rand(b, L, h, generator=gen, device=DEV) * 3 - 4).to(dtype)   # Δ in [e^-4, e^-1]
+    A = -(1 + 7 * torch.rand(h, generator=gen, device=DEV))
+    B, C = rn(b, L, g, n).to(dtype), rn(b, L, g, n).to(dtype)
+    return x, dt, A, B, C, (rn(h) if D else None), (rn(b, h, p, n) if init else None)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check(shape, dtype, chunk, **kw):
+    x, dt, A, B, C, D, h0 = inputs = make(*shape, dtype, **kw)
+    y, S = st.ssd_triton(*inputs[:5], D=D, initial_state=h0, return_final_state=True, chunk_size=chunk)
+    d = [t.double() if t is not None else None for t in inputs]
+    yr, Sr = ssd_reference(*d[:5], D=d[5], initial_state=d[6], return_final_state=True)
+    assert y.dtype == x.dtype and y.shape == x.shape and S.dtype == torch.float32
+    assert not torch.isnan(y).any()
+    assert rel(y, yr) < TOL[dtype], (shape, dtype, chunk, rel(y, yr))
+    assert rel(S, Sr) < 1e-5, (shape, dtype, chunk, rel(S, Sr))
+
+
+@pytest.mark.parametrize("shape, chunk", [
+    ((1, 40, 2, 8, 4, 1), 32),          # head_dim and state under a tile: masked columns
+    ((2, 77, 4, 16, 16, 2), 32),        # off the chunk, two groups
+    ((1, 130, 4, 32, 32, 4), 64),       # a group per head
+    ((2, 200, 2, 64, 16, 1), 128),      # a chunk of two output tiles, a short last chunk
+    ((1, 1, 2, 8, 8, 1), 64),           # one step
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forward_matches_the_float64_recurrence(shape, chunk, dtype):
+    check(shape, dtype, chunk)
+
+
+def test_without_d_and_initial_state():
+    check((2, 90, 4, 16, 8, 2), torch.float32, 32, D=False, init=False)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="the Mamba-2 defaults (chunk 256) are slow in the interpreter")
+def test_mamba2_default_sizes():
+    check((2, 700, 4, 64, 128, 1), torch.bfloat16, 256)
+    check((1, 513, 8, 64, 64, 2), torch.float32, 256)
+
+
+def test_gradients_and_float64_go_to_the_chunked_backend():
+    x, dt, A, B, C, D, h0 = make(1, 50, 2, 8, 8, 1, torch.float32, seed=3)
+    x.requires_grad_(True)
+    y = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
+    assert y.grad_fn is not None
+    assert torch.equal(y, ssd_chunked(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32))
+    with torch.no_grad():                                     # no gradient wanted: the fused path
+        y2 = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
+    assert y2.grad_fn is None and rel(y2, y.detach()) < 1e-5
+    d = [t.double() for t in (x.detach(), dt, A, B, C, D, h0)]
+    y64 = st.ssd_triton(*d[:5], D=d[5], initial_state=d[6], chunk_size=32)
+    assert y64.dtype == torch.float64
+    assert torch.equal(y64, ssd_chunked(*d[:5], D=d[5], initial_state=d[6], chunk_size=32))
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="the dispatcher picks triton only on CUDA")
+def test_auto_picks_the_fused_path_on_cuda(monkeypatch):
+    calls = []
+    real = st.ssd_triton
+    monkeypatch.setattr(st, "ssd_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, dt, A, B, C, D, h0 = make(1, 64, 2, 16, 16, 1, torch.float32, seed=1)
+    ssd_scan(x, dt, A, B, C, D=D, backend="auto")
+    assert calls

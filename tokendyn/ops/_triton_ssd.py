@@ -1,0 +1,118 @@
+"""Triton kernels of the fused SSD forward (tokendyn.ops.ssd_triton), one chunk of T steps per
+program row; the notation of tokendyn.ops.ssd_chunked (a_t = Δ_t A_h ≤ 0, cum: the cumulative sum
+of a inside a chunk, every decay exp(cum_t − cum_s) with t ≥ s, so never above 1).
+
+- ``_ssd_chunk_state``: each chunk's state from a zero start, S_c[p, n] = Σ_s exp(cum_last − cum_s)
+  Δ_s x_s[p] B_s[n], one (head_dim-block × state-block) tile per program, a matmul over the steps.
+- ``_ssd_chunk_scan``: the chunk's outputs, y_t = exp(cum_t) C_t·H_c + Σ_{s≤t} (C_t·B_s)
+  exp(cum_t − cum_s) Δ_s x_s (+ D x_t), one (step-block × head_dim-block) tile per program: the
+  T×T block of the SSD matrix is formed tile by tile in registers and never written out.
+
+Tensors are addressed by their strides; a step past the sequence's end is masked (loads give 0,
+stores are skipped), so the sequence needs no padding.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
+                     L, T, n_chunks, hpg, P, N,
+                     sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
+                     sBb, sBl, sBg, sBn, sSb, sSc, sSh, sSp, sSn,
+                     BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_pn = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h = tl.program_id(2)
+    b = pid_bc // n_chunks
+    c = pid_bc % n_chunks
+    g = h // hpg
+    n_nb = tl.cdiv(N, BN)
+    p_offs = (pid_pn // n_nb) * BP + tl.arange(0, BP)
+    n_offs = (pid_pn % n_nb) * BN + tl.arange(0, BN)
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    cum_base = cum_ptr + b * scb + h * sch + c * scc
+    cum_last = tl.load(cum_base + (t_len - 1) * sct)
+    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    for k in range(0, t_len, BK):
+        s_offs = k + tl.arange(0, BK)
+        s_ok = s_offs < t_len
+        cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
+        dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
+        w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s                       # (BK,)
+        xs = tl.load(x_ptr + b * sxb + (start + s_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
+                     mask=s_ok[:, None] & (p_offs[None, :] < P), other=0.0).to(tl.float32)   # (BK, BP)
+        Bs = tl.load(B_ptr + b * sBb + (start + s_offs)[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
+                     mask=s_ok[:, None] & (n_offs[None, :] < N), other=0.0).to(tl.float32)   # (BK, BN)
+        acc += tl.dot(tl.trans(xs * w[:, None]), Bs, input_precision="ieee")
+    tl.store(S_ptr + b * sSb + c * sSc + h * sSh + p_offs[:, None] * sSp + n_offs[None, :] * sSn, acc,
+             mask=(p_offs[:, None] < P) & (n_offs[None, :] < N))
+
+
+@triton.jit
+def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
+                    L, T, n_chunks, hpg, P, N,
+                    sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
+                    sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, sHb, sHc, sHh, sHp, sHn,
+                    syb, syl, syh, syp,
+                    HAS_D: tl.constexpr, LOWP: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr):
+    pid_mp = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h = tl.program_id(2)
+    b = pid_bc // n_chunks
+    c = pid_bc % n_chunks
+    g = h // hpg
+    n_pb = tl.cdiv(P, BP)
+    mb = pid_mp // n_pb
+    t_offs = mb * BM + tl.arange(0, BM)
+    p_offs = (pid_mp % n_pb) * BP + tl.arange(0, BP)
+    n_offs = tl.arange(0, BN)
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    if mb * BM < t_len:
+        t_ok = t_offs < t_len
+        p_ok = p_offs < P
+        n_ok = n_offs < N
+        cum_base = cum_ptr + b * scb + h * sch + c * scc
+        cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
+        C_in = tl.load(C_ptr + b * sCb + (start + t_offs)[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
+                       mask=t_ok[:, None] & n_ok[None, :], other=0.0)                         # (BM, BN)
+        Ct = C_in.to(tl.float32)
+        # the state entering the chunk, carried to each step: exp(cum_t) C_t · H_c
+        Hc = tl.load(H_ptr + b * sHb + c * sHc + h * sHh + n_offs[:, None] * sHn + p_offs[None, :] * sHp,
+                     mask=n_ok[:, None] & p_ok[None, :], other=0.0)                           # (BN, BP)
+        acc = tl.dot(Ct, Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
+        # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s
+        hi = tl.minimum((mb + 1) * BM, t_len)
+        for k in range(0, hi, BK):
+            s_offs = k + tl.arange(0, BK)
+            s_ok = s_offs < t_len
+            B_in = tl.load(B_ptr + b * sBb + (start + s_offs)[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
+                           mask=s_ok[:, None] & n_ok[None, :], other=0.0)                     # (BK, BN)
+            cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
+            dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
+            decay = tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0))
+            x_in = tl.load(x_ptr + b * sxb + (start + s_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
+                           mask=s_ok[:, None] & p_ok[None, :], other=0.0)                     # (BK, BP)
+            # half-precision inputs: both matmuls on their 16-bit values (exact products, float32
+            # sums; the weights rounded to 16 bits for the second); float32 inputs: IEEE float32
+            if LOWP:
+                CB = tl.dot(C_in, tl.trans(B_in))
+            else:
+                CB = tl.dot(Ct, tl.trans(B_in.to(tl.float32)), input_precision="ieee")
+            w = tl.where((t_offs[:, None] >= s_offs[None, :]) & s_ok[None, :], CB * decay * dt_s[None, :], 0.0)
+            if LOWP:
+                acc += tl.dot(w.to(x_in.dtype), x_in)
+            else:
+                acc += tl.dot(w, x_in.to(tl.float32), input_precision="ieee")
+        x_rows = x_ptr + b * sxb + (start + t_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp
+        if HAS_D:
+            xt = tl.load(x_rows, mask=t_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.load(D_ptr + h).to(tl.float32) * xt
+        tl.store(y_ptr + b * syb + (start + t_offs)[:, None] * syl + h * syh + p_offs[None, :] * syp,
+                 acc.to(y_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
