@@ -36,7 +36,12 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
     if target is not None:
         ax.axhline(target, color="grey", ls=":", lw=1)
     if log_y:
+        from matplotlib.ticker import LogFormatter
+
         ax.set_yscale("log")
+        # plain numbers on major and minor ticks (a narrow range may hold one power of ten or none)
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
