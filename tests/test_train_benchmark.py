@@ -42,3 +42,19 @@ def test_graph_ratios_only_where_both_ran():
     r = bench.graph_ratios({"mamba_ssm": {"tokens_per_s": 100.0, "peak_mem_gib": 10.0},
                             "tokendyn_triton_graph": {"tokens_per_s": 125.0, "peak_mem_gib": 9.0}})
     assert r == {"graph_tokens_per_s_ratio": 1.25, "graph_peak_mem_ratio": 0.9}
+
+
+def test_graph_benchmark_runs_eager_on_the_cpu(tmp_path):
+    """benchmarks/train_graph_gpu.py's bookkeeping on a tiny model (--modes eager: --cuda-graph
+    needs a GPU)."""
+    spec = importlib.util.spec_from_file_location("train_graph_gpu", ROOT / "benchmarks" / "train_graph_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "g.json"
+    assert bench.main(["--modes", "eager", "--device", "cpu", "--d-model", "16", "--n-layer", "1", "--vocab", "64",
+                       "--context", "16", "--batch", "2", "--steps", "20", "--skip", "10", "--rounds", "1",
+                       "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ms_per_step"]["eager"] > 0 and data["ratio_graph_over_eager"] is None
+    for key in ("device", "date", "commit", "command"):
+        assert key in data["provenance"]
