@@ -465,14 +465,14 @@ class GraphedStep:
     def __init__(self, net, model, optimizer, task: Task, cfg: TrainConfig, batch, accumulation: int):
         self.optimizer, self.accumulation = optimizer, accumulation
         self.inputs = tuple(t.clone() for t in batch)
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
         torch.cuda.synchronize()
-        pool = torch.cuda.graph_pool_handle()
-        self.micro, self.update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
+            params = self._used_parameters(net, model, task)
+            # gradients kept allocated (zeros), so that each replay of ``micro`` adds into them
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            pool = torch.cuda.graph_pool_handle()
+            self.micro, self.update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.micro, pool=pool):
                 self.loss = task.loss(net, self.inputs) / accumulation
                 self.loss.backward()
@@ -484,6 +484,19 @@ class GraphedStep:
         except RuntimeError as exc:
             raise ConfigError(f"--cuda-graph: the training step could not be captured as a CUDA graph "
                               f"({str(exc).splitlines()[0][:200]}); train without --cuda-graph.") from None
+
+    def _used_parameters(self, net, model, task: Task) -> list:
+        """The parameters the loss reaches, found by capturing (not running) one backward into a
+        graph that is then dropped: the others keep no gradient, so that AdamW leaves them alone
+        (no weight decay) as it does in an eager step."""
+        model.zero_grad(set_to_none=True)
+        probe = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(probe):
+            task.loss(net, self.inputs).backward()
+        used = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        del probe
+        return used
 
     def step(self, task: Task, cfg: TrainConfig, step: int, ddp, device) -> tuple[torch.Tensor, float]:
         """One optimiser step by replays: (the step's mean loss as a device scalar, its learning rate)."""
