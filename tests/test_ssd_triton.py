@@ -103,3 +103,17 @@ def test_auto_picks_the_fused_path_on_cuda(monkeypatch):
     x, dt, A, B, C, D, h0 = make(1, 64, 2, 16, 16, 1, torch.float32, seed=1)
     ssd_scan(x, dt, A, B, C, D=D, backend="auto")
     assert calls
+
+
+def test_strided_inputs_as_the_mamba2_mixer_passes_them():
+    """The mixer hands x as a view of its (batch, d_inner, L) activations and B, C as slices of
+    one tensor: the kernels read them by their strides."""
+    b, L, h, p, n, g = 2, 70, 4, 8, 16, 2
+    x0, dt, A, B0, C0, D, h0 = make(b, L, h, p, n, g, torch.float32, seed=5)
+    x = x0.reshape(b, L, h * p).transpose(1, 2).contiguous().transpose(1, 2).reshape(b, L, h, p)
+    BC = torch.cat([B0, C0], dim=-1)
+    B, C = BC[..., :n], BC[..., n:]
+    assert not x.is_contiguous() and not B.is_contiguous()
+    y = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
+    ref = ssd_reference(*(t.double() for t in (x0, dt, A, B0, C0)), D=D.double(), initial_state=h0.double())
+    assert rel(y, ref) < TOL[torch.float32]
