@@ -18,10 +18,9 @@ within each of ``--rounds`` rounds (interleaved, so that clock and thermal drift
 each by CUDA events around back-to-back calls (about ``--round-ms`` per contender per round); a
 contender's time is the median over rounds of the mean per call. ``ratio_fwd``/``ratio_fwdbwd``
 = chunked ms / mamba_ssm ms (above 1: the chunked backend is slower). The forward without
-gradients (``fwd_nograd``: inference, prefill, analysis) is timed as well, with tokendyn's
-``triton`` backend beside the others (its fused forward; where gradients are wanted it hands
-over to chunked, so it is timed and checked (y) only there): ``ratio_fwd_nograd_triton`` =
-triton ms / mamba_ssm ms, ``triton_over_chunked_fwd_nograd``. Peak memory is the extra
+gradients (``fwd_nograd``: inference, prefill, analysis) is timed as well. tokendyn's fused
+``triton`` backend runs beside the others in every mode and check: ``ratio_<mode>_triton`` =
+triton ms / mamba_ssm ms, ``triton_over_chunked_<mode>``. Peak memory is the extra
 allocation of one forward+backward. The JSON is rewritten after every row ("complete": false until
 the last), so a run cut short keeps what it measured; the exit status is 1 if any check failed.
 """
@@ -75,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--peer-chunk-size", type=int, default=256, help="chunk of mamba_ssm (Mamba2's default)")
     ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
     ap.add_argument("--no-triton", dest="triton", action="store_false",
-                    help="leave out tokendyn's fused forward (the triton backend, timed without gradients)")
+                    help="leave out tokendyn's fused triton backend")
     ap.add_argument("--triton-chunk-size", type=int, default=256, help="chunk of tokendyn's triton backend")
     ap.add_argument("--peer-source", default=None,
                     help="an unpacked mamba_ssm sdist: load its Triton SSD from there, without the "
@@ -236,12 +235,6 @@ def check_row(cases: dict, data: dict, g: torch.Tensor, dtype) -> dict:
     res = {"tolerance": CHECK_TOL[dtype], "reference": "ssd_chunked in float64"}
     ok, ys = True, {}
     for name, case in cases.items():
-        if name == "triton":                  # a forward without gradients (others go to chunked)
-            ys[name] = case.fwd_nograd()
-            err = rel(ys[name], ref["y"])
-            res[f"{name}_vs_float64"] = {"y": err}
-            ok = ok and err < CHECK_TOL[dtype]
-            continue
         ys[name], grads = case.out_and_grads()
         errs = {"y": rel(ys[name], ref["y"]), **{f"d{k}": rel(v, ref[f"d{k}"]) for k, v in grads.items()}}
         res[f"{name}_vs_float64"] = errs
@@ -276,18 +269,18 @@ def run_row(shape, dtype, impls, args, device, log) -> dict:
     sync(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    trained = {k: v for k, v in cases.items() if k != "triton"}    # the fused path has no backward
     for name in cases:
-        row[name] = {"peak_mem_fwdbwd_gib": peak_gib(cases[name], device)} if name in trained else {}
-    for mode, group in (("fwd", trained), ("fwdbwd", trained), ("fwd_nograd", cases)):
-        for name, r in interleaved(group, mode, args, device).items():
+        row[name] = {"peak_mem_fwdbwd_gib": peak_gib(cases[name], device)}
+    for mode in ("fwd", "fwdbwd", "fwd_nograd"):
+        for name, r in interleaved(cases, mode, args, device).items():
             row[name].update({f"{mode}_ms": r["ms"], f"{mode}_rounds_ms": r["rounds_ms"], f"{mode}_reps": r["reps"]})
     peer = row.get("mamba_ssm")
     for mode in ("fwd", "fwdbwd", "fwd_nograd"):
         row[f"ratio_{mode}"] = row["chunked"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
     if "triton" in row:
-        row["ratio_fwd_nograd_triton"] = row["triton"]["fwd_nograd_ms"] / peer["fwd_nograd_ms"] if peer else None
-        row["triton_over_chunked_fwd_nograd"] = row["triton"]["fwd_nograd_ms"] / row["chunked"]["fwd_nograd_ms"]
+        for mode in ("fwd", "fwdbwd", "fwd_nograd"):
+            row[f"ratio_{mode}_triton"] = row["triton"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
+            row[f"triton_over_chunked_{mode}"] = row["triton"][f"{mode}_ms"] / row["chunked"][f"{mode}_ms"]
     del cases, leaves, data
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -80,19 +80,44 @@ def test_mamba2_default_sizes():
     check((1, 513, 8, 64, 64, 2), torch.float32, 256)
 
 
-def test_gradients_and_float64_go_to_the_chunked_backend():
+GRAD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("shape, chunk, kw", [
+    ((1, 40, 2, 8, 4, 1), 32, {}),
+    ((2, 77, 4, 16, 16, 2), 32, {}),
+    ((1, 100, 2, 16, 16, 1), 64, {"D": False, "init": False}),
+    ((1, 130, 4, 32, 32, 4), 64, {}),
+    ((1, 1, 2, 8, 8, 1), 64, {}),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_final", [True, False])
+def test_gradients_match_the_float64_recurrence(shape, chunk, kw, dtype, with_final):
+    """The fused backward: the gradients of x, Δ, A, B, C, D and S_0 for a loss on y (and S_L)."""
+    inputs = make(*shape, dtype, **kw)
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in inputs]
+    y, S = st.ssd_triton(*leaves[:5], D=leaves[5], initial_state=leaves[6], return_final_state=True,
+                         chunk_size=chunk)
+    gy, gS = torch.randn_like(y, dtype=torch.float64), torch.randn_like(S, dtype=torch.float64)
+    ((y.double() * gy).sum() + ((S.double() * gS).sum() if with_final else 0)).backward()
+    ref = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    yr, Sr = ssd_reference(*ref[:5], D=ref[5], initial_state=ref[6], return_final_state=True)
+    ((yr * gy).sum() + ((Sr * gS).sum() if with_final else 0)).backward()
+    for name, a, r in zip(("x", "dt", "A", "B", "C", "D", "initial_state"), leaves, ref):
+        if a is None:
+            continue
+        assert a.grad is not None and a.grad.dtype == a.dtype and not torch.isnan(a.grad).any(), name
+        assert rel(a.grad, r.grad) < GRAD_TOL[dtype], (name, shape, dtype, rel(a.grad, r.grad))
+
+
+def test_float64_goes_to_the_chunked_backend():
     x, dt, A, B, C, D, h0 = make(1, 50, 2, 8, 8, 1, torch.float32, seed=3)
-    x.requires_grad_(True)
-    y = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
-    assert y.grad_fn is not None
-    assert torch.equal(y, ssd_chunked(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32))
-    with torch.no_grad():                                     # no gradient wanted: the fused path
-        y2 = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
-    assert y2.grad_fn is None and rel(y2, y.detach()) < 1e-5
-    d = [t.double() for t in (x.detach(), dt, A, B, C, D, h0)]
+    d = [t.double() for t in (x, dt, A, B, C, D, h0)]
     y64 = st.ssd_triton(*d[:5], D=d[5], initial_state=d[6], chunk_size=32)
     assert y64.dtype == torch.float64
     assert torch.equal(y64, ssd_chunked(*d[:5], D=d[5], initial_state=d[6], chunk_size=32))
+    with torch.no_grad():                                # without gradients: no autograd node
+        assert st.ssd_triton(x.requires_grad_(), dt, A, B, C, D=D, chunk_size=32).grad_fn is None
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="the dispatcher picks triton only on CUDA")

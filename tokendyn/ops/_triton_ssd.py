@@ -23,7 +23,9 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
                      L, T, n_chunks, hpg, P, N,
                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
                      sBb, sBl, sBg, sBn, sSb, sSc, sSh, sSp, sSn,
-                     BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                     ADJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # ADJ: the adjoint of the entering state instead, G_c[p, n] = Σ_t exp(cum_t) dy_t[p] C_t[n]
+    # (x_ptr: dy, B_ptr: C; dt unused)
     pid_pn = tl.program_id(0)
     pid_bc = tl.program_id(1)
     h = tl.program_id(2)
@@ -42,8 +44,11 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
         s_offs = k + tl.arange(0, BK)
         s_ok = s_offs < t_len
         cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
-        dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
-        w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s                       # (BK,)
+        if ADJ:
+            w = tl.where(s_ok, tl.exp(cum_s), 0.0)                                 # (BK,)
+        else:
+            dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
+            w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s
         xs = tl.load(x_ptr + b * sxb + (start + s_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
                      mask=s_ok[:, None] & (p_offs[None, :] < P), other=0.0).to(tl.float32)   # (BK, BP)
         Bs = tl.load(B_ptr + b * sBb + (start + s_offs)[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
@@ -116,3 +121,107 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
             acc += tl.load(D_ptr + h).to(tl.float32) * xt
         tl.store(y_ptr + b * syb + (start + t_offs)[:, None] * syl + h * syh + p_offs[None, :] * syp,
                  acc.to(y_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, dy_ptr,
+                   dx_ptr, dB_ptr, dC_ptr, ddt_ptr, dcum_ptr, dD_ptr,
+                   L, T, n_chunks, hpg, P, N,
+                   sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
+                   sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, sHb, sHc, sHh, sHp, sHn,
+                   sGb, sGc, sGh, sGp, sGn, syb, syl, syh, syp,
+                   sxgb, sxgl, sxgh, sxgp, sBgb, sBgl, sBgh, sBgn, sCgb, sCgl, sCgh, sCgn,
+                   sdgb, sdgl, sdgh,
+                   HAS_D: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """The gradients of one block of BS steps of one chunk and head (module docstring of
+    tokendyn.ops.ssd_triton, "Backward"): this block as the source s of every pair (t ≥ s) of the
+    chunk, as the target t of the entering state, and its own state and D terms. dx, dB (per head)
+    and ddt of the block are written; dC (per head) and dcum take atomic additions; dD too."""
+    j = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h = tl.program_id(2)
+    b = pid_bc // n_chunks
+    c = pid_bc % n_chunks
+    g = h // hpg
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    if j * BS < t_len:
+        p_offs = tl.arange(0, BP)
+        n_offs = tl.arange(0, BN)
+        p_ok = p_offs < P
+        n_ok = n_offs < N
+        s_offs = j * BS + tl.arange(0, BS)
+        s_ok = s_offs < t_len
+        cum_base = cum_ptr + b * scb + h * sch + c * scc
+        dcum_base = dcum_ptr + b * scb + h * sch + c * scc
+        cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
+        dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
+        rows_s = start + s_offs
+        x_s = tl.load(x_ptr + b * sxb + rows_s[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
+                      mask=s_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)             # (BS, BP)
+        B_s = tl.load(B_ptr + b * sBb + rows_s[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
+                      mask=s_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)             # (BS, BN)
+        C_s = tl.load(C_ptr + b * sCb + rows_s[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
+                      mask=s_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)             # (BS, BN)
+        dy_s = tl.load(dy_ptr + b * syb + rows_s[:, None] * syl + h * syh + p_offs[None, :] * syp,
+                       mask=s_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)            # (BS, BP)
+        dx = tl.zeros((BS, BP), dtype=tl.float32)
+        dB = tl.zeros((BS, BN), dtype=tl.float32)
+        ddt = tl.zeros((BS,), dtype=tl.float32)
+        dcum_s = tl.zeros((BS,), dtype=tl.float32)
+        # pairs t ≥ s of the chunk, this block as s
+        for k in range(j * BS, t_len, BS):
+            t_offs = k + tl.arange(0, BS)
+            t_ok = t_offs < t_len
+            rows_t = start + t_offs
+            cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
+            C_t = tl.load(C_ptr + b * sCb + rows_t[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
+                          mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)         # (BS, BN)
+            dy_t = tl.load(dy_ptr + b * syb + rows_t[:, None] * syl + h * syh + p_offs[None, :] * syp,
+                           mask=t_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)        # (BS, BP)
+            pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
+            E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
+            CB = tl.dot(C_t, tl.trans(B_s), input_precision="ieee")
+            W = CB * E * dt_s[None, :]
+            dW = tl.where(pair, tl.dot(dy_t, tl.trans(x_s), input_precision="ieee"), 0.0)
+            dx += tl.dot(tl.trans(W), dy_t, input_precision="ieee")
+            dCB = dW * E * dt_s[None, :]
+            dB += tl.dot(tl.trans(dCB), C_t, input_precision="ieee")
+            dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                  # (t, BN)
+            tl.atomic_add(dC_ptr + b * sCgb + rows_t[:, None] * sCgl + h * sCgh + n_offs[None, :] * sCgn, dC_t,
+                          mask=t_ok[:, None] & n_ok[None, :])
+            Z = dW * W
+            tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok)
+            dcum_s -= tl.sum(Z, axis=0)
+            ddt += tl.sum(dW * CB * E, axis=0)
+        # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
+        Hc = tl.load(H_ptr + b * sHb + c * sHc + h * sHh + p_offs[:, None] * sHp + n_offs[None, :] * sHn,
+                     mask=p_ok[:, None] & n_ok[None, :], other=0.0)                             # (BP, BN)
+        e_s = tl.where(s_ok, tl.exp(cum_s), 0.0)
+        dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * e_s[:, None]                       # (BS, BN)
+        tl.atomic_add(dC_ptr + b * sCgb + rows_s[:, None] * sCgl + h * sCgh + n_offs[None, :] * sCgn, dC_off,
+                      mask=s_ok[:, None] & n_ok[None, :])
+        dcum_s += tl.sum(dC_off * C_s, axis=1)
+        # this block in the chunk's state: S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s
+        cum_last = tl.load(cum_base + (T - 1) * sct)
+        ev = tl.where(s_ok, tl.exp(tl.minimum(cum_last - cum_s, 0.0)), 0.0)
+        v = ev * dt_s
+        dSc = tl.load(dS_ptr + b * sGb + c * sGc + h * sGh + p_offs[:, None] * sGp + n_offs[None, :] * sGn,
+                      mask=p_ok[:, None] & n_ok[None, :], other=0.0)                            # (BP, BN)
+        dSB = tl.dot(B_s, tl.trans(dSc), input_precision="ieee")                               # (BS, BP)
+        dx += v[:, None] * dSB
+        dB += v[:, None] * tl.dot(x_s, dSc, input_precision="ieee")
+        dv = tl.sum(x_s * dSB, axis=1)
+        ddt += dv * ev
+        dcum_s -= dv * v
+        tl.atomic_add(dcum_base + (T - 1) * sct, tl.sum(dv * v, axis=0))
+        if HAS_D:
+            Dh = tl.load(D_ptr + h).to(tl.float32)
+            dx += Dh * dy_s
+            tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_s * x_s, axis=1), axis=0))
+        tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok)
+        tl.store(dx_ptr + b * sxgb + rows_s[:, None] * sxgl + h * sxgh + p_offs[None, :] * sxgp, dx,
+                 mask=s_ok[:, None] & p_ok[None, :])
+        tl.store(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + h * sBgh + n_offs[None, :] * sBgn, dB,
+                 mask=s_ok[:, None] & n_ok[None, :])
+        tl.store(ddt_ptr + b * sdgb + rows_s * sdgl + h * sdgh, ddt, mask=s_ok)

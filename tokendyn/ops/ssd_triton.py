@@ -1,21 +1,35 @@
-"""The ``triton`` Mamba-2 (SSD) backend: a fused forward for passes without gradients.
+"""The ``triton`` Mamba-2 (SSD) backend: a fused forward and backward.
 
 Same function and contract as :func:`tokendyn.ops.ssd_chunked.ssd_chunked` (docs/scan.md, "The
-Mamba-2 (SSD) scan"), computed in four steps, the middle two in plain PyTorch on small tensors:
+Mamba-2 (SSD) scan"), in the notation there: chunks of T steps, a_t = Δ_t A_h, cum_t the sum of a
+inside a chunk up to t, v_s = exp(cum_last − cum_s) Δ_s, d_c = exp(cum_last) the chunk's decay.
 
-1. the cumulative sums of a = Δ A inside each chunk of T steps, (batch, heads, chunks, T);
-2. each chunk's state from a zero start (Triton, ``_ssd_chunk_state``), (batch, chunks, heads,
-   head_dim, state) in float32;
-3. the state entering each chunk, by a loop over the chunks (as the chunked backend's step 3);
-4. the outputs (Triton, ``_ssd_chunk_scan``): the chunk's T×T block of the SSD matrix formed tile
-   by tile in registers, never in memory, plus the entering state carried to each step.
+Forward, four steps, the middle two in plain PyTorch on small tensors:
 
-The kernels sum in float32; with bfloat16 or float16 inputs the two matmuls of step 4 run on the
-16-bit values (C·B exact, the decay-weighted C·B rounded to 16 bits before it meets x, as
-mamba_ssm does), with float32 inputs every matmul is IEEE float32. Where a
-gradient is wanted (grad mode on and an input that requires it) or the inputs are float64 or
-not on a CUDA device, the call goes to the chunked backend, which autograd differentiates: the
-fused path serves inference, prefill and analysis; training runs the chunked backend.
+1. cum, (batch, heads, chunks, T);
+2. each chunk's state from a zero start, S_c = Σ_s v_s x_s ⊗ B_s (Triton, ``_ssd_chunk_state``);
+3. the state entering each chunk, H_{c+1} = d_c H_c + S_c, by a loop over the chunks;
+4. the outputs y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s + exp(cum_t) H_c C_t + D x_t
+   (Triton, ``_ssd_chunk_scan``): the chunk's T×T block formed tile by tile in registers.
+
+Backward (where gradients are wanted the forward keeps cum and the entering states H):
+
+A. each entering state's adjoint from the chunk's outputs, G_c = Σ_t exp(cum_t) dy_t ⊗ C_t (the
+   state kernel run on dy and C);
+B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the decay's gradient
+   ⟨dH_{c+1}, H_c⟩ (a loop); dH_0 is the initial state's gradient;
+C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
+   the pairs t ≥ s (the block of the SSD matrix again formed in registers), as the target of the
+   entering state, in the chunk's state, and in D x: dx, dB and dΔ of the block, dC and dcum by
+   atomic additions;
+D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A, dA = Σ da Δ, and
+   dB, dC summed over the heads of each group.
+
+The kernels sum in float32. In the forward, bfloat16 and float16 inputs meet in 16-bit matmuls
+(C·B exact, the decay-weighted C·B rounded to 16 bits before it meets x, as mamba_ssm does);
+float32 inputs, and the whole backward, use IEEE float32 matmuls. float64 inputs, and tensors
+not on a CUDA device, go to the chunked backend (Triton's interpreter, TRITON_INTERPRET=1, runs
+the kernels on the CPU for the tests).
 """
 
 from __future__ import annotations
@@ -27,16 +41,14 @@ from .reference import compute_dtype
 from .ssd_chunked import _chunk_states_scan, ssd_chunked
 
 DEFAULT_CHUNK = 128
-# tile sizes: steps per output tile (BM), steps per inner block (BK), head_dim and state columns
-BM, BK, BP_MAX, BN_STATE = 64, 32, 64, 64
+# tile sizes: steps per output tile (BM), steps per inner block (BK), head_dim and state columns;
+# steps per block of the backward (BS_BWD)
+BM, BK, BP_MAX, BN_STATE, BS_BWD = 64, 32, 64, 64, 32
 
 
 def _fused_ok(x, dt, A, B, C, D, initial_state) -> bool:
-    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     interpreted = x.device.type == "cpu" and _interpreting()
-    return (not needs_grad and x.dtype != torch.float64 and (x.device.type == "cuda" or interpreted)
-            and x.shape[1] > 0)
+    return x.dtype != torch.float64 and (x.device.type == "cuda" or interpreted) and x.shape[1] > 0
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -58,13 +70,29 @@ def _low_precision(dtype) -> bool:
 
 def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=False,
                chunk_size: int = DEFAULT_CHUNK):
-    """Fused SSD forward; the arguments, shapes and results of
+    """Fused SSD scan; the arguments, shapes and results of
     :func:`~tokendyn.ops.ssd_chunked.ssd_chunked` (x: (b, L, h, p), dt: (b, L, h), A: (h,),
-    B, C: (b, L, g, n), D: (h,), initial_state: (b, h, p, n)). Falls back to the chunked backend
-    where the module docstring says."""
+    B, C: (b, L, g, n), D: (h,), initial_state: (b, h, p, n)). With gradients wanted, the forward
+    keeps the chunk sums and entering states for the fused backward. Falls back to the chunked
+    backend where the module docstring says."""
     if not _fused_ok(x, dt, A, B, C, D, initial_state):
         return ssd_chunked(x, dt, A, B, C, D=D, initial_state=initial_state,
                            return_final_state=return_final_state, chunk_size=chunk_size)
+    T = min(chunk_size, x.shape[1])
+    if _needs_grad(x, dt, A, B, C, D, initial_state):
+        y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, T)
+    else:
+        y, final, *_ = _forward(x, dt, A, B, C, D, initial_state, T)
+    return (y, final) if return_final_state else y
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _forward(x, dt, A, B, C, D, initial_state, T: int):
+    """(y, S_L, dtc, cum, H): the outputs, the final state (b, h, p, n), Δ in the compute dtype,
+    the chunk sums (b, h, c, T) and the entering states (b, c, h, p, n)."""
     import triton
 
     from . import _triton_ssd as kernels
@@ -72,7 +100,6 @@ def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fa
     batch, length, heads, hdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
-    T = min(chunk_size, length)
     chunks = -(-length // T)
     ct = compute_dtype(x.dtype)
     # 1. cumulative sums of a inside each chunk (padding steps: Δ = 0, decay 1)
@@ -81,13 +108,11 @@ def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fa
     cum = a.reshape(batch, chunks, T, heads).cumsum(2).permute(0, 3, 1, 2).contiguous()   # (b, h, c, T)
     # 2. each chunk's state from a zero start
     S = _empty((batch, chunks, heads, hdim, dstate), ct, x.device)
-    # tiles of at least 16 (tl.dot's smallest), masked where head_dim or state is smaller
-    bp = max(16, min(BP_MAX, triton.next_power_of_2(hdim)))
-    bn = max(16, min(BN_STATE, triton.next_power_of_2(dstate)))
+    bp, bn = _tiles(hdim, dstate)
     grid = (triton.cdiv(hdim, bp) * triton.cdiv(dstate, bn), batch * chunks, heads)
     kernels._ssd_chunk_state[grid](x, dtc, cum, B, S, length, T, chunks, hpg, hdim, dstate,
                                    *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *S.stride(),
-                                   BP=bp, BN=bn, BK=BK)
+                                   ADJ=False, BP=bp, BN=bn, BK=BK)
     # 3. the state entering each chunk, and the final state
     if initial_state is None:
         h0 = x.new_zeros(batch, groups, hpg, hdim, dstate, dtype=ct)
@@ -106,6 +131,86 @@ def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fa
                                   *H.stride(), *y.stride(),
                                   HAS_D=D is not None, LOWP=_low_precision(x.dtype),
                                   BM=BM, BP=bp, BN=bn_all, BK=BK)
-    if return_final_state:
-        return y, final.reshape(batch, heads, hdim, dstate)
-    return y
+    return y, final.reshape(batch, heads, hdim, dstate), dtc, cum, H
+
+
+def _tiles(hdim: int, dstate: int) -> tuple[int, int]:
+    """Column tiles of head_dim and state: at least 16 (tl.dot's smallest), masked where smaller."""
+    import triton
+
+    return (max(16, min(BP_MAX, triton.next_power_of_2(hdim))),
+            max(16, min(BN_STATE, triton.next_power_of_2(dstate))))
+
+
+def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
+    """The gradients of x, Δ, A, B, C, D and S_0 (module docstring, "Backward"), in float32."""
+    import triton
+
+    from . import _triton_ssd as kernels
+
+    batch, length, heads, hdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    hpg, chunks = heads // groups, H.shape[1]
+    f32, dev = torch.float32, x.device
+    # A. the adjoint of each entering state from the chunk's outputs: Σ_t exp(cum_t) dy_t ⊗ C_t
+    G = _empty((batch, chunks, heads, hdim, dstate), f32, dev)
+    bp, bn = _tiles(hdim, dstate)
+    grid = (triton.cdiv(hdim, bp) * triton.cdiv(dstate, bn), batch * chunks, heads)
+    kernels._ssd_chunk_state[grid](dy, dtc, cum, C, G, length, T, chunks, hpg, hdim, dstate,
+                                   *dy.stride(), *dtc.stride(), *cum.stride(), *C.stride(), *G.stride(),
+                                   ADJ=True, BP=bp, BN=bn, BK=BK)
+    # B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, d(d_c) = ⟨dH_{c+1}, H_c⟩
+    decay = torch.exp(cum[..., -1])                                                        # (b, h, c)
+    g = dfinal.to(f32) if dfinal is not None else x.new_zeros(batch, heads, hdim, dstate, dtype=f32)
+    dS, ddecay = torch.empty_like(G), torch.empty_like(decay)
+    for c in range(chunks - 1, -1, -1):
+        dS[:, c] = g
+        ddecay[:, :, c] = (g * H[:, c]).sum((-2, -1))
+        g = G[:, c] + decay[:, :, c, None, None] * g
+    # C. each block of steps: pairs, entering state, chunk state, D
+    dx, dBh = _empty(x.shape, f32, dev), _empty((batch, length, heads, dstate), f32, dev)
+    dCh = torch.zeros(batch, length, heads, dstate, dtype=f32, device=dev)
+    ddt = _empty((batch, length, heads), f32, dev)
+    dcum = torch.zeros_like(cum)
+    dD = torch.zeros(heads, dtype=f32, device=dev)
+    Dc = D.to(f32) if D is not None else dD
+    grid = (triton.cdiv(T, BS_BWD), batch * chunks, heads)
+    kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, H, dS, Dc, dy, dx, dBh, dCh, ddt, dcum, dD,
+                                 length, T, chunks, hpg, hdim, dstate,
+                                 *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *H.stride(),
+                                 *dS.stride(), *dy.stride(), *dx.stride(), *dBh.stride(), *dCh.stride(),
+                                 *ddt.stride(),
+                                 HAS_D=D is not None, BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
+                                 BN=max(16, triton.next_power_of_2(dstate)))
+    # D. the chunk decay, then a = Δ A through the sums: da_r = Σ_{t≥r} dcum_t
+    dcum[..., -1] += ddecay * decay
+    da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
+    ddt = ddt + da * A.to(f32)
+    dA = (da * dtc.to(f32)).sum((0, 1))
+    dB = dBh.reshape(batch, length, groups, hpg, dstate).sum(3)
+    dC = dCh.reshape(batch, length, groups, hpg, dstate).sum(3)
+    return dx, ddt, dA, dB, dC, (dD if D is not None else None), g.reshape(batch, heads, hdim, dstate)
+
+
+class _SSDTriton(torch.autograd.Function):
+    """The fused forward with the fused backward (x, dt, A, B, C, D, initial_state, T)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, T):
+        y, final, dtc, cum, H = _forward(x, dt, A, B, C, D, initial_state, T)
+        ctx.save_for_backward(x, dtc, A, B, C, D, cum, H)
+        ctx.T, ctx.has_init = T, initial_state is not None
+        ctx.dtypes = (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype, None if D is None else D.dtype,
+                      None if initial_state is None else initial_state.dtype)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dtc, A, B, C, D, cum, H = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(x)
+        grads = _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, ctx.T)
+        out = [None if g is None or t is None else g.to(t) for g, t in zip(grads, ctx.dtypes)]
+        if not ctx.has_init:
+            out[6] = None
+        return (*out, None)
