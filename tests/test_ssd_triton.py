@@ -120,13 +120,15 @@ def test_float64_goes_to_the_chunked_backend():
         assert st.ssd_triton(x.requires_grad_(), dt, A, B, C, D=D, chunk_size=32).grad_fn is None
 
 
-@pytest.mark.skipif(DEV != "cuda", reason="the dispatcher picks triton only on CUDA")
-def test_auto_picks_the_fused_path_on_cuda(monkeypatch):
+@pytest.mark.skipif(DEV != "cuda", reason="the dispatcher runs triton only on CUDA")
+def test_the_dispatcher_runs_triton_by_name(monkeypatch):
     calls = []
     real = st.ssd_triton
     monkeypatch.setattr(st, "ssd_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, dt, A, B, C, D, h0 = make(1, 64, 2, 16, 16, 1, torch.float32, seed=1)
     ssd_scan(x, dt, A, B, C, D=D, backend="auto")
+    assert not calls                                      # auto is chunked
+    ssd_scan(x, dt, A, B, C, D=D, backend="triton")
     assert calls
 
 
@@ -142,3 +144,24 @@ def test_strided_inputs_as_the_mamba2_mixer_passes_them():
     y = st.ssd_triton(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=32)
     ref = ssd_reference(*(t.double() for t in (x0, dt, A, B0, C0)), D=D.double(), initial_state=h0.double())
     assert rel(y, ref) < TOL[torch.float32]
+
+
+def test_a_mamba2_model_on_the_fused_scan(tmp_path):
+    """A Mamba-2 language model with scan_backend="triton": its logits and every parameter's
+    gradient equal those of the same weights on the chunked scan (float32)."""
+    from tokendyn.model import MambaConfig, MambaLM
+
+    torch.manual_seed(0)
+    cfg = dict(d_model=32, n_layer=2, vocab_size=50, layer="mamba2", head_dim=8, n_groups=2, d_state=16, chunk_size=16)
+    fused = MambaLM(MambaConfig(**cfg, scan_backend="triton")).to(DEV)
+    plain = MambaLM(MambaConfig(**cfg, scan_backend="chunked")).to(DEV)
+    plain.load_state_dict(fused.state_dict())
+    ids = torch.randint(0, 50, (2, 40), device=DEV)
+    outs = []
+    for model in (fused, plain):
+        logits = model(ids)
+        logits.float().square().mean().backward()
+        outs.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert rel(outs[0][0], outs[1][0]) < 1e-5
+    for name, g in outs[1][1].items():
+        assert rel(outs[0][1][name], g) < 1e-4, name

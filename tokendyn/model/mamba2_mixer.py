@@ -38,8 +38,7 @@ A_INIT_RANGE = (1.0, 16.0)
 
 def ssd_backend(scan_backend: str) -> str:
     """The SSD backend for the model's ``scan_backend`` (a ``selective_scan`` name): the SSD
-    backend of that name (``reference``, ``chunked``, ``triton``, ``auto``: triton's fused
-    forward on CUDA without gradients, the chunked block decomposition otherwise)."""
+    backend of that name (``reference``, ``chunked``, ``triton``; ``auto`` is ``chunked``)."""
     return scan_backend
 
 

@@ -34,14 +34,13 @@ def ssd_backend_names() -> list[str]:
 
 
 def resolve_ssd_backend(backend: str, device=None) -> str:
-    """The backend ``backend`` names: ``auto`` is ``triton`` on a CUDA ``device`` where Triton is
-    installed (its fused forward, which hands passes that need gradients to ``chunked``), else
-    ``chunked``. Raises :class:`UnknownBackendError` for a name that names none, and
+    """The backend ``backend`` names: ``auto`` is ``chunked`` on every device (``triton``, the fused
+    scan, is chosen by name). Raises :class:`UnknownBackendError` for a name that names none, and
     :class:`BackendUnavailableError` for ``triton`` on a ``device`` where it cannot run (Triton's
     interpreter, TRITON_INTERPRET=1, runs it on the CPU)."""
     cuda = device is not None and torch.device(device).type == "cuda" and _has_triton()
     if backend == "auto":
-        return "triton" if cuda else "chunked"
+        return "chunked"
     if backend == "triton" and device is not None and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise BackendUnavailableError("the triton ssd backend needs a CUDA device and the triton package; use "
                                       "'chunked' or 'auto'.")
@@ -73,8 +72,8 @@ def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fals
         B, C: (batch, length, n_groups, state); n_groups must divide heads.
         D: (heads,) or None. initial_state: (batch, heads, head_dim, state) or None (zeros).
         backend: ``reference`` (the recurrence, exact), ``chunked`` (the SSD block
-            decomposition, parallel), ``triton`` (a fused forward on CUDA for passes without
-            gradients; others go to ``chunked``) or ``auto`` (``triton`` on CUDA, else ``chunked``).
+            decomposition, parallel), ``triton`` (fused, forward and backward, on CUDA) or
+            ``auto`` (``chunked``).
         chunk_size: steps per chunk of the ``chunked`` and ``triton`` backends.
     Returns y: (batch, length, heads, head_dim) in x's dtype; with ``return_final_state`` the
     pair (y, S_L), S_L: (batch, heads, head_dim, state) in float32 (float64 for float64 x).
