@@ -135,8 +135,9 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
                    HAS_D: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """The gradients of one block of BS steps of one chunk and head (module docstring of
     tokendyn.ops.ssd_triton, "Backward"): this block as the source s of every pair (t ≥ s) of the
-    chunk, as the target t of the entering state, and its own state and D terms. dx, dB (per head)
-    and ddt of the block are written; dC (per head) and dcum take atomic additions; dD too."""
+    chunk, as the target t of the entering state, and its own state and D terms. dx and ddt of the
+    block are written; dB and dC (per group, the heads of a group adding in) and dcum and dD take
+    atomic additions."""
     j = tl.program_id(0)
     pid_bc = tl.program_id(1)
     h = tl.program_id(2)
@@ -188,7 +189,7 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
             dCB = dW * E * dt_s[None, :]
             dB += tl.dot(tl.trans(dCB), C_t, input_precision="ieee")
             dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                  # (t, BN)
-            tl.atomic_add(dC_ptr + b * sCgb + rows_t[:, None] * sCgl + h * sCgh + n_offs[None, :] * sCgn, dC_t,
+            tl.atomic_add(dC_ptr + b * sCgb + rows_t[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, dC_t,
                           mask=t_ok[:, None] & n_ok[None, :])
             Z = dW * W
             tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok)
@@ -199,7 +200,7 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
                      mask=p_ok[:, None] & n_ok[None, :], other=0.0)                             # (BP, BN)
         e_s = tl.where(s_ok, tl.exp(cum_s), 0.0)
         dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * e_s[:, None]                       # (BS, BN)
-        tl.atomic_add(dC_ptr + b * sCgb + rows_s[:, None] * sCgl + h * sCgh + n_offs[None, :] * sCgn, dC_off,
+        tl.atomic_add(dC_ptr + b * sCgb + rows_s[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, dC_off,
                       mask=s_ok[:, None] & n_ok[None, :])
         dcum_s += tl.sum(dC_off * C_s, axis=1)
         # this block in the chunk's state: S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s
@@ -222,6 +223,6 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
         tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok)
         tl.store(dx_ptr + b * sxgb + rows_s[:, None] * sxgl + h * sxgh + p_offs[None, :] * sxgp, dx,
                  mask=s_ok[:, None] & p_ok[None, :])
-        tl.store(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + h * sBgh + n_offs[None, :] * sBgn, dB,
-                 mask=s_ok[:, None] & n_ok[None, :])
+        tl.atomic_add(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + g * sBgh + n_offs[None, :] * sBgn, dB,
+                      mask=s_ok[:, None] & n_ok[None, :])
         tl.store(ddt_ptr + b * sdgb + rows_s * sdgl + h * sdgh, ddt, mask=s_ok)

@@ -20,10 +20,9 @@ B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the 
    ⟨dH_{c+1}, H_c⟩ (a loop); dH_0 is the initial state's gradient;
 C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
    the pairs t ≥ s (the block of the SSD matrix again formed in registers), as the target of the
-   entering state, in the chunk's state, and in D x: dx, dB and dΔ of the block, dC and dcum by
-   atomic additions;
-D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A, dA = Σ da Δ, and
-   dB, dC summed over the heads of each group.
+   entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB, dC and dcum by
+   atomic additions (the heads of a group adding into its dB and dC);
+D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A and dA = Σ da Δ.
 
 The kernels sum in float32. In the forward, bfloat16 and float16 inputs meet in 16-bit matmuls
 (C·B exact, the decay-weighted C·B rounded to 16 bits before it meets x, as mamba_ssm does);
@@ -168,17 +167,17 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
         ddecay[:, :, c] = (g * H[:, c]).sum((-2, -1))
         g = G[:, c] + decay[:, :, c, None, None] * g
     # C. each block of steps: pairs, entering state, chunk state, D
-    dx, dBh = _empty(x.shape, f32, dev), _empty((batch, length, heads, dstate), f32, dev)
-    dCh = torch.zeros(batch, length, heads, dstate, dtype=f32, device=dev)
+    dx = _empty(x.shape, f32, dev)
+    dB, dC = (torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev) for _ in range(2))
     ddt = _empty((batch, length, heads), f32, dev)
     dcum = torch.zeros_like(cum)
     dD = torch.zeros(heads, dtype=f32, device=dev)
     Dc = D.to(f32) if D is not None else dD
     grid = (triton.cdiv(T, BS_BWD), batch * chunks, heads)
-    kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, H, dS, Dc, dy, dx, dBh, dCh, ddt, dcum, dD,
+    kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, H, dS, Dc, dy, dx, dB, dC, ddt, dcum, dD,
                                  length, T, chunks, hpg, hdim, dstate,
                                  *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *H.stride(),
-                                 *dS.stride(), *dy.stride(), *dx.stride(), *dBh.stride(), *dCh.stride(),
+                                 *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
                                  HAS_D=D is not None, BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
                                  BN=max(16, triton.next_power_of_2(dstate)))
@@ -187,8 +186,6 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
     ddt = ddt + da * A.to(f32)
     dA = (da * dtc.to(f32)).sum((0, 1))
-    dB = dBh.reshape(batch, length, groups, hpg, dstate).sum(3)
-    dC = dCh.reshape(batch, length, groups, hpg, dstate).sum(3)
     return dx, ddt, dA, dB, dC, (dD if D is not None else None), g.reshape(batch, heads, hdim, dstate)
 
 
