@@ -43,6 +43,9 @@ DEFAULT_CHUNK = 128
 # tile sizes: steps per output tile (BM), steps per inner block (BK), head_dim and state columns;
 # steps per block of the backward (BS_BWD)
 BM, BK, BP_MAX, BN_STATE, BS_BWD = 64, 32, 64, 64, 32
+# warps of the output and backward kernels, whose programs hold several (steps × state) and
+# (head_dim × state) float32 tiles at once; not yet tuned on a GPU
+WARPS_SCAN, WARPS_BWD = 8, 8
 
 
 def _fused_ok(x, dt, A, B, C, D, initial_state) -> bool:
@@ -129,7 +132,7 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
                                   *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(),
                                   *H.stride(), *y.stride(),
                                   HAS_D=D is not None, LOWP=_low_precision(x.dtype),
-                                  BM=BM, BP=bp, BN=bn_all, BK=BK)
+                                  BM=BM, BP=bp, BN=bn_all, BK=BK, num_warps=WARPS_SCAN)
     return y, final.reshape(batch, heads, hdim, dstate), dtc, cum, H
 
 
@@ -180,7 +183,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                  *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
                                  HAS_D=D is not None, BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
-                                 BN=max(16, triton.next_power_of_2(dstate)))
+                                 BN=max(16, triton.next_power_of_2(dstate)), num_warps=WARPS_BWD)
     # D. the chunk decay, then a = Δ A through the sums: da_r = Σ_{t≥r} dcum_t
     dcum[..., -1] += ddecay * decay
     da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
