@@ -132,7 +132,8 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
                    sGb, sGc, sGh, sGp, sGn, syb, syl, syh, syp,
                    sxgb, sxgl, sxgh, sxgp, sBgb, sBgl, sBgh, sBgn, sCgb, sCgl, sCgh, sCgn,
                    sdgb, sdgl, sdgh,
-                   HAS_D: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+                   HAS_D: tl.constexpr, LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr,
+                   BN: tl.constexpr):
     """The gradients of one block of BS steps of one chunk and head (module docstring of
     tokendyn.ops.ssd_triton, "Backward"): this block as the source s of every pair (t ≥ s) of the
     chunk, as the target t of the entering state, and its own state and D terms. dx and ddt of the
@@ -158,10 +159,11 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
         cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
         dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
         rows_s = start + s_offs
-        x_s = tl.load(x_ptr + b * sxb + rows_s[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
-                      mask=s_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)             # (BS, BP)
-        B_s = tl.load(B_ptr + b * sBb + rows_s[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
-                      mask=s_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)             # (BS, BN)
+        x_in = tl.load(x_ptr + b * sxb + rows_s[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
+                       mask=s_ok[:, None] & p_ok[None, :], other=0.0)                            # (BS, BP)
+        B_in = tl.load(B_ptr + b * sBb + rows_s[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
+                       mask=s_ok[:, None] & n_ok[None, :], other=0.0)                            # (BS, BN)
+        x_s, B_s = x_in.to(tl.float32), B_in.to(tl.float32)
         C_s = tl.load(C_ptr + b * sCb + rows_s[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
                       mask=s_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)             # (BS, BN)
         dy_s = tl.load(dy_ptr + b * syb + rows_s[:, None] * syl + h * syh + p_offs[None, :] * syp,
@@ -176,19 +178,30 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
             t_ok = t_offs < t_len
             rows_t = start + t_offs
             cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
-            C_t = tl.load(C_ptr + b * sCb + rows_t[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
-                          mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)         # (BS, BN)
-            dy_t = tl.load(dy_ptr + b * syb + rows_t[:, None] * syl + h * syh + p_offs[None, :] * syp,
-                           mask=t_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)        # (BS, BP)
+            C_in = tl.load(C_ptr + b * sCb + rows_t[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
+                           mask=t_ok[:, None] & n_ok[None, :], other=0.0)                        # (BS, BN)
+            dy_in = tl.load(dy_ptr + b * syb + rows_t[:, None] * syl + h * syh + p_offs[None, :] * syp,
+                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)                       # (BS, BP)
             pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
             E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
-            CB = tl.dot(C_t, tl.trans(B_s), input_precision="ieee")
+            # 16-bit inputs: the five matmuls on 16-bit operands (C·B and dy·x exact, the weights
+            # rounded to 16 bits), float32 sums; float32 inputs: IEEE float32
+            if LOWP:
+                CB = tl.dot(C_in, tl.trans(B_in))
+                dW = tl.where(pair, tl.dot(dy_in, tl.trans(x_in)), 0.0)
+            else:
+                CB = tl.dot(C_in.to(tl.float32), tl.trans(B_s), input_precision="ieee")
+                dW = tl.where(pair, tl.dot(dy_in.to(tl.float32), tl.trans(x_s), input_precision="ieee"), 0.0)
             W = CB * E * dt_s[None, :]
-            dW = tl.where(pair, tl.dot(dy_t, tl.trans(x_s), input_precision="ieee"), 0.0)
-            dx += tl.dot(tl.trans(W), dy_t, input_precision="ieee")
             dCB = dW * E * dt_s[None, :]
-            dB += tl.dot(tl.trans(dCB), C_t, input_precision="ieee")
-            dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                  # (t, BN)
+            if LOWP:
+                dx += tl.dot(tl.trans(W.to(dy_in.dtype)), dy_in)
+                dB += tl.dot(tl.trans(dCB.to(C_in.dtype)), C_in)
+                dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                        # (t, BN)
+            else:
+                dx += tl.dot(tl.trans(W), dy_in.to(tl.float32), input_precision="ieee")
+                dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
+                dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                # (t, BN)
             tl.atomic_add(dC_ptr + b * sCgb + rows_t[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, dC_t,
                           mask=t_ok[:, None] & n_ok[None, :])
             Z = dW * W

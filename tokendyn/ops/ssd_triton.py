@@ -24,9 +24,9 @@ C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as
    atomic additions (the heads of a group adding into its dB and dC);
 D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A and dA = Σ da Δ.
 
-The kernels sum in float32. In the forward, bfloat16 and float16 inputs meet in 16-bit matmuls
-(C·B exact, the decay-weighted C·B rounded to 16 bits before it meets x, as mamba_ssm does);
-float32 inputs, and the whole backward, use IEEE float32 matmuls. float64 inputs, and tensors
+The kernels sum in float32. bfloat16 and float16 inputs meet in 16-bit matmuls (C·B and dy·x
+exact, the decay-weighted blocks rounded to 16 bits before they meet x, dy, B or C, as mamba_ssm
+does); float32 inputs use IEEE float32 matmuls, and so do the small state terms always. float64 inputs, and tensors
 not on a CUDA device, go to the chunked backend (Triton's interpreter, TRITON_INTERPRET=1, runs
 the kernels on the CPU for the tests).
 """
@@ -182,7 +182,8 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                  *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *H.stride(),
                                  *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
-                                 HAS_D=D is not None, BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
+                                 HAS_D=D is not None, LOWP=_low_precision(x.dtype) and dy.dtype == x.dtype,
+                                 BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
                                  BN=max(16, triton.next_power_of_2(dstate)), num_warps=WARPS_BWD)
     # D. the chunk decay, then a = Δ A through the sums: da_r = Σ_{t≥r} dcum_t
     dcum[..., -1] += ddecay * decay
