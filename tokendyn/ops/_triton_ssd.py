@@ -239,3 +239,51 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
         tl.atomic_add(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + g * sBgh + n_offs[None, :] * sBgn, dB,
                       mask=s_ok[:, None] & n_ok[None, :])
         tl.store(ddt_ptr + b * sdgb + rows_s * sdgl + h * sdgh, ddt, mask=s_ok)
+
+
+@triton.jit
+def _ssd_state_passing(S_ptr, decay_ptr, h0_ptr, H_ptr, final_ptr, n_chunks, heads, PN,
+                       sSb, sSc, sSh, sdb, sdh, sdc, BLOCK: tl.constexpr, HAS_H0: tl.constexpr):
+    """The states entering the chunks, H_0 = h0, H_{c+1} = d_c H_c + S_c, for one block of the
+    (head_dim × state) entries of one batch row and head: a loop over the chunks. S, H:
+    (b, c, h, P·N) with the P·N entries contiguous; decay: (b, h, c); h0, final: (b, h, P·N)."""
+    bh = tl.program_id(0)
+    b = bh // heads
+    h = bh % heads
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < PN
+    if HAS_H0:
+        state = tl.load(h0_ptr + bh * PN + offs, mask=ok, other=0.0)
+    else:
+        state = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(0, n_chunks):
+        tl.store(H_ptr + b * sSb + c * sSc + h * sSh + offs, state, mask=ok)
+        d = tl.load(decay_ptr + b * sdb + h * sdh + c * sdc)
+        state = d * state + tl.load(S_ptr + b * sSb + c * sSc + h * sSh + offs, mask=ok, other=0.0)
+    tl.store(final_ptr + bh * PN + offs, state, mask=ok)
+
+
+@triton.jit
+def _ssd_state_passing_bwd(G_ptr, H_ptr, decay_ptr, dfinal_ptr, dS_ptr, ddecay_ptr, dh0_ptr, n_chunks, heads, PN,
+                           sSb, sSc, sSh, sdb, sdh, sdc, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr):
+    """Back through the chunks for one block of entries: dS_c = g, d(d_c) += ⟨g, H_c⟩ (an atomic
+    addition per block), g = G_c + d_c g, from g = dL/dS_L; dh0 = the last g. Layouts as
+    :func:`_ssd_state_passing`; G: the entering states' adjoints from the outputs."""
+    bh = tl.program_id(0)
+    b = bh // heads
+    h = bh % heads
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < PN
+    if HAS_DFINAL:
+        g = tl.load(dfinal_ptr + bh * PN + offs, mask=ok, other=0.0)
+    else:
+        g = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        base = b * sSb + c * sSc + h * sSh + offs
+        tl.store(dS_ptr + base, g, mask=ok)
+        Hc = tl.load(H_ptr + base, mask=ok, other=0.0)
+        tl.atomic_add(ddecay_ptr + b * sdb + h * sdh + c * sdc, tl.sum(g * Hc, axis=0))
+        d = tl.load(decay_ptr + b * sdb + h * sdh + c * sdc)
+        g = tl.load(G_ptr + base, mask=ok, other=0.0) + d * g
+    tl.store(dh0_ptr + bh * PN + offs, g, mask=ok)

@@ -4,11 +4,12 @@ Same function and contract as :func:`tokendyn.ops.ssd_chunked.ssd_chunked` (docs
 Mamba-2 (SSD) scan"), in the notation there: chunks of T steps, a_t = Δ_t A_h, cum_t the sum of a
 inside a chunk up to t, v_s = exp(cum_last − cum_s) Δ_s, d_c = exp(cum_last) the chunk's decay.
 
-Forward, four steps, the middle two in plain PyTorch on small tensors:
+Forward, four steps (the first in plain PyTorch on small tensors):
 
 1. cum, (batch, heads, chunks, T);
 2. each chunk's state from a zero start, S_c = Σ_s v_s x_s ⊗ B_s (Triton, ``_ssd_chunk_state``);
-3. the state entering each chunk, H_{c+1} = d_c H_c + S_c, by a loop over the chunks;
+3. the state entering each chunk, H_{c+1} = d_c H_c + S_c, by a loop over the chunks (Triton,
+   ``_ssd_state_passing``, every (head_dim × state) entry in parallel);
 4. the outputs y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s + exp(cum_t) H_c C_t + D x_t
    (Triton, ``_ssd_chunk_scan``): the chunk's T×T block formed tile by tile in registers.
 
@@ -17,7 +18,7 @@ Backward (where gradients are wanted the forward keeps cum and the entering stat
 A. each entering state's adjoint from the chunk's outputs, G_c = Σ_t exp(cum_t) dy_t ⊗ C_t (the
    state kernel run on dy and C);
 B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the decay's gradient
-   ⟨dH_{c+1}, H_c⟩ (a loop); dH_0 is the initial state's gradient;
+   ⟨dH_{c+1}, H_c⟩ (Triton, ``_ssd_state_passing_bwd``); dH_0 is the initial state's gradient;
 C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
    the pairs t ≥ s (the block of the SSD matrix again formed in registers), as the target of the
    entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB, dC and dcum by
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import compute_dtype
-from .ssd_chunked import _chunk_states_scan, ssd_chunked
+from .ssd_chunked import ssd_chunked
 
 DEFAULT_CHUNK = 128
 # tile sizes: steps per output tile (BM), steps per inner block (BK), head_dim and state columns;
@@ -46,6 +47,7 @@ BM, BK, BP_MAX, BN_STATE, BS_BWD = 64, 32, 64, 64, 32
 # warps of the output and backward kernels, whose programs hold several (steps × state) and
 # (head_dim × state) float32 tiles at once; not yet tuned on a GPU
 WARPS_SCAN, WARPS_BWD = 8, 8
+STATE_BLOCK = 1024     # (head_dim × state) entries per program of the loops over the chunks
 
 
 def _fused_ok(x, dt, A, B, C, D, initial_state) -> bool:
@@ -115,14 +117,16 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     kernels._ssd_chunk_state[grid](x, dtc, cum, B, S, length, T, chunks, hpg, hdim, dstate,
                                    *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *S.stride(),
                                    ADJ=False, BP=bp, BN=bn, BK=BK)
-    # 3. the state entering each chunk, and the final state
-    if initial_state is None:
-        h0 = x.new_zeros(batch, groups, hpg, hdim, dstate, dtype=ct)
-    else:
-        h0 = initial_state.to(ct).reshape(batch, groups, hpg, hdim, dstate)
-    chunk_decay = torch.exp(cum[..., -1]).reshape(batch, groups, hpg, chunks)
-    entering, final = _chunk_states_scan(S.reshape(batch, chunks, groups, hpg, hdim, dstate), chunk_decay, h0)
-    H = entering.reshape(batch, chunks, heads, hdim, dstate)
+    # 3. the state entering each chunk, and the final state (a loop over the chunks in one kernel)
+    decay = torch.exp(cum[..., -1]).contiguous()                                              # (b, h, c)
+    h0 = initial_state.to(ct).contiguous() if initial_state is not None else None
+    H = _empty(S.shape, ct, x.device)
+    final = _empty((batch, heads, hdim, dstate), ct, x.device)
+    pn = hdim * dstate
+    grid = (batch * heads, triton.cdiv(pn, STATE_BLOCK))
+    kernels._ssd_state_passing[grid](S, decay, h0 if h0 is not None else final, H, final, chunks, heads, pn,
+                                     S.stride(0), S.stride(1), S.stride(2), *decay.stride(),
+                                     BLOCK=STATE_BLOCK, HAS_H0=h0 is not None)
     # 4. the outputs
     y = _empty(x.shape, x.dtype, x.device)
     bn_all = max(16, triton.next_power_of_2(dstate))
@@ -133,7 +137,7 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
                                   *H.stride(), *y.stride(),
                                   HAS_D=D is not None, LOWP=_low_precision(x.dtype),
                                   BM=BM, BP=bp, BN=bn_all, BK=BK, num_warps=WARPS_SCAN)
-    return y, final.reshape(batch, heads, hdim, dstate), dtc, cum, H
+    return y, final, dtc, cum, H
 
 
 def _tiles(hdim: int, dstate: int) -> tuple[int, int]:
@@ -162,13 +166,15 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                    *dy.stride(), *dtc.stride(), *cum.stride(), *C.stride(), *G.stride(),
                                    ADJ=True, BP=bp, BN=bn, BK=BK)
     # B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, d(d_c) = ⟨dH_{c+1}, H_c⟩
-    decay = torch.exp(cum[..., -1])                                                        # (b, h, c)
-    g = dfinal.to(f32) if dfinal is not None else x.new_zeros(batch, heads, hdim, dstate, dtype=f32)
-    dS, ddecay = torch.empty_like(G), torch.empty_like(decay)
-    for c in range(chunks - 1, -1, -1):
-        dS[:, c] = g
-        ddecay[:, :, c] = (g * H[:, c]).sum((-2, -1))
-        g = G[:, c] + decay[:, :, c, None, None] * g
+    decay = torch.exp(cum[..., -1]).contiguous()                                           # (b, h, c)
+    dS, ddecay = _empty(G.shape, f32, dev), torch.zeros_like(decay)
+    g = _empty((batch, heads, hdim, dstate), f32, dev)                                   # dL/dS_0
+    dfinal = dfinal.to(f32).contiguous() if dfinal is not None else None
+    pn = hdim * dstate
+    grid = (batch * heads, triton.cdiv(pn, STATE_BLOCK))
+    kernels._ssd_state_passing_bwd[grid](G, H, decay, dfinal if dfinal is not None else g, dS, ddecay, g, chunks,
+                                         heads, pn, G.stride(0), G.stride(1), G.stride(2), *decay.stride(),
+                                         BLOCK=STATE_BLOCK, HAS_DFINAL=dfinal is not None)
     # C. each block of steps: pairs, entering state, chunk state, D
     dx = _empty(x.shape, f32, dev)
     dB, dC = (torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev) for _ in range(2))
@@ -190,7 +196,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
     ddt = ddt + da * A.to(f32)
     dA = (da * dtc.to(f32)).sum((0, 1))
-    return dx, ddt, dA, dB, dC, (dD if D is not None else None), g.reshape(batch, heads, hdim, dstate)
+    return dx, ddt, dA, dB, dC, (dD if D is not None else None), g
 
 
 class _SSDTriton(torch.autograd.Function):
