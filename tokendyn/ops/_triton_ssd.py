@@ -242,48 +242,32 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
 
 
 @triton.jit
-def _ssd_state_passing(S_ptr, decay_ptr, h0_ptr, H_ptr, final_ptr, n_chunks, heads, PN,
-                       sSb, sSc, sSh, sdb, sdh, sdc, BLOCK: tl.constexpr, HAS_H0: tl.constexpr):
-    """The states entering the chunks, H_0 = h0, H_{c+1} = d_c H_c + S_c, for one block of the
-    (head_dim × state) entries of one batch row and head: a loop over the chunks. S, H:
-    (b, c, h, P·N) with the P·N entries contiguous; decay: (b, h, c); h0, final: (b, h, P·N)."""
+def _ssd_chunk_recurrence(in_ptr, decay_ptr, first_ptr, out_ptr, last_ptr, H_ptr, ddecay_ptr, n_chunks, heads, PN,
+                          sSb, sSc, sSh, sdb, sdh, sdc, BLOCK: tl.constexpr, HAS_FIRST: tl.constexpr,
+                          REVERSE: tl.constexpr):
+    """r ← d_c r + in_c over the chunks, for one block of the (head_dim × state) entries of one
+    batch row and head, storing r before each chunk in out_c and the last r in ``last``; r starts
+    at ``first`` (zeros without HAS_FIRST). Forward: in = S (each chunk's own state), out = H (the
+    entering states), first = h0, last = S_L. REVERSE: the chunks backwards, in = G (the entering
+    states' adjoints), out = dS, first = dS_L, last = dh0, and d(d_c) += ⟨r, H_c⟩ (an atomic
+    addition per block). in, out, H: (b, c, h, P·N) with the P·N entries contiguous; decay,
+    ddecay: (b, h, c); first, last: (b, h, P·N)."""
     bh = tl.program_id(0)
     b = bh // heads
     h = bh % heads
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < PN
-    if HAS_H0:
-        state = tl.load(h0_ptr + bh * PN + offs, mask=ok, other=0.0)
+    if HAS_FIRST:
+        r = tl.load(first_ptr + bh * PN + offs, mask=ok, other=0.0)
     else:
-        state = tl.zeros((BLOCK,), dtype=tl.float32)
-    for c in range(0, n_chunks):
-        tl.store(H_ptr + b * sSb + c * sSc + h * sSh + offs, state, mask=ok)
-        d = tl.load(decay_ptr + b * sdb + h * sdh + c * sdc)
-        state = d * state + tl.load(S_ptr + b * sSb + c * sSc + h * sSh + offs, mask=ok, other=0.0)
-    tl.store(final_ptr + bh * PN + offs, state, mask=ok)
-
-
-@triton.jit
-def _ssd_state_passing_bwd(G_ptr, H_ptr, decay_ptr, dfinal_ptr, dS_ptr, ddecay_ptr, dh0_ptr, n_chunks, heads, PN,
-                           sSb, sSc, sSh, sdb, sdh, sdc, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    """Back through the chunks for one block of entries: dS_c = g, d(d_c) += ⟨g, H_c⟩ (an atomic
-    addition per block), g = G_c + d_c g, from g = dL/dS_L; dh0 = the last g. Layouts as
-    :func:`_ssd_state_passing`; G: the entering states' adjoints from the outputs."""
-    bh = tl.program_id(0)
-    b = bh // heads
-    h = bh % heads
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < PN
-    if HAS_DFINAL:
-        g = tl.load(dfinal_ptr + bh * PN + offs, mask=ok, other=0.0)
-    else:
-        g = tl.zeros((BLOCK,), dtype=tl.float32)
+        r = tl.zeros((BLOCK,), dtype=tl.float32)
     for i in range(0, n_chunks):
-        c = n_chunks - 1 - i
-        base = b * sSb + c * sSc + h * sSh + offs
-        tl.store(dS_ptr + base, g, mask=ok)
-        Hc = tl.load(H_ptr + base, mask=ok, other=0.0)
-        tl.atomic_add(ddecay_ptr + b * sdb + h * sdh + c * sdc, tl.sum(g * Hc, axis=0))
+        c = n_chunks - 1 - i if REVERSE else i
+        at = b * sSb + c * sSc + h * sSh + offs
+        tl.store(out_ptr + at, r, mask=ok)
+        if REVERSE:
+            Hc = tl.load(H_ptr + at, mask=ok, other=0.0)
+            tl.atomic_add(ddecay_ptr + b * sdb + h * sdh + c * sdc, tl.sum(r * Hc, axis=0))
         d = tl.load(decay_ptr + b * sdb + h * sdh + c * sdc)
-        g = tl.load(G_ptr + base, mask=ok, other=0.0) + d * g
-    tl.store(dh0_ptr + bh * PN + offs, g, mask=ok)
+        r = d * r + tl.load(in_ptr + at, mask=ok, other=0.0)
+    tl.store(last_ptr + bh * PN + offs, r, mask=ok)

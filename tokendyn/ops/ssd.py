@@ -10,15 +10,15 @@ Every backend computes the same function; ``reference`` is the ground truth.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 from collections.abc import Callable
 
 import torch
 
 from ..errors import BackendUnavailableError, UnknownBackendError
 from ._ssd_checks import check_ssd_inputs
+from .scan import _triton_usable
 from .ssd_chunked import DEFAULT_CHUNK
+from .ssd_triton import interpreting
 
 # name -> "module:function", imported when used (as the Mamba-1 registry in scan.py)
 _SSD_BACKENDS: dict[str, str] = {
@@ -38,20 +38,15 @@ def resolve_ssd_backend(backend: str, device=None) -> str:
     scan, is chosen by name). Raises :class:`UnknownBackendError` for a name that names none, and
     :class:`BackendUnavailableError` for ``triton`` on a ``device`` where it cannot run (Triton's
     interpreter, TRITON_INTERPRET=1, runs it on the CPU)."""
-    cuda = device is not None and torch.device(device).type == "cuda" and _has_triton()
     if backend == "auto":
         return "chunked"
-    if backend == "triton" and device is not None and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and device is not None and not (_triton_usable(torch.device(device)) or interpreting()):
         raise BackendUnavailableError("the triton ssd backend needs a CUDA device and the triton package; use "
                                       "'chunked' or 'auto'.")
     if backend not in _SSD_BACKENDS:
         raise UnknownBackendError(
             f"unknown ssd scan backend {backend!r}; choose one of {', '.join(ssd_backend_names())}.")
     return backend
-
-
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def _load(name: str) -> Callable:

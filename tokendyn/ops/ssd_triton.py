@@ -9,7 +9,7 @@ Forward, four steps (the first in plain PyTorch on small tensors):
 1. cum, (batch, heads, chunks, T);
 2. each chunk's state from a zero start, S_c = Σ_s v_s x_s ⊗ B_s (Triton, ``_ssd_chunk_state``);
 3. the state entering each chunk, H_{c+1} = d_c H_c + S_c, by a loop over the chunks (Triton,
-   ``_ssd_state_passing``, every (head_dim × state) entry in parallel);
+   ``_ssd_chunk_recurrence``, every (head_dim × state) entry in parallel);
 4. the outputs y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s + exp(cum_t) H_c C_t + D x_t
    (Triton, ``_ssd_chunk_scan``): the chunk's T×T block formed tile by tile in registers.
 
@@ -18,7 +18,7 @@ Backward (where gradients are wanted the forward keeps cum and the entering stat
 A. each entering state's adjoint from the chunk's outputs, G_c = Σ_t exp(cum_t) dy_t ⊗ C_t (the
    state kernel run on dy and C);
 B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the decay's gradient
-   ⟨dH_{c+1}, H_c⟩ (Triton, ``_ssd_state_passing_bwd``); dH_0 is the initial state's gradient;
+   ⟨dH_{c+1}, H_c⟩ (the same kernel, backwards); dH_0 is the initial state's gradient;
 C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
    the pairs t ≥ s (the block of the SSD matrix again formed in registers), as the target of the
    entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB, dC and dcum by
@@ -51,7 +51,7 @@ STATE_BLOCK = 1024     # (head_dim × state) entries per program of the loops ov
 
 
 def _fused_ok(x, dt, A, B, C, D, initial_state) -> bool:
-    interpreted = x.device.type == "cpu" and _interpreting()
+    interpreted = x.device.type == "cpu" and interpreting()
     return x.dtype != torch.float64 and (x.device.type == "cuda" or interpreted) and x.shape[1] > 0
 
 
@@ -60,7 +60,8 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1: on the CPU, for tests)."""
     import os
 
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -69,7 +70,7 @@ def _interpreting() -> bool:
 def _low_precision(dtype) -> bool:
     """16-bit matmuls for 16-bit inputs; Triton's interpreter (CPU) multiplies bfloat16 wrongly,
     so there bfloat16 inputs take the float32 matmuls (float16 checks the 16-bit path)."""
-    return dtype == torch.float16 or (dtype == torch.bfloat16 and not _interpreting())
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not interpreting())
 
 
 def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=False,
@@ -124,12 +125,12 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     final = _empty((batch, heads, hdim, dstate), ct, x.device)
     pn = hdim * dstate
     grid = (batch * heads, triton.cdiv(pn, STATE_BLOCK))
-    kernels._ssd_state_passing[grid](S, decay, h0 if h0 is not None else final, H, final, chunks, heads, pn,
-                                     S.stride(0), S.stride(1), S.stride(2), *decay.stride(),
-                                     BLOCK=STATE_BLOCK, HAS_H0=h0 is not None)
+    kernels._ssd_chunk_recurrence[grid](S, decay, h0 if h0 is not None else final, H, final, H, decay, chunks,
+                                        heads, pn, S.stride(0), S.stride(1), S.stride(2), *decay.stride(),
+                                        BLOCK=STATE_BLOCK, HAS_FIRST=h0 is not None, REVERSE=False)
     # 4. the outputs
     y = _empty(x.shape, x.dtype, x.device)
-    bn_all = max(16, triton.next_power_of_2(dstate))
+    bn_all = _tile(dstate)
     grid = (triton.cdiv(T, BM) * triton.cdiv(hdim, bp), batch * chunks, heads)
     Dc = D.to(ct) if D is not None else x.new_zeros(1, dtype=ct)
     kernels._ssd_chunk_scan[grid](x, dtc, cum, B, C, H, Dc, y, length, T, chunks, hpg, hdim, dstate,
@@ -140,12 +141,18 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     return y, final, dtc, cum, H
 
 
-def _tiles(hdim: int, dstate: int) -> tuple[int, int]:
-    """Column tiles of head_dim and state: at least 16 (tl.dot's smallest), masked where smaller."""
+def _tile(n: int, most: int | None = None) -> int:
+    """A tile over n columns: the power of two that covers them (at most ``most``), at least 16
+    (tl.dot's smallest); columns past n are masked."""
     import triton
 
-    return (max(16, min(BP_MAX, triton.next_power_of_2(hdim))),
-            max(16, min(BN_STATE, triton.next_power_of_2(dstate))))
+    cover = triton.next_power_of_2(n)
+    return max(16, min(most, cover) if most else cover)
+
+
+def _tiles(hdim: int, dstate: int) -> tuple[int, int]:
+    """Column tiles of head_dim and state for the state kernel."""
+    return _tile(hdim, BP_MAX), _tile(dstate, BN_STATE)
 
 
 def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
@@ -172,9 +179,9 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     dfinal = dfinal.to(f32).contiguous() if dfinal is not None else None
     pn = hdim * dstate
     grid = (batch * heads, triton.cdiv(pn, STATE_BLOCK))
-    kernels._ssd_state_passing_bwd[grid](G, H, decay, dfinal if dfinal is not None else g, dS, ddecay, g, chunks,
-                                         heads, pn, G.stride(0), G.stride(1), G.stride(2), *decay.stride(),
-                                         BLOCK=STATE_BLOCK, HAS_DFINAL=dfinal is not None)
+    kernels._ssd_chunk_recurrence[grid](G, decay, dfinal if dfinal is not None else g, dS, g, H, ddecay, chunks,
+                                        heads, pn, G.stride(0), G.stride(1), G.stride(2), *decay.stride(),
+                                        BLOCK=STATE_BLOCK, HAS_FIRST=dfinal is not None, REVERSE=True)
     # C. each block of steps: pairs, entering state, chunk state, D
     dx = _empty(x.shape, f32, dev)
     dB, dC = (torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev) for _ in range(2))
@@ -189,8 +196,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                  *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
                                  HAS_D=D is not None, LOWP=_low_precision(x.dtype) and dy.dtype == x.dtype,
-                                 BS=BS_BWD, BP=max(16, triton.next_power_of_2(hdim)),
-                                 BN=max(16, triton.next_power_of_2(dstate)), num_warps=WARPS_BWD)
+                                 BS=BS_BWD, BP=_tile(hdim), BN=_tile(dstate), num_warps=WARPS_BWD)
     # D. the chunk decay, then a = Δ A through the sums: da_r = Σ_{t≥r} dcum_t
     dcum[..., -1] += ddecay * decay
     da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
