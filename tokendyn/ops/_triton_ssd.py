@@ -19,6 +19,13 @@ import triton.language as tl
 
 
 @triton.jit
+def _tile(base, rows, row_stride, cols, col_stride, rows_ok, cols_ok):
+    """The (rows × cols) tile at ``base``, 0 where a row or column is out of range."""
+    return tl.load(base + rows[:, None] * row_stride + cols[None, :] * col_stride,
+                   mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
                      L, T, n_chunks, hpg, P, N,
                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
@@ -35,8 +42,11 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
     n_nb = tl.cdiv(N, BN)
     p_offs = (pid_pn // n_nb) * BP + tl.arange(0, BP)
     n_offs = (pid_pn % n_nb) * BN + tl.arange(0, BN)
+    p_ok, n_ok = p_offs < P, n_offs < N
     start = c * T
     t_len = tl.minimum(T, L - start)
+    x_rows = x_ptr + b * sxb + start * sxl + h * sxh             # the chunk's first row
+    B_rows = B_ptr + b * sBb + start * sBl + g * sBg
     cum_base = cum_ptr + b * scb + h * sch + c * scc
     cum_last = tl.load(cum_base + (t_len - 1) * sct)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
@@ -49,13 +59,11 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
         else:
             dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
             w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s
-        xs = tl.load(x_ptr + b * sxb + (start + s_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
-                     mask=s_ok[:, None] & (p_offs[None, :] < P), other=0.0).to(tl.float32)   # (BK, BP)
-        Bs = tl.load(B_ptr + b * sBb + (start + s_offs)[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
-                     mask=s_ok[:, None] & (n_offs[None, :] < N), other=0.0).to(tl.float32)   # (BK, BN)
+        xs = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok).to(tl.float32)             # (BK, BP)
+        Bs = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok).to(tl.float32)             # (BK, BN)
         acc += tl.dot(tl.trans(xs * w[:, None]), Bs, input_precision="ieee")
     tl.store(S_ptr + b * sSb + c * sSc + h * sSh + p_offs[:, None] * sSp + n_offs[None, :] * sSn, acc,
-             mask=(p_offs[:, None] < P) & (n_offs[None, :] < N))
+             mask=p_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -80,30 +88,26 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
     start = c * T
     t_len = tl.minimum(T, L - start)
     if mb * BM < t_len:
-        t_ok = t_offs < t_len
-        p_ok = p_offs < P
-        n_ok = n_offs < N
+        t_ok, p_ok, n_ok = t_offs < t_len, p_offs < P, n_offs < N
+        x_rows = x_ptr + b * sxb + start * sxl + h * sxh         # the chunk's first row
+        B_rows = B_ptr + b * sBb + start * sBl + g * sBg
         cum_base = cum_ptr + b * scb + h * sch + c * scc
         cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
-        C_in = tl.load(C_ptr + b * sCb + (start + t_offs)[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
-                       mask=t_ok[:, None] & n_ok[None, :], other=0.0)                         # (BM, BN)
+        C_in = _tile(C_ptr + b * sCb + start * sCl + g * sCg, t_offs, sCl, n_offs, sCn, t_ok, n_ok)  # (BM, BN)
         Ct = C_in.to(tl.float32)
         # the state entering the chunk, carried to each step: exp(cum_t) C_t · H_c
-        Hc = tl.load(H_ptr + b * sHb + c * sHc + h * sHh + n_offs[:, None] * sHn + p_offs[None, :] * sHp,
-                     mask=n_ok[:, None] & p_ok[None, :], other=0.0)                           # (BN, BP)
+        Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, n_offs, sHn, p_offs, sHp, n_ok, p_ok)        # (BN, BP)
         acc = tl.dot(Ct, Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
         # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s
         hi = tl.minimum((mb + 1) * BM, t_len)
         for k in range(0, hi, BK):
             s_offs = k + tl.arange(0, BK)
             s_ok = s_offs < t_len
-            B_in = tl.load(B_ptr + b * sBb + (start + s_offs)[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
-                           mask=s_ok[:, None] & n_ok[None, :], other=0.0)                     # (BK, BN)
+            B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                           # (BK, BN)
             cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
             dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
             decay = tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0))
-            x_in = tl.load(x_ptr + b * sxb + (start + s_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
-                           mask=s_ok[:, None] & p_ok[None, :], other=0.0)                     # (BK, BP)
+            x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                           # (BK, BP)
             # half-precision inputs: both matmuls on their 16-bit values (exact products, float32
             # sums; the weights rounded to 16 bits for the second); float32 inputs: IEEE float32
             if LOWP:
@@ -115,12 +119,69 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
                 acc += tl.dot(w.to(x_in.dtype), x_in)
             else:
                 acc += tl.dot(w, x_in.to(tl.float32), input_precision="ieee")
-        x_rows = x_ptr + b * sxb + (start + t_offs)[:, None] * sxl + h * sxh + p_offs[None, :] * sxp
         if HAS_D:
-            xt = tl.load(x_rows, mask=t_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
-            acc += tl.load(D_ptr + h).to(tl.float32) * xt
+            x_t = _tile(x_rows, t_offs, sxl, p_offs, sxp, t_ok, p_ok).to(tl.float32)
+            acc += tl.load(D_ptr + h).to(tl.float32) * x_t
         tl.store(y_ptr + b * syb + (start + t_offs)[:, None] * syl + h * syh + p_offs[None, :] * syp,
                  acc.to(y_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _bwd_pairs(C_rows, dy_rows, dC_rows, cum_base, dcum_base, sct, sCl, sCn, syl, syp, sCgl, sCgn,
+               x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, first, t_len,
+               LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """The pairs t ≥ s of a chunk with a block of steps as the sources s (x_in, B_in: their x and
+    B tiles as loaded, x_s and B_s in float32; *_rows: the chunk's first row of C, dy and dC):
+    returns the block's dx, dB, dΔ and dcum from them, and adds the targets' dC and dcum in place."""
+    dx = tl.zeros((BS, BP), dtype=tl.float32)
+    dB = tl.zeros((BS, BN), dtype=tl.float32)
+    ddt = tl.zeros((BS,), dtype=tl.float32)
+    dcum_s = tl.zeros((BS,), dtype=tl.float32)
+    for k in range(first, t_len, BS):
+        t_offs = k + tl.arange(0, BS)
+        t_ok = t_offs < t_len
+        cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
+        C_in = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                          # (BS, BN)
+        dy_in = _tile(dy_rows, t_offs, syl, p_offs, syp, t_ok, p_ok)                        # (BS, BP)
+        pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
+        E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
+        # 16-bit inputs: the five matmuls on 16-bit operands (C·B and dy·x exact, the weights
+        # rounded to 16 bits), float32 sums; float32 inputs: IEEE float32
+        if LOWP:
+            CB = tl.dot(C_in, tl.trans(B_in))
+            dW = tl.where(pair, tl.dot(dy_in, tl.trans(x_in)), 0.0)
+        else:
+            CB = tl.dot(C_in.to(tl.float32), tl.trans(B_s), input_precision="ieee")
+            dW = tl.where(pair, tl.dot(dy_in.to(tl.float32), tl.trans(x_s), input_precision="ieee"), 0.0)
+        W = CB * E * dt_s[None, :]
+        dCB = dW * E * dt_s[None, :]
+        if LOWP:
+            dx += tl.dot(tl.trans(W.to(dy_in.dtype)), dy_in)
+            dB += tl.dot(tl.trans(dCB.to(C_in.dtype)), C_in)
+            dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                        # (t, BN)
+        else:
+            dx += tl.dot(tl.trans(W), dy_in.to(tl.float32), input_precision="ieee")
+            dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
+            dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                # (t, BN)
+        tl.atomic_add(dC_rows + t_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_t,
+                      mask=t_ok[:, None] & n_ok[None, :])
+        Z = dW * W
+        tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok)
+        dcum_s -= tl.sum(Z, axis=0)
+        ddt += tl.sum(dW * CB * E, axis=0)
+    return dx, dB, ddt, dcum_s
+
+
+@triton.jit
+def _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_ptr):
+    """A block of steps in its chunk's state S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s,
+    given dS_c (P × N): returns its dx, dB, dΔ and dcum, and adds cum_last's share in place."""
+    ev = tl.where(s_ok, tl.exp(tl.minimum(tl.load(cum_last_ptr) - cum_s, 0.0)), 0.0)
+    v = ev * dt_s
+    dSB = tl.dot(B_s, tl.trans(dSc), input_precision="ieee")                                   # (BS, BP)
+    dv = tl.sum(x_s * dSB, axis=1)
+    tl.atomic_add(dcum_last_ptr, tl.sum(dv * v, axis=0))
+    return v[:, None] * dSB, v[:, None] * tl.dot(x_s, dSc, input_precision="ieee"), dv * ev, -dv * v
 
 
 @triton.jit
@@ -136,9 +197,9 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
                    BN: tl.constexpr):
     """The gradients of one block of BS steps of one chunk and head (module docstring of
     tokendyn.ops.ssd_triton, "Backward"): this block as the source s of every pair (t ≥ s) of the
-    chunk, as the target t of the entering state, and its own state and D terms. dx and ddt of the
-    block are written; dB and dC (per group, the heads of a group adding in) and dcum and dD take
-    atomic additions."""
+    chunk (:func:`_bwd_pairs`), as the target t of the entering state, and its own state and D
+    terms. dx and ddt of the block are written; dB and dC (per group, the heads of a group adding
+    in) and dcum and dD take atomic additions."""
     j = tl.program_id(0)
     pid_bc = tl.program_id(1)
     h = tl.program_id(2)
@@ -148,92 +209,45 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
     start = c * T
     t_len = tl.minimum(T, L - start)
     if j * BS < t_len:
-        p_offs = tl.arange(0, BP)
-        n_offs = tl.arange(0, BN)
-        p_ok = p_offs < P
-        n_ok = n_offs < N
+        p_offs, n_offs = tl.arange(0, BP), tl.arange(0, BN)
+        p_ok, n_ok = p_offs < P, n_offs < N
         s_offs = j * BS + tl.arange(0, BS)
         s_ok = s_offs < t_len
+        # the chunk's first row of each tensor, for this batch row, head and group
+        x_rows = x_ptr + b * sxb + start * sxl + h * sxh
+        B_rows = B_ptr + b * sBb + start * sBl + g * sBg
+        C_rows = C_ptr + b * sCb + start * sCl + g * sCg
+        dy_rows = dy_ptr + b * syb + start * syl + h * syh
+        dC_rows = dC_ptr + b * sCgb + start * sCgl + g * sCgh
         cum_base = cum_ptr + b * scb + h * sch + c * scc
         dcum_base = dcum_ptr + b * scb + h * sch + c * scc
         cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
         dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
-        rows_s = start + s_offs
-        x_in = tl.load(x_ptr + b * sxb + rows_s[:, None] * sxl + h * sxh + p_offs[None, :] * sxp,
-                       mask=s_ok[:, None] & p_ok[None, :], other=0.0)                            # (BS, BP)
-        B_in = tl.load(B_ptr + b * sBb + rows_s[:, None] * sBl + g * sBg + n_offs[None, :] * sBn,
-                       mask=s_ok[:, None] & n_ok[None, :], other=0.0)                            # (BS, BN)
+        x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                             # (BS, BP)
+        B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                             # (BS, BN)
         x_s, B_s = x_in.to(tl.float32), B_in.to(tl.float32)
-        C_s = tl.load(C_ptr + b * sCb + rows_s[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
-                      mask=s_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)             # (BS, BN)
-        dy_s = tl.load(dy_ptr + b * syb + rows_s[:, None] * syl + h * syh + p_offs[None, :] * syp,
-                       mask=s_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)            # (BS, BP)
-        dx = tl.zeros((BS, BP), dtype=tl.float32)
-        dB = tl.zeros((BS, BN), dtype=tl.float32)
-        ddt = tl.zeros((BS,), dtype=tl.float32)
-        dcum_s = tl.zeros((BS,), dtype=tl.float32)
-        # pairs t ≥ s of the chunk, this block as s
-        for k in range(j * BS, t_len, BS):
-            t_offs = k + tl.arange(0, BS)
-            t_ok = t_offs < t_len
-            rows_t = start + t_offs
-            cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
-            C_in = tl.load(C_ptr + b * sCb + rows_t[:, None] * sCl + g * sCg + n_offs[None, :] * sCn,
-                           mask=t_ok[:, None] & n_ok[None, :], other=0.0)                        # (BS, BN)
-            dy_in = tl.load(dy_ptr + b * syb + rows_t[:, None] * syl + h * syh + p_offs[None, :] * syp,
-                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)                       # (BS, BP)
-            pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
-            E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
-            # 16-bit inputs: the five matmuls on 16-bit operands (C·B and dy·x exact, the weights
-            # rounded to 16 bits), float32 sums; float32 inputs: IEEE float32
-            if LOWP:
-                CB = tl.dot(C_in, tl.trans(B_in))
-                dW = tl.where(pair, tl.dot(dy_in, tl.trans(x_in)), 0.0)
-            else:
-                CB = tl.dot(C_in.to(tl.float32), tl.trans(B_s), input_precision="ieee")
-                dW = tl.where(pair, tl.dot(dy_in.to(tl.float32), tl.trans(x_s), input_precision="ieee"), 0.0)
-            W = CB * E * dt_s[None, :]
-            dCB = dW * E * dt_s[None, :]
-            if LOWP:
-                dx += tl.dot(tl.trans(W.to(dy_in.dtype)), dy_in)
-                dB += tl.dot(tl.trans(dCB.to(C_in.dtype)), C_in)
-                dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                        # (t, BN)
-            else:
-                dx += tl.dot(tl.trans(W), dy_in.to(tl.float32), input_precision="ieee")
-                dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
-                dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                # (t, BN)
-            tl.atomic_add(dC_ptr + b * sCgb + rows_t[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, dC_t,
-                          mask=t_ok[:, None] & n_ok[None, :])
-            Z = dW * W
-            tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok)
-            dcum_s -= tl.sum(Z, axis=0)
-            ddt += tl.sum(dW * CB * E, axis=0)
+        C_s = _tile(C_rows, s_offs, sCl, n_offs, sCn, s_ok, n_ok).to(tl.float32)              # (BS, BN)
+        dy_s = _tile(dy_rows, s_offs, syl, p_offs, syp, s_ok, p_ok).to(tl.float32)            # (BS, BP)
+        dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, cum_base, dcum_base, sct, sCl, sCn, syl, syp,
+                                         sCgl, sCgn, x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok,
+                                         n_offs, n_ok, j * BS, t_len, LOWP, BS, BP, BN)
         # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
-        Hc = tl.load(H_ptr + b * sHb + c * sHc + h * sHh + p_offs[:, None] * sHp + n_offs[None, :] * sHn,
-                     mask=p_ok[:, None] & n_ok[None, :], other=0.0)                             # (BP, BN)
-        e_s = tl.where(s_ok, tl.exp(cum_s), 0.0)
-        dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * e_s[:, None]                       # (BS, BN)
-        tl.atomic_add(dC_ptr + b * sCgb + rows_s[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, dC_off,
+        Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
+        dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
+        tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
                       mask=s_ok[:, None] & n_ok[None, :])
         dcum_s += tl.sum(dC_off * C_s, axis=1)
-        # this block in the chunk's state: S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s
-        cum_last = tl.load(cum_base + (T - 1) * sct)
-        ev = tl.where(s_ok, tl.exp(tl.minimum(cum_last - cum_s, 0.0)), 0.0)
-        v = ev * dt_s
-        dSc = tl.load(dS_ptr + b * sGb + c * sGc + h * sGh + p_offs[:, None] * sGp + n_offs[None, :] * sGn,
-                      mask=p_ok[:, None] & n_ok[None, :], other=0.0)                            # (BP, BN)
-        dSB = tl.dot(B_s, tl.trans(dSc), input_precision="ieee")                               # (BS, BP)
-        dx += v[:, None] * dSB
-        dB += v[:, None] * tl.dot(x_s, dSc, input_precision="ieee")
-        dv = tl.sum(x_s * dSB, axis=1)
-        ddt += dv * ev
-        dcum_s -= dv * v
-        tl.atomic_add(dcum_base + (T - 1) * sct, tl.sum(dv * v, axis=0))
+        # this block in the chunk's state
+        dSc = _tile(dS_ptr + b * sGb + c * sGc + h * sGh, p_offs, sGp, n_offs, sGn, p_ok, n_ok)  # (BP, BN)
+        sx, sB, sdt, scum = _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_base + (T - 1) * sct,
+                                             dcum_base + (T - 1) * sct)
+        dx, dB, ddt, dcum_s = dx + sx, dB + sB, ddt + sdt, dcum_s + scum
         if HAS_D:
             Dh = tl.load(D_ptr + h).to(tl.float32)
             dx += Dh * dy_s
             tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_s * x_s, axis=1), axis=0))
         tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok)
+        rows_s = start + s_offs
         tl.store(dx_ptr + b * sxgb + rows_s[:, None] * sxgl + h * sxgh + p_offs[None, :] * sxgp, dx,
                  mask=s_ok[:, None] & p_ok[None, :])
         tl.atomic_add(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + g * sBgh + n_offs[None, :] * sBgn, dB,
