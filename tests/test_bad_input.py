@@ -474,27 +474,40 @@ def test_console_entry_point_one_line(world, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "existing file" in proc.stderr
 
 
+def _tokendyn(args: list[str]) -> subprocess.Popen:
+    """``python -m tokendyn ARGS`` as a child with pipes; SIGINT at its default in the child even
+    where this test runs with it ignored (a shell's background job), so that the child sees
+    Ctrl-C as a user's terminal would deliver it."""
+    return subprocess.Popen([sys.executable, "-m", "tokendyn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _signal_when(proc: subprocess.Popen, sig, ready) -> str:
+    """Send ``sig`` once ``ready()`` returns, wait for the child (killed if it hangs); its stderr."""
+    try:
+        ready()
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.parametrize("sig,status,word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_reproduce_leaves_the_old_report(world, tmp_path, sig, status, word):
     out = tmp_path / "prev"
     shutil.copytree(world / "prev", out)
     before = _snapshot(out)
-    # SIGINT at its default in the child even where this test runs with it ignored (a shell's
-    # background job), so the child sees Ctrl-C as a user's terminal would deliver it
-    proc = subprocess.Popen([sys.executable, "-m", "tokendyn", "reproduce", "--only", "core", "--device", "cpu",
-                             "--force", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    proc = _tokendyn(["reproduce", "--only", "core", "--device", "cpu", "--force", "--out", str(out)])
+
+    def section_begun():
         line = proc.stdout.readline()          # "== <section title>": the section's work has begun
         assert line.startswith("=="), line + proc.stderr.read()
-        # at once: the whole section and its report take ~1.5 s on a CPU, less than a fixed
-        # wait would leave under load
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        # then at once: the whole section and its report take ~1.5 s on a CPU, less than a
+        # fixed wait would leave under load
+
+    err = _signal_when(proc, sig, section_begun)
     assert proc.returncode == status, err
     assert err.strip().count("\n") == 0 and err.startswith(f"tokendyn: {word}") and "Traceback" not in err, err
     assert _snapshot(out) == before
@@ -510,18 +523,15 @@ def test_signal_during_train_keeps_the_checkpoint_and_says_so(tmp_path, sig, sta
             "--d-model", "8", "--n-layer", "1", "--d-state", "2", "--context", "16", "--batch-size", "2",
             "--steps", "1000000", "--eval-every", "0", "--checkpoint-every", "2", "--monitor-every", "0",
             "--device", "cpu", "--no-progress", "--out", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "tokendyn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for _ in range(6000):                       # until the first checkpoint is in place (a loaded machine: minutes)
+    proc = _tokendyn(args)
+
+    def first_checkpoint():
+        for _ in range(6000):                       # until it is in place (a loaded machine: minutes)
             if (run / "checkpoint" / "trainer.json").is_file() or proc.poll() is not None:
-                break
+                return
             time.sleep(0.05)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    err = _signal_when(proc, sig, first_checkpoint)
     assert proc.returncode == status, err
     assert err.strip().count("\n") == 0 and "Traceback" not in err, err
     assert "the checkpoint of step" in err and f"--resume {run}" in err, err

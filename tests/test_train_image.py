@@ -237,6 +237,20 @@ def test_train_image_on_an_image_folder(tmp_path, capsys):
     assert run["task"]["image_shape"] == [3, 8, 8] and run["model"]["input_dim"] == 48
 
 
+def interrupt_at(monkeypatch, step: int):
+    """Ctrl-C while the task serves ``step`` (ImageClassificationTask.train_batch raises
+    KeyboardInterrupt there); returns the function that puts the task back."""
+    real = ImageClassificationTask.train_batch
+
+    def interrupted(self, at, index, count):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(self, at, index, count)
+
+    monkeypatch.setattr(ImageClassificationTask, "train_batch", interrupted)
+    return lambda: monkeypatch.setattr(ImageClassificationTask, "train_batch", real)
+
+
 def test_checkpoint_every_resumes_a_run_killed_mid_epoch_bit_exactly(tmp_path, capsys, fashion, monkeypatch):
     """Killed at step 3 of a 4-step epoch, --checkpoint-every 2: the resumed run starts from the
     step-2 checkpoint and ends with the weights of an uninterrupted run, bit for bit; the message
@@ -244,18 +258,11 @@ def test_checkpoint_every_resumes_a_run_killed_mid_epoch_bit_exactly(tmp_path, c
     a, b = tmp_path / "a", tmp_path / "b"
     extra = ("--checkpoint-every", "2", "--crop-padding", "1", "--flip")
     assert run_cli(image_args(fashion, a, *extra), capsys)[0] == 0
-    real = ImageClassificationTask.train_batch
-
-    def killed_at_step_3(self, step, index, count):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(self, step, index, count)
-
-    monkeypatch.setattr(ImageClassificationTask, "train_batch", killed_at_step_3)
+    restore = interrupt_at(monkeypatch, 3)
     code, err = run_cli(image_args(fashion, b, *extra), capsys)
     assert code == 130 and "the checkpoint of step 2" in err and f"--resume {b}" in err, err
     assert json.loads((b / "checkpoint" / "trainer.json").read_text())["step"] == 2
-    monkeypatch.setattr(ImageClassificationTask, "train_batch", real)
+    restore()
     args = image_args(fashion, b, *extra, "--resume", str(b))
     args.remove("--out"), args.remove(str(b))
     code, err = run_cli(args, capsys)
@@ -268,18 +275,11 @@ def test_without_a_checkpoint_an_interrupted_run_leaves_nothing(tmp_path, capsys
     """Killed before the first checkpoint (once per epoch by default): nothing is kept, and the
     same command then runs into the same directory."""
     out = tmp_path / "run"
-    real = ImageClassificationTask.train_batch
-
-    def killed_at_step_1(self, step, index, count):
-        if step == 1:
-            raise KeyboardInterrupt
-        return real(self, step, index, count)
-
-    monkeypatch.setattr(ImageClassificationTask, "train_batch", killed_at_step_1)
+    restore = interrupt_at(monkeypatch, 1)
     code, err = run_cli(image_args(fashion, out), capsys)
     assert code == 130 and "first checkpoint" in err and err.count("\n") == 1, err
     assert not out.exists()
-    monkeypatch.setattr(ImageClassificationTask, "train_batch", real)
+    restore()
     code, err = run_cli(image_args(fashion, out, "--stop-after-steps", "1"), capsys)
     assert code == 0, err
 
