@@ -212,7 +212,7 @@ class _SSDTriton(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, initial_state, T):
         y, final, dtc, cum, H = _forward(x, dt, A, B, C, D, initial_state, T)
         ctx.save_for_backward(x, dtc, A, B, C, D, cum, H)
-        ctx.T, ctx.has_init = T, initial_state is not None
+        ctx.T = T
         ctx.dtypes = (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype, None if D is None else D.dtype,
                       None if initial_state is None else initial_state.dtype)
         return y, final
@@ -223,7 +223,5 @@ class _SSDTriton(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(x)
         grads = _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, ctx.T)
-        out = [None if g is None or t is None else g.to(t) for g, t in zip(grads, ctx.dtypes)]
-        if not ctx.has_init:
-            out[6] = None
-        return (*out, None)
+        # an input that was None (D, initial_state) has no dtype and gets no gradient
+        return (*(None if t is None else g.to(t) for g, t in zip(grads, ctx.dtypes)), None)
