@@ -26,6 +26,14 @@ def _tile(base, rows, row_stride, cols, col_stride, rows_ok, cols_ok):
 
 
 @triton.jit
+def _chunk_head(n_chunks, hpg):
+    """(batch row, chunk, head, group) of a program on the grid (·, batch × chunks, heads)."""
+    bc = tl.program_id(1)
+    h = tl.program_id(2)
+    return bc // n_chunks, bc % n_chunks, h, h // hpg
+
+
+@triton.jit
 def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
                      L, T, n_chunks, hpg, P, N,
                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
@@ -34,11 +42,7 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
     # ADJ: the adjoint of the entering state instead, G_c[p, n] = Σ_t exp(cum_t) dy_t[p] C_t[n]
     # (x_ptr: dy, B_ptr: C; dt unused)
     pid_pn = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h = tl.program_id(2)
-    b = pid_bc // n_chunks
-    c = pid_bc % n_chunks
-    g = h // hpg
+    b, c, h, g = _chunk_head(n_chunks, hpg)
     n_nb = tl.cdiv(N, BN)
     p_offs = (pid_pn // n_nb) * BP + tl.arange(0, BP)
     n_offs = (pid_pn % n_nb) * BN + tl.arange(0, BN)
@@ -75,11 +79,7 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
                     HAS_D: tl.constexpr, LOWP: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
                     BN: tl.constexpr, BK: tl.constexpr):
     pid_mp = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h = tl.program_id(2)
-    b = pid_bc // n_chunks
-    c = pid_bc % n_chunks
-    g = h // hpg
+    b, c, h, g = _chunk_head(n_chunks, hpg)
     n_pb = tl.cdiv(P, BP)
     mb = pid_mp // n_pb
     t_offs = mb * BM + tl.arange(0, BM)
@@ -201,11 +201,7 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
     terms. dx and ddt of the block are written; dB and dC (per group, the heads of a group adding
     in) and dcum and dD take atomic additions."""
     j = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h = tl.program_id(2)
-    b = pid_bc // n_chunks
-    c = pid_bc % n_chunks
-    g = h // hpg
+    b, c, h, g = _chunk_head(n_chunks, hpg)
     start = c * T
     t_len = tl.minimum(T, L - start)
     if j * BS < t_len:
