@@ -88,7 +88,9 @@ GRAD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
     ((2, 77, 4, 16, 16, 2), 32, {}),
     ((1, 100, 2, 16, 16, 1), 64, {"D": False, "init": False}),
     ((1, 130, 4, 32, 32, 4), 64, {}),
-    ((1, 1, 2, 8, 8, 1), 64, {}),
+    # one step: each batch row's dB is C times one scalar, a sum that can cancel, so a 16-bit
+    # rounding is amplified by 1/|cancellation|; four rows keep the norm-wise error well-conditioned
+    ((4, 1, 2, 8, 8, 1), 64, {}),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("with_final", [True, False])
@@ -98,11 +100,13 @@ def test_gradients_match_the_float64_recurrence(shape, chunk, kw, dtype, with_fi
     leaves = [t.clone().requires_grad_() if t is not None else None for t in inputs]
     y, S = st.ssd_triton(*leaves[:5], D=leaves[5], initial_state=leaves[6], return_final_state=True,
                          chunk_size=chunk)
-    gy, gS = torch.randn_like(y, dtype=torch.float64), torch.randn_like(S, dtype=torch.float64)
-    ((y.double() * gy).sum() + ((S.double() * gS).sum() if with_final else 0)).backward()
+    # the cotangents in the outputs' dtypes, so that the oracle sees exactly what the kernel sees
+    gy, gS = torch.randn_like(y), torch.randn_like(S)
+    torch.autograd.backward([y, S] if with_final else [y], [gy, gS] if with_final else [gy])
     ref = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
     yr, Sr = ssd_reference(*ref[:5], D=ref[5], initial_state=ref[6], return_final_state=True)
-    ((yr * gy).sum() + ((Sr * gS).sum() if with_final else 0)).backward()
+    torch.autograd.backward([yr, Sr] if with_final else [yr],
+                            [gy.double(), gS.double()] if with_final else [gy.double()])
     for name, a, r in zip(("x", "dt", "A", "B", "C", "D", "initial_state"), leaves, ref):
         if a is None:
             continue
