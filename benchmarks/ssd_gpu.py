@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--chunk-size", type=int, default=64, help="chunk of tokendyn's chunked backend")
     ap.add_argument("--peer-chunk-size", type=int, default=256, help="chunk of mamba_ssm (Mamba2's default)")
     ap.add_argument("--skip-peer", action="store_true", help="leave out mamba_ssm")
+    ap.add_argument("--skip-chunked", action="store_true",
+                    help="leave the chunked backend out of the timings (it stays the float64 check)")
     ap.add_argument("--no-triton", dest="triton", action="store_false",
                     help="leave out tokendyn's fused triton backend")
     ap.add_argument("--triton-chunk-size", type=int, default=256, help="chunk of tokendyn's triton backend")
@@ -176,7 +178,7 @@ def contenders(args, peer):
     def ours(x, dt, A, B, C, D):
         return ssd_chunked(x, dt, A, B, C, D=D, chunk_size=args.chunk_size)
 
-    out = {"chunked": ours}
+    out = {} if args.skip_chunked else {"chunked": ours}
     if args.triton:
         def fused(x, dt, A, B, C, D):
             return ssd_triton(x, dt, A, B, C, D=D, chunk_size=args.triton_chunk_size)
@@ -239,7 +241,7 @@ def check_row(cases: dict, data: dict, g: torch.Tensor, dtype) -> dict:
         errs = {"y": rel(ys[name], ref["y"]), **{f"d{k}": rel(v, ref[f"d{k}"]) for k, v in grads.items()}}
         res[f"{name}_vs_float64"] = errs
         ok = ok and all(e < CHECK_TOL[dtype] for e in errs.values())
-    if "mamba_ssm" in ys:
+    if "mamba_ssm" in ys and "chunked" in ys:
         res["y_chunked_vs_mamba_ssm"] = rel(ys["chunked"], ys["mamba_ssm"])
     res["ok"] = bool(ok)
     return res
@@ -276,11 +278,12 @@ def run_row(shape, dtype, impls, args, device, log) -> dict:
             row[name].update({f"{mode}_ms": r["ms"], f"{mode}_rounds_ms": r["rounds_ms"], f"{mode}_reps": r["reps"]})
     peer = row.get("mamba_ssm")
     for mode in ("fwd", "fwdbwd", "fwd_nograd"):
-        row[f"ratio_{mode}"] = row["chunked"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
+        row[f"ratio_{mode}"] = row["chunked"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer and "chunked" in row else None
     if "triton" in row:
         for mode in ("fwd", "fwdbwd", "fwd_nograd"):
             row[f"ratio_{mode}_triton"] = row["triton"][f"{mode}_ms"] / peer[f"{mode}_ms"] if peer else None
-            row[f"triton_over_chunked_{mode}"] = row["triton"][f"{mode}_ms"] / row["chunked"][f"{mode}_ms"]
+            if "chunked" in row:
+                row[f"triton_over_chunked_{mode}"] = row["triton"][f"{mode}_ms"] / row["chunked"][f"{mode}_ms"]
     del cases, leaves, data
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -315,6 +318,8 @@ def main(argv=None) -> int:
         result = {"provenance": prov, "complete": complete, "peer": peer_desc if peer else None,
                   "peer_status": peer_desc,
                   "config": {"chunk_size": args.chunk_size, "peer_chunk_size": args.peer_chunk_size,
+                             "triton_chunk_size": args.triton_chunk_size if args.triton else None,
+                             "chunked_timed": not args.skip_chunked,
                              "rounds": args.rounds, "round_ms": args.round_ms, "cpu_smoke": args.cpu_smoke,
                              "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32},
                   "rows": rows, "wall_s": time.perf_counter() - t0,

@@ -4,9 +4,12 @@ of a inside a chunk, every decay exp(cum_t − cum_s) with t ≥ s, so never abo
 
 - ``_ssd_chunk_state``: each chunk's state from a zero start, S_c[p, n] = Σ_s exp(cum_last − cum_s)
   Δ_s x_s[p] B_s[n], one (head_dim-block × state-block) tile per program, a matmul over the steps.
+- ``_ssd_chunk_cb``: each chunk's C_t·B_s for s ≤ t, once per group (the heads of a group share
+  it), (T × T) in float32, one (step-block × step-block) tile of the lower triangle per program.
 - ``_ssd_chunk_scan``: the chunk's outputs, y_t = exp(cum_t) C_t·H_c + Σ_{s≤t} (C_t·B_s)
   exp(cum_t − cum_s) Δ_s x_s (+ D x_t), one (step-block × head_dim-block) tile per program: the
-  T×T block of the SSD matrix is formed tile by tile in registers and never written out.
+  head's T×T block of the SSD matrix is formed tile by tile in registers from the group's C·B and
+  never written out.
 
 Tensors are addressed by their strides; a step past the sequence's end is masked (loads give 0,
 stores are skipped), so the sequence needs no padding.
@@ -71,10 +74,51 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
 
 
 @triton.jit
-def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
+def _cb_tile(CB_base, t_offs, s_offs, sXt, sXs, t_ok, s_ok):
+    """The (t × s) tile of a chunk's C·B (float32), 0 where s > t or a step is past the chunk."""
+    pair = t_ok[:, None] & s_ok[None, :] & (t_offs[:, None] >= s_offs[None, :])
+    return tl.load(CB_base + t_offs[:, None] * sXt + s_offs[None, :] * sXs, mask=pair, other=0.0)
+
+
+@triton.jit
+def _ssd_chunk_cb(C_ptr, B_ptr, CB_ptr, L, T, n_chunks, N,
+                  sCb, sCl, sCg, sCn, sBb, sBl, sBg, sBn, sXb, sXc, sXg, sXt, sXs,
+                  LOWP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+    # grid (·, batch × chunks, groups); a tile wholly above the diagonal (s > t) is never read
+    pid = tl.program_id(0)
+    n_kb = tl.cdiv(T, BK)
+    mb, kb = pid // n_kb, pid % n_kb
+    bc = tl.program_id(1)
+    g = tl.program_id(2)
+    b, c = bc // n_chunks, bc % n_chunks
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    if (kb * BK < (mb + 1) * BM) & (mb * BM < t_len) & (kb * BK < t_len):
+        t_offs = mb * BM + tl.arange(0, BM)
+        s_offs = kb * BK + tl.arange(0, BK)
+        t_ok, s_ok = t_offs < t_len, s_offs < t_len
+        C_rows = C_ptr + b * sCb + start * sCl + g * sCg
+        B_rows = B_ptr + b * sBb + start * sBl + g * sBg
+        acc = tl.zeros((BM, BK), dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            n_offs = n0 + tl.arange(0, BN)
+            n_ok = n_offs < N
+            Ct = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                            # (BM, BN)
+            Bs = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                            # (BK, BN)
+            # 16-bit inputs: their exact products summed in float32; float32: IEEE float32
+            if LOWP:
+                acc += tl.dot(Ct, tl.trans(Bs))
+            else:
+                acc += tl.dot(Ct.to(tl.float32), tl.trans(Bs.to(tl.float32)), input_precision="ieee")
+        tl.store(CB_ptr + b * sXb + c * sXc + g * sXg + t_offs[:, None] * sXt + s_offs[None, :] * sXs, acc,
+                 mask=t_ok[:, None] & s_ok[None, :])
+
+
+@triton.jit
+def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
                     L, T, n_chunks, hpg, P, N,
                     sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
-                    sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, sHb, sHc, sHh, sHp, sHn,
+                    sXb, sXc, sXg, sXt, sXs, sCb, sCl, sCg, sCn, sHb, sHc, sHh, sHp, sHn,
                     syb, syl, syh, syp,
                     HAS_D: tl.constexpr, LOWP: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
                     BN: tl.constexpr, BK: tl.constexpr):
@@ -84,37 +128,37 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
     mb = pid_mp // n_pb
     t_offs = mb * BM + tl.arange(0, BM)
     p_offs = (pid_mp % n_pb) * BP + tl.arange(0, BP)
-    n_offs = tl.arange(0, BN)
     start = c * T
     t_len = tl.minimum(T, L - start)
     if mb * BM < t_len:
-        t_ok, p_ok, n_ok = t_offs < t_len, p_offs < P, n_offs < N
+        t_ok, p_ok = t_offs < t_len, p_offs < P
         x_rows = x_ptr + b * sxb + start * sxl + h * sxh         # the chunk's first row
-        B_rows = B_ptr + b * sBb + start * sBl + g * sBg
+        C_rows = C_ptr + b * sCb + start * sCl + g * sCg
         cum_base = cum_ptr + b * scb + h * sch + c * scc
         cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
-        C_in = _tile(C_ptr + b * sCb + start * sCl + g * sCg, t_offs, sCl, n_offs, sCn, t_ok, n_ok)  # (BM, BN)
-        Ct = C_in.to(tl.float32)
-        # the state entering the chunk, carried to each step: exp(cum_t) C_t · H_c
-        Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, n_offs, sHn, p_offs, sHp, n_ok, p_ok)        # (BN, BP)
-        acc = tl.dot(Ct, Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
-        # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s
+        # the state entering the chunk, carried to each step: exp(cum_t) C_t · H_c, over blocks of
+        # BN states (IEEE float32: the state is float32)
+        acc = tl.zeros((BM, BP), dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            n_offs = n0 + tl.arange(0, BN)
+            n_ok = n_offs < N
+            Ct = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok).to(tl.float32)                  # (BM, BN)
+            Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, n_offs, sHn, p_offs, sHp, n_ok, p_ok)    # (BN, BP)
+            acc += tl.dot(Ct, Hc, input_precision="ieee")
+        acc = acc * tl.exp(cum_t)[:, None]
+        # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s, C·B read from the group's
+        CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
         hi = tl.minimum((mb + 1) * BM, t_len)
         for k in range(0, hi, BK):
             s_offs = k + tl.arange(0, BK)
             s_ok = s_offs < t_len
-            B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                           # (BK, BN)
+            CB = _cb_tile(CB_base, t_offs, s_offs, sXt, sXs, t_ok, s_ok)                              # (BM, BK)
             cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
             dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
-            decay = tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0))
-            x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                           # (BK, BP)
-            # half-precision inputs: both matmuls on their 16-bit values (exact products, float32
-            # sums; the weights rounded to 16 bits for the second); float32 inputs: IEEE float32
-            if LOWP:
-                CB = tl.dot(C_in, tl.trans(B_in))
-            else:
-                CB = tl.dot(Ct, tl.trans(B_in.to(tl.float32)), input_precision="ieee")
-            w = tl.where((t_offs[:, None] >= s_offs[None, :]) & s_ok[None, :], CB * decay * dt_s[None, :], 0.0)
+            w = CB * tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)) * dt_s[None, :]
+            x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                               # (BK, BP)
+            # half-precision inputs: the weights rounded to 16 bits meet x in a 16-bit matmul
+            # (float32 sums); float32 inputs: IEEE float32
             if LOWP:
                 acc += tl.dot(w.to(x_in.dtype), x_in)
             else:
@@ -127,7 +171,8 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
 
 
 @triton.jit
-def _bwd_pairs(C_rows, dy_rows, dC_rows, cum_base, dcum_base, sct, sCl, sCn, syl, syp, sCgl, sCgn,
+def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn, syl, syp, sCgl, sCgn,
+               sXt, sXs,
                x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, first, t_len,
                LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """The pairs t ≥ s of a chunk with a block of steps as the sources s (x_in, B_in: their x and
@@ -145,13 +190,12 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, cum_base, dcum_base, sct, sCl, sCn, syl
         dy_in = _tile(dy_rows, t_offs, syl, p_offs, syp, t_ok, p_ok)                        # (BS, BP)
         pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
         E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
-        # 16-bit inputs: the five matmuls on 16-bit operands (C·B and dy·x exact, the weights
-        # rounded to 16 bits), float32 sums; float32 inputs: IEEE float32
+        CB = _cb_tile(CB_base, t_offs, s_offs, sXt, sXs, t_ok, s_ok)                          # (t, s)
+        # 16-bit inputs: the four matmuls on 16-bit operands (dy·x exact, the weights rounded to
+        # 16 bits), float32 sums; float32 inputs: IEEE float32
         if LOWP:
-            CB = tl.dot(C_in, tl.trans(B_in))
             dW = tl.where(pair, tl.dot(dy_in, tl.trans(x_in)), 0.0)
         else:
-            CB = tl.dot(C_in.to(tl.float32), tl.trans(B_s), input_precision="ieee")
             dW = tl.where(pair, tl.dot(dy_in.to(tl.float32), tl.trans(x_s), input_precision="ieee"), 0.0)
         W = CB * E * dt_s[None, :]
         dCB = dW * E * dt_s[None, :]
@@ -185,11 +229,11 @@ def _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_p
 
 
 @triton.jit
-def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, dy_ptr,
+def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, D_ptr, dy_ptr,
                    dx_ptr, dB_ptr, dC_ptr, ddt_ptr, dcum_ptr, dD_ptr,
                    L, T, n_chunks, hpg, P, N,
                    sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
-                   sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, sHb, sHc, sHh, sHp, sHn,
+                   sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, sXb, sXc, sXg, sXt, sXs, sHb, sHc, sHh, sHp, sHn,
                    sGb, sGc, sGh, sGp, sGn, syb, syl, syh, syp,
                    sxgb, sxgl, sxgh, sxgp, sBgb, sBgl, sBgh, sBgn, sCgb, sCgl, sCgh, sCgn,
                    sdgb, sdgl, sdgh,
@@ -224,9 +268,10 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, H_ptr, dS_ptr, D_ptr, d
         x_s, B_s = x_in.to(tl.float32), B_in.to(tl.float32)
         C_s = _tile(C_rows, s_offs, sCl, n_offs, sCn, s_ok, n_ok).to(tl.float32)              # (BS, BN)
         dy_s = _tile(dy_rows, s_offs, syl, p_offs, syp, s_ok, p_ok).to(tl.float32)            # (BS, BP)
-        dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, cum_base, dcum_base, sct, sCl, sCn, syl, syp,
-                                         sCgl, sCgn, x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok,
-                                         n_offs, n_ok, j * BS, t_len, LOWP, BS, BP, BN)
+        CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
+        dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn,
+                                         syl, syp, sCgl, sCgn, sXt, sXs, x_in, B_in, x_s, B_s, cum_s, dt_s,
+                                         s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, j * BS, t_len, LOWP, BS, BP, BN)
         # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
         Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
         dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]

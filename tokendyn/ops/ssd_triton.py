@@ -10,8 +10,11 @@ Forward, four steps (the first in plain PyTorch on small tensors):
 2. each chunk's state from a zero start, S_c = Σ_s v_s x_s ⊗ B_s (Triton, ``_ssd_chunk_state``);
 3. the state entering each chunk, H_{c+1} = d_c H_c + S_c, by a loop over the chunks (Triton,
    ``_ssd_chunk_recurrence``, every (head_dim × state) entry in parallel);
-4. the outputs y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s + exp(cum_t) H_c C_t + D x_t
-   (Triton, ``_ssd_chunk_scan``): the chunk's T×T block formed tile by tile in registers.
+4. each chunk's C_t·B_s (s ≤ t) once per group, (batch, chunks, groups, T, T) in float32 (Triton,
+   ``_ssd_chunk_cb``): the one product over the state that the T×T blocks need, so the heads of a
+   group share it and the output kernel's loop holds no state-sized tile;
+5. the outputs y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s + exp(cum_t) H_c C_t + D x_t
+   (Triton, ``_ssd_chunk_scan``): the head's T×T block formed tile by tile in registers.
 
 Backward (where gradients are wanted the forward keeps cum and the entering states H):
 
@@ -20,7 +23,8 @@ A. each entering state's adjoint from the chunk's outputs, G_c = Σ_t exp(cum_t)
 B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the decay's gradient
    ⟨dH_{c+1}, H_c⟩ (the same kernel, backwards); dH_0 is the initial state's gradient;
 C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
-   the pairs t ≥ s (the block of the SSD matrix again formed in registers), as the target of the
+   the pairs t ≥ s (the block of the SSD matrix again formed in registers, from C·B recomputed
+   by step 4 of the forward rather than kept), as the target of the
    entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB, dC and dcum by
    atomic additions (the heads of a group adding into its dB and dC);
 D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A and dA = Σ da Δ.
@@ -42,8 +46,9 @@ from .ssd_chunked import ssd_chunked
 
 DEFAULT_CHUNK = 128
 # tile sizes: steps per output tile (BM), steps per inner block (BK), head_dim and state columns;
-# steps per block of the backward (BS_BWD)
+# steps per block of the backward (BS_BWD); the C·B kernel's (steps × steps) tile and state block
 BM, BK, BP_MAX, BN_STATE, BS_BWD = 64, 32, 64, 64, 32
+BM_CB, BK_CB, BN_CB, WARPS_CB = 64, 64, 32, 4
 # warps of the output and backward kernels, whose programs hold several (steps × state) and
 # (head_dim × state) float32 tiles at once; not yet tuned on a GPU
 WARPS_SCAN, WARPS_BWD = 8, 8
@@ -128,17 +133,34 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     kernels._ssd_chunk_recurrence[grid](S, decay, h0 if h0 is not None else final, H, final, H, decay, chunks,
                                         heads, pn, S.stride(0), S.stride(1), S.stride(2), *decay.stride(),
                                         BLOCK=STATE_BLOCK, HAS_FIRST=h0 is not None, REVERSE=False)
-    # 4. the outputs
+    # 4. each chunk's C·B, once per group
+    CB = _chunk_cb(B, C, T, chunks)
+    # 5. the outputs
     y = _empty(x.shape, x.dtype, x.device)
-    bn_all = _tile(dstate)
     grid = (triton.cdiv(T, BM) * triton.cdiv(hdim, bp), batch * chunks, heads)
     Dc = D.to(ct) if D is not None else x.new_zeros(1, dtype=ct)
-    kernels._ssd_chunk_scan[grid](x, dtc, cum, B, C, H, Dc, y, length, T, chunks, hpg, hdim, dstate,
-                                  *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(),
+    kernels._ssd_chunk_scan[grid](x, dtc, cum, CB, C, H, Dc, y, length, T, chunks, hpg, hdim, dstate,
+                                  *x.stride(), *dtc.stride(), *cum.stride(), *CB.stride(), *C.stride(),
                                   *H.stride(), *y.stride(),
                                   HAS_D=D is not None, LOWP=_low_precision(x.dtype),
-                                  BM=BM, BP=bp, BN=bn_all, BK=BK, num_warps=WARPS_SCAN)
+                                  BM=BM, BP=bp, BN=bn, BK=BK, num_warps=WARPS_SCAN)
     return y, final, dtc, cum, H
+
+
+def _chunk_cb(B, C, T: int, chunks: int) -> torch.Tensor:
+    """C_t·B_s of each chunk for s ≤ t (the tiles wholly above the diagonal are left unwritten and
+    never read), (batch, chunks, groups, T, T) float32; B, C: (batch, L, groups, state)."""
+    import triton
+
+    from . import _triton_ssd as kernels
+
+    batch, length, groups, dstate = B.shape
+    CB = _empty((batch, chunks, groups, T, T), torch.float32, B.device)
+    grid = (triton.cdiv(T, BM_CB) * triton.cdiv(T, BK_CB), batch * chunks, groups)
+    kernels._ssd_chunk_cb[grid](C, B, CB, length, T, chunks, dstate, *C.stride(), *B.stride(), *CB.stride(),
+                                LOWP=_low_precision(C.dtype) and B.dtype == C.dtype,
+                                BM=BM_CB, BK=BK_CB, BN=_tile(dstate, BN_CB), num_warps=WARPS_CB)
+    return CB
 
 
 def _tile(n: int, most: int | None = None) -> int:
@@ -190,9 +212,11 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     dD = torch.zeros(heads, dtype=f32, device=dev)
     Dc = D.to(f32) if D is not None else dD
     grid = (triton.cdiv(T, BS_BWD), batch * chunks, heads)
-    kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, H, dS, Dc, dy, dx, dB, dC, ddt, dcum, dD,
+    CB = _chunk_cb(B, C, T, chunks)
+    kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, CB, H, dS, Dc, dy, dx, dB, dC, ddt, dcum, dD,
                                  length, T, chunks, hpg, hdim, dstate,
-                                 *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *H.stride(),
+                                 *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *CB.stride(),
+                                 *H.stride(),
                                  *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
                                  HAS_D=D is not None, LOWP=_low_precision(x.dtype) and dy.dtype == x.dtype,
