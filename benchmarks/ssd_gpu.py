@@ -20,7 +20,10 @@ contender's time is the median over rounds of the mean per call. ``ratio_fwd``/`
 = chunked ms / mamba_ssm ms (above 1: the chunked backend is slower). The forward without
 gradients (``fwd_nograd``: inference, prefill, analysis) is timed as well. tokendyn's fused
 ``triton`` backend runs beside the others in every mode and check: ``ratio_<mode>_triton`` =
-triton ms / mamba_ssm ms, ``triton_over_chunked_<mode>``. Peak memory is the extra
+triton ms / mamba_ssm ms, ``triton_over_chunked_<mode>``. For tuning: ``--skip-chunked`` leaves
+the chunked backend out of the timings (it stays the check), ``--rows`` picks rows of the shape
+list, ``--triton-set NAME=INT`` overrides one of the triton backend's tile constants for the run
+(recorded under ``config.triton_tiles``). Peak memory is the extra
 allocation of one forward+backward. The JSON is rewritten after every row ("complete": false until
 the last), so a run cut short keeps what it measured; the exit status is 1 if any check failed.
 """
@@ -44,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import ssd_chunked  # noqa: E402 -- after the sys.path setup
+from tokendyn.ops import ssd_triton as ssd_triton_module  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops.ssd_triton import ssd_triton  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
@@ -81,11 +85,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--peer-source", default=None,
                     help="an unpacked mamba_ssm sdist: load its Triton SSD from there, without the "
                          "package's CUDA extensions (default: import the installed mamba_ssm)")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated indices into the shape list (default: every row)")
+    ap.add_argument("--triton-set", action="append", default=[], metavar="NAME=INT",
+                    help="override one of tokendyn.ops.ssd_triton's tile constants (BM, BK, BS_BWD, "
+                         "WARPS_SCAN, WARPS_BWD, BM_CB, BK_CB, BN_CB, WARPS_CB, ...) for this run; repeatable")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU, no peer, two short rounds: checks that the script runs")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.round_ms <= 0 or args.chunk_size < 1 or args.peer_chunk_size < 1:
         ap.error("--rounds, --round-ms, --chunk-size and --peer-chunk-size must be positive")
+    args.tiles = {}
+    for item in args.triton_set:
+        name, _, value = item.partition("=")
+        if not (name.isupper() and isinstance(getattr(ssd_triton_module, name, None), int) and value.isdigit()
+                and int(value) > 0):
+            ap.error(f"--triton-set takes NAME=INT with NAME an integer constant of tokendyn.ops.ssd_triton, "
+                     f"got {item!r}")
+        args.tiles[name] = int(value)
     if args.cpu_smoke:
         args.rounds, args.round_ms, args.skip_peer = 2, 5.0, True
         args.triton = args.triton and os.environ.get("TRITON_INTERPRET") == "1"
@@ -311,6 +328,14 @@ def main(argv=None) -> int:
         prov["commit"] = args.commit
     peer, peer_desc = (None, "left out (--skip-peer or --cpu-smoke)") if args.skip_peer else load_peer(args.peer_source)
     log(f"device {prov['device']}; peer: {peer_desc}")
+    for name, value in args.tiles.items():
+        setattr(ssd_triton_module, name, value)
+    if args.rows is not None:
+        try:
+            shapes = [shapes[int(i)] for i in args.rows.split(",")]
+        except (ValueError, IndexError):
+            print(f"ssd_gpu: --rows takes indices 0..{len(shapes) - 1}, got {args.rows!r}.", file=sys.stderr)
+            return 2
     impls = contenders(args, peer)
     rows = []
 
@@ -319,7 +344,7 @@ def main(argv=None) -> int:
                   "peer_status": peer_desc,
                   "config": {"chunk_size": args.chunk_size, "peer_chunk_size": args.peer_chunk_size,
                              "triton_chunk_size": args.triton_chunk_size if args.triton else None,
-                             "chunked_timed": not args.skip_chunked,
+                             "chunked_timed": not args.skip_chunked, "triton_tiles": args.tiles,
                              "rounds": args.rounds, "round_ms": args.round_ms, "cpu_smoke": args.cpu_smoke,
                              "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32},
                   "rows": rows, "wall_s": time.perf_counter() - t0,
