@@ -208,9 +208,9 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl,
             dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
             dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                # (t, BN)
         tl.atomic_add(dC_rows + t_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_t,
-                      mask=t_ok[:, None] & n_ok[None, :])
+                      mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
         Z = dW * W
-        tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok)
+        tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok, sem="relaxed")
         dcum_s -= tl.sum(Z, axis=0)
         ddt += tl.sum(dW * CB * E, axis=0)
     return dx, dB, ddt, dcum_s
@@ -224,7 +224,7 @@ def _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_p
     v = ev * dt_s
     dSB = tl.dot(B_s, tl.trans(dSc), input_precision="ieee")                                   # (BS, BP)
     dv = tl.sum(x_s * dSB, axis=1)
-    tl.atomic_add(dcum_last_ptr, tl.sum(dv * v, axis=0))
+    tl.atomic_add(dcum_last_ptr, tl.sum(dv * v, axis=0), sem="relaxed")
     return v[:, None] * dSB, v[:, None] * tl.dot(x_s, dSc, input_precision="ieee"), dv * ev, -dv * v
 
 
@@ -276,7 +276,7 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
         dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
         tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
-                      mask=s_ok[:, None] & n_ok[None, :])
+                      mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         dcum_s += tl.sum(dC_off * C_s, axis=1)
         # this block in the chunk's state
         dSc = _tile(dS_ptr + b * sGb + c * sGc + h * sGh, p_offs, sGp, n_offs, sGn, p_ok, n_ok)  # (BP, BN)
@@ -286,13 +286,13 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         if HAS_D:
             Dh = tl.load(D_ptr + h).to(tl.float32)
             dx += Dh * dy_s
-            tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_s * x_s, axis=1), axis=0))
-        tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok)
+            tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_s * x_s, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok, sem="relaxed")
         rows_s = start + s_offs
         tl.store(dx_ptr + b * sxgb + rows_s[:, None] * sxgl + h * sxgh + p_offs[None, :] * sxgp, dx,
                  mask=s_ok[:, None] & p_ok[None, :])
         tl.atomic_add(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + g * sBgh + n_offs[None, :] * sBgn, dB,
-                      mask=s_ok[:, None] & n_ok[None, :])
+                      mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         tl.store(ddt_ptr + b * sdgb + rows_s * sdgl + h * sdgh, ddt, mask=s_ok)
 
 
@@ -322,7 +322,7 @@ def _ssd_chunk_recurrence(in_ptr, decay_ptr, first_ptr, out_ptr, last_ptr, H_ptr
         tl.store(out_ptr + at, r, mask=ok)
         if REVERSE:
             Hc = tl.load(H_ptr + at, mask=ok, other=0.0)
-            tl.atomic_add(ddecay_ptr + b * sdb + h * sdh + c * sdc, tl.sum(r * Hc, axis=0))
+            tl.atomic_add(ddecay_ptr + b * sdb + h * sdh + c * sdc, tl.sum(r * Hc, axis=0), sem="relaxed")
         d = tl.load(decay_ptr + b * sdb + h * sdh + c * sdc)
         r = d * r + tl.load(in_ptr + at, mask=ok, other=0.0)
     tl.store(last_ptr + bh * PN + offs, r, mask=ok)
