@@ -235,6 +235,23 @@ def test_comparison_tolerance_seeds_and_absent_settings():
         Comparison("a", "b", "same", "?")
 
 
+def test_a_comparison_within_its_spreads_says_how_many_seeds_would_resolve_it():
+    acc = Metric("acc", "accuracy", "accuracy", "accuracy", higher_is_better=True)
+    # means 1.0 and 1.2, variances 0.01 and 0.04: t = 0.2 / √(0.05/3) = 1.55; n = ⌈4 · 0.05 / 0.04⌉ = 5
+    s = {"a": {"acc": [0.9, 1.0, 1.1]}, "b": {"acc": [1.0, 1.2, 1.4]}}
+    c = Comparison("b", "a", "better", "b is better")
+    v = c.judge(s, acc)
+    assert v["outcome"] == "fail" and v["t"] == pytest.approx(1.549, abs=1e-3) and v["seeds_to_resolve"] == 5
+    assert "about 5 seeds per setting" in c.check({"settings": s}, "a grid", acc, "run it").note
+    # resolved, in either direction: no count
+    far = {"a": {"acc": [0.9, 1.0, 1.1]}, "b": {"acc": [2.0, 2.1, 2.2]}}
+    assert c.judge(far, acc)["seeds_to_resolve"] is None
+    assert Comparison("a", "b", "better", "a is better").judge(far, acc)["seeds_to_resolve"] is None
+    from tokendyn.train.summary import comparison_table
+
+    assert "about 5 seeds per setting would resolve" in "\n".join(comparison_table([c], s, acc))
+
+
 def test_markdown_of_an_older_summary_shape(tmp_path):
     """A committed summary keeps being read: per-seed curves under val_curve, seeds and wall times
     under config (reorder.json before the one writer) give the table of today's shape."""

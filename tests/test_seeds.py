@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from tokendyn.train.seeds import seed_comparison
+from tokendyn.train.seeds import seed_comparison, seeds_to_resolve
 
 values = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=6)
 
@@ -22,3 +22,28 @@ def test_t_is_welchs(a, b):
 def test_one_seed_has_no_spread():
     assert seed_comparison([1.0], [2.0, 3.0]) == (-1.5, None, None)
     assert seed_comparison([1.0, 1.0], [1.0, 1.0])[2] is None
+
+
+@given(a=values, b=values, min_t=st.sampled_from([1.0, 2.0, 3.0]))
+@settings(max_examples=60, deadline=None)
+def test_seeds_to_resolve_is_the_least_n_that_reaches_min_t(a, b, min_t):
+    """With n seeds per side at the measured means and variances, |t| reaches min_t at the
+    returned n and not at n − 1 (n at least 2)."""
+    import statistics
+
+    n = seeds_to_resolve(a, b, min_t)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    var = statistics.variance(a) + statistics.variance(b)
+    if diff == 0 or n is None:             # no difference, or one too small to square
+        assert diff == 0 or abs(diff) < 1e-150
+        return
+    assert n >= 2
+    assert abs(diff) * (n / var) ** 0.5 >= min_t * (1 - 1e-9) if var > 0 else n == 2
+    if n > 2:
+        assert abs(diff) * ((n - 1) / var) ** 0.5 < min_t * (1 + 1e-9)
+
+
+def test_seeds_to_resolve_needs_two_seeds_a_side():
+    assert seeds_to_resolve([1.0], [2.0, 3.0], 2.0) is None
+    # means 0 and 1, variances 1 and 1: n = ⌈4 · 2 / 1⌉ = 8
+    assert seeds_to_resolve([-1.0, 0.0, 1.0], [0.0, 1.0, 2.0], 2.0) == 8

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .seeds import seed_comparison
+from .seeds import seed_comparison, seeds_to_resolve
 
 ORIGINS = {"paper": "the paper's claim", "project": "the project's own"}
 
@@ -89,6 +89,8 @@ class Comparison:
         diff and t are ``setting`` − ``other``; outcome "pass", "fail", or "not run" where either
         setting is absent, and, with the numbers measured, where the grid cannot settle the claim
         (fewer than ``min_seeds`` seeds, or validation curves still falling: the note says which).
+        ``seeds_to_resolve``: where |t| < ``min_t``, the seeds per setting at which a difference of
+        the measured size would reach it at the measured spread (:func:`seeds_to_resolve`), else None.
         ``metric``: the experiment's, used unless the comparison has its own. Seeds without a value
         (None) are left out."""
         metric = self.metric or metric
@@ -100,6 +102,8 @@ class Comparison:
             return {"diff": None, "spread": None, "t": None, "outcome": "not run",
                     "note": f"no run has a value of {metric.label}"}
         diff, spread, t = seed_comparison(a, b)
+        # within min_t spreads: the seeds per setting that would resolve a difference this size
+        more = seeds_to_resolve(a, b, self.min_t) if t is not None and abs(t) < self.min_t else None
         # a grid with too few seeds, or whose runs are not trained yet (validation curves still
         # falling: their order may change), measures the comparison but cannot settle the claim
         flat = [f for s in (self.setting, self.other) for f in settings[s].get("val_flat") or ()]
@@ -110,12 +114,13 @@ class Comparison:
         unsettled = "not settled: " + "; ".join(notes) if notes else ""
         if t is None:
             return {"diff": diff, "spread": spread, "t": None, "outcome": "not run" if notes else "fail",
-                    "note": unsettled or "identical results: no spread to compare with"}
+                    "note": unsettled or "identical results: no spread to compare with", "seeds_to_resolve": None}
         if notes:
-            return {"diff": diff, "spread": spread, "t": t, "outcome": "not run", "note": unsettled}
+            return {"diff": diff, "spread": spread, "t": t, "outcome": "not run", "note": unsettled,
+                    "seeds_to_resolve": more}
         sign = 1 if (self.expect == "better") == metric.higher_is_better else -1
         return {"diff": diff, "spread": spread, "t": t, "outcome": "pass" if sign * t >= self.min_t else "fail",
-                "note": ""}
+                "note": "", "seeds_to_resolve": more}
 
     def check(self, source: dict | None, label: str, metric: Metric, how: str):
         """The comparison as a report check on ``source`` (a summary, or None: not run, ``how`` says
@@ -130,6 +135,9 @@ class Comparison:
             return Check.not_run(self.claim, self.tolerance(), how, kind="claim")
         ok = None if v["outcome"] == "not run" else v["outcome"] == "pass"
         note = f"{v['note']}; {how}" if ok is None else v["note"]
+        if v.get("seeds_to_resolve"):
+            note = "; ".join(filter(None, [note, f"within {self.min_t:g} spreads: about {v['seeds_to_resolve']} seeds "
+                                                 "per setting would resolve a difference of this size"]))
         if v["t"] is None:
             return Check.judged(self.claim, self.tolerance(),
                                 f"{self.setting} − {self.other}: {v['diff']:+.4g}, no seed spread ({label})", ok,

@@ -35,6 +35,21 @@ def seed_comparison(a: list[float], b: list[float]) -> tuple[float, float | None
     return diff, spread, (diff / spread if spread > 0 else None)
 
 
+def seeds_to_resolve(a: list[float], b: list[float], min_t: float) -> int | None:
+    """Seeds per setting at which the measured difference of a and b would reach |t| = ``min_t``,
+    were the means and standard deviations to hold: with n seeds on each side the spread is
+    √((s_a² + s_b²)/n), so n = ⌈min_t² (s_a² + s_b²) / (mean(a) − mean(b))²⌉. None with fewer than
+    two seeds on either side or no difference; a planning figure, not a test."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if diff == 0:
+        return None
+    ratio = min_t * math.sqrt(statistics.variance(a) + statistics.variance(b)) / abs(diff)
+    # the relative slack keeps an n that lands on min_t exactly from rounding up past it
+    return max(2, math.ceil(ratio * ratio * (1 - 1e-12))) if math.isfinite(ratio * ratio) else None
+
+
 def mean_curve(curves: list[list]) -> list[list]:
     """[[x, mean of y over the curves], ...] at the points every curve has (the same x, in order)."""
     if not curves:

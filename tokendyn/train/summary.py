@@ -217,7 +217,11 @@ def comparison_table(tested: list, settings: dict, m: Metric) -> list[str]:
              _row(["---"] * 7)]
     for c in tested:
         r = c.judge(settings, m)
-        outcome = r["outcome"] + (f" ({r['note']})" if r["note"] else "")
+        notes = [r["note"]] if r["note"] else []
+        if r.get("seeds_to_resolve"):
+            notes.append(f"within {c.min_t:g} spreads: about {r['seeds_to_resolve']} seeds per setting would "
+                         "resolve a difference of this size at this spread")
+        outcome = r["outcome"] + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(_row([f"{c.setting} − {c.other}", f"{c.short} ({ORIGINS[c.origin]})",
                            _num(r["diff"], f"+.{d}f"), _num(r["spread"], f".{d}f"), _num(r["t"], "+.2f"),
                            f"t ≥ {c.min_t:g} in its direction, ≥ {c.min_seeds} seeds", outcome]))
