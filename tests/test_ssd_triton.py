@@ -114,6 +114,15 @@ def test_gradients_match_the_float64_recurrence(shape, chunk, kw, dtype, with_fi
         assert rel(a.grad, r.grad) < GRAD_TOL[dtype], (name, shape, dtype, rel(a.grad, r.grad))
 
 
+@pytest.mark.parametrize("dc_pass", [0, 1])
+def test_both_ways_to_dc_match_the_float64_recurrence(monkeypatch, dc_pass):
+    """dC by its own pass (the default) and by atomic additions from the pairs, with two heads per
+    group and a length off the chunk."""
+    monkeypatch.setattr(st, "DC_PASS", dc_pass)
+    for dtype in (torch.float32, torch.float16):
+        test_gradients_match_the_float64_recurrence((2, 77, 4, 16, 16, 2), 32, {}, dtype, True)
+
+
 def test_float64_goes_to_the_chunked_backend():
     x, dt, A, B, C, D, h0 = make(1, 50, 2, 8, 8, 1, torch.float32, seed=3)
     d = [t.double() for t in (x, dt, A, B, C, D, h0)]

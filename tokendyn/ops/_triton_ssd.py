@@ -174,10 +174,11 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
 def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn, syl, syp, sCgl, sCgn,
                sXt, sXs,
                x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, first, t_len,
-               LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+               LOWP: tl.constexpr, DC: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """The pairs t ≥ s of a chunk with a block of steps as the sources s (x_in, B_in: their x and
     B tiles as loaded, x_s and B_s in float32; *_rows: the chunk's first row of C, dy and dC):
-    returns the block's dx, dB, dΔ and dcum from them, and adds the targets' dC and dcum in place."""
+    returns the block's dx, dB, dΔ and dcum from them, and adds the targets' dcum in place, and
+    with DC their dC (else :func:`_ssd_chunk_bwd_dc` computes dC)."""
     dx = tl.zeros((BS, BP), dtype=tl.float32)
     dB = tl.zeros((BS, BN), dtype=tl.float32)
     ddt = tl.zeros((BS,), dtype=tl.float32)
@@ -202,13 +203,16 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl,
         if LOWP:
             dx += tl.dot(tl.trans(W.to(dy_in.dtype)), dy_in)
             dB += tl.dot(tl.trans(dCB.to(C_in.dtype)), C_in)
-            dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                        # (t, BN)
         else:
             dx += tl.dot(tl.trans(W), dy_in.to(tl.float32), input_precision="ieee")
             dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
-            dC_t = tl.dot(dCB, B_s, input_precision="ieee")                                # (t, BN)
-        tl.atomic_add(dC_rows + t_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_t,
-                      mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
+        if DC:
+            if LOWP:
+                dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                    # (t, BN)
+            else:
+                dC_t = tl.dot(dCB, B_s, input_precision="ieee")                            # (t, BN)
+            tl.atomic_add(dC_rows + t_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_t,
+                          mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
         Z = dW * W
         tl.atomic_add(dcum_base + t_offs * sct, tl.sum(Z, axis=1), mask=t_ok, sem="relaxed")
         dcum_s -= tl.sum(Z, axis=0)
@@ -237,13 +241,14 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
                    sGb, sGc, sGh, sGp, sGn, syb, syl, syh, syp,
                    sxgb, sxgl, sxgh, sxgp, sBgb, sBgl, sBgh, sBgn, sCgb, sCgl, sCgh, sCgn,
                    sdgb, sdgl, sdgh,
-                   HAS_D: tl.constexpr, LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr,
-                   BN: tl.constexpr):
+                   HAS_D: tl.constexpr, LOWP: tl.constexpr, DC: tl.constexpr, BS: tl.constexpr,
+                   BP: tl.constexpr, BN: tl.constexpr):
     """The gradients of one block of BS steps of one chunk and head (module docstring of
     tokendyn.ops.ssd_triton, "Backward"): this block as the source s of every pair (t ≥ s) of the
     chunk (:func:`_bwd_pairs`), as the target t of the entering state, and its own state and D
-    terms. dx and ddt of the block are written; dB and dC (per group, the heads of a group adding
-    in) and dcum and dD take atomic additions."""
+    terms. dx and ddt of the block are written; dB (per group, the heads of a group adding in),
+    dcum and dD take atomic additions, and so does dC with DC (else :func:`_ssd_chunk_bwd_dc`
+    computes it)."""
     j = tl.program_id(0)
     b, c, h, g = _chunk_head(n_chunks, hpg)
     start = c * T
@@ -271,12 +276,14 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
         dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn,
                                          syl, syp, sCgl, sCgn, sXt, sXs, x_in, B_in, x_s, B_s, cum_s, dt_s,
-                                         s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, j * BS, t_len, LOWP, BS, BP, BN)
+                                         s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, j * BS, t_len, LOWP, DC, BS, BP,
+                                         BN)
         # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
         Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
         dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
-        tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
-                      mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
+        if DC:
+            tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
+                          mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         dcum_s += tl.sum(dC_off * C_s, axis=1)
         # this block in the chunk's state
         dSc = _tile(dS_ptr + b * sGb + c * sGc + h * sGh, p_offs, sGp, n_offs, sGn, p_ok, n_ok)  # (BP, BN)
@@ -294,6 +301,56 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         tl.atomic_add(dB_ptr + b * sBgb + rows_s[:, None] * sBgl + g * sBgh + n_offs[None, :] * sBgn, dB,
                       mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         tl.store(ddt_ptr + b * sdgb + rows_s * sdgl + h * sdgh, ddt, mask=s_ok)
+
+
+@triton.jit
+def _ssd_chunk_bwd_dc(x_ptr, dt_ptr, cum_ptr, B_ptr, H_ptr, dy_ptr, dC_ptr,
+                      L, T, n_chunks, hpg, P, N,
+                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
+                      sBb, sBl, sBg, sBn, sHb, sHc, sHh, sHp, sHn, syb, syl, syh, syp, sCgb, sCgl, sCgh, sCgn,
+                      LOWP: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """dC of one block of BS steps of one chunk and group, as the targets t: over the heads of the
+    group, Σ_{s≤t} (dy_t·x_s) exp(cum_t − cum_s) Δ_s B_s + exp(cum_t) dy_t H_c, summed in registers
+    and stored once (no atomic additions). Grid (blocks of T, batch × chunks, groups)."""
+    j = tl.program_id(0)
+    bc = tl.program_id(1)
+    g = tl.program_id(2)
+    b, c = bc // n_chunks, bc % n_chunks
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    if j * BS < t_len:
+        p_offs, n_offs = tl.arange(0, BP), tl.arange(0, BN)
+        p_ok, n_ok = p_offs < P, n_offs < N
+        t_offs = j * BS + tl.arange(0, BS)
+        t_ok = t_offs < t_len
+        B_rows = B_ptr + b * sBb + start * sBl + g * sBg
+        acc = tl.zeros((BS, BN), dtype=tl.float32)
+        for hh in range(0, hpg):
+            h = g * hpg + hh
+            x_rows = x_ptr + b * sxb + start * sxl + h * sxh
+            cum_base = cum_ptr + b * scb + h * sch + c * scc
+            cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
+            dy_in = _tile(dy_ptr + b * syb + start * syl + h * syh, t_offs, syl, p_offs, syp, t_ok, p_ok)  # (BS, BP)
+            # the entering state: exp(cum_t) dy_t H_c (float32)
+            Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)          # (BP, BN)
+            acc += tl.dot(dy_in.to(tl.float32), Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
+            for k in range(0, (j + 1) * BS, BS):
+                s_offs = k + tl.arange(0, BS)
+                s_ok = s_offs < t_len
+                cum_s = tl.load(cum_base + s_offs * sct, mask=s_ok, other=0.0)
+                dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
+                x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                                # (BS, BP)
+                B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                                # (BS, BN)
+                pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
+                E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)
+                if LOWP:
+                    dCB = tl.dot(dy_in, tl.trans(x_in)) * E * dt_s[None, :]
+                    acc += tl.dot(dCB.to(B_in.dtype), B_in)
+                else:
+                    dCB = tl.dot(dy_in.to(tl.float32), tl.trans(x_in.to(tl.float32)), input_precision="ieee")
+                    acc += tl.dot(dCB * E * dt_s[None, :], B_in.to(tl.float32), input_precision="ieee")
+        tl.store(dC_ptr + b * sCgb + (start + t_offs)[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, acc,
+                 mask=t_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit

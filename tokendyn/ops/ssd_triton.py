@@ -25,8 +25,9 @@ B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, and the 
 C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as the source s of
    the pairs t ≥ s (the block of the SSD matrix again formed in registers, from C·B recomputed
    by step 4 of the forward rather than kept), as the target of the
-   entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB, dC and dcum by
-   atomic additions (the heads of a group adding into its dB and dC);
+   entering state, in the chunk's state, and in D x: dx and dΔ of the block; dB and dcum by
+   atomic additions (the heads of a group adding into its dB); dC by a pass of its own per block
+   of targets and group (``_ssd_chunk_bwd_dc``), summing the group's heads in registers;
 D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A and dA = Σ da Δ.
 
 The kernels sum in float32. bfloat16 and float16 inputs meet in 16-bit matmuls (C·B and dy·x
@@ -49,6 +50,10 @@ DEFAULT_CHUNK = 128
 # steps per block of the backward (BS_BWD); the C·B kernel's (steps × steps) tile and state block
 BM, BK, BP_MAX, BN_STATE, BS_BWD = 64, 32, 64, 64, 32
 BM_CB, BK_CB, BN_CB, WARPS_CB = 64, 64, 32, 4
+# dC: 1 = its own pass per block of targets and group (_ssd_chunk_bwd_dc: the group's heads summed
+# in registers, one store, no atomic additions, the same bits every run); 0 = atomic additions
+# from the backward's pairs (every head and source block adding into the targets' rows)
+DC_PASS, BS_DC, WARPS_DC = 1, 32, 4
 # warps of the output and backward kernels: 4 beat 8 in both on an H100 (results/ssd_triton_tuning.json:
 # forward 1.5x faster, backward 8%); the other tiles as they were (BK 64, BS_BWD 64 were slower)
 WARPS_SCAN, WARPS_BWD = 4, 4
@@ -206,21 +211,29 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                         BLOCK=STATE_BLOCK, HAS_FIRST=dfinal is not None, REVERSE=True)
     # C. each block of steps: pairs, entering state, chunk state, D
     dx = _empty(x.shape, f32, dev)
-    dB, dC = (torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev) for _ in range(2))
+    dB = torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev)
+    dC = (_empty if DC_PASS else torch.zeros)((batch, length, groups, dstate), dtype=f32, device=dev)
     ddt = _empty((batch, length, heads), f32, dev)
     dcum = torch.zeros_like(cum)
     dD = torch.zeros(heads, dtype=f32, device=dev)
     Dc = D.to(f32) if D is not None else dD
     grid = (triton.cdiv(T, BS_BWD), batch * chunks, heads)
     CB = _chunk_cb(B, C, T, chunks)
+    lowp = _low_precision(x.dtype) and dy.dtype == x.dtype
     kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, CB, H, dS, Dc, dy, dx, dB, dC, ddt, dcum, dD,
                                  length, T, chunks, hpg, hdim, dstate,
                                  *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *CB.stride(),
                                  *H.stride(),
                                  *dS.stride(), *dy.stride(), *dx.stride(), *dB.stride(), *dC.stride(),
                                  *ddt.stride(),
-                                 HAS_D=D is not None, LOWP=_low_precision(x.dtype) and dy.dtype == x.dtype,
+                                 HAS_D=D is not None, LOWP=lowp, DC=not DC_PASS,
                                  BS=BS_BWD, BP=_tile(hdim), BN=_tile(dstate), num_warps=WARPS_BWD)
+    if DC_PASS:
+        grid = (triton.cdiv(T, BS_DC), batch * chunks, groups)
+        kernels._ssd_chunk_bwd_dc[grid](x, dtc, cum, B, H, dy, dC, length, T, chunks, hpg, hdim, dstate,
+                                        *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *H.stride(),
+                                        *dy.stride(), *dC.stride(),
+                                        LOWP=lowp, BS=BS_DC, BP=_tile(hdim), BN=_tile(dstate), num_warps=WARPS_DC)
     # D. the chunk decay, then a = Δ A through the sums: da_r = Σ_{t≥r} dcum_t
     dcum[..., -1] += ddecay * decay
     da = dcum.flip(-1).cumsum(-1).flip(-1).permute(0, 2, 3, 1).reshape(batch, chunks * T, heads)[:, :length]
