@@ -22,6 +22,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.interpretable]
 DEV = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
 # ‖y − ref‖/‖ref‖: float32 sums; 16-bit inputs and outputs rounded to 11 (fp16) or 8 (bf16) bits
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+# the final state (float32): 16-bit inputs meet in 16-bit matmuls there too, their Δ- and
+# decay-weighted x rounded to 11 (fp16) or 8 (bf16) bits
+STATE_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +58,7 @@ def check(shape, dtype, chunk, **kw):
     assert y.dtype == x.dtype and y.shape == x.shape and S.dtype == torch.float32
     assert not torch.isnan(y).any()
     assert rel(y, yr) < TOL[dtype], (shape, dtype, chunk, rel(y, yr))
-    assert rel(S, Sr) < 1e-5, (shape, dtype, chunk, rel(S, Sr))
+    assert rel(S, Sr) < STATE_TOL[dtype], (shape, dtype, chunk, rel(S, Sr))
 
 
 @pytest.mark.parametrize("shape, chunk", [

@@ -41,9 +41,11 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
                      L, T, n_chunks, hpg, P, N,
                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
                      sBb, sBl, sBg, sBn, sSb, sSc, sSh, sSp, sSn,
-                     ADJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                     ADJ: tl.constexpr, LOWP: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr):
     # ADJ: the adjoint of the entering state instead, G_c[p, n] = Σ_t exp(cum_t) dy_t[p] C_t[n]
-    # (x_ptr: dy, B_ptr: C; dt unused)
+    # (x_ptr: dy, B_ptr: C; dt unused). LOWP (16-bit x and B of one dtype): the weighted x rounded
+    # to 16 bits meets B in a 16-bit matmul, float32 sums; else IEEE float32
     pid_pn = tl.program_id(0)
     b, c, h, g = _chunk_head(n_chunks, hpg)
     n_nb = tl.cdiv(N, BN)
@@ -66,9 +68,13 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
         else:
             dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
             w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s
-        xs = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok).to(tl.float32)             # (BK, BP)
-        Bs = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok).to(tl.float32)             # (BK, BN)
-        acc += tl.dot(tl.trans(xs * w[:, None]), Bs, input_precision="ieee")
+        x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                          # (BK, BP)
+        B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                          # (BK, BN)
+        xw = x_in.to(tl.float32) * w[:, None]
+        if LOWP:
+            acc += tl.dot(tl.trans(xw.to(x_in.dtype)), B_in)
+        else:
+            acc += tl.dot(tl.trans(xw), B_in.to(tl.float32), input_precision="ieee")
     tl.store(S_ptr + b * sSb + c * sSc + h * sSh + p_offs[:, None] * sSp + n_offs[None, :] * sSn, acc,
              mask=p_ok[:, None] & n_ok[None, :])
 
@@ -137,14 +143,17 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
         cum_base = cum_ptr + b * scb + h * sch + c * scc
         cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
         # the state entering the chunk, carried to each step: exp(cum_t) C_t · H_c, over blocks of
-        # BN states (IEEE float32: the state is float32)
+        # BN states (16-bit inputs: the float32 state rounded to 16 bits meets C in a 16-bit matmul)
         acc = tl.zeros((BM, BP), dtype=tl.float32)
         for n0 in range(0, N, BN):
             n_offs = n0 + tl.arange(0, BN)
             n_ok = n_offs < N
-            Ct = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok).to(tl.float32)                  # (BM, BN)
+            C_in = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                                # (BM, BN)
             Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, n_offs, sHn, p_offs, sHp, n_ok, p_ok)    # (BN, BP)
-            acc += tl.dot(Ct, Hc, input_precision="ieee")
+            if LOWP:
+                acc += tl.dot(C_in, Hc.to(C_in.dtype))
+            else:
+                acc += tl.dot(C_in.to(tl.float32), Hc, input_precision="ieee")
         acc = acc * tl.exp(cum_t)[:, None]
         # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s, C·B read from the group's
         CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
@@ -221,15 +230,22 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl,
 
 
 @triton.jit
-def _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_ptr):
+def _bwd_chunk_state(x_in, B_in, x_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_ptr, LOWP: tl.constexpr):
     """A block of steps in its chunk's state S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s,
-    given dS_c (P × N): returns its dx, dB, dΔ and dcum, and adds cum_last's share in place."""
+    given dS_c (P × N): returns its dx, dB, dΔ and dcum, and adds cum_last's share in place. LOWP:
+    dS_c rounded to 16 bits meets the 16-bit x and B tiles (x_in, B_in); else IEEE float32."""
     ev = tl.where(s_ok, tl.exp(tl.minimum(tl.load(cum_last_ptr) - cum_s, 0.0)), 0.0)
     v = ev * dt_s
-    dSB = tl.dot(B_s, tl.trans(dSc), input_precision="ieee")                                   # (BS, BP)
+    if LOWP:
+        dS16 = dSc.to(x_in.dtype)
+        dSB = tl.dot(B_in, tl.trans(dS16))                                                      # (BS, BP)
+        xdS = tl.dot(x_in, dS16)                                                                # (BS, BN)
+    else:
+        dSB = tl.dot(B_in.to(tl.float32), tl.trans(dSc), input_precision="ieee")
+        xdS = tl.dot(x_s, dSc, input_precision="ieee")
     dv = tl.sum(x_s * dSB, axis=1)
     tl.atomic_add(dcum_last_ptr, tl.sum(dv * v, axis=0), sem="relaxed")
-    return v[:, None] * dSB, v[:, None] * tl.dot(x_s, dSc, input_precision="ieee"), dv * ev, -dv * v
+    return v[:, None] * dSB, v[:, None] * xdS, dv * ev, -dv * v
 
 
 @triton.jit
@@ -272,7 +288,8 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                             # (BS, BN)
         x_s, B_s = x_in.to(tl.float32), B_in.to(tl.float32)
         C_s = _tile(C_rows, s_offs, sCl, n_offs, sCn, s_ok, n_ok).to(tl.float32)              # (BS, BN)
-        dy_s = _tile(dy_rows, s_offs, syl, p_offs, syp, s_ok, p_ok).to(tl.float32)            # (BS, BP)
+        dy_si = _tile(dy_rows, s_offs, syl, p_offs, syp, s_ok, p_ok)                          # (BS, BP)
+        dy_s = dy_si.to(tl.float32)
         CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
         dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn,
                                          syl, syp, sCgl, sCgn, sXt, sXs, x_in, B_in, x_s, B_s, cum_s, dt_s,
@@ -280,15 +297,19 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
                                          BN)
         # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
         Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
-        dC_off = tl.dot(dy_s, Hc, input_precision="ieee") * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
+        if LOWP:
+            dC_off = tl.dot(dy_si, Hc.to(dy_si.dtype))
+        else:
+            dC_off = tl.dot(dy_s, Hc, input_precision="ieee")
+        dC_off = dC_off * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
         if DC:
             tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
                           mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         dcum_s += tl.sum(dC_off * C_s, axis=1)
         # this block in the chunk's state
         dSc = _tile(dS_ptr + b * sGb + c * sGc + h * sGh, p_offs, sGp, n_offs, sGn, p_ok, n_ok)  # (BP, BN)
-        sx, sB, sdt, scum = _bwd_chunk_state(x_s, B_s, dSc, cum_s, dt_s, s_ok, cum_base + (T - 1) * sct,
-                                             dcum_base + (T - 1) * sct)
+        sx, sB, sdt, scum = _bwd_chunk_state(x_in, B_in, x_s, dSc, cum_s, dt_s, s_ok, cum_base + (T - 1) * sct,
+                                             dcum_base + (T - 1) * sct, LOWP)
         dx, dB, ddt, dcum_s = dx + sx, dB + sB, ddt + sdt, dcum_s + scum
         if HAS_D:
             Dh = tl.load(D_ptr + h).to(tl.float32)
@@ -333,7 +354,10 @@ def _ssd_chunk_bwd_dc(x_ptr, dt_ptr, cum_ptr, B_ptr, H_ptr, dy_ptr, dC_ptr,
             dy_in = _tile(dy_ptr + b * syb + start * syl + h * syh, t_offs, syl, p_offs, syp, t_ok, p_ok)  # (BS, BP)
             # the entering state: exp(cum_t) dy_t H_c (float32)
             Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)          # (BP, BN)
-            acc += tl.dot(dy_in.to(tl.float32), Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
+            if LOWP:
+                acc += tl.dot(dy_in, Hc.to(dy_in.dtype)) * tl.exp(cum_t)[:, None]
+            else:
+                acc += tl.dot(dy_in.to(tl.float32), Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
             for k in range(0, (j + 1) * BS, BS):
                 s_offs = k + tl.arange(0, BS)
                 s_ok = s_offs < t_len

@@ -30,11 +30,14 @@ C. every block of steps of every chunk and head (Triton, ``_ssd_chunk_bwd``): as
    of targets and group (``_ssd_chunk_bwd_dc``), summing the group's heads in registers;
 D. the decay's gradient into cum_last, then da_r = Σ_{t≥r} dcum_t, dΔ += da A and dA = Σ da Δ.
 
-The kernels sum in float32. bfloat16 and float16 inputs meet in 16-bit matmuls (C·B and dy·x
-exact, the decay-weighted blocks rounded to 16 bits before they meet x, dy, B or C, as mamba_ssm
-does); float32 inputs use IEEE float32 matmuls, and so do the small state terms always. float64 inputs, and tensors
-not on a CUDA device, go to the chunked backend (Triton's interpreter, TRITON_INTERPRET=1, runs
-the kernels on the CPU for the tests).
+The kernels sum in float32. bfloat16 and float16 inputs (x, B, C and dy of one dtype) meet in
+16-bit matmuls, as mamba_ssm's do: C·B and dy·x exact; the decay-weighted blocks, the Δ- and
+decay-weighted x and dy of the state terms, and the float32 states and their adjoints rounded to
+16 bits before they meet x, dy, B or C. That puts the state terms, as many operations as the
+blocks, on the tensor cores; the final state then carries the 16-bit rounding (about 1e-3 of its
+norm in bfloat16). float32 inputs, and any mix of dtypes, use IEEE float32 matmuls. float64
+inputs, and tensors not on a CUDA device, go to the chunked backend (Triton's interpreter,
+TRITON_INTERPRET=1, runs the kernels on the CPU for the tests).
 """
 
 from __future__ import annotations
@@ -77,9 +80,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _low_precision(dtype) -> bool:
-    """16-bit matmuls for 16-bit inputs; Triton's interpreter (CPU) multiplies bfloat16 wrongly,
-    so there bfloat16 inputs take the float32 matmuls (float16 checks the 16-bit path)."""
+def _low_precision(*tensors) -> bool:
+    """16-bit matmuls where the tensors share one 16-bit dtype (any other mix takes IEEE float32
+    matmuls); Triton's interpreter (CPU) multiplies bfloat16 wrongly, so there bfloat16 inputs take
+    the float32 matmuls (float16 checks the 16-bit path)."""
+    dtype = tensors[0].dtype
+    if any(t.dtype != dtype for t in tensors):
+        return False
     return dtype == torch.float16 or (dtype == torch.bfloat16 and not interpreting())
 
 
@@ -127,7 +134,7 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     grid = (triton.cdiv(hdim, bp) * triton.cdiv(dstate, bn), batch * chunks, heads)
     kernels._ssd_chunk_state[grid](x, dtc, cum, B, S, length, T, chunks, hpg, hdim, dstate,
                                    *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *S.stride(),
-                                   ADJ=False, BP=bp, BN=bn, BK=BK)
+                                   ADJ=False, LOWP=_low_precision(x, B), BP=bp, BN=bn, BK=BK)
     # 3. the state entering each chunk, and the final state (a loop over the chunks in one kernel)
     decay = torch.exp(cum[..., -1]).contiguous()                                              # (b, h, c)
     h0 = initial_state.to(ct).contiguous() if initial_state is not None else None
@@ -147,7 +154,7 @@ def _forward(x, dt, A, B, C, D, initial_state, T: int):
     kernels._ssd_chunk_scan[grid](x, dtc, cum, CB, C, H, Dc, y, length, T, chunks, hpg, hdim, dstate,
                                   *x.stride(), *dtc.stride(), *cum.stride(), *CB.stride(), *C.stride(),
                                   *H.stride(), *y.stride(),
-                                  HAS_D=D is not None, LOWP=_low_precision(x.dtype),
+                                  HAS_D=D is not None, LOWP=_low_precision(x, C),
                                   BM=BM, BP=bp, BN=bn, BK=BK, num_warps=WARPS_SCAN)
     return y, final, dtc, cum, H
 
@@ -163,7 +170,7 @@ def _chunk_cb(B, C, T: int, chunks: int) -> torch.Tensor:
     CB = _empty((batch, chunks, groups, T, T), torch.float32, B.device)
     grid = (triton.cdiv(T, BM_CB) * triton.cdiv(T, BK_CB), batch * chunks, groups)
     kernels._ssd_chunk_cb[grid](C, B, CB, length, T, chunks, dstate, *C.stride(), *B.stride(), *CB.stride(),
-                                LOWP=_low_precision(C.dtype) and B.dtype == C.dtype,
+                                LOWP=_low_precision(B, C),
                                 BM=BM_CB, BK=BK_CB, BN=_tile(dstate, BN_CB), num_warps=WARPS_CB)
     return CB
 
@@ -198,7 +205,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     grid = (triton.cdiv(hdim, bp) * triton.cdiv(dstate, bn), batch * chunks, heads)
     kernels._ssd_chunk_state[grid](dy, dtc, cum, C, G, length, T, chunks, hpg, hdim, dstate,
                                    *dy.stride(), *dtc.stride(), *cum.stride(), *C.stride(), *G.stride(),
-                                   ADJ=True, BP=bp, BN=bn, BK=BK)
+                                   ADJ=True, LOWP=_low_precision(dy, C), BP=bp, BN=bn, BK=BK)
     # B. back through the chunks: dS_c = dH_{c+1}, dH_c = G_c + d_c dH_{c+1}, d(d_c) = ⟨dH_{c+1}, H_c⟩
     decay = torch.exp(cum[..., -1]).contiguous()                                           # (b, h, c)
     dS, ddecay = _empty(G.shape, f32, dev), torch.zeros_like(decay)
@@ -219,7 +226,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
     Dc = D.to(f32) if D is not None else dD
     grid = (triton.cdiv(T, BS_BWD), batch * chunks, heads)
     CB = _chunk_cb(B, C, T, chunks)
-    lowp = _low_precision(x.dtype) and dy.dtype == x.dtype
+    lowp = _low_precision(x, dy, B, C)
     kernels._ssd_chunk_bwd[grid](x, dtc, cum, B, C, CB, H, dS, Dc, dy, dx, dB, dC, ddt, dcum, dD,
                                  length, T, chunks, hpg, hdim, dstate,
                                  *x.stride(), *dtc.stride(), *cum.stride(), *B.stride(), *C.stride(), *CB.stride(),
