@@ -17,7 +17,9 @@
 # call finished with their wall times). Merge the runs.tgz of several calls into one folder's
 # runs/ and run `tokendyn train EXPERIMENT --scale full --summarise-only --out FOLDER`.
 #
-# GRID_DEVICE=cpu GRID_SCALE=smoke: a dry run on a machine without a GPU.
+# GRID_DEVICE=cpu GRID_SCALE=smoke: a dry run on a machine without a GPU. GRID_CUDA_GRAPH=1: every
+# run with --cuda-graph (its optimiser steps as CUDA graphs; part of a run's identity, so a grid
+# keeps one mode: runs of the other mode do not resume).
 #
 # Data on a machine without the Debian packages: the english corpus (lm-scenarios' full scale)
 # reads .gpudata/pkgroot.tar.xz (the packages' files, packed with tar -C ROOT) through
@@ -39,6 +41,8 @@ PY=${PYTHON:-python3}
 DEVICE=${GRID_DEVICE:-cuda}
 SCALE=${GRID_SCALE:-full}
 PARALLEL=${PARALLEL:-1}
+graph=()                               # GRID_CUDA_GRAPH=1: every run's steps as CUDA graphs
+if [ "${GRID_CUDA_GRAPH:-0}" = 1 ]; then graph=(--cuda-graph); fi
 for v in "BUDGET_S=$budget" "PARALLEL=$PARALLEL" "FIRST_RUN_S=${FIRST_RUN_S:-480}"; do
     case "${v#*=}" in
         ''|*[!0-9]*|0) echo "grid_gpu.sh: ${v%%=*} must be a positive whole number, got '${v#*=}'." >&2
@@ -95,7 +99,8 @@ while [ $i -lt ${#runs[@]} ]; do
     for run in "${group[@]}"; do
         setting=${run%-seed*}; seed=${run##*-seed}
         timeout "$left" "$PY" -m tokendyn train "$exp" --scale "$SCALE" --device "$DEVICE" --no-progress \
-            --out "$out/work/$run" --settings "$setting" --seeds "$seed" > "$out/work/$run.log" 2>&1 &
+            --out "$out/work/$run" --settings "$setting" --seeds "$seed" ${graph[@]+"${graph[@]}"} \
+            > "$out/work/$run.log" 2>&1 &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || true; done
@@ -125,6 +130,6 @@ joined=$(IFS=,; echo "${done_runs[*]:-}")
 cat > "$out/call.json" <<JSON
 {"device": "${device:-unknown}", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
  "command": "bash scripts/grid_gpu.sh $exp $out $budget ${runs[*]}", "budget_s": $budget, "parallel": $PARALLEL,
- "scale": "$SCALE", "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
+ "scale": "$SCALE", "cuda_graph": $([ ${#graph[@]} -gt 0 ] && echo true || echo false), "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
 JSON
 cat "$out/call.json"

@@ -322,6 +322,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train-lm-scenarios-scale-unknown": (["train", "lm-scenarios", "--out", "{w}/t19", "--scale", "huge"], "scale"),
     "train-reorder-out-in-proc": (["train", "reorder", "--out", "/proc/tokendyn-reorder"], "does not accept"),
     "train-reorder-setting-unknown": (["train", "reorder", "--out", "{w}/t20", "--settings", "sideways"], "sideways"),
+    "train-reorder-cuda-graph-on-cpu": (["train", "reorder", "--out", "{w}/t24", "--device", "cpu", "--cuda-graph"],
+                                        "--cuda-graph needs one CUDA device"),
     # --- absurd config numbers: refused from config.json at once, before a model is built -------------
     "info-config-d-model-huge": (["info", "{w}/cfg_d_model_huge"], "d_model"),
     "info-config-n-layer-huge": (["info", "{w}/cfg_n_layer_huge"], "n_layer"),

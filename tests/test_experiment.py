@@ -29,7 +29,7 @@ CALLS: list[tuple] = []          # (setting, seed, resume) of every run the toy 
 INTERRUPT: set[tuple] = set()    # (setting, seed) runs that stop after writing run.json, as if killed
 
 
-def toy_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log):
+def toy_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log, cuda_graph=False):
     """A run in a millisecond: score = the setting's shift + seed / 10, a curve rising to it."""
     CALLS.append((run_dir.name.rsplit("-seed", 1)[0], seed, resume))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def test_early_stopping_reads_the_test_metric_at_the_best_validation_step(tmp_pa
     assert EarlyStopping.read(tmp_path / "d", score) == (2, 0.88)
 
 
-def early_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log):
+def early_train(data, p, overrides, seed, run_dir, *, resume, device, progress, log, cuda_graph=False):
     """toy_train, plus metrics whose validation peaks at step 6: the test there is the score + 0.05."""
     out = toy_train(data, p, overrides, seed, run_dir, resume=resume, device=device, progress=progress, log=log)
     score = out.test["score"]

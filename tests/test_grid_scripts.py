@@ -32,6 +32,7 @@ def test_lm_grid_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     call = json.loads((out / "call.json").read_text())
     assert call["commit"] == "abc123" and list(call["runs_wall_s"]) == ["none-seed0"] and call["parallel"] == 1
+    assert call["cuda_graph"] is False
     assert call["command"].startswith("bash scripts/grid_gpu.sh lm-scenarios") and call["scale"] == "smoke"
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
@@ -54,6 +55,17 @@ def test_reorder_grid_dry_run_in_parallel(tmp_path):
     assert call["parallel"] == 2 and sorted(call["runs_wall_s"]) == ["authors-seed0", "none-seed0"]
     assert (out / "reorder.json").is_file() and (out / "runs.tgz").is_file()
     assert sorted(p.name for p in (out / "reorder" / "runs").iterdir()) == ["authors-seed0", "none-seed0"]
+
+
+def test_graphed_runs_are_asked_of_every_run(tmp_path):
+    """GRID_CUDA_GRAPH=1 gives every run --cuda-graph (on the CPU dry run: refused in one
+    sentence, and no run completes) and call.json says so."""
+    out = tmp_path / "c"
+    proc = _grid("lm-scenarios", out, 600, ["none-seed0"], tmp_path, GRID_CUDA_GRAPH="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    call = json.loads((out / "call.json").read_text())
+    assert call["cuda_graph"] is True and call["runs_wall_s"] == {}
+    assert "--cuda-graph needs one CUDA device" in (out / "work" / "none-seed0.log").read_text()
 
 
 def test_an_unknown_experiment_is_one_sentence(tmp_path):

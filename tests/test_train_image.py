@@ -297,3 +297,30 @@ def test_train_image_with_cuda_graph(tmp_path, capsys, fashion):
         curves.append([r["loss"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").open())
                        if r["kind"] == "train"])
     assert curves[1] == pytest.approx(curves[0], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.gpu
+def test_reorder_grid_with_cuda_graph(tmp_path, monkeypatch, fashion):
+    """Every setting of the reorder grid, on the full scale's hybrid classifier (convolutional
+    stages, MambaVision mixers, attention, soft and hard sorting), trains with --cuda-graph as it
+    does eagerly: the graphs capture every block the GPU grid runs (bf16 autocast; the capturable
+    AdamW moves the last digits, so the losses agree to a percent)."""
+    from tokendyn.experiments.reorder import EXPERIMENT
+    from tokendyn.train.grid import run_grid
+
+    full = EXPERIMENT.scales["full"]
+    monkeypatch.setitem(EXPERIMENT.scales, "graph-test",
+                        {**full, "batch_size": 8, "epochs": 2, "sharpness_images": 4, "target_acc": 0.1})
+    settings = EXPERIMENT.grid_settings
+    losses = {}
+    for mode in (False, True):
+        out = tmp_path / f"graph{int(mode)}"
+        run_grid(EXPERIMENT, out, scale="graph-test", settings=settings, seeds=(0,), device="cuda",
+                 options={"data_dir": fashion}, progress=False, log=lambda *a: None, cuda_graph=mode)
+        runs = out / "runs"
+        losses[mode] = {s: [r["loss"] for r in map(json.loads, (runs / f"{s}-seed0" / "metrics.jsonl").open())
+                            if r["kind"] == "train"] for s in settings}
+        ident = json.loads((runs / f"{settings[0]}-seed0" / "run.json").read_text())
+        assert ident["train"].get("cuda_graph", False) is mode
+    for s in settings:
+        assert losses[True][s] == pytest.approx(losses[False][s], rel=2e-2), s

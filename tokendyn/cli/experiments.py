@@ -1,6 +1,6 @@
 """``tokendyn train EXPERIMENT``: one command per experiment of :mod:`tokendyn.experiments`, made
 from its description (:func:`grid_command`): --out, --scale, --settings, --seeds, --device,
---progress, and the description's data options (:data:`tokendyn.cli.options.DATA`)."""
+--progress, --cuda-graph, and the description's data options (:data:`tokendyn.cli.options.DATA`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _parameters(exp: Experiment) -> list[inspect.Parameter]:
         ("seeds", opt.option(str, "--seeds", help="Comma-separated seeds."), ",".join(map(str, exp.default_seeds))),
         ("device", opt.Device, "auto"),
         ("progress", opt.Progress, True),
+        ("cuda_graph", opt.CudaGraph, False),
         ("summarise_only", opt.option(bool, "--summarise-only", help="Train nothing: write the summary of the "
                                       "complete runs in --out (e.g. after copying the runs/* of several result "
                                       "folders into one)."), False),
@@ -77,12 +78,14 @@ def grid_command(exp: Experiment):
             _print_written(exp, out, doc)
             return
         device = training_device(values["device"])
+        if values["cuda_graph"] and device.type != "cuda":
+            raise ConfigError(f"--cuda-graph needs one CUDA device, not {device}; train without it.")
         data = {}
         for name in exp.options:
             resolve = opt.DATA[name][2]
             data[name] = resolve(values[name]) if resolve is not None else values[name]
         doc = run_grid(exp, out, scale=values["scale"], settings=names, seeds=seeds, device=device, options=data,
-                       progress=values["progress"], log=_echo, provenance=record)
+                       progress=values["progress"], log=_echo, provenance=record, cuda_graph=values["cuda_graph"])
         _print_written(exp, out, doc)
 
     params = _parameters(exp)

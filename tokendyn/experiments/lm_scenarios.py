@@ -70,12 +70,13 @@ def data_label(data) -> str:
     return f"{d['name']}; tokens {d['tokens']}"
 
 
-def train(data, p: dict, overrides: dict, seed: int, run_dir, *, resume, device, progress, log):
-    """One run of the grid: a MambaLM of the scale with the setting's io_constraint."""
+def train(data, p: dict, overrides: dict, seed: int, run_dir, *, resume, device, progress, log, cuda_graph=False):
+    """One run of the grid: a MambaLM of the scale with the setting's io_constraint (cuda_graph:
+    TrainConfig.cuda_graph)."""
     cfg = TrainConfig(steps=p["steps"], lr=p["lr"], warmup=p.get("warmup", 0.01), eval_every=p["eval_every"],
                       checkpoint_every=2 * p["eval_every"], log_every=10, seed=seed,
                       weight_decay=p.get("weight_decay", 0.1), decay_rule=p.get("decay_rule", "matrices"),
-                      eval_test=p.get("eval_test", False))
+                      eval_test=p.get("eval_test", False), cuda_graph=cuda_graph)
     # every run draws its own analysis figures, so that a summary needs no checkpoint
     result, _ = train_lm(data, LMModelSpec(**p["model"], **overrides), cfg, context=p["context"],
                          batch_size=p["batch_size"], out=run_dir, resume=resume, device=device,

@@ -248,8 +248,9 @@ class Experiment:
             ``prepare`` as a dict.
         prepare(params, options) -> data: the data a scale trains on.
         data_label(data) -> str: the data in a log line.
-        train(data, params, overrides, seed, run_dir, *, resume, device, progress, log) -> TrainResult:
-            one run into run_dir (tokendyn.train.state's layout).
+        train(data, params, overrides, seed, run_dir, *, resume, device, progress, log, cuda_graph) ->
+            TrainResult: one run into run_dir (tokendyn.train.state's layout); cuda_graph: the
+            command's --cuda-graph, for TrainConfig.cuda_graph.
         describe(summary) -> str: the model and budget, in the table's first sentence.
         curve(run) -> [[x, value], ...]: a run's validation curve (default: result.json's val_curve).
         run_fields(run) -> dict: more per-seed values of a setting (lists in the summary).

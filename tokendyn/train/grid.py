@@ -26,6 +26,7 @@ from .summary import summarise
 
 def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seeds=None, device="auto",
              options: dict | None = None, progress: bool = True, log=print, provenance: dict | None = None,
+             cuda_graph: bool = False,
              analyse: bool = True) -> dict:
     """Train every (setting, seed) of ``exp`` not yet complete in OUT, then write the summary files.
 
@@ -45,7 +46,7 @@ def run_grid(exp: Experiment, out: Path, scale: str = "quick", settings=(), seed
         t = time.perf_counter()
         try:
             res = exp.train(data, p, exp.settings[setting], seed, run_dir, resume=resume, device=device,
-                            progress=progress, log=log)
+                            progress=progress, log=log, cuda_graph=cuda_graph)
         except Interrupted:
             # the grid, not `train lm --resume`, is what the user runs again
             raise Interrupted(f"the complete runs in {out / 'runs'} are kept, and running the same command "
