@@ -301,17 +301,20 @@ def test_train_image_with_cuda_graph(tmp_path, capsys, fashion):
 
 @pytest.mark.gpu
 def test_reorder_grid_with_cuda_graph(tmp_path, monkeypatch, fashion):
-    """Every setting of the reorder grid, on the full scale's hybrid classifier (convolutional
-    stages, MambaVision mixers, attention, soft and hard sorting), trains with --cuda-graph as it
-    does eagerly: the graphs capture every block the GPU grid runs (bf16 autocast; the capturable
-    AdamW moves the last digits, so the losses agree to a percent)."""
+    """The reorder grid's kinds of block, on the full scale's hybrid classifier (convolutional
+    stages, MambaVision mixers, attention; no sorting, the authors' soft sort, the hard sort, the
+    gated Mamba-1 block's soft sort with restore), train with --cuda-graph as they do eagerly: the
+    graphs capture every block the GPU grid runs (bf16 autocast; the capturable AdamW moves the
+    last digits, so the losses agree to a percent). The τ variants differ from authors in a number
+    only."""
     from tokendyn.experiments.reorder import EXPERIMENT
     from tokendyn.train.grid import run_grid
 
     full = EXPERIMENT.scales["full"]
     monkeypatch.setitem(EXPERIMENT.scales, "graph-test",
                         {**full, "batch_size": 8, "epochs": 2, "sharpness_images": 4, "target_acc": 0.1})
-    settings = EXPERIMENT.grid_settings
+    settings = ("none", "authors", "hard", "gated_soft")
+    assert set(settings) <= set(EXPERIMENT.grid_settings)
     losses = {}
     for mode in (False, True):
         out = tmp_path / f"graph{int(mode)}"
