@@ -104,6 +104,25 @@ def test_the_repository_results_are_found():
     assert "fwd ratio" in by_file["results/scan_gpu.json"]["columns"]
     train = by_file["results/train_gpu.json"]
     assert "peak memory × mamba_ssm" in train["columns"] and train["rows"][0][0] == "NVIDIA H200"
+    ssd = by_file["results/ssd_gpu.json"]
+    assert "fwd triton / mamba_ssm" in ssd["columns"] and all(r[2] == "pass" for r in ssd["rows"])
+    assert by_file["results/train_graph_gpu.json"]["rows"][-1][0] == "graph / eager"
+    assert [r[0] for r in by_file["results/ssd_triton_tuning.json"]["rows"][:2]] == ["defaults", "mamba_ssm"]
+
+
+def test_ssd_rows_give_each_contender_and_its_ratio_to_the_peer(tmp_path):
+    row = {"shape": {"batch": 1, "length": 8}, "dtype": "bfloat16", "check": {"ok": True},
+           "triton": {"fwd_ms": 2.0, "fwdbwd_ms": 6.0, "peak_mem_fwdbwd_gib": 0.5},
+           "mamba_ssm": {"fwd_ms": 1.0, "fwdbwd_ms": 3.0, "peak_mem_fwdbwd_gib": 0.25}}
+    oom = {"shape": {"batch": 9, "length": 8}, "dtype": "float32", "error": "out of memory"}
+    (tmp_path / "ssd.json").write_text(json.dumps({"provenance": {"device": "NVIDIA X", "date": "d"},
+                                                   "rows": [row, oom]}))
+    (t,) = committed_results(folder=tmp_path)
+    got = dict(zip(t["columns"], t["rows"][0]))
+    assert got["(batch, L, heads, head_dim, state, groups)"] == "(1, 8)" and got["check"] == "pass"
+    assert got["fwd triton / mamba_ssm"] == "2" and got["fwd+bwd triton / mamba_ssm"] == "2"
+    assert got["peak GiB mamba_ssm"] == "0.25" and "chunked" not in " ".join(t["columns"])
+    assert t["rows"][1][2] == "out of memory" and len(t["rows"][1]) == len(t["columns"])
 
 
 def test_verdicts_say_what_was_not_shown():

@@ -26,6 +26,10 @@ TITLES = {
     "core_h100_quick": "Main job, section core (quick scale)",
     "core_h100_full": "Main job, section core (full scale)",
     "train_gpu_constraint": "Training MambaLM with io_constraint against without",
+    "ssd_gpu": "Mamba-2 (SSD) scan: chunked and triton against mamba_ssm's Triton SSD",
+    "ssd_triton_tuning": "Mamba-2 (SSD) scan: the triton backend's tile variants",
+    "train_graph_gpu": "Training steps: eager against --cuda-graph (lm-scenarios full-scale model)",
+    "train_graph_reorder_gpu": "Training steps: eager against --cuda-graph (reorder full-scale classifier)",
 }
 # Earlier measurements of what a newer file measures again: kept in results/ for the record, listed on
 # the page in one line each rather than as tables.
@@ -52,7 +56,58 @@ def _f(v, digits: int = 3) -> str:
 
 
 def _shape(row: dict) -> str:
-    return "(" + ", ".join(str(x) for x in row["shape"]) + ")"
+    shape = row["shape"]
+    return "(" + ", ".join(str(x) for x in (shape.values() if isinstance(shape, dict) else shape)) + ")"
+
+
+SSD_CONTENDERS = ("chunked", "triton", "mamba_ssm")
+
+
+def _ssd(d: dict, this: dict):
+    """One row per shape and dtype: each contender's forward and forward+backward ms and peak
+    memory, the ratios to mamba_ssm, and whether every output and gradient passed its check."""
+    names = [n for n in SSD_CONTENDERS if any(isinstance(r.get(n), dict) for r in d["rows"])]
+    cols = ["(batch, L, heads, head_dim, state, groups)", "dtype", "check"]
+    for label in ("fwd", "fwd+bwd"):
+        cols += [f"{label} ms {n}" for n in names]
+        cols += [f"{label} {n} / mamba_ssm" for n in names if n != "mamba_ssm" and "mamba_ssm" in names]
+    cols += [f"peak GiB {n}" for n in names]
+    rows = []
+    for r in d["rows"]:
+        if "error" in r:
+            rows.append([_shape(r), r["dtype"], r["error"]] + ["-"] * (len(cols) - 3))
+            continue
+        row = [_shape(r), r["dtype"], "pass" if r.get("check", {}).get("ok") else "FAIL"]
+        for mode in ("fwd", "fwdbwd"):
+            row += [_f(r.get(n, {}).get(f"{mode}_ms")) for n in names]
+            peer = r.get("mamba_ssm", {}).get(f"{mode}_ms")
+            row += [_f(r[n][f"{mode}_ms"] / peer) if peer and r.get(n, {}).get(f"{mode}_ms") else "-"
+                    for n in names if n != "mamba_ssm" and "mamba_ssm" in names]
+        row += [_f(r.get(n, {}).get("peak_mem_fwdbwd_gib")) for n in names]
+        rows.append(row)
+    return cols, rows
+
+
+def _ssd_variants(d: dict, this: dict):
+    """The defaults and mamba_ssm of the same call (``with_peer``, an ssd_gpu.py result), then
+    each variant."""
+    cols = ["variant", "(batch, L, heads, head_dim, state, groups) dtype", "fwd ms", "fwd+bwd ms"]
+    rows = []
+    for r in (d.get("with_peer") or {}).get("rows", []):
+        for name, label in (("triton", "defaults"), ("mamba_ssm", "mamba_ssm")):
+            if isinstance(r.get(name), dict):
+                t = r[name]
+                rows.append([label, f"{_shape(r)} {r['dtype']}", _f(t.get("fwd_ms")), _f(t.get("fwdbwd_ms"))])
+    return cols, rows + [[v, shape, _f(t.get("fwd_ms")), _f(t.get("fwdbwd_ms"))]
+                         for v, by_shape in d["variants"].items() for shape, t in by_shape.items()]
+
+
+def _graph(d: dict, this: dict):
+    ms, rounds = d["ms_per_step"], d.get("rounds_ms", {})
+    rows = [[mode, _f(v), ", ".join(_f(x) for x in rounds.get(mode, []))] for mode, v in ms.items()]
+    if d.get("ratio_graph_over_eager") is not None:
+        rows.append(["graph / eager", _f(d["ratio_graph_over_eager"]), ""])
+    return ["mode", "ms per step (median over rounds)", "rounds"], rows
 
 
 def _scan(d: dict, this: dict):
@@ -132,6 +187,13 @@ def _scalars(d: dict, this: dict):
 def _table_for(d: dict):
     if isinstance(d.get("rows"), list) and d["rows"] and "tokendyn_fwd_ms" in d["rows"][0]:
         return _scan
+    if isinstance(d.get("rows"), list) and d["rows"] and all(isinstance(r, dict) and "dtype" in r for r in d["rows"]) \
+            and any(isinstance(r.get(n), dict) for r in d["rows"] for n in SSD_CONTENDERS):
+        return _ssd
+    if isinstance(d.get("variants"), dict):
+        return _ssd_variants
+    if isinstance(d.get("ms_per_step"), dict):
+        return _graph
     if isinstance(d.get("rows"), list) and d["rows"] and "fused_fwd_ms" in d["rows"][0]:
         return _conv
     if isinstance(d.get("rows"), list) and d["rows"] and "mamba_ssm_cg_tokens_per_s" in d["rows"][0]:
