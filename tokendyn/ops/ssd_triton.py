@@ -4,7 +4,7 @@ Same function and contract as :func:`tokendyn.ops.ssd_chunked.ssd_chunked` (docs
 Mamba-2 (SSD) scan"), in the notation there: chunks of T steps, a_t = Δ_t A_h, cum_t the sum of a
 inside a chunk up to t, v_s = exp(cum_last − cum_s) Δ_s, d_c = exp(cum_last) the chunk's decay.
 
-Forward, four steps (the first in plain PyTorch on small tensors):
+Forward, five steps (the first in plain PyTorch on small tensors):
 
 1. cum, (batch, heads, chunks, T);
 2. each chunk's state from a zero start, S_c = Σ_s v_s x_s ⊗ B_s (Triton, ``_ssd_chunk_state``);
