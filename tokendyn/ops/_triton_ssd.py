@@ -249,6 +249,17 @@ def _bwd_chunk_state(x_in, B_in, x_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum
 
 
 @triton.jit
+def _step_block(j, c, T, L, P, N, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """Block j of BS steps of chunk c: (chunk start, chunk length, the block's steps and mask,
+    head_dim columns and mask, state columns and mask); the block is empty where j·BS ≥ length."""
+    start = c * T
+    t_len = tl.minimum(T, L - start)
+    offs = j * BS + tl.arange(0, BS)
+    p_offs, n_offs = tl.arange(0, BP), tl.arange(0, BN)
+    return start, t_len, offs, offs < t_len, p_offs, p_offs < P, n_offs, n_offs < N
+
+
+@triton.jit
 def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, D_ptr, dy_ptr,
                    dx_ptr, dB_ptr, dC_ptr, ddt_ptr, dcum_ptr, dD_ptr,
                    L, T, n_chunks, hpg, P, N,
@@ -267,13 +278,8 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
     computes it)."""
     j = tl.program_id(0)
     b, c, h, g = _chunk_head(n_chunks, hpg)
-    start = c * T
-    t_len = tl.minimum(T, L - start)
+    start, t_len, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok = _step_block(j, c, T, L, P, N, BS, BP, BN)
     if j * BS < t_len:
-        p_offs, n_offs = tl.arange(0, BP), tl.arange(0, BN)
-        p_ok, n_ok = p_offs < P, n_offs < N
-        s_offs = j * BS + tl.arange(0, BS)
-        s_ok = s_offs < t_len
         # the chunk's first row of each tensor, for this batch row, head and group
         x_rows = x_ptr + b * sxb + start * sxl + h * sxh
         B_rows = B_ptr + b * sBb + start * sBl + g * sBg
@@ -337,13 +343,8 @@ def _ssd_chunk_bwd_dc(x_ptr, dt_ptr, cum_ptr, B_ptr, H_ptr, dy_ptr, dC_ptr,
     bc = tl.program_id(1)
     g = tl.program_id(2)
     b, c = bc // n_chunks, bc % n_chunks
-    start = c * T
-    t_len = tl.minimum(T, L - start)
+    start, t_len, t_offs, t_ok, p_offs, p_ok, n_offs, n_ok = _step_block(j, c, T, L, P, N, BS, BP, BN)
     if j * BS < t_len:
-        p_offs, n_offs = tl.arange(0, BP), tl.arange(0, BN)
-        p_ok, n_ok = p_offs < P, n_offs < N
-        t_offs = j * BS + tl.arange(0, BS)
-        t_ok = t_offs < t_len
         B_rows = B_ptr + b * sBb + start * sBl + g * sBg
         acc = tl.zeros((BS, BN), dtype=tl.float32)
         for hh in range(0, hpg):
