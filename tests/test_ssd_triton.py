@@ -126,6 +126,24 @@ def test_both_ways_to_dc_match_the_float64_recurrence(monkeypatch, dc_pass):
         test_gradients_match_the_float64_recurrence((2, 77, 4, 16, 16, 2), 32, {}, dtype, True)
 
 
+def test_mixed_dtypes_take_the_float32_matmuls():
+    """16-bit x with float32 B and C (the 16-bit matmuls need one dtype on both sides): the
+    forward and the gradients still match the float64 recurrence, to float16's rounding of x."""
+    x, dt, A, B, C, D, h0 = make(2, 70, 4, 16, 16, 2, torch.float16, seed=5)
+    B, C = B.float(), C.float()
+    assert not st._low_precision(x, B) and st._low_precision(x, x)
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    y = st.ssd_triton(*leaves[:5], D=leaves[5], initial_state=leaves[6], chunk_size=32)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    ref = [t.detach().double().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    yr = ssd_reference(*ref[:5], D=ref[5], initial_state=ref[6])
+    yr.backward(gy.double())
+    assert rel(y, yr) < TOL[torch.float16]
+    for name, a, r in zip(("x", "dt", "A", "B", "C", "D", "initial_state"), leaves, ref):
+        assert rel(a.grad, r.grad) < GRAD_TOL[torch.float16], (name, rel(a.grad, r.grad))
+
+
 def test_float64_goes_to_the_chunked_backend():
     x, dt, A, B, C, D, h0 = make(1, 50, 2, 8, 8, 1, torch.float32, seed=3)
     d = [t.double() for t in (x, dt, A, B, C, D, h0)]
