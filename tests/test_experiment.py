@@ -250,6 +250,10 @@ def test_a_comparison_within_its_spreads_says_how_many_seeds_would_resolve_it():
     from tokendyn.train.summary import comparison_table
 
     assert "about 5 seeds per setting would resolve" in "\n".join(comparison_table([c], s, acc))
+    # a difference far inside the spread: out of reach, not a count to plan with
+    tiny = {"a": {"acc": [0.9, 1.0, 1.1]}, "b": {"acc": [0.9, 1.0, 1.1001]}}
+    assert c.judge(tiny, acc)["seeds_to_resolve"] > 100
+    assert "would need more than 100 seeds" in c.check({"settings": tiny}, "a grid", acc, "run it").note
 
 
 def test_markdown_of_an_older_summary_shape(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .seeds import seed_comparison, seeds_to_resolve
+from .seeds import resolve_words, seed_comparison, seeds_to_resolve
 
 ORIGINS = {"paper": "the paper's claim", "project": "the project's own"}
 
@@ -136,8 +136,7 @@ class Comparison:
         ok = None if v["outcome"] == "not run" else v["outcome"] == "pass"
         note = f"{v['note']}; {how}" if ok is None else v["note"]
         if v.get("seeds_to_resolve"):
-            note = "; ".join(filter(None, [note, f"within {self.min_t:g} spreads: about {v['seeds_to_resolve']} seeds "
-                                                 "per setting would resolve a difference of this size"]))
+            note = "; ".join(filter(None, [note, resolve_words(v["seeds_to_resolve"], self.min_t)]))
         if v["t"] is None:
             return Check.judged(self.claim, self.tolerance(),
                                 f"{self.setting} − {self.other}: {v['diff']:+.4g}, no seed spread ({label})", ok,

@@ -50,6 +50,19 @@ def seeds_to_resolve(a: list[float], b: list[float], min_t: float) -> int | None
     return max(2, math.ceil(ratio * ratio * (1 - 1e-12))) if math.isfinite(ratio * ratio) else None
 
 
+# seeds_to_resolve beyond this reads as out of reach, not as a count to plan with
+RESOLVE_CAP = 100
+
+
+def resolve_words(n: int, min_t: float) -> str:
+    """The planning note of a comparison within ``min_t`` spreads that ``n`` seeds per setting would
+    resolve (:func:`seeds_to_resolve`)."""
+    if n > RESOLVE_CAP:
+        return (f"within {min_t:g} spreads: a difference this small would need more than {RESOLVE_CAP} seeds "
+                "per setting at this spread")
+    return f"within {min_t:g} spreads: about {n} seeds per setting would resolve a difference of this size"
+
+
 def mean_curve(curves: list[list]) -> list[list]:
     """[[x, mean of y over the curves], ...] at the points every curve has (the same x, in order)."""
     if not curves:

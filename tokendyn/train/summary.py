@@ -24,7 +24,7 @@ from . import state as runstate
 from .experiment import ORIGINS, Experiment, Metric
 from .figures import save_figure
 from .runs import Run, collect, read_provenance, run_name, shared_identity
-from .seeds import format_mean_std, mean_curve, mean_std, seed_comparison
+from .seeds import format_mean_std, mean_curve, mean_std, resolve_words, seed_comparison
 
 
 def summarise(exp: Experiment, out: Path, scale: str, device: str = "", provenance: dict | None = None, log=print,
@@ -219,8 +219,7 @@ def comparison_table(tested: list, settings: dict, m: Metric) -> list[str]:
         r = c.judge(settings, m)
         notes = [r["note"]] if r["note"] else []
         if r.get("seeds_to_resolve"):
-            notes.append(f"within {c.min_t:g} spreads: about {r['seeds_to_resolve']} seeds per setting would "
-                         "resolve a difference of this size at this spread")
+            notes.append(resolve_words(r["seeds_to_resolve"], c.min_t))
         outcome = r["outcome"] + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(_row([f"{c.setting} − {c.other}", f"{c.short} ({ORIGINS[c.origin]})",
                            _num(r["diff"], f"+.{d}f"), _num(r["spread"], f".{d}f"), _num(r["t"], "+.2f"),
