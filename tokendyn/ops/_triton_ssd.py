@@ -1,4 +1,4 @@
-"""Triton kernels of the fused SSD forward (tokendyn.ops.ssd_triton), one chunk of T steps per
+"""Triton kernels of the fused SSD scan (tokendyn.ops.ssd_triton), one chunk of T steps per
 program row; the notation of tokendyn.ops.ssd_chunked (a_t = Δ_t A_h ≤ 0, cum: the cumulative sum
 of a inside a chunk, every decay exp(cum_t − cum_s) with t ≥ s, so never above 1).
 
@@ -37,6 +37,25 @@ def _chunk_head(n_chunks, hpg):
 
 
 @triton.jit
+def _mm(a, b, like, LOWP: tl.constexpr):
+    """a @ b with float32 sums. LOWP (16-bit inputs): both operands in ``like``'s 16-bit dtype, on
+    the tensor cores (16-bit operands exact, float32 ones rounded to 16 bits); else both in float32,
+    IEEE float32 products."""
+    if LOWP:
+        out = tl.dot(a.to(like.dtype), b.to(like.dtype))
+    else:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return out
+
+
+@triton.jit
+def _pair_decay(cum_t, cum_s, t_offs, s_offs, t_ok, s_ok):
+    """(the pairs t ≥ s of the chunk, exp(cum_t − cum_s) on them and 0 elsewhere), both (t × s)."""
+    pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
+    return pair, tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)
+
+
+@triton.jit
 def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
                      L, T, n_chunks, hpg, P, N,
                      sxb, sxl, sxh, sxp, sdb, sdl, sdh, scb, sch, scc, sct,
@@ -70,11 +89,7 @@ def _ssd_chunk_state(x_ptr, dt_ptr, cum_ptr, B_ptr, S_ptr,
             w = tl.exp(tl.minimum(cum_last - cum_s, 0.0)) * dt_s
         x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                          # (BK, BP)
         B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                          # (BK, BN)
-        xw = x_in.to(tl.float32) * w[:, None]
-        if LOWP:
-            acc += tl.dot(tl.trans(xw.to(x_in.dtype)), B_in)
-        else:
-            acc += tl.dot(tl.trans(xw), B_in.to(tl.float32), input_precision="ieee")
+        acc += _mm(tl.trans(x_in.to(tl.float32) * w[:, None]), B_in, x_in, LOWP)
     tl.store(S_ptr + b * sSb + c * sSc + h * sSh + p_offs[:, None] * sSp + n_offs[None, :] * sSn, acc,
              mask=p_ok[:, None] & n_ok[None, :])
 
@@ -111,11 +126,7 @@ def _ssd_chunk_cb(C_ptr, B_ptr, CB_ptr, L, T, n_chunks, N,
             n_ok = n_offs < N
             Ct = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                            # (BM, BN)
             Bs = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                            # (BK, BN)
-            # 16-bit inputs: their exact products summed in float32; float32: IEEE float32
-            if LOWP:
-                acc += tl.dot(Ct, tl.trans(Bs))
-            else:
-                acc += tl.dot(Ct.to(tl.float32), tl.trans(Bs.to(tl.float32)), input_precision="ieee")
+            acc += _mm(Ct, tl.trans(Bs), Ct, LOWP)
         tl.store(CB_ptr + b * sXb + c * sXc + g * sXg + t_offs[:, None] * sXt + s_offs[None, :] * sXs, acc,
                  mask=t_ok[:, None] & s_ok[None, :])
 
@@ -150,10 +161,7 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
             n_ok = n_offs < N
             C_in = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                                # (BM, BN)
             Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, n_offs, sHn, p_offs, sHp, n_ok, p_ok)    # (BN, BP)
-            if LOWP:
-                acc += tl.dot(C_in, Hc.to(C_in.dtype))
-            else:
-                acc += tl.dot(C_in.to(tl.float32), Hc, input_precision="ieee")
+            acc += _mm(C_in, Hc, C_in, LOWP)
         acc = acc * tl.exp(cum_t)[:, None]
         # the chunk's own steps s ≤ t: (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s, C·B read from the group's
         CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
@@ -166,12 +174,7 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
             dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
             w = CB * tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)) * dt_s[None, :]
             x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                               # (BK, BP)
-            # half-precision inputs: the weights rounded to 16 bits meet x in a 16-bit matmul
-            # (float32 sums); float32 inputs: IEEE float32
-            if LOWP:
-                acc += tl.dot(w.to(x_in.dtype), x_in)
-            else:
-                acc += tl.dot(w, x_in.to(tl.float32), input_precision="ieee")
+            acc += _mm(w, x_in, x_in, LOWP)              # 16-bit inputs: the weights rounded to 16 bits
         if HAS_D:
             x_t = _tile(x_rows, t_offs, sxl, p_offs, sxp, t_ok, p_ok).to(tl.float32)
             acc += tl.load(D_ptr + h).to(tl.float32) * x_t
@@ -182,10 +185,10 @@ def _ssd_chunk_scan(x_ptr, dt_ptr, cum_ptr, CB_ptr, C_ptr, H_ptr, D_ptr, y_ptr,
 @triton.jit
 def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn, syl, syp, sCgl, sCgn,
                sXt, sXs,
-               x_in, B_in, x_s, B_s, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, first, t_len,
+               x_in, B_in, cum_s, dt_s, s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, first, t_len,
                LOWP: tl.constexpr, DC: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """The pairs t ≥ s of a chunk with a block of steps as the sources s (x_in, B_in: their x and
-    B tiles as loaded, x_s and B_s in float32; *_rows: the chunk's first row of C, dy and dC):
+    B tiles as loaded; *_rows: the chunk's first row of C, dy and dC):
     returns the block's dx, dB, dΔ and dcum from them, and adds the targets' dcum in place, and
     with DC their dC (else :func:`_ssd_chunk_bwd_dc` computes dC)."""
     dx = tl.zeros((BS, BP), dtype=tl.float32)
@@ -198,28 +201,16 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl,
         cum_t = tl.load(cum_base + t_offs * sct, mask=t_ok, other=0.0)
         C_in = _tile(C_rows, t_offs, sCl, n_offs, sCn, t_ok, n_ok)                          # (BS, BN)
         dy_in = _tile(dy_rows, t_offs, syl, p_offs, syp, t_ok, p_ok)                        # (BS, BP)
-        pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
-        E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)  # (t, s)
+        pair, E = _pair_decay(cum_t, cum_s, t_offs, s_offs, t_ok, s_ok)                       # (t, s)
         CB = _cb_tile(CB_base, t_offs, s_offs, sXt, sXs, t_ok, s_ok)                          # (t, s)
-        # 16-bit inputs: the four matmuls on 16-bit operands (dy·x exact, the weights rounded to
-        # 16 bits), float32 sums; float32 inputs: IEEE float32
-        if LOWP:
-            dW = tl.where(pair, tl.dot(dy_in, tl.trans(x_in)), 0.0)
-        else:
-            dW = tl.where(pair, tl.dot(dy_in.to(tl.float32), tl.trans(x_s), input_precision="ieee"), 0.0)
+        # 16-bit inputs: dy·x exact, the weights rounded to 16 bits before they meet dy, C or B
+        dW = tl.where(pair, _mm(dy_in, tl.trans(x_in), x_in, LOWP), 0.0)
         W = CB * E * dt_s[None, :]
         dCB = dW * E * dt_s[None, :]
-        if LOWP:
-            dx += tl.dot(tl.trans(W.to(dy_in.dtype)), dy_in)
-            dB += tl.dot(tl.trans(dCB.to(C_in.dtype)), C_in)
-        else:
-            dx += tl.dot(tl.trans(W), dy_in.to(tl.float32), input_precision="ieee")
-            dB += tl.dot(tl.trans(dCB), C_in.to(tl.float32), input_precision="ieee")
+        dx += _mm(tl.trans(W), dy_in, dy_in, LOWP)
+        dB += _mm(tl.trans(dCB), C_in, C_in, LOWP)
         if DC:
-            if LOWP:
-                dC_t = tl.dot(dCB.to(B_in.dtype), B_in)                                    # (t, BN)
-            else:
-                dC_t = tl.dot(dCB, B_s, input_precision="ieee")                            # (t, BN)
+            dC_t = _mm(dCB, B_in, B_in, LOWP)                                                  # (t, BN)
             tl.atomic_add(dC_rows + t_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_t,
                           mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
         Z = dW * W
@@ -230,22 +221,18 @@ def _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl,
 
 
 @triton.jit
-def _bwd_chunk_state(x_in, B_in, x_s, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_ptr, LOWP: tl.constexpr):
+def _bwd_chunk_state(x_in, B_in, dSc, cum_s, dt_s, s_ok, cum_last_ptr, dcum_last_ptr, dx, dB, ddt, dcum,
+                     LOWP: tl.constexpr):
     """A block of steps in its chunk's state S_c = Σ_s v_s x_s ⊗ B_s, v_s = exp(cum_last − cum_s) Δ_s,
-    given dS_c (P × N): returns its dx, dB, dΔ and dcum, and adds cum_last's share in place. LOWP:
+    given dS_c (P × N): returns the block's dx, dB, dΔ and dcum with its share added, and adds
+    cum_last's share in place. LOWP:
     dS_c rounded to 16 bits meets the 16-bit x and B tiles (x_in, B_in); else IEEE float32."""
     ev = tl.where(s_ok, tl.exp(tl.minimum(tl.load(cum_last_ptr) - cum_s, 0.0)), 0.0)
     v = ev * dt_s
-    if LOWP:
-        dS16 = dSc.to(x_in.dtype)
-        dSB = tl.dot(B_in, tl.trans(dS16))                                                      # (BS, BP)
-        xdS = tl.dot(x_in, dS16)                                                                # (BS, BN)
-    else:
-        dSB = tl.dot(B_in.to(tl.float32), tl.trans(dSc), input_precision="ieee")
-        xdS = tl.dot(x_s, dSc, input_precision="ieee")
-    dv = tl.sum(x_s * dSB, axis=1)
+    dSB = _mm(B_in, tl.trans(dSc), x_in, LOWP)                                                   # (BS, BP)
+    dv = tl.sum(x_in.to(tl.float32) * dSB, axis=1)
     tl.atomic_add(dcum_last_ptr, tl.sum(dv * v, axis=0), sem="relaxed")
-    return v[:, None] * dSB, v[:, None] * xdS, dv * ev, -dv * v
+    return dx + v[:, None] * dSB, dB + v[:, None] * _mm(x_in, dSc, x_in, LOWP), ddt + dv * ev, dcum - dv * v
 
 
 @triton.jit
@@ -292,35 +279,27 @@ def _ssd_chunk_bwd(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, CB_ptr, H_ptr, dS_ptr, 
         dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
         x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                             # (BS, BP)
         B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                             # (BS, BN)
-        x_s, B_s = x_in.to(tl.float32), B_in.to(tl.float32)
         C_s = _tile(C_rows, s_offs, sCl, n_offs, sCn, s_ok, n_ok).to(tl.float32)              # (BS, BN)
         dy_si = _tile(dy_rows, s_offs, syl, p_offs, syp, s_ok, p_ok)                          # (BS, BP)
-        dy_s = dy_si.to(tl.float32)
         CB_base = CB_ptr + b * sXb + c * sXc + g * sXg
         dx, dB, ddt, dcum_s = _bwd_pairs(C_rows, dy_rows, dC_rows, CB_base, cum_base, dcum_base, sct, sCl, sCn,
-                                         syl, syp, sCgl, sCgn, sXt, sXs, x_in, B_in, x_s, B_s, cum_s, dt_s,
-                                         s_offs, s_ok, p_offs, p_ok, n_offs, n_ok, j * BS, t_len, LOWP, DC, BS, BP,
-                                         BN)
+                                         syl, syp, sCgl, sCgn, sXt, sXs, x_in, B_in, cum_s, dt_s, s_offs, s_ok,
+                                         p_offs, p_ok, n_offs, n_ok, j * BS, t_len, LOWP, DC, BS, BP, BN)
         # this block as t of the entering state: y_t += exp(cum_t) H_c C_t
         Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)  # (BP, BN)
-        if LOWP:
-            dC_off = tl.dot(dy_si, Hc.to(dy_si.dtype))
-        else:
-            dC_off = tl.dot(dy_s, Hc, input_precision="ieee")
-        dC_off = dC_off * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
+        dC_off = _mm(dy_si, Hc, dy_si, LOWP) * tl.where(s_ok, tl.exp(cum_s), 0.0)[:, None]
         if DC:
             tl.atomic_add(dC_rows + s_offs[:, None] * sCgl + n_offs[None, :] * sCgn, dC_off,
                           mask=s_ok[:, None] & n_ok[None, :], sem="relaxed")
         dcum_s += tl.sum(dC_off * C_s, axis=1)
         # this block in the chunk's state
         dSc = _tile(dS_ptr + b * sGb + c * sGc + h * sGh, p_offs, sGp, n_offs, sGn, p_ok, n_ok)  # (BP, BN)
-        sx, sB, sdt, scum = _bwd_chunk_state(x_in, B_in, x_s, dSc, cum_s, dt_s, s_ok, cum_base + (T - 1) * sct,
-                                             dcum_base + (T - 1) * sct, LOWP)
-        dx, dB, ddt, dcum_s = dx + sx, dB + sB, ddt + sdt, dcum_s + scum
+        dx, dB, ddt, dcum_s = _bwd_chunk_state(x_in, B_in, dSc, cum_s, dt_s, s_ok, cum_base + (T - 1) * sct,
+                                               dcum_base + (T - 1) * sct, dx, dB, ddt, dcum_s, LOWP)
         if HAS_D:
-            Dh = tl.load(D_ptr + h).to(tl.float32)
-            dx += Dh * dy_s
-            tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_s * x_s, axis=1), axis=0), sem="relaxed")
+            dx += tl.load(D_ptr + h).to(tl.float32) * dy_si.to(tl.float32)
+            tl.atomic_add(dD_ptr + h, tl.sum(tl.sum(dy_si.to(tl.float32) * x_in.to(tl.float32), axis=1), axis=0),
+                          sem="relaxed")
         tl.atomic_add(dcum_base + s_offs * sct, dcum_s, mask=s_ok, sem="relaxed")
         rows_s = start + s_offs
         tl.store(dx_ptr + b * sxgb + rows_s[:, None] * sxgl + h * sxgh + p_offs[None, :] * sxgp, dx,
@@ -355,10 +334,7 @@ def _ssd_chunk_bwd_dc(x_ptr, dt_ptr, cum_ptr, B_ptr, H_ptr, dy_ptr, dC_ptr,
             dy_in = _tile(dy_ptr + b * syb + start * syl + h * syh, t_offs, syl, p_offs, syp, t_ok, p_ok)  # (BS, BP)
             # the entering state: exp(cum_t) dy_t H_c (float32)
             Hc = _tile(H_ptr + b * sHb + c * sHc + h * sHh, p_offs, sHp, n_offs, sHn, p_ok, n_ok)          # (BP, BN)
-            if LOWP:
-                acc += tl.dot(dy_in, Hc.to(dy_in.dtype)) * tl.exp(cum_t)[:, None]
-            else:
-                acc += tl.dot(dy_in.to(tl.float32), Hc, input_precision="ieee") * tl.exp(cum_t)[:, None]
+            acc += _mm(dy_in, Hc, dy_in, LOWP) * tl.exp(cum_t)[:, None]
             for k in range(0, (j + 1) * BS, BS):
                 s_offs = k + tl.arange(0, BS)
                 s_ok = s_offs < t_len
@@ -366,14 +342,9 @@ def _ssd_chunk_bwd_dc(x_ptr, dt_ptr, cum_ptr, B_ptr, H_ptr, dy_ptr, dC_ptr,
                 dt_s = tl.load(dt_ptr + b * sdb + (start + s_offs) * sdl + h * sdh, mask=s_ok, other=0.0)
                 x_in = _tile(x_rows, s_offs, sxl, p_offs, sxp, s_ok, p_ok)                                # (BS, BP)
                 B_in = _tile(B_rows, s_offs, sBl, n_offs, sBn, s_ok, n_ok)                                # (BS, BN)
-                pair = (t_offs[:, None] >= s_offs[None, :]) & t_ok[:, None] & s_ok[None, :]
-                E = tl.where(pair, tl.exp(tl.minimum(cum_t[:, None] - cum_s[None, :], 0.0)), 0.0)
-                if LOWP:
-                    dCB = tl.dot(dy_in, tl.trans(x_in)) * E * dt_s[None, :]
-                    acc += tl.dot(dCB.to(B_in.dtype), B_in)
-                else:
-                    dCB = tl.dot(dy_in.to(tl.float32), tl.trans(x_in.to(tl.float32)), input_precision="ieee")
-                    acc += tl.dot(dCB * E * dt_s[None, :], B_in.to(tl.float32), input_precision="ieee")
+                E = _pair_decay(cum_t, cum_s, t_offs, s_offs, t_ok, s_ok)[1]
+                dCB = _mm(dy_in, tl.trans(x_in), x_in, LOWP) * E * dt_s[None, :]
+                acc += _mm(dCB, B_in, B_in, LOWP)
         tl.store(dC_ptr + b * sCgb + (start + t_offs)[:, None] * sCgl + g * sCgh + n_offs[None, :] * sCgn, acc,
                  mask=t_ok[:, None] & n_ok[None, :])
 
