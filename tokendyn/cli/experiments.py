@@ -64,7 +64,7 @@ def grid_command(exp: Experiment):
         from ..outputs import check_output_dir
         from ..provenance import provenance
         from ..train.grid import run_grid
-        from ..train.loop import training_device
+        from ..train.loop import check_cuda_graph, training_device
 
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         record = provenance(invocation(f"train {exp.name}"))
@@ -78,8 +78,8 @@ def grid_command(exp: Experiment):
             _print_written(exp, out, doc)
             return
         device = training_device(values["device"])
-        if values["cuda_graph"] and device.type != "cuda":
-            raise ConfigError(f"--cuda-graph needs one CUDA device, not {device}; train without it.")
+        if values["cuda_graph"]:
+            check_cuda_graph(device)
         data = {}
         for name in exp.options:
             resolve = opt.DATA[name][2]

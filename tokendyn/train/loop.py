@@ -601,14 +601,20 @@ def _log_step(metrics, bar, run: _Progress, done: int, step_loss: torch.Tensor, 
     return loss
 
 
+def check_cuda_graph(device: torch.device, processes: int = 1) -> None:
+    """ConfigError unless graphed steps (TrainConfig.cuda_graph) can run: one CUDA device, one process."""
+    if device.type != "cuda" or processes > 1:
+        raise ConfigError(f"--cuda-graph needs one CUDA device and one process (no torchrun), not {device} with "
+                          f"{processes} process(es); train without it.")
+
+
 def _devices(device, cfg: TrainConfig) -> tuple[torch.device, Distributed]:
     """The training device (made current) and this process's place among the processes;
     ConfigError for cfg.cuda_graph where it cannot run, before anything is written."""
     device = training_device(device)
     ddp = init_distributed(device)
-    if cfg.cuda_graph and (device.type != "cuda" or ddp.active):
-        raise ConfigError(f"--cuda-graph needs one CUDA device and one process (no torchrun), not {device} with "
-                          f"{ddp.world} process(es); train without it.")
+    if cfg.cuda_graph:
+        check_cuda_graph(device, ddp.world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device, ddp
