@@ -78,8 +78,10 @@ def one_run(args, graph: bool, workdir: Path) -> float:
 def reorder_run(args, graph: bool, out: Path) -> None:
     """The reorder grid's full-scale classifier in ``args.setting``, one epoch of random images
     just over ``args.steps`` batches (so that no validation falls inside the timed steps)."""
+    from dataclasses import replace
+
     from tokendyn.data.images import ImageDataset, ImageSplit
-    from tokendyn.experiments.reorder import EXPERIMENT, model_spec
+    from tokendyn.experiments.reorder import EXPERIMENT, model_spec, train_config
     from tokendyn.train.images import train_image
 
     p = EXPERIMENT.scales["full"]
@@ -91,7 +93,7 @@ def reorder_run(args, graph: bool, out: Path) -> None:
 
     data = ImageDataset(split(int(p["batch_size"] * (args.steps + 2) / 0.9)), split(512),
                         [str(i) for i in range(10)], "random images")
-    cfg = TrainConfig(lr=p["lr"], warmup=0.05, weight_decay=0.05, log_every=10, seed=0, cuda_graph=graph)
+    cfg = replace(train_config(p, 0, graph), log_every=10)     # a train record every 10 steps, as timed
     train_image(data, model_spec(p, EXPERIMENT.settings[args.setting]), cfg, batch_size=p["batch_size"], epochs=1,
                 out=out, device=args.device, crop_padding=p["crop_padding"], progress=False)
 

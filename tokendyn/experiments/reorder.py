@@ -101,10 +101,15 @@ def model_spec(p: dict, overrides: dict) -> HybridModelSpec:
     return HybridModelSpec(**p["model"], **fields)
 
 
+def train_config(p: dict, seed: int, cuda_graph: bool = False) -> TrainConfig:
+    """The optimiser settings of a run of scale ``p``."""
+    return TrainConfig(lr=p["lr"], warmup=0.05, weight_decay=0.05, log_every=20, seed=seed, cuda_graph=cuda_graph)
+
+
 def train(data, p: dict, overrides: dict, seed: int, run_dir, *, resume, device, progress, log, cuda_graph=False):
     """One run of the grid: the scale's hybrid classifier with the setting's fields (cuda_graph:
     TrainConfig.cuda_graph)."""
-    cfg = TrainConfig(lr=p["lr"], warmup=0.05, weight_decay=0.05, log_every=20, seed=seed, cuda_graph=cuda_graph)
+    cfg = train_config(p, seed, cuda_graph)
     result, _ = train_image(data, model_spec(p, overrides), cfg, batch_size=p["batch_size"], epochs=p["epochs"],
                             out=run_dir, resume=resume, device=device, crop_padding=p["crop_padding"],
                             progress=progress, sharpness_images=p["sharpness_images"],
