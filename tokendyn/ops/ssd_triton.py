@@ -63,7 +63,8 @@ WARPS_SCAN, WARPS_BWD = 4, 4
 STATE_BLOCK = 1024     # (head_dim × state) entries per program of the loops over the chunks
 
 
-def _fused_ok(x, dt, A, B, C, D, initial_state) -> bool:
+def _fused_ok(x) -> bool:
+    """Whether the kernels take x: not float64, not empty, on CUDA (or the CPU under the interpreter)."""
     interpreted = x.device.type == "cpu" and interpreting()
     return x.dtype != torch.float64 and (x.device.type == "cuda" or interpreted) and x.shape[1] > 0
 
@@ -97,7 +98,7 @@ def ssd_triton(x, dt, A, B, C, D=None, initial_state=None, return_final_state=Fa
     B, C: (b, L, g, n), D: (h,), initial_state: (b, h, p, n)). With gradients wanted, the forward
     keeps the chunk sums and entering states for the fused backward. Falls back to the chunked
     backend where the module docstring says."""
-    if not _fused_ok(x, dt, A, B, C, D, initial_state):
+    if not _fused_ok(x):
         return ssd_chunked(x, dt, A, B, C, D=D, initial_state=initial_state,
                            return_final_state=return_final_state, chunk_size=chunk_size)
     T = min(chunk_size, x.shape[1])
