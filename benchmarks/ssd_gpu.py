@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for item in args.triton_set:
         name, _, value = item.partition("=")
         if not (name.isupper() and isinstance(getattr(ssd_triton_module, name, None), int) and value.isdigit()
-                and int(value) > 0):
+                and int(value) >= 0):
             ap.error(f"--triton-set takes NAME=INT with NAME an integer constant of tokendyn.ops.ssd_triton, "
                      f"got {item!r}")
         args.tiles[name] = int(value)

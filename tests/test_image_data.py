@@ -147,3 +147,18 @@ def test_transform_normalises():
     torch.testing.assert_close(t(x), torch.full((2, 1, 3, 3), (0.2 - 0.1) / 0.5))
     assert t(x, augment=True).shape == x.shape
     torch.testing.assert_close(ImageTransform([0.1], [0.5], normalize=False)(x), torch.full((2, 1, 3, 3), 0.2))
+
+
+def test_fashion_mnist_is_named_by_content_not_by_folder(tmp_path):
+    """The label is part of a run's identity: copies in two folders, one gzipped, name the same
+    data; one changed label names other data."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    write_fashion(tmp_path / "a", compress=True)
+    write_fashion(tmp_path / "b", compress=False)
+    write_fashion(tmp_path / "c", compress=False)
+    labels = read_idx(tmp_path / "c" / "t10k-labels-idx1-ubyte").clone()
+    labels[1] = (labels[1] + 1) % 10
+    write_idx(tmp_path / "c" / "t10k-labels-idx1-ubyte", labels)
+    a, b, c = (load_fashion_mnist(tmp_path / d).source for d in "abc")
+    assert a == b and a != c
+    assert str(tmp_path) not in a and a.startswith("Fashion-MNIST (12 training and 5 test images, sha256 ")

@@ -17,6 +17,7 @@ Sources:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -279,7 +280,19 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
     if test is None:
         raise DataError(f"{directory} has the Fashion-MNIST training files but not the test files "
                         "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz].")
-    return ImageDataset(train, test, list(FASHION_MNIST_CLASSES), f"Fashion-MNIST ({directory})")
+    return ImageDataset(train, test, list(FASHION_MNIST_CLASSES), fashion_mnist_label(train, test))
+
+
+def fashion_mnist_label(train: ImageSplit, test: ImageSplit) -> str:
+    """The data's name by content, not by where it was read: the sizes and a SHA-256 of the
+    decoded images and labels (the same for .gz and plain files). It is part of a run's
+    identity, so runs trained from copies in different folders or machines merge."""
+    digest = hashlib.sha256()
+    for split in (train, test):
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.contiguous().numpy().tobytes())
+    return (f"Fashion-MNIST ({len(train.labels):,} training and {len(test.labels):,} test images, "
+            f"sha256 {digest.hexdigest()[:16]})")
 
 
 # ---- ImageFolder layout -----------------------------------------------------------------------
