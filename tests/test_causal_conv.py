@@ -82,6 +82,7 @@ CASES = [  # batch, dim, length, K, bias, strided input
     (2, 8, 300, 3, False, False),
     (1, 6, 700, 2, True, True),
     (3, 7, 64, 1, True, False),
+    (2, 3, 40, 5, True, False),        # more taps than the taps kernel takes: the recompute kernel
 ]
 
 
@@ -90,8 +91,10 @@ CASES = [  # batch, dim, length, K, bias, strided input
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES,
                          ids=lambda c: "x".join(map(str, c[:4])) + ("b" if c[4] else "") + ("s" if c[5] else ""))
-def test_fused_matches_oracle(poisoned, case, dtype):
+@pytest.mark.parametrize("bwd", ["taps", "recompute"])
+def test_fused_matches_oracle(poisoned, monkeypatch, case, dtype, bwd):
     batch, dim, length, k, has_bias, strided = case
+    monkeypatch.setitem(poisoned.LAUNCH, "bwd", bwd)
     g = torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
     if strided:  # a channel slice of a wider tensor, as the mixer's x is of in_proj's output
         x = torch.randn(batch, 2 * dim, length, generator=g, device=DEV)[:, dim:].to(dtype)

@@ -12,7 +12,9 @@ Backward, with g = ∂loss/∂out and p = g · silu'(pre):
     dx[t] = Σ_j w[K − 1 − j] p[t + j],   dw[k] = Σ_{b,t} p[t] x[t − (K − 1) + k],   dbias = Σ_{b,t} p[t].
 p at the K shifted positions is recomputed from x (K² multiply-adds and K sigmoids per
 element) instead of being written and read back. dw and dbias are per-program partial sums
-that the caller adds up.
+that the caller adds up. Two backward kernels: ``_conv_silu_bwd_kernel`` reads x once per tap
+of each shifted pre-activation (K² shifted tiles, any K); ``_conv_silu_bwd_taps_kernel`` (K ≤ 4)
+reads the 2K − 1 distinct shifted tiles of x once and builds every pre-activation from them.
 """
 
 from __future__ import annotations
@@ -86,5 +88,84 @@ def _conv_silu_bwd_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_p
                 tl.store(dw_ptr + slot * K + k, tl.sum(p * xv, axis=1), mask=dmask)
             if HAS_BIAS:
                 tl.store(dbias_ptr + slot, tl.sum(p, axis=1), mask=dmask)
+    m = dmask[:, None] & (t < L)[None, :]
+    tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None] + t[None, :], dx, mask=m)
+
+
+@triton.jit
+def _x_at(x_row, t, shift, dmask, L):
+    """x (BD, BT) float32 at steps t + shift, zero outside 0 .. L − 1."""
+    src = t + shift
+    m = dmask[:, None] & ((src >= 0) & (src < L))[None, :]
+    return tl.load(x_row[:, None] + src[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tap(w_row, k, dmask):
+    """Tap k of every channel's filter as a (BD, 1) float32 column."""
+    return tl.load(w_row + k, mask=dmask, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _silu_grad(pre, g_row, s, dmask, L):
+    """p = g · silu'(pre) at steps s (BT,), zero at and beyond L."""
+    ms = dmask[:, None] & (s < L)[None, :]
+    g = tl.load(g_row[:, None] + s[None, :], mask=ms, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(pre)
+    return tl.where(ms, g * sig * (1.0 + pre * (1.0 - sig)), 0.0)
+
+
+@triton.jit
+def _conv_silu_bwd_taps_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_ptr, L, DIM, sx_b, sx_d, sw_d,
+                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    """The backward for K ≤ 4 with each shifted tile of x and g read once: the pre-activations
+    pre_j at steps t + j (j < K) are built together from the 2K − 1 tiles x[t − (K − 1)] …
+    x[t + K − 1] (not K² reads), and dw pairs p at t + j with x at the program's own steps t,
+    dw[K − 1 − j] += Σ_t p[t + j] x[t], so dw needs no read of x beyond those. Arguments and
+    outputs as :func:`_conv_silu_bwd_kernel`'s."""
+    pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
+    x_row = x_ptr + pid_b * sx_b + d64 * sx_d
+    w_row = w_ptr + d64 * sw_d
+    g_row = g_ptr + (pid_b * DIM + d64) * L
+    slot = (pid_b * tl.num_programs(0) + tl.program_id(0)) * DIM + d64
+    pre0 = tl.zeros([BD, BT], dtype=tl.float32) + bias[:, None]
+    pre1 = pre0
+    pre2 = pre0
+    pre3 = pre0
+    x0 = tl.zeros([BD, BT], dtype=tl.float32)
+    for s in tl.static_range(2 * K - 1):     # x at step t + s − (K − 1) feeds pre_j with tap s − j
+        xs = _x_at(x_row, t, s - (K - 1), dmask, L)
+        if s < K:
+            pre0 += _tap(w_row, s, dmask) * xs
+        if K > 1:
+            if s >= 1:
+                if s < K + 1:
+                    pre1 += _tap(w_row, s - 1, dmask) * xs
+        if K > 2:
+            if s >= 2:
+                if s < K + 2:
+                    pre2 += _tap(w_row, s - 2, dmask) * xs
+        if K > 3:
+            if s >= 3:
+                pre3 += _tap(w_row, s - 3, dmask) * xs
+        if s == K - 1:
+            x0 = xs
+    p = _silu_grad(pre0, g_row, t, dmask, L)
+    dx = _tap(w_row, K - 1, dmask) * p
+    tl.store(dw_ptr + slot * K + (K - 1), tl.sum(p * x0, axis=1), mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + slot, tl.sum(p, axis=1), mask=dmask)
+    if K > 1:
+        p = _silu_grad(pre1, g_row, t + 1, dmask, L)
+        dx += _tap(w_row, K - 2, dmask) * p
+        tl.store(dw_ptr + slot * K + (K - 2), tl.sum(p * x0, axis=1), mask=dmask)
+    if K > 2:
+        p = _silu_grad(pre2, g_row, t + 2, dmask, L)
+        dx += _tap(w_row, K - 3, dmask) * p
+        tl.store(dw_ptr + slot * K + (K - 3), tl.sum(p * x0, axis=1), mask=dmask)
+    if K > 3:
+        p = _silu_grad(pre3, g_row, t + 3, dmask, L)
+        dx += _tap(w_row, K - 4, dmask) * p
+        tl.store(dw_ptr + slot * K + (K - 4), tl.sum(p * x0, axis=1), mask=dmask)
     m = dmask[:, None] & (t < L)[None, :]
     tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None] + t[None, :], dx, mask=m)

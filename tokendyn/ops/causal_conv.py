@@ -22,8 +22,11 @@ def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
     return F.silu(pre)
 
 
-# launch shape of the fused kernels: channels per program, most steps per program, warps
-LAUNCH = {"block_d": 4, "block_t": 256, "num_warps": 4}
+# launch shape of the fused kernels: channels per program, most steps per program, warps; and the
+# backward kernel for filters of at most 4 taps: "taps" reads each shifted tile of x and g once,
+# "recompute" re-reads x for every tap's pre-activation (K² tiles; the only kernel for K > 4)
+LAUNCH = {"block_d": 4, "block_t": 256, "num_warps": 4, "bwd": "taps"}
+MAX_TAPS_KERNEL = 4
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -63,9 +66,10 @@ def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     dx = _empty((batch, dim, length), x.dtype, x.device)
     dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
     dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
-    K._conv_silu_bwd_kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim,
-                                  x.stride(0), x.stride(1), weight.stride(0),
-                                  HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
+    taps = LAUNCH["bwd"] == "taps" and weight.shape[1] <= MAX_TAPS_KERNEL
+    kernel = K._conv_silu_bwd_taps_kernel if taps else K._conv_silu_bwd_kernel
+    kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim, x.stride(0), x.stride(1), weight.stride(0),
+                 HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
     dw = dw.sum((0, 1)).to(weight.dtype)
     dbias = dbias.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, dbias
