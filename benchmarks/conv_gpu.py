@@ -11,7 +11,9 @@ forward and backward through autograd, so CUDA-event times would measure the hos
 medians (triton.testing.do_bench) are recorded beside them as ``event_ms``.
 Floors: forward reads x and writes out; forward+backward
 adds reading x and the output gradient and writing dx (dw and dbias are negligible).
-A sweep of launch shapes runs first; the table uses the fastest forward+backward.
+Contenders: the fused path with each backward kernel ("taps", "recompute"), PyTorch's conv1d, and
+causal_conv1d's fused kernels where that package is installed (mamba_ssm's path in training).
+``--sweep`` times the launch shapes first and keeps the fastest forward+backward.
 """
 
 from __future__ import annotations
@@ -62,61 +64,85 @@ def time_pair(fn, x, w, bias, up, kernels_only=True):
             do_bench(fb, warmup=20, rep=200, return_mode="median"))
 
 
+def peer_conv():
+    """causal_conv1d's fused conv + SiLU (what mamba_ssm trains with when it is installed), or None."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        return None
+    return lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu")
+
+
+def fused_with(bwd):
+    """The fused path with backward kernel ``bwd`` ("taps" or "recompute", causal_conv.LAUNCH)."""
+    def fn(x, w, b):
+        causal_conv.LAUNCH["bwd"] = bwd
+        return causal_conv.causal_conv1d_silu(x, w, b, fused=True)
+    return fn
+
+
+def ref(x, w, b):
+    # PyTorch's conv1d wants one dtype: under autocast, as in the mixer
+    with torch.autocast("cuda", dtype=x.dtype):
+        return causal_conv.causal_conv1d_silu_reference(x, w, b)
+
+
+def sweep_launch(x, w, bias, up):
+    """Every launch shape of the fused path on one input; the fastest forward+backward is kept."""
+    sweep = []
+    for bd in (2, 4, 8):
+        for bt in (256, 512, 1024):
+            for warps in (4, 8):
+                causal_conv.LAUNCH.update(block_d=bd, block_t=bt, num_warps=warps)
+                f, fb = time_pair(fused_with(causal_conv.LAUNCH["bwd"]), x, w, bias, up)
+                sweep.append({"block_d": bd, "block_t": bt, "num_warps": warps, "fwd_ms": f, "fwdbwd_ms": fb})
+    best = min(sweep, key=lambda r: r["fwdbwd_ms"])
+    causal_conv.LAUNCH.update({k: best[k] for k in ("block_d", "block_t", "num_warps")})
+    return sweep, best
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/conv_gpu.json")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--sweep", action="store_true", help="time every launch shape first and keep the fastest")
     args = ap.parse_args()
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
         prov["commit"] = args.commit
     bw = copy_bandwidth()
-
-    def fused(x, w, b):
-        return causal_conv.causal_conv1d_silu(x, w, b, fused=True)
-
-    def ref(x, w, b):
-        # PyTorch's conv1d wants one dtype: under autocast, as in the mixer
-        with torch.autocast("cuda", dtype=x.dtype):
-            return causal_conv.causal_conv1d_silu_reference(x, w, b)
     dtype = torch.bfloat16
-
-    sweep = []
-    x, w, bias, up = inputs(SHAPES[0], dtype)
     default = dict(causal_conv.LAUNCH)
-    for bd in (2, 4, 8):
-        for bt in (256, 512, 1024):
-            for warps in (4, 8):
-                causal_conv.LAUNCH.update(block_d=bd, block_t=bt, num_warps=warps)
-                f, fb = time_pair(fused, x, w, bias, up)
-                sweep.append({"block_d": bd, "block_t": bt, "num_warps": warps, "fwd_ms": f, "fwdbwd_ms": fb})
-    best = min(sweep, key=lambda r: r["fwdbwd_ms"])
-    causal_conv.LAUNCH.update({k: best[k] for k in ("block_d", "block_t", "num_warps")})
-    print("default", default, "best", best, flush=True)
-
+    sweep, best = sweep_launch(*inputs(SHAPES[0], dtype)) if args.sweep else ([], default)
+    contenders = {"fused_taps": fused_with("taps"), "fused_recompute": fused_with("recompute"), "torch": ref}
+    peer = peer_conv()
+    if peer is not None:
+        contenders["causal_conv1d"] = peer
     rows = []
     for shape in SHAPES:
         b, d, l, k = shape
         x, w, bias, up = inputs(shape, dtype)
         with torch.no_grad():
-            err = ((fused(x, w, bias).float() - ref(x, w, bias).float()).norm() / ref(x, w, bias).float().norm()).item()
-        f_ms, fb_ms = time_pair(fused, x, w, bias, up)
-        r_ms, rb_ms = time_pair(ref, x, w, bias, up)
-        wall = [time_pair(fn, x, w, bias, up, kernels_only=False) for fn in (fused, ref)]
+            want = ref(x, w, bias).float()
+            errs = {name: ((fn(x, w, bias).float() - want).norm() / want.norm()).item()
+                    for name, fn in contenders.items()}
         n = b * d * l * 2                                   # bytes of one (b, d, l) bf16 tensor
-        floor_f = 2 * n / bw * 1e3
-        floor_fb = 5 * n / bw * 1e3
-        row = {"shape": [b, d, l, k], "dtype": "bfloat16", "fused_fwd_ms": f_ms, "fused_fwdbwd_ms": fb_ms,
-               "torch_fwd_ms": r_ms, "torch_fwdbwd_ms": rb_ms, "speedup_fwd": r_ms / f_ms,
-               "speedup_fwdbwd": rb_ms / fb_ms, "floor_fwd_ms": floor_f, "floor_fwdbwd_ms": floor_fb,
-               "fused_fwd_x_floor": f_ms / floor_f, "fused_fwdbwd_x_floor": fb_ms / floor_fb,
-               "rel_err_vs_torch": err,
-               "event_ms": {"fused_fwd": wall[0][0], "fused_fwdbwd": wall[0][1],
-                            "torch_fwd": wall[1][0], "torch_fwdbwd": wall[1][1]}}
+        row = {"shape": [b, d, l, k], "dtype": "bfloat16", "floor_fwd_ms": 2 * n / bw * 1e3,
+               "floor_fwdbwd_ms": 5 * n / bw * 1e3, "rel_err_vs_torch": errs}
+        for name, fn in contenders.items():
+            f_ms, fb_ms = time_pair(fn, x, w, bias, up)
+            ev_f, ev_fb = time_pair(fn, x, w, bias, up, kernels_only=False)
+            row[name] = {"fwd_ms": f_ms, "fwdbwd_ms": fb_ms, "fwd_x_floor": f_ms / row["floor_fwd_ms"],
+                         "fwdbwd_x_floor": fb_ms / row["floor_fwdbwd_ms"],
+                         "event_ms": {"fwd": ev_f, "fwdbwd": ev_fb}}
+        if peer is not None:
+            row["ratio_fwdbwd_vs_causal_conv1d"] = {name: row[name]["fwdbwd_ms"] / row["causal_conv1d"]["fwdbwd_ms"]
+                                                    for name in contenders}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    causal_conv.LAUNCH.update(default)
     out = {**prov, "copy_bandwidth_tb_s": bw / 1e12, "launch_default": default, "launch_chosen": best,
-           "sweep": sweep, "rows": rows}
+           "causal_conv1d": peer is not None, "sweep": sweep, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 

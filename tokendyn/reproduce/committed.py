@@ -184,6 +184,17 @@ def _scalars(d: dict, this: dict):
                                    and k not in ("device", "date", "commit", "command", "torch", "python")]
 
 
+CONV_CONTENDERS = ("fused_taps", "fused_recompute", "torch", "causal_conv1d")
+
+
+def _conv_contenders(d: dict, this: dict):
+    """conv_gpu.json with one entry per contender and row: kernel ms forward / forward+backward."""
+    names = [n for n in CONV_CONTENDERS if any(n in r for r in d["rows"])]
+    cols = ["(batch, dim, length, width)", "dtype"] + [f"{n} fwd / fwd+bwd ms" for n in names]
+    return cols, [[_shape(r), r["dtype"]] + [f"{_f(r[n]['fwd_ms'])} / {_f(r[n]['fwdbwd_ms'])}" if n in r else ""
+                                            for n in names] for r in d["rows"]]
+
+
 def _table_for(d: dict):
     if isinstance(d.get("rows"), list) and d["rows"] and "tokendyn_fwd_ms" in d["rows"][0]:
         return _scan
@@ -196,6 +207,8 @@ def _table_for(d: dict):
         return _graph
     if isinstance(d.get("rows"), list) and d["rows"] and "fused_fwd_ms" in d["rows"][0]:
         return _conv
+    if isinstance(d.get("rows"), list) and d["rows"] and isinstance(d["rows"][0].get("fused_taps"), dict):
+        return _conv_contenders
     if isinstance(d.get("rows"), list) and d["rows"] and "mamba_ssm_cg_tokens_per_s" in d["rows"][0]:
         return _generate
     if isinstance(d.get("rows"), list) and d["rows"] and "tokens_per_s_ratio" in d["rows"][0]:
