@@ -179,7 +179,9 @@ def test_checkpoints_of_format_2_still_load(tmp_path, name):
     assert model.config.flat_dict() == {**written, **newer}
     expected = load_file(str(FORMAT_V2 / name / "expected.safetensors"))
     with torch.no_grad():
-        assert torch.equal(model(expected["input"]), expected["logits"])
+        # float32 rounding may differ where an operation's kernel changed since (a product's
+        # operand order): the same model to float32 rounding, not bit for bit
+        torch.testing.assert_close(model(expected["input"]), expected["logits"], rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["format_version"] == 3 and again["mixer"]["d_state"] == 3 and "io_constraint" not in again

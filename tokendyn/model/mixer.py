@@ -23,6 +23,7 @@ from ..ops import check_backend_name, compute_dtype, resolve_backend, selective_
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
 from ..ops.norm_linear import rms_norm_linear
+from ..ops.out_linear import out_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
@@ -271,10 +272,10 @@ class MambaMixer(MixerBase):
                                  backend=self.scan_backend)
             y, ssm_state = res if return_state else (res, None)
             y = self.restore_order(y, order)
-        # (b, d_model, L) then one transposing copy of the narrower d_model side: y and its
-        # gradient (what the scan's backward reads) keep unit stride along L. No cast: y has
-        # in_proj's output dtype already (bfloat16 under autocast).
-        out = channel_linear(self.out_proj.weight, y).transpose(1, 2).contiguous()
+        # straight into the stream's (b, L, d_model) layout, and dy back in the scan's (b, D, L),
+        # with no transposing copy either way (ops/out_linear.py). No cast: y has in_proj's
+        # output dtype already (bfloat16 under autocast).
+        out = out_linear(self.out_proj.weight, y)
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
         internals = None
