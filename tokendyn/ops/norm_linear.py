@@ -45,7 +45,9 @@ class _RMSNormLinear(torch.autograd.Function):
             dr = dgain = None
             if need_r or need_gain:
                 w = weight.to(ctx.dtype)
-                dn = torch.bmm(w.t().expand(dy.shape[0], -1, -1), dy).transpose(1, 2)  # (b, L, d)
+                # (b, L, d) contiguous, dy read transposed in place: the cast and the norm's
+                # backward below then read it without a strided pass
+                dn = torch.bmm(dy.transpose(1, 2), w.expand(dy.shape[0], -1, -1))
                 dr, dgain = torch.autograd.grad(n, (r_, gain_), dn)
         return (dr if need_r else None), (dgain if need_gain else None), dw, None, None
 
