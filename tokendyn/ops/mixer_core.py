@@ -82,7 +82,8 @@ class _SelectiveCore(torch.autograd.Function):
             dw_dt = _weight_grad(ddelta, dt)
             del ddelta
             dx_dbl = torch.cat([ddt, dB.to(dtype), dC.to(dtype)], dim=1)  # (b, R + 2N, L)
-            du = du + _bmm_left(w_x.t(), dx_dbl)
+            # du += W_xᵀ dx_dbl in the product's epilogue, not as a separate pass over du
+            du = torch.baddbmm(du, w_x.t().expand(x.shape[0], -1, -1), dx_dbl)
             dw_x = _weight_grad(dx_dbl, u)
             del u
             dx, dconv_w, dconv_b = conv_silu_backward(x, conv_weight, conv_bias, du)
