@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import compute_dtype, selective_scan
+from ..ops.out_linear import out_linear
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
 from .internals import MixerInternals
@@ -168,7 +169,7 @@ class MambaVisionMixer(MixerBase):
                              return_last_state=return_state, backend=self.scan_backend)
         y, ssm_state = res if return_state else (res, None)
         y = self.restore_order(y.to(z.dtype), order)
-        out = channel_linear(self.out_proj.weight, torch.cat([y, z], dim=1)).transpose(1, 2).contiguous()
+        out = out_linear(self.out_proj.weight, torch.cat([y, z], dim=1))      # (b, L, d_model)
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
         internals = None
