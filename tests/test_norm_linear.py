@@ -4,6 +4,9 @@ one that does not, and the normalised copy no longer kept for the backward."""
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 import torch
 
@@ -68,3 +71,48 @@ def test_block_with_fused_norm_equals_composed_and_keeps_less():
         assert ((grads_f[k] - grads_c[k]).norm() / grads_c[k].norm().clamp_min(1e-30)).item() < 2e-2, k
     # per layer the normalised bf16 copy (batch, L, d_model) is no longer kept
     assert bytes_f <= bytes_c - 2 * (2 * 24 * 32 * 2)
+
+
+# ---- fused (Triton) ----------------------------------------------------------------------
+
+NORM_CASES = [  # batch, L, d, out, rows per program
+    (2, 7, 12, 20, 8),          # 14 rows: a program with a partial set of rows
+    (1, 1, 5, 3, 8),            # one row, d far from a power of two
+    (3, 33, 64, 48, 4),
+    (2, 16, 100, 24, 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.interpretable
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", NORM_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_fused_norm_matches_the_float64_oracle(monkeypatch, case, out_dtype):
+    """The Triton norm + cast, forward and every gradient, against the same node in float64 on
+    fresh random inputs; NaN-poisoned buffers show any element a kernel fails to write."""
+    from tokendyn.ops import norm_linear
+
+    dev = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
+    monkeypatch.setattr(norm_linear, "_empty",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    b, L, d, out, rows = case
+    monkeypatch.setitem(norm_linear.LAUNCH, "rows", rows)
+    g = torch.Generator(device=dev).manual_seed(random.SystemRandom().randrange(2**31))
+    r = (torch.randn(b, L, d, generator=g, device=dev) * 3).requires_grad_()
+    gain = (1 + 0.3 * torch.randn(d, generator=g, device=dev)).requires_grad_()
+    weight = (torch.randn(out, d, generator=g, device=dev) / d**0.5).requires_grad_()
+    dy = torch.randn(b, out, L, generator=g, device=dev)
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=out_dtype == torch.bfloat16):
+        y = rms_norm_linear(r, gain, 1e-5, weight, fused=True)
+    assert y.dtype == out_dtype and y.stride(-1) == 1
+    y.backward(dy.to(y.dtype))
+    r64, gain64, w64 = (t.detach().double().requires_grad_() for t in (r, gain, weight))
+    y64 = rms_norm_linear(r64, gain64, 1e-5, w64)
+    y64.backward(dy.to(y.dtype).double())
+    tol = 1e-5 if out_dtype == torch.float32 else 2e-2
+    for name, got, want in (("y", y, y64), ("dr", r.grad, r64.grad), ("dgain", gain.grad, gain64.grad),
+                            ("dweight", weight.grad, w64.grad)):
+        assert not torch.isnan(got).any(), name
+        err = ((got.double().cpu() - want.cpu()).norm() / want.norm().cpu()).item()
+        assert err < tol, (name, err)
+    assert r.grad.dtype == torch.float32 and gain.grad.dtype == torch.float32

@@ -244,7 +244,8 @@ class MambaMixer(MixerBase):
         """
         L = hidden_states.shape[1]
         if norm is not None:
-            xz = rms_norm_linear(hidden_states, norm.weight, norm.eps, self.in_proj.weight)  # (b, 2D, L)
+            xz = rms_norm_linear(hidden_states, norm.weight, norm.eps, self.in_proj.weight,
+                                 fused=self.fuses_kernels(hidden_states))                # (b, 2D, L)
         else:
             xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
         if self.in_proj.bias is not None:
