@@ -451,10 +451,13 @@ class GraphedStep:
     """An optimiser step as two CUDA graphs (TrainConfig.cuda_graph), captured after
     GRAPH_WARMUP eager steps of the session, which run on a side stream as the capture needs:
 
-    - ``micro``: the loss and backward of one micro-batch read from static input buffers, its
-      gradients accumulating in place into the parameters' ``.grad`` (kept allocated);
+    - ``micro``: the loss and backward of one micro-batch read from static input buffers. With
+      one micro-batch a step, the backward allocates the gradients inside the capture, as an
+      eager backward does, layer by layer into memory the freed activations leave, and each
+      replay writes them afresh; with several, they are allocated (zeros) before the capture and
+      each replay adds into them;
     - ``update``: gradient clipping, the AdamW step (capturable: step count and learning rate on
-      the device) and zeroing the gradients.
+      the device) and, with several micro-batches, zeroing the gradients.
 
     A step copies each micro-batch into the buffers and replays ``micro``, then sets the learning
     rate and replays ``update``: the host launches two graphs a micro-batch instead of every
@@ -467,20 +470,31 @@ class GraphedStep:
         self.inputs = tuple(t.clone() for t in batch)
         torch.cuda.synchronize()
         try:
-            params = self._used_parameters(net, model, task)
-            # gradients kept allocated (zeros), so that each replay of ``micro`` adds into them
-            for p in params:
-                p.grad = torch.zeros_like(p)
+            if accumulation > 1:
+                params = self._used_parameters(net, model, task)
+                # gradients kept allocated (zeros), so that each replay of ``micro`` adds into them
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            else:
+                # allocated by the captured backward itself: not alive beside the forward's
+                # activations, as eager gradients are not (a whole model's gradients more at
+                # the peak otherwise)
+                model.zero_grad(set_to_none=True)
             pool = torch.cuda.graph_pool_handle()
             self.micro, self.update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.micro, pool=pool):
                 self.loss = task.loss(net, self.inputs) / accumulation
                 self.loss.backward()
+            if accumulation == 1:
+                # the parameters the loss reaches: the others keep no gradient, and AdamW leaves
+                # them alone (no weight decay) as it does in an eager step
+                params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
             with torch.cuda.graph(self.update, pool=pool):
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=False)
+                if accumulation > 1:
+                    optimizer.zero_grad(set_to_none=False)
         except RuntimeError as exc:
             raise ConfigError(f"--cuda-graph: the training step could not be captured as a CUDA graph "
                               f"({str(exc).splitlines()[0][:200]}); train without --cuda-graph.") from None
