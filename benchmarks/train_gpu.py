@@ -226,6 +226,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of tokendyn and mamba_ssm")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="add tokendyn_triton_graph: the same model trained with --cuda-graph")
+    ap.add_argument("--torch-norm", action="store_true",
+                    help="add tokendyn_triton_torchnorm: eager, with PyTorch's RMSNorm and cast in place of the "
+                         "Triton norm kernels (their host cost against their kernel time)")
     args = ap.parse_args()
     prov = provenance(" ".join(["python"] + sys.argv))
     if args.commit:
@@ -239,6 +242,8 @@ def main():
     builders = {"tokendyn_triton": lambda: build_tokendyn("triton")}
     if args.cuda_graph:
         builders["tokendyn_triton_graph"] = lambda: build_tokendyn("triton")
+    if args.torch_norm:
+        builders["tokendyn_triton_torchnorm"] = lambda: build_tokendyn("triton")
     if args.io_constraint:
         builders[f"tokendyn_triton_{args.io_constraint}"] = lambda: build_tokendyn("triton", args.io_constraint)
     if not args.skip_peer:
@@ -247,12 +252,13 @@ def main():
     runs = [(name, build, args.steps) for _ in range(args.rounds) for name, build in builders.items()]
     if not args.skip_chunked:
         runs.append(("tokendyn_chunked", lambda: build_tokendyn("chunked"), max(3, args.steps // 3)))
-    from tokendyn.ops import triton_scan
+    from tokendyn.ops import norm_linear, triton_scan
     launch = json.loads(args.launch) if args.launch else {}
     per_round = {}
     for name, build, steps in runs:
         torch.manual_seed(0)
         model = None
+        norm_linear.LAUNCH["fused"] = name != "tokendyn_triton_torchnorm"
         try:
             model = build()
             with triton_scan.scan_config(**launch):
@@ -262,6 +268,7 @@ def main():
                     r["monitor"] = monitor_cost(model, task, r["step_ms_median"])
         except Exception as exc:  # record why a contender could not run, keep the others
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        norm_linear.LAUNCH["fused"] = True
         per_round.setdefault(name, []).append(r)
         print(name, json.dumps({k: v for k, v in r.items() if k != "step_ms_all"}), flush=True)
         model = None

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# rows of the norm per program of the fused kernels, and their warps
-LAUNCH = {"rows": 8, "num_warps": 4}
+# rows of the norm per program of the fused kernels, and their warps; "fused": False keeps
+# PyTorch's norm and cast where the Triton kernels would run (for timing the two in one process)
+LAUNCH = {"rows": 8, "num_warps": 4, "fused": True}
 
 
 def _normed(r: torch.Tensor, gain: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
@@ -121,5 +122,5 @@ def rms_norm_linear(r: torch.Tensor, gain: torch.Tensor, eps: float, weight: tor
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else r.dtype
     # the Triton norm (CUDA, or Triton's interpreter) for a float32 stream; float64 and empty
     # inputs take PyTorch's
-    fused = fused and r.dtype == torch.float32 and r.numel() > 0
+    fused = fused and LAUNCH["fused"] and r.dtype == torch.float32 and r.numel() > 0
     return _RMSNormLinear.apply(r, gain.to(r.dtype), weight, eps, dtype, fused)
