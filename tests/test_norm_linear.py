@@ -80,6 +80,7 @@ NORM_CASES = [  # batch, L, d, out, rows per program
     (1, 1, 5, 3, 8),            # one row, d far from a power of two
     (3, 33, 64, 48, 4),
     (2, 16, 100, 24, 1),
+    (1, 3, 2560, 8, 8),         # a wide row: more warps (mamba-2.8b's d_model)
 ]
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# rows of the norm per program of the fused kernels, and their warps; "fused": False keeps
-# PyTorch's norm and cast where the Triton kernels would run (for timing the two in one process)
+# rows of the norm per program of the fused kernels, and their warps for rows of up to 1,024
+# channels (more for wider rows, so that a thread holds at most 8 of a row's channels, up to 16
+# warps); "fused": False keeps PyTorch's norm and cast where the Triton kernels would run (for
+# timing the two in one process)
 LAUNCH = {"rows": 8, "num_warps": 4, "fused": True}
 
 
@@ -37,8 +39,9 @@ def _rows(r: torch.Tensor) -> torch.Tensor:
 def _launch(rows: int, d: int):
     import triton
 
-    return (triton.cdiv(rows, LAUNCH["rows"]),), dict(BLOCK=triton.next_power_of_2(d), ROWS=LAUNCH["rows"],
-                                                      num_warps=LAUNCH["num_warps"])
+    block = triton.next_power_of_2(d)
+    warps = min(16, max(LAUNCH["num_warps"], block // 256))
+    return (triton.cdiv(rows, LAUNCH["rows"]),), dict(BLOCK=block, ROWS=LAUNCH["rows"], num_warps=warps)
 
 
 def rms_norm_cast(r: torch.Tensor, gain: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
