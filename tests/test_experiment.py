@@ -403,3 +403,28 @@ def test_early_stopping_in_the_summary_markdown_and_report(tmp_path):
     checks = comparison_checks(exp, doc, "this run", "how")
     read = [c for c in checks if "best validation step" in c.claim]
     assert len(read) == 2 and all("the project's addition" in c.claim for c in read)
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("{", "cannot be read as a run record"),
+    ("[1, 2]", "is not a run record"),
+    ('{"test": {}}', "lacks tokens_seen, wall_s, train_s, val_curve"),
+])
+def test_a_damaged_run_record_is_one_sentence(tmp_path, damage, words):
+    """A result.json cut short by a failed copy, or not a run's at all: the summary names the file
+    and the run folder instead of failing deep inside."""
+    from tokendyn.errors import DataError
+    from tokendyn.train.runs import collect
+
+    run = tmp_path / "runs" / "none-seed0"
+    run.mkdir(parents=True)
+    (run / runstate.RUN).write_text(json.dumps({"model": {}, "train": {}, "task": {}}))
+    (run / runstate.RESULT).write_text(damage)
+    with pytest.raises(DataError, match=words) as info:
+        collect(tmp_path)
+    assert "none-seed0" in str(info.value) and "\n" not in str(info.value)
+    (run / runstate.RUN).unlink()
+    (run / runstate.RESULT).write_text(json.dumps({k: 0 for k in ("test", "tokens_seen", "wall_s", "train_s",
+                                                                   "val_curve")}))
+    with pytest.raises(DataError, match="run.json cannot be read"):
+        collect(tmp_path)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import DataError
 from ..outputs import write_file
 from . import state as runstate
 
@@ -39,6 +40,30 @@ def pending_runs(out: Path, settings, seeds, log):
             yield setting, seed, run_dir, (run_dir / runstate.RUN).is_file()
 
 
+# what every experiment's summary reads from a complete run's records
+RUN_KEYS = ("model", "train", "task")
+RESULT_KEYS = ("test", "tokens_seen", "wall_s", "train_s", "val_curve")
+
+
+def _read_record(path: Path, keys: tuple[str, ...]) -> dict:
+    """A run's JSON record (run.json, result.json) as a dict with ``keys``; DataError (one
+    sentence) when it is missing, unreadable, not a JSON object or short of a key, as in a
+    damaged or half-copied run folder."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as a run record ({type(exc).__name__}); restore it or remove "
+                        f"the run folder {path.parent.name} to train that run again.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path} is not a run record (a JSON object); restore it or remove the run folder "
+                        f"{path.parent.name}.")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}, so it is not a complete run's record; restore it or "
+                        f"remove the run folder {path.parent.name}.")
+    return record
+
+
 def collect(out: Path) -> dict[str, list[Run]]:
     """Complete runs under OUT/runs: {setting: [Run, ...] by seed}."""
     found: dict[str, list[Run]] = {}
@@ -47,8 +72,10 @@ def collect(out: Path) -> dict[str, list[Run]]:
         if not result.is_file():
             continue
         setting, seed = run_dir.name.rsplit("-seed", 1)
-        found.setdefault(setting, []).append(Run(int(seed), json.loads((run_dir / runstate.RUN).read_text()),
-                                                 json.loads(result.read_text()), run_dir))
+        if not seed.isdigit():
+            continue                      # not a run folder of this layout (SETTING-seedK)
+        found.setdefault(setting, []).append(Run(int(seed), _read_record(run_dir / runstate.RUN, RUN_KEYS),
+                                                 _read_record(result, RESULT_KEYS), run_dir))
     return {s: sorted(v, key=lambda r: r.seed) for s, v in found.items()}
 
 
