@@ -56,6 +56,11 @@ def check_mixer_contract(mixer: nn.Module, d_model: int, *, steps: bool = True, 
             norm = RMSNorm(d_model).double()
             norm.weight.normal_(1.0, 0.1, generator=g)
             torch.testing.assert_close(mixer.run(h, norm=norm).out, mixer.run(norm(h)).out, rtol=rtol, atol=atol)
+            # and run(h, norm=, residual=r) is run(norm(h + r)), returning the stream h + r
+            r = torch.randn(h.shape, generator=g, dtype=h.dtype)
+            both = mixer.run(h, norm=norm, residual=r)
+            torch.testing.assert_close(both.out, mixer.run(norm(h + r)).out, rtol=rtol, atol=atol)
+            torch.testing.assert_close(both.residual, h + r, rtol=0, atol=0)
 
         # internals and io_parameters: THEORY.md's quantities, with matching sizes
         internals = mixer.run(h, return_internals=True).internals

@@ -117,3 +117,43 @@ def test_fused_norm_matches_the_float64_oracle(monkeypatch, case, out_dtype):
         err = ((got.double().cpu() - want.cpu()).norm() / want.norm().cpu()).item()
         assert err < tol, (name, err)
     assert r.grad.dtype == torch.float32 and gain.grad.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.interpretable
+@pytest.mark.parametrize("h_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", NORM_CASES[:3], ids=lambda c: "x".join(map(str, c)))
+def test_fused_add_norm_matches_the_float64_oracle(monkeypatch, case, h_dtype):
+    """The block's Add -> RMSNorm -> in_proj in the Triton kernels: y, the stream r = h + res, and
+    the gradients of h, res, the gain and the weight, with a gradient arriving on r too (as the
+    next block's add sends it), against the same node in float64."""
+    from tokendyn.ops import norm_linear
+    from tokendyn.ops.norm_linear import add_rms_norm_linear
+
+    dev = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
+    monkeypatch.setattr(norm_linear, "_empty",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    b, L, d, out, rows = case
+    monkeypatch.setitem(norm_linear.LAUNCH, "rows", rows)
+    g = torch.Generator(device=dev).manual_seed(random.SystemRandom().randrange(2**31))
+    h = torch.randn(b, L, d, generator=g, device=dev).to(h_dtype).requires_grad_()
+    res = (torch.randn(b, L, d, generator=g, device=dev) * 2).requires_grad_()
+    gain = (1 + 0.3 * torch.randn(d, generator=g, device=dev)).requires_grad_()
+    weight = (torch.randn(out, d, generator=g, device=dev) / d**0.5).requires_grad_()
+    dy = torch.randn(b, out, L, generator=g, device=dev)
+    dr = torch.randn(b, L, d, generator=g, device=dev)
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=h_dtype == torch.bfloat16):
+        y, r = add_rms_norm_linear(h, res, gain, 1e-5, weight, fused=True)
+    assert r.dtype == torch.float32 and y.stride(-1) == 1
+    torch.autograd.backward((y, r), (dy.to(y.dtype), dr))
+    leaves64 = [t.detach().double().requires_grad_() for t in (h, res, gain, weight)]
+    y64, r64 = add_rms_norm_linear(leaves64[0], leaves64[1], leaves64[2], 1e-5, leaves64[3])
+    torch.autograd.backward((y64, r64), (dy.to(y.dtype).double(), dr.double()))
+    tol = 1e-5 if h_dtype == torch.float32 else 2e-2
+    got = (y, r, h.grad, res.grad, gain.grad, weight.grad)
+    want = (y64, r64, *(t.grad for t in leaves64))
+    for name, a, e in zip(("y", "r", "dh", "dres", "dgain", "dweight"), got, want):
+        assert not torch.isnan(a).any(), name
+        err = ((a.double().cpu() - e.cpu()).norm() / e.norm().cpu()).item()
+        assert err < tol, (name, err)
+    assert h.grad.dtype == h_dtype and res.grad.dtype == torch.float32

@@ -80,12 +80,14 @@ class Block(nn.Module):
         Returns (mixer output, residual stream entering this layer, MixerRun).
         """
         if self._fuses_norm(hidden_states, residual, return_internals or return_state):
-            # the norm and in_proj as one node: the normalised copy is recomputed in the
-            # backward instead of kept (ops/norm_linear.py)
-            residual = hidden_states if residual is None else hidden_states + residual
-            residual = residual.to(self.norm.weight.dtype)
-            run = self.mixer.run(residual, norm=self.norm)
-            return run.out, residual, run
+            # the add (where there is a stream already), the norm and in_proj as one node: the
+            # normalised copy is recomputed in the backward instead of kept, and the add, the
+            # norm and the casts are one pass each way over the stream (ops/norm_linear.py)
+            if residual is None:
+                run = self.mixer.run(hidden_states.to(self.norm.weight.dtype), norm=self.norm)
+            else:
+                run = self.mixer.run(hidden_states, norm=self.norm, residual=residual.to(self.norm.weight.dtype))
+            return run.out, run.residual, run
         normed, residual = self._add_norm(hidden_states, residual)
         if self.reverse:
             normed = normed.flip(1)

@@ -37,12 +37,15 @@ class MixerRun:
     out: (b, L, d_model), the mixer's contribution to the residual stream;
     internals: the scan's inputs (:class:`~tokendyn.model.internals.MixerInternals`) when asked for, else None;
     state: the recurrent state after the last token (the tuple :meth:`Mixer.allocate_state`
-    makes, ready for :meth:`Mixer.step_`) when asked for, else None.
+    makes, ready for :meth:`Mixer.step_`) when asked for, else None;
+    residual: with ``norm=``, the residual stream the norm read (with ``residual=``, the sum the
+    mixer formed), else None.
     """
 
     out: torch.Tensor
     internals: MixerInternals | None = None
     state: tuple[torch.Tensor, ...] | None = None
+    residual: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -156,15 +159,18 @@ class Mixer(Protocol):
     scan_backend: str
 
     def run(self, hidden_states: torch.Tensor, return_internals: bool = False, return_state: bool = False,
-            norm: nn.Module | None = None) -> MixerRun:
+            norm: nn.Module | None = None, residual: torch.Tensor | None = None) -> MixerRun:
         """The forward over a whole sequence.
 
         hidden_states: (b, L, d_model), the block's normalised input — or, with ``norm`` (only
         where :meth:`takes_residual` is true), the residual stream before the block's RMSNorm
         ``norm`` (weight (d_model,), eps; float32 or float64), which the mixer applies itself, fused
-        with its input projection. ``return_internals``: fill :attr:`MixerRun.internals` (the scan
-        inputs x, Δ, B, C, z as the scan saw them). ``return_state``: fill :attr:`MixerRun.state`
-        with the recurrent state after the last token. Never both asked with ``norm``.
+        with its input projection. With ``norm`` and ``residual`` (the stream so far, in the norm's
+        dtype), hidden_states is the previous block's output and the stream is their sum, which
+        the mixer forms itself; :attr:`MixerRun.residual` returns the stream either way.
+        ``return_internals``: fill :attr:`MixerRun.internals` (the scan inputs x, Δ, B, C, z as
+        the scan saw them). ``return_state``: fill :attr:`MixerRun.state` with the recurrent state
+        after the last token. Never both asked with ``norm``.
         """
         ...
 
@@ -173,8 +179,9 @@ class Mixer(Protocol):
         ...
 
     def takes_residual(self) -> bool:
-        """Whether :meth:`run` accepts ``norm=`` (the block's RMSNorm fused into the mixer's
-        input projection, so the normalised copy is recomputed in the backward, not kept)."""
+        """Whether :meth:`run` accepts ``norm=`` and ``residual=`` (the block's Add -> RMSNorm
+        fused into the mixer's input projection, so the normalised copy is recomputed in the
+        backward, not kept)."""
         ...
 
     def fuses_kernels(self, x: torch.Tensor) -> bool:
@@ -233,7 +240,7 @@ class MixerBase(nn.Module):
         """(b, L, d_model) -> (b, L, d_model)."""
         return self.run(hidden_states).out
 
-    def run(self, hidden_states, return_internals=False, return_state=False, norm=None) -> MixerRun:
+    def run(self, hidden_states, return_internals=False, return_state=False, norm=None, residual=None) -> MixerRun:
         raise NotImplementedError
 
     def takes_residual(self) -> bool:

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
-from ..ops.norm_linear import rms_norm_linear
+from ..ops.norm_linear import add_rms_norm_linear, rms_norm_linear
 from ..ops.out_linear import out_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
 from .contract import IOParameters, MixerBase, MixerRun
@@ -232,7 +232,8 @@ class MambaMixer(MixerBase):
         return self.in_proj.bias is None and self._plain_core()
 
     def run(self, hidden_states: torch.Tensor, return_internals: bool = False,
-            return_state: bool = False, norm: nn.Module | None = None) -> MixerRun:
+            return_state: bool = False, norm: nn.Module | None = None,
+            residual: torch.Tensor | None = None) -> MixerRun:
         """The full-sequence forward, optionally keeping the scan inputs and the final state.
 
         hidden_states: (batch, L, d_model). ``return_state`` gives the state (conv, ssm): the conv
@@ -240,12 +241,19 @@ class MambaMixer(MixerBase):
         ready for :meth:`step`. ``norm``: the block's RMSNorm (weight, eps), where hidden_states is the
         residual stream before it (float32 or float64; only where :meth:`takes_residual`): the
         norm and in_proj then run as one node that keeps only the residual stream for the
-        backward (ops/norm_linear.py).
+        backward (ops/norm_linear.py). With ``norm``, ``residual``: the stream so far (float32 or
+        float64), hidden_states then being the previous block's output; the node adds them too,
+        and :attr:`MixerRun.residual` holds the sum.
         """
         L = hidden_states.shape[1]
-        if norm is not None:
+        stream = None
+        if norm is not None and residual is not None:
+            xz, stream = add_rms_norm_linear(hidden_states, residual, norm.weight, norm.eps, self.in_proj.weight,
+                                             fused=self.fuses_kernels(residual))        # (b, 2D, L)
+        elif norm is not None:
             xz = rms_norm_linear(hidden_states, norm.weight, norm.eps, self.in_proj.weight,
                                  fused=self.fuses_kernels(hidden_states))                # (b, 2D, L)
+            stream = hidden_states
         else:
             xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
         if self.in_proj.bias is not None:
@@ -283,7 +291,7 @@ class MambaMixer(MixerBase):
         if return_internals:
             delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
             internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
-        return MixerRun(out, internals, (conv_state, ssm_state) if return_state else None)
+        return MixerRun(out, internals, (conv_state, ssm_state) if return_state else None, stream)
 
     # ---- one token --------------------------------------------------------------------
 
