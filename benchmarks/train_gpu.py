@@ -227,7 +227,7 @@ def main():
     ap.add_argument("--cuda-graph", action="store_true",
                     help="add tokendyn_triton_graph: the same model trained with --cuda-graph")
     ap.add_argument("--torch-norm", action="store_true",
-                    help="add tokendyn_triton_torchnorm: eager, with PyTorch's RMSNorm and cast in place of the "
+                    help="add tokendyn_triton_torchnorm: eager, with PyTorch's add, RMSNorm and cast in place of the "
                          "Triton norm kernels (their host cost against their kernel time)")
     args = ap.parse_args()
     prov = provenance(" ".join(["python"] + sys.argv))
