@@ -332,3 +332,15 @@ def test_conv_rows_give_each_contender(tmp_path):
     got = dict(zip(t["columns"], t["rows"][0]))
     assert got["fused_taps fwd / fwd+bwd ms"] == "0.03 / 0.06" and got["torch fwd / fwd+bwd ms"] == "0.1 / 0.3"
     assert "causal_conv1d fwd / fwd+bwd ms" not in t["columns"]
+
+
+def test_norm_rows_give_both_paths_and_their_ratios(tmp_path):
+    path = {"fwd_kernel_ms": 0.1, "fwdbwd_kernel_ms": 0.3, "fwd_event_ms": 0.2, "fwdbwd_event_ms": 0.6}
+    row = {"shape": [8, 1024, 768, 3072], "floor_norm_fwd_ms": 0.01, "floor_norm_bwd_ms": 0.02,
+           "triton": path, "torch": {k: 2 * v for k, v in path.items()},
+           "ratio_fwdbwd_kernel_triton_over_torch": 0.5, "ratio_fwdbwd_event_triton_over_torch": 0.5}
+    (tmp_path / "norm.json").write_text(json.dumps({"device": "NVIDIA X", "date": "d", "commit": "c",
+                                                    "command": "x", "rows": [row]}))
+    (t,) = committed_results(folder=tmp_path)
+    got = dict(zip(t["columns"], t["rows"][0]))
+    assert got["fwd+bwd kernel ms triton / torch"] == "0.3 / 0.6" and got["kernel ratio"] == "0.5"

@@ -195,6 +195,16 @@ def _conv_contenders(d: dict, this: dict):
                                             for n in names] for r in d["rows"]]
 
 
+def _norm(d: dict, this: dict):
+    """norm_gpu.json: the Add -> RMSNorm -> in_proj node, Triton against PyTorch, per shape."""
+    cols = ["(batch, L, d_model, in_proj outputs)", "fwd+bwd kernel ms triton / torch",
+            "fwd+bwd event ms triton / torch", "kernel ratio", "event ratio"]
+    return cols, [[_shape(r), f"{_f(r['triton']['fwdbwd_kernel_ms'])} / {_f(r['torch']['fwdbwd_kernel_ms'])}",
+                   f"{_f(r['triton']['fwdbwd_event_ms'])} / {_f(r['torch']['fwdbwd_event_ms'])}",
+                   _f(r["ratio_fwdbwd_kernel_triton_over_torch"]), _f(r["ratio_fwdbwd_event_triton_over_torch"])]
+                  for r in d["rows"]]
+
+
 def _table_for(d: dict):
     if isinstance(d.get("rows"), list) and d["rows"] and "tokendyn_fwd_ms" in d["rows"][0]:
         return _scan
@@ -209,6 +219,8 @@ def _table_for(d: dict):
         return _conv
     if isinstance(d.get("rows"), list) and d["rows"] and isinstance(d["rows"][0].get("fused_taps"), dict):
         return _conv_contenders
+    if isinstance(d.get("rows"), list) and d["rows"] and "floor_norm_fwd_ms" in d["rows"][0]:
+        return _norm
     if isinstance(d.get("rows"), list) and d["rows"] and "mamba_ssm_cg_tokens_per_s" in d["rows"][0]:
         return _generate
     if isinstance(d.get("rows"), list) and d["rows"] and "tokens_per_s_ratio" in d["rows"][0]:
