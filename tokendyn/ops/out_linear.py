@@ -4,9 +4,10 @@ that never copies (THEORY.md section 1: ``out = out_proj(y)``).
     out[b, t, :] = W · y[b, :, t]        y: (batch, D, L); W: (d_model, D); out: (batch, L, d_model)
 
 The scan writes y with unit stride along L, and its backward reads dy in the same layout; the
-residual stream is (batch, L, d_model). Composed from PyTorch operations, one side of that turn
-costs a transposing copy in the forward and again in the backward. Here each product reads its
-operands transposed in place (batched matmuls take any strides), so the forward writes out
+residual stream is (batch, L, d_model). Composed from PyTorch operations, that turn costs a
+transposing copy: of out in the forward (a product along the channels, then a contiguous
+transpose), or of dy in the backward (F.linear on y's transposed view). Here each product reads
+its operands transposed in place (batched matmuls take any strides), so the forward writes out
 contiguous in the stream's layout and the backward writes dy contiguous in the scan's.
 """
 
