@@ -84,6 +84,18 @@ NORM_CASES = [  # batch, L, d, out, rows per program
 ]
 
 
+def fused_setup(monkeypatch, rows: int):
+    """The device of the fused tests, NaN-poisoned kernel buffers (an element a kernel fails to
+    write shows), ``rows`` rows per program, and a generator on a fresh seed."""
+    from tokendyn.ops import norm_linear
+
+    dev = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
+    monkeypatch.setattr(norm_linear, "_empty",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    monkeypatch.setitem(norm_linear.LAUNCH, "rows", rows)
+    return dev, torch.Generator(device=dev).manual_seed(random.SystemRandom().randrange(2**31))
+
+
 @pytest.mark.gpu
 @pytest.mark.interpretable
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -91,14 +103,8 @@ NORM_CASES = [  # batch, L, d, out, rows per program
 def test_fused_norm_matches_the_float64_oracle(monkeypatch, case, out_dtype):
     """The Triton norm + cast, forward and every gradient, against the same node in float64 on
     fresh random inputs; NaN-poisoned buffers show any element a kernel fails to write."""
-    from tokendyn.ops import norm_linear
-
-    dev = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
-    monkeypatch.setattr(norm_linear, "_empty",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
-    b, L, d, out, rows = case
-    monkeypatch.setitem(norm_linear.LAUNCH, "rows", rows)
-    g = torch.Generator(device=dev).manual_seed(random.SystemRandom().randrange(2**31))
+    dev, g = fused_setup(monkeypatch, case[4])
+    b, L, d, out, _ = case
     r = (torch.randn(b, L, d, generator=g, device=dev) * 3).requires_grad_()
     gain = (1 + 0.3 * torch.randn(d, generator=g, device=dev)).requires_grad_()
     weight = (torch.randn(out, d, generator=g, device=dev) / d**0.5).requires_grad_()
@@ -127,15 +133,10 @@ def test_fused_add_norm_matches_the_float64_oracle(monkeypatch, case, h_dtype):
     """The block's Add -> RMSNorm -> in_proj in the Triton kernels: y, the stream r = h + res, and
     the gradients of h, res, the gain and the weight, with a gradient arriving on r too (as the
     next block's add sends it), against the same node in float64."""
-    from tokendyn.ops import norm_linear
     from tokendyn.ops.norm_linear import add_rms_norm_linear
 
-    dev = os.environ.get("TOKENDYN_TEST_DEVICE", "cuda")
-    monkeypatch.setattr(norm_linear, "_empty",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
-    b, L, d, out, rows = case
-    monkeypatch.setitem(norm_linear.LAUNCH, "rows", rows)
-    g = torch.Generator(device=dev).manual_seed(random.SystemRandom().randrange(2**31))
+    dev, g = fused_setup(monkeypatch, case[4])
+    b, L, d, out, _ = case
     h = torch.randn(b, L, d, generator=g, device=dev).to(h_dtype).requires_grad_()
     res = (torch.randn(b, L, d, generator=g, device=dev) * 2).requires_grad_()
     gain = (1 + 0.3 * torch.randn(d, generator=g, device=dev)).requires_grad_()
