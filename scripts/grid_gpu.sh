@@ -17,6 +17,9 @@
 # call finished with their wall times). Merge the runs.tgz of several calls into one folder's
 # runs/ and run `tokendyn train EXPERIMENT --scale full --summarise-only --out FOLDER`.
 #
+# DONE_IN=DIR: also skip every run complete in DIR/runs (a results folder merged from earlier calls,
+# copied along), so that a call on a fresh machine needs no list of what is left.
+#
 # GRID_DEVICE=cpu GRID_SCALE=smoke: a dry run on a machine without a GPU. GRID_CUDA_GRAPH=1: every
 # run with --cuda-graph (its optimiser steps as CUDA graphs; part of a run's identity, so a grid
 # keeps one mode: runs of the other mode do not resume).
@@ -49,6 +52,9 @@ for v in "BUDGET_S=$budget" "PARALLEL=$PARALLEL" "FIRST_RUN_S=${FIRST_RUN_S:-480
                        exit 2 ;;
     esac
 done
+if [ -n "${DONE_IN:-}" ] && [ ! -d "$DONE_IN/runs" ]; then
+    echo "grid_gpu.sh: DONE_IN=$DONE_IN holds no runs/ folder of complete runs." >&2; exit 2
+fi
 if ! command -v bible >/dev/null 2>&1 && [ -x .gpudata/bin/bible ]; then
     export PATH="$PWD/.gpudata/bin:$PATH"
 fi
@@ -85,7 +91,9 @@ while [ $i -lt ${#runs[@]} ]; do
     group=()
     while [ ${#group[@]} -lt "$PARALLEL" ] && [ $i -lt ${#runs[@]} ]; do
         run=${runs[$i]}; i=$((i + 1))
-        if [ ! -f "$out/$exp/runs/$run/result.json" ]; then group+=("$run"); fi
+        if [ -f "$out/$exp/runs/$run/result.json" ]; then continue; fi
+        if [ -n "${DONE_IN:-}" ] && [ -f "$DONE_IN/runs/$run/result.json" ]; then continue; fi
+        group+=("$run")
     done
     if [ ${#group[@]} -eq 0 ]; then break; fi
     elapsed=$(( $(date +%s) - start ))

@@ -57,6 +57,20 @@ def test_reorder_grid_dry_run_in_parallel(tmp_path):
     assert sorted(p.name for p in (out / "reorder" / "runs").iterdir()) == ["authors-seed0", "none-seed0"]
 
 
+def test_runs_complete_in_a_merged_folder_are_skipped(tmp_path):
+    """DONE_IN: a fresh OUT skips the runs that a results folder (merged from earlier calls)
+    already holds complete; a folder without runs/ is refused in one sentence."""
+    done = tmp_path / "merged" / "runs" / "none-seed0"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text("{}")
+    out = tmp_path / "m"
+    proc = _grid("reorder", out, 600, ["none-seed0", "authors-seed0"], tmp_path, DONE_IN=str(tmp_path / "merged"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(json.loads((out / "call.json").read_text())["runs_wall_s"]) == ["authors-seed0"]
+    bad = _grid("reorder", tmp_path / "n", 600, ["none-seed0"], tmp_path, DONE_IN=str(tmp_path / "nothing"))
+    assert bad.returncode == 2 and "holds no runs/ folder" in bad.stderr and bad.stderr.strip().count("\n") == 0
+
+
 def test_graphed_runs_are_asked_of_every_run(tmp_path):
     """GRID_CUDA_GRAPH=1 gives every run --cuda-graph (on the CPU dry run: refused in one
     sentence, and no run completes) and call.json says so."""
