@@ -444,6 +444,11 @@ def _optimiser_step(net, model, optimizer, task: Task, cfg: TrainConfig, step: i
     return step_loss, lr
 
 
+def _with_gradients(model) -> list:
+    """The trainable parameters that hold a gradient."""
+    return [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+
+
 GRAPH_WARMUP = 3   # eager steps (each a real one) before the capture: lazy set-up happens outside it
 
 
@@ -488,7 +493,7 @@ class GraphedStep:
             if accumulation == 1:
                 # the parameters the loss reaches: the others keep no gradient, and AdamW leaves
                 # them alone (no weight decay) as it does in an eager step
-                params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+                params = _with_gradients(model)
             with torch.cuda.graph(self.update, pool=pool):
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -507,7 +512,7 @@ class GraphedStep:
         probe = torch.cuda.CUDAGraph()
         with torch.cuda.graph(probe):
             task.loss(net, self.inputs).backward()
-        used = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        used = _with_gradients(model)
         model.zero_grad(set_to_none=True)
         del probe
         return used
