@@ -83,10 +83,9 @@ class Block(nn.Module):
             # the add (where there is a stream already), the norm and in_proj as one node: the
             # normalised copy is recomputed in the backward instead of kept, and the add, the
             # norm and the casts are one pass each way over the stream (ops/norm_linear.py)
-            if residual is None:
-                run = self.mixer.run(hidden_states.to(self.norm.weight.dtype), norm=self.norm)
-            else:
-                run = self.mixer.run(hidden_states, norm=self.norm, residual=residual.to(self.norm.weight.dtype))
+            if residual is not None:
+                residual = residual.to(self.norm.weight.dtype)
+            run = self.mixer.run(hidden_states, norm=self.norm, residual=residual)
             return run.out, run.residual, run
         normed, residual = self._add_norm(hidden_states, residual)
         if self.reverse:

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.mixer_core import selective_core
-from ..ops.norm_linear import add_rms_norm_linear, rms_norm_linear
+from ..ops.norm_linear import add_rms_norm_linear
 from ..ops.out_linear import out_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
 from .contract import IOParameters, MixerBase, MixerRun
@@ -231,6 +231,19 @@ class MambaMixer(MixerBase):
         (``norm=``) and fuse the norm with in_proj: a plain core and no in_proj bias."""
         return self.in_proj.bias is None and self._plain_core()
 
+    def _in_projection(self, hidden_states, norm, residual):
+        """(xz (b, 2D, L), the residual stream or None) for :meth:`run`'s arguments: with ``norm``,
+        the block's Add -> RMSNorm -> in_proj as one node (ops/norm_linear.py)."""
+        stream = None
+        if norm is not None:
+            xz, stream = add_rms_norm_linear(hidden_states, residual, norm.weight, norm.eps, self.in_proj.weight,
+                                             fused=self.fuses_kernels(hidden_states))
+        else:
+            xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        return xz, stream
+
     def run(self, hidden_states: torch.Tensor, return_internals: bool = False,
             return_state: bool = False, norm: nn.Module | None = None,
             residual: torch.Tensor | None = None) -> MixerRun:
@@ -246,18 +259,7 @@ class MambaMixer(MixerBase):
         and :attr:`MixerRun.residual` holds the sum.
         """
         L = hidden_states.shape[1]
-        stream = None
-        if norm is not None and residual is not None:
-            xz, stream = add_rms_norm_linear(hidden_states, residual, norm.weight, norm.eps, self.in_proj.weight,
-                                             fused=self.fuses_kernels(residual))        # (b, 2D, L)
-        elif norm is not None:
-            xz = rms_norm_linear(hidden_states, norm.weight, norm.eps, self.in_proj.weight,
-                                 fused=self.fuses_kernels(hidden_states))                # (b, 2D, L)
-            stream = hidden_states
-        else:
-            xz = channel_linear(self.in_proj.weight, hidden_states.transpose(1, 2))   # (b, 2D, L)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
+        xz, stream = self._in_projection(hidden_states, norm, residual)
         x, z = xz.chunk(2, dim=1)
         conv_state = F.pad(x, (self.d_conv - L, 0)) if return_state else None  # pads or truncates
         # causal conv + SiLU; fused in Triton wherever the scan runs in Triton

@@ -158,13 +158,14 @@ def rms_norm_linear(r: torch.Tensor, gain: torch.Tensor, eps: float, weight: tor
                                    _fusable(r, gain, fused))[0]
 
 
-def add_rms_norm_linear(h: torch.Tensor, residual: torch.Tensor, gain: torch.Tensor, eps: float,
+def add_rms_norm_linear(h: torch.Tensor, residual: torch.Tensor | None, gain: torch.Tensor, eps: float,
                         weight: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's Add -> RMSNorm -> in_proj: (weight · rms_norm(r; gain, eps), r) with r = h +
-    residual, saving only r for the backward.
+    residual (r = h where there is no stream yet), saving only r for the backward.
 
     h: (batch, L, d), the previous block's output (any float dtype); residual: (batch, L, d), the
-    stream so far; r comes in the gain's dtype (float32, or float64), which the norm computes in.
+    stream so far, or None; r comes in the gain's dtype (float32, or float64), which the norm
+    computes in.
     y as :func:`rms_norm_linear`'s. ``fused``: the add, the norm and the cast in one Triton kernel
     each way, and the backward adds the stream's gradient and casts h's in the same pass.
     """
