@@ -18,7 +18,6 @@ causal_conv1d's fused kernels where that package is installed (mamba_ssm's path 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,11 +28,11 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from _timing import gpu_kernel_ms  # noqa: E402 -- after the sys.path setup
 from scan_gpu import copy_bandwidth  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import causal_conv  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 SHAPES = [(8, 1536, 1024, 4), (8, 1536, 2048, 4), (1, 2048, 65536, 4)]
 
@@ -102,14 +101,10 @@ def sweep_launch(x, w, bias, up):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/conv_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/conv_gpu.json")
     ap.add_argument("--sweep", action="store_true", help="time every launch shape first and keep the fastest")
     args = ap.parse_args()
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     bw = copy_bandwidth()
     dtype = torch.bfloat16
     default = dict(causal_conv.LAUNCH)

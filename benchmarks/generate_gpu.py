@@ -40,18 +40,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from train_gpu import D_MODEL, N_LAYER, VOCAB, build_mamba_ssm, build_tokendyn  # noqa: E402 -- after the sys.path setup
-
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 PROMPT, NEW_TOKENS = 128, 256
 TD_GRAPH, TD_EAGER, PEER_CG, PEER_EAGER = "tokendyn_graph", "tokendyn_eager", "mamba_ssm_cg", "mamba_ssm_eager"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/generate_gpu.json")
-    ap.add_argument("--commit", default=None, help="commit to record (default: git's HEAD)")
+    ap = bench_parser("results/generate_gpu.json", __doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (each contender once per round)")
     ap.add_argument("--prompt", type=int, default=PROMPT)
@@ -224,9 +221,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("generate_gpu.py needs a CUDA device.")
-    prov = provenance(" ".join(["python", *(sys.argv if argv is None else [sys.argv[0], *argv])]))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args, argv)
     td, peer = build_models(args.skip_peer)
     runs = contenders(td, peer, args.new_tokens)
     record = {**prov,

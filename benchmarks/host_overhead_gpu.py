@@ -11,7 +11,6 @@ Then a cProfile listing of the scan's forward+backward calls.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import json
@@ -26,10 +25,12 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops.causal_conv import causal_conv1d_silu  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops.triton_scan import selective_scan_triton  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 
 @triton.jit
@@ -52,13 +53,9 @@ def per_call_us(fn, calls=300, rounds=5):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/host_overhead_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/host_overhead_gpu.json")
     args = ap.parse_args()
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     dev = "cuda"
     b, d, length, n = 1, 8, 16, 4
     u = torch.randn(b, d, length, device=dev, requires_grad=True)

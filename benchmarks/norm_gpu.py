@@ -16,7 +16,6 @@ the normed gradient and the stream's gradient and writes the stream's and h's gr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,11 +26,11 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from _timing import gpu_kernel_ms  # noqa: E402 -- after the sys.path setup
 from scan_gpu import copy_bandwidth  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import norm_linear  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 SHAPES = [(8, 1024, 768, 3072), (32, 1024, 768, 3072)]     # batch, L, d_model, in_proj outputs
 
@@ -69,13 +68,9 @@ def times(fn, args, grads) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/norm_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/norm_gpu.json")
     args = ap.parse_args()
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     bw = copy_bandwidth()
     rows = []
     for shape in SHAPES:

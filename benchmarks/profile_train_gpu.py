@@ -11,7 +11,6 @@ PyTorch operators (by input shapes) whose kernels took the most.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -23,9 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from train_gpu import build_mamba_ssm, build_tokendyn, setup, train_step  # noqa: E402 -- after the sys.path setup
-
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 # kernel-name fragments -> part; the first match wins
 PARTS = [
@@ -95,15 +93,11 @@ def profile_model(build, steps: int, warmup: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/profile_train_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/profile_train_gpu.json")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     results = {}
     for name, build in [("tokendyn_triton", lambda: build_tokendyn("triton")), ("mamba_ssm", build_mamba_ssm)]:
         try:

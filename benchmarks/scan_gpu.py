@@ -24,7 +24,6 @@ its columns are null.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -38,10 +37,10 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import triton_scan  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 BF16, FP32 = torch.bfloat16, torch.float32
 MAIN = ((8, 1536, 2048, 16), BF16)
@@ -315,9 +314,7 @@ def table_row(shape, dtype, impls, cfg, args, log):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/scan_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/scan_gpu.json")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds per shape (median reported)")
     ap.add_argument("--round-ms", type=float, default=60.0, help="time per implementation per round")
@@ -330,9 +327,7 @@ def main():
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     args.bandwidth = copy_bandwidth()
     log(f"copy bandwidth {args.bandwidth / 1e12:.3f} TB/s (read + write)")
     impls = implementations()

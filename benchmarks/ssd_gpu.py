@@ -44,12 +44,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.ops import ssd_chunked  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops import ssd_triton as ssd_triton_module  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops.ssd_triton import ssd_triton  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 BF16, FP32 = torch.bfloat16, torch.float32
 DTYPE_NAMES = {BF16: "bfloat16", FP32: "float32"}
@@ -69,9 +69,7 @@ SHAPE_KEYS = ("batch", "length", "heads", "head_dim", "state", "groups")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/ssd_gpu.json")
-    ap.add_argument("--commit", default=None, help="commit to record (default: git's HEAD)")
+    ap = bench_parser("results/ssd_gpu.json", __doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds per row (median reported)")
     ap.add_argument("--round-ms", type=float, default=100.0, help="time per contender per round")
     ap.add_argument("--chunk-size", type=int, default=64, help="chunk of tokendyn's chunked backend")
@@ -321,11 +319,9 @@ def main(argv=None) -> int:
     else:
         print("ssd_gpu: no CUDA device here; run with --cpu-smoke to check the script on the CPU.", file=sys.stderr)
         return 2
-    prov = provenance(" ".join(["python", *(sys.argv if argv is None else ["benchmarks/ssd_gpu.py", *argv])]))
+    prov = bench_provenance(__file__, args, argv)
     if args.cpu_smoke:
         prov["device"] = f"cpu smoke ({prov['device']})"
-    if args.commit:
-        prov["commit"] = args.commit
     peer, peer_desc = (None, "left out (--skip-peer or --cpu-smoke)") if args.skip_peer else load_peer(args.peer_source)
     log(f"device {prov['device']}; peer: {peer_desc}")
     for name, value in args.tiles.items():

@@ -31,7 +31,6 @@ t_monitor / (interval * t_step) ("monitor").
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -42,8 +41,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
+
 from tokendyn.resources import SavedForBackward  # noqa: E402 -- after the sys.path setup
 from tokendyn.train import Task, TrainConfig, train  # noqa: E402 -- after the sys.path setup
 from tokendyn.train.loop import GRAPH_WARMUP  # noqa: E402 -- after the sys.path setup
@@ -213,9 +214,7 @@ def merge_device_row(path: Path, run: dict) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/train_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/train_gpu.json")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--launch", default=None, help="JSON of triton launch-shape overrides")
@@ -230,9 +229,7 @@ def main():
                     help="add tokendyn_triton_torchnorm: eager, with PyTorch's add, RMSNorm and cast in place of the "
                          "Triton norm kernels (their host cost against their kernel time)")
     args = ap.parse_args()
-    prov = provenance(" ".join(["python"] + sys.argv))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args)
     try:
         import causal_conv1d  # noqa: F401 -- only checks that causal_conv1d is installed
         has_cc = True

@@ -16,7 +16,6 @@ capture, so ``--skip`` (default 10) leaves them out. ratio = graph ms / eager ms
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,16 +25,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.model import MambaConfig, MambaLM  # noqa: E402 -- after the sys.path setup
-from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 from tokendyn.train import LanguageModelTask, TrainConfig, train  # noqa: E402 -- after the sys.path setup
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/train_graph_gpu.json")
-    ap.add_argument("--commit", default=None)
+    ap = bench_parser("results/train_graph_gpu.json", __doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--skip", type=int, default=10)
@@ -114,9 +113,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("train_graph_gpu: no CUDA device here.", file=sys.stderr)
         return 2
-    prov = provenance(" ".join(["python", "benchmarks/train_graph_gpu.py", *(sys.argv[1:] if argv is None else argv)]))
-    if args.commit:
-        prov["commit"] = args.commit
+    prov = bench_provenance(__file__, args, argv)
     times = {m: [] for m in args.modes}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
