@@ -49,14 +49,19 @@ SHAPES = [MAIN, ((8, 1536, 2048, 16), FP32), ((16, 2048, 1024, 16), BF16), *LONG
           ((4, 5120, 2048, 16), BF16)]
 DEVICE = "cuda"
 DTYPE_NAMES = {BF16: "bfloat16", FP32: "float32", torch.float16: "float16"}
-LAUNCH_KEYS = ("block_d", "chunk", "fwd_warps", "segments", "bwd_block_d", "bwd_warps", "bwd_segments")
+LAUNCH_KEYS = ("block_d", "chunk", "fwd_chunk", "fwd_warps", "segments", "bwd_block_d", "bwd_warps", "bwd_segments")
 
-# sweep grids: forward (block_d, chunk, warps); forward+backward (chunk, bwd_block_d, bwd_warps).
-# BD 8 / 4 warps (forward) and BD 2 / 1 warp (backward) are the shapes whose kernels do not
-# spill registers when compiled for sm_90 (NOTES_triton.md, v6)
+# sweep grids: forward (block_d, forward chunk, warps); forward+backward (chunk, bwd_block_d,
+# bwd_warps). BD 8 / 4 warps (forward) and BD 2 / 1 warp (backward) are the shapes whose kernels
+# do not spill registers when compiled for sm_90 (NOTES_triton.md, v6). The forward shapes with
+# 1-2 channels over 256-1024 steps keep 8 steps per thread, as BD 8 / T 128 / 4 warps does, at
+# 146-152 registers instead of 255, so more programs fit on a multiprocessor (v8); a forward
+# chunk over the backward's (128) saves h every 128 steps for the backward all the same.
 FWD_LAUNCH = {"main": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 128, 2), (16, 256, 4),
-                       (8, 64, 2)],
-              "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1)]}
+                       (8, 64, 2), (2, 128, 1), (2, 256, 2), (2, 512, 4), (1, 1024, 4)],
+              "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (2, 128, 1), (2, 256, 2),
+                       (2, 512, 4), (1, 1024, 4), (1, 512, 2)]}
+BWD_CHUNK = 128
 BWD_LAUNCH = {"main": [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (64, 4, 1),
                        (64, 2, 1), (256, 4, 1)],
               "long": [(128, 4, 1), (128, 2, 1), (128, 8, 1), (128, 4, 2)]}
@@ -194,11 +199,18 @@ def _name(cfg: dict) -> str:
     return " ".join(f"{k}={cfg[k]}" for k in LAUNCH_KEYS if k in cfg)
 
 
+def _chunks(fwd_chunk: int, bwd_chunk: int) -> dict:
+    """chunk and fwd_chunk of a launch shape whose forward scans ``fwd_chunk`` steps at a time
+    and whose backward ``bwd_chunk``: the backward's chunk may not exceed the forward's."""
+    chunk = min(fwd_chunk, bwd_chunk)
+    return dict(chunk=chunk, fwd_chunk=fwd_chunk if fwd_chunk > chunk else 0)
+
+
 def _rule_segments(shape, cfg: dict, backward: bool) -> int:
     """The segment count plan_launch picks for ``cfg`` on this GPU (segments = 0)."""
     b, d, l, _ = shape
     full = triton_scan.ScanConfig(**{k: v for k, v in cfg.items() if k in LAUNCH_KEYS})
-    n_chunks = -(-l // triton_scan._chunk_for(l, full))
+    n_chunks = -(-l // (triton_scan._chunk_for(l, full) if backward else triton_scan._fwd_chunk_for(l, full)))
     bd, warps = (full.bwd_block_d, full.bwd_warps) if backward else (full.block_d, full.fwd_warps)
     lp = triton_scan.plan_launch(b, d, n_chunks, bd, warps, 0, triton_scan._multiprocessors(torch.device(DEVICE)),
                                  full.warps_per_sm, full.split_below_warps_per_sm, full.min_split)
@@ -211,9 +223,9 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     t = Leaves(make_inputs(shape, dtype))
     rows = []
     fwd_cands = {}
-    for bd, chunk, warps in FWD_LAUNCH[cls]:
+    for bd, fwd_chunk, warps in FWD_LAUNCH[cls]:
         for seg in SEGMENTS[cls]:
-            cfg = dict(block_d=bd, chunk=chunk, fwd_warps=warps, segments=seg)
+            cfg = dict(block_d=bd, **_chunks(fwd_chunk, BWD_CHUNK), fwd_warps=warps, segments=seg)
             fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
     cases = {k: c for k, (_, c) in fwd_cands.items()}
     if peer is not None:
@@ -230,9 +242,10 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     torch.cuda.empty_cache()
     best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
     bwd_cands = {}
+    best_fwd_chunk = best_f["fwd_chunk"] or best_f["chunk"]
     for chunk, bd, warps in BWD_LAUNCH[cls]:
         for seg in SEGMENTS[cls]:
-            cfg = dict(block_d=best_f["block_d"], chunk=chunk, fwd_warps=best_f["fwd_warps"],
+            cfg = dict(block_d=best_f["block_d"], **_chunks(best_fwd_chunk, chunk), fwd_warps=best_f["fwd_warps"],
                        segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
             bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
     cases = {k: c for k, (_, c) in bwd_cands.items()}
@@ -250,12 +263,12 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     torch.cuda.empty_cache()
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
     summary = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
-               "best_fwd": {k: best_f[k] for k in ("block_d", "chunk", "fwd_warps", "segments", "ms")},
+               "best_fwd": {k: best_f[k] for k in ("block_d", "chunk", "fwd_chunk", "fwd_warps", "segments", "ms")},
                "best_fwdbwd": {k: best_b[k] for k in (*LAUNCH_KEYS, "ms")},
                "mamba_ssm_fwd_ms": peer_fwd, "mamba_ssm_fwdbwd_ms": peer_fb}
     # the rule against the best forced count, at the best launch shape
     rule_f = [r for r in rows if r["kind"] == "fwd" and r["segments"] == 0
-              and all(r[k] == best_f[k] for k in ("block_d", "chunk", "fwd_warps"))]
+              and all(r[k] == best_f[k] for k in ("block_d", "chunk", "fwd_chunk", "fwd_warps"))]
     rule_b = [r for r in rows if r["kind"] == "fwdbwd" and r["bwd_segments"] == 0
               and all(r[k] == best_b[k] for k in ("chunk", "bwd_block_d", "bwd_warps"))]
     summary["rule_fwd"] = {"segments": rule_f[0]["rule_segments"], "ms": rule_f[0]["ms"]} if rule_f else None
@@ -268,7 +281,7 @@ def table_launch_shape(summaries) -> dict:
     """The table's launch shape: the main shape's fastest forward+backward; the segment counts
     are left to the rule (plan_launch) everywhere."""
     main = summaries[0]["best_fwdbwd"]
-    return {k: main[k] for k in ("block_d", "chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
+    return {k: main[k] for k in ("block_d", "chunk", "fwd_chunk", "fwd_warps", "bwd_block_d", "bwd_warps")}
 
 
 def table_row(shape, dtype, impls, cfg, args, log):

@@ -147,6 +147,10 @@ CONFIGS = [
     dict(block_d=8, chunk=128, fwd_warps=2, bwd_block_d=4, bwd_warps=1),
     dict(block_d=16, chunk=64, fwd_warps=4, bwd_block_d=4, bwd_warps=1, segments=5, bwd_segments=3),
     dict(block_d=4, chunk=128, fwd_warps=1, bwd_block_d=2, bwd_warps=1, segments=7, bwd_segments=7),
+    # the forward in longer chunks than the backward (it saves h every backward chunk)
+    dict(block_d=2, chunk=64, fwd_chunk=256, fwd_warps=2, bwd_block_d=2, bwd_warps=1),
+    dict(block_d=1, chunk=128, fwd_chunk=1024, fwd_warps=4, bwd_block_d=2, bwd_warps=1),
+    dict(block_d=2, chunk=16, fwd_chunk=128, fwd_warps=2, bwd_block_d=2, bwd_warps=1, segments=3, bwd_segments=2),
 ]
 
 
@@ -168,6 +172,10 @@ SPLIT_CASES = [
     (1, 3, 33, 2, "Ds", dict(chunk=16, segments=2, bwd_segments=3)),
     (1, 4, 50, 1, "zDbs", dict(chunk=16, block_d=4, bwd_block_d=1, segments=4, bwd_segments=2)),
     (2, 3, 90, 16, "zDbs", dict(chunk=32, segments=3, bwd_segments=3)),
+    # forward chunks of 32 and 64 steps over backward chunks of 16: 4 and 2 forward chunks,
+    # in 2 segments, each saving 2 and 4 states
+    (1, 6, 100, 4, "zDbs", dict(chunk=16, fwd_chunk=32, segments=3, bwd_segments=2)),
+    (2, 3, 90, 16, "zDs", dict(chunk=16, fwd_chunk=64, segments=2, bwd_segments=3)),
 ]
 
 
@@ -210,6 +218,22 @@ def test_split_matches_unsplit(ts):
         assert rel(g2[k], g1[k]) < 1e-5, k
 
 
+@pytest.mark.parametrize("length", [1, 16, 100, 777])
+def test_forward_chunk_saves_the_backward_chunks_states(ts, length):
+    """A forward in chunks of 4× the backward's saves the same states, at the end of every
+    backward chunk (the last one partial), as a forward in the backward's chunks: the states the
+    backward reads do not depend on the forward's chunk, and neither does the output."""
+    t = make_inputs(2, 5, length, 4, torch.float32)
+    runs = []
+    for fwd_chunk in (0, 64):
+        with ts.scan_config(chunk=16, fwd_chunk=fwd_chunk, block_d=2):
+            runs.append(ts.scan_forward(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                        t["delta_bias"], True))
+    (o1, s1), (o2, s2) = runs
+    assert s2.chunk == s1.chunk == 16 and s2.states.shape == s1.states.shape == (2, 5, -(-length // 16), 4)
+    assert rel(o2, o1) < 1e-6 and rel(s2.states, s1.states) < 1e-6
+
+
 def test_segment_rule():
     """plan_launch (pure, no launch): a grid short of warps (long sequences at small batch) is
     split into at least min_split segments, fuller grids are not, and every segment gets
@@ -245,7 +269,8 @@ def test_segment_rule():
 
 
 @pytest.mark.parametrize("bad", [dict(block_d=3), dict(chunk=8), dict(chunk=96), dict(fwd_warps=3),
-                                 dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0)])
+                                 dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0),
+                                 dict(fwd_chunk=64), dict(fwd_chunk=384), dict(fwd_chunk=-256)])
 def test_bad_launch_shape_refused(bad):
     """A launch shape Triton cannot compile is refused in one sentence, before any launch."""
     from tokendyn.errors import ConfigError

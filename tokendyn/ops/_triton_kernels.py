@@ -225,16 +225,18 @@ def _scan_fwd_summary_kernel(
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, state_ptr, carry_ptr, hsum_ptr, dsum_ptr,
-    L, DIM, NSTATE, n_chunks, NSEG, CPS,
+    L, DIM, NSTATE, n_chunks, NSEG, CPS, n_saved,
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, T: tl.constexpr, NP: tl.constexpr,
+    BD: tl.constexpr, T: tl.constexpr, NP: tl.constexpr, TS: tl.constexpr,
 ):
-    """out (batch, dim, length); state (batch, dim, n_chunks, state): h at the end of every
-    chunk (float32). program_id(2) is the segment; carry (batch, dim, segments, state) float32
-    scratch receives the state entering it, folded from hsum, dsum (the summaries of the
-    segments before it)."""
+    """out (batch, dim, length); state (batch, dim, n_saved, state): h at the end of every
+    TS steps (float32), the backward's chunks; TS divides the forward's chunk T, so a chunk
+    reads its carry from the state saved at the end of the chunk before. program_id(2) is the
+    segment (CPS of the n_chunks chunks of T steps); carry (batch, dim, segments, state)
+    float32 scratch receives the state entering it, folded from hsum, dsum (the summaries of
+    the segments before it)."""
     pid_b, offs_d, dmask, d64, row_u, row_dl, row_z, row_o = _program_rows(
         L, DIM, su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, BD)
     Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, dmask, HAS_D, HAS_BIAS, BD)
@@ -245,10 +247,11 @@ def _scan_fwd_kernel(
     _segment_carry(A_ptr, sA_d, sA_n, hsum_ptr, dsum_ptr, carry_ptr, row_seg, seg, 0, 1, seg,
                    offs_d, dmask, NSTATE, BD, NP)
     offs_t = tl.arange(0, T)
-    row_s = (pid_b * DIM + d64) * n_chunks * NSTATE
+    row_s = (pid_b * DIM + d64) * n_saved * NSTATE
     pS_in = carry_ptr + (row_seg + seg) * NSTATE
     first = (offs_t == 0)[None, :]
-    last = (offs_t == T - 1)[None, :]
+    # the steps that end one of the backward's chunks (every TS-th; the chunk's last when TS = T)
+    last = (offs_t % TS == TS - 1)[None, :]
     for k in range(k0, k1):
         t = k * T + offs_t
         tmask = t < L
@@ -262,10 +265,12 @@ def _scan_fwd_kernel(
         pA = A_ptr + offs_d * sA_d
         pB = B_ptr + pid_b * sB_b + t
         pC = C_ptr + pid_b * sC_b + t
-        pS = tl.where(offs_d * 0 + k == k0, pS_in, state_ptr + row_s + (k - 1) * NSTATE)
-        # the store of h_end: only the thread holding the chunk's last step writes
-        pS_out = (state_ptr + row_s + k * NSTATE)[:, None] + offs_t[None, :] * 0
-        m_out = dmask[:, None] & last
+        pS = tl.where(offs_d * 0 + k == k0, pS_in, state_ptr + row_s + (k * (T // TS) - 1) * NSTATE)
+        # the stores of h at the ends of the backward's chunks: only the threads holding those
+        # steps write (past the length, h passes through unchanged, up to the last saved index)
+        j = (k * T + offs_t) // TS
+        pS_out = state_ptr + row_s[:, None] + (j * NSTATE)[None, :]
+        m_out = dmask[:, None] & last & (j < n_saved)[None, :]
         # loads for state n are issued one iteration ahead, so their latency hides
         # behind the scan of state n - 1
         a2n, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, dmask,

@@ -4,8 +4,8 @@ Same contract as :func:`tokendyn.ops.selective_scan`:
     u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length);
     D, delta_bias: (dim,). float32, bfloat16 or float16 inputs, float32 arithmetic inside.
 
-Memory: the forward keeps only h at the end of every chunk, (batch, dim, length/T, state)
-float32; the backward recomputes the states of a chunk from its start state instead of storing
+Memory: the forward keeps only h at the end of every (backward) chunk, (batch, dim, length/T,
+state) float32; the backward recomputes the states of a chunk from its start state instead of storing
 (batch, dim, length, state), and rebuilds y before the gate from them (the gate's gradient
 needs it) instead of saving it. Kernels: :mod:`tokendyn.ops._triton_kernels`.
 
@@ -40,7 +40,9 @@ from .chunked import selective_scan_chunked
 @dataclass(frozen=True)
 class ScanConfig:
     """Launch shape: channels per program, steps per chunk and warps, for the forward and the
-    backward kernel, and the segments the length is split into (0: chosen by
+    backward kernel (the forward's chunk ``fwd_chunk`` a multiple of the backward's ``chunk``,
+    0: the same; the forward saves h at the end of every backward chunk either way), and the
+    segments the length is split into (0: chosen by
     :func:`plan_launch`: a grid under ``split_below_warps_per_sm`` warps per multiprocessor is
     split into at least ``min_split`` segments, enough for about ``warps_per_sm`` warps per
     multiprocessor; n > 0: n segments, at most one per chunk). Where fewer channels per
@@ -64,6 +66,7 @@ class ScanConfig:
     # the same rule as the forward).
     segments: int = 0
     bwd_segments: int = 1
+    fwd_chunk: int = 0
     warps_per_sm: int = 32
     split_below_warps_per_sm: int = 10
     min_split: int = 4
@@ -76,6 +79,10 @@ class ScanConfig:
                 raise ConfigError(f"scan launch shape: {name} must be a power of two >= 1, got {v!r}.")
         if self.chunk < 16:
             raise ConfigError(f"scan launch shape: chunk must be at least 16, got {self.chunk}.")
+        f = self.fwd_chunk
+        if not isinstance(f, int) or (f and (f & (f - 1) or f < self.chunk)):
+            raise ConfigError(f"scan launch shape: fwd_chunk must be 0 (the same as chunk) or a power of two "
+                              f"of at least chunk ({self.chunk}), got {f!r}.")
         for name in ("fwd_warps", "bwd_warps"):
             if getattr(self, name) not in (1, 2, 4, 8, 16):
                 raise ConfigError(f"scan launch shape: {name} must be 1, 2, 4, 8 or 16, got {getattr(self, name)!r}.")
@@ -106,6 +113,13 @@ def scan_config(**overrides):
 def _chunk_for(length: int, cfg: ScanConfig) -> int:
     # a short sequence needs no full chunk; keep a power of two of at least 16
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
+
+
+def _fwd_chunk_for(length: int, cfg: ScanConfig) -> int:
+    """The forward's chunk: ``fwd_chunk`` (0: ``chunk``), shortened like the backward's for a short
+    sequence and never below it, so the backward's chunk divides it (both powers of two)."""
+    want = cfg.fwd_chunk or cfg.chunk
+    return max(_chunk_for(length, cfg), min(want, triton.next_power_of_2(max(length, 1))))
 
 
 @functools.cache
@@ -224,16 +238,19 @@ def _segment_buffers(batch, dim, nstate, launch: Launch, device):
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfig):
     """Launch the forward. Returns out (batch, dim, length) in u's dtype, states
-    (batch, dim, n_chunks, state) float32 and the chunk length."""
+    (batch, dim, n_saved, state) float32 (h at the end of each of the backward's chunks) and
+    the backward's chunk length."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
-    T = _chunk_for(length, cfg)
+    TS = _chunk_for(length, cfg)          # the backward's chunk: states are saved at its ends
+    T = _fwd_chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
     lp = plan_launch(batch, dim, n_chunks, cfg.block_d, cfg.fwd_warps, cfg.segments,
                      _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
     out = _empty((batch, dim, length), u.dtype, u.device)
-    states = _empty((batch, dim, n_chunks, nstate), torch.float32, u.device)
+    n_saved = triton.cdiv(length, TS)
+    states = _empty((batch, dim, n_saved, nstate), torch.float32, u.device)
     # the state entering each segment, written by the forward's own prologue
     carry = _empty((batch, dim, lp.segments, nstate), torch.float32, u.device)
     hsum, dsum = _segment_buffers(batch, dim, nstate, lp, u.device)
@@ -249,12 +266,12 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     K._scan_fwd_kernel[(n_d, batch, lp.segments)](
         u, delta, A, B, C, D, z, delta_bias, out, states, carry,
         carry if hsum is None else hsum, carry if dsum is None else dsum,
-        length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
+        length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment, n_saved,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
         A.stride(0), A.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, **flags,
+        HAS_D=D is not None, HAS_Z=z is not None, TS=TS, **flags,
     )
-    return out, states, T
+    return out, states, TS
 
 
 def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states, T,
