@@ -29,12 +29,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import compute_dtype, selective_scan
-from ..ops.out_linear import out_linear
 from .contract import IOParameters, MixerBase, MixerRun
 from .families import register_family
-from .internals import MixerInternals
 from .mamba1 import S6Settings, resolve_dt_rank
-from .mixer import channel_linear, inverse_softplus, split_x_proj
+from .mixer import channel_linear, inverse_softplus, project_out, s6_internals, split_x_proj
 
 
 @dataclass(frozen=True)
@@ -169,13 +167,8 @@ class MambaVisionMixer(MixerBase):
                              return_last_state=return_state, backend=self.scan_backend)
         y, ssm_state = res if return_state else (res, None)
         y = self.restore_order(y.to(z.dtype), order)
-        out = out_linear(self.out_proj.weight, torch.cat([y, z], dim=1))      # (b, L, d_model)
-        if self.out_proj.bias is not None:
-            out = out + self.out_proj.bias
-        internals = None
-        if return_internals:
-            delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
-            internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=None)
+        out = project_out(self.out_proj, torch.cat([y, z], dim=1))      # (b, L, d_model)
+        internals = s6_internals(x, dt, delta_bias, B, C, None) if return_internals else None
         return MixerRun(out, internals, (ssm_state,) if return_state else None)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor]:

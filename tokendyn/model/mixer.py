@@ -57,6 +57,20 @@ def channel_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
+def project_out(out_proj: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    """y (batch, D_out_in, L) -> out_proj(y) (batch, L, d_model), straight into the stream's layout,
+    and dy back in the scan's, with no transposing copy either way (ops/out_linear.py)."""
+    out = out_linear(out_proj.weight, y)
+    return out if out_proj.bias is None else out + out_proj.bias
+
+
+def s6_internals(x, dt, delta_bias, B, C, z) -> MixerInternals:
+    """The scan's inputs as :class:`MixerInternals`: x (batch, D, L), Δ = softplus(dt + bias)
+    (batch, D, L) in the compute dtype, B and C (batch, N, L), z (batch, D, L) or None."""
+    delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
+    return MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """x with softplus(x) = y, for y > 0, written to stay accurate for small y."""
     return y + torch.log(-torch.expm1(-y))
@@ -283,16 +297,9 @@ class MambaMixer(MixerBase):
                                  backend=self.scan_backend)
             y, ssm_state = res if return_state else (res, None)
             y = self.restore_order(y, order)
-        # straight into the stream's (b, L, d_model) layout, and dy back in the scan's (b, D, L),
-        # with no transposing copy either way (ops/out_linear.py). No cast: y has in_proj's
-        # output dtype already (bfloat16 under autocast).
-        out = out_linear(self.out_proj.weight, y)
-        if self.out_proj.bias is not None:
-            out = out + self.out_proj.bias
-        internals = None
-        if return_internals:
-            delta = F.softplus(dt.to(compute_dtype(dt.dtype)) + delta_bias[:, None])
-            internals = MixerInternals(x=x, delta=delta, B=B, C=C, z=z)
+        # no cast: y has in_proj's output dtype already (bfloat16 under autocast)
+        out = project_out(self.out_proj, y)
+        internals = s6_internals(x, dt, delta_bias, B, C, z) if return_internals else None
         return MixerRun(out, internals, (conv_state, ssm_state) if return_state else None, stream)
 
     # ---- one token --------------------------------------------------------------------
