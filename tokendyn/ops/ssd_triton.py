@@ -191,7 +191,9 @@ def _tiles(hdim: int, dstate: int) -> tuple[int, int]:
 
 
 def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
-    """The gradients of x, Δ, A, B, C, D and S_0 (module docstring, "Backward"), in float32."""
+    """The gradients of x, Δ, A, B, C, D and S_0 (module docstring, "Backward"): dx in x's dtype
+    (stored once per element, rounded in the store, so no float32 copy of it is kept), the
+    others in float32 (summed atomically or added to after the kernels)."""
     import triton
 
     from . import _triton_ssd as kernels
@@ -218,7 +220,7 @@ def _backward(dy, dfinal, x, dtc, A, B, C, D, cum, H, T: int):
                                         heads, pn, G.stride(0), G.stride(1), G.stride(2), *decay.stride(),
                                         BLOCK=STATE_BLOCK, HAS_FIRST=dfinal is not None, REVERSE=True)
     # C. each block of steps: pairs, entering state, chunk state, D
-    dx = _empty(x.shape, f32, dev)
+    dx = _empty(x.shape, x.dtype, dev)
     dB = torch.zeros(batch, length, groups, dstate, dtype=f32, device=dev)
     dC = (_empty if DC_PASS else torch.zeros)((batch, length, groups, dstate), dtype=f32, device=dev)
     ddt = _empty((batch, length, heads), f32, dev)
