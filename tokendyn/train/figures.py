@@ -17,6 +17,8 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
 
     curves: setting -> per-seed curves, each a list of (x, y) points; the mean is taken over the
     points every seed has. ``target``: a dotted horizontal line (e.g. a stated accuracy).
+    A setting's line style and marker follow its place among ``colours``' keys (every setting of
+    the experiment), so it is drawn alike in every figure, also in one that leaves settings out.
     """
     import matplotlib
 
@@ -24,8 +26,10 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+    places = {name: i for i, name in enumerate(colours)}
     for k, (s, seeds) in enumerate(curves.items()):
         colour = colours.get(s, f"C{k}")
+        k = places.get(s, k)
         style = SETTING_STYLES[k % len(SETTING_STYLES)]      # close curves stay told apart
         for curve in seeds:
             ax.plot([p[0] for p in curve], [p[1] for p in curve], color=colour, alpha=0.3, lw=0.8, ls=style[0])
