@@ -62,9 +62,11 @@ FWD_LAUNCH = {"main": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 
               "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (2, 128, 1), (2, 256, 2),
                        (2, 512, 4), (1, 1024, 4), (1, 512, 2)]}
 BWD_CHUNK = 128
+# backward BD 1 / T 256 / 1 warp (226 registers) and BD 2 / T 256 / 2 warps (255, no spill) hold 8 steps
+# per thread where the default BD 4 / T 128 / 1 warp holds 4 per channel row (v8)
 BWD_LAUNCH = {"main": [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (64, 4, 1),
-                       (64, 2, 1), (256, 4, 1)],
-              "long": [(128, 4, 1), (128, 2, 1), (128, 8, 1), (128, 4, 2)]}
+                       (64, 2, 1), (256, 4, 1), (256, 1, 1), (256, 2, 2)],
+              "long": [(128, 4, 1), (128, 2, 1), (128, 8, 1), (128, 4, 2), (128, 1, 1), (256, 1, 1), (256, 2, 2)]}
 # 0: the rule's choice; 1: unsplit (channels per program shrink instead where the grid is short)
 SEGMENTS = {"main": [0, 1, 2, 4], "long": [0, 1, 2, 4, 8, 16]}
 
@@ -201,7 +203,8 @@ def _name(cfg: dict) -> str:
 
 def _chunks(fwd_chunk: int, bwd_chunk: int) -> dict:
     """chunk and fwd_chunk of a launch shape whose forward scans ``fwd_chunk`` steps at a time
-    and whose backward ``bwd_chunk``: the backward's chunk may not exceed the forward's."""
+    and whose backward ``bwd_chunk`` (cut to ``fwd_chunk`` where longer: the backward's chunk
+    may not exceed the forward's; the backward sweep passes a forward chunk of at least it)."""
     chunk = min(fwd_chunk, bwd_chunk)
     return dict(chunk=chunk, fwd_chunk=fwd_chunk if fwd_chunk > chunk else 0)
 
@@ -245,7 +248,9 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     best_fwd_chunk = best_f["fwd_chunk"] or best_f["chunk"]
     for chunk, bd, warps in BWD_LAUNCH[cls]:
         for seg in SEGMENTS[cls]:
-            cfg = dict(block_d=best_f["block_d"], **_chunks(best_fwd_chunk, chunk), fwd_warps=best_f["fwd_warps"],
+            # the backward's chunk as swept; the forward's the best one's, or the backward's if longer
+            cfg = dict(block_d=best_f["block_d"], **_chunks(max(best_fwd_chunk, chunk), chunk),
+                       fwd_warps=best_f["fwd_warps"],
                        segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
             bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
     cases = {k: c for k, (_, c) in bwd_cands.items()}
