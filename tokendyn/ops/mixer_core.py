@@ -56,20 +56,19 @@ class _SelectiveCore(torch.autograd.Function):
             y, saved = scan_forward(u, delta, A, B, C, D, z, delta_bias, True)
         ctx.dims = (dt_rank, d_state)
         ctx.scan = (saved.chunk, saved.cfg)
-        ctx.save_for_backward(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias,
-                              x_dbl, saved.states)
+        # the weights as cast for the products (small), so the backward does not cast them again;
+        # the dtypes their gradients go back in
+        ctx.weight_dtypes = (x_proj_weight.dtype, dt_proj_weight.dtype)
+        ctx.save_for_backward(x, z, conv_weight, conv_bias, w_x, w_dt, A, D, delta_bias, x_dbl, saved.states)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         from .triton_scan import ScanSaved, cast_like, scan_backward
 
-        (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias, x_dbl,
-         states) = ctx.saved_tensors
+        x, z, conv_weight, conv_bias, w_x, w_dt, A, D, delta_bias, x_dbl, states = ctx.saved_tensors
         dt_rank, d_state = ctx.dims
         dtype = x.dtype
-        w_x = x_proj_weight.to(dtype)
-        w_dt = dt_proj_weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             # recomputed instead of saved: the conv output and Δ before bias and softplus
             u = conv_silu_forward(x, conv_weight, conv_bias)
@@ -87,7 +86,8 @@ class _SelectiveCore(torch.autograd.Function):
             dw_x = _weight_grad(dx_dbl, u)
             del u
             dx, dconv_w, dconv_b = conv_silu_backward(x, conv_weight, conv_bias, du)
-        return (dx, dz, dconv_w, dconv_b, cast_like(dw_x, x_proj_weight), cast_like(dw_dt, dt_proj_weight),
+        wx_dtype, wdt_dtype = ctx.weight_dtypes
+        return (dx, dz, dconv_w, dconv_b, dw_x.to(wx_dtype), dw_dt.to(wdt_dtype),
                 cast_like(dA, A), cast_like(dD, D), cast_like(dbias, delta_bias), None, None)
 
 
