@@ -8,15 +8,14 @@ against a closed form, neither of which uses the recurrence.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_helpers import load_benchmark
 from error_helpers import one_sentence
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -40,7 +39,6 @@ from tokendyn.ops import (
 )
 from tokendyn.ops.ssd_reference import segsum
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["reference", "chunked"]
 # Relative error (max abs error / max abs oracle) allowed per input dtype; bfloat16 outputs are
 # rounded to 8 significant bits (2^-8 ≈ 0.004 relative).
@@ -449,10 +447,7 @@ def test_step_and_matrix_wrong_shapes():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("ssd_gpu", ROOT / "benchmarks" / "ssd_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ssd_gpu")
 
 
 def test_gpu_benchmark_cpu_smoke(bench, tmp_path):

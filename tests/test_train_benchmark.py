@@ -3,18 +3,13 @@ earlier run of the same device replaced, the one-run layout of older files taken
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_helpers import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_gpu", ROOT / "benchmarks" / "train_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_gpu")
 
 
 def _run(device, date, ratio):
@@ -47,9 +42,7 @@ def test_graph_ratios_only_where_both_ran():
 def test_graph_benchmark_runs_eager_on_the_cpu(tmp_path):
     """benchmarks/train_graph_gpu.py's bookkeeping on a tiny model (--modes eager: --cuda-graph
     needs a GPU)."""
-    spec = importlib.util.spec_from_file_location("train_graph_gpu", ROOT / "benchmarks" / "train_graph_gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("train_graph_gpu")
     out = tmp_path / "g.json"
     assert bench.main(["--modes", "eager", "--device", "cpu", "--d-model", "16", "--n-layer", "1", "--vocab", "64",
                        "--context", "16", "--batch", "2", "--steps", "20", "--skip", "10", "--rounds", "1",
