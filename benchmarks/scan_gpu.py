@@ -61,7 +61,7 @@ FWD_LAUNCH = {"main": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 
                        (8, 64, 2), (2, 128, 1), (2, 256, 2), (2, 512, 4), (1, 1024, 4)],
               "long": [(16, 128, 4), (8, 128, 4), (8, 128, 2), (4, 128, 1), (2, 128, 1), (2, 256, 2),
                        (2, 512, 4), (1, 1024, 4), (1, 512, 2)]}
-BWD_CHUNK = 128
+BWD_CHUNK = triton_scan.ScanConfig().chunk      # the default backward chunk (128)
 # backward BD 1 / T 256 / 1 warp (226 registers) and BD 2 / T 256 / 2 warps (255, no spill) hold 8 steps
 # per thread where the default BD 4 / T 128 / 1 warp holds 4 per channel row (v8)
 BWD_LAUNCH = {"main": [(128, 4, 1), (128, 2, 1), (128, 1, 1), (128, 8, 1), (128, 4, 2), (64, 4, 1),

@@ -26,6 +26,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokendyn.ops import _triton_kernels as K  # noqa: E402 -- after the sys.path setup
+from tokendyn.ops.triton_scan import ScanConfig  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
 
 FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
@@ -39,7 +40,7 @@ KERNELS = {
 FWD_SHAPES = [(16, 128, 4), (16, 128, 8), (8, 128, 4), (8, 128, 2), (4, 128, 1), (4, 128, 2), (2, 128, 1),
               (16, 64, 4), (8, 64, 2), (16, 256, 4), (2, 256, 2), (2, 512, 4), (1, 512, 2), (1, 1024, 4)]
 # the backward's chunk, at whose ends the forward saves h (the forward's chunk may be longer)
-BWD_CHUNK = 128
+BWD_CHUNK = ScanConfig().chunk
 BWD_SHAPES = [(4, 128, 1), (2, 128, 1), (8, 128, 1), (4, 128, 2), (8, 128, 2), (4, 64, 1), (2, 64, 1), (1, 128, 1),
               (1, 256, 1), (2, 256, 2)]
 HALF_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",

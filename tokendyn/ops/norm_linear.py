@@ -153,9 +153,7 @@ def rms_norm_linear(r: torch.Tensor, gain: torch.Tensor, eps: float, weight: tor
     norm and the cast in one Triton kernel each way (``_triton_norm.py``; CUDA, or Triton's
     interpreter), instead of PyTorch's norm, cast and autograd.
     """
-    gain = gain.to(r.dtype)
-    return _AddRMSNormLinear.apply(r, None, gain, weight, eps, _projection_dtype(r, r.dtype),
-                                   _fusable(r, gain, fused))[0]
+    return add_rms_norm_linear(r, None, gain.to(r.dtype), eps, weight, fused)[0]
 
 
 def add_rms_norm_linear(h: torch.Tensor, residual: torch.Tensor | None, gain: torch.Tensor, eps: float,
