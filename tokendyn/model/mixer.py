@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..ops import check_backend_name, compute_dtype, resolve_backend, selective_scan
 from ..ops.causal_conv import causal_conv1d_silu
+from ..ops.channel_products import apply_left
 from ..ops.mixer_core import selective_core
 from ..ops.norm_linear import add_rms_norm_linear
 from ..ops.out_linear import out_linear
@@ -44,17 +45,13 @@ def split_x_proj(t: torch.Tensor, dt_rank: int, d_state: int, dim: int) -> tuple
 
 def channel_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A linear map along the channel dim: weight (out, in), x (batch, in, L) -> (batch, out, L),
-    contiguous.
-
-    A batched product with the weight broadcast over the batch: the result and the gradient of x
-    both keep unit stride along L, the layout the scan reads, so neither needs a transposing copy
-    (``weight @ x`` lets torch fold the batch into a single product whose result is a transposed
-    view). Under autocast the weight is cast before the broadcast, so it is cast once, not once per
-    batch element.
+    contiguous (:func:`~tokendyn.ops.channel_products.apply_left`): the result and the gradient of
+    x both keep unit stride along L, the layout the scan reads. Under autocast the weight is cast
+    before the broadcast, so it is cast once, not once per batch element.
     """
     if torch.is_autocast_enabled(x.device.type):
         weight = weight.to(torch.get_autocast_dtype(x.device.type))
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    return apply_left(weight, x)
 
 
 def project_out(out_proj: nn.Linear, y: torch.Tensor) -> torch.Tensor:

@@ -22,17 +22,7 @@ from __future__ import annotations
 import torch
 
 from .causal_conv import conv_silu_backward, conv_silu_forward
-
-
-def _bmm_left(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) applied along the channels of x (batch, in, L) -> (batch, out, L),
-    with unit stride along L (see ``channel_linear`` in the mixer)."""
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
-
-
-def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Σ_batch g xᵀ: g (batch, out, L), x (batch, in, L) -> (out, in)."""
-    return torch.bmm(g, x.transpose(1, 2)).sum(0)
+from .channel_products import apply_left, weight_grad
 
 
 class _SelectiveCore(torch.autograd.Function):
@@ -50,9 +40,9 @@ class _SelectiveCore(torch.autograd.Function):
         conv_weight = conv_weight.contiguous()
         with torch.autocast(x.device.type, enabled=False):
             u = conv_silu_forward(x, conv_weight, conv_bias)
-            x_dbl = _bmm_left(w_x, u)                                   # (b, R + 2N, L)
+            x_dbl = apply_left(w_x, u)                                   # (b, R + 2N, L)
             dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
-            delta = _bmm_left(w_dt, dt)                                 # (b, D, L)
+            delta = apply_left(w_dt, dt)                                 # (b, D, L)
             y, saved = scan_forward(u, delta, A, B, C, D, z, delta_bias, True)
         ctx.dims = (dt_rank, d_state)
         ctx.scan = (saved.chunk, saved.cfg)
@@ -73,17 +63,17 @@ class _SelectiveCore(torch.autograd.Function):
             # recomputed instead of saved: the conv output and Δ before bias and softplus
             u = conv_silu_forward(x, conv_weight, conv_bias)
             dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
-            delta = _bmm_left(w_dt, dt)
+            delta = apply_left(w_dt, dt)
             du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(
                 u, delta, A, B, C, D, z, delta_bias, True, dy.contiguous(), ScanSaved(states, *ctx.scan))
             del delta
-            ddt = _bmm_left(w_dt.t(), ddelta)                           # (b, R, L)
-            dw_dt = _weight_grad(ddelta, dt)
+            ddt = apply_left(w_dt.t(), ddelta)                           # (b, R, L)
+            dw_dt = weight_grad(ddelta, dt)
             del ddelta
             dx_dbl = torch.cat([ddt, dB.to(dtype), dC.to(dtype)], dim=1)  # (b, R + 2N, L)
             # du += W_xᵀ dx_dbl in the product's epilogue, not as a separate pass over du
             du = torch.baddbmm(du, w_x.t().expand(x.shape[0], -1, -1), dx_dbl)
-            dw_x = _weight_grad(dx_dbl, u)
+            dw_x = weight_grad(dx_dbl, u)
             del u
             dx, dconv_w, dconv_b = conv_silu_backward(x, conv_weight, conv_bias, du)
         wx_dtype, wdt_dtype = ctx.weight_dtypes

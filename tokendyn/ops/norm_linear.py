@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .channel_products import apply_left, weight_grad
+
 # rows of the norm per program of the fused kernels, and their warps for rows of up to 1,024
 # channels (more for wider rows, so that a thread holds at most 8 of a row's channels, up to 16
 # warps); "fused": False keeps PyTorch's norm and cast where the Triton kernels would run (for
@@ -95,7 +97,7 @@ class _AddRMSNormLinear(torch.autograd.Function):
             else:
                 r = (h if res is None else h + res).to(gain.dtype)
                 n = _normed(r, gain, eps, dtype)
-            y = torch.bmm(weight.to(dtype).expand(h.shape[0], -1, -1), n.transpose(1, 2))   # (b, out, L)
+            y = apply_left(weight.to(dtype), n.transpose(1, 2))                             # (b, out, L)
         ctx.eps, ctx.dtype, ctx.fused, ctx.h_dtype = eps, dtype, fused, h.dtype
         ctx.save_for_backward(r, gain, weight)
         return y, r
@@ -113,7 +115,7 @@ class _AddRMSNormLinear(torch.autograd.Function):
                     r_ = r.detach().requires_grad_()
                     gain_ = gain.detach().requires_grad_()
                     n = _normed(r_, gain_, ctx.eps, ctx.dtype)                           # recomputed
-            dw = torch.bmm(dy, n.detach()).sum(0).to(weight.dtype) if need_w else None
+            dw = weight_grad(dy, n.detach().transpose(1, 2)).to(weight.dtype) if need_w else None
             dh = dr = dgain = None
             if need_h or need_res or need_gain:
                 # (b, L, d) contiguous, dy read transposed in place: the norm's backward then

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .channel_products import apply_left, weight_grad
+
 
 class _OutLinear(torch.autograd.Function):
 
@@ -28,9 +30,9 @@ class _OutLinear(torch.autograd.Function):
         y, weight = ctx.saved_tensors
         dy = dw = None
         if ctx.needs_input_grad[0]:
-            dy = torch.bmm(weight.t().expand(y.shape[0], -1, -1), dout.transpose(1, 2))  # (b, D, L)
+            dy = apply_left(weight.t(), dout.transpose(1, 2))                             # (b, D, L)
         if ctx.needs_input_grad[1]:
-            dw = torch.bmm(dout.transpose(1, 2), y.transpose(1, 2)).sum(0)              # (d_model, D)
+            dw = weight_grad(dout.transpose(1, 2), y)                                  # (d_model, D)
         return dy, dw
 
 
