@@ -222,6 +222,17 @@ def _scan_fwd_summary_kernel(
 
 
 @triton.jit
+def _saved_state_stores(state_ptr, row_s, k, offs_t, dmask, n_saved, NSTATE, T: tl.constexpr, TS: tl.constexpr):
+    """Where chunk k of the forward stores h for the backward: (BD, T) pointers (plus the state
+    index n at the store) and their mask, true at the steps that end one of the backward's chunks
+    of TS steps (every TS-th; the chunk's last when TS = T), so only the threads holding those
+    steps write; past the length h passes through unchanged, up to the last saved index."""
+    j = (k * T + offs_t) // TS
+    last = offs_t % TS == TS - 1
+    return state_ptr + row_s[:, None] + (j * NSTATE)[None, :], dmask[:, None] & (last & (j < n_saved))[None, :]
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, state_ptr, carry_ptr, hsum_ptr, dsum_ptr,
@@ -250,8 +261,6 @@ def _scan_fwd_kernel(
     row_s = (pid_b * DIM + d64) * n_saved * NSTATE
     pS_in = carry_ptr + (row_seg + seg) * NSTATE
     first = (offs_t == 0)[None, :]
-    # the steps that end one of the backward's chunks (every TS-th; the chunk's last when TS = T)
-    last = (offs_t % TS == TS - 1)[None, :]
     for k in range(k0, k1):
         t = k * T + offs_t
         tmask = t < L
@@ -266,11 +275,7 @@ def _scan_fwd_kernel(
         pB = B_ptr + pid_b * sB_b + t
         pC = C_ptr + pid_b * sC_b + t
         pS = tl.where(offs_d * 0 + k == k0, pS_in, state_ptr + row_s + (k * (T // TS) - 1) * NSTATE)
-        # the stores of h at the ends of the backward's chunks: only the threads holding those
-        # steps write (past the length, h passes through unchanged, up to the last saved index)
-        j = (k * T + offs_t) // TS
-        pS_out = state_ptr + row_s[:, None] + (j * NSTATE)[None, :]
-        m_out = dmask[:, None] & last & (j < n_saved)[None, :]
+        pS_out, m_out = _saved_state_stores(state_ptr, row_s, k, offs_t, dmask, n_saved, NSTATE, T, TS)
         # loads for state n are issued one iteration ahead, so their latency hides
         # behind the scan of state n - 1
         a2n, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, dmask,
