@@ -1,4 +1,5 @@
-"""Registers and spills of the scan kernels per launch shape, without a GPU.
+"""Registers and spills of the scan kernels per launch shape, and of the conv kernels with their
+global loads and stores by width, without a GPU.
 
     python benchmarks/scan_kernel_resources.py [--arch 90] [--out results/scan_kernel_resources.json]
 
@@ -7,6 +8,13 @@ own compiler (no device is needed for that) and reads the register count and spi
 that ``ptxas -v`` reports for the PTX. bfloat16 inputs, every optional term on, 16 states,
 integer arguments unspecialized (a real launch specializes strides equal to 1, so its code
 can differ slightly). At 255 registers an SM holds 8 warps; spills go to local memory.
+
+``conv_rows``: the causal conv + SiLU kernels of tokendyn/ops/_triton_conv.py (4 taps, bias),
+with pointers and integer arguments marked divisible by 16 as a launch on the mixer's shapes
+specializes them, and the count of ``ld.global``/``st.global`` instructions in the PTX by
+width: the conv kernels unroll fully, so these are each thread's instructions per program. A
+tile read at a shift that is not a multiple of 8 steps cannot use 16-byte loads, which shows
+as 2-byte (``b16``) loads.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import triton
@@ -25,6 +34,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tokendyn.ops import _triton_conv as C  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops import _triton_kernels as K  # noqa: E402 -- after the sys.path setup
 from tokendyn.ops.triton_scan import ScanConfig  # noqa: E402 -- after the sys.path setup
 from tokendyn.provenance import provenance  # noqa: E402 -- after the sys.path setup
@@ -44,21 +54,49 @@ BWD_CHUNK = ScanConfig().chunk
 BWD_SHAPES = [(4, 128, 1), (2, 128, 1), (8, 128, 1), (4, 128, 2), (8, 128, 2), (4, 64, 1), (2, 64, 1), (1, 128, 1),
               (1, 256, 1), (2, 256, 2)]
 HALF_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
-             "dz_ptr")
+             "dz_ptr", "x_ptr", "g_ptr", "dx_ptr")
+CONV_KERNELS = {"fwd": C._conv_silu_fwd_kernel, "bwd_taps": C._conv_silu_bwd_taps_kernel,
+                "bwd_recompute": C._conv_silu_bwd_kernel}
+CONV_SHAPES = [(4, 256, 4), (2, 256, 4), (8, 128, 4), (2, 512, 4), (4, 512, 8)]   # (BD, BT, warps)
 
 
-def compile_kernel(fn, consts: dict, warps: int, arch: int):
+def compile_kernel(fn, consts: dict, warps: int, arch: int, divisible: bool = False):
+    """``divisible``: every pointer and integer argument marked divisible by 16, as a launch
+    specializes them when they are."""
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-    sig = {}
-    for name in fn.arg_names:
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in consts:
             sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
+            continue
+        if name.endswith("_ptr"):
             sig[name] = "*bf16" if name in HALF_PTRS else "*fp32"
         else:
             sig[name] = "i32"
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        if divisible:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps))
+
+
+def global_accesses(ptx: str) -> dict:
+    """Count of ld.global / st.global instructions in the PTX by form (width), e.g. 'ld.global.b16'."""
+    return dict(sorted(Counter(re.findall(r"\b(?:ld|st)\.global(?:\.[a-z0-9]+)+", ptx)).items()))
+
+
+def conv_rows(arch: int) -> list[dict]:
+    """Each conv kernel at each launch shape of CONV_SHAPES, 4 taps with a bias."""
+    rows = []
+    for bd, bt, warps in CONV_SHAPES:
+        for name, fn in CONV_KERNELS.items():
+            k = compile_kernel(fn, dict(HAS_BIAS=True, K=4, BD=bd, BT=bt), warps, arch, divisible=True)
+            ptx = k.asm["ptx"]
+            row = {"kernel": name, "block_d": bd, "block_t": bt, "warps": warps, **ptxas_usage(ptx, arch),
+                   "global_accesses": global_accesses(ptx)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:
@@ -97,9 +135,10 @@ def main():
                        **ptxas_usage(k.asm["ptx"], args.arch)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    convs = conv_rows(args.arch)
     if args.out:
         result = {**provenance(" ".join(["python"] + sys.argv)), "triton": triton.__version__,
-                  "arch": args.arch, "rows": rows}
+                  "arch": args.arch, "rows": rows, "conv_rows": convs}
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")

@@ -226,10 +226,13 @@ def _saved_state_stores(state_ptr, row_s, k, offs_t, dmask, n_saved, NSTATE, T: 
     """Where chunk k of the forward stores h for the backward: (BD, T) pointers (plus the state
     index n at the store) and their mask, true at the steps that end one of the backward's chunks
     of TS steps (every TS-th; the chunk's last when TS = T), so only the threads holding those
-    steps write; past the length h passes through unchanged, up to the last saved index."""
+    steps write; past the length h passes through unchanged, up to the last saved index. The
+    mask is built as (BD, 1) & (1, T) & (1, T): grouped as (BD, 1) & (1, T), the same mask
+    compiled to more registers on sm_90 (BD 2 / T 512 / 4 warps: 168 with a spill, not 146;
+    benchmarks/scan_kernel_resources.py)."""
     j = (k * T + offs_t) // TS
-    last = offs_t % TS == TS - 1
-    return state_ptr + row_s[:, None] + (j * NSTATE)[None, :], dmask[:, None] & (last & (j < n_saved))[None, :]
+    last = (offs_t % TS == TS - 1)[None, :]
+    return state_ptr + row_s[:, None] + (j * NSTATE)[None, :], dmask[:, None] & last & (j < n_saved)[None, :]
 
 
 @triton.jit
