@@ -72,10 +72,11 @@ def peer_conv():
     return lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu")
 
 
-def fused_with(bwd):
-    """The fused path with backward kernel ``bwd`` ("taps" or "recompute", causal_conv.LAUNCH)."""
+def fused_with(bwd, fwd="shifted"):
+    """The fused path with forward kernel ``fwd`` ("shifted" or "cols") and backward kernel
+    ``bwd`` ("taps", "cols" or "recompute"), causal_conv.LAUNCH."""
     def fn(x, w, b):
-        causal_conv.LAUNCH["bwd"] = bwd
+        causal_conv.LAUNCH.update(fwd=fwd, bwd=bwd)
         return causal_conv.causal_conv1d_silu(x, w, b, fused=True)
     return fn
 
@@ -93,7 +94,7 @@ def sweep_launch(x, w, bias, up):
         for bt in (256, 512, 1024):
             for warps in (4, 8):
                 causal_conv.LAUNCH.update(block_d=bd, block_t=bt, num_warps=warps)
-                f, fb = time_pair(fused_with(causal_conv.LAUNCH["bwd"]), x, w, bias, up)
+                f, fb = time_pair(fused_with(causal_conv.LAUNCH["bwd"], causal_conv.LAUNCH["fwd"]), x, w, bias, up)
                 sweep.append({"block_d": bd, "block_t": bt, "num_warps": warps, "fwd_ms": f, "fwdbwd_ms": fb})
     best = min(sweep, key=lambda r: r["fwdbwd_ms"])
     causal_conv.LAUNCH.update({k: best[k] for k in ("block_d", "block_t", "num_warps")})
@@ -109,7 +110,8 @@ def main():
     dtype = torch.bfloat16
     default = dict(causal_conv.LAUNCH)
     sweep, best = sweep_launch(*inputs(SHAPES[0], dtype)) if args.sweep else ([], default)
-    contenders = {"fused_taps": fused_with("taps"), "fused_recompute": fused_with("recompute"), "torch": ref}
+    contenders = {"fused_taps": fused_with("taps"), "fused_cols": fused_with("cols", "cols"),
+                  "fused_recompute": fused_with("recompute"), "torch": ref}
     peer = peer_conv()
     if peer is not None:
         contenders["causal_conv1d"] = peer

@@ -55,7 +55,8 @@ BWD_SHAPES = [(4, 128, 1), (2, 128, 1), (8, 128, 1), (4, 128, 2), (8, 128, 2), (
               (1, 256, 1), (2, 256, 2)]
 HALF_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
              "dz_ptr", "x_ptr", "g_ptr", "dx_ptr")
-CONV_KERNELS = {"fwd": C._conv_silu_fwd_kernel, "bwd_taps": C._conv_silu_bwd_taps_kernel,
+CONV_KERNELS = {"fwd": C._conv_silu_fwd_kernel, "fwd_cols": C._conv_silu_fwd_cols_kernel,
+                "bwd_taps": C._conv_silu_bwd_taps_kernel, "bwd_cols": C._conv_silu_bwd_cols_kernel,
                 "bwd_recompute": C._conv_silu_bwd_kernel}
 CONV_SHAPES = [(4, 256, 4), (2, 256, 4), (8, 128, 4), (2, 512, 4), (4, 512, 8)]   # (BD, BT, warps)
 

@@ -228,6 +228,9 @@ def main():
     ap.add_argument("--torch-norm", action="store_true",
                     help="add tokendyn_triton_torchnorm: eager, with PyTorch's add, RMSNorm and cast in place of the "
                          "Triton norm kernels (their host cost against their kernel time)")
+    ap.add_argument("--conv-cols", action="store_true",
+                    help="add tokendyn_triton_convcols: eager, with the conv kernels that read x and the gradient "
+                         "only at multiples of 8 steps (causal_conv.LAUNCH fwd/bwd 'cols')")
     args = ap.parse_args()
     prov = bench_provenance(__file__, args)
     try:
@@ -241,6 +244,8 @@ def main():
         builders["tokendyn_triton_graph"] = lambda: build_tokendyn("triton")
     if args.torch_norm:
         builders["tokendyn_triton_torchnorm"] = lambda: build_tokendyn("triton")
+    if args.conv_cols:
+        builders["tokendyn_triton_convcols"] = lambda: build_tokendyn("triton")
     if args.io_constraint:
         builders[f"tokendyn_triton_{args.io_constraint}"] = lambda: build_tokendyn("triton", args.io_constraint)
     if not args.skip_peer:
@@ -249,13 +254,16 @@ def main():
     runs = [(name, build, args.steps) for _ in range(args.rounds) for name, build in builders.items()]
     if not args.skip_chunked:
         runs.append(("tokendyn_chunked", lambda: build_tokendyn("chunked"), max(3, args.steps // 3)))
-    from tokendyn.ops import norm_linear, triton_scan
+    from tokendyn.ops import causal_conv, norm_linear, triton_scan
     launch = json.loads(args.launch) if args.launch else {}
+    conv_default = {k: causal_conv.LAUNCH[k] for k in ("fwd", "bwd")}
     per_round = {}
     for name, build, steps in runs:
         torch.manual_seed(0)
         model = None
         norm_linear.LAUNCH["fused"] = name != "tokendyn_triton_torchnorm"
+        if name == "tokendyn_triton_convcols":
+            causal_conv.LAUNCH.update(fwd="cols", bwd="cols")
         try:
             model = build()
             with triton_scan.scan_config(**launch):
@@ -266,6 +274,7 @@ def main():
         except Exception as exc:  # record why a contender could not run, keep the others
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         norm_linear.LAUNCH["fused"] = True
+        causal_conv.LAUNCH.update(conv_default)
         per_round.setdefault(name, []).append(r)
         print(name, json.dumps({k: v for k, v in r.items() if k != "step_ms_all"}), flush=True)
         model = None

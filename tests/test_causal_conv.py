@@ -91,9 +91,11 @@ CASES = [  # batch, dim, length, K, bias, strided input
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES,
                          ids=lambda c: "x".join(map(str, c[:4])) + ("b" if c[4] else "") + ("s" if c[5] else ""))
-@pytest.mark.parametrize("bwd", ["taps", "recompute"])
-def test_fused_matches_oracle(poisoned, monkeypatch, case, dtype, bwd):
+@pytest.mark.parametrize("kernels", ["shifted/taps", "shifted/recompute", "cols/cols"])
+def test_fused_matches_oracle(poisoned, monkeypatch, case, dtype, kernels):
     batch, dim, length, k, has_bias, strided = case
+    fwd, bwd = kernels.split("/")
+    monkeypatch.setitem(poisoned.LAUNCH, "fwd", fwd)
     monkeypatch.setitem(poisoned.LAUNCH, "bwd", bwd)
     g = torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
     if strided:  # a channel slice of a wider tensor, as the mixer's x is of in_proj's output

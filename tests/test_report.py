@@ -325,12 +325,13 @@ def test_no_unmeasured_run_time_on_the_page(tmp_path):
 def test_conv_rows_give_each_contender(tmp_path):
     row = {"shape": [8, 16, 32, 4], "dtype": "bfloat16", "floor_fwd_ms": 0.01, "floor_fwdbwd_ms": 0.02,
            "fused_taps": {"fwd_ms": 0.03, "fwdbwd_ms": 0.06}, "fused_recompute": {"fwd_ms": 0.03, "fwdbwd_ms": 0.14},
-           "torch": {"fwd_ms": 0.1, "fwdbwd_ms": 0.3}}
+           "fused_cols": {"fwd_ms": 0.02, "fwdbwd_ms": 0.05}, "torch": {"fwd_ms": 0.1, "fwdbwd_ms": 0.3}}
     (tmp_path / "conv.json").write_text(json.dumps({"device": "NVIDIA X", "date": "d", "commit": "c",
                                                     "command": "x", "rows": [row]}))
     (t,) = committed_results(folder=tmp_path)
     got = dict(zip(t["columns"], t["rows"][0]))
     assert got["fused_taps fwd / fwd+bwd ms"] == "0.03 / 0.06" and got["torch fwd / fwd+bwd ms"] == "0.1 / 0.3"
+    assert got["fused_cols fwd / fwd+bwd ms"] == "0.02 / 0.05"
     assert "causal_conv1d fwd / fwd+bwd ms" not in t["columns"]
 
 

@@ -169,3 +169,168 @@ def _conv_silu_bwd_taps_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db
         tl.store(dw_ptr + slot * K + (K - 4), tl.sum(p * x0, axis=1), mask=dmask)
     m = dmask[:, None] & (t < L)[None, :]
     tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None] + t[None, :], dx, mask=m)
+
+
+# ---- "cols": every tile read at a multiple of 8 steps --------------------------------------
+# A tile read at a shift of 1-3 steps cannot use 16-byte loads (eight 2-byte loads per thread in
+# bf16, results/scan_kernel_resources.json). These kernels read x and g only at t0 - 8, t0 and
+# t0 + 8, as (BD, BT / 8, 8) tiles split into their 8 columns (steps t0 + 8i + r), and take the
+# value at shift s of column r from column r + s of the tile before, the same or the next.
+
+
+@triton.jit
+def _columns(row, t0, shift, dmask, L, BD: tl.constexpr, NI: tl.constexpr):
+    """x at steps t0 + shift + 8i + r (zero outside 0 .. L − 1) as 8 float32 (BD, NI) columns,
+    r = 0 .. 7, read as one (BD, NI, 8) tile."""
+    i = tl.arange(0, NI)
+    r = tl.arange(0, 8)
+    src = t0 + shift + 8 * i[:, None] + r[None, :]                       # (NI, 8)
+    m = dmask[:, None, None] & ((src >= 0) & (src < L))[None, :, :]
+    v = tl.load(row[:, None, None] + src[None, :, :], mask=m, other=0.0).to(tl.float32)
+    even, odd = tl.split(tl.reshape(v, (BD, NI, 4, 2)))                # r = 2j, 2j + 1
+    e0, e1 = tl.split(tl.reshape(even, (BD, NI, 2, 2)))                # r = 0, 4 and 2, 6
+    o0, o1 = tl.split(tl.reshape(odd, (BD, NI, 2, 2)))                 # r = 1, 5 and 3, 7
+    c0, c4 = tl.split(e0)
+    c2, c6 = tl.split(e1)
+    c1, c5 = tl.split(o0)
+    c3, c7 = tl.split(o1)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _join_columns(c0, c1, c2, c3, c4, c5, c6, c7, BD: tl.constexpr, NI: tl.constexpr):
+    """The inverse of :func:`_columns`' split: 8 (BD, NI) columns -> (BD, NI, 8)."""
+    even = tl.reshape(tl.join(tl.join(c0, c4), tl.join(c2, c6)), (BD, NI, 4))
+    odd = tl.reshape(tl.join(tl.join(c1, c5), tl.join(c3, c7)), (BD, NI, 4))
+    return tl.reshape(tl.join(even, odd), (BD, NI, 8))
+
+
+@triton.jit
+def _column_at(prev, cur, nxt, s: tl.constexpr):
+    """Column s of three consecutive tiles' columns: s in −8 .. −1 from prev, 0 .. 7 from cur,
+    8 .. 15 from nxt."""
+    if s < 0:
+        v = prev[s + 8]
+    elif s < 8:
+        v = cur[s]
+    else:
+        v = nxt[s - 8]
+    return v
+
+
+@triton.jit
+def _pre_column(prev, cur, nxt, w_row, bias, dmask, s: tl.constexpr, K: tl.constexpr):
+    """pre (BD, NI) at steps t0 + 8i + s: bias + Σ_k w_k x[· − (K − 1) + k]."""
+    acc = _column_at(prev, cur, nxt, s) * 0.0 + bias[:, None]
+    for k in tl.static_range(K):
+        acc += _tap(w_row, k, dmask) * _column_at(prev, cur, nxt, s - (K - 1) + k)
+    return acc
+
+
+@triton.jit
+def _conv_silu_fwd_cols_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM, sx_b, sx_d, sw_d,
+                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    """The forward of :func:`_conv_silu_fwd_kernel` from two aligned tiles of x (K ≤ 9)."""
+    pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
+    NI: tl.constexpr = BT // 8
+    t0 = tl.program_id(0) * BT
+    x_row = x_ptr + pid_b * sx_b + d64 * sx_d
+    w_row = w_ptr + d64 * sw_d
+    prev = _columns(x_row, t0, -8, dmask, L, BD, NI)
+    cur = _columns(x_row, t0, 0, dmask, L, BD, NI)
+    p0 = _pre_column(prev, cur, cur, w_row, bias, dmask, 0, K)
+    p1 = _pre_column(prev, cur, cur, w_row, bias, dmask, 1, K)
+    p2 = _pre_column(prev, cur, cur, w_row, bias, dmask, 2, K)
+    p3 = _pre_column(prev, cur, cur, w_row, bias, dmask, 3, K)
+    p4 = _pre_column(prev, cur, cur, w_row, bias, dmask, 4, K)
+    p5 = _pre_column(prev, cur, cur, w_row, bias, dmask, 5, K)
+    p6 = _pre_column(prev, cur, cur, w_row, bias, dmask, 6, K)
+    p7 = _pre_column(prev, cur, cur, w_row, bias, dmask, 7, K)
+    pre = _join_columns(p0, p1, p2, p3, p4, p5, p6, p7, BD, NI)
+    out = pre * tl.sigmoid(pre)
+    i = tl.arange(0, NI)
+    r = tl.arange(0, 8)
+    tt = t0 + 8 * i[:, None] + r[None, :]
+    m = dmask[:, None, None] & (tt < L)[None, :, :]
+    tl.store(out_ptr + ((pid_b * DIM + d64) * L)[:, None, None] + tt[None, :, :], out, mask=m)
+
+
+@triton.jit
+def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, r: tl.constexpr, K: tl.constexpr):
+    """Column r's dx (BD, NI) and its terms of dw and dbias, summed over the steps by the
+    caller once for all columns: q_j = p_j x (BD, NI) for the p at steps t + j (tap K − 1 − j
+    of dw; zero for j ≥ K) and p_0 (dbias)."""
+    x0 = cur[r]
+    dx = x0 * 0.0
+    q0 = dx
+    q1 = q0
+    q2 = q0
+    q3 = q0
+    db = q0
+    for j in tl.static_range(K):
+        pre = _pre_column(prev, cur, nxt, w_row, bias, dmask, r + j, K)
+        g = _column_at(gcur, gcur, gnxt, r + j)
+        sig = tl.sigmoid(pre)
+        p = g * sig * (1.0 + pre * (1.0 - sig))
+        dx += _tap(w_row, K - 1 - j, dmask) * p
+        q = p * x0
+        if j == 0:
+            q0 = q
+            db = p
+        elif j == 1:
+            q1 = q
+        elif j == 2:
+            q2 = q
+        else:
+            q3 = q
+    return dx, q0, q1, q2, q3, db
+
+
+@triton.jit
+def _conv_silu_bwd_cols_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_ptr, L, DIM, sx_b, sx_d, sw_d,
+                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    """The backward of :func:`_conv_silu_bwd_taps_kernel` (K ≤ 4, same arguments and outputs)
+    from aligned tiles: x at t0 − 8, t0, t0 + 8 and g at t0, t0 + 8."""
+    pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
+    NI: tl.constexpr = BT // 8
+    t0 = tl.program_id(0) * BT
+    x_row = x_ptr + pid_b * sx_b + d64 * sx_d
+    w_row = w_ptr + d64 * sw_d
+    g_row = g_ptr + (pid_b * DIM + d64) * L
+    slot = (pid_b * tl.num_programs(0) + tl.program_id(0)) * DIM + d64
+    prev = _columns(x_row, t0, -8, dmask, L, BD, NI)
+    cur = _columns(x_row, t0, 0, dmask, L, BD, NI)
+    nxt = _columns(x_row, t0, 8, dmask, L, BD, NI)
+    gcur = _columns(g_row, t0, 0, dmask, L, BD, NI)
+    gnxt = _columns(g_row, t0, 8, dmask, L, BD, NI)
+    d0, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 0, K)
+    d1, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 1, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d2, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 2, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d3, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 3, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d4, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 4, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d5, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 5, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d6, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 6, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    d7, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 7, K)
+    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    # q_j pairs p at t + j with x at t: tap K − 1 − j of dw
+    tl.store(dw_ptr + slot * K + (K - 1), tl.sum(q0, axis=1), mask=dmask)
+    if K > 1:
+        tl.store(dw_ptr + slot * K + (K - 2), tl.sum(q1, axis=1), mask=dmask)
+    if K > 2:
+        tl.store(dw_ptr + slot * K + (K - 3), tl.sum(q2, axis=1), mask=dmask)
+    if K > 3:
+        tl.store(dw_ptr + slot * K + (K - 4), tl.sum(q3, axis=1), mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + slot, tl.sum(db, axis=1), mask=dmask)
+    dx = _join_columns(d0, d1, d2, d3, d4, d5, d6, d7, BD, NI)
+    i = tl.arange(0, NI)
+    r = tl.arange(0, 8)
+    tt = t0 + 8 * i[:, None] + r[None, :]
+    m = dmask[:, None, None] & (tt < L)[None, :, :]
+    tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None, None] + tt[None, :, :], dx, mask=m)

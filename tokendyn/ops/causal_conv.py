@@ -22,11 +22,14 @@ def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
     return F.silu(pre)
 
 
-# launch shape of the fused kernels: channels per program, most steps per program, warps; and the
-# backward kernel for filters of at most 4 taps: "taps" reads each shifted tile of x and g once,
-# "recompute" re-reads x for every tap's pre-activation (K² tiles; the only kernel for K > 4)
-LAUNCH = {"block_d": 4, "block_t": 256, "num_warps": 4, "bwd": "taps"}
+# launch shape of the fused kernels: channels per program, most steps per program, warps; the
+# forward kernel: "shifted" reads x at each of the K shifts, "cols" only at multiples of 8 steps
+# (16-byte loads; K ≤ 9); and the backward kernel for filters of at most 4 taps: "taps" reads each
+# shifted tile of x and g once, "cols" reads them only at multiples of 8 steps, "recompute"
+# re-reads x for every tap's pre-activation (K² tiles; the only kernel for K > 4)
+LAUNCH = {"block_d": 4, "block_t": 256, "num_warps": 4, "fwd": "shifted", "bwd": "taps"}
 MAX_TAPS_KERNEL = 4
+MAX_COLS_FWD = 9
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -49,8 +52,10 @@ def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     batch, dim, length = x.shape
     out = _empty((batch, dim, length), x.dtype, x.device)
     grid, bd, bt, warps = _launch(length, dim, batch)
-    K._conv_silu_fwd_kernel[grid](x, weight, bias, out, length, dim, x.stride(0), x.stride(1), weight.stride(0),
-                                  HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
+    cols = LAUNCH["fwd"] == "cols" and weight.shape[1] <= MAX_COLS_FWD
+    kernel = K._conv_silu_fwd_cols_kernel if cols else K._conv_silu_fwd_kernel
+    kernel[grid](x, weight, bias, out, length, dim, x.stride(0), x.stride(1), weight.stride(0),
+                 HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
     return out
 
 
@@ -66,8 +71,9 @@ def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     dx = _empty((batch, dim, length), x.dtype, x.device)
     dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
     dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
-    taps = LAUNCH["bwd"] == "taps" and weight.shape[1] <= MAX_TAPS_KERNEL
-    kernel = K._conv_silu_bwd_taps_kernel if taps else K._conv_silu_bwd_kernel
+    kernel = K._conv_silu_bwd_kernel
+    if weight.shape[1] <= MAX_TAPS_KERNEL:
+        kernel = {"taps": K._conv_silu_bwd_taps_kernel, "cols": K._conv_silu_bwd_cols_kernel}.get(LAUNCH["bwd"], kernel)
     kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim, x.stride(0), x.stride(1), weight.stride(0),
                  HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
     dw = dw.sum((0, 1)).to(weight.dtype)

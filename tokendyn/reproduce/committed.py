@@ -184,7 +184,7 @@ def _scalars(d: dict, this: dict):
                                    and k not in ("device", "date", "commit", "command", "torch", "python")]
 
 
-CONV_CONTENDERS = ("fused_taps", "fused_recompute", "torch", "causal_conv1d")
+CONV_CONTENDERS = ("fused_taps", "fused_cols", "fused_recompute", "torch", "causal_conv1d")
 
 
 def _conv_contenders(d: dict, this: dict):
