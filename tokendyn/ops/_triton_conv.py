@@ -256,17 +256,13 @@ def _conv_silu_fwd_cols_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM, sx_b, sx
 
 
 @triton.jit
-def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, r: tl.constexpr, K: tl.constexpr):
-    """Column r's dx (BD, NI) and its terms of dw and dbias, summed over the steps by the
-    caller once for all columns: q_j = p_j x (BD, NI) for the p at steps t + j (tap K − 1 − j
-    of dw; zero for j ≥ K) and p_0 (dbias)."""
+def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, r: tl.constexpr,
+                 K: tl.constexpr):
+    """Column r's dx (BD, NI), and the running dw and dbias terms with this column's added:
+    q_j += p_j x (BD, NI) for the p at steps t + j (tap K − 1 − j of dw; unchanged for j ≥ K),
+    db += p_0; the caller sums them over the steps once, after the last column."""
     x0 = cur[r]
     dx = x0 * 0.0
-    q0 = dx
-    q1 = q0
-    q2 = q0
-    q3 = q0
-    db = q0
     for j in tl.static_range(K):
         pre = _pre_column(prev, cur, nxt, w_row, bias, dmask, r + j, K)
         g = _column_at(gcur, gcur, gnxt, r + j)
@@ -275,14 +271,14 @@ def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, r: tl.constexpr
         dx += _tap(w_row, K - 1 - j, dmask) * p
         q = p * x0
         if j == 0:
-            q0 = q
-            db = p
+            q0 += q
+            db += p
         elif j == 1:
-            q1 = q
+            q1 += q
         elif j == 2:
-            q2 = q
+            q2 += q
         else:
-            q3 = q
+            q3 += q
     return dx, q0, q1, q2, q3, db
 
 
@@ -303,21 +299,19 @@ def _conv_silu_bwd_cols_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db
     nxt = _columns(x_row, t0, 8, dmask, L, BD, NI)
     gcur = _columns(g_row, t0, 0, dmask, L, BD, NI)
     gnxt = _columns(g_row, t0, 8, dmask, L, BD, NI)
-    d0, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 0, K)
-    d1, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 1, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d2, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 2, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d3, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 3, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d4, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 4, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d5, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 5, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d6, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 6, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
-    d7, a0, a1, a2, a3, ab = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, 7, K)
-    q0, q1, q2, q3, db = q0 + a0, q1 + a1, q2 + a2, q3 + a3, db + ab
+    q0 = cur[0] * 0.0
+    q1 = q0
+    q2 = q0
+    q3 = q0
+    db = q0
+    d0, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 0, K)
+    d1, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 1, K)
+    d2, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 2, K)
+    d3, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 3, K)
+    d4, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 4, K)
+    d5, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 5, K)
+    d6, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 6, K)
+    d7, q0, q1, q2, q3, db = _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3, db, 7, K)
     # q_j pairs p at t + j with x at t: tap K − 1 − j of dw
     tl.store(dw_ptr + slot * K + (K - 1), tl.sum(q0, axis=1), mask=dmask)
     if K > 1:
