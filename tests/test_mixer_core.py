@@ -61,8 +61,14 @@ def rel(x, ref):
 @pytest.mark.interpretable
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 6, 19, 3, 2, 4), (1, 4, 40, 1, 1, 3)])
-def test_core_matches_composed_float64(dtype, shape):
+@pytest.mark.parametrize("conv", ["shifted/taps", "cols/cols"])     # the conv kernels (causal_conv.LAUNCH)
+def test_core_matches_composed_float64(dtype, shape, conv, monkeypatch):
+    from tokendyn.ops import causal_conv
     from tokendyn.ops.mixer_core import selective_core
+
+    fwd, bwd = conv.split("/")
+    monkeypatch.setitem(causal_conv.LAUNCH, "fwd", fwd)
+    monkeypatch.setitem(causal_conv.LAUNCH, "bwd", bwd)
 
     b, d, l, n, r, k = shape
     t = make_inputs(b, d, l, n, r, k, dtype, random.SystemRandom().randrange(2**31))
