@@ -262,7 +262,7 @@ def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3,
     q_j += p_j x (BD, NI) for the p at steps t + j (tap K − 1 − j of dw; unchanged for j ≥ K),
     db += p_0; the caller sums them over the steps once, after the last column."""
     x0 = cur[r]
-    dx = x0 * 0.0
+    dx = tl.zeros_like(x0)
     for j in tl.static_range(K):
         pre = _pre_column(prev, cur, nxt, w_row, bias, dmask, r + j, K)
         g = _column_at(gcur, gcur, gnxt, r + j)
@@ -299,7 +299,7 @@ def _conv_silu_bwd_cols_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db
     nxt = _columns(x_row, t0, 8, dmask, L, BD, NI)
     gcur = _columns(g_row, t0, 0, dmask, L, BD, NI)
     gnxt = _columns(g_row, t0, 8, dmask, L, BD, NI)
-    q0 = cur[0] * 0.0
+    q0 = tl.zeros_like(cur[0])
     q1 = q0
     q2 = q0
     q3 = q0

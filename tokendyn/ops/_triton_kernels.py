@@ -236,6 +236,17 @@ def _saved_state_stores(state_ptr, row_s, k, offs_t, dmask, n_saved, NSTATE, T: 
 
 
 @triton.jit
+def _gated_output(y, uu, Dv, z_ptr, row_z, t, m2, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """The chunk's output (BD, T) float32 from the scan's y: + D u, then times silu(z)."""
+    if HAS_D:
+        y += Dv[:, None] * uu
+    if HAS_Z:
+        zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    return y
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, state_ptr, carry_ptr, hsum_ptr, dsum_ptr,
@@ -293,12 +304,8 @@ def _scan_fwd_kernel(
             y += h * cn[None, :]
             tl.store(pS_out + n, h, mask=m_out)
             a2n, bn, cn, h0 = a2x, bx, cx, h0x
-        if HAS_D:
-            y += Dv[:, None] * uu
-        if HAS_Z:
-            zz = tl.load(z_ptr + row_z[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + row_o[:, None] + t[None, :], y, mask=m2)
+        tl.store(out_ptr + row_o[:, None] + t[None, :], _gated_output(y, uu, Dv, z_ptr, row_z, t, m2, HAS_D, HAS_Z),
+                 mask=m2)
 
 
 @triton.jit
