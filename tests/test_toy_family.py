@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tokendyn.cli import app
 from tokendyn.errors import CheckpointError, ConfigError
-from tokendyn.model import MambaConfig, MambaLM, MixerBase, MixerRun, families, generate, load_model
+from tokendyn.model import ClassifierConfig, MambaConfig, MambaLM, MixerBase, MixerRun, families, generate, load_model
 from tokendyn.model.contract import IOParameters
 from tokendyn.model.internals import MixerInternals
 
@@ -156,3 +156,15 @@ def test_an_option_name_is_owned_once_within_a_family(monkeypatch):
     # ... another family can: the config's layer says whose d_state it is
     families.register_family("clash", Clashing, ToyMixer)
     assert MambaConfig(**CFG, layer="clash", d_state=7).mixer.d_state == 7
+
+
+@pytest.mark.parametrize("mixer_layer", ["mamba1", "mamba2", "mambavision"])
+def test_a_family_mixer_refuses_another_familys_config(mixer_layer):
+    def config(layer):  # a classifier's config takes every family, causal or not
+        return ClassifierConfig(input_dim=3, n_classes=2, d_model=64, n_layer=2, layer=layer)
+
+    mixer_cls = families.get_family(mixer_layer).mixer_cls
+    other = "mamba2" if mixer_layer == "mamba1" else "mamba1"
+    with pytest.raises(ConfigError, match=f"needs a config of layer '{mixer_layer}', got layer '{other}'"):
+        mixer_cls(config(other))
+    assert mixer_cls(config(mixer_layer)).d_model == 64  # its own is taken

@@ -226,6 +226,18 @@ class Mixer(Protocol):
         ...
 
 
+def family_settings(config, settings_type: type, mixer: str, layer: str):
+    """``config.mixer`` when it is a ``settings_type`` (the family's settings), checked against the
+    whole config; otherwise a :class:`~tokendyn.errors.ConfigError` naming the layer the mixer needs."""
+    from ..errors import ConfigError
+
+    s = config.mixer
+    if not isinstance(s, settings_type):
+        raise ConfigError(f"{mixer} needs a config of layer {layer!r}, got layer {getattr(config, 'layer', None)!r}.")
+    s.check(config)
+    return s
+
+
 class MixerBase(nn.Module):
     """Defaults for the parts of :class:`Mixer` that most families share: ``forward`` through
     ``run``, ``step`` through ``step_`` on copies of the state, no residual fusion, no fused step,

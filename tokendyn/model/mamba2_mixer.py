@@ -26,7 +26,7 @@ from ..ops import compute_dtype, ssd_scan
 from ..ops.causal_conv import causal_conv1d_silu
 from ..ops.ssd_reference import ssd_step
 from ..ops.step import causal_conv1d_update
-from .contract import IOParameters, MixerBase, MixerRun
+from .contract import IOParameters, MixerBase, MixerRun, family_settings
 from .families import register_family
 from .internals import MixerInternals
 from .mamba2 import INTEROP, Mamba2Settings
@@ -79,11 +79,7 @@ class Mamba2Mixer(MixerBase):
 
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__()
-        s = config.mixer
-        if not isinstance(s, Mamba2Settings):
-            raise ConfigError(f"Mamba2Mixer needs a config of layer 'mamba2', got layer "
-                              f"{getattr(config, 'layer', None)!r}.")
-        s.check(config)
+        s = family_settings(config, Mamba2Settings, "Mamba2Mixer", "mamba2")
         sizes = s.sizes(config.d_model)
         self.settings = s
         self.d_model, self.layer_idx, self.scan_backend = config.d_model, layer_idx, config.scan_backend

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import compute_dtype, selective_scan
-from .contract import IOParameters, MixerBase, MixerRun
+from .contract import IOParameters, MixerBase, MixerRun, family_settings
 from .families import register_family
 from .mamba1 import S6Settings, resolve_dt_rank
 from .mixer import channel_linear, inverse_softplus, project_out, s6_internals, split_x_proj
@@ -81,11 +81,7 @@ class MambaVisionMixer(MixerBase):
 
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__()
-        s = config.mixer
-        if not isinstance(s, MambaVisionSettings):
-            raise ConfigError(f"MambaVisionMixer needs a config of layer 'mambavision', got layer "
-                              f"{getattr(config, 'layer', None)!r}.")
-        s.check(config)
+        s = family_settings(config, MambaVisionSettings, "MambaVisionMixer", "mambavision")
         self.d_model = config.d_model
         self.scan_backend = config.scan_backend
         self.layer_idx = layer_idx

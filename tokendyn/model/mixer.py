@@ -26,7 +26,7 @@ from ..ops.mixer_core import selective_core
 from ..ops.norm_linear import add_rms_norm_linear
 from ..ops.out_linear import out_linear
 from ..ops.step import causal_conv1d_update, selective_state_update
-from .contract import IOParameters, MixerBase, MixerRun
+from .contract import IOParameters, MixerBase, MixerRun, family_settings
 from .families import register_family
 from .internals import MixerInternals
 from .mamba1 import INTEROP, Mamba1Settings, resolve_dt_rank
@@ -103,10 +103,7 @@ class MambaMixer(MixerBase):
                  layer_idx: int | None = None):
         super().__init__()
         if hasattr(d_model, "mixer"):  # a model config
-            settings = d_model.mixer
-            if not isinstance(settings, Mamba1Settings):
-                raise ConfigError(f"MambaMixer needs a config of layer 'mamba1', got layer "
-                                  f"{getattr(d_model, 'layer', None)!r}.")
+            settings = family_settings(d_model, Mamba1Settings, "MambaMixer", "mamba1")
             d_model, scan_backend = d_model.d_model, d_model.scan_backend
         else:
             if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
