@@ -12,10 +12,12 @@ rate; random token ids (one fixed batch, every step). Every contender runs the s
 (tokendyn.train.train with a task that serves that batch); tokens/s = batch*length / median
 step time over the timed steps (after warm-up steps), a step timed between two CUDA
 synchronisations; peak memory = torch.cuda.max_memory_allocated over the run (weights, AdamW
-moments, activations). tokendyn and mamba_ssm alternate for --rounds rounds (a fresh model each
-time, the same seed) and each one's median over rounds is reported; ``tokens_per_s_ratio`` and
-``peak_mem_ratio`` are tokendyn (triton) / mamba_ssm. mamba_ssm runs without causal_conv1d
-unless it is importable (recorded as ``mamba_ssm_causal_conv1d``).
+moments, activations), also per step (``peak_mem_gib_steps``: with --cuda-graph, whether the peak
+is the eager warm-up's, the capture's or the replays'). tokendyn and mamba_ssm alternate for
+--rounds rounds (a fresh model each time, the same seed) and each one's median over rounds is
+reported; ``tokens_per_s_ratio`` and ``peak_mem_ratio`` are tokendyn (triton) / mamba_ssm.
+mamba_ssm runs without causal_conv1d unless it is importable (recorded as
+``mamba_ssm_causal_conv1d``).
 
 ``saved_for_backward``: for each model, the bytes that one forward (with the loss) keeps alive
 for the backward, counted by storage through torch.autograd.graph.saved_tensors_hooks (a view
@@ -112,16 +114,21 @@ class FixedBatchTask(Task):
 
 
 class StepTimer:
-    """Callback at every step: synchronise and record the wall time (seconds) between steps."""
+    """Callback at every step: synchronise and record the wall time (seconds) between steps, and
+    each step's peak of allocated memory (GiB; the first step's includes building the optimiser),
+    so that a graphed run shows whether its peak is the capture's or the replays'."""
 
     every = 1
 
     def __init__(self):
         self.marks = []
+        self.peaks = []
 
     def __call__(self, step, model, record):
         torch.cuda.synchronize()
         self.marks.append(time.perf_counter())
+        self.peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        torch.cuda.reset_peak_memory_stats()
 
     def step_ms(self):
         return [1e3 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
@@ -140,7 +147,8 @@ def measure(model, steps, warmup, cuda_graph: bool = False):
     ms = statistics.median(times)
     return {"params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
             "step_ms_median": ms, "step_ms_all": times, "tokens_per_s": BATCH * LENGTH / (ms / 1e3),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_mem_gib": max([*timer.peaks, torch.cuda.max_memory_allocated() / 2**30]),
+            "peak_mem_gib_steps": [round(p, 4) for p in timer.peaks],
             "loss_last": res.final_loss}, task
 
 
