@@ -174,7 +174,7 @@ def markdown(exp: Experiment, doc: dict) -> str:
     header += [f"− {exp.baseline} (± seed spread; Welch t)"] if base else []
     header += [f"validation gain over the last {flat.last:.0%} of steps (flat: < {flat.min_gain:.0%}; "
                "negative: the metric got worse)"] if flat else []
-    header += [c.header(doc) for c in exp.columns] + ["s per run"]
+    header += [c.header(doc) for c in exp.columns] + ["wall s per run (runs of a grid may have shared the device)"]
     lines = [f"{m.label.capitalize()}, {cfg['scale']} scale: {exp.describe(doc)}; data: {doc.get('data')}; "
              f"device: {doc.get('device')}.", "", _row(header), _row(["---"] * len(header))]
     for s, v in settings.items():
