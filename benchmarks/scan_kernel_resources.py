@@ -87,11 +87,12 @@ def global_accesses(ptx: str) -> dict:
 
 
 def conv_rows(arch: int) -> list[dict]:
-    """Each conv kernel at each launch shape of CONV_SHAPES, 4 taps with a bias."""
+    """Each conv kernel at each launch shape of CONV_SHAPES, 4 taps with a bias; the backward
+    writing dx into the x half of xz's gradient (DXM = 2), as in the mixer's fused core."""
     rows = []
     for bd, bt, warps in CONV_SHAPES:
         for name, fn in CONV_KERNELS.items():
-            k = compile_kernel(fn, dict(HAS_BIAS=True, K=4, BD=bd, BT=bt), warps, arch, divisible=True)
+            k = compile_kernel(fn, dict(HAS_BIAS=True, K=4, BD=bd, BT=bt, DXM=2), warps, arch, divisible=True)
             ptx = k.asm["ptx"]
             row = {"kernel": name, "block_d": bd, "block_t": bt, "warps": warps, **ptxas_usage(ptx, arch),
                    "global_accesses": global_accesses(ptx)}

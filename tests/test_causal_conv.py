@@ -117,3 +117,30 @@ def test_fused_matches_oracle(poisoned, monkeypatch, case, dtype, kernels):
     for n, v in errs.items():
         # dw and dbias accumulate in float32 from rounded inputs: same tolerance as out
         assert v < TOL[dtype], (n, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.interpretable
+@pytest.mark.parametrize("kernels", ["taps", "recompute", "cols"])
+def test_backward_writes_dx_into_a_half_of_a_wider_gradient(poisoned, monkeypatch, kernels):
+    """dx= the x half of a (batch, 2·dim, length) buffer (the mixer's xz gradient): the same values
+    as a fresh dx, the other half untouched; a dx of another layout is refused."""
+    monkeypatch.setitem(poisoned.LAUNCH, "bwd", kernels)
+    batch, dim, length, k = 3, 6, 50, 4
+    g = torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
+    x = torch.randn(batch, 2 * dim, length, generator=g, device=DEV)[:, :dim]
+    w = torch.randn(dim, k, generator=g, device=DEV) * 0.5
+    b = torch.randn(dim, generator=g, device=DEV)
+    up = torch.randn(batch, dim, length, generator=g, device=DEV)
+    fresh, dw, db = poisoned.conv_silu_backward(x, w, b, up)
+    wide = torch.zeros(batch, 2 * dim, length, device=DEV)
+    for half in (0, 1):   # either half, so that a batch stride taken as dim·length shows
+        wide.zero_()
+        out = wide[:, half * dim:(half + 1) * dim]
+        got, dw2, db2 = poisoned.conv_silu_backward(x, w, b, up, dx=out)
+        assert got.data_ptr() == out.data_ptr()
+        torch.testing.assert_close(got, fresh, rtol=0, atol=0)
+        torch.testing.assert_close(dw2, dw, rtol=0, atol=0)
+        assert (wide[:, (1 - half) * dim:(2 - half) * dim] == 0).all()
+    with pytest.raises(ValueError, match="dx must be"):
+        poisoned.conv_silu_backward(x, w, b, up, dx=torch.zeros(batch, length, dim, device=DEV).transpose(1, 2))

@@ -75,7 +75,7 @@ def test_core_matches_composed_float64(dtype, shape, conv, monkeypatch):
     leaves = {name: v.detach().clone().requires_grad_() for name, v in t.items()}
     # x and z stay slices of one tensor (the layout the kernels must read in place)
     xz = torch.cat([t["x"], t["z"]], dim=1).detach().requires_grad_()
-    y = selective_core(xz[:, :d], xz[:, d:], leaves["conv_weight"], leaves["conv_bias"],
+    y = selective_core(xz, leaves["conv_weight"], leaves["conv_bias"],
                        leaves["x_proj_weight"], leaves["dt_proj_weight"], leaves["A"], leaves["D"],
                        leaves["delta_bias"], r, n)
     ref_leaves = {name: v.detach().double().requires_grad_() for name, v in t.items()}

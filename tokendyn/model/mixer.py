@@ -278,7 +278,7 @@ class MambaMixer(MixerBase):
         if fused and not (return_internals or return_state) and self._plain_core():
             # one node from the conv input to y that recomputes the conv output and Δ in its
             # backward instead of keeping them (ops/mixer_core.py): less memory in training
-            y = selective_core(x, z, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+            y = selective_core(xz, self.conv1d.weight[:, 0, :], self.conv1d.bias,
                                self.effective_x_proj_weight(), self.dt_proj.weight, A, self.D.to(acc),
                                delta_bias, self.dt_rank, self.d_state)
             ssm_state = None

@@ -61,9 +61,11 @@ def _conv_silu_fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM, sx_b, sx_d, s
 
 @triton.jit
 def _conv_silu_bwd_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_ptr, L, DIM, sx_b, sx_d, sw_d,
-                          HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    """g: (batch, dim, length) contiguous; dx like g; dw: (batch, n_tblocks, dim, K) and
-    dbias: (batch, n_tblocks, dim) float32 partial sums, one slot per program."""
+                          HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+                          DXM: tl.constexpr):
+    """g: (batch, dim, length) contiguous; dx (batch, dim, length) with strides
+    (DXM·dim·length, length, 1) (DXM = 2: the x half of xz's gradient); dw: (batch, n_tblocks,
+    dim, K) and dbias: (batch, n_tblocks, dim) float32 partial sums, one slot per program."""
     pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
     x_row = x_ptr + pid_b * sx_b + d64 * sx_d
     w_row = w_ptr + d64 * sw_d
@@ -89,7 +91,7 @@ def _conv_silu_bwd_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_p
             if HAS_BIAS:
                 tl.store(dbias_ptr + slot, tl.sum(p, axis=1), mask=dmask)
     m = dmask[:, None] & (t < L)[None, :]
-    tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None] + t[None, :], dx, mask=m)
+    tl.store(dx_ptr + ((pid_b * (DXM * DIM) + d64) * L)[:, None] + t[None, :], dx, mask=m)
 
 
 @triton.jit
@@ -117,7 +119,8 @@ def _silu_grad(pre, g_row, s, dmask, L):
 
 @triton.jit
 def _conv_silu_bwd_taps_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_ptr, L, DIM, sx_b, sx_d, sw_d,
-                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+                               DXM: tl.constexpr):
     """The backward for K ≤ 4 with each shifted tile of x and g read once: the pre-activations
     pre_j at steps t + j (j < K) are built together from the 2K − 1 tiles x[t − (K − 1)] …
     x[t + K − 1] (not K² reads), and dw pairs p at t + j with x at the program's own steps t,
@@ -168,7 +171,7 @@ def _conv_silu_bwd_taps_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db
         dx += _tap(w_row, K - 4, dmask) * p
         tl.store(dw_ptr + slot * K + (K - 4), tl.sum(p * x0, axis=1), mask=dmask)
     m = dmask[:, None] & (t < L)[None, :]
-    tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None] + t[None, :], dx, mask=m)
+    tl.store(dx_ptr + ((pid_b * (DXM * DIM) + d64) * L)[:, None] + t[None, :], dx, mask=m)
 
 
 # ---- "cols": every tile read at a multiple of 8 steps --------------------------------------
@@ -284,7 +287,8 @@ def _grad_column(prev, cur, nxt, gcur, gnxt, w_row, bias, dmask, q0, q1, q2, q3,
 
 @triton.jit
 def _conv_silu_bwd_cols_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, dbias_ptr, L, DIM, sx_b, sx_d, sw_d,
-                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+                               HAS_BIAS: tl.constexpr, K: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+                               DXM: tl.constexpr):
     """The backward of :func:`_conv_silu_bwd_taps_kernel` (K ≤ 4, same arguments and outputs)
     from aligned tiles: x at t0 − 8, t0, t0 + 8 and g at t0, t0 + 8."""
     pid_b, offs_d, dmask, d64, t, bias = _conv_program(bias_ptr, DIM, HAS_BIAS, BD, BT)
@@ -327,4 +331,4 @@ def _conv_silu_bwd_cols_kernel(x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db
     r = tl.arange(0, 8)
     tt = t0 + 8 * i[:, None] + r[None, :]
     m = dmask[:, None, None] & (tt < L)[None, :, :]
-    tl.store(dx_ptr + ((pid_b * DIM + d64) * L)[:, None, None] + tt[None, :, :], dx, mask=m)
+    tl.store(dx_ptr + ((pid_b * (DXM * DIM) + d64) * L)[:, None, None] + tt[None, :, :], dx, mask=m)

@@ -386,14 +386,15 @@ def _bwd_chunk_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, row_u, row_dl, row_g, r
 
 
 @triton.jit
-def _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy, Dv,
+def _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, row_dz, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy, Dv,
                        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Store a chunk's du, dΔ and dz from qA = Σ_n A_n q, sB = Σ_n B_n s and y = Σ_n C_n h
-    (y before D and the gate; read only with z), each (BD, T). Returns dΔ (for dbias)."""
+    """Store a chunk's du, dΔ (rows row_o) and dz (rows row_dz) from qA = Σ_n A_n q, sB = Σ_n B_n s
+    and y = Σ_n C_n h (y before D and the gate; read only with z), each (BD, T). Returns dΔ (for
+    dbias)."""
     if HAS_Z:
         if HAS_D:
             y += Dv[:, None] * uu
-        tl.store(dz_ptr + row_o[:, None] + t[None, :], g * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
+        tl.store(dz_ptr + row_dz[:, None] + t[None, :], g * y * sz * (1.0 + zz * (1.0 - sz)), mask=m2)
     ddl = qA + sB * uu
     duv = sB * dd
     if HAS_D:
@@ -422,13 +423,14 @@ def _scan_bwd_kernel(
     dout_ptr, state_ptr, dlast_ptr, scarry_ptr, ssum_ptr, dsum_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     L, DIM, NSTATE, n_chunks, NSEG, CPS,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d,
+    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sA_d, sA_n, sg_b, sg_d, sdz_b,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr,
     BD: tl.constexpr, T: tl.constexpr, NP: tl.constexpr,
 ):
-    """Gradients; program_id(2) is the segment. du, ddelta, dz: (batch, dim, length)
-    contiguous; dA: (batch, dim, state) float32, zeroed, accumulated atomically (summed over
+    """Gradients; program_id(2) is the segment. du, ddelta: (batch, dim, length) contiguous;
+    dz: (batch, dim, length) with batch stride sdz_b and unit stride along length (a channel
+    slice of a larger buffer is fine); dA: (batch, dim, state) float32, zeroed, accumulated atomically (summed over
     batch by the caller); dB, dC: (batch, state, length) float32, zeroed, accumulated
     atomically; dD, dbias: (segments, batch, dim) float32 partials. scarry: (2, batch, dim,
     segments, state) float32 scratch for the state adjoint between chunks; its first half
@@ -520,8 +522,8 @@ def _scan_bwd_kernel(
             an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
             if HAS_DLAST:
                 dl = dlx
-        ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, t, m2, qA, sB, y, uu, raw, dd, g, zz, sz, dy,
-                                 Dv, HAS_D, HAS_Z, SOFTPLUS)
+        ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, pid_b * sdz_b + d64 * L, t, m2, qA, sB, y, uu,
+                                 raw, dd, g, zz, sz, dy, Dv, HAS_D, HAS_Z, SOFTPLUS)
         if HAS_BIAS:
             dbias_acc += tl.where(m2, ddl, 0.0)
     _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_acc, dbias_acc, HAS_D, HAS_BIAS)

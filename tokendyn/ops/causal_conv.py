@@ -59,23 +59,35 @@ def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
-def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: torch.Tensor):
+def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: torch.Tensor,
+                       dx: torch.Tensor | None = None):
     """The fused backward launch, outside autograd: gradients (dx, dweight, dbias) for the
-    upstream g (batch, dim, length); dx in x's dtype, dweight and dbias in the weights' dtypes."""
+    upstream g (batch, dim, length); dx in x's dtype, dweight and dbias in the weights' dtypes.
+    ``dx``: where to write dx, (batch, dim, length) in x's dtype with strides (m·dim·length,
+    length, 1) for a whole m ≥ 1 (the x half of xz's gradient, m = 2, which then needs no
+    concatenation); else a new contiguous one."""
     from . import _triton_conv as K
 
     batch, dim, length = x.shape
     g = g.contiguous()
     grid, bd, bt, warps = _launch(length, dim, batch)
     n_t = grid[0]
-    dx = _empty((batch, dim, length), x.dtype, x.device)
+    if dx is None:
+        dx = _empty((batch, dim, length), x.dtype, x.device)
+    # dx's rows per batch element, in units of dim (a compile-time constant: the store's address
+    # then costs no more registers than a contiguous dx's)
+    dxm = max(dx.stride(0) // max(dim * length, 1), 1) if batch > 1 else 1
+    if (dx.shape != x.shape or dx.dtype != x.dtype or (length > 1 and dx.stride(2) != 1)
+            or (dim > 1 and dx.stride(1) != length) or (batch > 1 and dx.stride(0) != dxm * dim * length)):
+        raise ValueError(f"dx must be {tuple(x.shape)} {x.dtype} with strides (m·{dim * length}, {length}, 1), "
+                         f"got {tuple(dx.shape)} {dx.dtype} strides {dx.stride()}.")
     dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
     dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
     kernel = K._conv_silu_bwd_kernel
     if weight.shape[1] <= MAX_TAPS_KERNEL:
         kernel = {"taps": K._conv_silu_bwd_taps_kernel, "cols": K._conv_silu_bwd_cols_kernel}.get(LAUNCH["bwd"], kernel)
     kernel[grid](x, weight, bias, g, dx, dw, dbias, length, dim, x.stride(0), x.stride(1), weight.stride(0),
-                 HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, num_warps=warps)
+                 HAS_BIAS=bias is not None, K=weight.shape[1], BD=bd, BT=bt, DXM=dxm, num_warps=warps)
     dw = dw.sum((0, 1)).to(weight.dtype)
     dbias = dbias.sum((0, 1)).to(bias.dtype) if bias is not None else None
     return dx, dw, dbias

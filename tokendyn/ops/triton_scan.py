@@ -218,13 +218,15 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
 
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, saved: ScanSaved,
-                  dlast=None):
+                  dlast=None, dz=None):
     """The backward launch, outside autograd: gradients (du, ddelta, dz, dA, dB, dC, dD, dbias)
     for upstream dout (batch, dim, length) (unit stride along length) and, optionally, dlast
     (batch, dim, state) float32 for h_L. du, ddelta, dz come in their inputs' dtypes; dA, dB,
-    dC, dD, dbias in float32 (None where the input is None)."""
+    dC, dD, dbias in float32 (None where the input is None). ``dz``: where to write dz,
+    (batch, dim, length) in z's dtype with strides (any, length, 1) (a channel slice of a larger
+    gradient, which then needs no concatenation); else a new one."""
     return _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, saved.states,
-                     saved.chunk, dlast, saved.cfg)
+                     saved.chunk, dlast, saved.cfg, dz)
 
 
 def _segment_buffers(batch, dim, nstate, launch: Launch, device):
@@ -275,7 +277,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
 
 
 def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states, T,
-              dlast, cfg: ScanConfig):
+              dlast, cfg: ScanConfig, dz=None):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     n_chunks = states.shape[2]
@@ -286,7 +288,13 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     # the kernel rounds these straight to the input dtypes when it stores them
     du = _empty((batch, dim, length), u.dtype, u.device)
     ddelta = _empty((batch, dim, length), delta.dtype, u.device)
-    dz = _empty((batch, dim, length), z.dtype, u.device) if z is not None else None
+    if z is None:
+        dz = None
+    elif dz is None:
+        dz = _empty((batch, dim, length), z.dtype, u.device)
+    elif dz.shape != z.shape or dz.dtype != z.dtype or dz.stride()[1:] != (length, 1):
+        raise ValueError(f"dz must be {tuple(z.shape)} {z.dtype} with strides (any, {length}, 1), got "
+                         f"{tuple(dz.shape)} {dz.dtype} strides {dz.stride()}.")
     dA = torch.zeros(batch, dim, nstate, **f32)
     dB = torch.zeros(batch, nstate, length, **f32)
     dC = torch.zeros(batch, nstate, length, **f32)
@@ -312,7 +320,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
         du, ddelta, dz, dA, dB, dC, dD, dbias,
         length, dim, nstate, n_chunks, lp.segments, lp.chunks_per_segment,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(B), *_strides3(C),
-        A.stride(0), A.stride(1), *_strides3(dout),
+        A.stride(0), A.stride(1), *_strides3(dout), dz.stride(0) if dz is not None else 0,
         HAS_D=D is not None, **flags,
     )
     return du, ddelta, dz, dA.sum(0), dB, dC, (dD.sum((0, 1)) if dD is not None else None), \
