@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .out_rows import rows_per_batch
+
 
 def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """PyTorch's depthwise conv1d, padded on both sides and cut back to the first L steps."""
@@ -74,13 +76,9 @@ def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     n_t = grid[0]
     if dx is None:
         dx = _empty((batch, dim, length), x.dtype, x.device)
-    # dx's rows per batch element, in units of dim (a compile-time constant: the store's address
-    # then costs no more registers than a contiguous dx's)
-    dxm = max(dx.stride(0) // max(dim * length, 1), 1) if batch > 1 else 1
-    if (dx.shape != x.shape or dx.dtype != x.dtype or (length > 1 and dx.stride(2) != 1)
-            or (dim > 1 and dx.stride(1) != length) or (batch > 1 and dx.stride(0) != dxm * dim * length)):
-        raise ValueError(f"dx must be {tuple(x.shape)} {x.dtype} with strides (m·{dim * length}, {length}, 1), "
-                         f"got {tuple(dx.shape)} {dx.dtype} strides {dx.stride()}.")
+    # dx's rows per batch element, in units of dim: a compile-time constant, so the store's
+    # address costs no more registers than a contiguous dx's
+    dxm = rows_per_batch(dx, x, "dx")
     dw = _empty((batch, n_t, dim, weight.shape[1]), torch.float32, x.device)
     dbias = _empty((batch, n_t, dim), torch.float32, x.device) if bias is not None else None
     kernel = K._conv_silu_bwd_kernel

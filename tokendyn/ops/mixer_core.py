@@ -63,7 +63,7 @@ class _SelectiveCore(torch.autograd.Function):
         dtype = x.dtype
         # xz's gradient, its two halves written in place by the scan (dz) and the conv (dx)
         # kernels: no concatenation of two (b, D, L) gradients afterwards
-        dxz = torch.empty(xz.shape, dtype=xz.dtype, device=xz.device)
+        dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
         dx_out, dz_out = dxz.chunk(2, dim=1)
         with torch.autocast(x.device.type, enabled=False):
             # recomputed instead of saved: the conv output and Δ before bias and softplus

@@ -35,6 +35,7 @@ import triton
 from ..errors import ConfigError
 from . import _triton_kernels as K
 from .chunked import selective_scan_chunked
+from .out_rows import rows_per_batch
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,9 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, sav
     """The backward launch, outside autograd: gradients (du, ddelta, dz, dA, dB, dC, dD, dbias)
     for upstream dout (batch, dim, length) (unit stride along length) and, optionally, dlast
     (batch, dim, state) float32 for h_L. du, ddelta, dz come in their inputs' dtypes; dA, dB,
-    dC, dD, dbias in float32 (None where the input is None). ``dz``: where to write dz,
-    (batch, dim, length) in z's dtype with strides (any, length, 1) (a channel slice of a larger
-    gradient, which then needs no concatenation); else a new one."""
+    dC, dD, dbias in float32 (None where the input is None). ``dz``: where to write dz, in z's
+    shape and dtype with strides (m·dim·length, length, 1) (a channel slice of a larger gradient,
+    which then needs no concatenation; ops/out_rows.py); else a new one."""
     return _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, saved.states,
                      saved.chunk, dlast, saved.cfg, dz)
 
@@ -292,9 +293,8 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
         dz = None
     elif dz is None:
         dz = _empty((batch, dim, length), z.dtype, u.device)
-    elif dz.shape != z.shape or dz.dtype != z.dtype or dz.stride()[1:] != (length, 1):
-        raise ValueError(f"dz must be {tuple(z.shape)} {z.dtype} with strides (any, {length}, 1), got "
-                         f"{tuple(dz.shape)} {dz.dtype} strides {dz.stride()}.")
+    else:
+        rows_per_batch(dz, z, "dz")
     dA = torch.zeros(batch, dim, nstate, **f32)
     dB = torch.zeros(batch, nstate, length, **f32)
     dC = torch.zeros(batch, nstate, length, **f32)
