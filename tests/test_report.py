@@ -272,7 +272,7 @@ def test_failed_claims_are_findings_apart_from_software_failures(tmp_path):
     md, page = paths["markdown"].read_text(), paths["html"].read_text()
     assert "1 pass, 1 software failure(s), 1 finding(s), 0 not run" in md
     assert "**finding**" in md and "**fail**" in md
-    soft, found = page.index("Software failures:"), page.index("Findings (the paper")
+    soft, found = page.index("Software failures:"), page.index("Findings (a claim of the paper")
     assert soft < page.index("the scan agrees") < found < page.index("Paper: positive is best")
     assert 'outcome-finding">finding<' in page
     # a report written before checks had a kind: the core section's checks are the software's, others claims

@@ -62,7 +62,7 @@ def run_all(out: Path, scale: str = "quick", only: list[str] | None = None, devi
     o = report["outcomes"]
     f = count_failures(report["checks"])
     print(f"checks: {o['pass']} pass, {f['software failure']} software failure(s), {f['finding']} finding(s) (a "
-          f"claim of the paper did not hold here), {o['not run']} not run")
+          f"claim of the paper, or of a project's variant, did not hold here), {o['not run']} not run")
     print(f"report written to {out / 'index.html'}, {out / 'report.md'} and {out / 'report.json'}")
     return report
 

@@ -197,7 +197,8 @@ def _failed_html(checks: list[dict], titles: dict) -> str:
     failures first, then the findings."""
     out = []
     for head, group in (("Software failures:", [c for c in checks if c["outcome"] == "fail" and not is_finding(c)]),
-                        ("Findings (the paper's claim did not hold here):", [c for c in checks if is_finding(c)])):
+                        ("Findings (a claim of the paper, or of a project's variant, did not hold here):",
+                         [c for c in checks if is_finding(c)])):
         if group:
             items = "".join(f'<li><a href="#sec-{esc(c["section"])}">{esc(titles.get(c["section"], c["section"]))}'
                             f'</a>: {esc(c["claim"])}</li>' for c in group)
