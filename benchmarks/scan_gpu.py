@@ -37,6 +37,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _device_runs as device_runs  # noqa: E402
 from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 from _timing import events_ms  # noqa: E402 -- after the sys.path setup
 
@@ -350,9 +351,11 @@ def main():
     log(f"copy bandwidth {args.bandwidth / 1e12:.3f} TB/s (read + write)")
     impls = implementations()
     state = {"sweep_rows": [], "summaries": [], "rows": [], "cfg": {}}
+    earlier = device_runs.load(Path(args.out))      # the other devices' runs stay beside this one
 
     def save(complete: bool):
-        """The JSON so far (written after every step, so a run cut short keeps what it measured)."""
+        """The JSON so far (written after every step, so a run cut short keeps what it measured), as
+        this device's run in the results file (benchmarks/_device_runs.py)."""
         result = {**prov, "complete": complete, "copy_bandwidth_tb_s": args.bandwidth / 1e12,
                   "launch_shape": state["cfg"] or "defaults",
                   "default_launch_shape": vars(triton_scan.ScanConfig()), "rows": state["rows"],
@@ -366,7 +369,7 @@ def main():
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(json.dumps(device_runs.merge(earlier, result, device_runs.scan_rows), indent=2))
         tmp.replace(out)
 
     if args.sweep:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _device_runs as device_runs  # noqa: E402
 from _cli import bench_parser, bench_provenance  # noqa: E402 -- after the sys.path setup
 
 from tokendyn.resources import SavedForBackward  # noqa: E402 -- after the sys.path setup
@@ -195,32 +196,6 @@ def graph_ratios(results: dict) -> dict:
             "graph_peak_mem_ratio": g["peak_mem_gib"] / ref["peak_mem_gib"]}
 
 
-ROW_KEYS = ("device", "date", "commit", "command", "tokens_per_s_ratio", "peak_mem_ratio",
-            "graph_tokens_per_s_ratio", "graph_peak_mem_ratio", "mamba_ssm_causal_conv1d")
-
-
-def merge_device_row(path: Path, run: dict) -> dict:
-    """The results file with this run as its device's row: ``rows`` (one summary per device, keys
-    ROW_KEYS) and ``runs`` (each row's whole run), a device's earlier run replaced. A file of the
-    earlier one-run layout becomes the first row. Top-level device, date and commit name every
-    row's (devices joined, the latest date)."""
-    runs = []
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        runs = old.get("runs", [old] if "results" in old else [])
-    runs = [r for r in runs if r.get("device") != run["device"]] + [run]
-    rows = [{k: r.get(k) for k in ROW_KEYS} for r in runs]
-    latest = max(runs, key=lambda r: r.get("date") or "")
-    return {"device": ", ".join(r["device"] for r in rows), "date": latest.get("date"),
-            "commit": latest.get("commit"), "command": latest.get("command"),
-            "note": "one row per device, each measured side by side with mamba_ssm in one run; runs[i] is "
-                    "rows[i]'s run",
-            "rows": rows, "runs": runs}
-
-
 def main():
     ap = bench_parser("results/train_gpu.json")
     ap.add_argument("--steps", type=int, default=10)
@@ -238,7 +213,8 @@ def main():
                          "Triton norm kernels (their host cost against their kernel time)")
     ap.add_argument("--conv-cols", action="store_true",
                     help="add tokendyn_triton_convcols: eager, with the conv kernels that read x and the gradient "
-                         "only at multiples of 8 steps (causal_conv.LAUNCH fwd/bwd 'cols')")
+                         "only at multiples of 8 steps (causal_conv.LAUNCH fwd/bwd 'cols'); with --cuda-graph "
+                         "also tokendyn_triton_graph_convcols, graphed (the kernels' time without the host's)")
     args = ap.parse_args()
     prov = bench_provenance(__file__, args)
     try:
@@ -254,6 +230,8 @@ def main():
         builders["tokendyn_triton_torchnorm"] = lambda: build_tokendyn("triton")
     if args.conv_cols:
         builders["tokendyn_triton_convcols"] = lambda: build_tokendyn("triton")
+    if args.conv_cols and args.cuda_graph:
+        builders["tokendyn_triton_graph_convcols"] = lambda: build_tokendyn("triton")
     if args.io_constraint:
         builders[f"tokendyn_triton_{args.io_constraint}"] = lambda: build_tokendyn("triton", args.io_constraint)
     if not args.skip_peer:
@@ -270,13 +248,13 @@ def main():
         torch.manual_seed(0)
         model = None
         norm_linear.LAUNCH["fused"] = name != "tokendyn_triton_torchnorm"
-        if name == "tokendyn_triton_convcols":
+        if name.endswith("_convcols"):
             causal_conv.LAUNCH.update(fwd="cols", bwd="cols")
         try:
             model = build()
             with triton_scan.scan_config(**launch):
                 r, task = measure(model, steps, args.warmup if name != "tokendyn_chunked" else 1,
-                                  cuda_graph=name == "tokendyn_triton_graph")
+                                  cuda_graph=name.startswith("tokendyn_triton_graph"))
                 if name == "tokendyn_triton" and name not in per_round:
                     r["monitor"] = monitor_cost(model, task, r["step_ms_median"])
         except Exception as exc:  # record why a contender could not run, keep the others
@@ -325,7 +303,8 @@ def main():
            **graph_ratios(results),
            "rounds": args.rounds, "saved_for_backward": saved, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(merge_device_row(Path(args.out), out), indent=2))
+    Path(args.out).write_text(json.dumps(device_runs.merge(device_runs.load(Path(args.out)), out,
+                                                           device_runs.train_rows), indent=2))
     print(f"tokens/s ratio {out['tokens_per_s_ratio']}, peak memory ratio {out['peak_mem_ratio']}")
     for name, r in results.items():
         if "tokens_per_s" in r:

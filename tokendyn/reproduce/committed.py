@@ -111,11 +111,15 @@ def _graph(d: dict, this: dict):
 
 
 def _scan(d: dict, this: dict):
-    cols = ["(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm", "fwd ratio",
-            "fwd+bwd ms tokendyn", "fwd+bwd ms mamba_ssm", "fwd+bwd ratio"]
-    return cols, [[_shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r.get("mamba_ssm_fwd_ms")),
-                   _f(r.get("ratio_fwd")), _f(r["tokendyn_fwdbwd_ms"]), _f(r.get("mamba_ssm_fwdbwd_ms")),
-                   _f(r.get("ratio_fwdbwd"))] for r in d["rows"]]
+    """One row per shape and dtype; where the file holds several devices' runs, each row's device
+    and commit lead it."""
+    per_device = any("device" in r for r in d["rows"])
+    cols = (["device", "commit"] if per_device else []) + [
+        "(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm", "fwd ratio",
+        "fwd+bwd ms tokendyn", "fwd+bwd ms mamba_ssm", "fwd+bwd ratio"]
+    return cols, [([r.get("device"), str(r.get("commit") or "")[:7]] if per_device else []) + [
+        _shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r.get("mamba_ssm_fwd_ms")), _f(r.get("ratio_fwd")),
+        _f(r["tokendyn_fwdbwd_ms"]), _f(r.get("mamba_ssm_fwdbwd_ms")), _f(r.get("ratio_fwdbwd"))] for r in d["rows"]]
 
 
 def _generate(d: dict, this: dict):
