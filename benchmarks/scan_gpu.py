@@ -29,6 +29,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -136,10 +137,13 @@ class Leaves:
 
 class Case:
     """One implementation on one shape's :class:`Leaves`; ``cfg`` (tokendyn only) is the launch
-    shape its calls run under."""
+    shape its calls run under; ``exact``: that shape as given, the long-sequence rule
+    (triton_scan.shape_config) off, as a sweep needs."""
 
-    def __init__(self, fn, data: Leaves, cfg=None):
+    def __init__(self, fn, data: Leaves, cfg=None, exact=False):
         self.fn, self.cfg = fn, cfg
+        if cfg and exact:
+            self.cfg = {"long_below_warps_per_sm": 0, **cfg}
         self.leaves, self.g = data.leaves, data.g
 
     def context(self):
@@ -230,7 +234,7 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     for bd, fwd_chunk, warps in FWD_LAUNCH[cls]:
         for seg in SEGMENTS[cls]:
             cfg = dict(block_d=bd, **_chunks(fwd_chunk, BWD_CHUNK), fwd_warps=warps, segments=seg)
-            fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
+            fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg, exact=True))
     cases = {k: c for k, (_, c) in fwd_cands.items()}
     if peer is not None:
         cases["mamba_ssm"] = Case(peer, t)
@@ -253,7 +257,7 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
             cfg = dict(block_d=best_f["block_d"], **_chunks(max(best_fwd_chunk, chunk), chunk),
                        fwd_warps=best_f["fwd_warps"],
                        segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
-            bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg))
+            bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg, exact=True))
     cases = {k: c for k, (_, c) in bwd_cands.items()}
     if peer is not None:
         cases["mamba_ssm"] = Case(peer, t)
@@ -294,7 +298,11 @@ def table_row(shape, dtype, impls, cfg, args, log):
     data = Leaves(make_inputs(shape, dtype))
     t = data.inputs
     b, d, l, n = shape
-    row = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype]}
+    # the launch shape tokendyn's calls take here: the table's, or the long-sequence rule's
+    used = triton_scan.shape_config(b, d, l, triton_scan._multiprocessors(torch.device(DEVICE)),
+                                    replace(triton_scan._CONFIG, **(cfg or {})))
+    row = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
+           "launch": {k: getattr(used, k) for k in LAUNCH_KEYS}}
     cases = {}
     for name, fn in impls.items():
         if name == "chunked" and b * d * l > args.skip_chunked_above:

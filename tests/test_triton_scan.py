@@ -268,9 +268,41 @@ def test_segment_rule():
     assert short.segments == 2 and short.block_d < 16 and short.warps < 4
 
 
+def test_long_sequence_rule():
+    """shape_config (pure, no launch): long sequences whose forward grid is short of warps take
+    the long launch shape, the shapes of training keep the configured one, and the rule can be
+    turned off or moved."""
+    from tokendyn.ops.triton_scan import LONG_SHAPE, ScanConfig, shape_config
+
+    sms, cfg = 132, ScanConfig()
+    for b, d, l in [(2, 1536, 8192), (1, 2048, 65536)]:        # 11.6 and 7.8 warps per SM
+        got = shape_config(b, d, l, sms, cfg)
+        assert {k: getattr(got, k) for k in LONG_SHAPE} == LONG_SHAPE
+        assert got.segments == cfg.segments and got.warps_per_sm == cfg.warps_per_sm
+    for b, d, l in [(8, 1536, 2048), (16, 2048, 1024), (4, 5120, 2048), (4, 1536, 8192), (1, 2048, 2048)]:
+        assert shape_config(b, d, l, sms, cfg) is cfg
+    assert shape_config(1, 2048, 65536, sms, ScanConfig(long_below_warps_per_sm=0)).block_d == cfg.block_d
+    assert shape_config(1, 2048, 4095, sms, cfg) is cfg and shape_config(1, 2048, 4096, sms, cfg).block_d == 2
+    # a fuller grid of the configured shape (more warps per program) keeps it
+    assert shape_config(2, 1536, 8192, sms, ScanConfig(fwd_warps=8)).block_d == cfg.block_d
+
+
+def test_long_shape_matches_float64_reference(ts):
+    """The long launch shape, forced on a small input, through the forward and the backward: the
+    forward saves a state every 256 steps, and outputs and gradients match the float64 reference."""
+    tensors = make_inputs(2, 37, 777, 16, torch.float32)
+    with ts.scan_config(long_min_length=16, long_below_warps_per_sm=1_000_000):
+        t = tensors
+        _, saved = ts.scan_forward(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                   t["delta_bias"], True)
+        assert saved.chunk == 256 and saved.states.shape[2] == 4
+        check_against_reference(ts.selective_scan_triton, tensors, torch.float32, True)
+
+
 @pytest.mark.parametrize("bad", [dict(block_d=3), dict(chunk=8), dict(chunk=96), dict(fwd_warps=3),
                                  dict(bwd_warps=0), dict(segments=-1), dict(bwd_block_d=0), dict(min_split=0),
-                                 dict(fwd_chunk=64), dict(fwd_chunk=384), dict(fwd_chunk=-256)])
+                                 dict(fwd_chunk=64), dict(fwd_chunk=384), dict(fwd_chunk=-256),
+                                 dict(long_below_warps_per_sm=-1), dict(long_min_length=0)])
 def test_bad_launch_shape_refused(bad):
     """A launch shape Triton cannot compile is refused in one sentence, before any launch."""
     from tokendyn.errors import ConfigError

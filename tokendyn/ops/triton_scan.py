@@ -10,8 +10,10 @@ state) float32; the backward recomputes the states of a chunk from its start sta
 needs it) instead of saving it. Kernels: :mod:`tokendyn.ops._triton_kernels`.
 
 Parallelism: one program per (batch element, block of channels, segment of the length).
-Where batch × channel blocks leave the GPU short of resident warps (long sequences at small
-batch) the length is split into segments of whole chunks (:func:`plan_launch`): a summary
+A long sequence whose grid at the configured launch shape is short of warps takes the long
+launch shape instead (:func:`shape_config`: 2 channels per program, chunks of 256 steps).
+Where batch × channel blocks still leave the GPU short of resident warps the length is split
+into segments of whole chunks (:func:`plan_launch`): a summary
 launch computes each segment's effect on the state, each program folds the summaries before
 (forward) or after (backward) its segment into its carry and scans its segment in parallel
 with the others. With one segment the launches are those of the unsplit scan.
@@ -71,6 +73,15 @@ class ScanConfig:
     warps_per_sm: int = 32
     split_below_warps_per_sm: int = 10
     min_split: int = 4
+    # The long launch shape (LONG_SHAPE, :func:`shape_config`) for sequences of at least
+    # long_min_length steps whose forward grid at the shape above holds fewer than
+    # long_below_warps_per_sm warps per multiprocessor (0: never). From the sweep on an H100
+    # (results/scan_gpu.json, a89b737): at (2, 1536, 8192) (11.6 warps per SM) the forward took
+    # 0.59 against 0.69 ms and forward+backward 2.58 against 3.02 ms, at (1, 2048, 65536) (7.8)
+    # 2.82 against 4.32 ms and 12.95 against 14.72 ms; at (8, 1536, 2048) (46.5) 2 channels were
+    # slower (0.51 against 0.47 ms).
+    long_below_warps_per_sm: int = 16
+    long_min_length: int = 4096
 
     def __post_init__(self):
         # tile sizes are Triton block shapes (powers of two); warps per program 1..16
@@ -91,12 +102,33 @@ class ScanConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"scan launch shape: {name} must be 0 (chosen by shape) or a positive count, "
                                   f"got {getattr(self, name)!r}.")
-        for name in ("warps_per_sm", "split_below_warps_per_sm", "min_split"):
+        for name in ("long_below_warps_per_sm",):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"scan launch shape: {name} must be 0 (never) or a positive integer, "
+                                  f"got {getattr(self, name)!r}.")
+        for name in ("warps_per_sm", "split_below_warps_per_sm", "min_split", "long_min_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"scan launch shape: {name} must be a positive integer, got {getattr(self, name)!r}.")
 
 
 _CONFIG = ScanConfig()
+
+# Fewer channels per program and longer chunks: more programs for the same sequence, and half as
+# many chunk boundaries (each one a loop trip and a saved state) per program.
+LONG_SHAPE = dict(block_d=2, chunk=256, fwd_chunk=0, fwd_warps=2, bwd_block_d=1, bwd_warps=1)
+
+
+def shape_config(batch: int, dim: int, length: int, sms: int, cfg: ScanConfig) -> ScanConfig:
+    """The launch shape for one scan (pure: no device needed): ``cfg``, or ``cfg`` with
+    :data:`LONG_SHAPE` for a sequence of at least ``cfg.long_min_length`` steps whose forward grid,
+    batch × ⌈dim / block_d⌉ programs of ``fwd_warps`` warps, holds fewer than
+    ``cfg.long_below_warps_per_sm`` warps per multiprocessor. The forward and the backward of one
+    scan both call it with the same arguments, so they agree on the chunk."""
+    if not cfg.long_below_warps_per_sm or length < cfg.long_min_length:
+        return cfg
+    if batch * triton.cdiv(dim, cfg.block_d) * cfg.fwd_warps >= cfg.long_below_warps_per_sm * sms:
+        return cfg
+    return replace(cfg, **LONG_SHAPE)
 
 
 @contextlib.contextmanager
@@ -245,6 +277,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     the backward's chunk length."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
+    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg)
     TS = _chunk_for(length, cfg)          # the backward's chunk: states are saved at its ends
     T = _fwd_chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
@@ -282,6 +315,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     batch, dim, length = u.shape
     nstate = A.shape[1]
     n_chunks = states.shape[2]
+    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg)
     lp = plan_launch(batch, dim, n_chunks, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments,
                      _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
