@@ -68,8 +68,8 @@ def _full_run_time() -> str:
             f"sections on {p.get('device', 'an unrecorded device')} at commit {p.get('commit') or 'unknown'})")
 
 
-FINDING_NOTE = ("the software worked and measured a claim of the paper (or of its theory) that did not hold "
-                "here")
+FINDING_NOTE = ("the software worked and measured a claim of the paper (or of its theory, or of a project's "
+                "variant, labelled as such) that did not hold here")
 
 
 def _outcome_line(outcomes: dict, checks: list[dict]) -> str:
