@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = load(args.results)
     for run in runs_of(new):
         doc = merge(doc, run, ROWS_OF[args.kind])
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(doc, indent=2))
     print(f"{args.results}: " + "; ".join(f"{r.get('device')} {str(r.get('commit'))[:7]}" for r in doc["runs"]))
 
