@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .internals import MixerInternals
 
 __all__ = ["Mixer", "MixerBase", "MixerRun", "IOParameters", "FamilySettings", "VariantSettings",
@@ -229,8 +230,6 @@ class Mixer(Protocol):
 def family_settings(config, settings_type: type, mixer: str, layer: str):
     """``config.mixer`` when it is a ``settings_type`` (the family's settings), checked against the
     whole config; otherwise a :class:`~tokendyn.errors.ConfigError` naming the layer the mixer needs."""
-    from ..errors import ConfigError
-
     s = config.mixer
     if not isinstance(s, settings_type):
         raise ConfigError(f"{mixer} needs a config of layer {layer!r}, got layer {getattr(config, 'layer', None)!r}.")

@@ -102,10 +102,9 @@ class ScanConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"scan launch shape: {name} must be 0 (chosen by shape) or a positive count, "
                                   f"got {getattr(self, name)!r}.")
-        for name in ("long_below_warps_per_sm",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"scan launch shape: {name} must be 0 (never) or a positive integer, "
-                                  f"got {getattr(self, name)!r}.")
+        if not isinstance(self.long_below_warps_per_sm, int) or self.long_below_warps_per_sm < 0:
+            raise ConfigError(f"scan launch shape: long_below_warps_per_sm must be 0 (never) or a positive integer, "
+                              f"got {self.long_below_warps_per_sm!r}.")
         for name in ("warps_per_sm", "split_below_warps_per_sm", "min_split", "long_min_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"scan launch shape: {name} must be a positive integer, got {getattr(self, name)!r}.")
@@ -122,8 +121,8 @@ def shape_config(batch: int, dim: int, length: int, sms: int, cfg: ScanConfig) -
     """The launch shape for one scan (pure: no device needed): ``cfg``, or ``cfg`` with
     :data:`LONG_SHAPE` for a sequence of at least ``cfg.long_min_length`` steps whose forward grid,
     batch × ⌈dim / block_d⌉ programs of ``fwd_warps`` warps, holds fewer than
-    ``cfg.long_below_warps_per_sm`` warps per multiprocessor. The forward and the backward of one
-    scan both call it with the same arguments, so they agree on the chunk."""
+    ``cfg.long_below_warps_per_sm`` warps per multiprocessor. :func:`scan_forward` calls it and
+    keeps the result in :class:`ScanSaved`, so the backward runs with the forward's chunk."""
     if not cfg.long_below_warps_per_sm or length < cfg.long_min_length:
         return cfg
     if batch * triton.cdiv(dim, cfg.block_d) * cfg.fwd_warps >= cfg.long_below_warps_per_sm * sms:
@@ -245,7 +244,9 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     """The forward launch, outside autograd. Inputs as :func:`selective_scan_triton` (u, delta,
     B, C, z with unit stride along length). Returns out (batch, dim, length) in u's dtype and
     the :class:`ScanSaved` that :func:`scan_backward` takes."""
-    cfg = cfg or _CONFIG
+    batch, dim, length = u.shape
+    # the launch shape is chosen here, once, and the backward takes it from ScanSaved
+    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg or _CONFIG)
     out, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg)
     return out, ScanSaved(states, T, cfg)
 
@@ -277,7 +278,6 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     the backward's chunk length."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
-    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg)
     TS = _chunk_for(length, cfg)          # the backward's chunk: states are saved at its ends
     T = _fwd_chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
@@ -315,7 +315,6 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     batch, dim, length = u.shape
     nstate = A.shape[1]
     n_chunks = states.shape[2]
-    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg)
     lp = plan_launch(batch, dim, n_chunks, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments,
                      _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
@@ -369,7 +368,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         out, saved = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg)
         # h_L only when asked for: a copy kernel and an allocation fewer per layer otherwise
         last = saved.states[:, :, -1, :].clone() if want_last else None
-        ctx.cfg, ctx.T, ctx.delta_softplus = cfg, saved.chunk, delta_softplus
+        ctx.cfg, ctx.T, ctx.delta_softplus = saved.cfg, saved.chunk, delta_softplus
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, saved.states)
         # an unused output's gradient arrives as None instead of a tensor of zeros
         ctx.set_materialize_grads(False)
