@@ -418,6 +418,25 @@ def _store_channel_sums(dD_ptr, dbias_ptr, seg, pid_b, DIM, offs_d, dmask, dD_ac
 
 
 @triton.jit
+def _bwd_state_scans(an, bn, cn, h0, s1, dl, dd, ddn, dbu, dy, m2n, first, last, is_end, HAS_DLAST: tl.constexpr):
+    """One state of a chunk in the backward: its forward states h recomputed from the saved start
+    state h0, its adjoint s (a reverse scan with coefficient a_{t+1}, 0 past the last step, seeded
+    with s1 from the next chunk and, with HAS_DLAST, dl at the sequence's last step), and
+    q = s (h − b); each (BD, T) float32."""
+    a2n = an * 1.4426950408889634
+    a = tl.exp2(dd * a2n[:, None])
+    b = dbu * bn[None, :]
+    _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
+    al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
+    c = dy * cn[None, :]
+    if HAS_DLAST:
+        c = tl.where(is_end, c + dl[:, None], c)
+    c = tl.where(last, c + al * s1[:, None], c)
+    _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
+    return h, s, s * (h - b)
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dout_ptr, state_ptr, dlast_ptr, scarry_ptr, ssum_ptr, dsum_ptr,
@@ -486,6 +505,7 @@ def _scan_bwd_kernel(
         an, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
                                       offs_d, offs_t)
         s1 = tl.load(sc_read, mask=dmask, other=0.0)
+        dl = s1                                     # a name only: read only with HAS_DLAST
         if HAS_DLAST:
             dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
         for n in range(0, NSTATE):
@@ -496,19 +516,8 @@ def _scan_bwd_kernel(
             s1x = tl.load(sc_read + nx, mask=dmask & more_d, other=0.0)
             if HAS_DLAST:
                 dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
-            a2n = an * 1.4426950408889634
-            # forward states of this chunk, recomputed from the saved start state
-            a = tl.exp2(dd * a2n[:, None])
-            b = dbu * bn[None, :]
-            _, h = tl.associative_scan((a, tl.where(first, b + a * h0[:, None], b)), 1, _affine_combine)
-            # state adjoint, reverse scan with coefficient a_{t+1} (0 past the last step)
-            al = tl.where(m2n, tl.exp2(ddn * a2n[:, None]), 0.0)
-            c = dy * cn[None, :]
-            if HAS_DLAST:
-                c = tl.where(is_end, c + dl[:, None], c)
-            c = tl.where(last, c + al * s1[:, None], c)
-            _, s = tl.associative_scan((al, c), 1, _affine_combine, reverse=True)
-            q = s * (h - b)
+            h, s, q = _bwd_state_scans(an, bn, cn, h0, s1, dl, dd, ddn, dbu, dy, m2n, first, last, is_end,
+                                       HAS_DLAST)
             y += h * cn[None, :]
             qA += an[:, None] * q
             sB += s * bn[None, :]
