@@ -107,7 +107,9 @@ def test_the_repository_results_are_found():
     train = by_file["results/train_gpu.json"]
     assert "peak memory × mamba_ssm" in train["columns"] and train["rows"][0][0] == "NVIDIA H200"
     ssd = by_file["results/ssd_gpu.json"]
-    assert "fwd triton / mamba_ssm" in ssd["columns"] and all(r[2] == "pass" for r in ssd["rows"])
+    check = ssd["columns"].index("check")
+    assert "fwd triton / mamba_ssm" in ssd["columns"] and all(r[check] == "pass" for r in ssd["rows"])
+    assert by_file["results/ssd_gpu_6a4d49c.json"]["superseded_by"] == "results/ssd_gpu.json"
     assert by_file["results/train_graph_gpu.json"]["rows"][-1][0] == "graph / eager"
     assert [r[0] for r in by_file["results/ssd_triton_tuning.json"]["rows"][:2]] == ["defaults", "mamba_ssm"]
 
@@ -125,6 +127,13 @@ def test_ssd_rows_give_each_contender_and_its_ratio_to_the_peer(tmp_path):
     assert got["fwd triton / mamba_ssm"] == "2" and got["fwd+bwd triton / mamba_ssm"] == "2"
     assert got["peak GiB mamba_ssm"] == "0.25" and "chunked" not in " ".join(t["columns"])
     assert t["rows"][1][2] == "out of memory" and len(t["rows"][1]) == len(t["columns"])
+    # rows gathered from several calls: each row's commit leads it
+    (tmp_path / "ssd.json").write_text(json.dumps({"provenance": {"device": "NVIDIA X", "date": "d"},
+                                                   "rows": [{**row, "commit": "abcdef0123"}, oom]}))
+    (t,) = committed_results(folder=tmp_path)
+    assert t["columns"][0] == "commit" and [r[0] for r in t["rows"]] == ["abcdef0", ""]
+    assert t["rows"][0][3] == "pass" and t["rows"][1][3] == "out of memory"
+    assert all(len(r) == len(t["columns"]) for r in t["rows"])
 
 
 def test_verdicts_say_what_was_not_shown():

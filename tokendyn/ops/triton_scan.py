@@ -76,7 +76,7 @@ class ScanConfig:
     # The long launch shape (LONG_SHAPE, :func:`shape_config`) for sequences of at least
     # long_min_length steps whose forward grid at the shape above holds fewer than
     # long_below_warps_per_sm warps per multiprocessor (0: never). From the sweep on an H100
-    # (results/scan_gpu.json, a89b737): at (2, 1536, 8192) (11.6 warps per SM) the forward took
+    # (results/scan_gpu_a89b737.json): at (2, 1536, 8192) (11.6 warps per SM) the forward took
     # 0.59 against 0.69 ms and forward+backward 2.58 against 3.02 ms, at (1, 2048, 65536) (7.8)
     # 2.82 against 4.32 ms and 12.95 against 14.72 ms; at (8, 1536, 2048) (46.5) 2 channels were
     # slower (0.51 against 0.47 ms).

@@ -38,6 +38,10 @@ SUPERSEDED = {
     "scan_gpu_abf7e00": "scan_gpu",
     "scan_gpu_6c1fac1": "scan_gpu",
     "train_gpu_recheck": "train_gpu",
+    "scan_gpu_a89b737": "scan_gpu",
+    "ssd_gpu_6a4d49c": "ssd_gpu",
+    "ssd_gpu_80b21a5": "ssd_gpu",
+    "ssd_gpu_a89b737": "ssd_gpu",
 }
 
 
@@ -65,19 +69,22 @@ SSD_CONTENDERS = ("chunked", "triton", "mamba_ssm")
 
 def _ssd(d: dict, this: dict):
     """One row per shape and dtype: each contender's forward and forward+backward ms and peak
-    memory, the ratios to mamba_ssm, and whether every output and gradient passed its check."""
+    memory, the ratios to mamba_ssm, and whether every output and gradient passed its check; where
+    the rows come from several calls, each row's commit leads it."""
     names = [n for n in SSD_CONTENDERS if any(isinstance(r.get(n), dict) for r in d["rows"])]
-    cols = ["(batch, L, heads, head_dim, state, groups)", "dtype", "check"]
+    per_row = any("commit" in r for r in d["rows"])
+    cols = (["commit"] if per_row else []) + ["(batch, L, heads, head_dim, state, groups)", "dtype", "check"]
     for label in ("fwd", "fwd+bwd"):
         cols += [f"{label} ms {n}" for n in names]
         cols += [f"{label} {n} / mamba_ssm" for n in names if n != "mamba_ssm" and "mamba_ssm" in names]
     cols += [f"peak GiB {n}" for n in names]
     rows = []
     for r in d["rows"]:
+        lead = [str(r.get("commit") or "")[:7]] if per_row else []
         if "error" in r:
-            rows.append([_shape(r), r["dtype"], r["error"]] + ["-"] * (len(cols) - 3))
+            rows.append(lead + [_shape(r), r["dtype"], r["error"]] + ["-"] * (len(cols) - 3 - len(lead)))
             continue
-        row = [_shape(r), r["dtype"], "pass" if r.get("check", {}).get("ok") else "FAIL"]
+        row = lead + [_shape(r), r["dtype"], "pass" if r.get("check", {}).get("ok") else "FAIL"]
         for mode in ("fwd", "fwdbwd"):
             row += [_f(r.get(n, {}).get(f"{mode}_ms")) for n in names]
             peer = r.get("mamba_ssm", {}).get(f"{mode}_ms")
