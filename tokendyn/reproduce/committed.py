@@ -26,7 +26,7 @@ TITLES = {
     "core_h100_quick": "Main job, section core (quick scale)",
     "core_h100_full": "Main job, section core (full scale)",
     "train_gpu_constraint": "Training MambaLM with io_constraint against without",
-    "ssd_gpu": "Mamba-2 (SSD) scan: chunked and triton against mamba_ssm's Triton SSD",
+    "ssd_gpu": "Mamba-2 (SSD) scan: triton (and chunked, where timed) against mamba_ssm's Triton SSD",
     "ssd_triton_tuning": "Mamba-2 (SSD) scan: the triton backend's tile variants",
     "train_graph_gpu": "Training steps: eager against --cuda-graph (lm-scenarios full-scale model)",
     "train_graph_reorder_gpu": "Training steps: eager against --cuda-graph (reorder full-scale classifier)",
