@@ -64,6 +64,15 @@ def _shape(row: dict) -> str:
     return "(" + ", ".join(str(x) for x in (shape.values() if isinstance(shape, dict) else shape)) + ")"
 
 
+def _row_provenance(rows: list[dict], keys: tuple[str, ...]):
+    """(columns, row -> cells): where a results file gathers rows of several runs (devices,
+    commits), ``keys`` lead every row, commits shortened to 7 characters; nothing where no row
+    names ``keys[0]``."""
+    if not any(keys[0] in r for r in rows):
+        return [], lambda r: []
+    return list(keys), lambda r: [str(r.get(k) or "")[:7] if k == "commit" else r.get(k) for k in keys]
+
+
 SSD_CONTENDERS = ("chunked", "triton", "mamba_ssm")
 
 
@@ -72,19 +81,18 @@ def _ssd(d: dict, this: dict):
     memory, the ratios to mamba_ssm, and whether every output and gradient passed its check; where
     the rows come from several calls, each row's commit leads it."""
     names = [n for n in SSD_CONTENDERS if any(isinstance(r.get(n), dict) for r in d["rows"])]
-    per_row = any("commit" in r for r in d["rows"])
-    cols = (["commit"] if per_row else []) + ["(batch, L, heads, head_dim, state, groups)", "dtype", "check"]
+    lead_cols, lead = _row_provenance(d["rows"], ("commit",))
+    cols = lead_cols + ["(batch, L, heads, head_dim, state, groups)", "dtype", "check"]
     for label in ("fwd", "fwd+bwd"):
         cols += [f"{label} ms {n}" for n in names]
         cols += [f"{label} {n} / mamba_ssm" for n in names if n != "mamba_ssm" and "mamba_ssm" in names]
     cols += [f"peak GiB {n}" for n in names]
     rows = []
     for r in d["rows"]:
-        lead = [str(r.get("commit") or "")[:7]] if per_row else []
         if "error" in r:
-            rows.append(lead + [_shape(r), r["dtype"], r["error"]] + ["-"] * (len(cols) - 3 - len(lead)))
+            rows.append(lead(r) + [_shape(r), r["dtype"], r["error"]] + ["-"] * (len(cols) - 3 - len(lead_cols)))
             continue
-        row = lead + [_shape(r), r["dtype"], "pass" if r.get("check", {}).get("ok") else "FAIL"]
+        row = lead(r) + [_shape(r), r["dtype"], "pass" if r.get("check", {}).get("ok") else "FAIL"]
         for mode in ("fwd", "fwdbwd"):
             row += [_f(r.get(n, {}).get(f"{mode}_ms")) for n in names]
             peer = r.get("mamba_ssm", {}).get(f"{mode}_ms")
@@ -120,11 +128,11 @@ def _graph(d: dict, this: dict):
 def _scan(d: dict, this: dict):
     """One row per shape and dtype; where the file holds several devices' runs, each row's device
     and commit lead it."""
-    per_device = any("device" in r for r in d["rows"])
-    cols = (["device", "commit"] if per_device else []) + [
+    lead_cols, lead = _row_provenance(d["rows"], ("device", "commit"))
+    cols = lead_cols + [
         "(batch, dim, length, state)", "dtype", "fwd ms tokendyn", "fwd ms mamba_ssm", "fwd ratio",
         "fwd+bwd ms tokendyn", "fwd+bwd ms mamba_ssm", "fwd+bwd ratio"]
-    return cols, [([r.get("device"), str(r.get("commit") or "")[:7]] if per_device else []) + [
+    return cols, [lead(r) + [
         _shape(r), r["dtype"], _f(r["tokendyn_fwd_ms"]), _f(r.get("mamba_ssm_fwd_ms")), _f(r.get("ratio_fwd")),
         _f(r["tokendyn_fwdbwd_ms"]), _f(r.get("mamba_ssm_fwdbwd_ms")), _f(r.get("ratio_fwdbwd"))] for r in d["rows"]]
 
