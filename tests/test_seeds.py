@@ -29,18 +29,25 @@ def test_one_seed_has_no_spread():
 def test_seeds_to_resolve_is_the_least_n_that_reaches_min_t(a, b, min_t):
     """With n seeds per side at the measured means and variances, |t| reaches min_t at the
     returned n and not at n − 1 (n at least 2)."""
+    import math
     import statistics
 
     n = seeds_to_resolve(a, b, min_t)
     diff = statistics.fmean(a) - statistics.fmean(b)
-    var = statistics.variance(a) + statistics.variance(b)
+    sd = math.hypot(statistics.stdev(a), statistics.stdev(b))   # √(s_a² + s_b²)
     if diff == 0 or n is None:             # no difference, or one too small to square
         assert diff == 0 or abs(diff) < 1e-150
         return
     assert n >= 2
-    assert abs(diff) * (n / var) ** 0.5 >= min_t * (1 - 1e-9) if var > 0 else n == 2
+    assert abs(diff) * n ** 0.5 / sd >= min_t * (1 - 1e-9) if sd > 0 else n == 2
     if n > 2:
-        assert abs(diff) * ((n - 1) / var) ** 0.5 < min_t * (1 + 1e-9)
+        assert abs(diff) * (n - 1) ** 0.5 / sd < min_t * (1 + 1e-9)
+
+
+def test_seeds_to_resolve_with_subnormal_variances():
+    """Deviations near 1e-158 have variances in the subnormal range; the count comes from the
+    deviations, so it is still exact: here |t| = √(n/2), which reaches 1 at n = 2."""
+    assert seeds_to_resolve([0.0, 0.0], [0.0, 1.5144572904421203e-158], 1.0) == 2
 
 
 def test_seeds_to_resolve_needs_two_seeds_a_side():

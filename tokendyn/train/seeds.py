@@ -45,7 +45,9 @@ def seeds_to_resolve(a: list[float], b: list[float], min_t: float) -> int | None
     diff = statistics.fmean(a) - statistics.fmean(b)
     if diff == 0:
         return None
-    ratio = min_t * math.sqrt(statistics.variance(a) + statistics.variance(b)) / abs(diff)
+    # the spread from the standard deviations: a sum of variances can fall into the subnormal range
+    # (and lose its digits) where the deviations themselves are still ordinary floats
+    ratio = min_t * math.hypot(statistics.stdev(a), statistics.stdev(b)) / abs(diff)
     # the relative slack keeps an n that lands on min_t exactly from rounding up past it
     return max(2, math.ceil(ratio * ratio * (1 - 1e-12))) if math.isfinite(ratio * ratio) else None
 
