@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-# Deterministic hypothesis profile for CI: bounded examples, no deadline (CPU speed varies).
+# Hypothesis profile for CI: bounded examples, no deadline (CPU speed varies); the examples are
+# drawn afresh each run, so a run can meet a case no earlier run met.
 try:
     from hypothesis import settings
 

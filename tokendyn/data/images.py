@@ -78,7 +78,8 @@ def read_idx(path: str | Path) -> torch.Tensor:
     return data.reshape(shape).clone()
 
 
-def _find(directory: Path, name: str) -> Path | None:
+def find_idx(directory: Path, name: str) -> Path | None:
+    """``directory/name`` or, failing that, ``directory/name.gz``; None when neither is a file."""
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
@@ -226,7 +227,7 @@ class ImageTransform:
 
 def _read_split(directory: Path, split: str) -> ImageSplit | None:
     img_name, lbl_name = FASHION_MNIST_FILES[split]
-    img_path, lbl_path = _find(directory, img_name), _find(directory, lbl_name)
+    img_path, lbl_path = find_idx(directory, img_name), find_idx(directory, lbl_name)
     if img_path is None or lbl_path is None:
         return None
     images = read_idx(img_path)

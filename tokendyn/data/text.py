@@ -29,8 +29,9 @@ def strip_verse_reference(line: str) -> str:
     return _VERSE_PREFIX.sub("", line, count=1).strip()
 
 
-@functools.lru_cache(maxsize=1)
-def _bible_verses(program: str) -> tuple[str, ...]:
+def bible_raw_output(program: str = BIBLE_PROGRAM) -> str:
+    """What ``program -f -m 8192 Gen1:1-Rev22:21`` prints: the whole KJV, a verse a line with its
+    reference; :class:`DataError` when the program is missing or prints nothing."""
     exe = shutil.which(program)
     if exe is None:
         raise DataError(
@@ -43,10 +44,19 @@ def _bible_verses(program: str) -> tuple[str, ...]:
                              text=True, timeout=120, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         raise DataError(f"running '{program}' for the built-in corpus failed: {exc}.") from exc
-    verses = tuple(v for v in (strip_verse_reference(line) for line in res.stdout.splitlines()) if v)
-    if res.returncode != 0 or not verses:
+    if res.returncode != 0 or not res.stdout.strip():
         raise DataError(f"'{program}' printed no verses (exit status {res.returncode}); "
                         "check the bible-kjv installation or pass a text file with --text.")
+    return res.stdout
+
+
+@functools.lru_cache(maxsize=1)
+def _bible_verses(program: str) -> tuple[str, ...]:
+    raw = bible_raw_output(program)
+    verses = tuple(v for v in (strip_verse_reference(line) for line in raw.splitlines()) if v)
+    if not verses:
+        raise DataError(f"'{program}' printed no verses; check the bible-kjv installation or pass a "
+                        "text file with --text.")
     return verses
 
 
