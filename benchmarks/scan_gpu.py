@@ -225,30 +225,40 @@ def _rule_segments(shape, cfg: dict, backward: bool) -> int:
     return lp.segments
 
 
+def _timed_rows(cands: dict, t: Leaves, peer, kind: str, shape, dtype, rounds, round_ms, log) -> list[dict]:
+    """Time every launch shape of ``cands`` (name -> cfg) in ``kind`` ("fwd" or "fwdbwd"), with
+    mamba_ssm (``peer``) interleaved: a row per launch shape that ran, with the segment count the
+    rule would pick for it (``rule_segments`` or ``rule_bwd_segments``) and the peer's time."""
+    cases = {name: Case(triton_scan.selective_scan_triton, t, cfg, exact=True) for name, cfg in cands.items()}
+    if peer is not None:
+        cases["mamba_ssm"] = Case(peer, t)
+    res = interleaved(cases, kind, rounds, round_ms, log)
+    peer_ms = res.get("mamba_ssm", {}).get("ms")
+    backward = kind == "fwdbwd"
+    rows = []
+    for name, cfg in cands.items():
+        if name in res:
+            rows.append({"shape": list(shape), "dtype": DTYPE_NAMES[dtype], "kind": kind, **cfg,
+                         ("rule_bwd_segments" if backward else "rule_segments"): _rule_segments(shape, cfg, backward),
+                         "ms": res[name]["ms"], "mamba_ssm_ms": peer_ms})
+            log(f"{shape} {kind} {name}: {res[name]['ms']:.3f} ms (mamba_ssm {peer_ms})")
+    del cases
+    torch.cuda.empty_cache()
+    return rows
+
+
 def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
     """Forward launch shapes × segments, then (with the fastest forward) backward launch shapes
     × backward segments, at one shape; mamba_ssm (``peer``) interleaved in both."""
     t = Leaves(make_inputs(shape, dtype))
-    rows = []
     fwd_cands = {}
     for bd, fwd_chunk, warps in FWD_LAUNCH[cls]:
         for seg in SEGMENTS[cls]:
             cfg = dict(block_d=bd, **_chunks(fwd_chunk, BWD_CHUNK), fwd_warps=warps, segments=seg)
-            fwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg, exact=True))
-    cases = {k: c for k, (_, c) in fwd_cands.items()}
-    if peer is not None:
-        cases["mamba_ssm"] = Case(peer, t)
-    res = interleaved(cases, "fwd", rounds, round_ms, log)
-    peer_fwd = res.get("mamba_ssm", {}).get("ms")
-    for name, (cfg, _) in fwd_cands.items():
-        if name in res:
-            rows.append({"shape": list(shape), "dtype": DTYPE_NAMES[dtype], "kind": "fwd", **cfg,
-                         "rule_segments": _rule_segments(shape, cfg, False), "ms": res[name]["ms"],
-                         "mamba_ssm_ms": peer_fwd})
-            log(f"{shape} fwd {name}: {res[name]['ms']:.3f} ms (mamba_ssm {peer_fwd})")
-    del cases, fwd_cands
-    torch.cuda.empty_cache()
-    best_f = min((r for r in rows if r["kind"] == "fwd"), key=lambda r: r["ms"])
+            fwd_cands[_name(cfg)] = cfg
+    rows = _timed_rows(fwd_cands, t, peer, "fwd", shape, dtype, rounds, round_ms, log)
+    peer_fwd = rows[0]["mamba_ssm_ms"] if rows else None
+    best_f = min(rows, key=lambda r: r["ms"])
     bwd_cands = {}
     best_fwd_chunk = best_f["fwd_chunk"] or best_f["chunk"]
     for chunk, bd, warps in BWD_LAUNCH[cls]:
@@ -257,20 +267,11 @@ def sweep_shape(shape, dtype, cls: str, peer, log, rounds=3, round_ms=30.0):
             cfg = dict(block_d=best_f["block_d"], **_chunks(max(best_fwd_chunk, chunk), chunk),
                        fwd_warps=best_f["fwd_warps"],
                        segments=best_f["segments"], bwd_block_d=bd, bwd_warps=warps, bwd_segments=seg)
-            bwd_cands[_name(cfg)] = (cfg, Case(triton_scan.selective_scan_triton, t, cfg, exact=True))
-    cases = {k: c for k, (_, c) in bwd_cands.items()}
-    if peer is not None:
-        cases["mamba_ssm"] = Case(peer, t)
-    res = interleaved(cases, "fwdbwd", rounds, round_ms, log)
-    peer_fb = res.get("mamba_ssm", {}).get("ms")
-    for name, (cfg, _) in bwd_cands.items():
-        if name in res:
-            rows.append({"shape": list(shape), "dtype": DTYPE_NAMES[dtype], "kind": "fwdbwd", **cfg,
-                         "rule_bwd_segments": _rule_segments(shape, cfg, True), "ms": res[name]["ms"],
-                         "mamba_ssm_ms": peer_fb})
-            log(f"{shape} fwdbwd {name}: {res[name]['ms']:.3f} ms (mamba_ssm {peer_fb})")
-    del cases, bwd_cands, t
-    torch.cuda.empty_cache()
+            bwd_cands[_name(cfg)] = cfg
+    bwd_rows = _timed_rows(bwd_cands, t, peer, "fwdbwd", shape, dtype, rounds, round_ms, log)
+    peer_fb = bwd_rows[0]["mamba_ssm_ms"] if bwd_rows else None
+    rows += bwd_rows
+    del t
     best_b = min((r for r in rows if r["kind"] == "fwdbwd"), key=lambda r: r["ms"])
     summary = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
                "best_fwd": {k: best_f[k] for k in ("block_d", "chunk", "fwd_chunk", "fwd_warps", "segments", "ms")},
