@@ -101,3 +101,33 @@ def test_dynamics_figures_have_legends_labels_and_readable_ticks(tmp_path, monke
     for fig in drawn:                         # a grid that reads at a phone's width, not a strip
         w, h = fig.get_size_inches()
         assert w <= 8.5 and max(len({round(ax.get_position().x0, 2) for ax in fig.axes if ax.axison}), 1) <= 2
+
+
+@pytest.mark.parametrize("lo,hi,expect", [
+    (0.93, 1.09, None),                                 # under a decade: evenly spaced, inside the limits
+    (75.0, 220.0, None),
+    (0.016, 1.0, [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),    # over a decade: 1, 2, 5 × powers of ten
+    (1e-4, 1e4, [1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]),   # crowded: the powers alone
+])
+def test_plain_log_ticks_label_with_plain_numbers(lo, hi, expect):
+    import matplotlib.pyplot as plt
+
+    from tokendyn.report.axes import plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [lo, hi])
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    plain_log_ticks(ax, "y")
+    fig.canvas.draw()
+    ticks = list(ax.get_yticks())
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    plt.close(fig)
+    assert len(ticks) >= 3 and all(lo <= t <= hi for t in ticks)
+    if expect is not None:
+        assert ticks == pytest.approx(expect)
+    else:   # evenly spaced
+        steps = [b - a for a, b in zip(ticks, ticks[1:])]
+        assert max(steps) == pytest.approx(min(steps))
+    assert all(lab and "e" not in lab and "times" not in lab and "^" not in lab for lab in labels[:len(ticks)]), labels
+    assert ax.yaxis.get_minor_locator().tick_values(lo, hi) == []

@@ -24,7 +24,7 @@ from matplotlib.colors import LogNorm  # noqa: E402 -- with pyplot, after matplo
 from matplotlib.lines import Line2D  # noqa: E402 -- with pyplot, after matplotlib.use
 from matplotlib.ticker import MaxNLocator  # noqa: E402 -- with pyplot, after matplotlib.use
 
-from ..report.axes import symlog_axis  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
+from ..report.axes import plain_log_ticks, symlog_axis  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
 from ..report.page import embed_image, esc, page, table  # noqa: E402 -- kept with the matplotlib imports, after matplotlib.use
 from .layer_flow import count_verdicts  # noqa: E402 -- with the matplotlib imports, after matplotlib.use
 
@@ -122,6 +122,7 @@ def plot_flow(theory: Sequence) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_ylim(lo / 1.05, hi * 1.05)          # room for the blow-up crosses
+    plain_log_ticks(ax, "y")
     t_end = max((f.t_end for _, f in flows), default=1.0)
     ax.set_xlim(t_end * 1e-3, t_end)
     ax.set_xlabel("flow time t (log)")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogFormatterSciNotation,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+    ScalarFormatter,
+)
 
 
 def symlog_axis(ax, which: str, values, max_labels: int = 6) -> None:
@@ -50,3 +58,29 @@ def symlog_axis(ax, which: str, values, max_labels: int = 6) -> None:
     axis.set_major_locator(FixedLocator(sorted(ticks)))
     axis.set_major_formatter(ScalarFormatter() if plain else LogFormatterSciNotation())
     axis.set_minor_locator(NullLocator())
+
+
+def plain_log_ticks(ax, which: str, max_ticks: int = 7) -> None:
+    """Label the x or y log axis of ``ax`` with plain numbers ("0.95", "20", "0.5"), from the
+    limits it has now (call it once the data are drawn and the limits set).
+
+    Under a decade the ticks are evenly spaced inside the limits (a log axis there would hold one
+    power of ten or none); over it they are 1, 2 and 5 times the powers of ten inside, thinned to
+    the powers alone where more than ``max_ticks`` would crowd. No minor tick labels.
+    """
+    ax.autoscale_view()
+    lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+    if not (lo > 0 and math.isfinite(hi)):
+        return
+    if hi / lo < 10:
+        ticks = [t for t in MaxNLocator(max_ticks - 2).tick_values(lo, hi) if lo <= t <= hi]
+    else:
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        ticks = [m * 10.0 ** k for k in decades for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) > max_ticks:
+            ticks = [10.0 ** k for k in decades if lo <= 10.0 ** k <= hi]
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.6g}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())

@@ -24,6 +24,7 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     places = {name: i for i, name in enumerate(colours)}
@@ -40,12 +41,12 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
     if target is not None:
         ax.axhline(target, color="grey", ls=":", lw=1)
     if log_y:
-        from matplotlib.ticker import LogFormatter
+        from ..report.axes import plain_log_ticks
 
         ax.set_yscale("log")
-        # plain numbers on major and minor ticks (a narrow range may hold one power of ten or none)
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
+        plain_log_ticks(ax, "y")
+    # epochs and optimiser steps are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
