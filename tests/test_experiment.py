@@ -286,16 +286,18 @@ def test_the_generated_command(tmp_path):
     app.command("other")(lambda: None)          # a group of two, as `tokendyn train` is
     runner = CliRunner()
     res = runner.invoke(app, ["toy", "--out", str(tmp_path / "o"), "--scale", "smoke", "--settings", "up",
-                              "--settings", "none", "--seeds", "2,0", "--data", "other data", "--no-progress"])
+                              "--settings", "none", "--seeds", "2,0", "--data", "other data", "--no-progress",
+                              "--plan-seeds", "5"])
     assert res.exit_code == 0, res.output
     assert "| up | 2 | 0.80 ± 0.14 |" in res.output and "written: " in res.output
+    assert "runs that would resolve the comparisons within their spreads (at most 5 seeds" in res.output
     assert sorted(CALLS) == [("none", 0, False), ("none", 2, False), ("up", 0, False), ("up", 2, False)]
     doc = json.loads((tmp_path / "o" / "toy.json").read_text())
     assert doc["data"] == "other data" and doc["command"].startswith("tokendyn")
     helptext = runner.invoke(app, ["toy", "--help"]).output
     assert "Settings that shift a score." in helptext and "--data" in helptext and "--text" not in helptext
     for args, words in ((["--scale", "huge"], "unknown scale"), (["--seeds", "a"], "--seeds"),
-                        (["--settings", "sideways"], "sideways")):
+                        (["--settings", "sideways"], "sideways"), (["--plan-seeds", "-1"], "--plan-seeds")):
         res = runner.invoke(app, ["toy", "--out", str(tmp_path / "bad"), *args])
         assert res.exit_code != 0 and words in str(res.exception)
     assert not (tmp_path / "bad").exists()
@@ -428,3 +430,22 @@ def test_a_damaged_run_record_is_one_sentence(tmp_path, damage, words):
                                                                    "val_curve")}))
     with pytest.raises(DataError, match="run.json cannot be read"):
         collect(tmp_path)
+
+
+def test_runs_to_resolve_plans_the_seeds_a_comparison_within_its_spreads_needs():
+    from tokendyn.experiments import get
+
+    exp = get("lm-scenarios")
+    names = {c.name for c in exp.comparisons}
+    assert {"positive_minus_mixed", "negative_minus_none"} <= names
+    doc = {"settings": {"none": {"seeds": [0, 1, 2]}, "positive": {"seeds": [0, 1, 2, 5]},
+                        "negative": {"seeds": [0, 1, 2]}, "mixed": {"seeds": [0, 1]}},
+           "comparisons": {"positive_minus_mixed": {"seeds_to_resolve": 6},
+                           "negative_minus_none": {"seeds_to_resolve": 40},
+                           "negative_minus_mixed": {"seeds_to_resolve": None}}}
+    runs, beyond = exp.runs_to_resolve(doc, cap=10)
+    # positive has 4 seeds (0, 1, 2, 5): two more, the smallest free; mixed has 2: four more
+    assert runs == ["positive-seed3", "mixed-seed2", "positive-seed4", "mixed-seed3", "mixed-seed4", "mixed-seed5"]
+    assert beyond == ["negative_minus_none"]
+    assert exp.runs_to_resolve(doc, cap=100)[1] == []
+    assert exp.runs_to_resolve({"settings": doc["settings"], "comparisons": {}}, cap=10) == ([], [])

@@ -44,16 +44,26 @@ def _parameters(exp: Experiment) -> list[inspect.Parameter]:
         ("summarise_only", opt.option(bool, "--summarise-only", help="Train nothing: write the summary of the "
                                       "complete runs in --out (e.g. after copying the runs/* of several result "
                                       "folders into one)."), False),
+        ("plan_seeds", opt.option(int, "--plan-seeds", help="After the summary, print the runs (SETTING-seedK) that "
+                                  "would take each comparison within its spreads to the seeds per setting that "
+                                  "would resolve a difference of its size, where that is at most this many "
+                                  "(0: off); they are scripts/grid_gpu.sh's RUN arguments."), 0),
     ]
     data = [(name, opt.DATA[name][0], opt.DATA[name][1]) for name in exp.options]
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
             for name, kind, default in common + data]
 
 
-def _print_written(exp: Experiment, out: Path, doc: dict) -> None:
+def _print_written(exp: Experiment, out: Path, doc: dict, plan_seeds: int = 0) -> None:
     typer.echo((out / f"{exp.stem}.md").read_text())
     written = [str(out / f) for f in exp.result_files if (out / f).is_file()]
     typer.echo(f"written: {', '.join(written)} ({len(doc['settings'])} settings)")
+    if plan_seeds:
+        runs, beyond = exp.runs_to_resolve(doc, plan_seeds)
+        typer.echo(f"runs that would resolve the comparisons within their spreads (at most {plan_seeds} seeds per "
+                   f"setting): {' '.join(runs) if runs else 'none'}")
+        if beyond:
+            typer.echo(f"beyond {plan_seeds} seeds per setting: {', '.join(beyond)}")
 
 
 def grid_command(exp: Experiment):
@@ -69,13 +79,15 @@ def grid_command(exp: Experiment):
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         record = provenance(invocation(f"train {exp.name}"))
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
+        if values["plan_seeds"] < 0:
+            raise ConfigError(f"--plan-seeds must be 0 (off) or a number of seeds, got {values['plan_seeds']}.")
         if values["summarise_only"]:
             from ..train.summary import summarise
 
             if not (out / "runs").is_dir():
                 raise ConfigError(f"{out} holds no runs/ folder to summarise.")
             doc = summarise(exp, out, values["scale"], provenance=record, log=_echo)
-            _print_written(exp, out, doc)
+            _print_written(exp, out, doc, values["plan_seeds"])
             return
         device = training_device(values["device"])
         if values["cuda_graph"]:
@@ -86,7 +98,7 @@ def grid_command(exp: Experiment):
             data[name] = resolve(values[name]) if resolve is not None else values[name]
         doc = run_grid(exp, out, scale=values["scale"], settings=names, seeds=seeds, device=device, options=data,
                        progress=values["progress"], log=_echo, provenance=record, cuda_graph=values["cuda_graph"])
-        _print_written(exp, out, doc)
+        _print_written(exp, out, doc, values["plan_seeds"])
 
     params = _parameters(exp)
     command.__signature__ = inspect.Signature(params)

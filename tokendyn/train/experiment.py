@@ -332,6 +332,31 @@ class Experiment:
         return [c for c in self.comparisons
                 if all(s in self.default_settings or s in settings for s in (c.setting, c.other))]
 
+    def runs_to_resolve(self, doc: dict, cap: int) -> tuple[list[str], list[str]]:
+        """The runs (``SETTING-seedK``, seed by seed) that would take every comparison of summary
+        ``doc`` that lies within its spreads to the seeds per setting at which a difference of the
+        measured size would resolve (its ``seeds_to_resolve``), where that is at most ``cap``; and
+        the names of the comparisons that would need more. New seeds are the smallest not yet run."""
+        want: dict[str, int] = {}
+        beyond = []
+        for c in self.comparisons_for(doc["settings"]):
+            n = (doc.get("comparisons", {}).get(c.name) or {}).get("seeds_to_resolve")
+            if not n:
+                continue
+            if n > cap:
+                beyond.append(c.name)
+                continue
+            for s in (c.setting, c.other):
+                want[s] = max(want.get(s, 0), n)
+        new: dict[str, list[int]] = {}
+        for s, n in want.items():
+            have = set(doc["settings"][s]["seeds"])
+            free = (k for k in range(10**6) if k not in have)
+            new[s] = sorted(next(free) for _ in range(max(0, n - len(have))))
+        depth = max((len(v) for v in new.values()), default=0)
+        runs = [f"{s}-seed{seeds[i]}" for i in range(depth) for s in self.settings if i < len(seeds := new.get(s, []))]
+        return runs, beyond
+
     def run_curve(self, run) -> list[list]:
         return self.curve(run) if self.curve is not None else run.result["val_curve"]
 
