@@ -104,8 +104,9 @@ def test_dynamics_figures_have_legends_labels_and_readable_ticks(tmp_path, monke
 
 
 @pytest.mark.parametrize("lo,hi,expect", [
-    (0.93, 1.09, None),                                 # under a decade: evenly spaced, inside the limits
-    (75.0, 220.0, None),
+    (0.93, 1.09, None),                                 # under a decade, no round values: evenly spaced
+    (75.0, 220.0, [80.0, 100.0, 150.0, 200.0]),         # under a decade: round values
+    (12.5, 53.0, [15.0, 20.0, 30.0, 40.0, 50.0]),
     (0.016, 1.0, [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),    # over a decade: 1, 2, 5 × powers of ten
     (1e-4, 1e4, [1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4]),   # crowded: the powers alone
 ])

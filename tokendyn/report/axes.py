@@ -64,16 +64,22 @@ def plain_log_ticks(ax, which: str, max_ticks: int = 7) -> None:
     """Label the x or y log axis of ``ax`` with plain numbers ("0.95", "20", "0.5"), from the
     limits it has now (call it once the data are drawn and the limits set).
 
-    Under a decade the ticks are evenly spaced inside the limits (a log axis there would hold one
-    power of ten or none); over it they are 1, 2 and 5 times the powers of ten inside, thinned to
-    the powers alone where more than ``max_ticks`` would crowd. No minor tick labels.
+    Under a decade the ticks are round values (1, 1.5, 2, 3, 4, 5, 6, 8 times a power of ten), or
+    evenly spaced ones where fewer than three of those fall inside; over it they are 1, 2 and 5
+    times the powers of ten inside, thinned to the powers alone where more than ``max_ticks``
+    would crowd. No minor tick labels.
     """
     ax.autoscale_view()
     lo, hi = sorted(getattr(ax, f"get_{which}lim")())
     if not (lo > 0 and math.isfinite(hi)):
         return
     if hi / lo < 10:
-        ticks = [t for t in MaxNLocator(max_ticks - 2).tick_values(lo, hi) if lo <= t <= hi]
+        # round values spread over the log range (15, 20, 30, 40, 50); evenly spaced ones where
+        # fewer than three fall inside (a range as narrow as 0.93 to 1.09)
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        ticks = [m * 10.0 ** k for k in decades for m in (1, 1.5, 2, 3, 4, 5, 6, 8) if lo <= m * 10.0 ** k <= hi]
+        ticks = ticks[::math.ceil(len(ticks) / max_ticks)] if len(ticks) >= 3 else \
+            [t for t in MaxNLocator(max_ticks - 2).tick_values(lo, hi) if lo <= t <= hi]
     else:
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
         ticks = [m * 10.0 ** k for k in decades for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]

@@ -45,8 +45,8 @@ def plot_seed_curves(curves: dict[str, list[list]], colours: dict[str, str], *, 
 
         ax.set_yscale("log")
         plain_log_ticks(ax, "y")
-    # epochs and optimiser steps are whole numbers
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # epochs and optimiser steps are whole numbers, ticked at 1, 2 or 5 times a power of ten
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
