@@ -82,14 +82,17 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         print(f"pack_data.py: {out} exists and is not a directory.", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         pack_bible(out)
         manifest = pack_sources(out, debian_text.package_root())
+        fashion = pack_fashion_mnist(out)
     except TokendynError as err:
         print(f"pack_data.py: {err}", file=sys.stderr)
         return 1
-    fashion = pack_fashion_mnist(out)
+    except OSError as err:
+        print(f"pack_data.py: cannot write into {out}: {err.strerror or err}.", file=sys.stderr)
+        return 1
     if fashion is None:
         print("pack_data.py: Fashion-MNIST is not installed (dataset-fashion-mnist); left out.", file=sys.stderr)
     else:

@@ -89,3 +89,9 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
     (tmp_path / "pack").write_text("not a folder")
     res = _run([str(tmp_path / "pack")], tmp_path, [], tmp_path)
     assert res.returncode == 2 and "not a directory" in res.stderr
+
+
+def test_a_folder_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    res = _run([str(tmp_path / "file" / "pack")], tmp_path, [], tmp_path)
+    assert res.returncode == 1 and "cannot write into" in res.stderr and "Traceback" not in res.stderr
