@@ -14,8 +14,8 @@
 # the next call. At the end, OUT holds the experiment's summary of every complete run (its JSON,
 # markdown and figures), runs.tgz (each complete run's files less its checkpoint and tokenizer)
 # and call.json (device, date, commit from $TOKENDYN_COMMIT, command, parallel, the runs this
-# call finished with their wall times). Merge the runs.tgz of several calls into one folder's
-# runs/ and run `tokendyn train EXPERIMENT --scale full --summarise-only --out FOLDER`.
+# call finished with their wall times). `python scripts/grid_merge.py EXPERIMENT FOLDER OUT...`
+# merges the runs and call.json of several calls into one results folder and summarises it.
 #
 # DONE_IN=DIR: also skip every run complete in DIR/runs (a results folder merged from earlier calls,
 # copied along), so that a call on a fresh machine needs no list of what is left.
