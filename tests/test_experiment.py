@@ -196,6 +196,8 @@ def test_comparison_is_welch_t_in_the_claims_direction(a, b):
             t = stats.ttest_ind(a, b, equal_var=False).statistic
             assert got["t"] == pytest.approx(t, rel=1e-6, abs=1e-9)
             toward = t if (expect == "better") == higher else -t
+            if abs(abs(toward) - 2) < 1e-6:     # on the bar: the last bits of two computations decide
+                continue
             assert got["outcome"] == ("pass" if toward >= 2 else "fail")
 
 
@@ -297,7 +299,8 @@ def test_the_generated_command(tmp_path):
     helptext = runner.invoke(app, ["toy", "--help"]).output
     assert "Settings that shift a score." in helptext and "--data" in helptext and "--text" not in helptext
     for args, words in ((["--scale", "huge"], "unknown scale"), (["--seeds", "a"], "--seeds"),
-                        (["--settings", "sideways"], "sideways"), (["--plan-seeds", "-1"], "--plan-seeds")):
+                        (["--settings", "sideways"], "sideways"), (["--plan-seeds", "-1"], "--plan-seeds"),
+                        (["--plan-seeds", "1000000"], "up to 100")):
         res = runner.invoke(app, ["toy", "--out", str(tmp_path / "bad"), *args])
         assert res.exit_code != 0 and words in str(res.exception)
     assert not (tmp_path / "bad").exists()

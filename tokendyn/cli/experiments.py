@@ -11,6 +11,7 @@ import typer
 
 from ..errors import ConfigError
 from ..train.experiment import Experiment, choose_seeds
+from ..train.seeds import RESOLVE_CAP
 from . import options as opt
 from .root import echo as _echo
 from .root import invocation
@@ -79,8 +80,9 @@ def grid_command(exp: Experiment):
         out = check_output_dir(values["out"], "--out")    # before any data is read or model built
         record = provenance(invocation(f"train {exp.name}"))
         names, seeds = grid_choices(exp, values["settings"], values["seeds"], values["scale"])
-        if values["plan_seeds"] < 0:
-            raise ConfigError(f"--plan-seeds must be 0 (off) or a number of seeds, got {values['plan_seeds']}.")
+        if not 0 <= values["plan_seeds"] <= RESOLVE_CAP:
+            raise ConfigError(f"--plan-seeds must be 0 (off) or a number of seeds up to {RESOLVE_CAP}, got "
+                              f"{values['plan_seeds']}.")
         if values["summarise_only"]:
             from ..train.summary import summarise
 
