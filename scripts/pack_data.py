@@ -1,6 +1,6 @@
 """Pack the built-in data for a machine without the Debian packages (a GPU node, a container).
 
-    python scripts/pack_data.py [DIR]          (default DIR: .gpudata)
+    python scripts/pack_data.py [DIR]          (default DIR: .gpudata in the repository)
 
 DIR then holds what scripts/grid_gpu.sh reads there:
 
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print("usage: python scripts/pack_data.py [DIR]", file=sys.stderr)
         return 2
-    out = Path(argv[0] if argv else ".gpudata")
+    out = Path(argv[0]) if argv else ROOT / ".gpudata"     # where grid_gpu.sh looks, from any working folder
     if out.exists() and not out.is_dir():
         print(f"pack_data.py: {out} exists and is not a directory.", file=sys.stderr)
         return 2
