@@ -46,6 +46,10 @@ def _worker(rank: int, world: int, port: int, out_file: str) -> None:
     _run(out_file, micro_batch=2)   # 2 processes × 2 accumulation steps × 2 sequences = 8
     import torch.distributed as dist
 
+    # rank 0 writes the result file after training; both ranks then leave the group together, so
+    # that neither tears its connections down while the other still has them open (under load a
+    # rank that left first was seen to abort at exit)
+    dist.barrier()
     dist.destroy_process_group()
 
 
