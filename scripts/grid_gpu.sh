@@ -25,10 +25,10 @@
 # keeps one mode: runs of the other mode do not resume).
 #
 # Data on a machine without the Debian packages (`python scripts/pack_data.py` packs .gpudata where
-# they are installed): the english corpus (lm-scenarios' full scale) reads .gpudata/pkgroot.tar.xz (the packages' files, packed with tar -C ROOT) through
-# TOKENDYN_PACKAGE_ROOT and .gpudata/bin/bible (a script printing `bible -f -m 8192
-# Gen1:1-Rev22:21`) for the KJV; Fashion-MNIST (reorder) is $TOKENDYN_FASHION_MNIST, else
-# .gpudata/fashion-mnist (the four IDX files).
+# they are installed): the english corpus (lm-scenarios' full scale) reads .gpudata/pkgroot.tar.xz
+# (the packages' files, packed with tar -C ROOT) through TOKENDYN_PACKAGE_ROOT and
+# .gpudata/bin/bible (a script printing `bible -f -m 8192 Gen1:1-Rev22:21`) for the KJV;
+# Fashion-MNIST (reorder) is $TOKENDYN_FASHION_MNIST, else .gpudata/fashion-mnist (the four IDX files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: bash scripts/grid_gpu.sh EXPERIMENT OUT BUDGET_S [RUN ...]"

@@ -64,17 +64,16 @@ def unpack_runs(archive: Path, into: Path) -> list[Path]:
     return [r for r in runs if (r / "result.json").is_file()]
 
 
-def call_name(call: dict) -> str:
-    """call_<YYYY-MM-DDTHH-MMZ>.json from the call's date."""
-    stamp = call["date"][:16].replace(":", "-")
-    return f"call_{stamp}Z.json"
+def call_stem(call: dict) -> str:
+    """call_<YYYY-MM-DDTHH-MMZ> from the call's date."""
+    return "call_" + call["date"][:16].replace(":", "-") + "Z"
 
 
 def write_call(folder: Path, call: dict) -> Path:
     """``call`` as folder/call_<date>.json; a second call of the same minute gets -2, -3, ...; the
     same call merged again is not written twice."""
     text = json.dumps(call, indent=1) + "\n"
-    base = call_name(call)[:-len(".json")]
+    base = call_stem(call)
     for k in range(1, 1000):
         path = folder / (f"{base}.json" if k == 1 else f"{base}-{k}.json")
         if not path.exists():

@@ -30,11 +30,16 @@ def _bible_program(folder: Path) -> Path:
     return folder
 
 
-def _run(args, root: Path, path_dirs: list[Path], cwd: Path):
+def _python(args, root: Path, path_dirs: list[Path], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """A fresh interpreter with the package root ``root`` and ``path_dirs`` first on PATH."""
     env = dict(os.environ, **{D.ROOT_ENV: str(root)})
     env["PATH"] = os.pathsep.join([str(p) for p in path_dirs] + [env.get("PATH", "")])
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          **kw)
+
+
+def _run(args, root: Path, path_dirs: list[Path], cwd: Path):
+    return _python([str(SCRIPT), *args], root, path_dirs, cwd)
 
 
 def _records(root: Path, path_dirs: list[Path]) -> dict:
@@ -42,11 +47,7 @@ def _records(root: Path, path_dirs: list[Path]) -> dict:
     (a fresh interpreter, so the cached verses of this one do not answer)."""
     code = ("import json; from tokendyn.data import debian_text as D; "
             "print(json.dumps({s.key: r['sha256'] for s, _, r in D.read_sources(root=D.package_root())}))")
-    env = dict(os.environ, **{D.ROOT_ENV: str(root)})
-    env["PATH"] = os.pathsep.join([str(p) for p in path_dirs] + [env.get("PATH", "")])
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=SCRIPT.parent.parent, check=True)
-    return json.loads(res.stdout)
+    return json.loads(_python(["-c", code], root, path_dirs, SCRIPT.parent.parent, check=True).stdout)
 
 
 def test_the_packed_data_reads_as_the_same_corpus(tmp_path):

@@ -73,15 +73,14 @@ def plain_log_ticks(ax, which: str, max_ticks: int = 7) -> None:
     lo, hi = sorted(getattr(ax, f"get_{which}lim")())
     if not (lo > 0 and math.isfinite(hi)):
         return
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     if hi / lo < 10:
         # round values spread over the log range (15, 20, 30, 40, 50); evenly spaced ones where
         # fewer than three fall inside (a range as narrow as 0.93 to 1.09)
-        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
         ticks = [m * 10.0 ** k for k in decades for m in (1, 1.5, 2, 3, 4, 5, 6, 8) if lo <= m * 10.0 ** k <= hi]
         ticks = ticks[::math.ceil(len(ticks) / max_ticks)] if len(ticks) >= 3 else \
             [t for t in MaxNLocator(max_ticks - 2).tick_values(lo, hi) if lo <= t <= hi]
     else:
-        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
         ticks = [m * 10.0 ** k for k in decades for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
         if len(ticks) > max_ticks:
             ticks = [10.0 ** k for k in decades if lo <= 10.0 ** k <= hi]

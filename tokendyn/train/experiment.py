@@ -11,6 +11,7 @@ of the table); everything else is data.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -351,7 +352,7 @@ class Experiment:
         new: dict[str, list[int]] = {}
         for s, n in want.items():
             have = set(doc["settings"][s]["seeds"])
-            free = (k for k in range(10**6) if k not in have)
+            free = (k for k in itertools.count() if k not in have)
             new[s] = sorted(next(free) for _ in range(max(0, n - len(have))))
         depth = max((len(v) for v in new.values()), default=0)
         runs = [f"{s}-seed{seeds[i]}" for i in range(depth) for s in self.settings if i < len(seeds := new.get(s, []))]
