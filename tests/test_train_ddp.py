@@ -69,3 +69,34 @@ def test_two_processes_match_one(tmp_path):
     assert b["losses"] == pytest.approx(a["losses"], rel=1e-5, abs=1e-5)
     assert b["test"] == pytest.approx(a["test"], rel=1e-5)
     assert b["weight"] == pytest.approx(a["weight"], rel=1e-4, abs=1e-6)
+
+
+def _cli_worker(rank: int, world: int, port: int, text: str, run_dir: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from tokendyn.cli import main
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    try:
+        main(["train", "lm", "--text", text, "--out", run_dir, "--vocab-size", "260", "--d-model", "16",
+              "--n-layer", "1", "--context", "16", "--batch-size", "4", "--steps", "2", "--eval-every", "2",
+              "--eval-tokens", "64", "--device", "cpu", "--no-progress"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"code": code, "in_group": dist.is_initialized()}, f)
+
+
+def test_command_leaves_the_process_group(tmp_path):
+    """A training command run by each of two processes (as under torchrun) finishes, and each
+    process has left the group it joined: nothing is torn down at interpreter exit."""
+    text = tmp_path / "t.txt"
+    text.write_text("In the beginning the tokens moved along the flow of the layer. " * 400)
+    mp.spawn(_cli_worker, args=(2, _free_port(), str(text), str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"code": 0, "in_group": False}
+    assert (tmp_path / "run" / "result.json").is_file()

@@ -80,6 +80,19 @@ _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAM
                 errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM}
 
 
+def _leave_process_group(finished: bool) -> None:
+    """Leave the process group a training command joined under torchrun
+    (:func:`tokendyn.train.loop.init_distributed`), as the process that joined it. After a finished
+    command every process first waits for the others, so that none tears its connections down
+    while another still uses them; after an error or a stop, at once (the others may never come)."""
+    dist = sys.modules.get("torch.distributed")    # a command that never imported it joined no group
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``tokendyn ARGS``; exits 0, 2 (an error the user can fix, one
     sentence on stderr), 130 (interrupted) or 143 (terminated)."""
@@ -90,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    finished = False
     try:
         status = app(args=root.ARGS, prog_name="tokendyn", standalone_mode=False)
+        finished = True
     except _ABORTS as exc:
         _interrupted(exc)
     except TokendynError as exc:
@@ -116,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(f"error: out of memory ({str(exc).splitlines()[0][:200]}); ask for a smaller size.", EXIT_USAGE)
     finally:
+        _leave_process_group(finished)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     status = status if isinstance(status, int) else 0
