@@ -218,9 +218,9 @@ def _rule_segments(shape, cfg: dict, backward: bool) -> int:
     """The segment count plan_launch picks for ``cfg`` on this GPU (segments = 0)."""
     b, d, l, _ = shape
     full = triton_scan.ScanConfig(**{k: v for k, v in cfg.items() if k in LAUNCH_KEYS})
-    n_chunks = -(-l // (triton_scan._chunk_for(l, full) if backward else triton_scan._fwd_chunk_for(l, full)))
+    n_chunks = -(-l // (triton_scan.chunk_for(l, full) if backward else triton_scan.fwd_chunk_for(l, full)))
     bd, warps = (full.bwd_block_d, full.bwd_warps) if backward else (full.block_d, full.fwd_warps)
-    lp = triton_scan.plan_launch(b, d, n_chunks, bd, warps, 0, triton_scan._multiprocessors(torch.device(DEVICE)),
+    lp = triton_scan.plan_launch(b, d, n_chunks, bd, warps, 0, triton_scan.multiprocessors(torch.device(DEVICE)),
                                  full.warps_per_sm, full.split_below_warps_per_sm, full.min_split)
     return lp.segments
 
@@ -300,8 +300,8 @@ def table_row(shape, dtype, impls, cfg, args, log):
     t = data.inputs
     b, d, l, n = shape
     # the launch shape tokendyn's calls take here: the table's, or the long-sequence rule's
-    used = triton_scan.shape_config(b, d, l, triton_scan._multiprocessors(torch.device(DEVICE)),
-                                    replace(triton_scan._CONFIG, **(cfg or {})))
+    used = triton_scan.shape_config(b, d, l, triton_scan.multiprocessors(torch.device(DEVICE)),
+                                    replace(triton_scan.current_config(), **(cfg or {})))
     row = {"shape": list(shape), "dtype": DTYPE_NAMES[dtype],
            "launch": {k: getattr(used, k) for k in LAUNCH_KEYS}}
     cases = {}

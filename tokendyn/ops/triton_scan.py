@@ -142,21 +142,28 @@ def scan_config(**overrides):
         _CONFIG = old
 
 
-def _chunk_for(length: int, cfg: ScanConfig) -> int:
-    # a short sequence needs no full chunk; keep a power of two of at least 16
+def current_config() -> ScanConfig:
+    """The launch shape in force: the default, or :func:`scan_config`'s override inside its block."""
+    return _CONFIG
+
+
+def chunk_for(length: int, cfg: ScanConfig) -> int:
+    """The backward's chunk for a sequence of ``length`` steps: ``cfg.chunk``, shortened for a
+    short sequence (it needs no full chunk) to a power of two of at least 16."""
     return max(16, min(cfg.chunk, triton.next_power_of_2(max(length, 1))))
 
 
-def _fwd_chunk_for(length: int, cfg: ScanConfig) -> int:
+def fwd_chunk_for(length: int, cfg: ScanConfig) -> int:
     """The forward's chunk: ``fwd_chunk`` (0: ``chunk``), shortened like the backward's for a short
     sequence and never below it, so the backward's chunk divides it (both powers of two)."""
     want = cfg.fwd_chunk or cfg.chunk
-    return max(_chunk_for(length, cfg), min(want, triton.next_power_of_2(max(length, 1))))
+    return max(chunk_for(length, cfg), min(want, triton.next_power_of_2(max(length, 1))))
 
 
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    # cached: the property lookup costs tens of microseconds of host time per launch
+def multiprocessors(device: torch.device) -> int:
+    """The device's multiprocessor count (1 off CUDA); cached: the property lookup costs tens of
+    microseconds of host time per launch."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
@@ -246,7 +253,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     the :class:`ScanSaved` that :func:`scan_backward` takes."""
     batch, dim, length = u.shape
     # the launch shape is chosen here, once, and the backward takes it from ScanSaved
-    cfg = shape_config(batch, dim, length, _multiprocessors(u.device), cfg or _CONFIG)
+    cfg = shape_config(batch, dim, length, multiprocessors(u.device), cfg or _CONFIG)
     out, states, T = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg)
     return out, ScanSaved(states, T, cfg)
 
@@ -278,11 +285,11 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg: ScanConfi
     the backward's chunk length."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
-    TS = _chunk_for(length, cfg)          # the backward's chunk: states are saved at its ends
-    T = _fwd_chunk_for(length, cfg)
+    TS = chunk_for(length, cfg)          # the backward's chunk: states are saved at its ends
+    T = fwd_chunk_for(length, cfg)
     n_chunks = triton.cdiv(length, T)
     lp = plan_launch(batch, dim, n_chunks, cfg.block_d, cfg.fwd_warps, cfg.segments,
-                     _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
+                     multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
     out = _empty((batch, dim, length), u.dtype, u.device)
     n_saved = triton.cdiv(length, TS)
@@ -316,7 +323,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, states,
     nstate = A.shape[1]
     n_chunks = states.shape[2]
     lp = plan_launch(batch, dim, n_chunks, cfg.bwd_block_d, cfg.bwd_warps, cfg.bwd_segments,
-                     _multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
+                     multiprocessors(u.device), cfg.warps_per_sm, cfg.split_below_warps_per_sm, cfg.min_split)
     NP = triton.next_power_of_2(nstate)
     f32 = dict(device=u.device, dtype=torch.float32)
     # the kernel rounds these straight to the input dtypes when it stores them
