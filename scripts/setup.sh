@@ -25,7 +25,7 @@ if [ ! -e /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null 2
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import tokendyn, torch, pytest, transformers" >/dev/null 2>&1 || [ ! -x .venv/bin/ruff ]; then
+if ! .venv/bin/python -c "import tokendyn, torch, pytest, transformers, threadpoolctl" >/dev/null 2>&1 || [ ! -x .venv/bin/ruff ]; then
     echo "setup: installing Python packages into .venv (log: .venv/setup.log)"
     {
         .venv/bin/pip install --upgrade pip

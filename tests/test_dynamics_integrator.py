@@ -268,3 +268,33 @@ def test_progress_reports_time_evaluations_and_blowups():
              progress=lambda t, n, b: seen.append((t, n, b)))
     ts = [s[0] for s in seen]
     assert ts == sorted(ts) and seen[-1][2] == 1 and seen[-1][1] > 0
+
+
+@pytest.mark.parametrize("method", ["RK45", "LSODA", "BDF"])
+def test_blas_threads_while_the_solver_runs(method, monkeypatch):
+    """numpy's BLAS runs on one thread while an explicit solver or LSODA integrates (its thread
+    pool beside torch's took the cores from the field), and keeps its threads for the solvers
+    that factorise with LAPACK."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    outside = blas_threads()
+    seen = []
+    system = TokenSystem.random(3, 2, 0)
+    field = Integrator._raw_field
+
+    def spy(self, y, rows=None):
+        if len(seen) < 5:               # (threadpool_info reads every loaded library: not on every call)
+            seen.append(blas_threads())
+        return field(self, y, rows)
+
+    monkeypatch.setattr(Integrator, "_raw_field", spy)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):     # as on a machine of 2 cores or more
+        two = blas_threads()
+        simulate(system, torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 1.0,
+                 method=method)
+    assert seen and blas_threads() == outside
+    expect = two if method == "BDF" else [1] * len(two)
+    assert all(s == expect for s in seen)
