@@ -182,6 +182,8 @@ def test_flat_curves_in_the_summary(tmp_path):
 values = st.lists(st.floats(-100, 100, allow_nan=False), min_size=2, max_size=5)
 
 
+# scipy warns on nearly identical samples (its moments lose digits); the comparison skips spreads that small
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
 @given(a=values, b=values)
 @settings(max_examples=40, deadline=None)
 def test_comparison_is_welch_t_in_the_claims_direction(a, b):

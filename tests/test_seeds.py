@@ -10,6 +10,8 @@ from tokendyn.train.seeds import seed_comparison, seeds_to_resolve
 values = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=6)
 
 
+# scipy warns on nearly identical samples (its moments lose digits); the comparison skips spreads that small
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
 @given(a=values, b=values)
 @settings(max_examples=60, deadline=None)
 def test_t_is_welchs(a, b):
