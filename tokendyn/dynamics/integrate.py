@@ -183,8 +183,8 @@ def check_x0(system: FlowSystem, x0) -> torch.Tensor:
     return x0.to(torch.float64)
 
 
-# solvers that factorise a Jacobian with LAPACK (scipy.linalg), where BLAS threads pay; LSODA's
-# linear algebra is its own Fortran
+# solvers that factorise a Jacobian with LAPACK (scipy.linalg), where BLAS threads pay; LSODA
+# factorises with the LINPACK routines scipy builds into ODEPACK, column by column (level-1 BLAS)
 LAPACK_METHODS = ("BDF", "Radau")
 
 
