@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,13 +71,11 @@ def main() -> None:
             print(f"round {r}: {name}: {row['wall_s']:.2f} s, {row['field_evaluations']} evaluations, "
                   f"{row['ms_per_evaluation']:.2f} ms each", flush=True)
 
-    def median(name, key):
-        return sorted(x[key] for x in rows[name])[len(rows[name]) // 2]
-
     diff = max(abs(a - b) / abs(b) for x, y in zip(rows["one_blas_thread"], rows["blas_threads_unchanged"])
                for a, b in zip(x["ratios"], y["ratios"]))
-    summary = {name: {"median_wall_s": median(name, "wall_s"),
-                      "median_ms_per_evaluation": median(name, "ms_per_evaluation")} for name in rows}
+    summary = {name: {"median_wall_s": statistics.median(x["wall_s"] for x in runs),
+                      "median_ms_per_evaluation": statistics.median(x["ms_per_evaluation"] for x in runs)}
+               for name, runs in rows.items()}
     walls = [summary[name]["median_wall_s"] for name in ("blas_threads_unchanged", "one_blas_thread")]
     summary["speedup"] = walls[0] / walls[1]
     summary["max_relative_ratio_difference"] = diff
