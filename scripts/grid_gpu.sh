@@ -14,7 +14,9 @@
 # the next call. At the end, OUT holds the experiment's summary of every complete run (its JSON,
 # markdown and figures), runs.tgz (each complete run's files less its checkpoint and tokenizer)
 # and call.json (device, date, commit from $TOKENDYN_COMMIT, command, parallel, the runs this
-# call finished with their wall times). `python scripts/grid_merge.py EXPERIMENT FOLDER OUT...`
+# call finished with their wall times, "finished"). runs.tgz and call.json are also written after
+# every group ("finished": false), so a call stopped from outside still leaves its complete runs in a
+# form grid_merge.py takes. `python scripts/grid_merge.py EXPERIMENT FOLDER OUT...`
 # merges the runs and call.json of several calls into one results folder and summarises it.
 #
 # DONE_IN=DIR: also skip every run complete in DIR/runs (a results folder merged from earlier calls,
@@ -82,6 +84,23 @@ PY
 if [ ${#runs[@]} -eq 0 ]; then read -r -a runs <<< "$(sed -n 1p <<< "$described")"; fi
 read -r -a result_files <<< "$(sed -n 2p <<< "$described")"
 mkdir -p "$out/$exp/runs" "$out/work"
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+# runs.tgz and call.json, written after every group as well as at the end, so that a call stopped
+# from outside (its machine taken back, its slot over) still leaves a record grid_merge.py takes
+# ("finished": false until the loop is over).
+record_call() {
+    (cd "$out/$exp" && find runs -mindepth 2 -maxdepth 2 -type f ! -name tokenizer.json -print0 \
+        | tar -czf ../runs.tgz.part --null -T -) && mv "$out/runs.tgz.part" "$out/runs.tgz"
+    local joined
+    joined=$(IFS=,; echo "${done_runs[*]:-}")
+    cat > "$out/call.json.part" <<JSON
+{"device": "${device:-unknown}", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
+ "command": "bash scripts/grid_gpu.sh $exp $out $budget ${runs[*]}", "budget_s": $budget, "parallel": $PARALLEL,
+ "scale": "$SCALE", "cuda_graph": $([ ${#graph[@]} -gt 0 ] && echo true || echo false), "finished": $1,
+ "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
+JSON
+    mv "$out/call.json.part" "$out/call.json"
+}
 start=$(date +%s)
 longest=${FIRST_RUN_S:-480}
 done_runs=()
@@ -125,19 +144,12 @@ while [ $i -lt ${#runs[@]} ]; do
     done
     if [ "$took" -gt "$longest" ] || [ "$first_group" -eq 1 ]; then longest=$took; fi
     first_group=0
+    record_call false
 done
 if compgen -G "$out/$exp/runs/*/result.json" > /dev/null; then
     "$PY" -m tokendyn train "$exp" --scale "$SCALE" --summarise-only --out "$out/$exp" > "$out/summary.log" 2>&1 \
         || tail -3 "$out/summary.log"
 fi
 for f in "${result_files[@]}"; do cp "$out/$exp/$f" "$out/" 2>/dev/null || true; done
-(cd "$out/$exp" && find runs -mindepth 2 -maxdepth 2 -type f ! -name tokenizer.json -print0 \
-    | tar -czf ../runs.tgz --null -T -)
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
-joined=$(IFS=,; echo "${done_runs[*]:-}")
-cat > "$out/call.json" <<JSON
-{"device": "${device:-unknown}", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "${TOKENDYN_COMMIT:-unknown}",
- "command": "bash scripts/grid_gpu.sh $exp $out $budget ${runs[*]}", "budget_s": $budget, "parallel": $PARALLEL,
- "scale": "$SCALE", "cuda_graph": $([ ${#graph[@]} -gt 0 ] && echo true || echo false), "wall_s": $(( $(date +%s) - start )), "runs_wall_s": {$joined}}
-JSON
+record_call true
 cat "$out/call.json"

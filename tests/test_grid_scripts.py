@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ def test_lm_grid_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     call = json.loads((out / "call.json").read_text())
     assert call["commit"] == "abc123" and list(call["runs_wall_s"]) == ["none-seed0"] and call["parallel"] == 1
-    assert call["cuda_graph"] is False
+    assert call["cuda_graph"] is False and call["finished"] is True
     assert call["command"].startswith("bash scripts/grid_gpu.sh lm-scenarios") and call["scale"] == "smoke"
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
@@ -45,6 +47,33 @@ def test_lm_grid_dry_run(tmp_path):
     short = _grid("lm-scenarios", tmp_path / "h", 5, ["none-seed0"], tmp_path, FIRST_RUN_S="100")
     assert short.returncode == 0 and "stopping before none-seed0" in short.stdout
     assert json.loads((tmp_path / "h" / "call.json").read_text())["runs_wall_s"] == {}
+
+
+def test_a_call_stopped_from_outside_keeps_its_complete_runs(tmp_path):
+    """A call killed mid-grid (its machine taken back) has already written runs.tgz and call.json for
+    the runs it finished, marked unfinished, so grid_merge.py can take them."""
+    hang = tmp_path / "python"          # the interpreter, except that seed 1's training never ends
+    hang.write_text(f'#!/bin/sh\ncase " $* " in *" --seeds 1 "*) exec sleep 600;; esac\nexec {sys.executable} "$@"\n')
+    hang.chmod(0o755)
+    out = tmp_path / "g"
+    env = {**os.environ, "PYTHON": str(hang), "TOKENDYN_COMMIT": "abc123", "GRID_DEVICE": "cpu",
+           "GRID_SCALE": "smoke", "TOKENDYN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "grid_gpu.sh"), "lm-scenarios", str(out), "900",
+                             "none-seed0", "none-seed1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "call.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert proc.poll() is None, "the grid ended instead of waiting on its second run"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    call = json.loads((out / "call.json").read_text())
+    assert call["finished"] is False and list(call["runs_wall_s"]) == ["none-seed0"]
+    with tarfile.open(out / "runs.tgz") as tar:
+        assert "runs/none-seed0/result.json" in tar.getnames()
+    assert not (out / "runs.tgz.part").exists() and not (out / "call.json.part").exists()
 
 
 def test_reorder_grid_dry_run_in_parallel(tmp_path):
