@@ -21,11 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _grid(exp: str, out: Path, budget: int, runs: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+def _grid_command(exp: str, out: Path, budget: int, runs: list[str], tmp_path: Path, **env) -> dict:
+    """subprocess keyword arguments of one grid_gpu.sh call in its CPU dry run."""
     env = {**os.environ, "PYTHON": sys.executable, "TOKENDYN_COMMIT": "abc123", "GRID_DEVICE": "cpu",
            "GRID_SCALE": "smoke", "TOKENDYN_CACHE": str(tmp_path / "cache"), **env}
-    return subprocess.run(["bash", str(ROOT / "scripts" / "grid_gpu.sh"), exp, str(out), str(budget), *runs],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return {"args": ["bash", str(ROOT / "scripts" / "grid_gpu.sh"), exp, str(out), str(budget), *runs],
+            "cwd": ROOT, "env": env}
+
+
+def _grid(exp: str, out: Path, budget: int, runs: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(**_grid_command(exp, out, budget, runs, tmp_path, **env), capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_lm_grid_dry_run(tmp_path):
@@ -56,11 +62,9 @@ def test_a_call_stopped_from_outside_keeps_its_complete_runs(tmp_path):
     hang.write_text(f'#!/bin/sh\ncase " $* " in *" --seeds 1 "*) exec sleep 600;; esac\nexec {sys.executable} "$@"\n')
     hang.chmod(0o755)
     out = tmp_path / "g"
-    env = {**os.environ, "PYTHON": str(hang), "TOKENDYN_COMMIT": "abc123", "GRID_DEVICE": "cpu",
-           "GRID_SCALE": "smoke", "TOKENDYN_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "grid_gpu.sh"), "lm-scenarios", str(out), "900",
-                             "none-seed0", "none-seed1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(**_grid_command("lm-scenarios", out, 900, ["none-seed0", "none-seed1"], tmp_path,
+                                            PYTHON=str(hang)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not (out / "call.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
