@@ -437,6 +437,62 @@ def _bwd_state_scans(an, bn, cn, h0, s1, dl, dd, ddn, dbu, dy, m2n, first, last,
 
 
 @triton.jit
+def _bwd_chunk_states(A_ptr, B_ptr, C_ptr, state_ptr, dlast_ptr, dA_ptr, dB_ptr, dC_ptr, sc_read, sc_write,
+                      row_s, row_n, pid_b, k, L, t, tmask, dmask, offs_d, offs_t, first, last, dd, ddn, dbu, dy,
+                      m2n, sA_d, sA_n, sB_b, sB_n, sC_b, sC_n, NSTATE, HAS_DLAST: tl.constexpr,
+                      BD: tl.constexpr, T: tl.constexpr):
+    """One chunk's backward over the states, last step first within each state: accumulates dA
+    (batch, dim, state), dB and dC (batch, state, length) atomically, writes the state adjoint at
+    the chunk's first step to sc_write (read by the chunk before it) and returns y before the gate,
+    Σ_n A_n q_n and Σ_n s_n B_n, each (BD, T), for the chunk's input gradients."""
+    qA = tl.zeros([BD, T], dtype=tl.float32)
+    sB = tl.zeros([BD, T], dtype=tl.float32)
+    # y before the gate, rebuilt from the recomputed states (the gate's gradient needs
+    # it): one multiply-add per state instead of saving (batch, dim, length) in the forward
+    y = tl.zeros([BD, T], dtype=tl.float32)
+    kprev = dmask & ((offs_d * 0 + k) > 0)
+    pA = A_ptr + offs_d * sA_d
+    pB = B_ptr + pid_b * sB_b + t
+    pC = C_ptr + pid_b * sC_b + t
+    pS = state_ptr + row_s + (k - 1) * NSTATE
+    # the adjoint at the chunk's first step: only the thread holding it writes
+    pSC_out = sc_write[:, None] + offs_t[None, :] * 0
+    m_out = dmask[:, None] & first
+    is_end = (t == L - 1)[None, :]
+    # loads for state n + 1 are issued while state n is computed
+    an, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                  offs_d, offs_t)
+    s1 = tl.load(sc_read, mask=dmask, other=0.0)
+    dl = s1                                     # a name only: read only with HAS_DLAST
+    if HAS_DLAST:
+        dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
+    for n in range(0, NSTATE):
+        nx = n + 1
+        more_d = (offs_d * 0 + nx) < NSTATE
+        anx, bnx, cnx, h0x = _state_loads(nx, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
+                                          offs_d, offs_t)
+        s1x = tl.load(sc_read + nx, mask=dmask & more_d, other=0.0)
+        if HAS_DLAST:
+            dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
+        h, s, q = _bwd_state_scans(an, bn, cn, h0, s1, dl, dd, ddn, dbu, dy, m2n, first, last, is_end,
+                                   HAS_DLAST)
+        y += h * cn[None, :]
+        qA += an[:, None] * q
+        sB += s * bn[None, :]
+        # relaxed: plain reductions into memory, no ordering with other accesses needed
+        tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask, sem="relaxed")
+        tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask,
+                      sem="relaxed")
+        tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask,
+                      sem="relaxed")
+        tl.store(pSC_out + n, s, mask=m_out)
+        an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
+        if HAS_DLAST:
+            dl = dlx
+    return y, qA, sB
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dout_ptr, state_ptr, dlast_ptr, scarry_ptr, ssum_ptr, dsum_ptr,
@@ -484,53 +540,13 @@ def _scan_bwd_kernel(
         if HAS_D:
             dD_acc += dy * uu
         dbu = dd * uu
-        qA = tl.zeros([BD, T], dtype=tl.float32)
-        sB = tl.zeros([BD, T], dtype=tl.float32)
-        # y before the gate, rebuilt from the recomputed states (the gate's gradient needs
-        # it): one multiply-add per state instead of saving (batch, dim, length) in the forward
-        y = tl.zeros([BD, T], dtype=tl.float32)
         sc_read = scarry_ptr + (kk % 2) * half + row_c
         sc_write = scarry_ptr + ((kk + 1) % 2) * half + row_c
         tl.debug_barrier()
-        kprev = dmask & ((offs_d * 0 + k) > 0)
-        pA = A_ptr + offs_d * sA_d
-        pB = B_ptr + pid_b * sB_b + t
-        pC = C_ptr + pid_b * sC_b + t
-        pS = state_ptr + row_s + (k - 1) * NSTATE
-        # the adjoint at the chunk's first step: only the thread holding it writes
-        pSC_out = sc_write[:, None] + offs_t[None, :] * 0
-        m_out = dmask[:, None] & first
-        is_end = (t == L - 1)[None, :]
-        # loads for state n + 1 are issued while state n is computed
-        an, bn, cn, h0 = _state_loads(0, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
-                                      offs_d, offs_t)
-        s1 = tl.load(sc_read, mask=dmask, other=0.0)
-        dl = s1                                     # a name only: read only with HAS_DLAST
-        if HAS_DLAST:
-            dl = tl.load(dlast_ptr + row_n, mask=dmask, other=0.0)
-        for n in range(0, NSTATE):
-            nx = n + 1
-            more_d = (offs_d * 0 + nx) < NSTATE
-            anx, bnx, cnx, h0x = _state_loads(nx, NSTATE, pA, pB, pC, pS, sA_n, sB_n, sC_n, dmask, tmask, kprev,
-                                              offs_d, offs_t)
-            s1x = tl.load(sc_read + nx, mask=dmask & more_d, other=0.0)
-            if HAS_DLAST:
-                dlx = tl.load(dlast_ptr + row_n + nx, mask=dmask & more_d, other=0.0)
-            h, s, q = _bwd_state_scans(an, bn, cn, h0, s1, dl, dd, ddn, dbu, dy, m2n, first, last, is_end,
-                                       HAS_DLAST)
-            y += h * cn[None, :]
-            qA += an[:, None] * q
-            sB += s * bn[None, :]
-            # relaxed: plain reductions into memory, no ordering with other accesses needed
-            tl.atomic_add(dA_ptr + row_n + n, tl.sum(dd * q, axis=1), mask=dmask, sem="relaxed")
-            tl.atomic_add(dB_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(s * dbu, axis=0), mask=tmask,
-                          sem="relaxed")
-            tl.atomic_add(dC_ptr + (pid_b * NSTATE + n) * L + t, tl.sum(dy * h, axis=0), mask=tmask,
-                          sem="relaxed")
-            tl.store(pSC_out + n, s, mask=m_out)
-            an, bn, cn, h0, s1 = anx, bnx, cnx, h0x, s1x
-            if HAS_DLAST:
-                dl = dlx
+        y, qA, sB = _bwd_chunk_states(A_ptr, B_ptr, C_ptr, state_ptr, dlast_ptr, dA_ptr, dB_ptr, dC_ptr,
+                                      sc_read, sc_write, row_s, row_n, pid_b, k, L, t, tmask, dmask, offs_d,
+                                      offs_t, first, last, dd, ddn, dbu, dy, m2n, sA_d, sA_n, sB_b, sB_n, sC_b,
+                                      sC_n, NSTATE, HAS_DLAST, BD, T)
         ddl = _bwd_chunk_outputs(du_ptr, ddelta_ptr, dz_ptr, row_o, pid_b * sdz_b + d64 * L, t, m2, qA, sB, y, uu,
                                  raw, dd, g, zz, sz, dy, Dv, HAS_D, HAS_Z, SOFTPLUS)
         if HAS_BIAS:
